@@ -1,0 +1,337 @@
+"""The ``watchkeeper`` command (typer + rich).
+
+Every command that reads state takes ``-c/--config`` (default ``./watchkeeper.toml``) and
+``--state``. Config errors are printed as their messages, never as a traceback, with exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+from rich.text import Text
+
+from watchkeeper.alerts import Alert, Severity, iso_utc
+from watchkeeper.config import Config, default_state_path, load_config
+from watchkeeper.errors import ConfigError, DeliveryError, WatchkeeperError
+from watchkeeper.keeper import Keeper, build_notifier
+from watchkeeper.notifiers.console import alert_text
+from watchkeeper.store import Store
+from watchkeeper.units import format_duration, parse_duration
+
+app = typer.Typer(
+    name="watchkeeper",
+    help="Keep watch over logs, pages, ports and your own checks; alert without losing or "
+    "repeating anything.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="The config file.", show_default=True)
+]
+StateOption = Annotated[
+    Path | None, typer.Option("--state", help="The state file (overrides [keeper] state).")
+]
+DEFAULT_CONFIG = Path("watchkeeper.toml")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print an error without a traceback and exit."""
+    err.print(Text(message, style="red"))
+    raise typer.Exit(code)
+
+
+def load(path: Path) -> Config:
+    """Load a config or exit 1 with every problem listed."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        fail("\n".join(exc.errors))
+
+
+def state_path(config_path: Path, state: Path | None) -> Path:
+    """--state, else the config's [keeper] state, else the default; no config file is fine."""
+    if state is not None:
+        return state
+    if config_path.exists():
+        configured = load(config_path).keeper.state
+        if configured is not None:
+            return configured
+    return default_state_path()
+
+
+def open_store(config_path: Path, state: Path | None) -> Store:
+    """Open the state file for reading, or exit 1 when there is none yet."""
+    path = state_path(config_path, state)
+    if not path.exists():
+        fail(f"no state file at {path} yet; has `watchkeeper run` been started with this config?")
+    try:
+        return Store(path)
+    except WatchkeeperError as exc:
+        fail(str(exc))
+
+
+def setup_logging(verbose: int) -> None:
+    """Log to stderr through rich: warnings by default, -v info, -vv debug."""
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    handler = RichHandler(console=err, show_path=False, rich_tracebacks=False, markup=False)
+    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+
+
+def run_until_signal(keeper: Keeper, duration: float | None = None) -> None:
+    """Start a keeper and hold the main thread until SIGTERM/SIGINT (or ``duration``), then stop.
+
+    Signals can only be handled in the main thread, so this is where agent mode turns them into
+    the same graceful stop the embedded atexit hook performs.
+    """
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        keeper.start()
+        ends = None if duration is None else time.monotonic() + duration
+        while not stop.is_set():
+            remaining = None if ends is None else ends - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            stop.wait(1.0 if remaining is None else min(1.0, remaining))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        keeper.stop()
+
+
+@app.command()
+def run(
+    config: ConfigOption = DEFAULT_CONFIG,
+    state: StateOption = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 1,
+) -> None:
+    """Run the agent in the foreground until SIGTERM or Ctrl-C."""
+    setup_logging(verbose)
+    cfg = load(config)
+    try:
+        keeper = Keeper.from_config(cfg, state=state)
+    except WatchkeeperError as exc:
+        fail(str(exc))
+    if not keeper.watchers:
+        err.print(f"[yellow]{config}: no watchers configured; nothing to watch.[/]")
+    run_until_signal(keeper)
+
+
+@app.command()
+def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Validate a config file: exit 0 if it is good, 1 with every problem listed."""
+    cfg = load(config)
+    problems = []
+    for spec in cfg.notify:
+        try:
+            build_notifier(spec)
+        except WatchkeeperError as exc:
+            problems.append(f"{config}: [[notify]] {spec.name!r}: {exc}")
+    from watchkeeper.keeper import build_watcher
+
+    for watcher in cfg.watchers:
+        try:
+            build_watcher(watcher).close()
+        except WatchkeeperError as exc:
+            problems.append(f"{config}: watcher {watcher.name!r}: {exc}")
+    if problems:
+        fail("\n".join(problems))
+    out.print(
+        f"{config}: OK — {len(cfg.watchers)} watchers, {len(cfg.notify)} notifiers, "
+        f"state {cfg.keeper.state or default_state_path()}"
+    )
+
+
+def _ago(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    delta = time.time() - timestamp
+    return f"in {format_duration(-delta)}" if delta < 0 else f"{format_duration(delta)} ago"
+
+
+@app.command()
+def status(
+    config: ConfigOption = DEFAULT_CONFIG,
+    state: StateOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show watchers (health, last and next check) and the outbox per notifier."""
+    store = open_store(config, state)
+    watchers = store.watchers()
+    counts = store.delivery_counts()
+    errors = store.last_delivery_errors()
+    store.close()
+    if as_json:
+        doc = {
+            "watchers": [
+                {
+                    "name": w.name,
+                    "kind": w.kind,
+                    "state": _state(w.paused, w.failures),
+                    "last_check": iso_utc(w.last_check) if w.last_check else None,
+                    "next_check": iso_utc(w.next_check) if w.next_check else None,
+                    "failures": w.failures,
+                    "last_error": w.last_error,
+                    "checks": w.checks,
+                }
+                for w in watchers
+            ],
+            "notifiers": {
+                name: {**c, "last_error": errors.get(name)} for name, c in counts.items()
+            },
+        }
+        out.print_json(json.dumps(doc))
+        return
+    table = Table(title="watchers", title_justify="left")
+    for column in ("name", "kind", "state", "last check", "next check", "checks", "last error"):
+        table.add_column(column)
+    for w in watchers:
+        state_text = _state(w.paused, w.failures)
+        style = {"ok": "green", "failing": "red", "paused": "yellow"}[state_text]
+        table.add_row(
+            w.name,
+            w.kind,
+            Text(state_text, style=style),
+            _ago(w.last_check),
+            _ago(w.next_check),
+            str(w.checks),
+            Text((w.last_error or "")[:80]),
+        )
+    out.print(table)
+    notifiers = Table(title="outbox", title_justify="left")
+    for column in ("notifier", "pending", "sent", "failed", "last error"):
+        notifiers.add_column(column)
+    for name, c in sorted(counts.items()):
+        notifiers.add_row(
+            name,
+            str(c.get("pending", 0)),
+            str(c.get("sent", 0)),
+            str(c.get("failed", 0)),
+            Text((errors.get(name) or "")[:80]),
+        )
+    out.print(notifiers)
+
+
+def _state(paused: bool, failures: int) -> str:
+    return "paused" if paused else "failing" if failures else "ok"
+
+
+def parse_since(value: str) -> float:
+    """``1h`` (that long ago) or an ISO 8601 time."""
+    try:
+        return time.time() - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r}: use a duration like 1h or a time like 2026-11-27T10:00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+@app.command()
+def alerts(
+    config: ConfigOption = DEFAULT_CONFIG,
+    state: StateOption = None,
+    since: Annotated[str | None, typer.Option(help="e.g. 1h, 2d, or an ISO time.")] = None,
+    severity: Annotated[str, typer.Option(help="Minimum severity.")] = "debug",
+    watcher: Annotated[str | None, typer.Option(help="Only this watcher.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (newest).")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+) -> None:
+    """Alert history from the state file, oldest first."""
+    try:
+        min_severity = Severity.parse(severity)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    store = open_store(config, state)
+    found = store.alerts(
+        since_time=parse_since(since) if since else None,
+        min_severity=min_severity,
+        watcher=watcher,
+        limit=limit,
+        newest_first=True,
+    )
+    store.close()
+    for alert in reversed(found):
+        if as_json:
+            sys.stdout.write(json.dumps(alert.to_dict(), ensure_ascii=False) + "\n")
+        else:
+            out.print(alert_text(alert))
+
+
+@app.command("notify-test")
+def notify_test(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Send one test alert straight to every notifier and report each result."""
+    cfg = load(config)
+    if not cfg.notify:
+        fail(f"{config}: no [[notify]] tables")
+    failures = 0
+    for spec in cfg.notify:
+        alert = Alert(
+            watcher="notify-test",
+            kind="test",
+            severity=Severity.INFO,
+            title=f"watchkeeper test alert for notifier {spec.name!r}",
+            key="notify-test",
+            body="If you can read this, the notifier works.",
+        )
+        try:
+            notifier = build_notifier(spec)
+            where = notifier.describe()
+            notifier.send(alert)
+            notifier.close()
+        except (DeliveryError, WatchkeeperError) as exc:
+            failures += 1
+            out.print(Text(f"FAIL  {spec.name}: {exc}", style="red"))
+        else:
+            out.print(Text(f"OK    {spec.name} ({where})", style="green"))
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    duration: Annotated[str, typer.Option(help="How long to run, e.g. 60s.")] = "60s",
+    no_browser: Annotated[
+        bool, typer.Option("--no-browser", help="Do not open the dashboard in a browser.")
+    ] = False,
+) -> None:
+    """Run a self-contained demo on loopback: watchers, an SMTP sink, live alerts."""
+    from watchkeeper.demo import run_demo
+
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    run_demo(seconds, open_browser=not no_browser)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point of the ``watchkeeper`` script."""
+    return app(args=argv)

@@ -1,0 +1,244 @@
+"""The agent's TOML config: parsed with tomllib, ``${ENV}`` interpolated, validated by pydantic.
+
+Layout::
+
+    [keeper]            state, shutdown_timeout
+    [[notify]]          one table per notifier; ``kind`` picks the model from the registry
+    [[custom]] ...      one array of tables per watcher kind, named by the kind
+
+Every error names the file, the table (with its index and name), the key and what was wrong, and
+all errors of a file are reported together. A value from a secret field (passwords, tokens, URLs,
+headers) is never echoed. Relative paths are taken relative to the config file's folder, so a
+config means the same thing whatever the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from watchkeeper.errors import ConfigError
+from watchkeeper.notifiers import NOTIFIERS, NotifierConfig
+from watchkeeper.units import Duration
+from watchkeeper.watchers import WATCHERS, WatcherConfig
+
+_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_WORDS = ("password", "token", "secret", "url", "headers", "key")
+
+
+def default_state_path() -> Path:
+    """``$XDG_STATE_HOME/watchkeeper/state.db`` (``~/.local/state/...`` when unset)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "watchkeeper" / "state.db"
+
+
+class KeeperSettings(BaseModel):
+    """``[keeper]``: settings of the keeper itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: Path | None = Field(
+        default=None,
+        description="The SQLite state file. Default: $XDG_STATE_HOME/watchkeeper/state.db.",
+    )
+    shutdown_timeout: Duration = Field(
+        default=5.0, description="How long stopping may take to flush pending alerts."
+    )
+
+
+class Config(BaseModel):
+    """A whole validated config file."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    keeper: KeeperSettings = Field(default_factory=KeeperSettings)
+    notify: list[NotifierConfig] = Field(default_factory=list)
+    watchers: list[WatcherConfig] = Field(default_factory=list)
+    source: str = "<config>"
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, interpolate and validate a config file, or raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such config file (watchkeeper init writes a starter one)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, source=str(path), base=path.parent)
+
+
+def parse_config(
+    data: Mapping[str, Any], source: str = "<config>", base: Path | None = None
+) -> Config:
+    """Validate an already-parsed TOML document."""
+    errors: list[str] = []
+    data = _interpolate(data, source, [], errors)
+    config = Config(source=source)
+    for section, value in data.items():
+        if section == "keeper":
+            where = f"{source}: [keeper]"
+            if not isinstance(value, dict):
+                errors.append(f"{where}: must be a table")
+                continue
+            settings = _validate(KeeperSettings, value, where, errors)
+            if isinstance(settings, KeeperSettings):
+                config.keeper = settings
+        elif section == "notify":
+            for index, table in _tables(value, f"{source}: [[notify]]", errors):
+                where = f"{source}: [[notify]] #{index + 1}{_label(table)}"
+                notifier = notifier_config(table, where, errors)
+                if notifier is not None:
+                    config.notify.append(notifier)
+        elif section in WATCHERS:
+            for index, table in _tables(value, f"{source}: [[{section}]]", errors):
+                where = f"{source}: [[{section}]] #{index + 1}{_label(table)}"
+                watcher = watcher_config(section, table, where, errors)
+                if watcher is not None:
+                    config.watchers.append(watcher)
+        else:
+            known = ", ".join(["keeper", "notify", *sorted(WATCHERS)])
+            errors.append(f"{source}: unknown table [{section}]; known tables are {known}")
+    _check_unique(source, "[[notify]]", [n.name for n in config.notify], errors)
+    _check_unique(source, "watcher", [w.name for w in config.watchers], errors)
+    if errors:
+        raise ConfigError(errors)
+    if base is not None:
+        for model in [config.keeper, *config.notify, *config.watchers]:
+            resolve_paths(model, base)
+    return config
+
+
+def notifier_config(
+    table: Mapping[str, Any], where: str, errors: list[str] | None = None
+) -> NotifierConfig | None:
+    """Validate one notifier table by its ``kind``; errors are collected or raised."""
+    sink: list[str] = [] if errors is None else errors
+    kind = table.get("kind")
+    result: NotifierConfig | None = None
+    if kind is None:
+        sink.append(f"{where}: 'kind' is required; one of {', '.join(sorted(NOTIFIERS))}")
+    elif kind not in NOTIFIERS:
+        sink.append(
+            f"{where}: kind: unknown notifier kind {kind!r}; one of {', '.join(sorted(NOTIFIERS))}"
+        )
+    else:
+        model = _validate(NOTIFIERS[kind].config_model, table, where, sink)
+        result = model if isinstance(model, NotifierConfig) else None
+    if errors is None and sink:
+        raise ConfigError(sink)
+    return result
+
+
+def watcher_config(
+    kind: str, table: Mapping[str, Any], where: str, errors: list[str] | None = None
+) -> WatcherConfig | None:
+    """Validate one watcher table of a known kind; errors are collected or raised."""
+    sink: list[str] = [] if errors is None else errors
+    model = _validate(WATCHERS[kind].config_model, table, where, sink)
+    if errors is None and sink:
+        raise ConfigError(sink)
+    return model if isinstance(model, WatcherConfig) else None
+
+
+def resolve_paths(model: BaseModel, base: Path) -> None:
+    """Make the model's relative Path fields relative to ``base`` (the config file's folder)."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, Path) and not value.is_absolute():
+            setattr(model, name, base / value)
+        elif isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
+            setattr(model, name, [v if v.is_absolute() else base / v for v in value])
+
+
+def _validate(
+    model: type[BaseModel], table: Mapping[str, Any], where: str, errors: list[str]
+) -> BaseModel | None:
+    try:
+        return model.model_validate(dict(table))
+    except ValidationError as exc:
+        for err in exc.errors():
+            errors.append(f"{where}: {_describe(err)}")
+    except ConfigError as exc:
+        errors.extend(f"{where}: {e}" for e in exc.errors)
+    return None
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    """``key: what was wrong (got value)`` from one pydantic error, secrets withheld."""
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    message = str(err.get("msg", "invalid"))
+    message = message.removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if err.get("type") == "missing":
+        return f"{loc}: required key is missing"
+    value = err.get("input")
+    secret = any(word in loc.lower() for word in _SECRET_WORDS)
+    if not secret and isinstance(value, str | int | float | bool) and repr(value) not in message:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        message = f"{message} (got {shown})"
+    return f"{loc}: {message}" if loc else message
+
+
+def _label(table: Any) -> str:
+    if isinstance(table, dict) and isinstance(table.get("name"), str):
+        return f" (name {table['name']!r})"
+    if isinstance(table, dict) and isinstance(table.get("kind"), str):
+        return f" (kind {table['kind']!r})"
+    return ""
+
+
+def _tables(value: Any, where: str, errors: list[str]) -> list[tuple[int, dict[str, Any]]]:
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        errors.append(f"{where}: must be an array of tables, written [[...]]")
+        return []
+    return list(enumerate(value))
+
+
+def _check_unique(source: str, what: str, names: list[str], errors: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            errors.append(f"{source}: {what} name {name!r} is used twice; names must be unique")
+        seen.add(name)
+
+
+def _interpolate(value: Any, source: str, path: list[str], errors: list[str]) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, source, [*path, str(k)], errors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, source, [*path, f"#{i + 1}"], errors) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name)
+        if found is None:
+            if default is not None:
+                return default
+            errors.append(
+                f"{source}: {'.'.join(path)}: environment variable {name} is not set "
+                f"(write ${{{name}:-default}} to give a default)"
+            )
+            return ""
+        return found
+
+    return _ENV.sub(substitute, value)

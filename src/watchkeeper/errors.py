@@ -1,0 +1,47 @@
+"""The exceptions watchkeeper raises, as one tree.
+
+Foreign exceptions (sqlite3, smtplib, httpx, tomllib, pydantic) are translated where they enter,
+with ``raise ... from exc``, so callers only ever need to catch these::
+
+    WatchkeeperError
+    ├── ConfigError              a config file or argument is wrong; the message says where
+    ├── StoreError               the SQLite state file cannot be opened, migrated or written
+    ├── CheckError               a watcher's check failed (wraps the original as __cause__)
+    └── DeliveryError            a notifier could not deliver
+        ├── TransientDeliveryError   try again later (timeouts, 4xx/5xx that may pass)
+        └── PermanentDeliveryError   retrying cannot help (bad address, 4xx rejection)
+"""
+
+from __future__ import annotations
+
+
+class WatchkeeperError(Exception):
+    """Base class of every error watchkeeper raises on purpose."""
+
+
+class ConfigError(WatchkeeperError):
+    """A configuration problem; ``errors`` holds one message per problem found."""
+
+    def __init__(self, errors: str | list[str]) -> None:
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+class StoreError(WatchkeeperError):
+    """The state database could not be used."""
+
+
+class CheckError(WatchkeeperError):
+    """A watcher's check failed; the original exception is the ``__cause__``."""
+
+
+class DeliveryError(WatchkeeperError):
+    """A notifier failed to deliver an alert."""
+
+
+class TransientDeliveryError(DeliveryError):
+    """Delivery failed in a way that may pass: the outbox keeps it and retries with backoff."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Delivery failed in a way retrying cannot fix: the delivery is marked failed, kept visible."""

@@ -1,0 +1,281 @@
+"""Keeper: builds the watchers and notifiers, supervises their daemon threads, stops them well.
+
+``start()`` returns at once and nothing it starts holds the interpreter open. ``stop()`` (also run
+by an ``atexit`` hook, while daemon threads are still alive) stops the watchers, then lets every
+notifier's dispatcher deliver what is pending until ``shutdown_timeout``; whatever is left stays
+in the outbox and goes out at the next start against the same state file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, overload
+
+from watchkeeper.alerts import Alert
+from watchkeeper.config import (
+    Config,
+    default_state_path,
+    load_config,
+    notifier_config,
+    watcher_config,
+)
+from watchkeeper.errors import ConfigError
+from watchkeeper.notifiers import NOTIFIERS, Notifier, NotifierConfig
+from watchkeeper.runtime import Dispatcher, WatcherThread
+from watchkeeper.store import Route, Store
+from watchkeeper.units import parse_duration
+from watchkeeper.watchers import WATCHERS, Watcher, WatcherConfig
+from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
+
+log = logging.getLogger("watchkeeper")
+
+NotifierSpec = Mapping[str, Any] | NotifierConfig | Notifier
+
+
+class Keeper:
+    """Keeps watch in the background. See the README for the tour."""
+
+    def __init__(
+        self,
+        state: str | Path | None = None,
+        notify: Iterable[NotifierSpec] = (),
+        shutdown_timeout: float | str = 5.0,
+        *,
+        watchers: Iterable[Watcher | WatcherConfig] = (),
+    ) -> None:
+        self.state_path = Path(state) if state is not None else default_state_path()
+        self.shutdown_timeout = parse_duration(shutdown_timeout)
+        self.notifiers: list[Notifier] = [
+            build_notifier(spec, f"notify[{i}]") for i, spec in enumerate(notify)
+        ]
+        _unique([n.name for n in self.notifiers], "notifier")
+        self.watchers: list[Watcher] = []
+        for watcher in watchers:
+            self.add(watcher)
+        self.store: Store | None = None
+        self._threads: dict[str, WatcherThread] = {}
+        self._dispatchers: list[Dispatcher] = []
+        self._listeners: list[Callable[[list[Alert]], None]] = []
+        self._lock = threading.Lock()
+        self._started = False
+
+    @classmethod
+    def from_config(cls, path: str | Path | Config, state: str | Path | None = None) -> Keeper:
+        """Build a keeper from an agent config file (or an already loaded Config)."""
+        config = path if isinstance(path, Config) else load_config(path)
+        return cls(
+            state=state or config.keeper.state,
+            notify=config.notify,
+            shutdown_timeout=config.keeper.shutdown_timeout,
+            watchers=config.watchers,
+        )
+
+    # -- adding watchers ----------------------------------------------------------------------
+
+    def add(self, watcher: Watcher | WatcherConfig) -> Watcher:
+        """Add a watcher (or build one from its config); before ``start()`` only."""
+        if getattr(self, "_started", False):
+            raise RuntimeError("add watchers before keeper.start()")
+        if isinstance(watcher, WatcherConfig):
+            watcher = build_watcher(watcher)
+        if any(w.name == watcher.name for w in self.watchers):
+            raise ConfigError(f"watcher name {watcher.name!r} is used twice; names must be unique")
+        self.watchers.append(watcher)
+        return watcher
+
+    @overload
+    def every(
+        self, interval: float | str, fn: None = None, *, name: str | None = None, **rules: Any
+    ) -> Callable[[CheckFunction], CheckFunction]: ...
+
+    @overload
+    def every(
+        self, interval: float | str, fn: CheckFunction, *, name: str | None = None, **rules: Any
+    ) -> CheckFunction: ...
+
+    def every(
+        self,
+        interval: float | str,
+        fn: CheckFunction | None = None,
+        *,
+        name: str | None = None,
+        **rules: Any,
+    ) -> CheckFunction | Callable[[CheckFunction], CheckFunction]:
+        """Run ``fn`` every ``interval`` (seconds or ``"30s"``); usable as a decorator.
+
+        ``rules`` are the watcher rules: throttle, for_cycles, within_cycles, recovery, remind,
+        fail_after.
+        """
+
+        def decorate(function: CheckFunction) -> CheckFunction:
+            label = name or getattr(function, "__name__", "custom")
+            table = {"name": label, "every": interval, **rules}
+            config = watcher_config("custom", table, f"keeper.every({label!r})")
+            assert isinstance(config, CustomConfig)
+            self.add(CustomWatcher(config, function))
+            return function
+
+        return decorate if fn is None else decorate(fn)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Open the state, start every watcher and dispatcher thread, and return at once."""
+        with self._lock:
+            if self._started:
+                raise RuntimeError("this keeper was already started")
+            self._started = True
+            self.store = Store(self.state_path)
+            for notifier in self.notifiers:
+                dispatcher = Dispatcher(notifier, self.store)
+                self._dispatchers.append(dispatcher)
+            for watcher in self.watchers:
+                self._threads[watcher.name] = WatcherThread(
+                    watcher, self.store, self.routes, self._committed
+                )
+            for thread in [*self._dispatchers, *self._threads.values()]:
+                thread.start()
+            atexit.register(self._at_exit)
+        log.info(
+            "keeper started: %d watchers, %d notifiers, state %s",
+            len(self.watchers),
+            len(self.notifiers),
+            self.state_path,
+        )
+        return self
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop watchers, flush deliveries for at most ``timeout`` (default shutdown_timeout).
+
+        Returns True when every thread ended in time and nothing due was left undelivered.
+        Deliveries not made stay in the outbox for the next start.
+        """
+        return self._stop(timeout, at_exit=False)
+
+    def _at_exit(self) -> None:
+        self._stop(None, at_exit=True)
+
+    def _stop(self, timeout: float | None, at_exit: bool) -> bool:
+        with self._lock:
+            if not self._started or self.store is None:
+                return True
+            self._started = False
+            atexit.unregister(self._at_exit)
+        budget = self.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        for thread in self._threads.values():
+            thread.stop()
+        # Watchers get half the budget to finish a check in progress (and commit its alerts).
+        half = time.monotonic() + budget / 2
+        for thread in self._threads.values():
+            thread.join(max(0.0, half - time.monotonic()))
+        wall_deadline = time.time() + max(0.0, deadline - time.monotonic())
+        for dispatcher in self._dispatchers:
+            dispatcher.flush(wall_deadline, at_exit=at_exit)
+        for dispatcher in self._dispatchers:
+            dispatcher.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in [*self._threads.values(), *self._dispatchers] if t.is_alive()]
+        pending = sum(counts.get("pending", 0) for counts in self.store.delivery_counts().values())
+        if alive:
+            log.warning("keeper stopped with threads still busy: %s", ", ".join(alive))
+        else:
+            for notifier in self.notifiers:
+                notifier.close()
+            self.store.close()
+        if pending:
+            log.warning("%d deliveries pending; they go out at the next start", pending)
+        return not alive and not pending
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- control (dashboard, CLI) -------------------------------------------------------------
+
+    def routes(self) -> Sequence[Route]:
+        """Which notifiers get which alerts."""
+        return [Route(n.name, n.config.min_severity) for n in self.notifiers]
+
+    def subscribe(self, listener: Callable[[list[Alert]], None]) -> None:
+        """Call ``listener(alerts)`` from the watcher's thread after each commit with alerts."""
+        self._listeners.append(listener)
+
+    def check_now(self, name: str) -> None:
+        """Run a watcher's next check at once."""
+        self._thread(name).check_now()
+
+    def pause(self, name: str) -> None:
+        """Pause a watcher (kept across restarts)."""
+        thread = self._thread(name)
+        assert self.store is not None
+        self.store.set_paused(name, True)
+        thread.paused = True
+
+    def resume(self, name: str) -> None:
+        """Resume a paused watcher and check at once."""
+        thread = self._thread(name)
+        assert self.store is not None
+        self.store.set_paused(name, False)
+        thread.paused = False
+        thread.check_now()
+
+    def mute(self, name: str, duration: float | str | None) -> None:
+        """Record but do not deliver a watcher's alerts for a while (None: unmute)."""
+        thread = self._thread(name)
+        until = None if duration is None else time.time() + parse_duration(duration)
+        assert self.store is not None
+        self.store.set_muted_until(name, until)
+        thread.muted_until = until
+
+    def _thread(self, name: str) -> WatcherThread:
+        try:
+            return self._threads[name]
+        except KeyError:
+            raise KeyError(f"no running watcher named {name!r}") from None
+
+    def _committed(self, alerts: list[Alert]) -> None:
+        for dispatcher in self._dispatchers:
+            dispatcher.wake.set()
+        for listener in self._listeners:
+            try:
+                listener(alerts)
+            except Exception:
+                log.exception("alert listener failed")
+
+
+def build_notifier(spec: NotifierSpec, where: str = "notify") -> Notifier:
+    """A notifier from a dict (as in TOML), a validated config, or a ready instance."""
+    if isinstance(spec, Notifier):
+        return spec
+    config = spec if isinstance(spec, NotifierConfig) else notifier_config(spec, where)
+    assert config is not None
+    return NOTIFIERS[config.kind](config)
+
+
+def build_watcher(config: WatcherConfig) -> Watcher:
+    """A watcher from its validated config, found in the registry by its config model."""
+    for cls in WATCHERS.values():
+        if type(config) is cls.config_model:
+            return cls(config)
+    raise ConfigError(f"no watcher kind takes a {type(config).__name__}")
+
+
+def _unique(names: Sequence[str], what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(f"{what} name {name!r} is used twice; give each a distinct name")
+        seen.add(name)

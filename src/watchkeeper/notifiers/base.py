@@ -1,0 +1,163 @@
+"""The Notifier contract, its config base, the registry by kind, and shared templating.
+
+A notifier delivers one alert (or a digest of several) and says how it failed:
+:class:`~watchkeeper.errors.TransientDeliveryError` keeps the delivery in the outbox for a retry
+with backoff, :class:`~watchkeeper.errors.PermanentDeliveryError` marks it failed (kept, visible).
+Any other exception counts as transient: an unexpected bug must not lose an alert.
+
+Notifiers run on their own dispatcher thread each, so a slow one never delays another, and they
+must not start threads or executors of their own: they also run in the interpreter's exit path,
+where ``concurrent.futures`` refuses work. One that cannot help it sets ``exit_safe = False`` and
+its deliveries wait in the outbox for the next start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
+
+import jinja2
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from watchkeeper.alerts import Alert, Severity, iso_utc
+from watchkeeper.units import Duration
+
+
+class NotifierConfig(BaseModel):
+    """Settings every notifier has. Subclasses add their own and fix ``kind``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    name: str = Field(default="", description="Unique name; defaults to the kind.")
+    min_severity: Severity = Field(
+        default=Severity.DEBUG, description="Only alerts at or above this severity."
+    )
+    batch: Duration | None = Field(
+        default=None,
+        description="Alerts pending together for this long go out as one digest message.",
+    )
+
+    @field_validator("min_severity", mode="before")
+    @classmethod
+    def _severity(cls, value: Any) -> Severity:
+        return Severity.parse(value)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Default the name to the kind, so a single ``[[notify]] kind = "smtp"`` needs no name."""
+        if not self.name:
+            self.name = self.kind
+
+
+class Notifier(ABC):
+    """Delivers alerts somewhere. One instance per configured ``[[notify]]`` table."""
+
+    kind: ClassVar[str]
+    config_model: ClassVar[type[NotifierConfig]]
+    exit_safe: ClassVar[bool] = True
+    """False if delivery may need a thread or executor, which the interpreter's exit refuses."""
+
+    def __init__(self, config: NotifierConfig) -> None:
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        """The configured name; deliveries are addressed by it."""
+        return self.config.name
+
+    @abstractmethod
+    def send(self, alert: Alert) -> None:
+        """Deliver one alert, or raise a DeliveryError."""
+
+    def send_digest(self, alerts: Sequence[Alert]) -> None:
+        """Deliver several alerts as one message. The default folds them into one alert."""
+        self.send(digest_alert(alerts))
+
+    def describe(self) -> str:
+        """Where this notifier delivers, without secrets: for status and notify-test."""
+        return self.kind
+
+    def close(self) -> None:
+        """Release connections. Called once when the keeper stops."""
+
+
+NOTIFIERS: dict[str, type[Notifier]] = {}
+
+N = TypeVar("N", bound=type[Notifier])
+
+
+def register(cls: N) -> N:
+    """Class decorator: make a notifier available to config files under its ``kind``."""
+    NOTIFIERS[cls.kind] = cls
+    return cls
+
+
+def digest_alert(alerts: Sequence[Alert]) -> Alert:
+    """One alert standing for several: the worst severity, a count title, every alert's text.
+
+    Its uid is derived from the member uids, so a retried digest keeps its Message-ID.
+    """
+    worst = max(alerts, key=lambda a: a.severity)
+    uid = hashlib.sha256("".join(a.uid for a in alerts).encode()).hexdigest()[:32]
+    watchers = sorted({a.watcher for a in alerts})
+    lines = [
+        f"[{a.severity!s:>8}] {iso_utc(a.created_at)} {a.watcher}: {a.title}"
+        + (f"\n{indent(a.body)}" if a.body else "")
+        for a in alerts
+    ]
+    return Alert(
+        watcher=", ".join(watchers),
+        kind="digest",
+        severity=worst.severity,
+        title=f"{len(alerts)} alerts from {', '.join(watchers)}",
+        key="digest",
+        body="\n".join(lines),
+        data={"alerts": [a.to_dict() for a in alerts]},
+        created_at=alerts[-1].created_at,
+        uid=uid,
+    )
+
+
+def indent(text: str, prefix: str = "    ") -> str:
+    """Indent every line, for bodies nested in digests."""
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+_TEMPLATES = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+_TEMPLATES.filters["iso"] = iso_utc
+
+
+def template(source: str, where: str) -> jinja2.Template:
+    """Compile a user's template, with an error that says which setting is wrong."""
+    try:
+        return _TEMPLATES.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ValueError(f"{where}: template error on line {exc.lineno}: {exc.message}") from exc
+
+
+def _compiles(value: str) -> str:
+    template(value, "template")
+    return value
+
+
+TemplateText = Annotated[str, AfterValidator(_compiles)]
+"""A pydantic field type: a Jinja2 template, checked to compile when the config is loaded."""
+
+
+def render(tmpl: jinja2.Template, alert: Alert) -> str:
+    """Render a template with the alert's fields at top level and as ``alert``."""
+    context = alert.to_dict()
+    context["alert"] = context.copy()
+    context["severity_upper"] = str(alert.severity).upper()
+    return tmpl.render(context)
+
+
+def redact_url(url: str) -> str:
+    """``https://hooks.example.com/…``: enough to recognise a URL, none of its secrets."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/…" if parts.scheme else "…"

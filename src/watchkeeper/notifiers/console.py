@@ -1,0 +1,70 @@
+"""One readable line per alert on stderr, coloured by rich when stderr is a terminal."""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal
+
+from rich.console import Console
+from rich.text import Text
+
+from watchkeeper.alerts import Alert, Severity, iso_utc
+from watchkeeper.notifiers.base import Notifier, NotifierConfig, register
+
+SEVERITY_STYLES = {
+    Severity.DEBUG: "dim",
+    Severity.INFO: "cyan",
+    Severity.WARNING: "yellow",
+    Severity.ERROR: "bold red",
+    Severity.CRITICAL: "bold white on red",
+}
+
+
+class ConsoleConfig(NotifierConfig):
+    """``[[notify]] kind = "console"``: print alerts on stderr."""
+
+    kind: Literal["console"] = "console"
+
+
+def alert_text(alert: Alert) -> Text:
+    """``2026-11-27T21:45:07.123Z  CRITICAL  app  disk full``, styled, escape sequences inert.
+
+    rich's Text never interprets markup or ANSI codes in its content, so alert text from logs or
+    pages cannot drive the terminal. Shared by the console notifier and ``follow``.
+    """
+    status = "RESOLVED" if alert.status == "resolved" else str(alert.severity).upper()
+    style = "green" if alert.status == "resolved" else SEVERITY_STYLES[alert.severity]
+    line = Text()
+    line.append(iso_utc(alert.created_at), style="dim")
+    line.append("  ")
+    line.append(f"{status:<8}", style=style)
+    line.append("  ")
+    line.append(strip_controls(alert.watcher), style="bold")
+    line.append("  ")
+    line.append(strip_controls(alert.title))
+    return line
+
+
+def strip_controls(text: str) -> str:
+    """Replace C0/C1 control characters (ESC included) so text cannot move or recolour a TTY."""
+    return "".join(" " if (ord(c) < 32 and c != "\t") or 0x7F <= ord(c) < 0xA0 else c for c in text)
+
+
+@register
+class ConsoleNotifier(Notifier):
+    """Prints alerts; never fails."""
+
+    kind = "console"
+    config_model = ConsoleConfig
+
+    def __init__(self, config: ConsoleConfig) -> None:
+        super().__init__(config)
+        self._console = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+
+    def describe(self) -> str:
+        """Where the lines go."""
+        return "stderr"
+
+    def send(self, alert: Alert) -> None:
+        """Print the alert's line."""
+        self._console.print(alert_text(alert))

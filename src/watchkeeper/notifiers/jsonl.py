@@ -1,0 +1,63 @@
+"""Append one JSON object per alert to a file: the simplest durable feed for other tools.
+
+Each alert is written with a single ``write()`` on a file opened with O_APPEND, so concurrent
+writers never interleave within a line. Fields: id, uid, watcher, kind, severity, status, key,
+title, body, created_at (ISO 8601 UTC) and data (kind-specific).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from watchkeeper.alerts import Alert
+from watchkeeper.errors import TransientDeliveryError
+from watchkeeper.notifiers.base import Notifier, NotifierConfig, register
+
+
+class JsonlConfig(NotifierConfig):
+    """``[[notify]] kind = "jsonl"``: append alerts to a JSON-lines file."""
+
+    kind: Literal["jsonl"] = "jsonl"
+    path: Path = Field(description="The file to append to; created with its folder if missing.")
+
+
+@register
+class JsonlNotifier(Notifier):
+    """Writes alerts as JSON lines."""
+
+    kind = "jsonl"
+    config_model = JsonlConfig
+    config: JsonlConfig
+
+    def describe(self) -> str:
+        """The file path."""
+        return str(self.config.path)
+
+    def send(self, alert: Alert) -> None:
+        """Append the alert's line."""
+        self._write([alert])
+
+    def send_digest(self, alerts: Sequence[Alert]) -> None:
+        """A file has no use for digests: one line per alert, in one write."""
+        self._write(alerts)
+
+    def _write(self, alerts: Sequence[Alert]) -> None:
+        data = "".join(
+            json.dumps(a.to_dict(), ensure_ascii=False, default=str) + "\n" for a in alerts
+        ).encode()
+        path = self.config.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise TransientDeliveryError(f"cannot append to {path}: {exc}") from exc

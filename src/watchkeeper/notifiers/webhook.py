@@ -1,0 +1,108 @@
+"""POST alerts as JSON to a URL, with httpx.
+
+The alert's uid goes in an ``Idempotency-Key`` header (and the JSON), so a receiver can drop the
+rare repeat that at-least-once delivery allows. 408, 425, 429 and 5xx answers are retried with
+backoff; other 4xx answers mean the request itself is wrong and are not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import httpx
+from pydantic import Field, SecretStr
+
+from watchkeeper.alerts import Alert
+from watchkeeper.errors import PermanentDeliveryError, TransientDeliveryError
+from watchkeeper.notifiers.base import (
+    Notifier,
+    NotifierConfig,
+    TemplateText,
+    digest_alert,
+    redact_url,
+    register,
+    render,
+    template,
+)
+from watchkeeper.units import Duration
+
+_RETRYABLE = {408, 425, 429}
+
+
+class WebhookConfig(NotifierConfig):
+    """``[[notify]] kind = "webhook"``: POST each alert as JSON."""
+
+    kind: Literal["webhook"] = "webhook"
+    url: SecretStr = Field(description="Where to send; treated as a secret (tokens live in URLs).")
+    method: Literal["POST", "PUT"] = "POST"
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Extra headers; values are secrets."
+    )
+    body: TemplateText | None = Field(
+        default=None,
+        description="Jinja2 template producing the JSON body; use |tojson for values. "
+        "Default: the alert as JSON.",
+    )
+    timeout: Duration = 10.0
+
+
+@register
+class WebhookNotifier(Notifier):
+    """Sends alerts to an HTTP endpoint."""
+
+    kind = "webhook"
+    config_model = WebhookConfig
+    config: WebhookConfig
+
+    def __init__(self, config: WebhookConfig) -> None:
+        super().__init__(config)
+        self._body = template(config.body, "body") if config.body else None
+        self._client = httpx.Client(timeout=config.timeout, follow_redirects=False)
+
+    def describe(self) -> str:
+        """The URL's scheme and host only: the rest may hold a token."""
+        return f"{self.config.method} {redact_url(self.config.url.get_secret_value())}"
+
+    def payload(self, alert: Alert) -> Any:
+        """The JSON document sent for an alert."""
+        if self._body is None:
+            return alert.to_dict()
+        rendered = render(self._body, alert)
+        try:
+            return json.loads(rendered)
+        except json.JSONDecodeError as exc:
+            raise PermanentDeliveryError(
+                f"the body template did not produce JSON ({exc}); use |tojson for values"
+            ) from exc
+
+    def send(self, alert: Alert) -> None:
+        """POST the alert; sort the answer into done, retry later, or give up."""
+        headers = {k: v.get_secret_value() for k, v in self.config.headers.items()}
+        headers["Idempotency-Key"] = alert.uid
+        where = self.describe()
+        try:
+            response = self._client.request(
+                self.config.method,
+                self.config.url.get_secret_value(),
+                json=self.payload(alert),
+                headers=headers,
+            )
+        except httpx.HTTPError as exc:
+            raise TransientDeliveryError(f"{type(exc).__name__} from {where}: {exc}") from exc
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        text = f"{where} answered {status} {response.reason_phrase}"
+        if status in _RETRYABLE or status >= 500:
+            raise TransientDeliveryError(text)
+        raise PermanentDeliveryError(text)
+
+    def send_digest(self, alerts: Sequence[Alert]) -> None:
+        """A digest: the default payload gains an ``alerts`` list; templates see it as ``data``."""
+        self.send(digest_alert(alerts))
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()

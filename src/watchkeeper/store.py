@@ -1,0 +1,451 @@
+"""The SQLite state: checkpoints, rule state, alert history and the outbox of deliveries.
+
+Why SQLite in WAL mode: one file, no server, readers never block the writer, and a transaction is
+the unit of the project's promise. :meth:`Store.commit_check` writes a watcher's new checkpoint,
+its rule state, its alerts and one delivery row per (alert, notifier) in one transaction: a crash
+before the commit means the check is redone from the old checkpoint, a crash after it means the
+alerts are safe in the outbox. ``synchronous=NORMAL`` keeps a committed transaction through a
+process crash (SIGKILL); only an OS crash or power loss may lose the last few.
+
+Each thread gets its own connection (sqlite3 connections are not meant to be shared); all of them
+are closed by :meth:`Store.close`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from watchkeeper.alerts import Alert, Severity
+from watchkeeper.errors import StoreError
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE watchers (
+        name            TEXT PRIMARY KEY,
+        kind            TEXT NOT NULL,
+        checkpoint      TEXT,               -- JSON, watcher-specific
+        rule_state      TEXT,               -- JSON, see alerts.RuleEngine
+        failures        INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        last_check      REAL,
+        next_check      REAL,
+        checks          INTEGER NOT NULL DEFAULT 0,
+        paused          INTEGER NOT NULL DEFAULT 0,
+        muted_until     REAL
+    );
+    CREATE TABLE alerts (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        uid             TEXT NOT NULL UNIQUE,
+        watcher         TEXT NOT NULL,
+        kind            TEXT NOT NULL,
+        severity        INTEGER NOT NULL,
+        status          TEXT NOT NULL,
+        key             TEXT NOT NULL,
+        title           TEXT NOT NULL,
+        body            TEXT NOT NULL,
+        data            TEXT NOT NULL,
+        created_at      REAL NOT NULL
+    );
+    CREATE INDEX alerts_watcher ON alerts (watcher, id);
+    CREATE INDEX alerts_created ON alerts (created_at);
+    CREATE TABLE deliveries (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        alert_id        INTEGER NOT NULL REFERENCES alerts (id),
+        notifier        TEXT NOT NULL,
+        status          TEXT NOT NULL DEFAULT 'pending',   -- pending | sent | failed
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_try        REAL NOT NULL,
+        last_error      TEXT,
+        sent_at         REAL,
+        UNIQUE (alert_id, notifier)
+    );
+    CREATE INDEX deliveries_due ON deliveries (notifier, status, next_try);
+    """,
+}
+
+
+@dataclass(frozen=True)
+class WatcherRecord:
+    """One row of the watchers table, as status pages and the runtime read it."""
+
+    name: str
+    kind: str
+    checkpoint: Any
+    rule_state: dict[str, Any]
+    failures: int
+    last_error: str | None
+    last_check: float | None
+    next_check: float | None
+    checks: int
+    paused: bool
+    muted_until: float | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A pending delivery: which alert, to which notifier, how many tries so far."""
+
+    id: int
+    notifier: str
+    attempts: int
+    alert: Alert
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which notifier gets which alerts: those at or above ``min_severity``."""
+
+    notifier: str
+    min_severity: Severity = Severity.DEBUG
+
+
+class Store:
+    """The state file. Safe to use from many threads and from several processes at once."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder for state file {self.path}: {exc}") from exc
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._migrate()
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise StoreError(f"state file {self.path} is closed")
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=30, isolation_level=None, check_same_thread=False
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open state file {self.path}: {exc}") from exc
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write state file {self.path}: {exc}") from exc
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"cannot commit to state file {self.path}: {exc}") from exc
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read state file {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close every thread's connection; later use raises StoreError."""
+        with self._lock:
+            self._closed = True
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def _migrate(self) -> None:
+        try:
+            with self.transaction() as conn:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"state file {self.path} has schema version {version}, newer than this "
+                        f"watchkeeper understands ({SCHEMA_VERSION}); upgrade watchkeeper"
+                    )
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[step].split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {step}")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a watchkeeper state file: {exc}") from exc
+
+    # -- watchers ---------------------------------------------------------------------------
+
+    def watcher(self, name: str) -> WatcherRecord | None:
+        """The stored state of one watcher, or None if it never ran."""
+        rows = self._read("SELECT * FROM watchers WHERE name = ?", (name,))
+        return _watcher_record(rows[0]) if rows else None
+
+    def watchers(self) -> list[WatcherRecord]:
+        """Every watcher that ever ran against this state, by name."""
+        return [_watcher_record(r) for r in self._read("SELECT * FROM watchers ORDER BY name")]
+
+    def register_watcher(self, name: str, kind: str) -> WatcherRecord:
+        """Make sure the watcher has a row (so status shows it before its first check)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO watchers (name, kind) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET kind = excluded.kind",
+                (name, kind),
+            )
+        record = self.watcher(name)
+        assert record is not None
+        return record
+
+    def set_paused(self, name: str, paused: bool) -> None:
+        """Pause or resume a watcher; the flag survives restarts."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE watchers SET paused = ? WHERE name = ?", (int(paused), name))
+
+    def set_muted_until(self, name: str, until: float | None) -> None:
+        """Mute a watcher's alerts until a time (None: unmute)."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE watchers SET muted_until = ? WHERE name = ?", (until, name))
+
+    def commit_check(
+        self,
+        name: str,
+        *,
+        checkpoint: Any,
+        rule_state: dict[str, Any],
+        alerts: Iterable[Alert],
+        routes: Sequence[Route],
+        now: float,
+        next_check: float | None,
+        error: str | None = None,
+    ) -> list[Alert]:
+        """Commit one check: checkpoint, rule state, alerts and their deliveries, atomically.
+
+        Returns the alerts with their store ids set. ``error`` is the check's failure (None when
+        it passed); ``failures`` counts consecutive ones.
+        """
+        committed = []
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE watchers SET checkpoint = ?, rule_state = ?, last_check = ?, "
+                "next_check = ?, checks = checks + 1, last_error = ?, "
+                "failures = CASE WHEN ? IS NULL THEN 0 ELSE failures + 1 END WHERE name = ?",
+                (
+                    json.dumps(checkpoint),
+                    json.dumps(rule_state),
+                    now,
+                    next_check,
+                    error,
+                    error,
+                    name,
+                ),
+            )
+            for alert in alerts:
+                self._insert_alert(conn, alert, routes, now)
+                committed.append(alert)
+        return committed
+
+    def add_alerts(self, alerts: Iterable[Alert], routes: Sequence[Route]) -> list[Alert]:
+        """Commit alerts that belong to no check (``notify-test``), with their deliveries."""
+        committed = []
+        with self.transaction() as conn:
+            for alert in alerts:
+                self._insert_alert(conn, alert, routes, time.time())
+                committed.append(alert)
+        return committed
+
+    @staticmethod
+    def _insert_alert(
+        conn: sqlite3.Connection, alert: Alert, routes: Sequence[Route], now: float
+    ) -> None:
+        cursor = conn.execute(
+            "INSERT INTO alerts (uid, watcher, kind, severity, status, key, title, body, data, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                alert.uid,
+                alert.watcher,
+                alert.kind,
+                int(alert.severity),
+                alert.status,
+                alert.key,
+                alert.title,
+                alert.body,
+                json.dumps(alert.data, default=str),
+                alert.created_at,
+            ),
+        )
+        alert.id = cursor.lastrowid
+        conn.executemany(
+            "INSERT INTO deliveries (alert_id, notifier, next_try) VALUES (?, ?, ?)",
+            [(alert.id, r.notifier, now) for r in routes if alert.severity >= r.min_severity],
+        )
+
+    # -- outbox -----------------------------------------------------------------------------
+
+    def due(self, notifier: str, now: float, limit: int = 100) -> list[Delivery]:
+        """Pending deliveries to one notifier whose next try has come, oldest first."""
+        rows = self._read(
+            "SELECT d.id AS delivery_id, d.notifier, d.attempts, a.* FROM deliveries d "
+            "JOIN alerts a ON a.id = d.alert_id WHERE d.notifier = ? AND d.status = 'pending' "
+            "AND d.next_try <= ? ORDER BY d.id LIMIT ?",
+            (notifier, now, limit),
+        )
+        return [Delivery(r["delivery_id"], r["notifier"], r["attempts"], _alert(r)) for r in rows]
+
+    def next_try(self, notifier: str) -> float | None:
+        """When the earliest pending delivery to this notifier is due, or None if none is."""
+        rows = self._read(
+            "SELECT MIN(next_try) FROM deliveries WHERE notifier = ? AND status = 'pending'",
+            (notifier,),
+        )
+        value = rows[0][0]
+        return float(value) if value is not None else None
+
+    def reschedule_pending(self, notifier: str, now: float) -> int:
+        """Make every pending delivery to a notifier due now: a new start retries at once."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE deliveries SET next_try = ? WHERE notifier = ? AND status = 'pending' "
+                "AND next_try > ?",
+                (now, notifier, now),
+            )
+            return cursor.rowcount
+
+    def mark_sent(self, delivery_ids: Sequence[int], now: float) -> None:
+        """Record deliveries as done."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE deliveries SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
+                "last_error = NULL WHERE id = ?",
+                [(now, i) for i in delivery_ids],
+            )
+
+    def mark_retry(self, delivery_ids: Sequence[int], error: str, next_try: float) -> None:
+        """Record a failed try; the deliveries stay pending until ``next_try``."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_try = ? "
+                "WHERE id = ?",
+                [(error, next_try, i) for i in delivery_ids],
+            )
+
+    def mark_failed(self, delivery_ids: Sequence[int], error: str) -> None:
+        """Record deliveries that cannot succeed; they stay visible in status and the API."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE deliveries SET status = 'failed', attempts = attempts + 1, last_error = ? "
+                "WHERE id = ?",
+                [(error, i) for i in delivery_ids],
+            )
+
+    def retry_failed(self, notifier: str | None = None) -> int:
+        """Put failed deliveries back in the queue (after fixing a notifier's config)."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE deliveries SET status = 'pending', next_try = ? WHERE status = 'failed' "
+                "AND (? IS NULL OR notifier = ?)",
+                (time.time(), notifier, notifier),
+            )
+            return cursor.rowcount
+
+    def delivery_counts(self) -> dict[str, dict[str, int]]:
+        """{notifier: {status: count}} for status pages."""
+        counts: dict[str, dict[str, int]] = {}
+        for row in self._read(
+            "SELECT notifier, status, COUNT(*) FROM deliveries GROUP BY notifier, status"
+        ):
+            counts.setdefault(row[0], {})[row[1]] = row[2]
+        return counts
+
+    def last_delivery_errors(self) -> dict[str, str]:
+        """{notifier: the most recent error of a pending or failed delivery}."""
+        rows = self._read(
+            "SELECT notifier, last_error FROM deliveries WHERE last_error IS NOT NULL "
+            "AND status != 'sent' ORDER BY id"
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def deliveries_of(self, alert_id: int) -> list[dict[str, Any]]:
+        """Every delivery row of one alert, as plain dicts (for tests, status and the API)."""
+        rows = self._read(
+            "SELECT notifier, status, attempts, last_error, sent_at FROM deliveries "
+            "WHERE alert_id = ? ORDER BY notifier",
+            (alert_id,),
+        )
+        return [dict(r) for r in rows]
+
+    # -- history ----------------------------------------------------------------------------
+
+    def alerts(
+        self,
+        *,
+        since_id: int = 0,
+        since_time: float | None = None,
+        min_severity: Severity = Severity.DEBUG,
+        watcher: str | None = None,
+        limit: int = 1000,
+        newest_first: bool = False,
+    ) -> list[Alert]:
+        """Alert history, filtered."""
+        order = "DESC" if newest_first else "ASC"
+        rows = self._read(
+            "SELECT * FROM alerts WHERE id > ? AND (? IS NULL OR created_at >= ?) "
+            f"AND severity >= ? AND (? IS NULL OR watcher = ?) ORDER BY id {order} LIMIT ?",
+            (since_id, since_time, since_time, int(min_severity), watcher, watcher, limit),
+        )
+        return [_alert(r) for r in rows]
+
+
+def _alert(row: sqlite3.Row) -> Alert:
+    return Alert(
+        id=row["id"],
+        uid=row["uid"],
+        watcher=row["watcher"],
+        kind=row["kind"],
+        severity=Severity(row["severity"]),
+        status=row["status"],
+        key=row["key"],
+        title=row["title"],
+        body=row["body"],
+        data=json.loads(row["data"]),
+        created_at=row["created_at"],
+    )
+
+
+def _watcher_record(row: sqlite3.Row) -> WatcherRecord:
+    return WatcherRecord(
+        name=row["name"],
+        kind=row["kind"],
+        checkpoint=json.loads(row["checkpoint"]) if row["checkpoint"] else None,
+        rule_state=json.loads(row["rule_state"]) if row["rule_state"] else {},
+        failures=row["failures"],
+        last_error=row["last_error"],
+        last_check=row["last_check"],
+        next_check=row["next_check"],
+        checks=row["checks"],
+        paused=bool(row["paused"]),
+        muted_until=row["muted_until"],
+    )

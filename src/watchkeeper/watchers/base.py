@@ -1,0 +1,87 @@
+"""The Watcher contract, its config base and the registry by kind.
+
+A watcher is a *check* the runtime calls once per cycle, with the checkpoint it returned last
+time (None on the very first run). The check returns observations plus the new checkpoint that
+covers them; the runtime commits both, with the alerts the rules make, in one transaction. A
+watcher therefore keeps no state of its own that the store does not also hold, which is what lets
+a restart continue exactly where the last committed check ended.
+
+Watchers that learn about work from the OS (inotify for logs) override :meth:`Watcher.wait`.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import ConfigDict, Field, field_validator
+
+from watchkeeper.alerts import Observation, Rules
+from watchkeeper.units import Duration
+
+
+class WatcherConfig(Rules):
+    """Settings every watcher has: a name, how often it checks, and the alerting rules."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="Unique name; alerts and state are filed under it.")
+    every: Duration = Field(default=60.0, description="Time between checks.")
+
+    @field_validator("every")
+    @classmethod
+    def _every_positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
+
+    def rules(self) -> Rules:
+        """Just the rule settings, for the rule engine."""
+        return Rules(**{k: getattr(self, k) for k in Rules.model_fields})
+
+
+@dataclass
+class CheckResult:
+    """What one check produced: observations and the checkpoint that covers them."""
+
+    observations: list[Observation] = field(default_factory=list)
+    checkpoint: Any = None
+
+
+class Watcher(ABC):
+    """One thing to keep watch over. Subclasses set ``kind`` and ``config_model``."""
+
+    kind: ClassVar[str]
+    config_model: ClassVar[type[WatcherConfig]]
+
+    def __init__(self, config: WatcherConfig) -> None:
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        """The configured name."""
+        return self.config.name
+
+    @abstractmethod
+    def check(self, checkpoint: Any) -> CheckResult:
+        """Look once. Raise on failure: the runtime records it, backs off and retries."""
+
+    def wait(self, wake: threading.Event, timeout: float) -> None:
+        """Block until the next check is due or ``wake`` is set (stop, check-now, resume)."""
+        wake.wait(timeout)
+
+    def close(self) -> None:
+        """Release files, sockets and clients. Called once, from the watcher's own thread."""
+
+
+WATCHERS: dict[str, type[Watcher]] = {}
+
+W = TypeVar("W", bound=type[Watcher])
+
+
+def register(cls: W) -> W:
+    """Class decorator: make a watcher available to config files as ``[[kind]]`` tables."""
+    WATCHERS[cls.kind] = cls
+    return cls

@@ -1,0 +1,125 @@
+"""Shared fixtures: real servers on 127.0.0.1, a thread-leak check, and condition waits."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watchkeeper.smtpsink import SmtpSink
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leaks() -> Iterator[None]:
+    """Every thread a test starts must be gone (within a grace period) when it ends."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        leaked = [
+            t
+            for t in threading.enumerate()
+            if t not in before and t.is_alive() and not t.name.startswith("pytest_timeout")
+        ]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert not leaked, f"threads leaked: {[t.name for t in leaked]}"
+
+
+@pytest.fixture
+def smtp_sink(tmp_path: Path) -> Iterator[SmtpSink]:
+    """A real aiosmtpd server on 127.0.0.1 that keeps what it receives."""
+    sink = SmtpSink(tmp_path / "inbox").start()
+    yield sink
+    sink.stop()
+
+
+@dataclass
+class Recorded:
+    """One request a RecordingServer received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class RecordingServer:
+    """A real HTTP server on 127.0.0.1 that records requests and answers with ``status``."""
+
+    server: ThreadingHTTPServer
+    requests: list[Recorded] = field(default_factory=list)
+    status: int = 200
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Recorded]:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.requests) >= count, timeout), (
+                f"expected {count} requests, got {len(self.requests)}"
+            )
+            return list(self.requests)
+
+
+@pytest.fixture
+def http_receiver() -> Iterator[RecordingServer]:
+    """A webhook receiver: records every request, answers ``receiver.status``."""
+    holder: dict[str, RecordingServer] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def _handle(self) -> None:
+            rec = holder["server"]
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            with rec.changed:
+                rec.requests.append(
+                    Recorded(self.command, self.path, dict(self.headers.items()), body)
+                )
+                rec.changed.notify_all()
+            self.send_response(rec.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_PUT = do_GET = _handle
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    recorder = RecordingServer(server)
+    holder["server"] = recorder
+    thread = threading.Thread(target=server.serve_forever, name="http-receiver", daemon=True)
+    thread.start()
+    yield recorder
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
