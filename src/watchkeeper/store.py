@@ -171,6 +171,12 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read state file {self.path}: {exc}") from exc
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Close every thread's connection; later use raises StoreError."""
         with self._lock:
