@@ -156,6 +156,9 @@ class Store:
             raise StoreError(f"cannot write state file {self.path}: {exc}") from exc
         try:
             yield conn
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"cannot write state file {self.path}: {exc}") from exc
         except BaseException:
             conn.execute("ROLLBACK")
             raise

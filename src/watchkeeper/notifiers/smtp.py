@@ -70,9 +70,11 @@ class SmtpConfig(NotifierConfig):
     port: int | None = Field(
         default=None, ge=1, le=65535, description="Default: 25, 587 with starttls, 465 with ssl."
     )
-    tls: Literal["none", "starttls", "ssl"] = "none"
-    username: str | None = None
-    password: SecretStr | None = None
+    tls: Literal["none", "starttls", "ssl"] = Field(
+        default="none", description="Plain, STARTTLS upgrade, or TLS from the first byte."
+    )
+    username: str | None = Field(default=None, description="Log in as this user.")
+    password: SecretStr | None = Field(default=None, description="Password; use ${VAR}.")
     sender: Address = Field(description="The From address.")
     to: list[Address] = Field(min_length=1, description="Recipients.")
     subject: TemplateText = Field(
