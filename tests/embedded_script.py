@@ -1,10 +1,11 @@
 """A program that embeds a Keeper and returns from main, as a user's script would.
 
-argv: STATE SMTP_PORT SHUTDOWN_TIMEOUT. Prints "main returns <time>" just before returning.
+argv: STATE SHUTDOWN_TIMEOUT NOTIFIER-AS-JSON. Prints "main returns <time>" just before returning.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -12,21 +13,8 @@ from watchkeeper import Keeper, Observation
 
 
 def main() -> None:
-    state, port, shutdown_timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    keeper = Keeper(
-        state=state,
-        notify=[
-            {
-                "kind": "smtp",
-                "host": "127.0.0.1",
-                "port": port,
-                "timeout": "60s",
-                "sender": "wk@example.com",
-                "to": ["ops@example.com"],
-            }
-        ],
-        shutdown_timeout=shutdown_timeout,
-    )
+    state, shutdown_timeout, notifier = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3])
+    keeper = Keeper(state=state, notify=[notifier], shutdown_timeout=shutdown_timeout)
     keeper.every(3600, lambda: Observation("last words", severity="critical"), name="job")
     keeper.start()
     assert keeper.store is not None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import RecordingServer, wait_until
 from watchkeeper.smtpsink import SmtpSink
 from watchkeeper.store import Store
 
@@ -23,15 +23,28 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def run_script(state: Path, port: int, shutdown_timeout: float) -> tuple[float, float, str]:
+def smtp(port: int) -> dict[str, object]:
+    return {
+        "kind": "smtp",
+        "host": "127.0.0.1",
+        "port": port,
+        "timeout": "60s",
+        "sender": "wk@example.com",
+        "to": ["ops@example.com"],
+    }
+
+
+def run_script(
+    state: Path, shutdown_timeout: float, notifier: dict[str, object]
+) -> tuple[float, float, str]:
     """Run the embedded script; return (main-returned time, exit time, stderr)."""
     proc = subprocess.run(
         [
             sys.executable,
             str(ROOT / "tests" / "embedded_script.py"),
             str(state),
-            str(port),
             str(shutdown_timeout),
+            json.dumps(notifier),
         ],
         capture_output=True,
         text=True,
@@ -57,7 +70,7 @@ def silent_smtp() -> Iterator[int]:
 def test_script_exits_promptly_after_its_last_alert_is_delivered(
     tmp_path: Path, smtp_sink: SmtpSink
 ) -> None:
-    returned, ended, _ = run_script(tmp_path / "wk.db", smtp_sink.port, 5.0)
+    returned, ended, _ = run_script(tmp_path / "wk.db", 5.0, smtp(smtp_sink.port))
     assert len(smtp_sink.messages) == 1
     assert ended - returned < 1.0
 
@@ -66,17 +79,36 @@ def test_hung_smtp_server_bounds_exit_and_the_next_run_delivers_once(
     tmp_path: Path, silent_smtp: int, smtp_sink: SmtpSink
 ) -> None:
     state = tmp_path / "wk.db"
-    returned, ended, stderr = run_script(state, silent_smtp, 1.5)
+    returned, ended, stderr = run_script(state, 1.5, smtp(silent_smtp))
     assert ended - returned < 1.5 + 1.0
     assert "deliveries pending" in stderr
     with Store(state) as store:
         assert store.delivery_counts() == {"smtp": {"pending": 1}}
 
-    run_script(state, smtp_sink.port, 5.0)
+    run_script(state, 5.0, smtp(smtp_sink.port))
     assert len(smtp_sink.messages) == 1  # the pending one; the condition did not re-alert
     assert "last words" in str(smtp_sink.messages[0]["Subject"])
     with Store(state) as store:
         assert store.delivery_counts() == {"smtp": {"sent": 1}}
+
+
+def test_apprise_deliveries_wait_at_exit_instead_of_failing(
+    tmp_path: Path, http_receiver: RecordingServer
+) -> None:
+    pytest.importorskip("apprise")
+    state = tmp_path / "wk.db"
+    target = {"kind": "apprise", "url": "json://" + http_receiver.url.removeprefix("http://")}
+    # A long batch window keeps the dispatcher from sending before main returns; the exit flush
+    # closes open windows for every exit-safe notifier, but must leave apprise's pending.
+    run_script(state, 2.0, {**target, "batch": "1h"})
+    with Store(state) as store:
+        assert store.delivery_counts() == {"apprise": {"pending": 1}}
+    assert http_receiver.requests == []
+    run_script(state, 5.0, target)
+    (request,) = http_receiver.wait_for(1)
+    assert request.json()["title"] == "last words"
+    with Store(state) as store:
+        assert store.delivery_counts() == {"apprise": {"sent": 1}}
 
 
 def write_agent_config(tmp_path: Path, call: str, every: str = "20ms") -> Path:

@@ -16,8 +16,9 @@ from watchkeeper.store import Route, Store
 
 def alert(title: str, uid: str | None = None) -> Alert:
     extra = {"uid": uid} if uid else {}
-    return Alert(watcher="w", kind="custom", severity=Severity.ERROR, title=title, key=title,
-                 **extra)
+    return Alert(
+        watcher="w", kind="custom", severity=Severity.ERROR, title=title, key=title, **extra
+    )
 
 
 ROUTES = [Route("mail", Severity.WARNING), Route("chat", Severity.CRITICAL)]
@@ -26,14 +27,27 @@ ROUTES = [Route("mail", Severity.WARNING), Route("chat", Severity.CRITICAL)]
 def test_checkpoint_alerts_and_deliveries_commit_together(tmp_path: Path) -> None:
     with Store(tmp_path / "wk.db") as store:
         store.register_watcher("w", "custom")
-        store.commit_check("w", checkpoint={"offset": 10}, rule_state={}, alerts=[alert("a")],
-                           routes=ROUTES, now=1.0, next_check=2.0)
+        store.commit_check(
+            "w",
+            checkpoint={"offset": 10},
+            rule_state={},
+            alerts=[alert("a")],
+            routes=ROUTES,
+            now=1.0,
+            next_check=2.0,
+        )
         # A failing commit (a repeated uid) must leave no trace: not the checkpoint, not "b".
         first = store.alerts()[0]
         with pytest.raises(StoreError, match="UNIQUE"):
-            store.commit_check("w", checkpoint={"offset": 20}, rule_state={"x": 1},
-                               alerts=[alert("b"), alert("again", uid=first.uid)],
-                               routes=ROUTES, now=3.0, next_check=4.0)
+            store.commit_check(
+                "w",
+                checkpoint={"offset": 20},
+                rule_state={"x": 1},
+                alerts=[alert("b"), alert("again", uid=first.uid)],
+                routes=ROUTES,
+                now=3.0,
+                next_check=4.0,
+            )
         record = store.watcher("w")
         assert record is not None
         assert record.checkpoint == {"offset": 10}
@@ -46,8 +60,15 @@ def test_checkpoint_alerts_and_deliveries_commit_together(tmp_path: Path) -> Non
 def test_outbox_retry_and_failure_bookkeeping(tmp_path: Path) -> None:
     with Store(tmp_path / "wk.db") as store:
         store.register_watcher("w", "custom")
-        store.commit_check("w", checkpoint=None, rule_state={}, alerts=[alert("a"), alert("b")],
-                           routes=[Route("mail")], now=100.0, next_check=None)
+        store.commit_check(
+            "w",
+            checkpoint=None,
+            rule_state={},
+            alerts=[alert("a"), alert("b")],
+            routes=[Route("mail")],
+            now=100.0,
+            next_check=None,
+        )
         due = store.due("mail", now=100.0)
         assert [d.alert.title for d in due] == ["a", "b"]
         store.mark_retry([due[0].id], "timeout", next_try=200.0)
@@ -89,8 +110,14 @@ def test_a_hung_notifier_does_not_delay_another(
         keeper = Keeper(
             state=tmp_path / "wk.db",
             notify=[
-                {"kind": "smtp", "host": "127.0.0.1", "port": silent.getsockname()[1],
-                 "timeout": "30s", "sender": "wk@example.com", "to": ["ops@example.com"]},
+                {
+                    "kind": "smtp",
+                    "host": "127.0.0.1",
+                    "port": silent.getsockname()[1],
+                    "timeout": "30s",
+                    "sender": "wk@example.com",
+                    "to": ["ops@example.com"],
+                },
                 {"kind": "webhook", "url": http_receiver.url},
             ],
         )
