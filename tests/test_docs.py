@@ -12,5 +12,6 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 def test_config_reference_is_current() -> None:
     current = (DOCS / "reference.md").read_text()
     assert current == render(), (
-        "docs/reference.md is out of date: run `python -m watchkeeper.reference > docs/reference.md`"
+        "docs/reference.md is out of date: "
+        "run `python -m watchkeeper.reference > docs/reference.md`"
     )

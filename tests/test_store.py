@@ -95,7 +95,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 def test_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "wk.db"
     path.write_text("this is a text file, not SQLite\n" * 100)
-    with pytest.raises(StoreError, match="wk.db: file is not a database"):
+    with pytest.raises(StoreError, match=r"wk\.db: file is not a database"):
         Store(path)
 
 

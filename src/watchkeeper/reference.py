@@ -32,8 +32,11 @@ Durations are written like `500ms`, `30s`, `5m`, `1h30m` (a bare number is secon
 def _special(metadata: typing.Iterable[Any]) -> str | None:
     """``duration``, ``size`` or ``template`` for the Annotated types of units.py and notifiers."""
     names = {getattr(getattr(m, "func", None), "__name__", "") for m in metadata}
-    for func, name in (("parse_duration", "duration"), ("parse_size", "size"),
-                       ("_compiles", "template")):
+    for func, name in (
+        ("parse_duration", "duration"),
+        ("parse_size", "size"),
+        ("_compiles", "template"),
+    ):
         if func in names:
             return name
     return None
@@ -73,10 +76,8 @@ def default_text(field: FieldInfo) -> str:
     """The default as it would be written in TOML, or *required*."""
     if field.is_required():
         return "*required*"
-    if field.default_factory is not None:
-        value = field.default_factory()  # type: ignore[call-arg]
-    else:
-        value = field.default
+    factory: Any = field.default_factory
+    value = factory() if factory is not None else field.default
     if value is None or value is PydanticUndefined or value == "":
         return "—"
     if isinstance(value, bool):
@@ -126,9 +127,18 @@ def render() -> str:
     common = tuple(NotifierConfig.model_fields)
     for kind in sorted(NOTIFIERS):
         model = NOTIFIERS[kind].config_model
-        parts += [f"### `kind = \"{kind}\"`\n", first_line(model.__doc__) + "\n", table(model, common), ""]
-    parts += ["## Watchers\n", "Every watcher table takes these keys (the rules are in docs/rules.md):\n",
-              table(WatcherConfig), ""]
+        parts += [
+            f'### `kind = "{kind}"`\n',
+            first_line(model.__doc__) + "\n",
+            table(model, common),
+            "",
+        ]
+    parts += [
+        "## Watchers\n",
+        "Every watcher table takes these keys (the rules are in docs/rules.md):\n",
+        table(WatcherConfig),
+        "",
+    ]
     shared = tuple(WatcherConfig.model_fields)
     for kind in sorted(WATCHERS):
         model = WATCHERS[kind].config_model
