@@ -56,8 +56,8 @@ def type_name(annotation: Any) -> str:
     if origin is typing.Literal:
         return " \\| ".join(f'`"{v}"`' for v in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return " or ".join(type_name(a) for a in args)
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return " or ".join(type_name(a) for a in members)
     if origin is list:
         return f"list of {type_name(typing.get_args(annotation)[0])}"
     if origin is dict:
@@ -141,8 +141,13 @@ def render() -> str:
     ]
     shared = tuple(WatcherConfig.model_fields)
     for kind in sorted(WATCHERS):
-        model = WATCHERS[kind].config_model
-        parts += [f"### `[[{kind}]]`\n", first_line(model.__doc__) + "\n", table(model, shared), ""]
+        watcher_model = WATCHERS[kind].config_model
+        parts += [
+            f"### `[[{kind}]]`\n",
+            first_line(watcher_model.__doc__) + "\n",
+            table(watcher_model, shared),
+            "",
+        ]
     return "\n".join(parts).rstrip() + "\n"
 
 
