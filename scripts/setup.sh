@@ -12,7 +12,7 @@ if [ "${WK_SETUP_MINIMAL:-0}" = 1 ]; then
     quiet_pip install --quiet -e .
 else
     quiet_pip install --quiet -e '.[test]'
-    WK_APT_PACKAGES="$(grep -v '^#' scripts/apt-packages.txt 2>/dev/null | tr '\n' ' ')"
+    WK_APT_PACKAGES="$( { grep -v '^#' scripts/apt-packages.txt 2>/dev/null || true; } | tr '\n' ' ')"
     missing=""
     for pkg in $WK_APT_PACKAGES; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
