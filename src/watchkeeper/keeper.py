@@ -133,8 +133,7 @@ class Keeper:
             store = Store(self.state_path)
             self._dispatchers = [Dispatcher(notifier, store) for notifier in self.notifiers]
             self._threads = {
-                w.name: WatcherThread(w, store, self.routes, self._committed)
-                for w in self.watchers
+                w.name: WatcherThread(w, store, self.routes, self._committed) for w in self.watchers
             }
             self.store = store
             self._started = True
