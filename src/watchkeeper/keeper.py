@@ -123,6 +123,19 @@ class Keeper:
 
         return decorate if fn is None else decorate(fn)
 
+    def page(
+        self, url: str, items: str | None = None, *, name: str | None = None, **options: Any
+    ) -> Watcher:
+        """Alert on new items at ``url``: ``items`` is a CSS selector (HTML) or JMESPath (JSON).
+
+        ``options`` are the ``[[page]]`` keys (key, title, format, alert, every, ...) and the
+        rules; see docs/page.md.
+        """
+        table = {"name": name or url, "url": url, "items": items, **options}
+        config = watcher_config("page", table, f"keeper.page({url!r})")
+        assert config is not None
+        return self.add(config)
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> Self:

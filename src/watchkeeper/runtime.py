@@ -81,6 +81,10 @@ class WatcherThread(threading.Thread):
     def run(self) -> None:
         """The loop: check, apply rules, commit, wait."""
         try:
+            first_delay = self.watcher.first_delay()
+            if first_delay > 0:
+                self.wake.wait(first_delay)  # stop and check-now cut it short
+                self.wake.clear()
             while not self.stopping.is_set():
                 if self.paused:
                     self.wake.wait()

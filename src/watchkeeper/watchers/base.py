@@ -68,6 +68,10 @@ class Watcher(ABC):
     def check(self, checkpoint: Any) -> CheckResult:
         """Look once. Raise on failure: the runtime records it, backs off and retries."""
 
+    def first_delay(self) -> float:
+        """Seconds to wait before the first check; watchers that come in hundreds stagger."""
+        return 0.0
+
     def wait(self, wake: threading.Event, timeout: float) -> None:
         """Block until the next check is due or ``wake`` is set (stop, check-now, resume)."""
         wake.wait(timeout)
