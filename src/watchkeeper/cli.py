@@ -332,6 +332,85 @@ def demo(
     run_demo(seconds, open_browser=not no_browser)
 
 
+@app.command()
+def page(
+    url: Annotated[str, typer.Argument(help="The page, JSON API or feed.")],
+    items: Annotated[
+        str | None, typer.Option(help="CSS selector (HTML) or JMESPath (JSON) of the items.")
+    ] = None,
+    key: Annotated[str | None, typer.Option(help='What identifies an item, e.g. "a@href".')] = None,
+    title: Annotated[str | None, typer.Option(help="What an alert shows, e.g. h2.")] = None,
+    link: Annotated[str | None, typer.Option(help="The item's URL, e.g. a@href.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto, html, json or feed.")] = "auto",
+    render: Annotated[bool, typer.Option(help="Render with headless Chromium first.")] = False,
+    timeout: Annotated[str, typer.Option(help="Whole-request deadline.")] = "30s",
+    diff: Annotated[
+        bool, typer.Option("--diff", help="Mark the items the stored state has not seen.")
+    ] = False,
+    name: Annotated[
+        str | None, typer.Option(help="With --diff: the watcher's name (default: by URL).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOption = DEFAULT_CONFIG,
+    state: StateOption = None,
+) -> None:
+    """Check a page once and print the items found: for writing a selector, or --diff."""
+    from watchkeeper.config import watcher_config
+    from watchkeeper.watchers.page import PageConfig, preview
+
+    options = {"key": key, "title": title, "link": link, "format": fmt, "render": render}
+    table = {"name": name or url, "url": url, "items": items, "timeout": timeout, **options}
+    try:
+        cfg = watcher_config("page", {k: v for k, v in table.items() if v is not None}, "page")
+    except ConfigError as exc:
+        fail("\n".join(exc.errors))
+    assert isinstance(cfg, PageConfig)
+    stored = None
+    if diff:
+        stored = _stored_page_checkpoint(config, state, name, url)
+    try:
+        reply, found, new = preview(cfg, stored)
+    except WatchkeeperError as exc:
+        fail(str(exc))
+    if as_json:
+        rows = [
+            {"key": i.key, "title": i.title, "url": i.url} | ({"new": i.key in new} if diff else {})
+            for i in found.items
+        ]
+        out.print_json(json.dumps({"url": reply.url, "format": found.format, "items": rows}))
+        return
+    listing = Table(title=f"{len(found.items)} items ({found.format}) at {reply.url}")
+    for column in ["", "key", "title", "url"] if diff else ["key", "title", "url"]:
+        listing.add_column(column, overflow="fold")
+    for i in found.items:
+        cells = [Text(i.key), Text(i.title), Text(i.url or "")]
+        if diff:
+            cells.insert(0, Text("NEW", style="green") if i.key in new else Text(""))
+        listing.add_row(*cells)
+    out.print(listing)
+    notes = [f"{found.skipped} without a key were skipped"] if found.skipped else []
+    notes += ["the reply was cut off at max_bytes"] if reply.truncated else []
+    notes += [f"{len(new)} not in the stored state"] if diff else []
+    if notes:
+        out.print("; ".join(notes))
+
+
+def _stored_page_checkpoint(config: Path, state: Path | None, name: str | None, url: str) -> Any:
+    """The checkpoint of the page watcher named ``name``, or of the config's watcher for ``url``."""
+    if name is None:
+        cfg = load(config) if config.exists() else Config()
+        named = [w.name for w in cfg.watchers if getattr(w, "url", None) == url]
+        if not named:
+            fail(f"--diff: no [[page]] with url = {url!r} in {config}; name one with --name")
+        name = named[0]
+    store = open_store(config, state)
+    record = store.watcher(name)
+    store.close()
+    if record is None:
+        fail(f"--diff: the state has no watcher named {name!r}")
+    return record.checkpoint
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point of the ``watchkeeper`` script."""
     return app(args=argv)

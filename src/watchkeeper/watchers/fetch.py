@@ -228,14 +228,16 @@ class _Slot:
         self.gate.release(self.host)
 
 
-_shared: dict[str, Fetcher] = {}
+_shared: dict[str, Fetcher] = {}  # a dict, not a global statement: ruff's PLW0603
 _shared_lock = threading.Lock()
 
 
 def shared() -> Fetcher:
     """The process-wide fetcher, created on first use; pair with :func:`release`."""
     with _shared_lock:
-        fetcher = _shared.setdefault("fetcher", Fetcher()) if not _shared else _shared["fetcher"]
+        fetcher = _shared.get("fetcher")
+        if fetcher is None:
+            fetcher = _shared["fetcher"] = Fetcher()
         fetcher.users += 1
         return fetcher
 

@@ -26,7 +26,7 @@ import time
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from watchkeeper.alerts import Observation, Severity
 from watchkeeper.errors import CheckError
@@ -55,6 +55,9 @@ class PageConfig(WatcherConfig):
 
     every: Duration = Field(default=600.0, description="Time between checks.")
     url: str = Field(description="The page, API or feed (http or https).")
+    format: Literal["auto", "html", "json", "feed"] = Field(
+        default="auto", description="How to read the reply; auto goes by Content-Type."
+    )
     items: str | None = Field(
         default=None,
         description="HTML: CSS selector, one element per item. JSON: JMESPath to the list "
@@ -75,9 +78,6 @@ class PageConfig(WatcherConfig):
         default=None,
         description="The item's URL: like key. Default the first link (HTML) or the "
         "url/link field (JSON).",
-    )
-    format: Literal["auto", "html", "json", "feed"] = Field(
-        default="auto", description="How to read the reply; auto goes by Content-Type."
     )
     alert: Literal["each", "digest"] = Field(
         default="each", description="One alert per new item, or one per check listing them."
@@ -139,25 +139,25 @@ class PageConfig(WatcherConfig):
             raise ValueError("must be at least 1 byte")
         return value
 
-    @model_validator(mode="after")
-    def _selectors_parse(self) -> Self:
+    @field_validator("items", "key", "title", "link")
+    @classmethod
+    def _selector_parses(cls, value: str | None, info: ValidationInfo) -> str | None:
         """Catch a broken selector when the config loads, not at the first check."""
+        if value is None:
+            return value
+        fmt = info.data.get("format", "auto")
+        if fmt == "html":
+            return check_selector(value) if info.field_name == "items" else check_pick(value)
+        if fmt == "json":
+            return check_jmespath(value)
+        if fmt == "auto":
+            _css_or_jmespath(value)
+        return value
+
+    @model_validator(mode="after")
+    def _html_needs_items(self) -> Self:
         if self.format == "html" and self.items is None:
             raise ValueError("items: a CSS selector is required with format = 'html'")
-        picks = [p for p in (self.key, self.title, self.link) if p is not None]
-        if self.format == "html":
-            if self.items is not None:
-                check_selector(self.items)
-            for pick in picks:
-                check_pick(pick)
-        elif self.format == "json":
-            for expression in [self.items, *picks]:
-                if expression is not None:
-                    check_jmespath(expression)
-        elif self.format == "auto":
-            for spec in [self.items, *picks]:
-                if spec is not None:
-                    _css_or_jmespath(spec)
         return self
 
 
@@ -346,6 +346,22 @@ class PageWatcher(Watcher):
         if self._fetcher is not None:
             fetch.release(self._fetcher)
             self._fetcher = None
+
+
+def preview(config: PageConfig, stored: Any = None) -> tuple[fetch.Reply, Extraction, set[str]]:
+    """One full read without the store: the reply, its items, and which keys ``stored`` lacks.
+
+    For ``watchkeeper page``: trying a selector, or ``--diff`` against a watcher's checkpoint.
+    """
+    watcher = PageWatcher(config)
+    try:
+        reply, extraction = watcher.read(None)
+    finally:
+        watcher.close()
+    assert extraction is not None  # no validators were sent, so there is no 304
+    items = stored.get("items", {}) if isinstance(stored, dict) else {}
+    known = watcher._remembered(items, time.time())
+    return reply, extraction, {i.key for i in extraction.items if i.key not in known}
 
 
 def _item_data(url: str, item: Item) -> dict[str, Any]:

@@ -1,0 +1,151 @@
+"""The page watcher inside a Keeper: alerts delivered once, failures, restarts, Chromium, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run_cli, wait_until
+from tests.pagesite import Page, Site, site
+from watchkeeper import Keeper
+from watchkeeper.store import Store
+
+__all__ = ["site"]
+
+
+def alerts(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def checks(state: Path, name: str) -> int:
+    with Store(state) as store:
+        record = store.watcher(name)
+        return 0 if record is None else record.checks
+
+
+def links(*names: str) -> list[str]:
+    return [f"<a href='/p/{n}'>{n.title()}</a>" for n in names]
+
+
+def keeper(tmp_path: Path, url: str, **options: Any) -> Keeper:
+    jsonl = {"kind": "jsonl", "path": str(tmp_path / "alerts.jsonl")}
+    wk = Keeper(state=tmp_path / "wk.db", notify=[jsonl])
+    wk.page(url, items="li.item", name="shop", every="100ms", **options)
+    return wk
+
+
+def test_new_item_is_delivered_once_across_restarts(tmp_path: Path, site: Site) -> None:
+    out = tmp_path / "alerts.jsonl"
+    url = site.html("/new", links("a", "b"))
+    with keeper(tmp_path, url) as wk:
+        wait_until(lambda: site.hits["/new"] >= 2)  # the baseline and a check after it
+        site.html("/new", links("c", "a", "b"))
+        wait_until(lambda: alerts(out))
+        wk.check_now("shop")
+        hits = site.hits["/new"]
+        wait_until(lambda: site.hits["/new"] >= hits + 2)
+    [alert] = alerts(out)
+    assert alert["title"] == "shop: C"
+    assert alert["severity"] == "info"
+    assert alert["kind"] == "page"
+    assert alert["data"] == {
+        "url": url,
+        "item_key": f"{site.base}/p/c",
+        "item_title": "C",
+        "item_url": f"{site.base}/p/c",
+    }
+    site.html("/new", links("d", "c", "a", "b"))  # appears while nothing is watching
+    with keeper(tmp_path, url):
+        wait_until(lambda: len(alerts(out)) >= 2)
+        hits = site.hits["/new"]
+        wait_until(lambda: site.hits["/new"] >= hits + 2)
+    assert [a["title"] for a in alerts(out)] == ["shop: C", "shop: D"]
+
+
+def test_failures_alert_after_fail_after_then_recover(tmp_path: Path, site: Site) -> None:
+    out = tmp_path / "alerts.jsonl"
+    state = tmp_path / "wk.db"
+    url = site.html("/new", links("a"))
+    with keeper(tmp_path, url, fail_after=3):
+        wait_until(lambda: checks(state, "shop") >= 1)
+        site.pages["/new"] = Page("boom", status=500)
+        wait_until(lambda: site.hits["/new"] >= 3)
+        wait_until(lambda: alerts(out), timeout=15)
+        with Store(state) as store:
+            record = store.watcher("shop")
+            assert record is not None
+            assert record.failures >= 3
+            assert f"{site.base}/p/a" in record.checkpoint["items"]  # the old checkpoint stays
+        site.html("/new", links("a"))
+        wait_until(lambda: len(alerts(out)) >= 2, timeout=15)
+    failing, recovered = alerts(out)
+    assert failing["status"] == "firing"
+    assert failing["severity"] == "error"
+    assert "HTTP 500" in failing["title"]
+    assert failing["key"] == recovered["key"]
+    assert recovered["status"] == "resolved"
+    assert len(alerts(out)) == 2  # "a" was never reported as new: the checkpoint survived
+
+
+JS_PAGE = """<html><body><ul id="list"></ul><script>
+  setTimeout(() => {
+    for (const name of ["alpha", "beta"]) {
+      const li = document.createElement("li");
+      li.className = "item";
+      li.innerHTML = `<a href="/js/${name}">${name}</a>`;
+      document.getElementById("list").appendChild(li);
+    }
+  }, 100);
+</script></body></html>"""
+
+
+def test_render_with_chromium_sees_items_built_by_javascript(tmp_path: Path, site: Site) -> None:
+    pytest.importorskip("playwright.sync_api", reason="the 'browser' extra is not installed")
+    if not shutil.which("chromium") and not Path("/usr/bin/chromium").exists():
+        pytest.skip("Debian chromium is not installed (scripts/setup.sh installs it as root)")
+    site.pages["/js"] = Page(JS_PAGE)
+    plain = run_cli("page", site.url("/js"), "--items", "li.item", cwd=tmp_path)
+    assert plain.returncode == 1
+    assert "matched nothing" in plain.stderr
+    rendered = run_cli(
+        "page", site.url("/js"), "--items", "li.item", "--render", "--json", cwd=tmp_path
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    items = json.loads(rendered.stdout)["items"]
+    assert [(i["title"], i["url"]) for i in items] == [
+        ("alpha", f"{site.base}/js/alpha"),
+        ("beta", f"{site.base}/js/beta"),
+    ]
+
+
+def test_cli_page_prints_items_and_diffs_against_the_state(tmp_path: Path, site: Site) -> None:
+    url = site.html("/new", links("a", "b"))
+    state = tmp_path / "wk.db"
+    config = tmp_path / "watchkeeper.toml"
+    config.write_text(
+        f'[keeper]\nstate = "wk.db"\n\n[[page]]\nname = "shop"\nurl = "{url}"\n'
+        'items = "li.item"\nevery = "1h"\nstagger = "0s"\n'
+    )
+    listing = run_cli("page", url, "--items", "li.item", cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    assert "2 items (html)" in listing.stdout
+    assert f"{site.base}/p/a" in listing.stdout
+    with Keeper.from_config(config):
+        wait_until(lambda: state.exists() and checks(state, "shop") >= 1)
+    site.html("/new", links("c", "a", "b"))
+    diff = run_cli("page", url, "--items", "li.item", "--diff", "--json", cwd=tmp_path)
+    assert diff.returncode == 0, diff.stderr
+    rows = json.loads(diff.stdout)["items"]
+    assert [(r["title"], r["new"]) for r in rows] == [("C", True), ("A", False), ("B", False)]
+    shown = run_cli("page", url, "--items", "li.item", "--diff", cwd=tmp_path)
+    assert "1 not in the stored state" in shown.stdout
+    bad = run_cli("page", url, "--items", "li[", cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "items: 'li[' is not a valid CSS selector" in bad.stderr
+    assert "Traceback" not in bad.stderr
