@@ -306,14 +306,41 @@ def test_per_host_limit_holds_across_threads(site: Site, make: Make) -> None:
 
 
 def test_shared_client_closes_with_its_last_user(site: Site, make: Make) -> None:
-    a, b = make(site.url("/"), items="li"), make(site.url("/"), items="li")
-    client = a.fetcher.client
-    assert b.fetcher.client is client
+    url = site.html("/list", links("a"))
+    a, b = make(url, items="li.item"), make(url, items="li.item")
+    fetcher = a.fetcher
+    assert b.fetcher is fetcher
+    a.check(None)
+    assert len(fetcher.pool.pools) == 1  # connections to the host are kept open
     a.close()
-    assert not client.is_closed
+    assert len(fetcher.pool.pools) == 1
     b.close()
-    assert client.is_closed
-    assert make(site.url("/"), items="li").fetcher.client is not client
+    assert len(fetcher.pool.pools) == 0
+    assert make(url, items="li.item").fetcher is not fetcher
+
+
+def test_redirects_are_followed_and_capped(site: Site, make: Make) -> None:
+    site.html("/shop/new", links("a"))
+    site.pages["/old"] = Page("", status=301, headers={"Location": "/shop/new"})
+    [item] = Run(make(site.url("/old"), items="li.item", on_first="alert")).check()
+    assert item.data["item_url"] == f"{site.base}/p/a"
+    site.html("/shop/new", ["<a href='rel'>R</a>"])
+    [item] = Run(make(site.url("/old"), items="li.item", on_first="alert")).check()
+    assert item.data["item_url"] == f"{site.base}/shop/rel"  # relative to where it ended
+    for n in range(8):
+        site.pages[f"/loop{n}"] = Page("", status=302, headers={"Location": f"/loop{n + 1}"})
+    with pytest.raises(CheckError, match=r"/loop0: more than 5 redirects"):
+        make(site.url("/loop0"), items="li").check(None)
+
+
+def test_connection_refused_is_a_clear_failure(make: Make) -> None:
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        with pytest.raises(CheckError, match=rf"GET http://127\.0\.0\.1:{port}/: cannot connect"):
+            make(f"http://127.0.0.1:{port}/", items="li").check(None)
 
 
 def test_first_checks_are_staggered_by_name() -> None:

@@ -96,7 +96,10 @@ class PageConfig(WatcherConfig):
         default=5_000_000, description="Replies are cut off after this many bytes."
     )
     max_per_host: int = Field(
-        default=2, ge=1, description="At most this many requests in flight to the page's host."
+        default=2,
+        ge=1,
+        le=fetch.MAX_PER_HOST_CAP,
+        description="At most this many requests in flight to the page's host.",
     )
     headers: dict[str, str] = Field(
         default_factory=dict, description="Extra request headers, e.g. a User-Agent with contact."

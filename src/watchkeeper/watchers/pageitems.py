@@ -40,6 +40,11 @@ TRACKING_PARAMS = re.compile(
 )
 """Query parameters that identify a visitor or a campaign, never the item; dropped from keys."""
 
+_TRACKING_HINT = re.compile(
+    r"(?:^|&)(?:utm_|fbclid|gclid|dclid|gbraid|wbraid|msclkid|yclid|mc_|_hs|igshid|mkt_tok|_g|"
+    r"oly_|vero_id|wickedid|__s)",
+    re.IGNORECASE,
+)
 URL_ATTRIBUTES = frozenset({"href", "src", "action", "cite", "data-href", "data-url", "poster"})
 _ATTR = re.compile(r"^[A-Za-z_:][-\w:.]*$")
 _META_CHARSET = re.compile(
@@ -71,24 +76,18 @@ class Extraction:
 
 def normalize_url(url: str, base: str) -> str:
     """Absolute, scheme and host lower-cased, tracking parameters dropped, fragment kept."""
-    absolute = urljoin(base, url.strip())
+    url = url.strip()
+    absolute = url if url.startswith(("http://", "https://")) else urljoin(base, url)
     parts = urlsplit(absolute)
     if parts.scheme not in ("http", "https"):
         return absolute
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    kept = [(k, v) for k, v in query if not TRACKING_PARAMS.match(k)]
+    query = parts.query
+    if query and _TRACKING_HINT.search(query):  # the common case skips parsing the query
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, v) for k, v in pairs if not TRACKING_PARAMS.match(k)])
     netloc = parts.netloc.lower()
-    default_port = {"http": ":80", "https": ":443"}[parts.scheme]
-    netloc = netloc.removesuffix(default_port)
-    return urlunsplit(
-        (
-            parts.scheme.lower(),
-            netloc,
-            parts.path or "/",
-            urlencode(kept) if kept != query else parts.query,
-            parts.fragment,
-        )
-    )
+    netloc = netloc.removesuffix({"http": ":80", "https": ":443"}[parts.scheme])
+    return urlunsplit((parts.scheme, netloc, parts.path or "/", query, parts.fragment))
 
 
 def clean_text(text: str, limit: int | None = None) -> str:
@@ -216,11 +215,12 @@ def html_items(
     result = Extraction(format="html")
     for node in nodes:
         own_text = node.text(deep=True, separator=" ", strip=True)
-        url = link_pick.value(node, base) if link_pick else _first_link(node, base)
+        first_link = _first_link(node, base) if not (link_pick and key_pick) else None
+        url = link_pick.value(node, base) if link_pick else first_link
         if key_pick is not None:
             found = key_pick.value(node, base)
         else:
-            found = _first_link(node, base) or (text_key(own_text) if own_text.strip() else None)
+            found = first_link or (text_key(own_text) if own_text.strip() else None)
         if found is None:
             result.skipped += 1
             continue
