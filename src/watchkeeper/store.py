@@ -118,16 +118,20 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the folder for state file {self.path}: {exc}") from exc
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        # One connection per Store, used by one thread at a time: a thousand watcher threads
+        # with a connection each would hold 3,000 file descriptors (db, -wal, -shm; past the
+        # common limit of 1,024) and ~120 MB of SQLite caches. Writes serialize in SQLite
+        # anyway, and every transaction here is a few statements.
+        self._lock = threading.RLock()
         self._closed = False
         self._migrate()
 
     # -- connections ------------------------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        """The connection; call with ``self._lock`` held."""
+        conn = self._connection
         if conn is None:
             if self._closed:
                 raise StoreError(f"state file {self.path} is closed")
@@ -141,36 +145,36 @@ class Store:
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open state file {self.path}: {exc}") from exc
             conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
+            self._connection = conn
         return conn
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write state file {self.path}: {exc}") from exc
-        try:
-            yield conn
-        except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
-            raise StoreError(f"cannot write state file {self.path}: {exc}") from exc
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
-            raise StoreError(f"cannot commit to state file {self.path}: {exc}") from exc
+        with self._lock:
+            conn = self._conn()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write state file {self.path}: {exc}") from exc
+            try:
+                yield conn
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise StoreError(f"cannot write state file {self.path}: {exc}") from exc
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise StoreError(f"cannot commit to state file {self.path}: {exc}") from exc
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         try:
-            return self._conn().execute(sql, params).fetchall()
+            with self._lock:
+                return self._conn().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read state file {self.path}: {exc}") from exc
 
@@ -181,13 +185,12 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        """Close every thread's connection; later use raises StoreError."""
+        """Close the connection (after any transaction in progress); later use raises StoreError."""
         with self._lock:
             self._closed = True
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
 
     def _migrate(self) -> None:
         try:

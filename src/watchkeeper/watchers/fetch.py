@@ -157,7 +157,7 @@ class Fetcher:
 
     def close(self) -> None:
         """Close every kept-alive connection now (urllib3's clear() leaves that to the GC)."""
-        for key in self.pool.pools.keys():
+        for key in self.pool.pools.keys():  # noqa: SIM118 (it refuses plain iteration)
             pool = self.pool.pools.get(key)
             if pool is not None:
                 pool.close()
