@@ -374,3 +374,22 @@ def test_config_errors_name_the_key(table: dict[str, Any], message: str) -> None
         watcher_config("page", full, "wk.toml: [[page]] #1")
     assert message.replace("Value error, ", "") in str(info.value)
     assert str(info.value).startswith("wk.toml: [[page]] #1")
+
+
+@pytest.mark.parametrize(
+    ("href", "key"),
+    [
+        ("c?utm_source=news&id=2", "http://shop.test/a/c?id=2"),
+        ("/x?id=1&UTM_Medium=a&fbclid=z", "http://shop.test/x?id=1"),
+        ("/p?utm_source=x", "http://shop.test/p"),
+        ("/p?page=2&q=a%20b", "http://shop.test/p?page=2&q=a%20b"),  # kept as written
+        ("HTTPS://Other.TEST:443/y#frag", "https://other.test/y#frag"),
+        ("/a/../b", "http://shop.test/b"),
+        ("//cdn.test/img", "http://cdn.test/img"),
+        ("mailto:shop@test", "mailto:shop@test"),
+    ],
+)
+def test_url_keys_are_normalized(href: str, key: str) -> None:
+    from watchkeeper.watchers.pageitems import normalize_url
+
+    assert normalize_url(href, "http://Shop.test:80/a/b") == key

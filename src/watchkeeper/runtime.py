@@ -18,7 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from watchkeeper.alerts import Alert, RuleEngine
-from watchkeeper.errors import PermanentDeliveryError, StoreError, TransientDeliveryError
+from watchkeeper.errors import (
+    CheckError,
+    PermanentDeliveryError,
+    StoreError,
+    TransientDeliveryError,
+)
 from watchkeeper.notifiers.base import Notifier
 from watchkeeper.store import Delivery, Route, Store
 from watchkeeper.watchers.base import Watcher
@@ -117,7 +122,7 @@ class WatcherThread(threading.Thread):
                 self.watcher.name,
                 failures,
                 error,
-                exc_info=failures == 1 and not isinstance(exc, OSError),
+                exc_info=failures == 1 and not isinstance(exc, OSError | CheckError),
             )
             verdict = self.engine.failed(
                 error, self.rule_state, now, "".join(traceback.format_exception(exc))

@@ -13,13 +13,14 @@ malformed markup), jmespath, feedparser.
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import feedparser
 import jmespath
@@ -75,19 +76,41 @@ class Extraction:
 
 
 def normalize_url(url: str, base: str) -> str:
-    """Absolute, scheme and host lower-cased, tracking parameters dropped, fragment kept."""
+    """Absolute, scheme and host lower-cased, tracking parameters dropped, fragment kept.
+
+    Runs for every item of every check, so the common shapes (a root-relative or absolute
+    http(s) link) take string fast paths; anything else goes through ``urljoin``.
+    """
     url = url.strip()
-    absolute = url if url.startswith(("http://", "https://")) else urljoin(base, url)
-    parts = urlsplit(absolute)
-    if parts.scheme not in ("http", "https"):
-        return absolute
-    query = parts.query
-    if query and _TRACKING_HINT.search(query):  # the common case skips parsing the query
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, v) for k, v in pairs if not TRACKING_PARAMS.match(k)])
+    if url.startswith("/") and not url.startswith("//") and "/." not in url:
+        absolute = _origin(base) + url
+    else:
+        if not url.startswith(("http://", "https://")):
+            url = urljoin(base, url)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            return url
+        path = parts.path or "/"
+        absolute = urlunsplit((parts.scheme, _netloc(parts), path, parts.query, parts.fragment))
+    rest, hash_mark, fragment = absolute.partition("#")
+    head, _, query = rest.partition("?")
+    if query and _TRACKING_HINT.search(query):
+        pairs = query.split("&")
+        query = "&".join(p for p in pairs if not TRACKING_PARAMS.match(p.partition("=")[0]))
+    return head + ("?" + query if query else "") + hash_mark + fragment
+
+
+@functools.lru_cache(maxsize=1024)
+def _origin(base: str) -> str:
+    """``scheme://host[:port]`` of a page URL, normalized like the keys."""
+    parts = urlsplit(base)
+    return f"{parts.scheme.lower()}://{_netloc(parts)}"
+
+
+def _netloc(parts: SplitResult) -> str:
+    """The host part lower-cased, without the scheme's default port."""
     netloc = parts.netloc.lower()
-    netloc = netloc.removesuffix({"http": ":80", "https": ":443"}[parts.scheme])
-    return urlunsplit((parts.scheme, netloc, parts.path or "/", query, parts.fragment))
+    return netloc.removesuffix({"http": ":80", "https": ":443"}.get(parts.scheme.lower(), "\0"))
 
 
 def clean_text(text: str, limit: int | None = None) -> str:
@@ -143,6 +166,7 @@ class Pick:
         return clean_text(raw)
 
 
+@functools.lru_cache(maxsize=256)  # a thousand pages often share one selector
 def check_selector(selector: str) -> str:
     """Raise ValueError naming the selector when lexbor cannot parse it."""
     try:
@@ -152,6 +176,7 @@ def check_selector(selector: str) -> str:
     return selector
 
 
+@functools.lru_cache(maxsize=256)  # a thousand pages often share one selector
 def check_pick(spec: str) -> str:
     """Validate a ``sel@attr`` spec at config time."""
     pick = Pick.parse(spec)
@@ -232,6 +257,7 @@ def html_items(
 # -- JSON ---------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)  # a thousand pages often share one selector
 def check_jmespath(expression: str) -> str:
     """Raise ValueError naming the expression when it does not compile."""
     try:
