@@ -393,3 +393,16 @@ def test_url_keys_are_normalized(href: str, key: str) -> None:
     from watchkeeper.watchers.pageitems import normalize_url
 
     assert normalize_url(href, "http://Shop.test:80/a/b") == key
+
+
+def test_wait_honours_retry_after_over_a_shorter_interval(site: Site, make: Make) -> None:
+    import threading
+    import time
+
+    site.pages["/busy"] = Page("busy", status=503, headers={"Retry-After": "1"})
+    watcher = make(site.url("/busy"), items="li")
+    with pytest.raises(CheckError, match="HTTP 503"):
+        watcher.check(None)
+    started = time.monotonic()
+    watcher.wait(threading.Event(), 0.01)  # the runtime asks for 10 ms; the host said 1 s
+    assert time.monotonic() - started > 0.5

@@ -149,3 +149,24 @@ def test_cli_page_prints_items_and_diffs_against_the_state(tmp_path: Path, site:
     assert bad.returncode == 1
     assert "items: 'li[' is not a valid CSS selector" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_first_check_waits_for_its_stagger_slot_unless_asked(tmp_path: Path, site: Site) -> None:
+    url = site.html("/new", links("a"))
+    wk = Keeper(state=tmp_path / "wk.db")
+    wk.page(url, items="li.item", name="shop", every="1h", stagger="1h")
+    with wk:
+        delay = wk.watchers[0].first_delay()
+        assert 0 < delay < 3600
+        if delay > 1:  # (for this name it is: about 40 minutes)
+            assert not wait_for_hit(site, "/new", within=0.5)
+        wk.check_now("shop")  # cuts the wait short, as stop() does
+        assert wait_for_hit(site, "/new", within=10)
+
+
+def wait_for_hit(site: Site, path: str, within: float) -> bool:
+    try:
+        wait_until(lambda: site.hits[path] >= 1, timeout=within)
+    except AssertionError:
+        return False
+    return True

@@ -87,34 +87,57 @@ class Reply:
 
 
 @dataclass
-class _Gate:
-    """Counts requests in flight per host and in all; a Condition makes waiters take turns."""
+class _Host:
+    """Requests in flight to one host; its own Condition wakes only that host's waiters."""
 
-    total: int = 0
-    per_host: dict[str, int] = field(default_factory=dict)
-    not_before: dict[str, float] = field(default_factory=dict)
+    active: int = 0
     cond: threading.Condition = field(default_factory=threading.Condition)
 
+
+class _Gate:
+    """Per-host and global request slots.
+
+    One Condition per host (not one for all) matters with many watchers: a thousand threads
+    waiting on a single Condition would all wake at every release, only to sleep again.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.hosts: dict[str, _Host] = {}
+        self.total = threading.BoundedSemaphore(MAX_TOTAL)
+        self.not_before: dict[str, float] = {}
+
+    def _host(self, host: str) -> _Host:
+        with self.lock:
+            return self.hosts.setdefault(host, _Host())
+
     def acquire(self, host: str, limit: int, deadline: float, url: str) -> None:
-        with self.cond:
-            while self.total >= MAX_TOTAL or self.per_host.get(host, 0) >= limit:
+        slot = self._host(host)
+        with slot.cond:
+            while slot.active >= limit:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise CheckError(
                         f"GET {url}: timed out waiting for a free slot "
-                        f"({self.per_host.get(host, 0)} requests to {host} in flight)"
+                        f"({slot.active} requests to {host} in flight)"
                     )
-                self.cond.wait(remaining)
-            self.total += 1
-            self.per_host[host] = self.per_host.get(host, 0) + 1
+                slot.cond.wait(remaining)
+            slot.active += 1
+        if not self.total.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            self._leave(slot)
+            raise CheckError(
+                f"GET {url}: timed out waiting for a free slot ({MAX_TOTAL} in flight)"
+            )
 
     def release(self, host: str) -> None:
-        with self.cond:
-            self.total -= 1
-            self.per_host[host] -= 1
-            if not self.per_host[host]:
-                del self.per_host[host]
-            self.cond.notify_all()
+        self.total.release()
+        self._leave(self.hosts[host])
+
+    @staticmethod
+    def _leave(slot: _Host) -> None:
+        with slot.cond:
+            slot.active -= 1
+            slot.cond.notify_all()
 
 
 def host_of(url: str) -> str:
@@ -237,7 +260,7 @@ class Fetcher:
         now = time.time()
         seconds = retry_after_seconds(reply.headers.get("retry-after"), now)
         if seconds:
-            with self.gate.cond:
+            with self.gate.lock:
                 self.gate.not_before[host_of(reply.url)] = now + seconds
 
 
