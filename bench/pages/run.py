@@ -7,7 +7,7 @@ A local site (server.py, its own process) serves 1,000 list pages over 50 loopba
 (installed from PyPI in bench/pages/.venv; see setup below) with a ``css: li.item`` filter over
 all pages, and two watchkeeper cycles against the same server (wk_cycle.py, 1,000 ``[[page]]``
 watchers with ``items = "li.item"``): "keeper", a Keeper with a thread per watcher as an agent
-runs them, and "pool", the same per-check code driven by a 64-thread pool. Each tool runs as a
+runs them, and "pool", the same per-check code driven by a 100-thread pool. Each tool runs as a
 child process; its wall time, CPU seconds (user + system, from wait4) and peak RSS are measured
 from here. Prints the medians and the ratios (watchkeeper / urlwatch). Talks only to
 127.0.0.0/8; ends by itself.

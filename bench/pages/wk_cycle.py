@@ -5,7 +5,8 @@
 - ``keeper``: a Keeper with one ``[[page]]`` watcher per URL, each in its own daemon thread as in
   an agent; it waits until every watcher has committed one check to the SQLite state, then stops.
 - ``pool``: the same watchers and the same per-check code path (``WatcherThread.cycle``: fetch,
-  extract, rules, commit to the state), driven by a 64-thread pool instead of 1,000 threads.
+  extract, rules, commit to the state), driven by a pool of ``fetch.MAX_TOTAL`` (100) threads
+  instead of 1,000.
 
 Either way the first check of each page records its baseline, as urlwatch's first run stores each
 page. ``stagger = "0s"``: this measures a cycle's throughput, not the start-up spread.
@@ -22,6 +23,7 @@ from pathlib import Path
 from watchkeeper import Keeper
 from watchkeeper.runtime import WatcherThread
 from watchkeeper.store import Store
+from watchkeeper.watchers import fetch
 
 
 def main(mode: str, urls_file: str, state: str) -> None:
@@ -38,7 +40,7 @@ def main(mode: str, urls_file: str, state: str) -> None:
     else:
         store = Store(state)
         threads = [WatcherThread(w, store, list, lambda alerts: None) for w in keeper.watchers]
-        with ThreadPoolExecutor(64) as pool:
+        with ThreadPoolExecutor(fetch.MAX_TOTAL) as pool:
             list(pool.map(WatcherThread.cycle, threads))
         for watcher in keeper.watchers:
             watcher.close()

@@ -33,7 +33,7 @@ import urllib3
 from watchkeeper.errors import CheckError
 from watchkeeper.units import format_duration
 
-MAX_TOTAL = 64
+MAX_TOTAL = 100
 """Requests in flight at once over all hosts, whatever the pages' own limits."""
 MAX_REDIRECTS = 5
 """Redirects followed before a fetch fails."""
