@@ -11,7 +11,7 @@ Around it:
 - **conditional GET**: the ETag and Last-Modified of the last answer are sent back; a 304 skips
   download and parsing;
 - **Retry-After** on 429/503: the host is left alone until then (page watchers wait for it);
-- **bounded replies**: at most :data:`MAX_REDIRECTS` redirects, a total deadline (httpx's
+- **bounded replies**: at most :data:`MAX_REDIRECTS` redirects, a total deadline (urllib3's
   timeouts are per read, so a server trickling bytes would otherwise hold a thread forever) and
   a body cut off at ``max_bytes`` (after decompression, so a gzip bomb is cut off too).
 
@@ -69,7 +69,6 @@ class Reply:
     content: bytes = b""
     truncated: bool = False
     not_modified: bool = False
-    elapsed: float = 0.0
 
     @property
     def content_type(self) -> str:
@@ -247,7 +246,6 @@ class Fetcher:
             else:
                 reply.content, reply.truncated = _read(response, url, max_bytes, deadline, timeout)
             clean = not reply.truncated
-            reply.elapsed = time.monotonic() - started
             return reply
         finally:
             if not clean:

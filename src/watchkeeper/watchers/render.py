@@ -89,5 +89,4 @@ def render(
         headers={"content-type": "text/html; charset=utf-8"},
         content=html[:max_bytes],
         truncated=len(html) > max_bytes,
-        elapsed=time.monotonic() - started,
     )
