@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -94,7 +95,9 @@ def setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
 
 
-def run_until_signal(keeper: Keeper, duration: float | None = None) -> None:
+def run_until_signal(
+    keeper: Keeper, duration: float | None = None, started: Callable[[], None] | None = None
+) -> None:
     """Start a keeper and hold the main thread until SIGTERM/SIGINT (or ``duration``), then stop.
 
     Signals can only be handled in the main thread, so this is where agent mode turns them into
@@ -108,6 +111,8 @@ def run_until_signal(keeper: Keeper, duration: float | None = None) -> None:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         keeper.start()
+        if started is not None:
+            started()
         ends = None if duration is None else time.monotonic() + duration
         while not stop.is_set():
             remaining = None if ends is None else ends - time.monotonic()
@@ -135,7 +140,21 @@ def run(
         fail(str(exc))
     if not keeper.watchers:
         err.print(f"[yellow]{config}: no watchers configured; nothing to watch.[/]")
-    run_until_signal(keeper)
+    bind = cfg.keeper.dashboard_bind()
+    dashboard = None
+    if bind is not None:
+        token = cfg.keeper.token.get_secret_value() if cfg.keeper.token else None
+        dashboard = keeper.serve_dashboard(f"{bind.host}:{bind.port}", token)
+
+    def announce() -> None:
+        if dashboard is not None:
+            # One plain line, so scripts (and tests) can find the real port after port 0.
+            err.print(f"dashboard: {dashboard.url}", markup=False, soft_wrap=True)
+
+    try:
+        run_until_signal(keeper, started=announce)
+    except WatchkeeperError as exc:
+        fail(str(exc))
 
 
 @app.command()
@@ -330,6 +349,32 @@ def demo(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     run_demo(seconds, open_browser=not no_browser)
+
+
+@app.command()
+def follow(
+    url: Annotated[
+        str, typer.Option(help="The agent's dashboard.", envvar="WATCHKEEPER_URL")
+    ] = "http://127.0.0.1:8470",
+    token: Annotated[
+        str | None, typer.Option(help="[keeper] token, if set.", envvar="WATCHKEEPER_TOKEN")
+    ] = None,
+    since: Annotated[
+        int | None, typer.Option(help="Replay alerts after this id first (0: all).")
+    ] = None,
+    severity: Annotated[str, typer.Option(help="Minimum severity.")] = "debug",
+    watcher: Annotated[str | None, typer.Option(help="Only this watcher.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines on stdout.")] = False,
+) -> None:
+    """Print alerts as they happen (like journalctl -f); reconnects and resumes by itself."""
+    from watchkeeper.follow import Follower, print_alerts
+
+    try:
+        min_severity = Severity.parse(severity)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    follower = Follower(url, token=token, since=since, severity=min_severity, watcher=watcher)
+    raise typer.Exit(print_alerts(follower, out, err, as_json=as_json))
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, overload
+from typing import TYPE_CHECKING, Any, Self, overload
 
 from watchkeeper.alerts import Alert
 from watchkeeper.config import (
@@ -32,6 +32,9 @@ from watchkeeper.store import Route, Store
 from watchkeeper.units import parse_duration
 from watchkeeper.watchers import WATCHERS, Watcher, WatcherConfig
 from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
+
+if TYPE_CHECKING:
+    from watchkeeper.web.server import Dashboard
 
 log = logging.getLogger("watchkeeper")
 
@@ -64,6 +67,7 @@ class Keeper:
         self._listeners: list[Callable[[list[Alert]], None]] = []
         self._lock = threading.Lock()
         self._started = False
+        self._dashboard: Dashboard | None = None
 
     @classmethod
     def from_config(cls, path: str | Path | Config, state: str | Path | None = None) -> Keeper:
@@ -142,6 +146,12 @@ class Keeper:
             for thread in [*self._dispatchers, *self._threads.values()]:
                 thread.start()
             atexit.register(self._at_exit)
+        if self._dashboard is not None:
+            try:
+                self._dashboard.start()
+            except Exception:
+                self.stop()
+                raise
         log.info(
             "keeper started: %d watchers, %d notifiers, state %s",
             len(self.watchers),
@@ -167,6 +177,8 @@ class Keeper:
                 return True
             self._started = False
             atexit.unregister(self._at_exit)
+        if self._dashboard is not None:
+            self._dashboard.stop()
         budget = self.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
         for thread in self._threads.values():
@@ -202,6 +214,22 @@ class Keeper:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def serve_dashboard(self, bind: str = "127.0.0.1:8470", token: str | None = None) -> Dashboard:
+        """Serve the dashboard (pages, API, stream, /metrics) while the keeper runs.
+
+        Before ``start()`` it starts with the keeper; after, at once. ``bind`` may use port 0;
+        the returned Dashboard's ``url`` has the real port once started. Off loopback a
+        ``token`` is required. See docs/dashboard.md.
+        """
+        from watchkeeper.web.server import Dashboard
+
+        if self._dashboard is not None:
+            raise RuntimeError("this keeper already serves a dashboard")
+        self._dashboard = Dashboard(self, bind, token)
+        if self._started:
+            self._dashboard.start()
+        return self._dashboard
 
     # -- control (dashboard, CLI) -------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from typing import Any
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -71,6 +71,10 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX deliveries_due ON deliveries (notifier, status, next_try);
     """,
+    # 2: a failure counter that never resets, for /metrics (``failures`` counts a streak).
+    2: """
+    ALTER TABLE watchers ADD COLUMN failures_total INTEGER NOT NULL DEFAULT 0;
+    """,
 }
 
 
@@ -89,6 +93,7 @@ class WatcherRecord:
     checks: int
     paused: bool
     muted_until: float | None
+    failures_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,10 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read state file {self.path}: {exc}") from exc
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """A read-only query, for reports that own their SQL (the dashboard, /metrics)."""
+        return self._read(sql, params)
+
     def close(self) -> None:
         """Close every thread's connection; later use raises StoreError."""
         with self._lock:
@@ -252,12 +261,14 @@ class Store:
             conn.execute(
                 "UPDATE watchers SET checkpoint = ?, rule_state = ?, last_check = ?, "
                 "next_check = ?, checks = checks + 1, last_error = ?, "
-                "failures = CASE WHEN ? IS NULL THEN 0 ELSE failures + 1 END WHERE name = ?",
+                "failures = CASE WHEN ? IS NULL THEN 0 ELSE failures + 1 END, "
+                "failures_total = failures_total + (? IS NOT NULL) WHERE name = ?",
                 (
                     json.dumps(checkpoint),
                     json.dumps(rule_state),
                     now,
                     next_check,
+                    error,
                     error,
                     error,
                     name,
@@ -313,7 +324,10 @@ class Store:
             "AND d.next_try <= ? ORDER BY d.id LIMIT ?",
             (notifier, now, limit),
         )
-        return [Delivery(r["delivery_id"], r["notifier"], r["attempts"], _alert(r)) for r in rows]
+        return [
+            Delivery(r["delivery_id"], r["notifier"], r["attempts"], alert_from_row(r))
+            for r in rows
+        ]
 
     def next_try(self, notifier: str) -> float | None:
         """When the earliest pending delivery to this notifier is due, or None if none is."""
@@ -416,10 +430,11 @@ class Store:
             f"AND severity >= ? AND (? IS NULL OR watcher = ?) ORDER BY id {order} LIMIT ?",
             (since_id, since_time, since_time, int(min_severity), watcher, watcher, limit),
         )
-        return [_alert(r) for r in rows]
+        return [alert_from_row(r) for r in rows]
 
 
-def _alert(row: sqlite3.Row) -> Alert:
+def alert_from_row(row: sqlite3.Row) -> Alert:
+    """An Alert from a row of the alerts table (also for reports using :meth:`Store.query`)."""
     return Alert(
         id=row["id"],
         uid=row["uid"],
@@ -448,4 +463,5 @@ def _watcher_record(row: sqlite3.Row) -> WatcherRecord:
         checks=row["checks"],
         paused=bool(row["paused"]),
         muted_until=row["muted_until"],
+        failures_total=row["failures_total"],
     )
