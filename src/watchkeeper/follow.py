@@ -172,7 +172,7 @@ def print_alerts(follower: Follower, out: Console, err: Console, as_json: bool =
             else:
                 line = alert_text(alert_from_doc(item))
                 line.append(f"  #{item.get('id')}", style="dim")
-                out.print(line)
+                out.print(line, soft_wrap=True)
     except KeyboardInterrupt:
         return 0
     finally:

@@ -43,6 +43,7 @@ from watchkeeper.web.data import (
     AlertQuery,
     checkpoint_json,
     find_alerts,
+    last_alert_id,
     notifier_docs,
     watcher_doc,
     watcher_docs,
@@ -143,6 +144,7 @@ def page(
     ``anonymous``: the viewer has not logged in (the login page), so it gets no CSRF token.
     """
     ctx = wk(request)
+    values.setdefault("cursor", 0)
     html = ctx.env.get_template(template).render(
         csrf="" if anonymous else ctx.guard.csrf,
         login=ctx.guard.token is not None and not anonymous,
@@ -159,7 +161,7 @@ async def push_changes(ctx: Context) -> None:
         await asyncio.sleep(POLL)
         try:
             docs = watcher_docs(ctx.store)
-            newest = ctx.store.query("SELECT MAX(id) FROM alerts")[0][0] or 0
+            newest = last_alert_id(ctx.store)
         except Exception:  # the store is closing; the task is about to be cancelled
             continue
         for doc in docs:
@@ -176,8 +178,11 @@ async def push_changes(ctx: Context) -> None:
 async def overview(request: Request) -> Response:
     """Every watcher with its state, and the latest alerts (live)."""
     store = wk(request).store
+    cursor = last_alert_id(store)
     recent = find_alerts(store, AlertQuery(limit=10))
-    return page(request, "overview.html", watchers=watcher_docs(store), alerts=recent)
+    return page(
+        request, "overview.html", cursor=cursor, watchers=watcher_docs(store), alerts=recent
+    )
 
 
 async def alerts_page(request: Request) -> Response:
@@ -188,6 +193,7 @@ async def alerts_page(request: Request) -> Response:
         query = alert_query(params, limit=PAGE_SIZE)
     except ValueError as exc:
         return PlainTextResponse(str(exc), status_code=400)
+    cursor = last_alert_id(store)
     found = find_alerts(store, query)
     filters = {k: params[k] for k in ("watcher", "severity", "since", "q") if params.get(k)}
     older = (
@@ -198,6 +204,7 @@ async def alerts_page(request: Request) -> Response:
     return page(
         request,
         "alerts.html",
+        cursor=cursor,
         alerts=found,
         filters=filters,
         older=older,
@@ -216,6 +223,7 @@ async def watcher_page(request: Request) -> Response:
     if record is None:
         return page(request, "missing.html", status=404, name=name)
     now = time.time()
+    cursor = last_alert_id(ctx.store)
     count = len(find_alerts(ctx.store, AlertQuery(watcher=name, since=now - 86400, limit=10000)))
     detail = f"detail_{re.sub(r'[^a-z0-9_]', '_', record.kind)}.html"
     try:
@@ -225,6 +233,7 @@ async def watcher_page(request: Request) -> Response:
     return page(
         request,
         "watcher.html",
+        cursor=cursor,
         watcher=watcher_doc(record, count, now),
         record=record,
         detail=detail,

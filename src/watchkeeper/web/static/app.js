@@ -52,15 +52,15 @@
   function alertRow(alert, showWatcher) {
     const tr = el("tr", "fresh");
     tr.dataset.id = String(alert.id);
-    const when = el("td", "nowrap");
+    const when = el("td", "shrink");
     when.appendChild(timeNode(alert.created_at));
     tr.appendChild(when);
-    const sev = el("td");
+    const sev = el("td", "shrink");
     if (alert.status === "resolved") sev.appendChild(el("span", "badge sev-resolved", "resolved"));
     else sev.appendChild(el("span", "badge sev-" + alert.severity, alert.severity));
     tr.appendChild(sev);
     if (showWatcher) {
-      const cell = el("td");
+      const cell = el("td", "shrink");
       const link = el("a", null, alert.watcher);
       link.href = "/watchers/" + encodeURIComponent(alert.watcher);
       cell.appendChild(link);
