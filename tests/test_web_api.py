@@ -7,6 +7,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import wait_until
 from watchkeeper import ConfigError, Keeper, Observation
 from watchkeeper.config import parse_config
+from watchkeeper.store import Store
+from watchkeeper.watchers import CheckResult, Watcher, WatcherConfig
 from watchkeeper.web.server import Dashboard, DashboardError
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -286,6 +289,16 @@ def test_busy_port_is_a_clear_error_and_leaves_nothing_running(tmp_path: Path) -
         second.serve_dashboard(f"127.0.0.1:{taken.port}")
         with pytest.raises(DashboardError, match=r"cannot listen on 127\.0\.0\.1"):
             second.start()
+        state = Store(tmp_path / "b.db")
+        assert state.watchers() == []  # refused before any watcher ran
+        state.close()
+        # The agent's default address is not required: busy, it runs without a dashboard.
+        third = Keeper(state=tmp_path / "c.db")
+        third.every(0.05, lambda: None, name="y")
+        optional = third.serve_dashboard(f"127.0.0.1:{taken.port}", required=False)
+        with third:
+            assert not optional.running
+            wait_until(lambda: third.store and third.store.watcher("y").checks)  # type: ignore[union-attr]
 
 
 def metrics(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -320,3 +333,45 @@ def test_metrics_parse_and_counters_move(served: tuple[Keeper, Dashboard], feed:
         # The streak resets on the next good check; the total does not.
         wait_until(lambda: http.get("/api/watchers").json()[0]["failures"] == 0)
         assert metrics(http)[failures] == 1
+
+
+class FileWatcher(Watcher):
+    """A watcher with a log-like checkpoint (not registered: no config table for it)."""
+
+    kind = "tail"
+    config_model = WatcherConfig
+
+    def __init__(self, config: WatcherConfig, path: Path) -> None:
+        super().__init__(config)
+        self.path = path
+
+    def check(self, checkpoint: Any) -> CheckResult:
+        return CheckResult(
+            [],
+            {
+                "files": [{"path": str(self.path), "offset": 10, "inode": 42}],
+                "banner": "<b>not bold</b>",
+                "ok": True,
+            },
+        )
+
+
+def test_watcher_page_shows_the_checkpoint_as_a_tree_and_metrics_the_lag(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    log.write_bytes(b"x" * 25)
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.add(FileWatcher(WatcherConfig(name="applog", every=0.05), log))
+    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    with keeper, httpx.Client(base_url=dashboard.url) as http:
+        wait_until(lambda: http.get("/api/watchers/applog").json()["checkpoint"])
+        page = http.get("/watchers/applog").text
+        assert "<dt>files</dt>" in page
+        assert '<dt>offset</dt><dd><span class="leaf num">10</span>' in page
+        assert "&lt;b&gt;not bold&lt;/b&gt;" in page
+        assert "<b>not bold" not in page
+        lag = ("watchkeeper_log_lag_bytes", (("path", str(log)), ("watcher", "applog")))
+        assert metrics(http)[lag] == 15
+        log.write_bytes(b"x" * 5)  # truncated below the offset: all of it is unread
+        assert metrics(http)[lag] == 5

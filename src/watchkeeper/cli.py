@@ -144,10 +144,12 @@ def run(
     dashboard = None
     if bind is not None:
         token = cfg.keeper.token.get_secret_value() if cfg.keeper.token else None
-        dashboard = keeper.serve_dashboard(f"{bind.host}:{bind.port}", token)
+        # The default address may be taken (another agent): then run without a dashboard.
+        explicit = "dashboard" in cfg.keeper.model_fields_set
+        dashboard = keeper.serve_dashboard(f"{bind.host}:{bind.port}", token, required=explicit)
 
     def announce() -> None:
-        if dashboard is not None:
+        if dashboard is not None and dashboard.running:
             # One plain line, so scripts (and tests) can find the real port after port 0.
             err.print(f"dashboard: {dashboard.url}", markup=False, soft_wrap=True)
 

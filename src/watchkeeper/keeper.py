@@ -136,6 +136,13 @@ class Keeper:
                 raise RuntimeError("this keeper was already started")
             self._started = True
             self.store = Store(self.state_path)
+            if self._dashboard is not None:
+                try:  # before any watcher runs: a dashboard that cannot start stops the start
+                    self._dashboard.start()
+                except BaseException:
+                    self._started = False
+                    self.store.close()
+                    raise
             for notifier in self.notifiers:
                 dispatcher = Dispatcher(notifier, self.store)
                 self._dispatchers.append(dispatcher)
@@ -146,12 +153,6 @@ class Keeper:
             for thread in [*self._dispatchers, *self._threads.values()]:
                 thread.start()
             atexit.register(self._at_exit)
-        if self._dashboard is not None:
-            try:
-                self._dashboard.start()
-            except Exception:
-                self.stop()
-                raise
         log.info(
             "keeper started: %d watchers, %d notifiers, state %s",
             len(self.watchers),
@@ -215,18 +216,21 @@ class Keeper:
     ) -> None:
         self.stop()
 
-    def serve_dashboard(self, bind: str = "127.0.0.1:8470", token: str | None = None) -> Dashboard:
+    def serve_dashboard(
+        self, bind: str = "127.0.0.1:8470", token: str | None = None, required: bool = True
+    ) -> Dashboard:
         """Serve the dashboard (pages, API, stream, /metrics) while the keeper runs.
 
         Before ``start()`` it starts with the keeper; after, at once. ``bind`` may use port 0;
         the returned Dashboard's ``url`` has the real port once started. Off loopback a
-        ``token`` is required. See docs/dashboard.md.
+        ``token`` is required. ``required=False``: a busy address is a warning, not an error.
+        See docs/dashboard.md.
         """
         from watchkeeper.web.server import Dashboard
 
         if self._dashboard is not None:
             raise RuntimeError("this keeper already serves a dashboard")
-        self._dashboard = Dashboard(self, bind, token)
+        self._dashboard = Dashboard(self, bind, token, required=required)
         if self._started:
             self._dashboard.start()
         return self._dashboard

@@ -40,7 +40,9 @@ from watchkeeper.store import Store
 from watchkeeper.units import format_duration, parse_duration
 from watchkeeper.web.auth import LOOPBACK_HOSTS, AuthMiddleware, Guard, SecurityHeadersMiddleware
 from watchkeeper.web.data import (
+    DAY,
     AlertQuery,
+    alerts_per_watcher,
     checkpoint_json,
     find_alerts,
     last_alert_id,
@@ -224,7 +226,7 @@ async def watcher_page(request: Request) -> Response:
         return page(request, "missing.html", status=404, name=name)
     now = time.time()
     cursor = last_alert_id(ctx.store)
-    count = len(find_alerts(ctx.store, AlertQuery(watcher=name, since=now - 86400, limit=10000)))
+    count = alerts_per_watcher(ctx.store, now - DAY).get(name, 0)
     detail = f"detail_{re.sub(r'[^a-z0-9_]', '_', record.kind)}.html"
     try:
         ctx.env.get_template(detail)

@@ -36,8 +36,12 @@ class Dashboard:
     """Serves the dashboard for a keeper. ``start()`` after ``keeper.start()``."""
 
     def __init__(
-        self, keeper: Keeper, bind: str | Bind = "127.0.0.1:8470", token: str | None = None
-    ):
+        self,
+        keeper: Keeper,
+        bind: str | Bind = "127.0.0.1:8470",
+        token: str | None = None,
+        required: bool = True,
+    ) -> None:
         try:
             self.bind = parse_bind(bind) if isinstance(bind, str) else bind
             check_exposure(self.bind, bool(token))
@@ -45,6 +49,7 @@ class Dashboard:
             raise DashboardError(str(exc)) from exc
         self.keeper = keeper
         self.token = token or None
+        self.required = required
         self.port: int | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -55,8 +60,16 @@ class Dashboard:
         """``http://host:port`` with the real port once started."""
         return self.bind.url(self.port)
 
-    def start(self, timeout: float = 10.0) -> str:
-        """Bind, serve on a daemon thread, return the URL once uvicorn accepts connections."""
+    @property
+    def running(self) -> bool:
+        """True while the server thread serves."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, timeout: float = 10.0) -> str | None:
+        """Bind, serve on a daemon thread, return the URL once uvicorn accepts connections.
+
+        When the address is busy: DashboardError, or (``required=False``) a warning and None.
+        """
         if self.keeper.store is None:
             raise DashboardError("start the keeper before its dashboard")
         family = socket.AF_INET6 if ":" in self.bind.host else socket.AF_INET
@@ -66,9 +79,13 @@ class Dashboard:
             sock.bind((self.bind.host, self.bind.port))
         except OSError as exc:
             sock.close()
-            raise DashboardError(
+            message = (
                 f"dashboard: cannot listen on {self.bind.host}:{self.bind.port}: {exc.strerror}"
-            ) from exc
+            )
+            if self.required:
+                raise DashboardError(message) from exc
+            log.warning("%s; running without it (set [keeper] dashboard to choose)", message)
+            return None
         self.port = sock.getsockname()[1]
         app = build_app(self.keeper, self.keeper.store, self.token, self.bind.loopback)
         self._broadcaster = app.state.wk.broadcaster

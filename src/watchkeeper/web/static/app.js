@@ -98,6 +98,7 @@
     body.insertBefore(alertRow(alert, !table.dataset.hideWatcher), body.firstChild);
     const limit = parseInt(table.dataset.limit || "0", 10);
     while (limit && body.rows.length > limit) body.deleteRow(body.rows.length - 1);
+    table.hidden = false;
     const empty = document.getElementById("no-alerts");
     if (empty) empty.hidden = true;
   }
@@ -142,7 +143,10 @@
   }
 
   const url = document.body.dataset.stream;
-  if (!url || !window.EventSource) return;
+  if (!url || !window.EventSource) {
+    live.hidden = true;
+    return;
+  }
   const source = new EventSource(url);
   source.addEventListener("open", function () {
     live.textContent = "live";
