@@ -210,13 +210,21 @@ def test_actions_need_post_and_the_csrf_token(served: tuple[Keeper, Dashboard]) 
             "/watchers/probe/pause", data={"csrf": csrf}, headers={"Origin": "http://evil.test"}
         )
         assert cross.status_code == 403
+        for browser in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "http://evil.test"}):
+            assert http.post("/api/watchers/probe/pause", headers=browser).status_code == 403
+        same_site = {"Sec-Fetch-Site": "same-site"}  # a sibling subdomain is another origin
+        assert (
+            http.post("/watchers/probe/pause", data={"csrf": csrf}, headers=same_site).status_code
+            == 403
+        )
         done = http.post("/watchers/probe/pause", data={"csrf": csrf, "next": "/"})
         assert (done.status_code, done.headers["location"]) == (303, "/")
         assert http.get("/api/watchers").json()[0]["state"] == "paused"
         assert "Resume" in http.get("/").text
         muted = http.post("/api/watchers/probe/mute", data={"csrf": csrf, "duration": "1h"})
         assert muted.json()["watcher"]["muted_until"] is not None
-        bad = http.post("/api/watchers/probe/mute", data={"csrf": csrf, "duration": "soon"})
+        # A script on this machine (no Origin, no Sec-Fetch-Site) needs no form token here.
+        bad = http.post("/api/watchers/probe/mute", data={"duration": "soon"})
         assert bad.status_code == 400
         assert "duration" in bad.json()["error"]
         http.post("/api/watchers/probe/resume", data={"csrf": csrf})
@@ -243,6 +251,11 @@ def test_token_guards_everything_but_login(tmp_path: Path) -> None:
         assert 'name="token"' in html.text
         assert 'name="csrf"' not in html.text  # no CSRF token for strangers
         assert http.post("/watchers/probe/pause").status_code == 401
+        # With a token, a cookie session needs the form token even from a non-browser.
+        jar = httpx.Client(base_url=dashboard.url)
+        jar.post("/login", data={"token": "s3cret-token"})
+        assert jar.post("/api/watchers/probe/check").status_code == 403
+        jar.close()
         wrong = {"Authorization": "Bearer s3cret-tokeN"}
         assert http.get("/api/watchers", headers=wrong).status_code == 401
         bearer = {"Authorization": "Bearer s3cret-token"}

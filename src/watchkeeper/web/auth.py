@@ -6,8 +6,9 @@
   login form with that status, others JSON and ``WWW-Authenticate: Bearer``).
 - The cookie holds an HMAC of the token, not the token, and is HttpOnly and SameSite=Strict.
 - Every POST from a browser must carry the page's CSRF token (a synchronizer token: other sites
-  cannot read our pages, so they cannot learn it). A request authenticated by the Bearer header
-  needs none: browsers never add that header on their own.
+  cannot read our pages, so they cannot learn it) and must not come from another origin. A
+  request authenticated by the Bearer header needs none: browsers never add that header on their
+  own; nor does a non-browser client of a token-less dashboard (see :meth:`Guard.csrf_ok`).
 - Without a token the dashboard only binds to loopback (see :mod:`watchkeeper.web.bind`) and only
   answers to loopback host names, which defeats DNS rebinding.
 - Every response forbids inline scripts and framing (Content-Security-Policy).
@@ -68,14 +69,21 @@ class Guard:
         return bool(cookie) and hmac.compare_digest(cookie.encode(), self.session.encode())
 
     def csrf_ok(self, request: Request, submitted: str | None) -> bool:
-        """A POST is safe: Bearer-authenticated, or same origin with the page's CSRF token."""
+        """A POST is safe: Bearer-authenticated, or same-origin with the page's CSRF token.
+
+        Without a form token, only a non-browser client on a token-less (so loopback-only)
+        dashboard passes: browsers announce every cross-site request with ``Origin`` and
+        ``Sec-Fetch-Site`` (the rule Go's ``http.CrossOriginProtection`` uses), so a request with
+        neither is a script such as ``curl`` on this machine.
+        """
         if self.token is not None and self.bearer(request):
             return True
-        return (
-            self.same_origin(request)
-            and submitted is not None
-            and hmac.compare_digest(submitted.encode(), self.csrf.encode())
-        )
+        fetch_site = request.headers.get("sec-fetch-site")
+        if not self.same_origin(request) or fetch_site not in (None, "same-origin", "none"):
+            return False
+        if submitted is not None:
+            return hmac.compare_digest(submitted.encode(), self.csrf.encode())
+        return self.token is None and fetch_site is None and "origin" not in request.headers
 
     @staticmethod
     def same_origin(request: Request) -> bool:
