@@ -147,9 +147,13 @@ def test_stream_resumes_after_disconnect_without_missing_or_repeating(
         stop.set()
         thread.join()
     assert second == list(range(6, 6 + 37))
-    # ?since= works the same way, and a filter skips what it does not want.
+    # ?since= works the same way.
     since, _ = read_alert_ids(dashboard.url, 2, path="/api/stream?since=40")
     assert since == [41, 42]
+    # Every stream that was closed by its client is gone from the server too.
+    with httpx.Client(base_url=dashboard.url) as http:
+        wait_until(lambda: metrics(http)[("watchkeeper_stream_clients", ())] == 0)
+        assert len(http.get("/api/alerts", params={"limit": "-1"}).json()) == 1
 
 
 def test_stream_without_position_starts_live_and_carries_the_cursor(

@@ -49,7 +49,17 @@ ConfigOption = Annotated[
 StateOption = Annotated[
     Path | None, typer.Option("--state", help="The state file (overrides [keeper] state).")
 ]
+SeverityOption = Annotated[str, typer.Option(help="Minimum severity.")]
+WatcherOption = Annotated[str | None, typer.Option(help="Only this watcher.")]
 DEFAULT_CONFIG = Path("watchkeeper.toml")
+
+
+def parse_severity(value: str) -> Severity:
+    """A --severity value, or a usage error naming the choices."""
+    try:
+        return Severity.parse(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -280,16 +290,13 @@ def alerts(
     config: ConfigOption = DEFAULT_CONFIG,
     state: StateOption = None,
     since: Annotated[str | None, typer.Option(help="e.g. 1h, 2d, or an ISO time.")] = None,
-    severity: Annotated[str, typer.Option(help="Minimum severity.")] = "debug",
-    watcher: Annotated[str | None, typer.Option(help="Only this watcher.")] = None,
+    severity: SeverityOption = "debug",
+    watcher: WatcherOption = None,
     limit: Annotated[int, typer.Option(help="At most this many (newest).")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
 ) -> None:
     """Alert history from the state file, oldest first."""
-    try:
-        min_severity = Severity.parse(severity)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    min_severity = parse_severity(severity)
     store = open_store(config, state)
     found = store.alerts(
         since_time=parse_since(since) if since else None,
@@ -364,17 +371,14 @@ def follow(
     since: Annotated[
         int | None, typer.Option(help="Replay alerts after this id first (0: all).")
     ] = None,
-    severity: Annotated[str, typer.Option(help="Minimum severity.")] = "debug",
-    watcher: Annotated[str | None, typer.Option(help="Only this watcher.")] = None,
+    severity: SeverityOption = "debug",
+    watcher: WatcherOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines on stdout.")] = False,
 ) -> None:
     """Print alerts as they happen (like journalctl -f); reconnects and resumes by itself."""
     from watchkeeper.follow import Follower, print_alerts
 
-    try:
-        min_severity = Severity.parse(severity)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    min_severity = parse_severity(severity)
     follower = Follower(url, token=token, since=since, severity=min_severity, watcher=watcher)
     raise typer.Exit(print_alerts(follower, out, err, as_json=as_json))
 

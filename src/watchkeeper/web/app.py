@@ -415,7 +415,7 @@ def alert_query(params: Any, limit: int) -> AlertQuery:
         q=params.get("q") or None,
         before_id=number("before"),
         since_id=number("since_id") or 0,
-        limit=min(number("limit") or limit, limit),
+        limit=max(1, min(number("limit") or limit, limit)),
     )
 
 
