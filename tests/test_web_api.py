@@ -52,7 +52,7 @@ def feed() -> Feed:
 
 @pytest.fixture
 def served(tmp_path: Path, feed: Feed) -> Iterator[tuple[Keeper, Dashboard]]:
-    keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": "a.jsonl"}])
+    keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": str(tmp_path / "a.jsonl")}])
     keeper.every(0.05, feed, name="probe")
     dashboard = keeper.serve_dashboard("127.0.0.1:0")
     keeper.start()
