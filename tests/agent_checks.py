@@ -1,4 +1,4 @@
-"""Check functions that `watchkeeper run` subprocesses in the tests call (``call = "..."``).
+"""Check functions that agent subprocesses in the tests load through ``call = "..."``.
 
 ``fire`` turns each JSON file a test drops into ``$WK_FIRE_DIR`` into one event alert, in file
 name order, so a test decides exactly which alerts a real running agent makes and when.
@@ -6,15 +6,28 @@ name order, so a test decides exactly which alerts a real running agent makes an
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
 
 from watchkeeper import Observation
 
+_ticks = itertools.count()
+
+
+def tick() -> Observation:
+    """A new event alert on every check."""
+    return Observation(f"tick {next(_ticks)}", event=True)
+
+
+def always() -> Observation:
+    """A condition that always holds: one alert, ever, per state file."""
+    return Observation("always on", severity="error", key="always")
+
 
 def fire() -> list[Observation]:
-    """One event observation per ``*.json`` file, consumed as read."""
+    """One event observation per ``*.json`` file in ``$WK_FIRE_DIR``, consumed as read."""
     folder = Path(os.environ["WK_FIRE_DIR"])
     found = []
     for path in sorted(folder.glob("*.json")):

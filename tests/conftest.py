@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +28,18 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m watchkeeper ARGS`` as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "watchkeeper", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -117,7 +131,9 @@ def http_receiver() -> Iterator[RecordingServer]:
     server.daemon_threads = True
     recorder = RecordingServer(server)
     holder["server"] = recorder
-    thread = threading.Thread(target=server.serve_forever, name="http-receiver", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.05,), name="http-receiver", daemon=True
+    )
     thread.start()
     yield recorder
     server.shutdown()

@@ -52,7 +52,9 @@ def feed() -> Feed:
 
 @pytest.fixture
 def served(tmp_path: Path, feed: Feed) -> Iterator[tuple[Keeper, Dashboard]]:
-    keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": str(tmp_path / "a.jsonl")}])
+    keeper = Keeper(
+        state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": str(tmp_path / "a.jsonl")}]
+    )
     keeper.every(0.05, feed, name="probe")
     dashboard = keeper.serve_dashboard("127.0.0.1:0")
     keeper.start()
@@ -306,9 +308,8 @@ def test_busy_port_is_a_clear_error_and_leaves_nothing_running(tmp_path: Path) -
         second.serve_dashboard(f"127.0.0.1:{taken.port}")
         with pytest.raises(DashboardError, match=r"cannot listen on 127\.0\.0\.1"):
             second.start()
-        state = Store(tmp_path / "b.db")
-        assert state.watchers() == []  # refused before any watcher ran
-        state.close()
+        with Store(tmp_path / "b.db") as state:
+            assert [w.checks for w in state.watchers()] == [0]  # refused before any check ran
         # The agent's default address is not required: busy, it runs without a dashboard.
         third = Keeper(state=tmp_path / "c.db")
         third.every(0.05, lambda: None, name="y")

@@ -124,6 +124,8 @@ def parse_config(
     """Validate an already-parsed TOML document."""
     errors: list[str] = []
     data = _interpolate(data, source, [], errors)
+    if errors:  # a missing variable would only cause confusing follow-on errors
+        raise ConfigError(errors)
     config = Config(source=source)
     for section, value in data.items():
         if section == "keeper":
@@ -254,6 +256,16 @@ def _check_unique(source: str, what: str, names: list[str], errors: list[str]) -
         seen.add(name)
 
 
+def _where(path: list[str]) -> str:
+    """``[[notify]] #2: to.#1`` from the path of keys down to a value."""
+    if len(path) >= 2 and path[1].startswith("#"):
+        rest = ".".join(path[2:])
+        return f"[[{path[0]}]] {path[1]}" + (f": {rest}" if rest else "")
+    if path:
+        return f"[{path[0]}]" + (f": {'.'.join(path[1:])}" if len(path) > 1 else "")
+    return "(top)"
+
+
 def _interpolate(value: Any, source: str, path: list[str], errors: list[str]) -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``."""
     if isinstance(value, dict):
@@ -272,7 +284,7 @@ def _interpolate(value: Any, source: str, path: list[str], errors: list[str]) ->
             if default is not None:
                 return default
             errors.append(
-                f"{source}: {'.'.join(path)}: environment variable {name} is not set "
+                f"{source}: {_where(path)}: environment variable {name} is not set "
                 f"(write ${{{name}:-default}} to give a default)"
             )
             return ""

@@ -132,24 +132,22 @@ class Keeper:
     def start(self) -> Self:
         """Open the state, start every watcher and dispatcher thread, and return at once."""
         with self._lock:
-            if self._started:
-                raise RuntimeError("this keeper was already started")
+            if self._started or self.store is not None:
+                raise RuntimeError("a keeper starts once; build a new one to start again")
+            store = Store(self.state_path)
+            self._dispatchers = [Dispatcher(notifier, store) for notifier in self.notifiers]
+            self._threads = {
+                w.name: WatcherThread(w, store, self.routes, self._committed) for w in self.watchers
+            }
+            self.store = store
             self._started = True
-            self.store = Store(self.state_path)
             if self._dashboard is not None:
                 try:  # before any watcher runs: a dashboard that cannot start stops the start
                     self._dashboard.start()
                 except BaseException:
                     self._started = False
-                    self.store.close()
+                    store.close()
                     raise
-            for notifier in self.notifiers:
-                dispatcher = Dispatcher(notifier, self.store)
-                self._dispatchers.append(dispatcher)
-            for watcher in self.watchers:
-                self._threads[watcher.name] = WatcherThread(
-                    watcher, self.store, self.routes, self._committed
-                )
             for thread in [*self._dispatchers, *self._threads.values()]:
                 thread.start()
             atexit.register(self._at_exit)

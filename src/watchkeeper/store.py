@@ -161,6 +161,9 @@ class Store:
             raise StoreError(f"cannot write state file {self.path}: {exc}") from exc
         try:
             yield conn
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"cannot write state file {self.path}: {exc}") from exc
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -179,6 +182,12 @@ class Store:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """A read-only query, for reports that own their SQL (the dashboard, /metrics)."""
         return self._read(sql, params)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Close every thread's connection; later use raises StoreError."""

@@ -31,7 +31,7 @@ class NotifierConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: str
+    kind: str = Field(description="Which notifier: one of the kinds below.")
     name: str = Field(default="", description="Unique name; defaults to the kind.")
     min_severity: Severity = Field(
         default=Severity.DEBUG, description="Only alerts at or above this severity."

@@ -15,6 +15,7 @@ import ssl
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, SecretStr
@@ -70,9 +71,16 @@ class SmtpConfig(NotifierConfig):
     port: int | None = Field(
         default=None, ge=1, le=65535, description="Default: 25, 587 with starttls, 465 with ssl."
     )
-    tls: Literal["none", "starttls", "ssl"] = "none"
-    username: str | None = None
-    password: SecretStr | None = None
+    tls: Literal["none", "starttls", "ssl"] = Field(
+        default="none", description="Plain, STARTTLS upgrade, or TLS from the first byte."
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description="Trust this CA bundle (PEM) for the server's certificate, for private CAs. "
+        "Default: the system's trust store.",
+    )
+    username: str | None = Field(default=None, description="Log in as this user.")
+    password: SecretStr | None = Field(default=None, description="Password; use ${VAR}.")
     sender: Address = Field(description="The From address.")
     to: list[Address] = Field(min_length=1, description="Recipients.")
     subject: TemplateText = Field(
@@ -128,18 +136,16 @@ class SmtpNotifier(Notifier):
         msg = self.message(alert)
         try:
             client: smtplib.SMTP
+            context = ssl.create_default_context(cafile=cfg.ca_file)
             if cfg.tls == "ssl":
                 client = smtplib.SMTP_SSL(
-                    cfg.host,
-                    cfg.effective_port,
-                    timeout=cfg.timeout,
-                    context=ssl.create_default_context(),
+                    cfg.host, cfg.effective_port, timeout=cfg.timeout, context=context
                 )
             else:
                 client = smtplib.SMTP(cfg.host, cfg.effective_port, timeout=cfg.timeout)
             with client:
                 if cfg.tls == "starttls":
-                    client.starttls(context=ssl.create_default_context())
+                    client.starttls(context=context)
                 if cfg.username:
                     password = cfg.password.get_secret_value() if cfg.password else ""
                     client.login(cfg.username, password)

@@ -36,7 +36,7 @@ class WebhookConfig(NotifierConfig):
 
     kind: Literal["webhook"] = "webhook"
     url: SecretStr = Field(description="Where to send; treated as a secret (tokens live in URLs).")
-    method: Literal["POST", "PUT"] = "POST"
+    method: Literal["POST", "PUT"] = Field(default="POST", description="HTTP method.")
     headers: dict[str, SecretStr] = Field(
         default_factory=dict, description="Extra headers; values are secrets."
     )
@@ -45,7 +45,7 @@ class WebhookConfig(NotifierConfig):
         description="Jinja2 template producing the JSON body; use |tojson for values. "
         "Default: the alert as JSON.",
     )
-    timeout: Duration = 10.0
+    timeout: Duration = Field(default=10.0, description="Timeout of each request.")
 
 
 @register
