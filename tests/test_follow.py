@@ -160,3 +160,39 @@ def test_run_refuses_a_public_dashboard_without_a_token(tmp_path: Path) -> None:
     assert "dashboard = '0.0.0.0:8470' is reachable beyond this machine" in result.stderr
     assert "[keeper] token" in result.stderr
     assert not (tmp_path / "s.db").exists()
+
+
+def test_follow_into_a_pipe_that_closes_ends_quietly(agent: Agent) -> None:
+    agent.fire("first")
+    agent.fire("second")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "watchkeeper",
+            "follow",
+            "--url",
+            agent.url,
+            "--since",
+            "0",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    try:
+        assert json.loads(proc.stdout.readline())["title"] == "first"  # like `| head -1`
+        proc.stdout.close()
+        agent.fire("third")
+        assert proc.wait(15) == 0
+        errors = proc.stderr.read().decode()
+        assert "Traceback" not in errors
+        assert "BrokenPipe" not in errors
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stderr.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -393,3 +394,41 @@ def test_watcher_page_shows_the_checkpoint_as_a_tree_and_metrics_the_lag(
         assert metrics(http)[lag] == 15
         log.write_bytes(b"x" * 5)  # truncated below the offset: all of it is unread
         assert metrics(http)[lag] == 5
+
+
+def test_watchers_of_an_older_config_are_shown_without_actions(tmp_path: Path) -> None:
+    with Store(tmp_path / "wk.db") as store:
+        store.register_watcher("retired", "custom")
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.every(1, lambda: None, name="probe")
+    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    with keeper, httpx.Client(base_url=dashboard.url) as http:
+        page = http.get("/").text
+        retired = page.split('data-watcher="retired"', 1)[1].split("</tr>", 1)[0]
+        assert "not running" in retired
+        assert "Pause" not in retired
+        assert http.post("/api/watchers/retired/pause").status_code == 404
+        assert "not running" not in page.split('data-watcher="probe"', 1)[1].split("</tr>")[0]
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("bind", ["[::1]:0", "127.0.0.2:0", "localhost:0"])
+def test_any_loopback_address_serves(tmp_path: Path, bind: str) -> None:
+    if bind.startswith("[") and not ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback (::1)")
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.every(1, lambda: None, name="probe")
+    dashboard = keeper.serve_dashboard(bind)
+    with keeper:
+        assert dashboard.url.startswith(f"http://{bind.rsplit(':', 1)[0]}:")
+        response = httpx.get(dashboard.url + "/api/watchers")
+        assert response.status_code == 200
+        assert response.json()[0]["name"] == "probe"

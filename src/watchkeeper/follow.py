@@ -14,6 +14,7 @@ cursor or recolour the terminal; ``--json`` output escapes them.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sys
 import threading
@@ -174,6 +175,10 @@ def print_alerts(follower: Follower, out: Console, err: Console, as_json: bool =
                 line.append(f"  #{item.get('id')}", style="dim")
                 out.print(line, soft_wrap=True)
     except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # `follow | head -3`: the reader has had enough
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit-time flush cannot fail again
         return 0
     finally:
         follower.stop()

@@ -39,6 +39,7 @@ from watchkeeper.alerts import Severity
 from watchkeeper.store import Store
 from watchkeeper.units import format_duration, parse_duration
 from watchkeeper.web.auth import LOOPBACK_HOSTS, AuthMiddleware, Guard, SecurityHeadersMiddleware
+from watchkeeper.web.bind import Bind
 from watchkeeper.web.data import (
     DAY,
     AlertQuery,
@@ -76,8 +77,8 @@ class Context:
     env: Environment
 
 
-def build_app(keeper: Keeper, store: Store, token: str | None, loopback: bool) -> Starlette:
-    """The ASGI app for a started keeper. ``loopback``: accept only loopback Host headers."""
+def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> Starlette:
+    """The ASGI app for a started keeper, served at ``bind``."""
     guard = Guard(token)
     broadcaster = Broadcaster()
     keeper.subscribe(broadcaster.publish_alerts)
@@ -97,8 +98,9 @@ def build_app(keeper: Keeper, store: Store, token: str | None, loopback: bool) -
         return page(request, "login.html", anonymous=True, next=safe_next(target))
 
     middleware = [Middleware(SecurityHeadersMiddleware)]
-    if loopback and token is None:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS))
+    if token is None:  # then loopback only: answer only to loopback names (DNS rebinding)
+        hosts = [*LOOPBACK_HOSTS, bind.host, f"[{bind.host}]"]
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
     middleware.append(Middleware(AuthMiddleware, guard=guard, login_page=login_page))
     routes = [
         Route("/", overview),
@@ -136,6 +138,11 @@ def wk(request: Request) -> Context:
     """The dashboard's context."""
     ctx: Context = request.app.state.wk
     return ctx
+
+
+def running_names(ctx: Context) -> set[str]:
+    """Watchers this agent runs (the store may also know some from an older config)."""
+    return {w.name for w in ctx.keeper.watchers}
 
 
 def page(
@@ -183,7 +190,12 @@ async def overview(request: Request) -> Response:
     cursor = last_alert_id(store)
     recent = find_alerts(store, AlertQuery(limit=10))
     return page(
-        request, "overview.html", cursor=cursor, watchers=watcher_docs(store), alerts=recent
+        request,
+        "overview.html",
+        cursor=cursor,
+        watchers=watcher_docs(store),
+        alerts=recent,
+        running=running_names(wk(request)),
     )
 
 
@@ -241,7 +253,7 @@ async def watcher_page(request: Request) -> Response:
         detail=detail,
         raw=checkpoint_json(record.checkpoint),
         alerts=find_alerts(ctx.store, AlertQuery(watcher=name, limit=20)),
-        running=name in {w.name for w in ctx.keeper.watchers},
+        running=name in running_names(ctx),
     )
 
 
@@ -306,7 +318,7 @@ async def action(request: Request) -> Response:
         return reply(api, 403, "the form's CSRF token is missing or stale; reload the page")
     if verb not in ACTIONS:
         return reply(api, 404, f"no action {verb!r}; use one of {', '.join(ACTIONS)}")
-    if name not in {w.name for w in ctx.keeper.watchers}:
+    if name not in running_names(ctx):
         return reply(api, 404, f"no running watcher named {name!r}")
     duration: float | None = None
     if verb == "mute":

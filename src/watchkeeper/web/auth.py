@@ -39,7 +39,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 OPEN_PATHS = ("/login", "/static/")
-LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "*.localhost", "::1"]
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "*.localhost", "[::1]", "::1"]
 
 
 class Guard:

@@ -87,7 +87,7 @@ class Dashboard:
             log.warning("%s; running without it (set [keeper] dashboard to choose)", message)
             return None
         self.port = sock.getsockname()[1]
-        app = build_app(self.keeper, self.keeper.store, self.token, self.bind.loopback)
+        app = build_app(self.keeper, self.keeper.store, self.token, self.bind)
         self._broadcaster = app.state.wk.broadcaster
         config = uvicorn.Config(
             app,
