@@ -280,7 +280,14 @@ def test_token_guards_everything_but_login(tmp_path: Path) -> None:
         assert "s3cret-token" not in login.headers["set-cookie"]
         assert "httponly" in login.headers["set-cookie"].lower()
         assert http.get("/alerts").status_code == 200
-        assert "Log out" in http.get("/").text
+        home = http.get("/").text
+        assert "Log out" in home
+        csrf = home.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        assert http.post("/logout").status_code == 403
+        out = http.post("/logout", data={"csrf": csrf})
+        assert (out.status_code, out.headers["location"]) == (303, "/login")
+        assert http.get("/alerts").status_code == 401
+        http.post("/login", data={"token": "s3cret-token"})
         redirect = http.post("/login", data={"token": "s3cret-token", "next": "https://evil.test"})
         assert redirect.headers["location"] == "/"
         redirect = http.post("/login", data={"token": "s3cret-token", "next": "//evil.test"})

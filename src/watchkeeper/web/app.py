@@ -156,6 +156,7 @@ def page(
     values.setdefault("cursor", 0)
     html = ctx.env.get_template(template).render(
         csrf="" if anonymous else ctx.guard.csrf,
+        anonymous=anonymous,
         login=ctx.guard.token is not None and not anonymous,
         path=request.url.path,
         **values,
