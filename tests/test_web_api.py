@@ -439,3 +439,27 @@ def test_any_loopback_address_serves(tmp_path: Path, bind: str) -> None:
         response = httpx.get(dashboard.url + "/api/watchers")
         assert response.status_code == 200
         assert response.json()[0]["name"] == "probe"
+
+
+def test_live_alert_data_that_json_cannot_hold_is_streamed_as_text(tmp_path: Path) -> None:
+    fire = threading.Event()
+
+    def check() -> Observation | None:
+        if not fire.is_set():
+            return None
+        fire.clear()
+        return Observation(title="odd data", data={"at": Path("/var/log/x"), "n": 1}, event=True)
+
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.every(0.05, check, name="probe")
+    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    with (
+        keeper,
+        httpx.Client(timeout=10) as http,
+        connect_sse(http, "GET", dashboard.url + "/api/stream") as source,
+    ):
+        events = source.iter_sse()
+        assert next(events).event == "ready"
+        fire.set()
+        alert = next(e for e in events if e.event == "alert")
+        assert json.loads(alert.data)["data"] == {"at": "/var/log/x", "n": 1}

@@ -129,7 +129,8 @@ class StreamFilter:
 def sse(data: dict[str, Any], event: str, event_id: int | None = None) -> str:
     """One SSE message; JSON keeps untrusted text on a single ``data:`` line."""
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+    text = json.dumps(data, ensure_ascii=False, default=str)  # live alerts hold raw check data
+    return f"{head}event: {event}\ndata: {text}\n\n"
 
 
 async def alert_events(
