@@ -7,12 +7,13 @@ import queue
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from httpx_sse import connect_sse
+from httpx_sse import ServerSentEvent, connect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import wait_until
@@ -179,19 +180,22 @@ def test_stream_without_position_starts_live_and_carries_the_cursor(
         assert alert.id == "3"
 
 
+@contextmanager
+def opened_stream(url: str) -> Iterator[Iterator[ServerSentEvent]]:
+    """The stream's events, once it has opened with its ``ready`` event."""
+    with httpx.Client(timeout=10) as http, connect_sse(http, "GET", url) as source:
+        events = source.iter_sse()
+        assert next(events).event == "ready"
+        yield events
+
+
 def test_stream_keeps_id_order_when_watchers_commit_concurrently(tmp_path: Path) -> None:
     feeds = [Feed(), Feed(), Feed()]
     keeper = Keeper(state=tmp_path / "wk.db")
     for i, feed in enumerate(feeds):
         keeper.every(0.01, feed, name=f"w{i}")
     dashboard = keeper.serve_dashboard("127.0.0.1:0")
-    with (
-        keeper,
-        httpx.Client(timeout=10) as http,
-        connect_sse(http, "GET", dashboard.url + "/api/stream") as source,
-    ):
-        events = source.iter_sse()
-        assert next(events).event == "ready"
+    with keeper, opened_stream(dashboard.url + "/api/stream") as events:
         for n in range(40):
             for feed in feeds:
                 feed.put(f"{n}")
@@ -453,13 +457,7 @@ def test_live_alert_data_that_json_cannot_hold_is_streamed_as_text(tmp_path: Pat
     keeper = Keeper(state=tmp_path / "wk.db")
     keeper.every(0.05, check, name="probe")
     dashboard = keeper.serve_dashboard("127.0.0.1:0")
-    with (
-        keeper,
-        httpx.Client(timeout=10) as http,
-        connect_sse(http, "GET", dashboard.url + "/api/stream") as source,
-    ):
-        events = source.iter_sse()
-        assert next(events).event == "ready"
+    with keeper, opened_stream(dashboard.url + "/api/stream") as events:
         fire.set()
         alert = next(e for e in events if e.event == "alert")
         assert json.loads(alert.data)["data"] == {"at": "/var/log/x", "n": 1}
