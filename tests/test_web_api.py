@@ -412,14 +412,16 @@ def test_watchers_of_an_older_config_are_shown_without_actions(tmp_path: Path) -
         store.register_watcher("retired", "custom")
     keeper = Keeper(state=tmp_path / "wk.db")
     keeper.every(1, lambda: None, name="probe")
-    dashboard = keeper.serve_dashboard("127.0.0.1:0")
-    with keeper, httpx.Client(base_url=dashboard.url) as http:
+    with keeper:
+        dashboard = keeper.serve_dashboard("127.0.0.1:0")  # attached to a running keeper
+        http = httpx.Client(base_url=dashboard.url)
         page = http.get("/").text
         retired = page.split('data-watcher="retired"', 1)[1].split("</tr>", 1)[0]
         assert "not running" in retired
         assert "Pause" not in retired
         assert http.post("/api/watchers/retired/pause").status_code == 404
         assert "not running" not in page.split('data-watcher="probe"', 1)[1].split("</tr>")[0]
+        http.close()
 
 
 def ipv6_loopback() -> bool:

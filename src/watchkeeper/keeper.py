@@ -142,8 +142,8 @@ class Keeper:
             self.store = store
             self._started = True
             if self._dashboard is not None:
-                try:  # before any watcher runs: a dashboard that cannot start stops the start
-                    self._dashboard.start()
+                try:  # before any watcher runs: a busy address stops the start
+                    self._dashboard.bind_socket()
                 except BaseException:
                     self._started = False
                     store.close()
@@ -151,6 +151,12 @@ class Keeper:
             for thread in [*self._dispatchers, *self._threads.values()]:
                 thread.start()
             atexit.register(self._at_exit)
+        if self._dashboard is not None and self._dashboard.bound:
+            try:
+                self._dashboard.serve()
+            except BaseException:
+                self.stop()
+                raise
         log.info(
             "keeper started: %d watchers, %d notifiers, state %s",
             len(self.watchers),

@@ -15,14 +15,13 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-import uvicorn
-
 from watchkeeper.errors import WatchkeeperError
-from watchkeeper.web.app import build_app
 from watchkeeper.web.bind import Bind, check_exposure, parse_bind
 from watchkeeper.web.stream import Broadcaster
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from watchkeeper.keeper import Keeper
 
 log = logging.getLogger("watchkeeper")
@@ -53,6 +52,7 @@ class Dashboard:
         self.port: int | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
         self._broadcaster: Broadcaster | None = None
 
     @property
@@ -70,6 +70,16 @@ class Dashboard:
 
         When the address is busy: DashboardError, or (``required=False``) a warning and None.
         """
+        if not self.bind_socket():
+            return None
+        return self.serve(timeout)
+
+    def bind_socket(self) -> bool:
+        """Claim the address and build the app; False when it is busy and not required.
+
+        The keeper calls this before its watchers start (a busy address then fails the start
+        before anything ran) and :meth:`serve` after (so the first checks do not wait for it).
+        """
         if self.keeper.store is None:
             raise DashboardError("start the keeper before its dashboard")
         family = socket.AF_INET6 if ":" in self.bind.host else socket.AF_INET
@@ -85,9 +95,27 @@ class Dashboard:
             if self.required:
                 raise DashboardError(message) from exc
             log.warning("%s; running without it (set [keeper] dashboard to choose)", message)
-            return None
+            return False
+        self._sock = sock
         self.port = sock.getsockname()[1]
-        app = build_app(self.keeper, self.keeper.store, self.token, self.bind)
+        return True
+
+    @property
+    def bound(self) -> bool:
+        """The address is claimed and the server not started yet."""
+        return self._sock is not None and self._thread is None
+
+    def serve(self, timeout: float = 10.0) -> str:
+        """Serve on a daemon thread; return the URL once uvicorn accepts connections."""
+        # Imported here, after the watchers started: the web stack takes a while to import.
+        import uvicorn
+
+        from watchkeeper.web.app import build_app
+
+        sock, store = self._sock, self.keeper.store
+        if sock is None or store is None:
+            raise DashboardError("dashboard: bind_socket() first")
+        app = build_app(self.keeper, store, self.token, self.bind)
         self._broadcaster = app.state.wk.broadcaster
         config = uvicorn.Config(
             app,
@@ -99,7 +127,7 @@ class Dashboard:
         server = uvicorn.Server(config)
         self._server = server
 
-        def serve() -> None:
+        def run() -> None:
             try:
                 asyncio.run(server.serve(sockets=[sock]))
             except Exception:
@@ -107,7 +135,7 @@ class Dashboard:
             finally:
                 sock.close()
 
-        self._thread = threading.Thread(target=serve, name="watchkeeper:dashboard", daemon=True)
+        self._thread = threading.Thread(target=run, name="watchkeeper:dashboard", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not server.started:
@@ -128,5 +156,8 @@ class Dashboard:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("dashboard thread did not stop within %.0fs", timeout)
+        elif self._sock is not None:  # bound, never served
+            self._sock.close()
         self._thread = None
         self._server = None
+        self._sock = None
