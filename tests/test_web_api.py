@@ -376,10 +376,14 @@ class FileWatcher(Watcher):
         self.path = path
 
     def check(self, checkpoint: Any) -> CheckResult:
+        rotated = self.path.with_suffix(".1")
         return CheckResult(
             [],
             {
-                "files": [{"path": str(self.path), "offset": 10, "inode": 42}],
+                "files": [
+                    {"path": str(self.path), "offset": 10, "ino": self.path.stat().st_ino},
+                    {"path": str(rotated), "offset": 3, "ino": -1},  # never a real inode
+                ],
                 "banner": "<b>not bold</b>",
                 "ok": True,
             },
@@ -405,6 +409,11 @@ def test_watcher_page_shows_the_checkpoint_as_a_tree_and_metrics_the_lag(
         assert metrics(http)[lag] == 15
         log.write_bytes(b"x" * 5)  # truncated below the offset: all of it is unread
         assert metrics(http)[lag] == 5
+        # app.log.1 now holds a file that is not the one the entry tracked: no lag for it.
+        log.with_suffix(".1").write_bytes(b"y" * 50)
+        assert not [
+            k for k in metrics(http) if k[0] == "watchkeeper_log_lag_bytes" and ".1" in str(k)
+        ]
 
 
 def test_watchers_of_an_older_config_are_shown_without_actions(tmp_path: Path) -> None:

@@ -112,16 +112,19 @@ def file_lags(checkpoint: Any) -> Iterator[tuple[str, int]]:
     """(path, bytes behind) for each ``{"path": ..., "offset": ...}`` found in a checkpoint.
 
     The log watcher's checkpoint records a byte offset per file; the lag is how much has been
-    written since. A file smaller than its offset was truncated: its lag is its size.
+    written since. A file smaller than its offset was truncated: its lag is its size. When the
+    entry names an inode (``ino``) and the path now holds another file (rotated away), the entry
+    says nothing about the file at that path and is skipped.
     """
     if isinstance(checkpoint, dict):
         path, offset = checkpoint.get("path"), checkpoint.get("offset")
         if isinstance(path, str) and isinstance(offset, int):
             try:
-                size = os.stat(path).st_size
+                info = os.stat(path)
             except OSError:
-                pass
-            else:
+                info = None
+            if info is not None and checkpoint.get("ino", info.st_ino) == info.st_ino:
+                size = info.st_size
                 yield path, size - offset if size >= offset else size
         for value in checkpoint.values():
             yield from file_lags(value)
