@@ -25,9 +25,9 @@ from rich.table import Table
 from rich.text import Text
 
 from watchkeeper.alerts import Alert, Severity, iso_utc
-from watchkeeper.config import Config, default_state_path, load_config
-from watchkeeper.errors import ConfigError, DeliveryError, WatchkeeperError
-from watchkeeper.keeper import Keeper, build_notifier
+from watchkeeper.config import Config, KeeperSettings, default_state_path, load_config
+from watchkeeper.errors import ConfigError, WatchkeeperError
+from watchkeeper.keeper import Keeper, build_from_config, build_notifier
 from watchkeeper.notifiers.console import alert_text
 from watchkeeper.store import Store
 from watchkeeper.units import format_duration, parse_duration
@@ -93,7 +93,7 @@ def open_store(config_path: Path, state: Path | None) -> Store:
     if not path.exists():
         fail(f"no state file at {path} yet; has `watchkeeper run` been started with this config?")
     try:
-        return Store(path)
+        return Store(path, readonly=True)
     except WatchkeeperError as exc:
         fail(str(exc))
 
@@ -103,6 +103,9 @@ def setup_logging(verbose: int) -> None:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     handler = RichHandler(console=err, show_path=False, rich_tracebacks=False, markup=False)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    # Libraries' request logs are noise at -v and may carry tokens (apprise URLs); -vv shows them.
+    for noisy in ("httpx", "httpcore", "apprise", "mail.log"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
 def run_until_signal(
@@ -146,48 +149,43 @@ def run(
     cfg = load(config)
     try:
         keeper = Keeper.from_config(cfg, state=state)
+        if not keeper.watchers:
+            err.print(f"[yellow]{config}: no watchers configured; nothing to watch.[/]")
+        run_until_signal(keeper, started=attach_dashboard(keeper, cfg.keeper))
     except WatchkeeperError as exc:
         fail(str(exc))
-    if not keeper.watchers:
-        err.print(f"[yellow]{config}: no watchers configured; nothing to watch.[/]")
-    bind = cfg.keeper.dashboard_bind()
-    dashboard = None
-    if bind is not None:
-        token = cfg.keeper.token.get_secret_value() if cfg.keeper.token else None
-        # The default address may be taken (another agent): then run without a dashboard.
-        explicit = "dashboard" in cfg.keeper.model_fields_set
-        dashboard = keeper.serve_dashboard(f"{bind.host}:{bind.port}", token, required=explicit)
+
+
+def attach_dashboard(keeper: Keeper, settings: KeeperSettings) -> Callable[[], None]:
+    """Serve the configured dashboard with the keeper; return what announces its URL."""
+    bind = settings.dashboard_bind()
+    if bind is None:
+        return lambda: None
+    token = settings.token.get_secret_value() if settings.token else None
+    # The default address may be taken (another agent): then run without a dashboard.
+    explicit = "dashboard" in settings.model_fields_set
+    dashboard = keeper.serve_dashboard(f"{bind.host}:{bind.port}", token, required=explicit)
 
     def announce() -> None:
-        if dashboard is not None and dashboard.running:
+        if dashboard.running:
             # One plain line, so scripts (and tests) can find the real port after port 0.
             err.print(f"dashboard: {dashboard.url}", markup=False, soft_wrap=True)
 
-    try:
-        run_until_signal(keeper, started=announce)
-    except WatchkeeperError as exc:
-        fail(str(exc))
+    return announce
 
 
 @app.command()
 def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Validate a config file: exit 0 if it is good, 1 with every problem listed."""
     cfg = load(config)
-    problems = []
-    for spec in cfg.notify:
-        try:
-            build_notifier(spec)
-        except WatchkeeperError as exc:
-            problems.append(f"{config}: [[notify]] {spec.name!r}: {exc}")
-    from watchkeeper.keeper import build_watcher
-
-    for watcher in cfg.watchers:
-        try:
-            build_watcher(watcher).close()
-        except WatchkeeperError as exc:
-            problems.append(f"{config}: watcher {watcher.name!r}: {exc}")
-    if problems:
-        fail("\n".join(problems))
+    try:
+        notifiers, watchers = build_from_config(cfg)
+    except ConfigError as exc:
+        fail("\n".join(exc.errors))
+    for notifier in notifiers:
+        notifier.close()
+    for watcher in watchers:
+        watcher.close()
     out.print(
         f"{config}: OK — {len(cfg.watchers)} watchers, {len(cfg.notify)} notifiers, "
         f"state {cfg.keeper.state or default_state_path()}"
@@ -331,14 +329,19 @@ def notify_test(config: ConfigOption = DEFAULT_CONFIG) -> None:
         )
         try:
             notifier = build_notifier(spec)
-            where = notifier.describe()
-            notifier.send(alert)
-            notifier.close()
-        except (DeliveryError, WatchkeeperError) as exc:
+        except WatchkeeperError as exc:
             failures += 1
             out.print(Text(f"FAIL  {spec.name}: {exc}", style="red"))
+            continue
+        try:
+            notifier.send(alert)
+        except Exception as exc:  # report every notifier, whatever one of them raises
+            failures += 1
+            out.print(Text(f"FAIL  {spec.name} ({notifier.describe()}): {exc}", style="red"))
         else:
-            out.print(Text(f"OK    {spec.name} ({where})", style="green"))
+            out.print(Text(f"OK    {spec.name} ({notifier.describe()})", style="green"))
+        finally:
+            notifier.close()
     if failures:
         raise typer.Exit(1)
 

@@ -80,8 +80,6 @@ class Dashboard:
         The keeper calls this before its watchers start (a busy address then fails the start
         before anything ran) and :meth:`serve` after (so the first checks do not wait for it).
         """
-        if self.keeper.store is None:
-            raise DashboardError("start the keeper before its dashboard")
         family = socket.AF_INET6 if ":" in self.bind.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -114,7 +112,7 @@ class Dashboard:
 
         sock, store = self._sock, self.keeper.store
         if sock is None or store is None:
-            raise DashboardError("dashboard: bind_socket() first")
+            raise DashboardError("dashboard: start the keeper (which binds the address) first")
         app = build_app(self.keeper, store, self.token, self.bind)
         self._broadcaster = app.state.wk.broadcaster
         config = uvicorn.Config(
