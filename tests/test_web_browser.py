@@ -197,3 +197,23 @@ def test_token_login_in_the_browser(tmp_path: Path, watch: Watch) -> None:
         assert watch.errors == []
     finally:
         assert agent.stop() == 0
+
+
+def test_an_open_page_catches_up_after_the_agent_restarts(agent: Agent, watch: Watch) -> None:
+    expect = playwright_api.expect
+    page = watch.page
+    page.goto(agent.url + "/alerts")
+    expect(page.locator("#live")).to_have_text("live")
+    agent.fire("before the restart")
+    expect(page.locator("#alerts tbody tr")).to_have_count(1)
+    assert agent.stop() == 0
+    expect(page.locator("#live")).to_have_text("reconnecting")
+    agent.fire("while it was down")  # made at the next start, before the page reconnects
+    agent.bind = f"127.0.0.1:{agent.port}"
+    agent.start()
+    agent.fire("after the restart")
+    titles = page.locator("#alerts td.title")
+    expect(titles).to_have_text(["after the restart", "while it was down", "before the restart"])
+    expect(page.locator("#live")).to_have_text("live")
+    watch.errors = [e for e in watch.errors if "ERR_CONNECTION_REFUSED" not in e]
+    assert watch.errors == []
