@@ -472,3 +472,24 @@ def test_live_alert_data_that_json_cannot_hold_is_streamed_as_text(tmp_path: Pat
         fire.set()
         alert = next(e for e in events if e.event == "alert")
         assert json.loads(alert.data)["data"] == {"at": "/var/log/x", "n": 1}
+
+
+def test_alerts_page_pages_back_through_history(
+    served: tuple[Keeper, Dashboard], feed: Feed
+) -> None:
+    _keeper, dashboard = served
+    for n in range(60):
+        feed.put(f"event {n:02d}", "error" if n % 2 else "info")
+    with httpx.Client(base_url=dashboard.url) as http:
+        wait_until(lambda: len(http.get("/api/alerts").json()) == 60)
+        first = http.get("/alerts").text
+        assert first.count("<tr data-id=") == 50
+        assert "event 59" in first
+        assert "event 09" not in first
+        older = first.split('href="/alerts?', 1)[1].split('"', 1)[0].replace("&amp;", "&")
+        second = http.get("/alerts?" + older).text
+        assert second.count("<tr data-id=") == 10
+        assert "event 09" in second
+        assert "event 10" not in second
+        errors = http.get("/alerts", params={"severity": "error"}).text
+        assert errors.count("<tr data-id=") == 30
