@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from tests.pagesite import Page, Site, site
-from watchkeeper import CheckError, ConfigError
+from watchkeeper import ConfigError
 from watchkeeper.alerts import Observation
 from watchkeeper.config import watcher_config
+from watchkeeper.watchers.fetch import PageError
 from watchkeeper.watchers.page import PageConfig, PageWatcher
 
 __all__ = ["site"]
@@ -163,10 +164,10 @@ def test_a_json_api(site: Site, make: Make) -> None:
         }
     ]
     site.pages["/api"] = Page('{"data": {"results": [', content_type="application/json")
-    with pytest.raises(CheckError, match=r"/api: not valid JSON"):
+    with pytest.raises(PageError, match=r"/api: not valid JSON"):
         run.check()
     site.pages["/api"] = Page('{"data": {}}', content_type="application/json")
-    with pytest.raises(CheckError, match=r"'data.results' gave nothing, not a list"):
+    with pytest.raises(PageError, match=r"'data.results' gave nothing, not a list"):
         run.check()
 
 
@@ -212,7 +213,7 @@ def test_rss_and_atom_feeds(site: Site, make: Make) -> None:
     assert post.data["item_key"] == "urn:post:beta"
     assert post.data["item_url"] == f"{site.base}/posts/beta"  # relative to the feed's URL
     site.pages["/rss"] = Page("<html><body>Please log in</body></html>", content_type="text/xml")
-    with pytest.raises(CheckError, match=r"not an RSS or Atom feed"):
+    with pytest.raises(PageError, match=r"not an RSS or Atom feed"):
         feed.check()
 
 
@@ -236,26 +237,26 @@ def test_conditional_get_skips_parsing_on_304(site: Site, make: Make) -> None:
 
 def test_http_errors_and_timeouts_raise_with_the_url(site: Site, make: Make) -> None:
     site.pages["/down"] = Page("oops", status=500)
-    with pytest.raises(CheckError, match=r"GET http://127\.0\.0\.1:\d+/down: HTTP 500"):
+    with pytest.raises(PageError, match=r"GET http://127\.0\.0\.1:\d+/down: HTTP 500"):
         make(site.url("/down"), items="li").check(None)
-    with pytest.raises(CheckError, match=r"HTTP 404"):
+    with pytest.raises(PageError, match=r"HTTP 404"):
         make(site.url("/missing"), items="li").check(None)
     site.pages["/slow"] = Page("<li>x</li>", delay=5)
-    with pytest.raises(CheckError, match=r"/slow: timed out after 300ms"):
+    with pytest.raises(PageError, match=r"/slow: timed out after 300ms"):
         make(site.url("/slow"), items="li", timeout="300ms").check(None)
 
 
 def test_retry_after_keeps_the_host_waiting(site: Site, make: Make) -> None:
     site.pages["/busy"] = Page("slow down", status=429, headers={"Retry-After": "120"})
     watcher = make(site.url("/busy"), items="li")
-    with pytest.raises(CheckError, match="HTTP 429"):
+    with pytest.raises(PageError, match="HTTP 429"):
         watcher.check(None)
     assert 100 < watcher.fetcher.wait_hint(site.url("/other")) <= 120
 
 
 def test_selector_matching_nothing_is_a_failure(site: Site, make: Make) -> None:
     site.html("/list", links("a"))
-    with pytest.raises(CheckError, match=r"the selector 'li\.product' matched nothing"):
+    with pytest.raises(PageError, match=r"the selector 'li\.product' matched nothing"):
         make(site.url("/list"), items="li.product").check(None)
 
 
@@ -329,7 +330,7 @@ def test_redirects_are_followed_and_capped(site: Site, make: Make) -> None:
     assert item.data["item_url"] == f"{site.base}/shop/rel"  # relative to where it ended
     for n in range(8):
         site.pages[f"/loop{n}"] = Page("", status=302, headers={"Location": f"/loop{n + 1}"})
-    with pytest.raises(CheckError, match=r"/loop0: more than 5 redirects"):
+    with pytest.raises(PageError, match=r"/loop0: more than 5 redirects"):
         make(site.url("/loop0"), items="li").check(None)
 
 
@@ -339,7 +340,7 @@ def test_connection_refused_is_a_clear_failure(make: Make) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]  # bound, never listening: connections are refused
-        with pytest.raises(CheckError, match=rf"GET http://127\.0\.0\.1:{port}/: cannot connect"):
+        with pytest.raises(PageError, match=rf"GET http://127\.0\.0\.1:{port}/: cannot connect"):
             make(f"http://127.0.0.1:{port}/", items="li").check(None)
 
 
@@ -401,7 +402,7 @@ def test_wait_honours_retry_after_over_a_shorter_interval(site: Site, make: Make
 
     site.pages["/busy"] = Page("busy", status=503, headers={"Retry-After": "1"})
     watcher = make(site.url("/busy"), items="li")
-    with pytest.raises(CheckError, match="HTTP 503"):
+    with pytest.raises(PageError, match="HTTP 503"):
         watcher.check(None)
     started = time.monotonic()
     watcher.wait(threading.Event(), 0.01)  # the runtime asks for 10 ms; the host said 1 s

@@ -15,7 +15,7 @@ Around it:
   timeouts are per read, so a server trickling bytes would otherwise hold a thread forever) and
   a body cut off at ``max_bytes`` (after decompression, so a gzip bomb is cut off too).
 
-Failures are raised as :class:`~watchkeeper.errors.CheckError` with the URL and what happened.
+Failures are raised as :class:`PageError` with the URL and what happened.
 """
 
 from __future__ import annotations
@@ -30,8 +30,13 @@ from urllib.parse import urljoin, urlsplit
 
 import urllib3
 
-from watchkeeper.errors import CheckError
+from watchkeeper.errors import WatchkeeperError
 from watchkeeper.units import format_duration
+
+
+class PageError(WatchkeeperError):
+    """A page could not be read: fetch, reply or content. The message names the URL and why."""
+
 
 MAX_TOTAL = 100
 """Requests in flight at once over all hosts, whatever the pages' own limits."""
@@ -116,7 +121,7 @@ class _Gate:
             while slot.active >= limit:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise CheckError(
+                    raise PageError(
                         f"GET {url}: timed out waiting for a free slot "
                         f"({slot.active} requests to {host} in flight)"
                     )
@@ -124,9 +129,7 @@ class _Gate:
             slot.active += 1
         if not self.total.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
             self._leave(slot)
-            raise CheckError(
-                f"GET {url}: timed out waiting for a free slot ({MAX_TOTAL} in flight)"
-            )
+            raise PageError(f"GET {url}: timed out waiting for a free slot ({MAX_TOTAL} in flight)")
 
     def release(self, host: str) -> None:
         self.total.release()
@@ -205,7 +208,7 @@ class Fetcher:
         etag: str | None = None,
         last_modified: str | None = None,
     ) -> Reply:
-        """GET ``url`` politely; raise CheckError for anything but a 2xx or 304 reply."""
+        """GET ``url`` politely; raise PageError for anything but a 2xx or 304 reply."""
         sent = {**self.pool.headers, **(headers or {})}
         if etag:
             sent["If-None-Match"] = etag
@@ -216,7 +219,7 @@ class Fetcher:
             try:
                 return self._get(url, sent, timeout, max_bytes, started)
             except urllib3.exceptions.HTTPError as exc:
-                raise CheckError(f"GET {url}: {_describe(exc, timeout)}") from exc
+                raise PageError(f"GET {url}: {_describe(exc, timeout)}") from exc
 
     def _get(
         self, url: str, headers: dict[str, str], timeout: float, max_bytes: int, started: float
@@ -242,7 +245,7 @@ class Fetcher:
             elif response.status >= 400:
                 self._note_retry_after(reply)
                 reason = response.reason or ""
-                raise CheckError(f"GET {url}: HTTP {response.status} {reason}".rstrip())
+                raise PageError(f"GET {url}: HTTP {response.status} {reason}".rstrip())
             else:
                 reply.content, reply.truncated = _read(response, url, max_bytes, deadline, timeout)
             clean = not reply.truncated
@@ -277,7 +280,7 @@ def _read(
     size = 0
     for chunk in response.stream(CHUNK, decode_content=True):
         if time.monotonic() > deadline:
-            raise CheckError(
+            raise PageError(
                 f"GET {url}: timed out after {format_duration(timeout)} ({size} bytes read)"
             )
         chunks.append(chunk)

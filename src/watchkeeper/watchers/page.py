@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from watchkeeper.alerts import Observation, Severity
-from watchkeeper.errors import CheckError
 from watchkeeper.units import Duration, Size
 from watchkeeper.watchers import fetch
 from watchkeeper.watchers.base import CheckResult, Watcher, WatcherConfig, register
@@ -235,7 +234,9 @@ class PageWatcher(Watcher):
             )
         if reply.not_modified:
             if not cp:
-                raise CheckError(f"GET {cfg.url}: 304 Not Modified without a conditional request")
+                raise fetch.PageError(
+                    f"GET {cfg.url}: 304 Not Modified without a conditional request"
+                )
             return reply, None
         if reply.truncated:
             log.warning(

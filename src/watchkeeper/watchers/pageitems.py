@@ -27,7 +27,7 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 from selectolax.lexbor import LexborHTMLParser, LexborNode, SelectolaxError
 
-from watchkeeper.errors import CheckError
+from watchkeeper.watchers.fetch import PageError
 
 Format = Literal["html", "json", "feed"]
 
@@ -223,14 +223,14 @@ def html_items(
     title: str | None = None,
     link: str | None = None,
 ) -> Extraction:
-    """One item per element ``items`` matches; raise CheckError when it matches nothing."""
+    """One item per element ``items`` matches; raise PageError when it matches nothing."""
     tree = LexborHTMLParser(text)
     base_tag = tree.css_first("base[href]")
     base_href = None if base_tag is None else base_tag.attributes.get("href")
     base = urljoin(page_url, base_href) if base_href else page_url
     nodes = tree.css(items)
     if not nodes:
-        raise CheckError(
+        raise PageError(
             f"{page_url}: the selector {items!r} matched nothing "
             "(a changed page, a wrong selector, or a blocked request)"
         )
@@ -303,12 +303,12 @@ def json_items(
     try:
         document = json.loads(content)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckError(f"{page_url}: not valid JSON: {exc}") from None
+        raise PageError(f"{page_url}: not valid JSON: {exc}") from None
     found = document if items is None else jmespath.search(items, document)
     if not isinstance(found, list):
         what = "the document" if items is None else f"the expression {items!r}"
         got = "nothing" if found is None else f"a {type(found).__name__}"
-        raise CheckError(f"{page_url}: {what} gave {got}, not a list of items")
+        raise PageError(f"{page_url}: {what} gave {got}, not a list of items")
     result = Extraction(format="json")
     for entry in found:
         item_key = _json_pick(entry, key, ("id", "guid", "uuid", "url", "link", "href"), page_url)
@@ -344,7 +344,7 @@ def feed_items(content: bytes, page_url: str, headers: Mapping[str, str]) -> Ext
     )
     if not parsed.get("version") and not parsed.entries:
         reason = parsed.get("bozo_exception") or "no RSS or Atom root element"
-        raise CheckError(f"{page_url}: not an RSS or Atom feed: {reason}")
+        raise PageError(f"{page_url}: not an RSS or Atom feed: {reason}")
     result = Extraction(format="feed")
     for entry in parsed.entries:
         link = entry.get("link")
@@ -401,7 +401,7 @@ def extract(
     if chosen == "feed":
         return feed_items(content, page_url, headers)
     if items is None:
-        raise CheckError(
+        raise PageError(
             f"{page_url}: the page is HTML, so 'items' must be a CSS selector for the items"
         )
     return html_items(decode_html(content, charset), page_url, items, key, title, link)
@@ -410,7 +410,7 @@ def extract(
 def _unique(result: Extraction, page_url: str, what: str, candidates: int) -> Extraction:
     """Drop repeated keys (first wins); fail when no candidate had a key at all."""
     if candidates and not result.items:
-        raise CheckError(
+        raise PageError(
             f"{page_url}: none of the {candidates} {what} had a key "
             "(check the 'key' setting against the page)"
         )

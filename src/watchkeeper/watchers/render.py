@@ -15,9 +15,8 @@ import os
 import time
 from pathlib import Path
 
-from watchkeeper.errors import CheckError
 from watchkeeper.units import format_duration
-from watchkeeper.watchers.fetch import Reply
+from watchkeeper.watchers.fetch import PageError, Reply
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -52,7 +51,7 @@ def render(
         from playwright.sync_api import TimeoutError as PlaywrightTimeout
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
-        raise CheckError(
+        raise PageError(
             "render = true needs Playwright: pip install 'watchkeeper[browser]' "
             "and a Chromium (apt-get install chromium)"
         ) from exc
@@ -67,7 +66,7 @@ def render(
                 page = browser.new_page(extra_http_headers=headers)
                 response = page.goto(url, wait_until="load", timeout=millis)
                 if response is not None and response.status >= 400:
-                    raise CheckError(f"GET {url}: HTTP {response.status} {response.status_text}")
+                    raise PageError(f"GET {url}: HTTP {response.status} {response.status_text}")
                 if wait_for:
                     left = max(millis - (time.monotonic() - started) * 1000, 1.0)
                     # On timeout, extraction reports "matched nothing" with the page's URL.
@@ -78,11 +77,11 @@ def render(
             finally:
                 browser.close()
     except PlaywrightTimeout as exc:
-        raise CheckError(
+        raise PageError(
             f"GET {url}: timed out after {format_duration(timeout)} in Chromium"
         ) from exc
     except PlaywrightError as exc:
-        raise CheckError(f"GET {url}: Chromium: {exc.message.splitlines()[0]}") from exc
+        raise PageError(f"GET {url}: Chromium: {exc.message.splitlines()[0]}") from exc
     return Reply(
         url=final_url,
         status=200 if response is None else response.status,
