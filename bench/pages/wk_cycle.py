@@ -34,7 +34,9 @@ def main(mode: str, urls_file: str, state: str) -> None:
     if mode == "keeper":
         keeper.start()
         threads = list(keeper._threads.values())
-        while sum(1 for t in threads if t.checks_run) < len(threads):
+        # A thread's checkpoint is set once its first check is committed (fresh state: None
+        # before); a failed check counts up ``failures`` instead.
+        while any(t.checkpoint is None and not t.failures for t in threads):
             time.sleep(0.05)
         keeper.stop()
     else:
