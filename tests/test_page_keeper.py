@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,25 @@ def wait_for_hit(site: Site, path: str, within: float) -> bool:
     except AssertionError:
         return False
     return True
+
+
+def test_page_watcher_example_reports_each_new_item_once_per_source() -> None:
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "page_watcher.py"
+    result = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=60, check=True
+    )
+    alerts = [line.split(" ", 2) for line in result.stdout.splitlines()]
+    by_source: dict[str, list[str]] = {}
+    for _, source, rest in alerts:
+        by_source.setdefault(source, []).append(rest)
+    assert set(by_source) == {"html", "json", "feed"}
+    for lines in by_source.values():
+        assert len(lines) >= 3
+        assert len(lines) == len(set(lines))  # no item twice
+        for line in lines:  # "sextant #3 http://127.0.0.1:PORT/item/3": title and link agree
+            match = re.fullmatch(r".+ #(\d+) http://127\.0\.0\.1:\d+/item/(\d+)", line)
+            assert match is not None, line
+            assert match.group(1) == match.group(2)
