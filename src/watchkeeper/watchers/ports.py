@@ -31,6 +31,7 @@ from watchkeeper.units import Duration
 from watchkeeper.watchers.base import CheckResult, Watcher, WatcherConfig, register
 
 Change = Literal["opened", "closed"]
+CHANGES: tuple[Change, ...] = ("opened", "closed")
 
 
 class PortsConfig(WatcherConfig):
@@ -51,7 +52,7 @@ class PortsConfig(WatcherConfig):
         default_factory=list, description="Alert (error) while one of these is open."
     )
     alert_on: list[Change] = Field(
-        default_factory=lambda: ["opened", "closed"],
+        default_factory=lambda: list(CHANGES),
         description="Which changes against the previous scan alert.",
     )
     severity: Severity = Field(
