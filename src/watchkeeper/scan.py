@@ -308,7 +308,7 @@ class _Run:
         self.family = family
         self.address = address
         self.opts = opts
-        self.pool = pool
+        self.pool = self.max_pool = pool
         self.report = report
         self.progress = progress
         self.queue: deque[tuple[int, int]] = deque((p, 0) for p in ports)
@@ -371,6 +371,8 @@ class _Run:
                     self._short_of_descriptors(exc, now)
                     break
                 raise
+            if self.pool < self.max_pool:  # grow back after a descriptor shortage
+                self.pool += 1
             self.starved_since = None
             if not _NONBLOCK:
                 sock.setblocking(False)
@@ -525,5 +527,5 @@ def _errname(code: int) -> str:
 
 def _banner_text(data: bytes) -> str:
     """Printable text of what a service said first, one line per line, bounded by the read."""
-    text = data.decode("utf-8", errors="replace")
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
     return "".join(ch if ch.isprintable() or ch in "\n\t" else "." for ch in text).strip()
