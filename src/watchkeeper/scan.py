@@ -45,6 +45,8 @@ FD_SHORTAGE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM
 """Errors from socket() that mean "try again when a descriptor is free", never "closed"."""
 FD_GIVE_UP = 30.0
 """With no probe in flight, wait this long for a free descriptor before marking ports error."""
+STARVED_WAIT = 0.05
+"""With no descriptor free and nothing in flight, look again this often."""
 PROGRESS_EVERY = 0.1
 """Seconds between progress callbacks."""
 
@@ -240,6 +242,7 @@ _OUT = select.POLLOUT
 _SOL_SOCKET = socket.SOL_SOCKET
 _SO_ERROR = socket.SO_ERROR
 _REFUSED = errno.ECONNREFUSED
+_INPROGRESS = errno.EINPROGRESS
 _IN = select.POLLIN
 
 
@@ -341,8 +344,6 @@ class _Run:
             for line in (self.deadlines, self.banner_deadlines):
                 if line:
                     wait = min(wait, max(0.0, line[0].deadline - now))
-            if not self.pending:
-                wait = min(wait, 0.05) if self.queue else 0.0
             self._answers(self.poller.poll(wait))
             self._expire(time.monotonic())
             if self.progress is not None and time.monotonic() >= next_progress:
@@ -359,34 +360,53 @@ class _Run:
             if allowed <= 0:
                 return (self.launched / opts.rate) - (time.monotonic() - self.began)
             budget = min(budget, allowed)
-        family, address = self.family, self.address
+        # The hot loop of a scan: names bound to locals, bookkeeping moved out of the loop.
+        target = (self.family, self.address)
         now = time.monotonic()
-        while budget and len(pending) < pool:
-            port, attempt = queue.popleft()
+        deadline = now + opts.timeout
+        new_socket, popleft = _socket.socket, queue.popleft
+        results, closed = self.report.results, _result(PortState.CLOSED, "conn-refused")
+        register, track = self.poller.register, self.deadlines.append
+        started, wait = 0, opts.timeout
+        while started < budget and len(pending) < pool:
+            port, attempt = popleft()
             try:
-                sock = _socket.socket(family, _STREAM)
+                sock = new_socket(target[0], _STREAM)
             except OSError as exc:
                 if exc.errno in FD_SHORTAGE:
                     queue.appendleft((port, attempt))
                     self._short_of_descriptors(exc, now)
+                    wait = STARVED_WAIT
                     break
                 raise
-            if self.pool < self.max_pool:  # grow back after a descriptor shortage
-                self.pool += 1
-            self.starved_since = None
+            started += 1
             if not _NONBLOCK:
                 sock.setblocking(False)
-            budget -= 1
-            self.launched += 1
-            code = sock.connect_ex((address, port))
-            if code == errno.EINPROGRESS:
-                probe = _Probe(sock, port, attempt, now + opts.timeout)
-                pending[sock.fileno()] = probe
-                self.deadlines.append(probe)
-                self.poller.register(sock.fileno(), _OUT)
+            code = sock.connect_ex((target[1], port))
+            if code == _INPROGRESS:
+                # On loopback the refusal has usually arrived before connect returns: asking
+                # now saves the poller round trip for most ports of a scan.
+                code = sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
+                if code == _REFUSED:
+                    sock.close()
+                    results[port] = closed
+                    continue
+            if code in (0, _INPROGRESS):
+                probe = _Probe(sock, port, attempt, deadline)
+                fd = sock.fileno()
+                pending[fd] = probe
+                track(probe)
+                register(fd, _OUT)
             else:
                 self._finish(_Probe(sock, port, attempt, now), code, registered=False)
-        return opts.timeout
+        if started:
+            self.launched += started
+            self.starved_since = None
+            if self.pool < self.max_pool:  # grow back after a descriptor shortage
+                self.pool = min(self.max_pool, self.pool + started)
+        if opts.rate is not None and queue and len(pending) < self.pool:
+            wait = min(wait, max(0.0, self.launched / opts.rate - (time.monotonic() - self.began)))
+        return wait
 
     def _short_of_descriptors(self, exc: OSError, now: float) -> None:
         """No descriptor: shrink the pool to what is in flight; give up only after a long wait."""

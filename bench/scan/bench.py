@@ -1,0 +1,162 @@
+"""Port-scan benchmark: watchkeeper against nmap, full 1-65535 TCP connect scans of 127.0.0.1.
+
+Runs itself inside a private network namespace (``unshare -n``; needs root or user namespaces),
+so it touches nothing but the 20 listeners it opens there. Two cases, each tool several times:
+
+1. open/closed: 20 open ports, 65515 closed;
+2. filtered: the same plus an iptables DROP rule on 10,000 ports (20001-30000).
+
+Tools: ``watchkeeper scan -p- --json`` (the CLI, a whole process, as nmap is), the engine
+in-process (no interpreter start-up), an asyncio engine (``asyncio_engine.py``, the alternative
+design, open/closed case only), ``nmap -sT -p- -T4 -n`` and ``nmap -sT -p- --min-rate 10000 -n``.
+Every run's open ports are checked: all 20 found, no false positive. Prints medians and ratios.
+
+Usage: python bench/scan/bench.py [--repeats 5] [--filtered-repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LISTEN = [1, 7, 22, 80, 443, 3306, 5432, 8080, 9000, 12345, 19999, 30001, 32768, 40000, 45678,
+          50000, 55555, 60999, 65000, 65535]  # fmt: skip
+DROPPED = "20001:30000"
+WK = [sys.executable, "-m", "watchkeeper", "scan", "127.0.0.1", "-p-", "--json"]
+NMAP_T4 = ["nmap", "-sT", "-p-", "-T4", "-n", "-oX", "-", "127.0.0.1"]
+NMAP_RATE = ["nmap", "-sT", "-p-", "--min-rate", "10000", "-n", "-oX", "-", "127.0.0.1"]
+
+
+def in_namespace() -> None:
+    """Re-run this script inside a fresh network namespace with loopback up."""
+    if os.environ.get("WK_BENCH_NETNS") == "1":
+        return
+    if shutil.which("unshare") is None:
+        sys.exit("needs unshare (util-linux) to make a private network namespace")
+    env = {**os.environ, "WK_BENCH_NETNS": "1"}
+    script = 'ip link set lo up && exec "$0" "$@"'
+    done = subprocess.run(
+        ["unshare", "-n", "sh", "-c", script, sys.executable, __file__, *sys.argv[1:]],
+        env=env,
+        check=False,
+    )
+    sys.exit(done.returncode)
+
+
+def open_ports_nmap(xml: str) -> list[int]:
+    ports = re.findall(r'<port protocol="tcp" portid="(\d+)"><state state="open"', xml)
+    return sorted(int(p) for p in ports)
+
+
+def open_ports_wk(text: str) -> list[int]:
+    doc = json.loads(text)
+    return [p["port"] for p in doc["hosts"][0]["ports"] if p["state"] == "open"]
+
+
+def timed_process(cmd: list[str], parse: Callable[[str], list[int]]) -> tuple[float, list[int]]:
+    began = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return time.perf_counter() - began, parse(done.stdout)
+
+
+def timed_engine() -> tuple[float, list[int]]:
+    from watchkeeper.scan import parse_ports, scan_host
+
+    began = time.perf_counter()
+    report = scan_host("127.0.0.1", parse_ports("-"))
+    return time.perf_counter() - began, report.open_ports
+
+
+def timed_asyncio() -> tuple[float, list[int]]:
+    sys.path.insert(0, str(HERE))
+    from asyncio_engine import scan_open
+
+    began = time.perf_counter()
+    found = scan_open("127.0.0.1", range(1, 65536), concurrency=1000, timeout=1.0)
+    return time.perf_counter() - began, found
+
+
+def measure(name: str, run: Callable[[], tuple[float, list[int]]], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        seconds, found = run()
+        if found != LISTEN:
+            missed = sorted(set(LISTEN) - set(found))
+            extra = sorted(set(found) - set(LISTEN))
+            sys.exit(f"{name}: wrong result: missed {missed}, false positives {extra}")
+        times.append(seconds)
+    median = statistics.median(times)
+    runs = " ".join(f"{t:.2f}" for t in times)
+    print(f"  {name:<34} median {median:6.2f} s   runs: {runs}   (20/20 open, 0 false)")
+    return median
+
+
+def case(title: str, repeats: int, with_asyncio: bool) -> dict[str, float]:
+    print(f"\n{title} ({repeats} runs each)")
+    found = {
+        "watchkeeper scan (CLI)": measure(
+            "watchkeeper scan -p- (CLI)", lambda: timed_process(WK, open_ports_wk), repeats
+        ),
+        "engine": measure("watchkeeper engine (in-process)", timed_engine, repeats),
+    }
+    if with_asyncio:
+        found["asyncio"] = measure("asyncio engine (in-process)", timed_asyncio, repeats)
+    found["nmap -T4"] = measure(
+        "nmap -sT -p- -T4 -n", lambda: timed_process(NMAP_T4, open_ports_nmap), repeats
+    )
+    found["nmap --min-rate"] = measure(
+        "nmap -sT -p- --min-rate 10000 -n",
+        lambda: timed_process(NMAP_RATE, open_ports_nmap),
+        repeats,
+    )
+    cli = found["watchkeeper scan (CLI)"]
+    for peer in ("nmap -T4", "nmap --min-rate"):
+        print(f"  ratio {peer} / watchkeeper CLI: {found[peer] / cli:.2f}x")
+    if with_asyncio:
+        print(f"  ratio asyncio / epoll engine: {found['asyncio'] / found['engine']:.2f}x")
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--filtered-repeats", type=int, default=3)
+    args = parser.parse_args()
+    in_namespace()
+    if shutil.which("nmap") is None:
+        sys.exit("needs nmap (Debian package nmap) as the peer")
+    listeners = []
+    for port in LISTEN:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", port))
+        sock.listen(4096)
+        listeners.append(sock)
+    nmap_version = subprocess.run(["nmap", "--version"], capture_output=True, text=True).stdout
+    print(f"{nmap_version.splitlines()[0]}; Python {sys.version.split()[0]}; {os.cpu_count()} CPUs")
+    case("open/closed: 20 open, 65515 closed", args.repeats, with_asyncio=True)
+    rule = ["iptables", "-A", "INPUT", "-p", "tcp", "--dport", DROPPED, "-j", "DROP"]
+    if shutil.which("iptables") is None or subprocess.run(rule, check=False).returncode != 0:
+        print("\nfiltered case skipped: iptables (Debian package iptables) not usable here")
+        return
+    case(
+        f"filtered: 20 open, 10,000 dropped ({DROPPED}), 55515 closed",
+        args.filtered_repeats,
+        with_asyncio=False,
+    )
+    for sock in listeners:
+        sock.close()
+
+
+if __name__ == "__main__":
+    main()
