@@ -87,51 +87,49 @@ def timed_asyncio() -> tuple[float, list[int]]:
     return time.perf_counter() - began, found
 
 
-def measure(name: str, run: Callable[[], tuple[float, list[int]]], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        seconds, found = run()
-        if found != LISTEN:
-            missed = sorted(set(LISTEN) - set(found))
-            extra = sorted(set(found) - set(LISTEN))
-            sys.exit(f"{name}: wrong result: missed {missed}, false positives {extra}")
-        times.append(seconds)
-    median = statistics.median(times)
-    runs = " ".join(f"{t:.2f}" for t in times)
-    print(f"  {name:<34} median {median:6.2f} s   runs: {runs}   (20/20 open, 0 false)")
-    return median
+def check(name: str, found: list[int]) -> None:
+    if found != LISTEN:
+        missed = sorted(set(LISTEN) - set(found))
+        extra = sorted(set(found) - set(LISTEN))
+        sys.exit(f"{name}: wrong result: missed {missed}, false positives {extra}")
 
 
-def case(title: str, repeats: int, with_asyncio: bool) -> dict[str, float]:
-    print(f"\n{title} ({repeats} runs each)")
-    found = {
-        "watchkeeper scan (CLI)": measure(
-            "watchkeeper scan -p- (CLI)", lambda: timed_process(WK, open_ports_wk), repeats
-        ),
-        "engine": measure("watchkeeper engine (in-process)", timed_engine, repeats),
+def case(title: str, repeats: int, with_asyncio: bool) -> None:
+    """Run every tool once per round, round after round, so machine noise hits all alike."""
+    tools: dict[str, Callable[[], tuple[float, list[int]]]] = {
+        "watchkeeper scan -p- (CLI)": lambda: timed_process(WK, open_ports_wk),
+        "watchkeeper engine (in-process)": timed_engine,
+        "nmap -sT -p- -T4 -n": lambda: timed_process(NMAP_T4, open_ports_nmap),
+        "nmap -sT -p- --min-rate 10000 -n": lambda: timed_process(NMAP_RATE, open_ports_nmap),
     }
     if with_asyncio:
-        found["asyncio"] = measure("asyncio engine (in-process)", timed_asyncio, repeats)
-    found["nmap -T4"] = measure(
-        "nmap -sT -p- -T4 -n", lambda: timed_process(NMAP_T4, open_ports_nmap), repeats
-    )
-    found["nmap --min-rate"] = measure(
-        "nmap -sT -p- --min-rate 10000 -n",
-        lambda: timed_process(NMAP_RATE, open_ports_nmap),
-        repeats,
-    )
-    cli = found["watchkeeper scan (CLI)"]
-    for peer in ("nmap -T4", "nmap --min-rate"):
-        print(f"  ratio {peer} / watchkeeper CLI: {found[peer] / cli:.2f}x")
+        tools["asyncio engine (in-process)"] = timed_asyncio
+    times: dict[str, list[float]] = {name: [] for name in tools}
+    print(f"\n{title} ({repeats} rounds, tools interleaved)")
+    for _ in range(repeats):
+        for name, run in tools.items():
+            seconds, found = run()
+            check(name, found)
+            times[name].append(seconds)
+    medians = {name: statistics.median(runs) for name, runs in times.items()}
+    for name, runs in times.items():
+        listed = " ".join(f"{t:.2f}" for t in runs)
+        print(f"  {name:<34} median {medians[name]:6.2f} s   runs: {listed}   20/20 open, 0 false")
+    cli, engine = medians["watchkeeper scan -p- (CLI)"], medians["watchkeeper engine (in-process)"]
+    for peer in ("nmap -sT -p- -T4 -n", "nmap -sT -p- --min-rate 10000 -n"):
+        print(
+            f"  {peer} / watchkeeper: {medians[peer] / cli:.2f}x (CLI), "
+            f"{medians[peer] / engine:.2f}x (engine)   (>1: watchkeeper faster)"
+        )
     if with_asyncio:
-        print(f"  ratio asyncio / epoll engine: {found['asyncio'] / found['engine']:.2f}x")
-    return found
+        ratio = medians["asyncio engine (in-process)"] / engine
+        print(f"  asyncio engine / epoll engine: {ratio:.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--filtered-repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, choices=range(1, 51))
+    parser.add_argument("--filtered-repeats", type=int, default=3, choices=range(0, 51))
     args = parser.parse_args()
     in_namespace()
     if shutil.which("nmap") is None:
@@ -142,9 +140,13 @@ def main() -> None:
         sock.bind(("127.0.0.1", port))
         sock.listen(4096)
         listeners.append(sock)
-    nmap_version = subprocess.run(["nmap", "--version"], capture_output=True, text=True).stdout
+    nmap_version = subprocess.run(
+        ["nmap", "--version"], capture_output=True, text=True, check=True
+    ).stdout
     print(f"{nmap_version.splitlines()[0]}; Python {sys.version.split()[0]}; {os.cpu_count()} CPUs")
     case("open/closed: 20 open, 65515 closed", args.repeats, with_asyncio=True)
+    if not args.filtered_repeats:
+        return
     rule = ["iptables", "-A", "INPUT", "-p", "tcp", "--dport", DROPPED, "-j", "DROP"]
     if shutil.which("iptables") is None or subprocess.run(rule, check=False).returncode != 0:
         print("\nfiltered case skipped: iptables (Debian package iptables) not usable here")
