@@ -93,6 +93,7 @@ def test_open_closed_and_a_listener_that_never_accepts(sockets: list[socket.sock
     assert report.ports(PortState.CLOSED) == sorted(port_of(s) for s in closed)
     assert {r.reason for r in report.results.values()} == {"syn-ack", "conn-refused"}
     assert report.counts() == {"open": 4, "closed": 3, "filtered": 0, "error": 0}
+    assert report.elapsed < 1.0  # every port answered: no waiting out the 2 s timeout
 
 
 def test_banner_is_read_bounded_in_bytes_and_time(sockets: list[socket.socket]) -> None:
@@ -120,6 +121,13 @@ def test_banner_is_read_bounded_in_bytes_and_time(sockets: list[socket.socket]) 
     assert report.results[port_of(chatty)].banner == "x" * 64
     assert report.results[port_of(silent)].banner == ""  # says nothing: open, empty banner
     assert report.elapsed < 3.0
+
+
+def test_rate_limits_connection_attempts(sockets: list[socket.socket]) -> None:
+    sockets.extend(reserved() for _ in range(40))
+    report = scan_host("127.0.0.1", [port_of(s) for s in sockets], ScanOptions(rate=100))
+    assert report.counts()["closed"] == 40
+    assert 0.35 <= report.elapsed < 3.0  # 40 connects at 100/s: about 0.4 s, not instant
 
 
 def test_bad_options_and_hosts_are_clear_errors() -> None:

@@ -44,18 +44,15 @@ print(json.dumps(r))
 """
 
 
-@pytest.fixture(scope="module")
-def scans(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict[str, str]], Path]:
+def test_scan_cli_outputs_diff_and_ndiff(tmp_path: Path) -> None:
+    """One namespace, two scans with a change between them, every output format checked.
+    (One test rather than several sharing a fixture: under xdist each worker would redo it.)"""
     require_netns()
-    work = tmp_path_factory.mktemp("scan-cli")
-    env = {"WORK": str(work), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "COLUMNS": "120"}
-    return run_in_netns(SCENARIO, env=env), work
+    env = {"WORK": str(tmp_path), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "COLUMNS": "120"}
+    runs: dict[str, dict[str, str]] = run_in_netns(SCENARIO, env=env)
 
-
-def test_table_lists_open_ports_with_service_names(
-    scans: tuple[dict[str, dict[str, str]], Path],
-) -> None:
-    table = scans[0]["table"]
+    # The table: open ports with service names, and a summary line.
+    table = runs["table"]
     assert table["rc"] == 0, table["err"]
     rows = [line for line in table["out"].splitlines() if "127.0.0.1" in line and "│" in line]
     assert [row.split("│")[2].strip() for row in rows] == ["22", "80", "8080", "65535"]
@@ -64,12 +61,8 @@ def test_table_lists_open_ports_with_service_names(
     assert "65535 ports in" in table["out"]
     assert "4 open, 65531 closed" in table["out"]
 
-
-def test_json_is_one_document_with_open_ports_and_scanned_ranges(
-    scans: tuple[dict[str, dict[str, str]], Path],
-) -> None:
-    doc = json.loads(scans[0]["json1"]["out"])
-    [host] = doc["hosts"]
+    # --json: one document, open ports, the scanned ranges.
+    [host] = json.loads(runs["json1"]["out"])["hosts"]
     assert host["scanned"] == "1-9000,65535"
     assert [(p["port"], p["state"], p["service"]) for p in host["ports"]] == [
         (22, "open", "ssh"),
@@ -78,38 +71,28 @@ def test_json_is_one_document_with_open_ports_and_scanned_ranges(
         (65535, "open", ""),
     ]
     assert host["counts"] == {"open": 4, "closed": 8997, "filtered": 0, "error": 0}
-    top = json.loads(scans[0]["top"]["out"])["hosts"][0]
+    top = json.loads(runs["top"]["out"])["hosts"][0]
     assert len(top["scanned"].split(",")) == 19  # 20 common ports but 22, none adjacent
 
-
-def test_diff_exits_1_and_says_what_opened_and_closed(
-    scans: tuple[dict[str, dict[str, str]], Path],
-) -> None:
-    same, changed = scans[0]["same"], scans[0]["changed"]
+    # --diff: exit 0 when nothing changed, 1 with what opened and closed.
+    same, changed = runs["same"], runs["changed"]
     assert same["rc"] == 0, same["err"]
     assert changed["rc"] == 1, changed["err"]
     assert "+ 127.0.0.1:3306 (mysql) opened" in changed["err"]
     assert "- 127.0.0.1:80 (http) closed" in changed["err"]
     json.loads(changed["out"])  # stdout stays a clean JSON document
 
-
-def test_bad_port_list_exits_2_with_the_reason(
-    scans: tuple[dict[str, dict[str, str]], Path],
-) -> None:
-    bad = scans[0]["bad"]
+    # Bad input: exit 2 with the reason, no traceback.
+    bad = runs["bad"]
     assert bad["rc"] == 2
     assert "'0-10' is outside 1-65535" in bad["err"]
     assert "Traceback" not in bad["err"]
 
-
-def test_ndiff_reads_the_xml_and_shows_the_change(
-    scans: tuple[dict[str, dict[str, str]], Path],
-) -> None:
+    # --xml: ndiff reads it and shows the change.
     if shutil.which("ndiff") is None:
-        pytest.skip("ndiff not installed (Debian package ndiff)")
-    work = scans[1]
+        pytest.skip("ndiff not installed (Debian package ndiff); the other outputs passed")
     done = subprocess.run(
-        ["ndiff", str(work / "a.xml"), str(work / "b.xml")],
+        ["ndiff", str(tmp_path / "a.xml"), str(tmp_path / "b.xml")],
         capture_output=True,
         text=True,
         check=False,
@@ -118,13 +101,13 @@ def test_ndiff_reads_the_xml_and_shows_the_change(
     rows = [line.split() for line in done.stdout.splitlines()]
     assert ["-80/tcp", "open", "http"] in rows
     assert ["+3306/tcp", "open", "mysql"] in rows
-    xml = subprocess.run(
-        ["ndiff", "--xml", str(work / "a.xml"), str(work / "a.xml")],
+    same_xml = subprocess.run(
+        ["ndiff", "--xml", str(tmp_path / "a.xml"), str(tmp_path / "a.xml")],
         capture_output=True,
         text=True,
         check=False,
     )
-    assert xml.returncode == 0, xml.stderr  # identical scans: no difference
+    assert same_xml.returncode == 0, same_xml.stderr  # identical scans: no difference
 
 
 def test_help_names_the_safety_rule() -> None:
