@@ -372,6 +372,8 @@ def scan(
 
     if as_json and as_xml:
         raise typer.BadParameter("choose one of --json and --xml")
+    if ports and top_ports:
+        raise typer.BadParameter("choose one of -p/--ports and --top-ports")
     try:
         wanted = common_ports(top_ports) if top_ports else engine.parse_ports(ports or "1-1024")
         if exclude_ports:

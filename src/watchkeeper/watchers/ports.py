@@ -158,11 +158,14 @@ class PortsWatcher(Watcher):
             for port in [int(p) for p in pending if int(p) in known]:
                 if (port in baseline) == (port in seen_open):
                     del pending[str(port)]  # flipped back before for_cycles: no alert
+        # An expectation on a port whose probe failed (error) holds as it did: unknown is
+        # neither a failure nor a recovery, so the last known state stands in.
         for port in cfg.expect_open:
-            if port in known and port not in seen_open:
-                observations.append(self._expectation(port, "open", str(results[port].state)))
+            if port not in (seen_open if port in known else baseline):
+                actual = str(results[port].state) if port in known else "unknown"
+                observations.append(self._expectation(port, "open", actual))
         for port in cfg.expect_closed:
-            if port in seen_open:
+            if port in (seen_open if port in known else baseline):
                 observations.append(self._expectation(port, "closed", "open"))
         return CheckResult(observations, {"open": sorted(baseline), "pending": pending})
 
