@@ -3,8 +3,10 @@ end (jsonl notifier, SQLite state, restart)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,27 @@ def test_expectations_are_conditions_and_suppress_change_events(ports: list[Port
     assert str(a_missing.level) == "error"
     assert a_missing.title == f"db-host: 127.0.0.1:{a.number} is closed, expected open"
     assert b_open.title == f"db-host: 127.0.0.1:{b.number} is open, expected closed"
+
+
+def test_opened_alert_carries_the_banner(ports: list[Port]) -> None:
+    greeter = ports[0]
+    watcher = PortsWatcher(scan_config([greeter.number], banner=True))
+    baseline = watcher.check(None)
+    greeter.open()
+
+    def greet() -> None:
+        conn, _ = greeter.sock.accept()
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(b"220 mail.example.com ESMTP\r\n")
+            conn.recv(1)
+
+    server = threading.Thread(target=greet, name="greeter")
+    server.start()
+    [opened] = watcher.check(baseline.checkpoint).observations
+    server.join(5)
+    assert opened.data["banner"] == "220 mail.example.com ESMTP"
+    assert opened.data["change"] == "opened"
+    assert "It says: 220 mail.example.com ESMTP" in opened.body
 
 
 def test_config_table_validates_ports_with_clear_errors(tmp_path: Path) -> None:

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +117,40 @@ def test_help_names_the_safety_rule() -> None:
     done = subprocess.run([*CLI, "scan", "--help"], capture_output=True, text=True, check=False)
     assert done.returncode == 0
     assert "Scan only hosts you are allowed to scan" in done.stdout
+
+
+def test_progress_bar_with_rate_goes_to_a_terminal_stderr() -> None:
+    closed = [socket.socket() for _ in range(30)]  # bound, not listening: ours, and closed
+    for sock in closed:
+        sock.bind(("127.0.0.1", 0))
+    ports = ",".join(str(s.getsockname()[1]) for s in closed)
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [*CLI, "scan", "127.0.0.1", "-p", ports, "--rate", "50", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+            check=False,
+            env={**os.environ, "COLUMNS": "120"},
+        )
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+        for sock in closed:
+            sock.close()
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["hosts"][0]["counts"]["closed"] == 30
+    text = shown.decode("utf-8", "replace")
+    assert "scanning" in text
+    assert "ports/s" in text
+    assert "30 ports in" in text  # the summary follows the bar on stderr
