@@ -130,6 +130,23 @@ def test_rate_limits_connection_attempts(sockets: list[socket.socket]) -> None:
     assert 0.35 <= report.elapsed < 3.0  # 40 connects at 100/s: about 0.4 s, not instant
 
 
+def test_ipv6_loopback() -> None:
+    try:
+        listening = socket.socket(socket.AF_INET6)
+        listening.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    closed = socket.socket(socket.AF_INET6)
+    closed.bind(("::1", 0))
+    with listening, closed:
+        listening.listen()
+        ports = [listening.getsockname()[1], closed.getsockname()[1]]
+        report = scan_host("::1", ports)
+    assert report.address == "::1"
+    assert report.open_ports == [ports[0]]
+    assert report.results[ports[1]].state is PortState.CLOSED
+
+
 def test_bad_options_and_hosts_are_clear_errors() -> None:
     with pytest.raises(ScanError, match="concurrency"):
         ScanOptions(concurrency=0)
