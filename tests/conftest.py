@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +28,30 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m watchkeeper ARGS`` as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "watchkeeper", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def smtp_spec(port: int, **overrides: Any) -> dict[str, Any]:
+    """An smtp notifier config for a server on 127.0.0.1."""
+    return {
+        "kind": "smtp",
+        "host": "127.0.0.1",
+        "port": port,
+        "sender": "wk@example.com",
+        "to": ["ops@example.com"],
+        **overrides,
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -74,6 +100,7 @@ class RecordingServer:
     server: ThreadingHTTPServer
     requests: list[Recorded] = field(default_factory=list)
     status: int = 200
+    delay: float = 0.0  # seconds the server takes to answer, like a slow receiver
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     @property
@@ -99,6 +126,8 @@ def http_receiver() -> Iterator[RecordingServer]:
             rec = holder["server"]
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
+            if rec.delay:
+                time.sleep(rec.delay)  # the receiver's own slowness, not test synchronisation
             with rec.changed:
                 rec.requests.append(
                     Recorded(self.command, self.path, dict(self.headers.items()), body)
@@ -117,7 +146,9 @@ def http_receiver() -> Iterator[RecordingServer]:
     server.daemon_threads = True
     recorder = RecordingServer(server)
     holder["server"] = recorder
-    thread = threading.Thread(target=server.serve_forever, name="http-receiver", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.05,), name="http-receiver", daemon=True
+    )
     thread.start()
     yield recorder
     server.shutdown()

@@ -21,12 +21,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from watchkeeper.errors import ConfigError
 from watchkeeper.notifiers import NOTIFIERS, NotifierConfig
 from watchkeeper.units import Duration
 from watchkeeper.watchers import WATCHERS, WatcherConfig
+from watchkeeper.web.bind import DEFAULT_BIND, Bind, check_exposure, parse_bind
 
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_WORDS = ("password", "token", "secret", "url", "headers", "key")
@@ -50,6 +59,34 @@ class KeeperSettings(BaseModel):
     shutdown_timeout: Duration = Field(
         default=5.0, description="How long stopping may take to flush pending alerts."
     )
+    dashboard: str | bool = Field(
+        default=DEFAULT_BIND,
+        description='Where `watchkeeper run` serves the dashboard, "HOST:PORT", or false for none.',
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="Required by the dashboard, API and stream when set; needed off loopback.",
+    )
+
+    @field_validator("dashboard")
+    @classmethod
+    def _dashboard_address(cls, value: str | bool) -> str | bool:
+        if isinstance(value, str):
+            parse_bind(value)
+        return value
+
+    @model_validator(mode="after")
+    def _dashboard_is_safe(self) -> KeeperSettings:
+        bind = self.dashboard_bind()
+        if bind is not None:
+            check_exposure(bind, self.token is not None and bool(self.token.get_secret_value()))
+        return self
+
+    def dashboard_bind(self) -> Bind | None:
+        """The dashboard's address, or None when it is turned off."""
+        if self.dashboard is False:
+            return None
+        return parse_bind(DEFAULT_BIND if self.dashboard is True else self.dashboard)
 
 
 class Config(BaseModel):
@@ -87,6 +124,8 @@ def parse_config(
     """Validate an already-parsed TOML document."""
     errors: list[str] = []
     data = _interpolate(data, source, [], errors)
+    if errors:  # a missing variable would only cause confusing follow-on errors
+        raise ConfigError(errors)
     config = Config(source=source)
     for section, value in data.items():
         if section == "keeper":
@@ -217,6 +256,16 @@ def _check_unique(source: str, what: str, names: list[str], errors: list[str]) -
         seen.add(name)
 
 
+def _where(path: list[str]) -> str:
+    """``[[notify]] #2: to.#1`` from the path of keys down to a value."""
+    if len(path) >= 2 and path[1].startswith("#"):
+        rest = ".".join(path[2:])
+        return f"[[{path[0]}]] {path[1]}" + (f": {rest}" if rest else "")
+    if path:
+        return f"[{path[0]}]" + (f": {'.'.join(path[1:])}" if len(path) > 1 else "")
+    return "(top)"
+
+
 def _interpolate(value: Any, source: str, path: list[str], errors: list[str]) -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``."""
     if isinstance(value, dict):
@@ -235,7 +284,7 @@ def _interpolate(value: Any, source: str, path: list[str], errors: list[str]) ->
             if default is not None:
                 return default
             errors.append(
-                f"{source}: {'.'.join(path)}: environment variable {name} is not set "
+                f"{source}: {_where(path)}: environment variable {name} is not set "
                 f"(write ${{{name}:-default}} to give a default)"
             )
             return ""

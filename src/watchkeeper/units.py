@@ -6,12 +6,18 @@ fields of these types, and ``config.py`` imports those modules (through the regi
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+MAX_DURATION = 10 * 365 * 86400.0
+"""Longer than any sane interval or timeout; also keeps nan and inf out."""
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_DURATION = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)\s*)+$")
+_NUMBER = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
@@ -27,7 +33,7 @@ _SIZE_UNITS = {
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from ``30``, ``2.5``, ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"1d"``, ``"1w"``.
+    """Seconds from ``30``, ``2.5``, ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h30m"``, ``"1d"``.
 
     A bare number means seconds, as in the TOML ``every = 30``.
     """
@@ -36,16 +42,21 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
+        if _NUMBER.match(value):
+            seconds = float(value)
+        elif _DURATION.match(value):
+            seconds = sum(
+                float(number) * _DURATION_UNITS[unit]
+                for number, unit in _DURATION_PART.findall(value)
+            )
+        else:
             raise ValueError(
                 f"{value!r} is not a duration; use a number with ms, s, m, h, d or w, like '30s'"
             )
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
     else:
         raise ValueError(f"expected a duration like '30s' or '5m', got {value!r}")
-    if seconds < 0:
-        raise ValueError(f"a duration cannot be negative, got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_DURATION:
+        raise ValueError(f"a duration must be between 0s and 10 years, got {value!r}")
     return seconds
 
 

@@ -1,8 +1,10 @@
 """Any service apprise knows (Slack, Telegram, ntfy, Matrix, ...), from the optional extra.
 
-apprise is not exit-safe: it may dispatch through a ``concurrent.futures`` executor, which refuses
-work while the interpreter shuts down. So this notifier says ``exit_safe = False`` and its
-deliveries stay in the outbox at exit, for the next start, instead of failing. apprise also
+apprise is not exit-safe: it dispatches through a ``concurrent.futures`` executor, which refuses
+work while the interpreter shuts down. This notifier calls each target's synchronous ``notify()``
+itself, so no pool thread is left behind, but a target may still use one; so it says
+``exit_safe = False`` and its deliveries stay in the outbox at exit, for the next start, instead of
+failing. apprise also
 throttles each target to one message per 5.5 s by default; the outbox already paces retries, so
 that throttle is switched off (it would stall the dispatcher thread in ``time.sleep``).
 """
@@ -69,8 +71,11 @@ class AppriseNotifier(Notifier):
         else:
             kind = notify_type.INFO
         try:
-            ok = self._app.notify(
-                title=alert.title, body=alert.body or alert.title, notify_type=kind
+            # Each target's own notify() is synchronous; Apprise.notify() would hand the work to
+            # its shared thread pool, a thread that outlives the call.
+            ok = all(
+                server.notify(title=alert.title, body=alert.body or alert.title, notify_type=kind)
+                for server in self._app
             )
         except RuntimeError as exc:  # "cannot schedule new futures after interpreter shutdown"
             raise TransientDeliveryError(f"apprise could not send now: {exc}") from exc
