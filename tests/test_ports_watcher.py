@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import wait_until
 from watchkeeper import ConfigError, Keeper, load_config
+from watchkeeper.scan import parse_ports
 from watchkeeper.watchers.ports import PortsConfig, PortsWatcher
 
 
@@ -57,7 +58,9 @@ def test_changes_alert_after_for_cycles_and_flapping_does_not(ports: list[Port])
     watcher = PortsWatcher(scan_config([p.number for p in ports], for_cycles=2))
     first = watcher.check(None)
     assert first.observations == []  # the first scan sets the baseline
-    assert first.checkpoint == {"open": [a.number], "pending": {}}
+    assert first.checkpoint["open"] == [a.number]
+    assert first.checkpoint["pending"] == {}
+    assert parse_ports(first.checkpoint["scanned"]) == sorted(p.number for p in ports)
 
     b.open()
     pending = watcher.check(first.checkpoint)
@@ -72,7 +75,8 @@ def test_changes_alert_after_for_cycles_and_flapping_does_not(ports: list[Port])
         "change": "opened",
         "service": "",
     }
-    assert confirmed.checkpoint == {"open": sorted([a.number, b.number]), "pending": {}}
+    assert confirmed.checkpoint["open"] == sorted([a.number, b.number])
+    assert confirmed.checkpoint["pending"] == {}
     assert watcher.check(confirmed.checkpoint).observations == []  # once, not every scan
 
     a.close()  # closed for one scan only: shorter than for_cycles, no alert
@@ -82,6 +86,18 @@ def test_changes_alert_after_for_cycles_and_flapping_does_not(ports: list[Port])
     back = watcher.check(flap.checkpoint)
     assert back.observations == []
     assert back.checkpoint == confirmed.checkpoint
+
+
+def test_an_edited_port_list_is_not_a_change(ports: list[Port]) -> None:
+    a, b, c = ports
+    a.open()
+    b.open()
+    before = PortsWatcher(scan_config([a.number, c.number])).check(None).checkpoint
+    # The config now scans b (already open) instead of c: neither is "opened" nor "closed".
+    after = PortsWatcher(scan_config([a.number, b.number])).check(before)
+    assert after.observations == []
+    assert after.checkpoint["open"] == sorted([a.number, b.number])
+    assert parse_ports(after.checkpoint["scanned"]) == sorted([a.number, b.number])
 
 
 def test_expectations_are_conditions_and_suppress_change_events(ports: list[Port]) -> None:

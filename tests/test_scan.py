@@ -13,8 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.netns import require_netns, run_in_netns
-from watchkeeper.scan import PortState, ScanError, ScanOptions, parse_ports, scan_host
-from watchkeeper.scanformats import port_ranges
+from watchkeeper.scan import PortState, ScanError, ScanOptions, parse_ports, port_ranges, scan_host
 from watchkeeper.services import service_name, top_ports
 
 

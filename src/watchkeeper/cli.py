@@ -443,7 +443,7 @@ def scan(
         reports = _run_scan(hosts, wanted, options)
     except (engine.ScanError, ValueError) as exc:
         fail(str(exc), code=2)
-    args = f"watchkeeper scan -p {fmt.port_ranges(wanted)} {' '.join(hosts)}"
+    args = f"watchkeeper scan -p {engine.port_ranges(wanted)} {' '.join(hosts)}"
     if as_json:
         sys.stdout.write(json.dumps(fmt.to_json(reports, args), indent=2) + "\n")
     elif as_xml:

@@ -144,6 +144,26 @@ def parse_ports(spec: str | int | Iterable[int]) -> list[int]:
     return sorted(found)
 
 
+def port_ranges(ports: Iterable[int]) -> str:
+    """``[1, 2, 3, 7]`` as ``"1-3,7"``."""
+    parts: list[str] = []
+    run: list[int] = []
+    for port in sorted(set(ports)):
+        if run and port == run[-1] + 1:
+            run.append(port)
+            continue
+        if run:
+            parts.append(_span(run))
+        run = [port]
+    if run:
+        parts.append(_span(run))
+    return ",".join(parts)
+
+
+def _span(run: list[int]) -> str:
+    return str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}"
+
+
 def resolve(host: str) -> tuple[socket.AddressFamily, str]:
     """The address family and address to scan for ``host`` (a name, IPv4 or IPv6 address)."""
     try:

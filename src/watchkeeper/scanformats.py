@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,30 +20,10 @@ from rich.table import Table
 from rich.text import Text
 
 from watchkeeper.alerts import iso_utc
-from watchkeeper.scan import HostScan, PortState, ScanError, parse_ports
+from watchkeeper.scan import HostScan, PortState, ScanError, parse_ports, port_ranges
 from watchkeeper.services import service_name
 
 FORMAT = "watchkeeper-scan/1"
-
-
-def port_ranges(ports: Iterable[int]) -> str:
-    """``[1, 2, 3, 7]`` as ``"1-3,7"``."""
-    parts: list[str] = []
-    run: list[int] = []
-    for port in sorted(set(ports)):
-        if run and port == run[-1] + 1:
-            run.append(port)
-            continue
-        if run:
-            parts.append(_span(run))
-        run = [port]
-    if run:
-        parts.append(_span(run))
-    return ",".join(parts)
-
-
-def _span(run: list[int]) -> str:
-    return str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}"
 
 
 def to_json(reports: Sequence[HostScan], args: str) -> dict[str, Any]:

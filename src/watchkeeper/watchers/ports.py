@@ -11,9 +11,10 @@ How the alerts are shaped, and why:
 - **expect_open / expect_closed** are *conditions* ("22 is not open, but should be"): the rule
   engine alerts once after ``for_cycles`` scans, may ``remind``, and sends a recovery when the port
   is back as expected. Ports listed there get no opened/closed events, so one change is one alert.
-- The checkpoint is the baseline open set plus the pending-change counters, committed with the
-  alerts: a restart neither repeats a change alert nor forgets a change half-way through
-  ``for_cycles``. The first scan sets the baseline and sends no change alerts.
+- The checkpoint is the baseline open set, the pending-change counters and the ports scanned,
+  committed with the alerts: a restart neither repeats a change alert nor forgets a change
+  half-way through ``for_cycles``. The first scan sets the baseline and sends no change alerts;
+  when the port list is edited, new ports join the baseline as they are and dropped ones leave.
 - A port whose probe ended in ``error`` (no descriptor, say) keeps its baseline state: unknown is
   not closed. A scan that cannot run at all (unknown host) raises, and ``fail_after`` applies.
 """
@@ -25,7 +26,14 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from watchkeeper.alerts import Observation, Severity
-from watchkeeper.scan import PortState, ScanError, ScanOptions, parse_ports, scan_host
+from watchkeeper.scan import (
+    PortState,
+    ScanError,
+    ScanOptions,
+    parse_ports,
+    port_ranges,
+    scan_host,
+)
 from watchkeeper.services import service_name, top_ports
 from watchkeeper.units import Duration
 from watchkeeper.watchers.base import CheckResult, Watcher, WatcherConfig, register
@@ -136,10 +144,17 @@ class PortsWatcher(Watcher):
         results = report.results
         first = not checkpoint
         state = checkpoint or {}
-        baseline = set(state.get("open", []))
-        pending: dict[str, int] = dict(state.get("pending", {}))
         seen_open = {p for p, r in results.items() if r.state is PortState.OPEN}
         known = {p for p, r in results.items() if r.state is not PortState.ERROR}
+        # A port list edited between runs: ports no longer scanned leave the baseline quietly,
+        # ports scanned for the first time join it as they are (already open is not "opened").
+        wanted = set(self.ports)
+        before = set(parse_ports(state["scanned"])) if state.get("scanned") else wanted
+        added = wanted - before
+        baseline = (set(state.get("open", [])) & wanted) | (seen_open & added)
+        pending: dict[str, int] = {
+            p: n for p, n in state.get("pending", {}).items() if int(p) in wanted - added
+        }
         observations: list[Observation] = []
         if first:
             baseline = seen_open
@@ -167,7 +182,12 @@ class PortsWatcher(Watcher):
         for port in cfg.expect_closed:
             if port in (seen_open if port in known else baseline):
                 observations.append(self._expectation(port, "closed", "open"))
-        return CheckResult(observations, {"open": sorted(baseline), "pending": pending})
+        checkpoint = {
+            "open": sorted(baseline),
+            "pending": pending,
+            "scanned": port_ranges(self.ports),
+        }
+        return CheckResult(observations, checkpoint)
 
     def _change(self, port: int, change: Change, banner: str | None) -> Observation:
         service = service_name(port)
