@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -31,6 +31,9 @@ from watchkeeper.keeper import Keeper, build_from_config, build_notifier
 from watchkeeper.notifiers.console import alert_text
 from watchkeeper.store import Store
 from watchkeeper.units import format_duration, parse_duration
+
+if TYPE_CHECKING:
+    from watchkeeper.scan import HostScan, ScanOptions
 
 app = typer.Typer(
     name="watchkeeper",
@@ -384,6 +387,115 @@ def follow(
     min_severity = parse_severity(severity)
     follower = Follower(url, token=token, since=since, severity=min_severity, watcher=watcher)
     raise typer.Exit(print_alerts(follower, out, err, as_json=as_json))
+
+
+@app.command()
+def scan(
+    hosts: Annotated[list[str], typer.Argument(help="Hosts to scan (names or addresses).")],
+    ports: Annotated[
+        str | None,
+        typer.Option("--ports", "-p", help='e.g. 22,80,1000-2000; "-p-" for 1-65535.'),
+    ] = None,
+    top_ports: Annotated[
+        int | None, typer.Option("--top-ports", help="The N most common ports.")
+    ] = None,
+    exclude_ports: Annotated[str | None, typer.Option(help="Ports never to probe.")] = None,
+    timeout: Annotated[str, typer.Option(help="Per-probe timeout.")] = "1s",
+    concurrency: Annotated[int, typer.Option(help="Probes in flight at once.")] = 1000,
+    retries: Annotated[int, typer.Option(help="Retries for ports with no answer.")] = 1,
+    rate: Annotated[
+        float | None, typer.Option(help="At most this many connects per second.")
+    ] = None,
+    banner: Annotated[
+        bool, typer.Option("--banner", help="Read what open ports say first.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    as_xml: Annotated[bool, typer.Option("--xml", help="Print nmap XML (for ndiff).")] = False,
+    previous: Annotated[
+        Path | None,
+        typer.Option("--diff", help="A previous --json file; exit 1 if ports opened or closed."),
+    ] = None,
+) -> None:
+    """TCP connect scan. Scan only hosts you are allowed to scan.
+
+    Exit status: 0 done (no change with --diff), 1 ports changed since --diff, 2 error.
+    """
+    from watchkeeper import scan as engine
+    from watchkeeper import scanformats as fmt
+    from watchkeeper.services import top_ports as common_ports
+
+    if as_json and as_xml:
+        raise typer.BadParameter("choose one of --json and --xml")
+    if ports and top_ports:
+        raise typer.BadParameter("choose one of -p/--ports and --top-ports")
+    try:
+        wanted = common_ports(top_ports) if top_ports else engine.parse_ports(ports or "1-1024")
+        if exclude_ports:
+            wanted = sorted(set(wanted) - set(engine.parse_ports(exclude_ports)))
+        options = engine.ScanOptions(
+            timeout=parse_duration(timeout),
+            concurrency=concurrency,
+            retries=retries,
+            banner=banner,
+            rate=rate,
+        )
+        before = fmt.load_snapshots(previous) if previous else None
+        reports = _run_scan(hosts, wanted, options)
+    except (engine.ScanError, ValueError) as exc:
+        fail(str(exc), code=2)
+    args = f"watchkeeper scan -p {engine.port_ranges(wanted)} {' '.join(hosts)}"
+    if as_json:
+        sys.stdout.write(json.dumps(fmt.to_json(reports, args), indent=2) + "\n")
+    elif as_xml:
+        sys.stdout.write(fmt.to_nmap_xml(reports, args))
+    else:
+        out.print(fmt.results_table(reports))
+    report_to = err if as_json or as_xml else out
+    for report in reports:
+        report_to.print(Text(fmt.summary(report)))
+    if before is not None:
+        changes = fmt.diff(before, fmt.snapshots(reports))
+        for change in changes:
+            sign, style = ("+", "green") if change.change == "opened" else ("-", "red")
+            label = f" ({change.service})" if change.service else ""
+            line = f"{sign} {change.host}:{change.port}{label} {change.change}"
+            report_to.print(Text(line, style=style))
+        if changes:
+            raise typer.Exit(1)
+
+
+def _run_scan(hosts: list[str], ports: list[int], options: ScanOptions) -> list[HostScan]:
+    """Run the scan, with a progress bar (rate, ETA) on stderr when it is a terminal."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from watchkeeper.scan import scan as run
+
+    if not err.is_terminal:
+        return run(hosts, ports, options)
+    with Progress(
+        TextColumn("scanning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]} ports/s"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("scan", total=len(hosts) * len(ports), rate="-")
+
+        def update(done: int, total: int) -> None:
+            speed = bar.tasks[0].speed
+            bar.update(task, completed=done, rate=f"{speed:,.0f}" if speed else "-")
+
+        return run(hosts, ports, options, update)
 
 
 @app.command()

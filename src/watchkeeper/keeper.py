@@ -142,6 +142,27 @@ class Keeper:
         assert config is not None
         return self.add(config)
 
+    def ports(
+        self,
+        host: str,
+        ports: str | Sequence[int] = "1-1024",
+        *,
+        name: str | None = None,
+        every: float | str = "15m",
+        **options: Any,
+    ) -> Watcher:
+        """Scan ``host``'s TCP ``ports`` every ``every`` and alert when the open set changes.
+
+        ``options`` are the ``[[ports]]`` settings (expect_open, expect_closed, alert_on,
+        timeout, concurrency, banner, ...) and the rules (for_cycles, throttle, ...).
+        """
+        label = name or f"ports:{host}"
+        port_spec = ports if isinstance(ports, str) else list(ports)
+        table = {"name": label, "host": host, "ports": port_spec, "every": every, **options}
+        config = watcher_config("ports", table, f"keeper.ports({host!r})")
+        assert config is not None
+        return self.add(config)
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> Self:

@@ -1,6 +1,15 @@
 """Watchers: what to keep watch over. Importing this package fills the registry by kind."""
 
-from watchkeeper.watchers import custom, page
+from watchkeeper.watchers import custom, page, ports
 from watchkeeper.watchers.base import WATCHERS, CheckResult, Watcher, WatcherConfig, register
 
-__all__ = ["WATCHERS", "CheckResult", "Watcher", "WatcherConfig", "custom", "page", "register"]
+__all__ = [
+    "WATCHERS",
+    "CheckResult",
+    "Watcher",
+    "WatcherConfig",
+    "custom",
+    "page",
+    "ports",
+    "register",
+]
