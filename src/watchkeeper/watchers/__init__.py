@@ -1,6 +1,6 @@
 """Watchers: what to keep watch over. Importing this package fills the registry by kind."""
 
-from watchkeeper.watchers import custom
+from watchkeeper.watchers import custom, log
 from watchkeeper.watchers.base import WATCHERS, CheckResult, Watcher, WatcherConfig, register
 
-__all__ = ["WATCHERS", "CheckResult", "Watcher", "WatcherConfig", "custom", "register"]
+__all__ = ["WATCHERS", "CheckResult", "Watcher", "WatcherConfig", "custom", "log", "register"]
