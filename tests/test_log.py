@@ -8,7 +8,6 @@ hyperscan and pure-``re`` prefilters both run every test when hyperscan is insta
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,7 +88,9 @@ def criticals(first: int, last: int, every: int = 3) -> list[str]:
     return [f"{i} CRITICAL line {i}" for i in range(first, last + 1) if i % every == 0]
 
 
-def test_lines_alert_once_and_a_restart_continues_at_the_offset(follow: Any, tmp_path: Path) -> None:
+def test_lines_alert_once_and_a_restart_continues_at_the_offset(
+    follow: Any, tmp_path: Path
+) -> None:
     log = tmp_path / "app.log"
     append(log, numbered(1, 10))
     f = follow()
@@ -244,7 +245,11 @@ def test_invalid_utf8_nul_bytes_and_crlf(follow: Any, tmp_path: Path) -> None:
     append(log, b"CRITICAL bad \xff\xfe bytes\r\nCRITICAL nul \x00 here\n\xc3\x28 CRITICAL\n")
     f = follow()
     f.check()
-    assert f.lines() == ["CRITICAL bad \ufffd\ufffd bytes", "CRITICAL nul \ufffd here", "\ufffd( CRITICAL"]
+    assert f.lines() == [
+        "CRITICAL bad \ufffd\ufffd bytes",
+        "CRITICAL nul \ufffd here",
+        "\ufffd( CRITICAL",
+    ]
 
 
 def test_a_10mb_line_is_truncated_and_nothing_around_it_is_lost(
@@ -286,7 +291,9 @@ def test_lines_after_makes_one_alert_per_traceback(follow: Any, tmp_path: Path) 
     trace = 'Traceback (most recent call last):\n  File "x.py", line 1\n'
     append(log, "ok\n" + trace)
     assert f.check() == []  # waiting for the rest of the block
-    append(log, "    boom()\nValueError: bad\nother Error line\nTraceback (most recent call last):\n")
+    append(
+        log, "    boom()\nValueError: bad\nother Error line\nTraceback (most recent call last):\n"
+    )
     f.check()
     assert f.lines() == [
         'Traceback (most recent call last):\n  File "x.py", line 1\n    boom()\nValueError: bad',

@@ -32,6 +32,7 @@ from watchkeeper.watchers.logfiles import (
     holds,
     members,
     remember,
+    rotated_siblings,
 )
 from watchkeeper.watchers.logmatch import Pattern, Prefilter
 
@@ -145,7 +146,9 @@ class Scanner:
             count = needed
         if cut:
             text += " [line truncated]"
-        body = "\n".join(self.decode(ln.rstrip(b"\r")) for ln in block.split(b"\n")) if block else text
+        body = (
+            "\n".join(self.decode(ln.rstrip(b"\r")) for ln in block.split(b"\n")) if block else text
+        )
         if cut:
             body = text
         groups = {
@@ -244,11 +247,14 @@ class LogWatcher(Watcher):
                 copy = self.files.find_copy(entry, info.st_ino) if entry.offset else None
                 if copy is not None:
                     rest = replace(entry, path=copy[0], dev=copy[2].st_dev, ino=copy[2].st_ino)
-                    queue.insert(i, replace(rest, gone=rest.gone or now))
+                    later = self._unseen(entry.path, copy[2], queue, current)
+                    queue[i:i] = [replace(rest, gone=rest.gone or now), *later]
                 continue
             seen.add((entry.dev, entry.ino))
             member = current.get(path)
             here = member is not None and (member.st_dev, member.st_ino) == (entry.dev, entry.ino)
+            if not here and entry.gone is None:  # rotated away since the last look
+                queue[i:i] = self._unseen(entry.path, info, queue, current)
             entry.path, entry.gone = path, (None if here else entry.gone or now)
             found += self._read(entry, fd, info.st_size, now, budget)
             remember(fd, entry, info.st_size)
@@ -276,6 +282,23 @@ class LogWatcher(Watcher):
             self._due_at(now + self.config.rotate_wait)
         counts = {str(k): v for k, v in self.scanner.counts.items() if v}
         return CheckResult(found, {"files": [e.to_json() for e in kept], "counts": counts})
+
+    def _unseen(
+        self,
+        path: str,
+        rotated: os.stat_result,
+        queue: list[Tracked],
+        current: dict[str, os.stat_result],
+    ) -> list[Tracked]:
+        """Entries for files rotated away from ``path`` after ``rotated`` that were never read."""
+        known = {(e.dev, e.ino) for e in queue}
+        known |= {(s.st_dev, s.st_ino) for s in current.values()}
+        known.add((rotated.st_dev, rotated.st_ino))
+        now = time.time()
+        return [
+            Tracked(found, info.st_dev, info.st_ino, gone=now)
+            for found, info in rotated_siblings(path, rotated.st_mtime_ns, known)
+        ]
 
     def _read(
         self, entry: Tracked, fd: int, size: int, now: float, budget: list[int]

@@ -175,6 +175,35 @@ class Files:
         self.keep_only(set())
 
 
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
+
+
+def rotated_siblings(
+    path: str, newer_than: int, known: set[tuple[int, int]]
+) -> list[tuple[str, os.stat_result]]:
+    """Files rotated away from ``path`` that were never followed, oldest first.
+
+    When a writer rotated more than once between two looks (or while watchkeeper was down), the
+    files in between were never seen at ``path``. They are in the same folder, named after it
+    (``app.log.1``, ``app.log-20261127``), modified no earlier than the rotated file we knew.
+    Compressed ones are skipped: their text is not readable as appended lines.
+    """
+    folder, name = os.path.split(path)
+    found: list[tuple[str, os.stat_result]] = []
+
+    def accept(item: os.DirEntry[str]) -> bool:
+        if not item.name.startswith(name) or item.name.endswith(COMPRESSED):
+            return False
+        info = item.stat()
+        fresh = (info.st_dev, info.st_ino) not in known and info.st_mtime_ns >= newer_than
+        if fresh and stat.S_ISREG(info.st_mode):
+            found.append((item.path, info))
+        return False
+
+    folder_files(Path(folder or "."), accept)
+    return sorted(found, key=lambda f: (f[1].st_mtime_ns, f[0]))
+
+
 def holds(fd: int, entry: Tracked) -> bool:
     """Whether the open file still starts with the entry's fingerprint and has its marker."""
     if entry.fp_len:
