@@ -52,6 +52,7 @@ class Rule:
     match: Pattern
     unless: Pattern | None
     threshold: tuple[int, float] | None
+    severity: Severity
 
     @classmethod
     def build(cls, index: int, config: LogRule) -> Rule:
@@ -62,6 +63,7 @@ class Rule:
             Pattern.compile(config.match),
             Pattern.compile(config.unless) if config.unless else None,
             parse_threshold(config.threshold) if config.threshold else None,
+            Severity.parse(config.severity),
         )
 
     def accepts(self, raw: bytes, text: str) -> re.Match[Any] | None:
@@ -82,17 +84,25 @@ class Scanner:
         self.counts: dict[int, list[float]] = {}
 
     def scan(
-        self, data: bytes, path: str, base: int, release: int | None, now: float, cut: bool = False
+        self,
+        data: bytes,
+        path: str,
+        base: int,
+        release: int | None,
+        now: float,
+        cut: bool = False,
+        size: int | None = None,
     ) -> tuple[int, list[Observation]]:
-        """Observations of ``data`` (ending with a newline) and how many bytes were consumed.
+        """Observations of ``data[:size]`` (ending with a newline) and the bytes consumed.
 
         Fewer bytes than ``len(data)`` are consumed when a ``lines_after`` rule matched and its
         context has not all arrived: the caller holds at that line, unless ``release`` (an offset
         within ``data``) says the wait there is over. ``cut`` marks a truncated over-long line.
         """
+        size = len(data) if size is None else size
         found: list[Observation] = []
         block_end = 0
-        for start, end in self.prefilter.lines(data):
+        for start, end in self.prefilter.lines(data, size):
             if start < block_end:
                 continue  # inside the context block of an alert already made
             raw = data[start:end].rstrip(b"\r")
@@ -103,7 +113,7 @@ class Scanner:
                     continue
                 stop = end
                 if rule.config.lines_after:
-                    stop, got = _context(data, end, rule.config.lines_after)
+                    stop, got = _context(data, end, size, rule.config.lines_after)
                     if got < rule.config.lines_after and release != start:
                         return start, found
                     block_end = stop + 1
@@ -113,7 +123,7 @@ class Scanner:
                 if observation is not None:
                     found.append(observation)
                 break
-        return len(data), found
+        return size, found
 
     def decode(self, raw: bytes) -> str:
         """Text of a line: invalid bytes replaced, NULs made visible, long lines cut."""
@@ -146,31 +156,32 @@ class Scanner:
             count = needed
         if cut:
             text += " [line truncated]"
-        body = (
-            "\n".join(self.decode(ln.rstrip(b"\r")) for ln in block.split(b"\n")) if block else text
-        )
-        if cut:
-            body = text
-        groups = {
-            k: (v.decode(self.config.encoding, "replace") if isinstance(v, bytes) else v or "")
-            for k, v in match.groupdict().items()
-        }
-        fields = {
-            "name": self.config.name,
-            "path": path,
-            "line": text[:TITLE_CHARS],
-            "severity": rule.config.severity,
-            "match": rule.config.match,
-            "count": count,
-            **groups,
-        }
-        title = (rule.config.title or "{name}: {line}").format_map(fields)
+        body = text
+        if rule.config.lines_after and not cut:
+            body = "\n".join(self.decode(ln.rstrip(b"\r")) for ln in block.split(b"\n"))
+        if rule.config.title is None:
+            title = f"{self.config.name}: {text[:TITLE_CHARS]}"
+        else:
+            groups = {
+                k: (v.decode(self.config.encoding, "replace") if isinstance(v, bytes) else v or "")
+                for k, v in match.groupdict().items()
+            }
+            fields = {
+                "name": self.config.name,
+                "path": path,
+                "line": text[:TITLE_CHARS],
+                "severity": rule.config.severity,
+                "match": rule.config.match,
+                "count": count,
+                **groups,
+            }
+            title = rule.config.title.format_map(fields)
         data: dict[str, Any] = {"path": path, "line": body, "offset": offset, "rule": rule.index}
         if rule.threshold is not None:
             data["count"] = count
         return Observation(
             title=title,
-            severity=Severity.parse(rule.config.severity),
+            severity=rule.severity,
             key=rule.config.match,
             body=body,
             data=data,
@@ -178,11 +189,11 @@ class Scanner:
         )
 
 
-def _context(data: bytes, end: int, lines: int) -> tuple[int, int]:
+def _context(data: bytes, end: int, size: int, lines: int) -> tuple[int, int]:
     """End of the ``lines`` lines after the one ending at ``end``, and how many there were."""
     got = 0
     while got < lines:
-        nxt = data.find(b"\n", end + 1)
+        nxt = data.find(b"\n", end + 1, size)
         if nxt < 0:
             break
         end, got = nxt, got + 1
@@ -342,14 +353,15 @@ class LogWatcher(Watcher):
                     self._hold(entry, now)
                     break
                 continue
-            complete = data[: cut + 1]
+            complete = cut + 1
             rel = None if release is None else release - entry.offset
-            consumed, seen = self.scanner.scan(complete, entry.path, entry.offset, rel, now)
+            scan = self.scanner.scan
+            consumed, seen = scan(data, entry.path, entry.offset, rel, now, size=complete)
             if consumed == 0 and not at_end and want == chunk:  # context larger than a chunk
-                consumed, seen = self.scanner.scan(complete, entry.path, entry.offset, 0, now)
+                consumed, seen = scan(data, entry.path, entry.offset, 0, now, size=complete)
             found += seen
             entry.offset += consumed
-            if consumed < len(complete):
+            if consumed < complete:
                 if at_end:
                     self._hold(entry, now)
                     break

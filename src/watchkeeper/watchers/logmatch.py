@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,14 +89,17 @@ class Prefilter:
         # One regex per pattern: alternation would clash on group names and inline flags.
         self.fallback = list(dict.fromkeys(fallback))
 
-    def lines(self, data: bytes) -> Iterator[tuple[int, int]]:
-        """``(start, end)`` of each candidate line, in order; ``end`` excludes the newline.
+    def lines(self, data: bytes, size: int | None = None) -> Iterator[tuple[int, int]]:
+        """``(start, end)`` of each candidate line of ``data[:size]``, in order.
 
-        The chunk must end with a newline (complete lines only).
+        ``end`` excludes the newline. ``data[:size]`` must end with a newline (complete lines
+        only); passing ``size`` instead of slicing saves copying a chunk.
         """
-        view = memoryview(data)
-        size = len(data)
+        size = len(data) if size is None else size
+        view = memoryview(data)[:size]
         pos = 0
+        if self.database is not None and not self.fallback:
+            pos = yield from self._batch(data, view)
         next_re: dict[int, int] = {}
         while pos < size:
             hit = size
@@ -105,17 +108,45 @@ class Prefilter:
             for i, rx in enumerate(self.fallback):
                 known = next_re.get(i, -1)
                 if known < pos:
-                    match = rx.search(data, pos)
+                    match = rx.search(data, pos, size)
                     known = match.start() if match is not None else size
                     next_re[i] = known
                 hit = min(hit, known)
             if hit >= size:
                 return
-            start = max(data.rfind(b"\n", 0, hit) + 1, pos)
             end = data.find(b"\n", hit)
-            end = size if end < 0 else end
-            yield start, end
+            yield max(data.rfind(b"\n", 0, hit) + 1, pos), end
             pos = end + 1
+
+    def _batch(self, data: bytes, view: memoryview) -> Generator[tuple[int, int], None, int]:
+        """All candidate lines from one hyperscan pass; returns where it stopped (``len`` if done).
+
+        One scan call for the whole chunk; the callback keeps the first match of each line and
+        ignores the others. A pattern that matches many times per line (``\\d``) makes that
+        callback the cost, so past a bound the pass halts and the caller continues line by line.
+        """
+        hits: list[int] = []
+        stop = -1
+        calls = 0
+
+        def on_match(pattern_id: int, start: int, end: int, flags: int, context: Any) -> bool:
+            nonlocal stop, calls
+            calls += 1
+            at = max(end - 1, 0)
+            if at <= stop:
+                return calls > 16 * len(hits) + 4096
+            stop = data.find(b"\n", at)
+            hits.append(at)
+            return False
+
+        finished = True
+        try:
+            self.database.scan(view, match_event_handler=on_match)
+        except hyperscan.ScanTerminated:
+            finished = False
+        for at in hits:  # every line ends with a newline: find() cannot fail
+            yield data.rfind(b"\n", 0, at) + 1, data.find(b"\n", at)
+        return len(view) if finished else stop + 1
 
     def _hyperscan_hit(self, view: memoryview, pos: int) -> int:
         """The position of the first byte of the first match ending at or after ``pos``."""
