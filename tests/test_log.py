@@ -340,3 +340,12 @@ def test_non_ascii_and_hyperscan_incompatible_patterns(follow: Any, tmp_path: Pa
     append(log, "xx abab\nÄrger\närger gross\nok\nok!\nnothing\nplain\n")
     f.check()
     assert f.lines() == ["xx abab", "ärger gross", "ok!", "plain"]
+
+
+def test_anchors_and_alternations_match_on_every_line(follow: Any, tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    rules = [{"match": "^START|FATAL$"}, {"match": "(?i)^warn"}]
+    f = follow(rules=rules)
+    append(log, "x START\nSTART here\nFATAL no\nis FATAL\nWarning one\nnot warn\n")
+    f.check()
+    assert f.lines() == ["START here", "is FATAL", "Warning one"]

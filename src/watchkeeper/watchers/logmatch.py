@@ -76,7 +76,8 @@ class Prefilter:
             if use_hyperscan and hyperscan is not None and _hyperscan_accepts(pattern.raw.pattern):
                 compiled.append((pattern.raw.pattern, index))
             else:
-                fallback.append(pattern.raw)
+                branches = alternatives(pattern.raw.pattern)
+                fallback += [re.compile(branch, re.MULTILINE) for branch in branches]
         if compiled:
             self.database = hyperscan.Database()
             self.database.compile(
@@ -166,6 +167,42 @@ class Prefilter:
 _HS_FLAGS = 0
 if hyperscan is not None:
     _HS_FLAGS = hyperscan.HS_FLAG_MULTILINE | hyperscan.HS_FLAG_ALLOWEMPTY
+
+
+def alternatives(pattern: bytes) -> list[bytes]:
+    """The top-level branches of ``a|b|c``, searched one by one: ``re`` has a fast path for a
+    literal but not for an alternation (``CRITICAL|FATAL`` searches 15x slower than each word).
+
+    Only a prefilter uses them; the whole pattern still confirms each line. A pattern with a
+    leading inline flag group, or an empty branch, is kept whole.
+    """
+    if pattern.startswith(b"(?") and not pattern.startswith((b"(?:", b"(?P", b"(?=", b"(?!")):
+        return [pattern]
+    branches, depth, start, i = [], 0, 0, 0
+    in_class = False
+    while i < len(pattern):
+        char = pattern[i : i + 1]
+        if char == b"\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = char != b"]"
+        elif char == b"[":
+            in_class = True
+            if pattern[i + 1 : i + 2] == b"]":  # "[]...]": a literal ] first
+                i += 1
+        elif char == b"(":
+            depth += 1
+        elif char == b")":
+            depth -= 1
+        elif char == b"|" and depth == 0:
+            branches.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    branches.append(pattern[start:])
+    if len(branches) == 1 or not all(branches):
+        return [pattern]
+    return branches
 
 
 def _hyperscan_accepts(expression: bytes) -> bool:
