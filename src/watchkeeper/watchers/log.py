@@ -81,6 +81,9 @@ class Scanner:
         self.config = config
         self.rules = [Rule.build(i, r) for i, r in enumerate(config.line_rules)]
         self.prefilter = Prefilter([r.match for r in self.rules], use_hyperscan)
+        self.needs_text = any(
+            p.raw is None for r in self.rules for p in (r.match, r.unless) if p is not None
+        )
         self.counts: dict[int, list[float]] = {}
 
     def scan(
@@ -102,15 +105,18 @@ class Scanner:
         size = len(data) if size is None else size
         found: list[Observation] = []
         block_end = 0
-        for start, end in self.prefilter.lines(data, size):
+        for start, end, mask in self.prefilter.lines(data, size):
             if start < block_end:
                 continue  # inside the context block of an alert already made
             raw = data[start:end].rstrip(b"\r")
-            text = self.decode(raw)
+            text = self.decode(raw) if self.needs_text else ""
             for rule in self.rules:
+                if not (mask >> rule.index) & 1:
+                    continue
                 match = rule.accepts(raw, text)
                 if match is None:
                     continue
+                text = text or self.decode(raw)
                 stop = end
                 if rule.config.lines_after:
                     stop, got = _context(data, end, size, rule.config.lines_after)

@@ -30,6 +30,8 @@ except ImportError:  # pragma: no cover - depends on the environment
     hyperscan = None
 
 _EVERY_LINE = re.compile(rb"(?m)^")
+ALL = -1
+"""A pattern mask with every bit set: the prefilter cannot tell which patterns matched."""
 
 
 @dataclass(frozen=True)
@@ -90,11 +92,12 @@ class Prefilter:
         # One regex per pattern: alternation would clash on group names and inline flags.
         self.fallback = list(dict.fromkeys(fallback))
 
-    def lines(self, data: bytes, size: int | None = None) -> Iterator[tuple[int, int]]:
-        """``(start, end)`` of each candidate line of ``data[:size]``, in order.
+    def lines(self, data: bytes, size: int | None = None) -> Iterator[tuple[int, int, int]]:
+        """``(start, end, patterns)`` of each candidate line of ``data[:size]``, in order.
 
-        ``end`` excludes the newline. ``data[:size]`` must end with a newline (complete lines
-        only); passing ``size`` instead of slicing saves copying a chunk.
+        ``end`` excludes the newline; ``patterns`` is a bit mask of the patterns that may match
+        the line (all bits when the prefilter cannot tell). ``data[:size]`` must end with a
+        newline (complete lines only); passing ``size`` instead of slicing saves a copy.
         """
         size = len(data) if size is None else size
         view = memoryview(data)[:size]
@@ -116,10 +119,10 @@ class Prefilter:
             if hit >= size:
                 return
             end = data.find(b"\n", hit)
-            yield max(data.rfind(b"\n", 0, hit) + 1, pos), end
+            yield max(data.rfind(b"\n", 0, hit) + 1, pos), end, ALL
             pos = end + 1
 
-    def _batch(self, data: bytes, view: memoryview) -> Generator[tuple[int, int], None, int]:
+    def _batch(self, data: bytes, view: memoryview) -> Generator[tuple[int, int, int], None, int]:
         """All candidate lines from one hyperscan pass; returns where it stopped (``len`` if done).
 
         One scan call for the whole chunk; the callback keeps the first match of each line and
@@ -127,6 +130,7 @@ class Prefilter:
         callback the cost, so past a bound the pass halts and the caller continues line by line.
         """
         hits: list[int] = []
+        masks: list[int] = []
         stop = -1
         calls = 0
 
@@ -135,9 +139,11 @@ class Prefilter:
             calls += 1
             at = max(end - 1, 0)
             if at <= stop:
+                masks[-1] |= 1 << pattern_id
                 return calls > 16 * len(hits) + 4096
             stop = data.find(b"\n", at)
             hits.append(at)
+            masks.append(1 << pattern_id)
             return False
 
         finished = True
@@ -145,8 +151,9 @@ class Prefilter:
             self.database.scan(view, match_event_handler=on_match)
         except hyperscan.ScanTerminated:
             finished = False
-        for at in hits:  # every line ends with a newline: find() cannot fail
-            yield data.rfind(b"\n", 0, at) + 1, data.find(b"\n", at)
+            masks[-1] = ALL  # the rest of that line's matches were not reported
+        for at, mask in zip(hits, masks, strict=True):  # every line ends with a newline
+            yield data.rfind(b"\n", 0, at) + 1, data.find(b"\n", at), mask
         return len(view) if finished else stop + 1
 
     def _hyperscan_hit(self, view: memoryview, pos: int) -> int:
