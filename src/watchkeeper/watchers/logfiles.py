@@ -99,12 +99,22 @@ class Files:
 
     def __init__(self) -> None:
         self.fds: dict[tuple[int, int], int] = {}
+        self.warned: set[tuple[str, int]] = set()
 
     def open(self, path: str) -> tuple[int, os.stat_result] | None:
-        """Open (or reuse) the file at ``path``; None when it is gone."""
+        """Open (or reuse) the file at ``path``; None when it is gone or unreadable.
+
+        An unreadable file (permissions) is logged once and skipped, so that one bad file does
+        not stop the watcher from following the others.
+        """
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if (path, exc.errno or 0) not in self.warned:
+                self.warned.add((path, exc.errno or 0))
+                log.warning("cannot read %s: %s; skipping it", path, exc.strerror or exc)
             return None
         info = os.fstat(fd)
         key = (info.st_dev, info.st_ino)
