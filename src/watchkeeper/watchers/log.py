@@ -54,6 +54,11 @@ class Rule:
     threshold: tuple[int, float] | None
     severity: Severity
 
+    @property
+    def plain(self) -> bool:
+        """No title template, context or threshold: the observation is the line itself."""
+        return not (self.config.title or self.config.lines_after or self.threshold)
+
     @classmethod
     def build(cls, index: int, config: LogRule) -> Rule:
         """Compile one validated rule."""
@@ -123,6 +128,19 @@ class Scanner:
                     if got < rule.config.lines_after and release != start:
                         return start, found
                     block_end = stop + 1
+                if rule.plain and not cut:  # the common case, without the general path's cost
+                    offset = base + start
+                    found.append(
+                        Observation(
+                            title=f"{self.config.name}: {text[:TITLE_CHARS]}",
+                            severity=rule.severity,
+                            key=rule.config.match,
+                            body=text,
+                            data={"path": path, "line": text, "offset": offset, "rule": rule.index},
+                            event=True,
+                        )
+                    )
+                    break
                 observation = self.observe(
                     rule, match, path, base + start, text, data[start:stop], now, cut
                 )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +103,8 @@ class Prefilter:
         view = memoryview(data)[:size]
         pos = 0
         if self.database is not None and not self.fallback:
-            pos = yield from self._batch(data, view)
+            pos, found = self._batch(data, view)
+            yield from found
         next_re: dict[int, int] = {}
         while pos < size:
             hit = size
@@ -122,8 +123,8 @@ class Prefilter:
             yield max(data.rfind(b"\n", 0, hit) + 1, pos), end, ALL
             pos = end + 1
 
-    def _batch(self, data: bytes, view: memoryview) -> Generator[tuple[int, int, int], None, int]:
-        """All candidate lines from one hyperscan pass; returns where it stopped (``len`` if done).
+    def _batch(self, data: bytes, view: memoryview) -> tuple[int, list[tuple[int, int, int]]]:
+        """Where one hyperscan pass stopped (``len`` if done) and the candidate lines it found.
 
         One scan call for the whole chunk; the callback keeps the first match of each line and
         ignores the others. A pattern that matches many times per line (``\\d``) makes that
@@ -152,9 +153,11 @@ class Prefilter:
         except hyperscan.ScanTerminated:
             finished = False
             masks[-1] = ALL  # the rest of that line's matches were not reported
-        for at, mask in zip(hits, masks, strict=True):  # every line ends with a newline
-            yield data.rfind(b"\n", 0, at) + 1, data.find(b"\n", at), mask
-        return len(view) if finished else stop + 1
+        found = [  # every line ends with a newline: find() cannot fail
+            (data.rfind(b"\n", 0, at) + 1, data.find(b"\n", at), mask)
+            for at, mask in zip(hits, masks, strict=True)
+        ]
+        return (len(view) if finished else stop + 1), found
 
     def _hyperscan_hit(self, view: memoryview, pos: int) -> int:
         """The position of the first byte of the first match ending at or after ``pos``."""
