@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from watchkeeper.alerts import Observation
 from watchkeeper.config import watcher_config
@@ -349,3 +351,76 @@ def test_anchors_and_alternations_match_on_every_line(follow: Any, tmp_path: Pat
     append(log, "x START\nSTART here\nFATAL no\nis FATAL\nWarning one\nnot warn\n")
     f.check()
     assert f.lines() == ["START here", "is FATAL", "Warning one"]
+
+
+OPS = st.lists(
+    st.sampled_from(["write", "write", "write", "split", "rename", "copytruncate", "delete"])
+    | st.sampled_from(["check", "check", "restart"]),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=OPS)
+def test_any_sequence_of_writes_rotations_and_restarts_alerts_each_line_once(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[str]
+) -> None:
+    """Property: whatever the order of appends, rotations (rename, copytruncate, delete),
+    restarts and checks, every CRITICAL line alerts exactly once, in write order.
+
+    Deleting a file and copytruncate only come after a check, as in life: a file deleted before
+    anyone opened it is gone for every tool (see docs/log.md)."""
+    folder = tmp_path_factory.mktemp("prop")
+    log = folder / "app.log"
+    log.touch()
+    f = Follow("hyperscan" if hyperscan_available() else "re", [log], rotate_wait=0)
+    seen: list[str] = []
+    f.check()
+    line = 0
+    generation = 0
+    checked_since_rotation = True
+    try:
+        for op in ops:
+            if op in ("write", "split"):
+                text = numbered(line + 1, line + 5)
+                line += 5
+                if op == "split":  # a line written in two halves with a look in between
+                    cut = len(text) - 7
+                    append(log, text[:cut])
+                    f.check()
+                    text = text[cut:]
+                append(log, text)
+            elif op == "check":
+                f.check()
+                checked_since_rotation = True
+            elif op == "restart":
+                seen += f.lines()
+                f.close()
+                restarted = Follow(f.watcher.engine, [log], rotate_wait=0)
+                restarted.checkpoint = f.checkpoint
+                f = restarted
+            elif op == "rename":
+                generation += 1
+                log.rename(folder / f"app.log.{generation}")
+                log.touch()
+                checked_since_rotation = False
+            elif checked_since_rotation:
+                f.check()  # the reads that precede a rotation
+                if op == "copytruncate":
+                    generation += 1
+                    (folder / f"app.log.{generation}").write_bytes(log.read_bytes())
+                    with log.open("r+b") as out:
+                        out.truncate(0)
+                else:
+                    log.unlink()
+                    log.touch()
+                checked_since_rotation = False
+        f.check()
+        f.check()
+        seen += f.lines()
+    finally:
+        f.close()
+    assert seen == criticals(1, line)

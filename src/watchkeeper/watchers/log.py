@@ -41,6 +41,9 @@ log = logging.getLogger("watchkeeper")
 CHUNK = 4 * 1024 * 1024
 """Bytes read and searched at once (at least twice ``max_line``)."""
 TITLE_CHARS = 200
+DONE = 64
+"""Rotated files read to their end that the checkpoint remembers, so that a sibling search
+(``_unseen``) never reads one again when its modification time ties with a newer rotation's."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,7 @@ class LogWatcher(Watcher):
         self.watch = FolderWatch() if config.inotify else None
         self.more = False
         self.due: float | None = None
+        self.done: list[tuple[int, ...]] = []
 
     @property
     def engine(self) -> str:
@@ -251,6 +255,7 @@ class LogWatcher(Watcher):
         state = checkpoint or {}
         queue = [Tracked.from_json(d) for d in state.get("files", [])]
         self.scanner.counts = {int(k): list(v) for k, v in state.get("counts", {}).items()}
+        self.done = [tuple(d) for d in state.get("done", [])]
         self._watch(queue)
         current = members(self.config.paths)
         self.more, self.due = False, None
@@ -295,6 +300,7 @@ class LogWatcher(Watcher):
             remember(fd, entry, info.st_size)
             drained = entry.offset >= info.st_size and entry.wait is None
             if entry.gone is not None and drained and now - entry.gone >= self.config.rotate_wait:
+                self.done = [*self.done, (entry.dev, entry.ino, info.st_mtime_ns)][-DONE:]
                 continue
             kept.append(entry)
         for path, info in current.items():
@@ -316,7 +322,8 @@ class LogWatcher(Watcher):
         if any(e.gone is not None for e in kept):
             self._due_at(now + self.config.rotate_wait)
         counts = {str(k): v for k, v in self.scanner.counts.items() if v}
-        return CheckResult(found, {"files": [e.to_json() for e in kept], "counts": counts})
+        files = [e.to_json() for e in kept]
+        return CheckResult(found, {"files": files, "counts": counts, "done": self.done})
 
     def _unseen(
         self,
@@ -333,6 +340,7 @@ class LogWatcher(Watcher):
         return [
             Tracked(found, info.st_dev, info.st_ino, gone=now)
             for found, info in rotated_siblings(path, rotated.st_mtime_ns, known)
+            if (info.st_dev, info.st_ino, info.st_mtime_ns) not in self.done
         ]
 
     def _read(
