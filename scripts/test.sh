@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-.venv/bin/ruff check src tests examples bench
+.venv/bin/ruff check .
 .venv/bin/mypy
 exec .venv/bin/pytest -n 2 -p no:cacheprovider "$@"

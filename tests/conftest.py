@@ -42,6 +42,18 @@ def run_cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedP
     )
 
 
+def smtp_spec(port: int, **overrides: Any) -> dict[str, Any]:
+    """An smtp notifier config for a server on 127.0.0.1."""
+    return {
+        "kind": "smtp",
+        "host": "127.0.0.1",
+        "port": port,
+        "sender": "wk@example.com",
+        "to": ["ops@example.com"],
+        **overrides,
+    }
+
+
 @pytest.fixture(autouse=True)
 def no_thread_leaks() -> Iterator[None]:
     """Every thread a test starts must be gone (within a grace period) when it ends."""
@@ -88,6 +100,7 @@ class RecordingServer:
     server: ThreadingHTTPServer
     requests: list[Recorded] = field(default_factory=list)
     status: int = 200
+    delay: float = 0.0  # seconds the server takes to answer, like a slow receiver
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     @property
@@ -113,6 +126,8 @@ def http_receiver() -> Iterator[RecordingServer]:
             rec = holder["server"]
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
+            if rec.delay:
+                time.sleep(rec.delay)  # the receiver's own slowness, not test synchronisation
             with rec.changed:
                 rec.requests.append(
                     Recorded(self.command, self.path, dict(self.headers.items()), body)

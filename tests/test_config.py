@@ -196,3 +196,30 @@ def test_sizes() -> None:
     assert parse_size("64KiB") == 65536
     with pytest.raises(ValueError, match="not a size"):
         parse_size("lots")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1, "11000d"])
+def test_durations_must_be_finite_and_sane(value: float | str) -> None:
+    with pytest.raises(ValueError, match="between 0s and 10 years"):
+        parse_duration(value)
+
+
+def test_backoff_is_capped_and_never_overflows() -> None:
+    from watchkeeper.runtime import RETRY_CAP, backoff, retry_delay
+
+    assert backoff(2.0, 1, 300) == 2.0
+    assert backoff(2.0, 4, 300) == 16.0
+    assert backoff(2.0, 5000, 300) == 300
+    assert all(retry_delay(n) <= RETRY_CAP for n in (1, 9, 10, 2000))
+
+
+def test_a_call_whose_module_is_broken_names_file_and_table(tmp_path: Path) -> None:
+    (tmp_path / "brokenmod.py").write_text("def f(:\n")
+    path = write(tmp_path, '[[custom]]\nname = "c"\ncall = "brokenmod:f"')
+    result = run_cli("check", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        "[[custom]] (name 'c'): call = 'brokenmod:f': cannot import module 'brokenmod': "
+        "SyntaxError" in result.stderr
+    )

@@ -25,3 +25,17 @@ def test_daemon_threads_example() -> None:
     assert daemon[2] == "NO"
     assert float(keeper[1].rstrip("s")) < 1.0
     assert keeper[2] == "yes"
+
+
+def test_custom_watcher_example() -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "custom_watcher.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    new_files = [line for line in lines if "new file job-" in line]
+    assert len(new_files) == 5
+    assert [line.split()[0] for line in lines if "spool-backlog" in line] == ["firing", "resolved"]

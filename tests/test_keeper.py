@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import RecordingServer, wait_until
-from watchkeeper import ConfigError, Keeper, Observation
+from watchkeeper import (
+    CheckResult,
+    ConfigError,
+    Keeper,
+    Observation,
+    StoreError,
+    Watcher,
+    WatcherConfig,
+)
 from watchkeeper.smtpsink import SmtpSink
 from watchkeeper.store import Store
 
@@ -158,3 +167,122 @@ def test_pending_delivery_survives_to_the_next_keeper(tmp_path: Path, smtp_sink:
     assert len(smtp_sink.messages) == 1
     assert "disk full" in smtp_sink.messages[0]["Subject"]
     store.close()
+
+
+def test_a_second_keeper_on_the_same_state_is_refused(tmp_path: Path) -> None:
+    first = Keeper(state=tmp_path / "wk.db").start()
+    second = Keeper(state=tmp_path / "wk.db")
+    with pytest.raises(StoreError, match=r"in use by another running keeper \(pid \d+\)"):
+        second.start()
+    assert first.stop()
+    with Keeper(state=tmp_path / "wk.db"):  # free again once the first one stopped
+        pass
+
+
+def test_a_check_returning_garbage_counts_as_a_failure_and_the_thread_lives(
+    tmp_path: Path,
+) -> None:
+    class Garbage(Watcher):
+        kind = "garbage"
+        config_model = WatcherConfig
+        calls = 0
+
+        def check(self, checkpoint: Any) -> CheckResult:
+            Garbage.calls += 1
+            if Garbage.calls == 1:
+                return CheckResult([], checkpoint=object())  # not JSON
+            return CheckResult([Observation("x", severity="loud")])  # raises in the check
+
+    jsonl = tmp_path / "a.jsonl"
+    keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": str(jsonl)}])
+    keeper.add(Garbage(WatcherConfig(name="g", every=0.01, fail_after=2)))
+    with keeper:
+        wait_until(lambda: Garbage.calls >= 4)
+        wait_until(lambda: jsonl.exists() and "check failing" in jsonl.read_text())
+    text = jsonl.read_text()
+    assert "unknown severity 'loud'" in text or "not JSON serializable" in text
+    with Store(tmp_path / "wk.db") as store:
+        record = store.watcher("g")
+        assert record is not None
+        assert record.failures >= 2
+        assert record.checkpoint is None
+
+
+def test_stop_from_inside_a_check(tmp_path: Path) -> None:
+    keeper = Keeper(state=tmp_path / "wk.db")
+    results: list[bool] = []
+    keeper.every(3600, lambda: results.append(keeper.stop(timeout=1)), name="quitter")
+    keeper.start()
+    wait_until(lambda: results)
+    assert results == [True]
+    assert keeper.stop() is True  # and again: the same answer
+
+
+def test_control_pause_resume_mute_check_now_and_subscribe(tmp_path: Path) -> None:
+    jsonl = tmp_path / "a.jsonl"
+    keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": str(jsonl)}])
+    calls: list[int] = []
+    seen: list[str] = []
+    keeper.every(
+        3600, lambda: calls.append(1) or Observation(f"n{len(calls)}", event=True), name="w"
+    )
+    keeper.subscribe(lambda alerts: seen.extend(a.title for a in alerts))
+    with keeper:
+        wait_until(lambda: len(calls) == 1)
+        keeper.check_now("w")  # no waiting out the hour
+        wait_until(lambda: len(calls) == 2)
+        keeper.mute("w", "1h")
+        keeper.check_now("w")
+        wait_until(lambda: len(calls) == 3)
+        keeper.pause("w")
+        keeper.check_now("w")  # a paused watcher does not check
+        keeper.mute("w", None)
+        keeper.resume("w")  # resuming checks at once
+        wait_until(lambda: len(calls) == 4)
+        wait_until(lambda: len(seen) == 4)
+        wait_until(lambda: jsonl.exists() and len(jsonl.read_text().splitlines()) == 3)
+        store = keeper.store
+        assert store is not None
+        record = store.watcher("w")
+        assert record is not None
+        assert not record.paused
+    assert seen == ["n1", "n2", "n3", "n4"]  # every committed alert reaches listeners
+    titles = [json.loads(x)["title"] for x in jsonl.read_text().splitlines()]
+    assert titles == ["n1", "n2", "n4"]  # n3 was recorded while muted, not delivered
+    with pytest.raises(KeyError, match="no running watcher named 'nope'"):
+        keeper.pause("nope")
+
+
+def test_a_hung_notifier_does_not_delay_another(
+    tmp_path: Path, http_receiver: RecordingServer
+) -> None:
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        keeper = Keeper(
+            state=tmp_path / "wk.db",
+            notify=[
+                {
+                    "kind": "smtp",
+                    "host": "127.0.0.1",
+                    "port": silent.getsockname()[1],
+                    "timeout": "30s",
+                    "sender": "wk@example.com",
+                    "to": ["ops@example.com"],
+                },
+                {"kind": "webhook", "url": http_receiver.url},
+            ],
+        )
+        count = iter(range(10**6))
+        keeper.every(0.01, lambda: Observation(f"t{next(count)}", event=True), name="w")
+        keeper.start()
+        # Several alerts reach the webhook while the SMTP dispatcher is stuck on its first.
+        http_receiver.wait_for(5, timeout=10)
+        assert keeper.stop(timeout=0.5) is False  # the SMTP thread is still stuck
+    # Closing the listener resets the connection; the stuck thread then ends on its own.
+    with Store(tmp_path / "wk.db") as store:
+        assert store.delivery_counts()["smtp"].get("sent", 0) == 0
+    assert keeper.store is not None
+    keeper.store.close()

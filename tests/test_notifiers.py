@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RecordingServer, wait_until
+from tests.conftest import RecordingServer, smtp_spec, wait_until
 from watchkeeper import Keeper, Observation, PermanentDeliveryError, TransientDeliveryError
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.keeper import build_notifier
@@ -120,15 +120,7 @@ def alert(title: str = "disk full", **kw: Any) -> Alert:
 
 
 def test_smtp_header_injection_adds_no_header_and_no_recipient(smtp_sink: SmtpSink) -> None:
-    notifier = build_notifier(
-        {
-            "kind": "smtp",
-            "host": "127.0.0.1",
-            "port": smtp_sink.port,
-            "sender": "wk@example.com",
-            "to": ["ops@example.com"],
-        }
-    )
+    notifier = build_notifier(smtp_spec(smtp_sink.port))
     notifier.send(alert("x\r\nBcc: someone@example.com\r\nX-Evil: 1"))
     (msg,) = smtp_sink.wait_for(1, timeout=10)
     assert smtp_sink.envelopes == [("wk@example.com", ["ops@example.com"])]
@@ -296,3 +288,143 @@ def test_apprise_throttle_is_off_and_exit_is_unsafe(http_receiver: RecordingServ
     assert done.wait(3.0), "apprise's 5.5 s per-target throttle is still on"
     worker.join()
     assert [r.json()["title"] for r in http_receiver.requests] == ["one", "two"]
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.mark.parametrize("mode", ["starttls", "ssl"])
+def test_smtp_tls_modes_with_login(certificate: tuple[Path, Path], mode: str) -> None:
+    import ssl
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    got: list[tuple[str, list[str]]] = []
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            got.append((envelope.mail_from, envelope.rcpt_tos))
+            return "250 OK"
+
+    def authenticator(
+        server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and data.password == b"s3cret"
+        return AuthResult(success=ok)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    options: dict[str, Any] = {"authenticator": authenticator}
+    if mode == "starttls":  # AUTH is only offered once the connection is upgraded
+        options |= {"tls_context": server_tls, "require_starttls": True, "auth_require_tls": True}
+    else:  # aiosmtpd does not count implicit TLS as TLS for auth_require_tls
+        options |= {"ssl_context": server_tls, "auth_require_tls": False}
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port, **options)
+    controller.start()
+    try:
+        spec = {
+            "kind": "smtp",
+            "host": "127.0.0.1",
+            "port": port,
+            "tls": mode,
+            "ca_file": str(cert),
+            "username": "wk",
+            "password": "s3cret",
+            "sender": "wk@example.com",
+            "to": ["ops@example.com"],
+            "timeout": "5s",
+        }
+        build_notifier(spec).send(alert("over TLS"))
+        assert got == [("wk@example.com", ["ops@example.com"])]
+        untrusted = build_notifier({**spec, "ca_file": None})
+        with pytest.raises(TransientDeliveryError, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusted.send(alert())
+    finally:
+        controller.stop()
+
+
+def test_unicode_line_breaks_in_a_title_still_deliver_one_line(smtp_sink: SmtpSink) -> None:
+    notifier = build_notifier(smtp_spec(smtp_sink.port))
+    notifier.send(alert("a\u2028Bcc: x@example.com\u2029b\x85c\u200bd"))
+    (msg,) = smtp_sink.wait_for(1, timeout=10)
+    assert msg["Bcc"] is None
+    assert str(msg["Subject"]) == "[CRITICAL] w: a Bcc: x@example.com b c d"
+
+
+def test_template_mistakes_fail_at_load_and_render_errors_are_permanent(
+    http_receiver: RecordingServer,
+) -> None:
+    from watchkeeper import ConfigError
+
+    with pytest.raises(
+        ConfigError, match="body: template uses unknown name 'titel'; templates see alert, body"
+    ):
+        build_notifier(
+            {"kind": "webhook", "url": http_receiver.url, "body": '{"text": {{ titel | tojson }}}'}
+        )
+    with pytest.raises(ConfigError, match="does not produce JSON for a sample alert"):
+        build_notifier(
+            {"kind": "webhook", "url": http_receiver.url, "body": '{"text": "{{ title }}"}'}
+        )
+    with pytest.raises(ConfigError, match="subject: template uses unknown name 'nope'"):
+        build_notifier(
+            {"kind": "smtp", "sender": "a@b.c", "to": ["a@b.c"], "subject": "{{ nope.deeper }}"}
+        )
+    # data keys depend on the watcher, so they pass at load; a real alert can still break it:
+    notifier = build_notifier(
+        {"kind": "webhook", "url": http_receiver.url, "body": '{"n": {{ data.count + 1 }}}'}
+    )
+    with pytest.raises(PermanentDeliveryError, match="template error"):
+        notifier.send(alert(data={"count": "many"}))
+    notifier.close()
+    assert http_receiver.requests == []
+
+
+def test_webhook_urls_are_redacted_from_library_logs(
+    http_receiver: RecordingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    notifier = build_notifier({"kind": "webhook", "url": http_receiver.url + "/T0/B0/s3cr3t"})
+    with caplog.at_level(logging.DEBUG):
+        notifier.send(alert())
+    notifier.close()
+    assert "HTTP Request" in caplog.text
+    assert "s3cr3t" not in caplog.text

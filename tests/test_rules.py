@@ -84,6 +84,27 @@ def test_throttle_counts_repeats_and_reports_them_with_the_next_alert() -> None:
     assert "suppressed" not in alert.data
 
 
+def test_a_throttle_window_that_held_repeats_closes_with_a_summary() -> None:
+    rules = Clocked(throttle=60)
+    event = Observation("disk error", key="disk", severity="error", event=True)
+    assert len(rules.check(0, event)) == 1
+    assert rules.check(10, event, event) == []
+    assert rules.check(30) == []
+    (summary,) = rules.check(70)  # the key never came back: the count is not lost
+    assert summary.title == "disk error (repeated 2 more times)"
+    assert summary.severity is Severity.ERROR
+    assert summary.data == {"suppressed": 2, "summary": True}
+    assert rules.state["throttle"] == {}
+    assert rules.check(80) == []
+
+
+def test_throttle_state_stays_small_with_many_keys() -> None:
+    rules = Clocked(throttle=60)
+    for t in range(0, 5000, 10):
+        rules.check(t, *[Observation(f"k{t}-{i}", event=True) for i in range(10)])
+    assert len(rules.state["throttle"]) <= 60
+
+
 def test_throttle_is_per_key() -> None:
     rules = Clocked(throttle=60)
     a = Observation("a", event=True)

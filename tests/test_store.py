@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import RecordingServer
-from watchkeeper import Keeper, Observation, StoreError
+from watchkeeper import StoreError
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.store import Route, Store
 
@@ -97,35 +95,3 @@ def test_not_a_database(tmp_path: Path) -> None:
     path.write_text("this is a text file, not SQLite\n" * 100)
     with pytest.raises(StoreError, match=r"wk\.db: file is not a database"):
         Store(path)
-
-
-def test_a_hung_notifier_does_not_delay_another(
-    tmp_path: Path, http_receiver: RecordingServer
-) -> None:
-    import socket
-
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
-        keeper = Keeper(
-            state=tmp_path / "wk.db",
-            notify=[
-                {
-                    "kind": "smtp",
-                    "host": "127.0.0.1",
-                    "port": silent.getsockname()[1],
-                    "timeout": "30s",
-                    "sender": "wk@example.com",
-                    "to": ["ops@example.com"],
-                },
-                {"kind": "webhook", "url": http_receiver.url},
-            ],
-        )
-        keeper.every(0.01, lambda: Observation(f"t{threading.get_ident()}", event=True), name="w")
-        keeper.start()
-        # Several alerts reach the webhook while the SMTP dispatcher is stuck on its first.
-        http_receiver.wait_for(5, timeout=10)
-        assert keeper.stop(timeout=0.5) is False  # the SMTP thread is still stuck
-    # Closing the listener resets the connection; the stuck thread then ends on its own.
-    with Store(tmp_path / "wk.db") as store:
-        assert store.delivery_counts()["smtp"].get("sent", 0) == 0

@@ -7,7 +7,6 @@ durable SQLite outbox and out through notifiers, and none is lost or sent twice.
 from watchkeeper.alerts import Alert, Observation, Rules, Severity
 from watchkeeper.config import Config, load_config
 from watchkeeper.errors import (
-    CheckError,
     ConfigError,
     DeliveryError,
     PermanentDeliveryError,
@@ -23,7 +22,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Alert",
-    "CheckError",
     "CheckResult",
     "Config",
     "ConfigError",

@@ -80,6 +80,9 @@ class Observation:
     data: Mapping[str, Any] = field(default_factory=dict)
     event: bool = False
 
+    def __post_init__(self) -> None:
+        Severity.parse(self.severity)  # fail in the check that made it, not later
+
     @property
     def identity(self) -> str:
         """The key rules track this observation by."""
@@ -226,6 +229,7 @@ class RuleEngine:
             else:
                 conditions[obs.identity] = obs
         alerts.extend(self._conditions(st, conditions, now))
+        alerts.extend(self._expired_throttles(st, now))
         return Verdict(alerts, st)
 
     def failed(
@@ -264,8 +268,12 @@ class RuleEngine:
             return None
         suppressed = slot["suppressed"] if slot else 0
         if window is not None:
-            st["throttle"][key] = {"last_sent": now, "suppressed": 0}
-            _forget_old(st["throttle"], now, window)
+            st["throttle"][key] = {
+                "last_sent": now,
+                "suppressed": 0,
+                "title": obs.title,
+                "severity": str(obs.level),
+            }
         alert = self._from_observation(obs, now)
         if suppressed:
             alert.data["suppressed"] = suppressed
@@ -273,6 +281,34 @@ class RuleEngine:
                 f"{alert.body}\n\n" if alert.body else ""
             ) + f"({suppressed} more like this were suppressed by the throttle.)"
         return alert
+
+    def _expired_throttles(self, st: dict[str, Any], now: float) -> list[Alert]:
+        """Close throttle windows that have passed.
+
+        A window that held back repeats, and whose key has not alerted again since, ends with one
+        summary alert carrying the count, so no count is lost; then its slot is dropped, which
+        keeps the rule state as small as the keys alerting within one window.
+        """
+        window = self.rules.throttle
+        alerts = []
+        for key, slot in list(st["throttle"].items()):
+            if window is not None and now - slot["last_sent"] < window:
+                continue
+            if slot["suppressed"]:
+                title = slot.get("title", key)
+                alerts.append(
+                    self._alert(
+                        key,
+                        Severity.parse(slot.get("severity", "warning")),
+                        f"{title} (repeated {slot['suppressed']} more times)",
+                        f"{slot['suppressed']} more like this were suppressed by the throttle "
+                        f"in the {format_duration(now - slot['last_sent'])} after it was sent.",
+                        now,
+                        data={"suppressed": slot["suppressed"], "summary": True},
+                    )
+                )
+            del st["throttle"][key]
+        return alerts
 
     def _conditions(
         self, st: dict[str, Any], present: dict[str, Observation], now: float
@@ -369,11 +405,3 @@ def _copy_state(state: Mapping[str, Any] | None) -> dict[str, Any]:
         "throttle": {k: dict(v) for k, v in src.get("throttle", {}).items()},
         "health": dict(src.get("health", {})),
     }
-
-
-def _forget_old(slots: dict[str, Any], now: float, window: float) -> None:
-    """Drop throttle slots whose window has passed and that hold no count, to bound the state."""
-    for key in [
-        k for k, v in slots.items() if now - v["last_sent"] >= window and not v["suppressed"]
-    ]:
-        del slots[key]

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -24,9 +25,9 @@ from rich.table import Table
 from rich.text import Text
 
 from watchkeeper.alerts import Alert, Severity, iso_utc
-from watchkeeper.config import Config, default_state_path, load_config
-from watchkeeper.errors import ConfigError, DeliveryError, WatchkeeperError
-from watchkeeper.keeper import Keeper, build_notifier
+from watchkeeper.config import Config, KeeperSettings, default_state_path, load_config
+from watchkeeper.errors import ConfigError, WatchkeeperError
+from watchkeeper.keeper import Keeper, build_from_config, build_notifier
 from watchkeeper.notifiers.console import alert_text
 from watchkeeper.store import Store
 from watchkeeper.units import format_duration, parse_duration
@@ -48,7 +49,17 @@ ConfigOption = Annotated[
 StateOption = Annotated[
     Path | None, typer.Option("--state", help="The state file (overrides [keeper] state).")
 ]
+SeverityOption = Annotated[str, typer.Option(help="Minimum severity.")]
+WatcherOption = Annotated[str | None, typer.Option(help="Only this watcher.")]
 DEFAULT_CONFIG = Path("watchkeeper.toml")
+
+
+def parse_severity(value: str) -> Severity:
+    """A --severity value, or a usage error naming the choices."""
+    try:
+        return Severity.parse(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -82,7 +93,7 @@ def open_store(config_path: Path, state: Path | None) -> Store:
     if not path.exists():
         fail(f"no state file at {path} yet; has `watchkeeper run` been started with this config?")
     try:
-        return Store(path)
+        return Store(path, readonly=True)
     except WatchkeeperError as exc:
         fail(str(exc))
 
@@ -92,9 +103,14 @@ def setup_logging(verbose: int) -> None:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     handler = RichHandler(console=err, show_path=False, rich_tracebacks=False, markup=False)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    # Libraries' request logs are noise at -v and may carry tokens (apprise URLs); -vv shows them.
+    for noisy in ("httpx", "httpcore", "apprise", "mail.log"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
-def run_until_signal(keeper: Keeper, duration: float | None = None) -> None:
+def run_until_signal(
+    keeper: Keeper, duration: float | None = None, started: Callable[[], None] | None = None
+) -> None:
     """Start a keeper and hold the main thread until SIGTERM/SIGINT (or ``duration``), then stop.
 
     Signals can only be handled in the main thread, so this is where agent mode turns them into
@@ -108,6 +124,8 @@ def run_until_signal(keeper: Keeper, duration: float | None = None) -> None:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         keeper.start()
+        if started is not None:
+            started()
         ends = None if duration is None else time.monotonic() + duration
         while not stop.is_set():
             remaining = None if ends is None else ends - time.monotonic()
@@ -131,32 +149,43 @@ def run(
     cfg = load(config)
     try:
         keeper = Keeper.from_config(cfg, state=state)
+        if not keeper.watchers:
+            err.print(f"[yellow]{config}: no watchers configured; nothing to watch.[/]")
+        run_until_signal(keeper, started=attach_dashboard(keeper, cfg.keeper))
     except WatchkeeperError as exc:
         fail(str(exc))
-    if not keeper.watchers:
-        err.print(f"[yellow]{config}: no watchers configured; nothing to watch.[/]")
-    run_until_signal(keeper)
+
+
+def attach_dashboard(keeper: Keeper, settings: KeeperSettings) -> Callable[[], None]:
+    """Serve the configured dashboard with the keeper; return what announces its URL."""
+    bind = settings.dashboard_bind()
+    if bind is None:
+        return lambda: None
+    token = settings.token.get_secret_value() if settings.token else None
+    # The default address may be taken (another agent): then run without a dashboard.
+    explicit = "dashboard" in settings.model_fields_set
+    dashboard = keeper.serve_dashboard(f"{bind.host}:{bind.port}", token, required=explicit)
+
+    def announce() -> None:
+        if dashboard.running:
+            # One plain line, so scripts (and tests) can find the real port after port 0.
+            err.print(f"dashboard: {dashboard.url}", markup=False, soft_wrap=True)
+
+    return announce
 
 
 @app.command()
 def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Validate a config file: exit 0 if it is good, 1 with every problem listed."""
     cfg = load(config)
-    problems = []
-    for spec in cfg.notify:
-        try:
-            build_notifier(spec)
-        except WatchkeeperError as exc:
-            problems.append(f"{config}: [[notify]] {spec.name!r}: {exc}")
-    from watchkeeper.keeper import build_watcher
-
-    for watcher in cfg.watchers:
-        try:
-            build_watcher(watcher).close()
-        except WatchkeeperError as exc:
-            problems.append(f"{config}: watcher {watcher.name!r}: {exc}")
-    if problems:
-        fail("\n".join(problems))
+    try:
+        notifiers, watchers = build_from_config(cfg)
+    except ConfigError as exc:
+        fail("\n".join(exc.errors))
+    for notifier in notifiers:
+        notifier.close()
+    for watcher in watchers:
+        watcher.close()
     out.print(
         f"{config}: OK — {len(cfg.watchers)} watchers, {len(cfg.notify)} notifiers, "
         f"state {cfg.keeper.state or default_state_path()}"
@@ -259,16 +288,13 @@ def alerts(
     config: ConfigOption = DEFAULT_CONFIG,
     state: StateOption = None,
     since: Annotated[str | None, typer.Option(help="e.g. 1h, 2d, or an ISO time.")] = None,
-    severity: Annotated[str, typer.Option(help="Minimum severity.")] = "debug",
-    watcher: Annotated[str | None, typer.Option(help="Only this watcher.")] = None,
+    severity: SeverityOption = "debug",
+    watcher: WatcherOption = None,
     limit: Annotated[int, typer.Option(help="At most this many (newest).")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
 ) -> None:
     """Alert history from the state file, oldest first."""
-    try:
-        min_severity = Severity.parse(severity)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    min_severity = parse_severity(severity)
     store = open_store(config, state)
     found = store.alerts(
         since_time=parse_since(since) if since else None,
@@ -303,14 +329,19 @@ def notify_test(config: ConfigOption = DEFAULT_CONFIG) -> None:
         )
         try:
             notifier = build_notifier(spec)
-            where = notifier.describe()
-            notifier.send(alert)
-            notifier.close()
-        except (DeliveryError, WatchkeeperError) as exc:
+        except WatchkeeperError as exc:
             failures += 1
             out.print(Text(f"FAIL  {spec.name}: {exc}", style="red"))
+            continue
+        try:
+            notifier.send(alert)
+        except Exception as exc:  # report every notifier, whatever one of them raises
+            failures += 1
+            out.print(Text(f"FAIL  {spec.name} ({notifier.describe()}): {exc}", style="red"))
         else:
-            out.print(Text(f"OK    {spec.name} ({where})", style="green"))
+            out.print(Text(f"OK    {spec.name} ({notifier.describe()})", style="green"))
+        finally:
+            notifier.close()
     if failures:
         raise typer.Exit(1)
 
@@ -330,6 +361,29 @@ def demo(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     run_demo(seconds, open_browser=not no_browser)
+
+
+@app.command()
+def follow(
+    url: Annotated[
+        str, typer.Option(help="The agent's dashboard.", envvar="WATCHKEEPER_URL")
+    ] = "http://127.0.0.1:8470",
+    token: Annotated[
+        str | None, typer.Option(help="[keeper] token, if set.", envvar="WATCHKEEPER_TOKEN")
+    ] = None,
+    since: Annotated[
+        int | None, typer.Option(help="Replay alerts after this id first (0: all).")
+    ] = None,
+    severity: SeverityOption = "debug",
+    watcher: WatcherOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines on stdout.")] = False,
+) -> None:
+    """Print alerts as they happen (like journalctl -f); reconnects and resumes by itself."""
+    from watchkeeper.follow import Follower, print_alerts
+
+    min_severity = parse_severity(severity)
+    follower = Follower(url, token=token, since=since, severity=min_severity, watcher=watcher)
+    raise typer.Exit(print_alerts(follower, out, err, as_json=as_json))
 
 
 def notify_spec(value: str, index: int) -> dict[str, Any]:

@@ -21,12 +21,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from watchkeeper.errors import ConfigError
 from watchkeeper.notifiers import NOTIFIERS, NotifierConfig
 from watchkeeper.units import Duration
 from watchkeeper.watchers import WATCHERS, WatcherConfig
+from watchkeeper.web.bind import DEFAULT_BIND, Bind, check_exposure, parse_bind
 
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_WORDS = ("password", "token", "secret", "url", "headers", "key")
@@ -50,6 +59,34 @@ class KeeperSettings(BaseModel):
     shutdown_timeout: Duration = Field(
         default=5.0, description="How long stopping may take to flush pending alerts."
     )
+    dashboard: str | bool = Field(
+        default=DEFAULT_BIND,
+        description='Where `watchkeeper run` serves the dashboard, "HOST:PORT", or false for none.',
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="Required by the dashboard, API and stream when set; needed off loopback.",
+    )
+
+    @field_validator("dashboard")
+    @classmethod
+    def _dashboard_address(cls, value: str | bool) -> str | bool:
+        if isinstance(value, str):
+            parse_bind(value)
+        return value
+
+    @model_validator(mode="after")
+    def _dashboard_is_safe(self) -> KeeperSettings:
+        bind = self.dashboard_bind()
+        if bind is not None:
+            check_exposure(bind, self.token is not None and bool(self.token.get_secret_value()))
+        return self
+
+    def dashboard_bind(self) -> Bind | None:
+        """The dashboard's address, or None when it is turned off."""
+        if self.dashboard is False:
+            return None
+        return parse_bind(DEFAULT_BIND if self.dashboard is True else self.dashboard)
 
 
 class Config(BaseModel):

@@ -7,8 +7,11 @@ in-process SMTP sink receives the emails, and every alert also prints live in th
 from __future__ import annotations
 
 import math
+import os
+import sys
 import tempfile
 import time
+import webbrowser
 from collections import Counter
 from pathlib import Path
 
@@ -75,8 +78,17 @@ def run_demo(duration: float, open_browser: bool = True) -> None:
     console.print(f"  demo inbox (emails as .eml): {inbox}")
     console.print(f"  state: {world / 'state.db'};  jsonl: {world / 'alerts.jsonl'}")
     console.print(f"  running for {duration:.0f}s; Ctrl-C ends it sooner.\n")
+    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+
+    def show_dashboard() -> None:
+        console.print(f"  dashboard: {dashboard.url}  (watchkeeper follow --url {dashboard.url})\n")
+        # Only with a graphical session: on a bare terminal webbrowser may start a text browser.
+        graphical = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        if open_browser and (graphical or sys.platform in ("darwin", "win32")):
+            webbrowser.open(dashboard.url)
+
     try:
-        run_until_signal(keeper, duration)
+        run_until_signal(keeper, duration, started=show_dashboard)
     finally:
         sink.stop()
     store = Store(world / "state.db")

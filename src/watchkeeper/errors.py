@@ -6,7 +6,6 @@ with ``raise ... from exc``, so callers only ever need to catch these::
     WatchkeeperError
     ├── ConfigError              a config file or argument is wrong; the message says where
     ├── StoreError               the SQLite state file cannot be opened, migrated or written
-    ├── CheckError               a watcher's check failed (wraps the original as __cause__)
     └── DeliveryError            a notifier could not deliver
         ├── TransientDeliveryError   try again later (timeouts, 4xx/5xx that may pass)
         └── PermanentDeliveryError   retrying cannot help (bad address, 4xx rejection)
@@ -29,10 +28,6 @@ class ConfigError(WatchkeeperError):
 
 class StoreError(WatchkeeperError):
     """The state database could not be used."""
-
-
-class CheckError(WatchkeeperError):
-    """A watcher's check failed; the original exception is the ``__cause__``."""
 
 
 class DeliveryError(WatchkeeperError):

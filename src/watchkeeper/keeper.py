@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, overload
+from typing import TYPE_CHECKING, Any, Self, overload
 
 from watchkeeper.alerts import Alert
 from watchkeeper.config import (
@@ -32,6 +32,9 @@ from watchkeeper.store import Route, Store
 from watchkeeper.units import parse_duration
 from watchkeeper.watchers import WATCHERS, Watcher, WatcherConfig
 from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
+
+if TYPE_CHECKING:
+    from watchkeeper.web.server import Dashboard
 
 log = logging.getLogger("watchkeeper")
 
@@ -64,16 +67,19 @@ class Keeper:
         self._listeners: list[Callable[[list[Alert]], None]] = []
         self._lock = threading.Lock()
         self._started = False
+        self._dashboard: Dashboard | None = None
+        self._stopped_clean = True
 
     @classmethod
     def from_config(cls, path: str | Path | Config, state: str | Path | None = None) -> Keeper:
         """Build a keeper from an agent config file (or an already loaded Config)."""
         config = path if isinstance(path, Config) else load_config(path)
+        notifiers, watchers = build_from_config(config)
         return cls(
             state=state or config.keeper.state,
-            notify=config.notify,
+            notify=notifiers,
             shutdown_timeout=config.keeper.shutdown_timeout,
-            watchers=config.watchers,
+            watchers=watchers,
         )
 
     # -- adding watchers ----------------------------------------------------------------------
@@ -146,22 +152,34 @@ class Keeper:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> Self:
-        """Open the state, start every watcher and dispatcher thread, and return at once."""
+        """Open and claim the state, start every watcher and dispatcher thread, return at once."""
         with self._lock:
-            if self._started:
-                raise RuntimeError("this keeper was already started")
+            if self._started or self.store is not None:
+                raise RuntimeError("a keeper starts once; build a new one to start again")
+            store = Store(self.state_path)
+            try:
+                store.claim()
+                self._dispatchers = [Dispatcher(notifier, store) for notifier in self.notifiers]
+                self._threads = {
+                    w.name: WatcherThread(w, store, self.routes, self._committed)
+                    for w in self.watchers
+                }
+                if self._dashboard is not None:  # a busy address stops the start before checks
+                    self._dashboard.bind_socket()
+            except BaseException:
+                store.close()
+                raise
+            self.store = store
             self._started = True
-            self.store = Store(self.state_path)
-            for notifier in self.notifiers:
-                dispatcher = Dispatcher(notifier, self.store)
-                self._dispatchers.append(dispatcher)
-            for watcher in self.watchers:
-                self._threads[watcher.name] = WatcherThread(
-                    watcher, self.store, self.routes, self._committed
-                )
             for thread in [*self._dispatchers, *self._threads.values()]:
                 thread.start()
             atexit.register(self._at_exit)
+        if self._dashboard is not None and self._dashboard.bound:
+            try:
+                self._dashboard.serve()
+            except BaseException:
+                self.stop()
+                raise
         log.info(
             "keeper started: %d watchers, %d notifiers, state %s",
             len(self.watchers),
@@ -173,8 +191,8 @@ class Keeper:
     def stop(self, timeout: float | None = None) -> bool:
         """Stop watchers, flush deliveries for at most ``timeout`` (default shutdown_timeout).
 
-        Returns True when every thread ended in time and nothing due was left undelivered.
-        Deliveries not made stay in the outbox for the next start.
+        Returns True when every thread ended in time and nothing due was left undelivered
+        (later calls return the same). Deliveries not made stay in the outbox for the next start.
         """
         return self._stop(timeout, at_exit=False)
 
@@ -184,9 +202,16 @@ class Keeper:
     def _stop(self, timeout: float | None, at_exit: bool) -> bool:
         with self._lock:
             if not self._started or self.store is None:
-                return True
+                return self._stopped_clean
             self._started = False
             atexit.unregister(self._at_exit)
+        if self._dashboard is not None:
+            self._dashboard.stop()
+        self._stopped_clean = self._shutdown(timeout, at_exit, self.store)
+        return self._stopped_clean
+
+    def _shutdown(self, timeout: float | None, at_exit: bool, store: Store) -> bool:
+        me = threading.current_thread()  # stop() may be called from inside a check
         budget = self.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
         for thread in self._threads.values():
@@ -194,20 +219,24 @@ class Keeper:
         # Watchers get half the budget to finish a check in progress (and commit its alerts).
         half = time.monotonic() + budget / 2
         for thread in self._threads.values():
-            thread.join(max(0.0, half - time.monotonic()))
+            if thread is not me:
+                thread.join(max(0.0, half - time.monotonic()))
         wall_deadline = time.time() + max(0.0, deadline - time.monotonic())
         for dispatcher in self._dispatchers:
             dispatcher.flush(wall_deadline, at_exit=at_exit)
         for dispatcher in self._dispatchers:
             dispatcher.join(max(0.0, deadline - time.monotonic()))
-        alive = [t.name for t in [*self._threads.values(), *self._dispatchers] if t.is_alive()]
-        pending = sum(counts.get("pending", 0) for counts in self.store.delivery_counts().values())
+        threads = [*self._threads.values(), *self._dispatchers]
+        alive = [t.name for t in threads if t.is_alive() and t is not me]
+        counts = store.delivery_counts()
+        pending = sum(counts.get(n.name, {}).get("pending", 0) for n in self.notifiers)
         if alive:
+            # A stuck thread may still write: keep the store (and its claim) open for it.
             log.warning("keeper stopped with threads still busy: %s", ", ".join(alive))
         else:
             for notifier in self.notifiers:
                 notifier.close()
-            self.store.close()
+            store.close()
         if pending:
             log.warning("%d deliveries pending; they go out at the next start", pending)
         return not alive and not pending
@@ -222,6 +251,25 @@ class Keeper:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def serve_dashboard(
+        self, bind: str = "127.0.0.1:8470", token: str | None = None, required: bool = True
+    ) -> Dashboard:
+        """Serve the dashboard (pages, API, stream, /metrics) while the keeper runs.
+
+        Before ``start()`` it starts with the keeper; after, at once. ``bind`` may use port 0;
+        the returned Dashboard's ``url`` has the real port once started. Off loopback a
+        ``token`` is required. ``required=False``: a busy address is a warning, not an error.
+        See docs/dashboard.md.
+        """
+        from watchkeeper.web.server import Dashboard
+
+        if self._dashboard is not None:
+            raise RuntimeError("this keeper already serves a dashboard")
+        self._dashboard = Dashboard(self, bind, token, required=required)
+        if self._started:
+            self._dashboard.start()
+        return self._dashboard
 
     # -- control (dashboard, CLI) -------------------------------------------------------------
 
@@ -283,6 +331,36 @@ def build_notifier(spec: NotifierSpec, where: str = "notify") -> Notifier:
     config = spec if isinstance(spec, NotifierConfig) else notifier_config(spec, where)
     assert config is not None
     return NOTIFIERS[config.kind](config)
+
+
+def build_from_config(config: Config) -> tuple[list[Notifier], list[Watcher]]:
+    """Every notifier and watcher of a config, or one ConfigError listing every problem.
+
+    Building can fail beyond validation (a ``call`` that does not import, a notifier's library
+    missing); each message names the file and the table, like validation errors do.
+    """
+    problems: list[str] = []
+    notifiers: list[Notifier] = []
+    watchers: list[Watcher] = []
+    for spec in config.notify:
+        try:
+            notifiers.append(build_notifier(spec))
+        except ConfigError as exc:
+            problems += [
+                f"{config.source}: [[notify]] (name {spec.name!r}): {e}" for e in exc.errors
+            ]
+    for table in config.watchers:
+        kind = next((k for k, cls in WATCHERS.items() if cls.config_model is type(table)), "?")
+        try:
+            watchers.append(build_watcher(table))
+        except ConfigError as exc:
+            where = f"{config.source}: [[{kind}]] (name {table.name!r})"
+            problems += [f"{where}: {e}" for e in exc.errors]
+    if problems:
+        for built in notifiers:
+            built.close()
+        raise ConfigError(problems)
+    return notifiers, watchers
 
 
 def build_watcher(config: WatcherConfig) -> Watcher:

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from watchkeeper.alerts import Alert, RuleEngine
+from watchkeeper.alerts import Alert, RuleEngine, Verdict
 from watchkeeper.errors import PermanentDeliveryError, StoreError, TransientDeliveryError
 from watchkeeper.notifiers.base import Notifier
 from watchkeeper.store import Delivery, Route, Store
@@ -35,10 +35,14 @@ IDLE_POLL = 5.0
 """A dispatcher looks at the outbox at least this often (other processes may add to it)."""
 
 
+def backoff(base: float, attempts: int, cap: float) -> float:
+    """``base`` doubled per attempt after the first, never above ``cap`` (and never overflowing)."""
+    return float(min(cap, base * 2 ** min(max(attempts - 1, 0), 40)))
+
+
 def retry_delay(attempts: int) -> float:
-    """Exponential backoff with ±20% jitter, capped: 2 s, 4 s, 8 s … 5 min."""
-    base: float = min(RETRY_BASE * 2 ** max(attempts - 1, 0), RETRY_CAP)
-    return base * random.uniform(0.8, 1.2)
+    """Delivery retries: 2 s, 4 s, 8 s … with ±20% jitter, never more than 5 min apart."""
+    return min(RETRY_CAP, backoff(RETRY_BASE, attempts, RETRY_CAP) * random.uniform(0.8, 1.2))
 
 
 class WatcherThread(threading.Thread):
@@ -67,7 +71,6 @@ class WatcherThread(threading.Thread):
         self.failures = record.failures
         self.paused = record.paused
         self.muted_until = record.muted_until
-        self.checks_run = 0
 
     def stop(self) -> None:
         """Ask the loop to end after the current check."""
@@ -79,18 +82,27 @@ class WatcherThread(threading.Thread):
         self.wake.set()
 
     def run(self) -> None:
-        """The loop: check, apply rules, commit, wait."""
+        """The loop: check, apply rules, commit, wait. Nothing may end it but ``stop()``."""
+        name = self.watcher.name
         try:
             while not self.stopping.is_set():
+                # Clear before the check, so a stop or check-now during it is not lost.
+                self.wake.clear()
                 if self.paused:
                     self.wake.wait()
-                    self.wake.clear()
                     continue
-                delay = self.cycle()
+                try:
+                    delay = self.cycle()
+                except Exception:  # a bug of ours: log it, keep the thread, try again later
+                    log.exception("watcher %s: internal error; retrying", name)
+                    delay = min(self.watcher.config.every, CHECK_BACKOFF_CAP)
                 if self.stopping.is_set():
                     break
-                self.wake.clear()
-                self.watcher.wait(self.wake, delay)
+                try:
+                    self.watcher.wait(self.wake, delay)
+                except Exception:
+                    log.exception("watcher %s: waiting for changes failed; polling", name)
+                    self.wake.wait(delay)
         finally:
             try:
                 self.watcher.close()
@@ -98,52 +110,64 @@ class WatcherThread(threading.Thread):
                 log.exception("watcher %s: error while closing", self.watcher.name)
 
     def cycle(self) -> float:
-        """One check and its commit; returns the delay before the next."""
+        """One check and its commit; returns the delay before the next.
+
+        Anything the check raises, and anything wrong with what it returned (an unknown
+        severity, a checkpoint that is not JSON), counts as a failed check: recorded, alerted
+        after ``fail_after``, retried with backoff. Only a store error is different: nothing
+        was committed, so the same work is redone from the old checkpoint.
+        """
         every = self.watcher.config.every
         now = self.clock()
-        error: str | None = None
-        checkpoint = self.checkpoint
         try:
-            result = self.watcher.check(self.checkpoint)
-        except Exception as exc:
-            error = "".join(traceback.format_exception_only(exc)).strip()
-            failures = self.failures + 1
-            log.warning(
-                "watcher %s: check failed (%d in a row): %s",
-                self.watcher.name,
-                failures,
-                error,
-                exc_info=failures == 1 and not isinstance(exc, OSError),
-            )
-            verdict = self.engine.failed(
-                error, self.rule_state, now, "".join(traceback.format_exception(exc))
-            )
-            delay = float(min(every * 2 ** (failures - 1), max(every, CHECK_BACKOFF_CAP)))
-        else:
-            verdict = self.engine.evaluate(result.observations, self.rule_state, now)
-            checkpoint = result.checkpoint
-            failures = 0
-            delay = every
-        muted = self.muted_until is not None and self.muted_until > now
-        try:
-            committed = self.store.commit_check(
-                self.watcher.name,
-                checkpoint=checkpoint,
-                rule_state=verdict.state,
-                alerts=verdict.alerts,
-                routes=() if muted else self.routes(),
-                now=now,
-                next_check=now + delay,
-                error=error,
-            )
+            try:
+                result = self.watcher.check(self.checkpoint)
+                verdict = self.engine.evaluate(result.observations, self.rule_state, now)
+                return self._commit(now, verdict, result.checkpoint, None, 0, every)
+            except StoreError:
+                raise
+            except Exception as exc:
+                error = "".join(traceback.format_exception_only(exc)).strip()
+                failures = self.failures + 1
+                log.warning(
+                    "watcher %s: check failed (%d in a row): %s",
+                    self.watcher.name,
+                    failures,
+                    error,
+                    exc_info=failures == 1 and not isinstance(exc, OSError),
+                )
+                verdict = self.engine.failed(
+                    error, self.rule_state, now, "".join(traceback.format_exception(exc))
+                )
+                delay = backoff(every, failures, max(every, CHECK_BACKOFF_CAP))
+                return self._commit(now, verdict, self.checkpoint, error, failures, delay)
         except StoreError:
-            # Nothing was committed: keep the old checkpoint, so the work is redone.
             log.exception("watcher %s: cannot commit the check; will redo it", self.watcher.name)
             return min(every, CHECK_BACKOFF_CAP)
+
+    def _commit(
+        self,
+        now: float,
+        verdict: Verdict,
+        checkpoint: Any,
+        error: str | None,
+        failures: int,
+        delay: float,
+    ) -> float:
+        muted = self.muted_until is not None and self.muted_until > now
+        committed = self.store.commit_check(
+            self.watcher.name,
+            checkpoint=checkpoint,
+            rule_state=verdict.state,
+            alerts=verdict.alerts,
+            routes=() if muted else self.routes(),
+            now=now,
+            next_check=now + delay,
+            error=error,
+        )
         self.checkpoint = checkpoint
         self.rule_state = verdict.state
         self.failures = failures
-        self.checks_run += 1
         if committed:
             self.on_commit(committed)
         return delay
@@ -160,7 +184,6 @@ class Dispatcher(threading.Thread):
         self.wake = threading.Event()
         self._flush_by: float | None = None
         self._at_exit = False
-        self.sent = 0
 
     def flush(self, deadline: float, at_exit: bool = False) -> None:
         """Deliver what is due now, close any open digest window, then end the thread."""
@@ -215,14 +238,16 @@ class Dispatcher(threading.Thread):
             for delivery in due:
                 if self._flush_by is not None and self.clock() >= self._flush_by:
                     return False
-                self._deliver([delivery], digest=False)
+                if not self._deliver([delivery], digest=False):
+                    break  # the notifier is down: do not spend a timeout on every alert
         return True
 
     def _sleep(self, timeout: float) -> None:
         self.wake.wait(timeout)
         self.wake.clear()
 
-    def _deliver(self, deliveries: list[Delivery], digest: bool) -> None:
+    def _deliver(self, deliveries: list[Delivery], digest: bool) -> bool:
+        """Send and record the outcome; False when the notifier failed in a way that may pass."""
         ids = [d.id for d in deliveries]
         alerts = [d.alert for d in deliveries]
         name = self.notifier.name
@@ -234,15 +259,21 @@ class Dispatcher(threading.Thread):
         except PermanentDeliveryError as exc:
             log.error("notifier %s: giving up on alert %s: %s", name, alerts[0].id, exc)
             self.store.mark_failed(ids, str(exc))
-        except Exception as exc:
+            return True
+        except Exception as exc:  # unexpected errors are retried too: a bug must not lose alerts
             attempts = max(d.attempts for d in deliveries) + 1
             delay = retry_delay(attempts)
             text = str(exc) or type(exc).__name__
             if isinstance(exc, TransientDeliveryError):
                 log.warning("notifier %s: %s; retry in %.0fs", name, text, delay)
             else:
-                log.exception("notifier %s: unexpected error; retry in %.0fs", name, delay)
+                log.error(
+                    "notifier %s: unexpected error; retry in %.0fs",
+                    name,
+                    delay,
+                    exc_info=attempts == 1,
+                )
             self.store.mark_retry(ids, text, self.clock() + delay)
-        else:
-            self.store.mark_sent(ids, self.clock())
-            self.sent += len(ids)
+            return False
+        self.store.mark_sent(ids, self.clock())
+        return True

@@ -13,7 +13,9 @@ are closed by :meth:`Store.close`.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -21,12 +23,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -71,6 +73,10 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX deliveries_due ON deliveries (notifier, status, next_try);
     """,
+    # 2: a failure counter that never resets, for /metrics (``failures`` counts a streak).
+    2: """
+    ALTER TABLE watchers ADD COLUMN failures_total INTEGER NOT NULL DEFAULT 0;
+    """,
 }
 
 
@@ -89,6 +95,7 @@ class WatcherRecord:
     checks: int
     paused: bool
     muted_until: float | None
+    failures_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,19 +117,31 @@ class Route:
 
 
 class Store:
-    """The state file. Safe to use from many threads and from several processes at once."""
+    """The state file, safe to use from many threads and processes.
 
-    def __init__(self, path: str | Path) -> None:
+    Only one running keeper may write to a state file (:meth:`claim`); readers (``status``,
+    ``alerts``, the dashboard) may open it at any time, also ``readonly``.
+    """
+
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the folder for state file {self.path}: {exc}") from exc
+        self.readonly = readonly
+        if not readonly:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the folder for state file {self.path}: {exc}"
+                ) from exc
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._migrate()
+        self._claim: TextIO | None = None
+        if readonly:
+            self._check_version()
+        else:
+            self._migrate()
 
     # -- connections ------------------------------------------------------------------------
 
@@ -132,12 +151,21 @@ class Store:
             if self._closed:
                 raise StoreError(f"state file {self.path} is closed")
             try:
-                conn = sqlite3.connect(
-                    self.path, timeout=30, isolation_level=None, check_same_thread=False
-                )
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA foreign_keys=ON")
+                if self.readonly:
+                    conn = sqlite3.connect(
+                        f"{self.path.resolve().as_uri()}?mode=ro",
+                        uri=True,
+                        timeout=30,
+                        isolation_level=None,
+                        check_same_thread=False,
+                    )
+                else:
+                    conn = sqlite3.connect(
+                        self.path, timeout=30, isolation_level=None, check_same_thread=False
+                    )
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                    conn.execute("PRAGMA foreign_keys=ON")
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open state file {self.path}: {exc}") from exc
             conn.row_factory = sqlite3.Row
@@ -174,20 +202,62 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read state file {self.path}: {exc}") from exc
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """A read-only query, for reports that own their SQL (the dashboard, /metrics)."""
+        return self._read(sql, params)
+
     def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def claim(self) -> None:
+        """Become the one writer of this state file, or raise StoreError naming the holder.
+
+        Two keepers dispatching from one outbox would send every alert twice. The claim is an
+        advisory ``flock`` on ``<state>.lock``: the kernel drops it when the process dies, even
+        by SIGKILL, so a restart is never blocked by a stale lock.
+        """
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        handle = lock_path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise StoreError(
+                f"state file {self.path} is in use by another running keeper (pid {holder}); "
+                "give each keeper its own state file"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._claim = handle
+
     def close(self) -> None:
-        """Close every thread's connection; later use raises StoreError."""
+        """Close every thread's connection and release the claim; later use raises StoreError."""
         with self._lock:
+            if self._claim is not None:
+                self._claim.close()
+                self._claim = None
             self._closed = True
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
         self._local = threading.local()
+
+    def _check_version(self) -> None:
+        if not self.path.exists():
+            raise StoreError(f"no state file at {self.path}")
+        version = self._read("PRAGMA user_version")[0][0]
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"state file {self.path} has schema version {version}, this watchkeeper reads "
+                f"{SCHEMA_VERSION}; run the agent with this watchkeeper once to migrate it"
+            )
 
     def _migrate(self) -> None:
         try:
@@ -261,7 +331,8 @@ class Store:
             conn.execute(
                 "UPDATE watchers SET checkpoint = ?, rule_state = ?, last_check = ?, "
                 "next_check = ?, checks = checks + 1, last_error = ?, "
-                "failures = CASE WHEN ? IS NULL THEN 0 ELSE failures + 1 END WHERE name = ?",
+                "failures = CASE WHEN ? IS NULL THEN 0 ELSE failures + 1 END, "
+                "failures_total = failures_total + (? IS NOT NULL) WHERE name = ?",
                 (
                     json.dumps(checkpoint),
                     json.dumps(rule_state),
@@ -269,20 +340,12 @@ class Store:
                     next_check,
                     error,
                     error,
+                    error,
                     name,
                 ),
             )
             for alert in alerts:
                 self._insert_alert(conn, alert, routes, now)
-                committed.append(alert)
-        return committed
-
-    def add_alerts(self, alerts: Iterable[Alert], routes: Sequence[Route]) -> list[Alert]:
-        """Commit alerts that belong to no check (``notify-test``), with their deliveries."""
-        committed = []
-        with self.transaction() as conn:
-            for alert in alerts:
-                self._insert_alert(conn, alert, routes, time.time())
                 committed.append(alert)
         return committed
 
@@ -322,7 +385,10 @@ class Store:
             "AND d.next_try <= ? ORDER BY d.id LIMIT ?",
             (notifier, now, limit),
         )
-        return [Delivery(r["delivery_id"], r["notifier"], r["attempts"], _alert(r)) for r in rows]
+        return [
+            Delivery(r["delivery_id"], r["notifier"], r["attempts"], alert_from_row(r))
+            for r in rows
+        ]
 
     def next_try(self, notifier: str) -> float | None:
         """When the earliest pending delivery to this notifier is due, or None if none is."""
@@ -397,16 +463,11 @@ class Store:
         )
         return {r[0]: r[1] for r in rows}
 
-    def deliveries_of(self, alert_id: int) -> list[dict[str, Any]]:
-        """Every delivery row of one alert, as plain dicts (for tests, status and the API)."""
-        rows = self._read(
-            "SELECT notifier, status, attempts, last_error, sent_at FROM deliveries "
-            "WHERE alert_id = ? ORDER BY notifier",
-            (alert_id,),
-        )
-        return [dict(r) for r in rows]
-
     # -- history ----------------------------------------------------------------------------
+
+    def count_alerts(self) -> int:
+        """How many alerts the history holds."""
+        return int(self._read("SELECT COUNT(*) FROM alerts")[0][0])
 
     def alerts(
         self,
@@ -425,10 +486,11 @@ class Store:
             f"AND severity >= ? AND (? IS NULL OR watcher = ?) ORDER BY id {order} LIMIT ?",
             (since_id, since_time, since_time, int(min_severity), watcher, watcher, limit),
         )
-        return [_alert(r) for r in rows]
+        return [alert_from_row(r) for r in rows]
 
 
-def _alert(row: sqlite3.Row) -> Alert:
+def alert_from_row(row: sqlite3.Row) -> Alert:
+    """An Alert from a row of the alerts table (also for reports using :meth:`Store.query`)."""
     return Alert(
         id=row["id"],
         uid=row["uid"],
@@ -457,4 +519,5 @@ def _watcher_record(row: sqlite3.Row) -> WatcherRecord:
         checks=row["checks"],
         paused=bool(row["paused"]),
         muted_until=row["muted_until"],
+        failures_total=row["failures_total"],
     )

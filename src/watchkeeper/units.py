@@ -6,10 +6,14 @@ fields of these types, and ``config.py`` imports those modules (through the regi
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer
+
+MAX_DURATION = 10 * 365 * 86400.0
+"""Longer than any sane interval or timeout; also keeps nan and inf out."""
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _DURATION = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)\s*)+$")
@@ -51,8 +55,8 @@ def parse_duration(value: Any) -> float:
             )
     else:
         raise ValueError(f"expected a duration like '30s' or '5m', got {value!r}")
-    if seconds < 0:
-        raise ValueError(f"a duration cannot be negative, got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_DURATION:
+        raise ValueError(f"a duration must be between 0s and 10 years, got {value!r}")
     return seconds
 
 

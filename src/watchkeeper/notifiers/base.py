@@ -13,6 +13,7 @@ its deliveries wait in the outbox for the next start.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from typing import Annotated, Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import jinja2
+from jinja2 import meta
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from watchkeeper.alerts import Alert, Severity, iso_utc
@@ -138,21 +140,68 @@ def template(source: str, where: str) -> jinja2.Template:
         raise ValueError(f"{where}: template error on line {exc.lineno}: {exc.message}") from exc
 
 
+class TemplateProblem(Exception):
+    """A template failed to render (an undefined name, a filter applied to the wrong type)."""
+
+
 def _compiles(value: str) -> str:
     template(value, "template")
     return value
+
+
+def check_renders(source: str, where: str) -> str | None:
+    """Check a template's names, so a misspelt one fails at load, not at 3 am.
+
+    Returns the template rendered for a sample alert, or None when that sample cannot tell:
+    which keys ``data`` holds depends on the watcher kind, so a sample renders every data key as
+    empty text, and arithmetic on one may fail here yet work on real alerts.
+    """
+    sample = Alert(
+        watcher="sample",
+        kind="custom",
+        severity=Severity.WARNING,
+        title='sample "quoted" <title>',  # quotes and a newline catch JSON without |tojson
+        key="sample",
+        body="line 1\nline 2",
+        id=1,
+    )
+    names = _context(sample, permissive_data=True)
+    unknown = sorted(meta.find_undeclared_variables(_TEMPLATES.parse(source)) - set(names))
+    if unknown:
+        raise ValueError(
+            f"{where}: template uses unknown name {unknown[0]!r}; templates see "
+            + ", ".join(sorted(names))
+        )
+    try:
+        return render(template(source, where), sample, permissive_data=True)
+    except TemplateProblem:
+        return None
 
 
 TemplateText = Annotated[str, AfterValidator(_compiles)]
 """A pydantic field type: a Jinja2 template, checked to compile when the config is loaded."""
 
 
-def render(tmpl: jinja2.Template, alert: Alert) -> str:
-    """Render a template with the alert's fields at top level and as ``alert``."""
+def _context(alert: Alert, permissive_data: bool) -> dict[str, Any]:
+    """What templates see: the alert's fields at top level and as ``alert``."""
     context = alert.to_dict()
+    if permissive_data:
+        context["data"] = collections.defaultdict(str, context["data"])
     context["alert"] = context.copy()
     context["severity_upper"] = str(alert.severity).upper()
-    return tmpl.render(context)
+    return context
+
+
+def render(tmpl: jinja2.Template, alert: Alert, permissive_data: bool = False) -> str:
+    """Render a template with the alert's fields at top level and as ``alert``.
+
+    Raises TemplateProblem, never a Jinja2 or type error, so notifiers can fail the delivery
+    permanently: retrying a template that cannot render would never help.
+    """
+    try:
+        return tmpl.render(_context(alert, permissive_data))
+    except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as exc:
+        raise TemplateProblem(f"template error: {exc}") from exc
 
 
 def redact_url(url: str) -> str:

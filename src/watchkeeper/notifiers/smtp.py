@@ -17,14 +17,16 @@ from email.policy import SMTP
 from email.utils import formatdate
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, SecretStr
+from pydantic import AfterValidator, Field, FilePath, SecretStr, model_validator
 
 from watchkeeper.alerts import Alert
 from watchkeeper.errors import PermanentDeliveryError, TransientDeliveryError
 from watchkeeper.notifiers.base import (
     Notifier,
     NotifierConfig,
+    TemplateProblem,
     TemplateText,
+    check_renders,
     register,
     render,
     template,
@@ -48,7 +50,6 @@ time:     {{ created_at }}
 -- watchkeeper alert {{ uid }}
 """
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+$")
 
 
@@ -73,6 +74,11 @@ class SmtpConfig(NotifierConfig):
     tls: Literal["none", "starttls", "ssl"] = Field(
         default="none", description="Plain, STARTTLS upgrade, or TLS from the first byte."
     )
+    ca_file: FilePath | None = Field(
+        default=None,
+        description="Trust this CA bundle (PEM) for the server's certificate, for private CAs. "
+        "Default: the system's trust store.",
+    )
     username: str | None = Field(default=None, description="Log in as this user.")
     password: SecretStr | None = Field(default=None, description="Password; use ${VAR}.")
     sender: Address = Field(description="The From address.")
@@ -84,6 +90,12 @@ class SmtpConfig(NotifierConfig):
         default=DEFAULT_BODY, description="Jinja2 template of the text body."
     )
     timeout: Duration = Field(default=10.0, description="Socket timeout for each SMTP step.")
+
+    @model_validator(mode="after")
+    def _templates_render(self) -> SmtpConfig:
+        check_renders(self.subject, "subject")
+        check_renders(self.body, "body")
+        return self
 
     @property
     def effective_port(self) -> int:
@@ -127,21 +139,22 @@ class SmtpNotifier(Notifier):
     def send(self, alert: Alert) -> None:
         """Connect, authenticate, send and quit; errors sorted into transient and permanent."""
         cfg = self.config
-        msg = self.message(alert)
+        try:
+            msg = self.message(alert)
+        except (ValueError, TemplateProblem) as exc:
+            raise PermanentDeliveryError(f"cannot build the email: {exc}") from exc
         try:
             client: smtplib.SMTP
+            context = ssl.create_default_context(cafile=cfg.ca_file)
             if cfg.tls == "ssl":
                 client = smtplib.SMTP_SSL(
-                    cfg.host,
-                    cfg.effective_port,
-                    timeout=cfg.timeout,
-                    context=ssl.create_default_context(),
+                    cfg.host, cfg.effective_port, timeout=cfg.timeout, context=context
                 )
             else:
                 client = smtplib.SMTP(cfg.host, cfg.effective_port, timeout=cfg.timeout)
             with client:
                 if cfg.tls == "starttls":
-                    client.starttls(context=ssl.create_default_context())
+                    client.starttls(context=context)
                 if cfg.username:
                     password = cfg.password.get_secret_value() if cfg.password else ""
                     client.login(cfg.username, password)
@@ -165,8 +178,12 @@ class SmtpNotifier(Notifier):
 
 
 def header_safe(text: str, limit: int = 250) -> str:
-    """One line with no control characters, cut to a sane length: safe in any header."""
-    line = _CONTROL.sub(" ", text).strip()
+    """One line with no control or line-breaking characters, cut to a sane length.
+
+    ``str.isprintable`` is False for every character the email package treats as a line break
+    (CR, LF, U+0085, U+2028, U+2029) and for all other control and format characters.
+    """
+    line = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 

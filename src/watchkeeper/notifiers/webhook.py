@@ -8,18 +8,21 @@ backoff; other 4xx answers mean the request itself is wrong and are not.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import httpx
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from watchkeeper.alerts import Alert
 from watchkeeper.errors import PermanentDeliveryError, TransientDeliveryError
 from watchkeeper.notifiers.base import (
     Notifier,
     NotifierConfig,
+    TemplateProblem,
     TemplateText,
+    check_renders,
     digest_alert,
     redact_url,
     register,
@@ -29,6 +32,18 @@ from watchkeeper.notifiers.base import (
 from watchkeeper.units import Duration
 
 _RETRYABLE = {408, 425, 429}
+
+
+class _RedactRequestLines(logging.Filter):
+    """httpx logs every request's full URL at INFO; webhook URLs carry tokens, so redact them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 2:
+            record.args = (record.args[0], redact_url(str(record.args[1])), *record.args[2:])
+        return True
+
+
+logging.getLogger("httpx").addFilter(_RedactRequestLines())
 
 
 class WebhookConfig(NotifierConfig):
@@ -46,6 +61,19 @@ class WebhookConfig(NotifierConfig):
         "Default: the alert as JSON.",
     )
     timeout: Duration = Field(default=10.0, description="Timeout of each request.")
+
+    @model_validator(mode="after")
+    def _body_renders_json(self) -> WebhookConfig:
+        rendered = check_renders(self.body, "body") if self.body is not None else None
+        if rendered is not None:
+            try:
+                json.loads(rendered)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"body: the template does not produce JSON for a sample alert ({exc}); "
+                    "write values with | tojson"
+                ) from None
+        return self
 
 
 @register
@@ -69,9 +97,10 @@ class WebhookNotifier(Notifier):
         """The JSON document sent for an alert."""
         if self._body is None:
             return alert.to_dict()
-        rendered = render(self._body, alert)
         try:
-            return json.loads(rendered)
+            return json.loads(render(self._body, alert))
+        except TemplateProblem as exc:
+            raise PermanentDeliveryError(str(exc)) from exc
         except json.JSONDecodeError as exc:
             raise PermanentDeliveryError(
                 f"the body template did not produce JSON ({exc}); use |tojson for values"

@@ -36,9 +36,9 @@ def resolve(target: str) -> CheckFunction:
     module_name, _, attr_path = target.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, or whatever the module raises as it is imported
         raise ConfigError(
-            f"call = {target!r}: cannot import module {module_name!r}: {exc}"
+            f"call = {target!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
         ) from exc
     for attr in attr_path.split("."):
         try:

@@ -1,0 +1,140 @@
+"""What the pages, the JSON API and the live stream show, read from the store.
+
+One place shapes a watcher row or a page of alerts, so the HTML, ``/api/...`` and the ``watcher``
+events of the stream always agree. Everything here reads the store only: the keeper's threads own
+the writes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from watchkeeper.alerts import Alert, Severity, iso_utc
+from watchkeeper.store import Store, WatcherRecord, alert_from_row
+
+if TYPE_CHECKING:
+    from watchkeeper.keeper import Keeper
+
+DAY = 86400.0
+
+
+def watcher_state(record: WatcherRecord) -> str:
+    """``paused``, ``failing`` (the last check raised) or ``ok``, as ``watchkeeper status``."""
+    return "paused" if record.paused else "failing" if record.failures else "ok"
+
+
+def alerts_per_watcher(store: Store, since: float) -> dict[str, int]:
+    """{watcher: number of alerts created since ``since``}."""
+    rows = store.query(
+        "SELECT watcher, COUNT(*) FROM alerts WHERE created_at >= ? GROUP BY watcher", (since,)
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+def watcher_doc(record: WatcherRecord, alerts_24h: int, now: float) -> dict[str, Any]:
+    """A watcher as JSON: the API's row and the stream's ``watcher`` event."""
+    muted = record.muted_until if record.muted_until and record.muted_until > now else None
+    return {
+        "name": record.name,
+        "kind": record.kind,
+        "state": watcher_state(record),
+        "paused": record.paused,
+        "muted_until": iso_utc(muted) if muted else None,
+        "last_check": iso_utc(record.last_check) if record.last_check else None,
+        "next_check": iso_utc(record.next_check) if record.next_check else None,
+        "checks": record.checks,
+        "failures": record.failures,
+        "failures_total": record.failures_total,
+        "last_error": record.last_error,
+        "alerts_24h": alerts_24h,
+    }
+
+
+def watcher_docs(store: Store, now: float | None = None) -> list[dict[str, Any]]:
+    """Every watcher in the store, by name."""
+    now = time.time() if now is None else now
+    counts = alerts_per_watcher(store, now - DAY)
+    return [watcher_doc(r, counts.get(r.name, 0), now) for r in store.watchers()]
+
+
+@dataclass(frozen=True)
+class AlertQuery:
+    """The alerts page's filters; every one is optional."""
+
+    watcher: str | None = None
+    min_severity: Severity = Severity.DEBUG
+    since: float | None = None
+    q: str | None = None
+    before_id: int | None = None
+    since_id: int = 0
+    limit: int = 50
+
+
+def find_alerts(store: Store, query: AlertQuery, newest_first: bool = True) -> list[Alert]:
+    """One page of alerts matching ``query``; text search looks in title, body and key."""
+    clauses = ["id > ?", "severity >= ?"]
+    params: list[Any] = [query.since_id, int(query.min_severity)]
+    if query.watcher:
+        clauses.append("watcher = ?")
+        params.append(query.watcher)
+    if query.since is not None:
+        clauses.append("created_at >= ?")
+        params.append(query.since)
+    if query.before_id is not None:
+        clauses.append("id < ?")
+        params.append(query.before_id)
+    if query.q:
+        pattern = "%" + query.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        clauses.append(
+            "(title LIKE ? ESCAPE '\\' OR body LIKE ? ESCAPE '\\' OR key LIKE ? ESCAPE '\\')"
+        )
+        params += [pattern, pattern, pattern]
+    order = "DESC" if newest_first else "ASC"
+    rows = store.query(
+        f"SELECT * FROM alerts WHERE {' AND '.join(clauses)} ORDER BY id {order} LIMIT ?",
+        [*params, query.limit],
+    )
+    return [alert_from_row(r) for r in rows]
+
+
+def last_alert_id(store: Store) -> int:
+    """The newest alert's id (0 when there is none): where a live-only stream starts."""
+    value = store.query("SELECT MAX(id) FROM alerts")[0][0]
+    return int(value or 0)
+
+
+def watcher_names(store: Store) -> list[str]:
+    """Names that appear in the alert history or the watchers table, for filter menus."""
+    rows = store.query("SELECT name FROM watchers UNION SELECT DISTINCT watcher FROM alerts")
+    return sorted(r[0] for r in rows)
+
+
+def notifier_docs(store: Store, keeper: Keeper) -> list[dict[str, Any]]:
+    """Each notifier: kind, destination, deliveries by status and the last error."""
+    counts = store.delivery_counts()
+    errors = store.last_delivery_errors()
+    configured = {n.name: n for n in keeper.notifiers}
+    docs = []
+    for name in sorted(set(counts) | set(configured)):
+        notifier = configured.get(name)
+        c = counts.get(name, {})
+        docs.append(
+            {
+                "name": name,
+                "kind": notifier.kind if notifier else None,
+                "destination": notifier.describe() if notifier else None,
+                "pending": c.get("pending", 0),
+                "sent": c.get("sent", 0),
+                "failed": c.get("failed", 0),
+                "last_error": errors.get(name),
+            }
+        )
+    return docs
+
+
+def checkpoint_json(value: Any) -> str:
+    """The checkpoint as indented JSON, for the raw view under the tree."""
+    return json.dumps(value, indent=2, sort_keys=True, default=str)

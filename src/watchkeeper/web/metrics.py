@@ -1,0 +1,145 @@
+"""``/metrics``: Prometheus text format, read from the store at scrape time.
+
+A custom collector rather than counters bumped in the hot path: the store already holds every
+number (checks, alerts, deliveries), it survives restarts, and it also counts what other
+processes sharing the state file did. Counters stay monotonic because the store only adds rows
+and ``checks`` / ``failures_total`` only grow (``failures_total`` is schema migration 2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from watchkeeper.alerts import Severity
+from watchkeeper.store import Store
+
+
+class StoreCollector(Collector):
+    """Collects watchkeeper's numbers from the state file on every scrape."""
+
+    def __init__(self, store: Store, stream_clients: Callable[[], int]) -> None:
+        self.store = store
+        self.stream_clients = stream_clients
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per number; see docs/dashboard.md for the list."""
+        watchers = self.store.watchers()
+        checks = CounterMetricFamily(
+            "watchkeeper_checks", "Checks run, by watcher.", labels=["watcher", "kind"]
+        )
+        failures = CounterMetricFamily(
+            "watchkeeper_check_failures", "Checks that raised, by watcher.", labels=["watcher"]
+        )
+        failing = GaugeMetricFamily(
+            "watchkeeper_watcher_consecutive_failures",
+            "Failed checks in a row (0: healthy).",
+            labels=["watcher"],
+        )
+        paused = GaugeMetricFamily(
+            "watchkeeper_watcher_paused", "1 when the watcher is paused.", labels=["watcher"]
+        )
+        last = GaugeMetricFamily(
+            "watchkeeper_watcher_last_check_timestamp_seconds",
+            "When the watcher last checked (Unix time).",
+            labels=["watcher"],
+        )
+        lag = GaugeMetricFamily(
+            "watchkeeper_log_lag_bytes",
+            "Bytes written to a watched file beyond the committed offset.",
+            labels=["watcher", "path"],
+        )
+        for w in watchers:
+            checks.add_metric([w.name, w.kind], w.checks)
+            failures.add_metric([w.name], w.failures_total)
+            failing.add_metric([w.name], w.failures)
+            paused.add_metric([w.name], int(w.paused))
+            if w.last_check is not None:
+                last.add_metric([w.name], w.last_check)
+            for path, behind in file_lags(w.checkpoint):
+                lag.add_metric([w.name, path], behind)
+        yield from (checks, failures, failing, paused, last, lag)
+
+        alerts = CounterMetricFamily(
+            "watchkeeper_alerts",
+            "Alerts made, by severity and watcher.",
+            labels=["severity", "watcher"],
+        )
+        for severity, watcher, count in self.store.query(
+            "SELECT severity, watcher, COUNT(*) FROM alerts GROUP BY severity, watcher"
+        ):
+            alerts.add_metric([str(Severity(severity)), watcher], count)
+        yield alerts
+
+        deliveries = CounterMetricFamily(
+            "watchkeeper_deliveries",
+            "Deliveries that ended, by notifier and outcome (sent, failed).",
+            labels=["notifier", "outcome"],
+        )
+        pending = GaugeMetricFamily(
+            "watchkeeper_deliveries_pending",
+            "Deliveries waiting in the outbox.",
+            labels=["notifier"],
+        )
+        attempts = CounterMetricFamily(
+            "watchkeeper_delivery_attempts",
+            "Tries to deliver, failed ones included.",
+            labels=["notifier"],
+        )
+        for notifier, counts in sorted(self.store.delivery_counts().items()):
+            for outcome in ("sent", "failed"):
+                deliveries.add_metric([notifier, outcome], counts.get(outcome, 0))
+            pending.add_metric([notifier], counts.get("pending", 0))
+        for notifier, total in self.store.query(
+            "SELECT notifier, SUM(attempts) FROM deliveries GROUP BY notifier"
+        ):
+            attempts.add_metric([notifier], total or 0)
+        yield from (deliveries, pending, attempts)
+
+        clients = GaugeMetricFamily(
+            "watchkeeper_stream_clients", "Clients connected to /api/stream."
+        )
+        clients.add_metric([], self.stream_clients())
+        yield clients
+
+
+def file_lags(checkpoint: Any) -> Iterator[tuple[str, int]]:
+    """(path, bytes behind) for each ``{"path": ..., "offset": ...}`` found in a checkpoint.
+
+    The log watcher's checkpoint records a byte offset per file; the lag is how much has been
+    written since. A file smaller than its offset was truncated: its lag is its size. When the
+    entry names an inode (``ino``) and the path now holds another file (rotated away), the entry
+    says nothing about the file at that path and is skipped.
+    """
+    if isinstance(checkpoint, dict):
+        path, offset = checkpoint.get("path"), checkpoint.get("offset")
+        if isinstance(path, str) and isinstance(offset, int):
+            try:
+                info = os.stat(path)
+            except OSError:
+                info = None
+            if info is not None and checkpoint.get("ino", info.st_ino) == info.st_ino:
+                size = info.st_size
+                yield path, size - offset if size >= offset else size
+        for value in checkpoint.values():
+            yield from file_lags(value)
+    elif isinstance(checkpoint, list):
+        for value in checkpoint:
+            yield from file_lags(value)
+
+
+def metrics_registry(store: Store, stream_clients: Callable[[], int]) -> CollectorRegistry:
+    """A registry of our own (not the process-global one) holding the store collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store, stream_clients))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition format."""
+    return generate_latest(registry)

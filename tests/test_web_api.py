@@ -1,0 +1,495 @@
+"""The dashboard's HTTP side, in process: API, stream resume, actions, auth, metrics."""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import ServerSentEvent, connect_sse
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import wait_until
+from watchkeeper import ConfigError, Keeper, Observation
+from watchkeeper.config import parse_config
+from watchkeeper.store import Store
+from watchkeeper.watchers import CheckResult, Watcher, WatcherConfig
+from watchkeeper.web.server import Dashboard, DashboardError
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+class Feed:
+    """A check function fed by the test: each queued title becomes one event alert."""
+
+    def __init__(self) -> None:
+        self.titles: queue.Queue[tuple[str, str]] = queue.Queue()
+
+    def put(self, title: str, severity: str = "warning") -> None:
+        self.titles.put((title, severity))
+
+    def __call__(self) -> list[Observation]:
+        found = []
+        while True:
+            try:
+                title, severity = self.titles.get_nowait()
+            except queue.Empty:
+                return found
+            if title == "!raise":
+                raise RuntimeError("the check broke")
+            found.append(Observation(title=title, severity=severity, key=title, event=True))
+
+
+@pytest.fixture
+def feed() -> Feed:
+    return Feed()
+
+
+@pytest.fixture
+def served(tmp_path: Path, feed: Feed) -> Iterator[tuple[Keeper, Dashboard]]:
+    keeper = Keeper(
+        state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": str(tmp_path / "a.jsonl")}]
+    )
+    keeper.every(0.05, feed, name="probe")
+    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    keeper.start()
+    yield keeper, dashboard
+    keeper.stop()
+
+
+def test_api_lists_watchers_and_alerts_and_pages_escape_titles(
+    served: tuple[Keeper, Dashboard], feed: Feed
+) -> None:
+    _keeper, dashboard = served
+    feed.put(XSS, "error")
+    feed.put("disk 91% full", "warning")
+    with httpx.Client(base_url=dashboard.url) as http:
+        alerts = wait_until(
+            lambda: len(http.get("/api/alerts").json()) >= 2 and http.get("/api/alerts").json()
+        )
+        assert [a["title"] for a in alerts] == [XSS, "disk 91% full"]
+        errors = http.get("/api/alerts", params={"severity": "error"}).json()
+        assert [a["title"] for a in errors] == [XSS]
+        since = http.get("/api/alerts", params={"since_id": alerts[0]["id"]}).json()
+        assert [a["title"] for a in since] == ["disk 91% full"]
+        watchers = http.get("/api/watchers").json()
+        assert [(w["name"], w["kind"], w["state"]) for w in watchers] == [("probe", "custom", "ok")]
+        assert watchers[0]["alerts_24h"] == 2
+        for path in ("/", "/alerts", "/watchers/probe"):
+            page = http.get(path)
+            assert page.status_code == 200
+            assert XSS not in page.text
+            assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
+            assert "script-src 'self'" in page.headers["content-security-policy"]
+        found = http.get("/alerts", params={"q": "disk"}).text
+        assert "disk 91% full" in found
+        assert "onerror" not in found
+        assert http.get("/api/alerts", params={"severity": "loud"}).status_code == 400
+        assert http.get("/watchers/nobody").status_code == 404
+
+
+def read_alert_ids(
+    url: str, count: int, headers: dict[str, str] | None = None, path: str = "/api/stream"
+) -> tuple[list[int], str]:
+    """Read ``count`` alert events from the stream; return their ids and the last event id."""
+    ids: list[int] = []
+    last = ""
+    with (
+        httpx.Client(timeout=10) as http,
+        connect_sse(http, "GET", url + path, headers=headers or {}) as source,
+    ):
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        for event in source.iter_sse():
+            if event.id:
+                last = event.id
+            if event.event == "alert":
+                doc = json.loads(event.data)
+                assert doc["id"] == int(event.id)
+                ids.append(doc["id"])
+                if len(ids) == count:
+                    break
+    return ids, last
+
+
+def test_stream_resumes_after_disconnect_without_missing_or_repeating(
+    served: tuple[Keeper, Dashboard], feed: Feed
+) -> None:
+    keeper, dashboard = served
+    assert keeper.store is not None
+    for i in range(5):
+        feed.put(f"before {i}")
+    wait_until(lambda: len(keeper.store.alerts()) == 5)  # type: ignore[union-attr]
+    first, last = read_alert_ids(dashboard.url, 5, {"Last-Event-ID": "0"})
+    assert first == [1, 2, 3, 4, 5]
+    # Disconnected: more alerts are made meanwhile.
+    for i in range(7):
+        feed.put(f"while away {i}")
+    wait_until(lambda: len(keeper.store.alerts()) == 12)  # type: ignore[union-attr]
+
+    # Resume by Last-Event-ID while a writer keeps adding alerts during the replay.
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set() and n < 30:
+            feed.put(f"live {n}")
+            n += 1
+            stop.wait(0.01)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        second, _ = read_alert_ids(dashboard.url, 7 + 30, {"Last-Event-ID": last})
+    finally:
+        stop.set()
+        thread.join()
+    assert second == list(range(6, 6 + 37))
+    # ?since= works the same way.
+    since, _ = read_alert_ids(dashboard.url, 2, path="/api/stream?since=40")
+    assert since == [41, 42]
+    # Every stream that was closed by its client is gone from the server too.
+    with httpx.Client(base_url=dashboard.url) as http:
+        wait_until(lambda: metrics(http)[("watchkeeper_stream_clients", ())] == 0)
+        assert len(http.get("/api/alerts", params={"limit": "-1"}).json()) == 1
+
+
+def test_stream_without_position_starts_live_and_carries_the_cursor(
+    served: tuple[Keeper, Dashboard], feed: Feed
+) -> None:
+    keeper, dashboard = served
+    feed.put("old")
+    wait_until(lambda: keeper.store is not None and keeper.store.alerts())
+    with (
+        httpx.Client(timeout=10) as http,
+        connect_sse(http, "GET", dashboard.url + "/api/stream?severity=error") as source,
+    ):
+        events = source.iter_sse()
+        ready = next(events)
+        assert (ready.event, ready.id) == ("ready", "1")
+        feed.put("quiet", "info")
+        feed.put("loud", "error")
+        alert = next(e for e in events if e.event == "alert")
+        assert json.loads(alert.data)["title"] == "loud"
+        assert alert.id == "3"
+
+
+@contextmanager
+def opened_stream(url: str) -> Iterator[Iterator[ServerSentEvent]]:
+    """The stream's events, once it has opened with its ``ready`` event."""
+    with httpx.Client(timeout=10) as http, connect_sse(http, "GET", url) as source:
+        events = source.iter_sse()
+        assert next(events).event == "ready"
+        yield events
+
+
+def test_stream_keeps_id_order_when_watchers_commit_concurrently(tmp_path: Path) -> None:
+    feeds = [Feed(), Feed(), Feed()]
+    keeper = Keeper(state=tmp_path / "wk.db")
+    for i, feed in enumerate(feeds):
+        keeper.every(0.01, feed, name=f"w{i}")
+    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    with keeper, opened_stream(dashboard.url + "/api/stream") as events:
+        for n in range(40):
+            for feed in feeds:
+                feed.put(f"{n}")
+        ids = []
+        for event in events:
+            if event.event == "alert":
+                ids.append(int(event.id))
+                if len(ids) == 120:
+                    break
+    assert ids == list(range(1, 121))
+
+
+def test_actions_need_post_and_the_csrf_token(served: tuple[Keeper, Dashboard]) -> None:
+    _keeper, dashboard = served
+    with httpx.Client(base_url=dashboard.url) as http:
+        assert http.get("/watchers/probe/pause").status_code == 405
+        refused = http.post("/watchers/probe/pause", data={"csrf": "forged"})
+        assert refused.status_code == 403
+        assert http.get("/api/watchers").json()[0]["state"] == "ok"
+        page = http.get("/").text
+        csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        cross = http.post(
+            "/watchers/probe/pause", data={"csrf": csrf}, headers={"Origin": "http://evil.test"}
+        )
+        assert cross.status_code == 403
+        for browser in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "http://evil.test"}):
+            assert http.post("/api/watchers/probe/pause", headers=browser).status_code == 403
+        same_site = {"Sec-Fetch-Site": "same-site"}  # a sibling subdomain is another origin
+        assert (
+            http.post("/watchers/probe/pause", data={"csrf": csrf}, headers=same_site).status_code
+            == 403
+        )
+        done = http.post("/watchers/probe/pause", data={"csrf": csrf, "next": "/"})
+        assert (done.status_code, done.headers["location"]) == (303, "/")
+        assert http.get("/api/watchers").json()[0]["state"] == "paused"
+        assert "Resume" in http.get("/").text
+        muted = http.post("/api/watchers/probe/mute", data={"csrf": csrf, "duration": "1h"})
+        assert muted.json()["watcher"]["muted_until"] is not None
+        # A script on this machine (no Origin, no Sec-Fetch-Site) needs no form token here.
+        bad = http.post("/api/watchers/probe/mute", data={"duration": "soon"})
+        assert bad.status_code == 400
+        assert "duration" in bad.json()["error"]
+        http.post("/api/watchers/probe/resume", data={"csrf": csrf})
+        assert http.get("/api/watchers").json()[0]["state"] == "ok"
+        checks = http.get("/api/watchers").json()[0]["checks"]
+        http.post("/api/watchers/probe/check", data={"csrf": csrf})
+        wait_until(lambda: http.get("/api/watchers").json()[0]["checks"] > checks)
+        assert http.post("/api/watchers/ghost/pause", data={"csrf": csrf}).status_code == 404
+        # Another site's page cannot reach a token-less dashboard through DNS rebinding.
+        assert http.get("/", headers={"Host": "evil.test"}).status_code == 400
+
+
+def test_token_guards_everything_but_login(tmp_path: Path) -> None:
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.every(1, lambda: None, name="probe")
+    dashboard = keeper.serve_dashboard("127.0.0.1:0", token="s3cret-token")
+    with keeper, httpx.Client(base_url=dashboard.url) as http:
+        for path in ("/api/watchers", "/api/alerts", "/api/stream", "/metrics", "/"):
+            response = http.get(path)
+            assert response.status_code == 401, path
+        assert http.get("/api/watchers").headers["www-authenticate"].startswith("Bearer")
+        html = http.get("/alerts", headers={"Accept": "text/html"})
+        assert html.status_code == 401
+        assert 'name="token"' in html.text
+        assert 'name="csrf"' not in html.text  # no CSRF token for strangers
+        assert http.post("/watchers/probe/pause").status_code == 401
+        # With a token, a cookie session needs the form token even from a non-browser.
+        jar = httpx.Client(base_url=dashboard.url)
+        jar.post("/login", data={"token": "s3cret-token"})
+        assert jar.post("/api/watchers/probe/check").status_code == 403
+        jar.close()
+        wrong = {"Authorization": "Bearer s3cret-tokeN"}
+        assert http.get("/api/watchers", headers=wrong).status_code == 401
+        bearer = {"Authorization": "Bearer s3cret-token"}
+        assert http.get("/api/watchers", headers=bearer).status_code == 200
+        assert http.get("/metrics", headers=bearer).status_code == 200
+        # Bearer requests need no CSRF token: browsers never send that header by themselves.
+        assert http.post("/api/watchers/probe/pause", headers=bearer).status_code == 200
+        assert http.get("/static/style.css").status_code == 200
+        # The login form sets a cookie that works for pages and the stream.
+        denied = http.post("/login", data={"token": "nope", "next": "/alerts"})
+        assert denied.status_code == 401
+        assert "wrong token" in denied.text
+        login = http.post("/login", data={"token": "s3cret-token", "next": "/alerts"})
+        assert (login.status_code, login.headers["location"]) == (303, "/alerts")
+        assert "s3cret-token" not in login.headers["set-cookie"]
+        assert "httponly" in login.headers["set-cookie"].lower()
+        assert http.get("/alerts").status_code == 200
+        home = http.get("/").text
+        assert "Log out" in home
+        csrf = home.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        assert http.post("/logout").status_code == 403
+        out = http.post("/logout", data={"csrf": csrf})
+        assert (out.status_code, out.headers["location"]) == (303, "/login")
+        assert http.get("/alerts").status_code == 401
+        http.post("/login", data={"token": "s3cret-token"})
+        redirect = http.post("/login", data={"token": "s3cret-token", "next": "https://evil.test"})
+        assert redirect.headers["location"] == "/"
+        redirect = http.post("/login", data={"token": "s3cret-token", "next": "//evil.test"})
+        assert redirect.headers["location"] == "/"
+
+
+def test_off_loopback_needs_a_token(tmp_path: Path) -> None:
+    keeper = Keeper(state=tmp_path / "wk.db")
+    with pytest.raises(DashboardError, match="needs a token"):
+        keeper.serve_dashboard("0.0.0.0:0")
+    with pytest.raises(ConfigError, match=r"\[keeper\]: dashboard = '0.0.0.0:8470'.*token"):
+        parse_config({"keeper": {"dashboard": "0.0.0.0:8470"}}, source="wk.toml")
+    with pytest.raises(ConfigError, match=r"dashboard: 'localhost' is not HOST:PORT"):
+        parse_config({"keeper": {"dashboard": "localhost"}}, source="wk.toml")
+    assert parse_config({"keeper": {"dashboard": False}}).keeper.dashboard_bind() is None
+    settings = parse_config({"keeper": {"dashboard": "0.0.0.0:8470", "token": "t"}}).keeper
+    assert settings.dashboard_bind() is not None
+
+
+def test_busy_port_is_a_clear_error_and_leaves_nothing_running(tmp_path: Path) -> None:
+    first = Keeper(state=tmp_path / "a.db")
+    taken = first.serve_dashboard("127.0.0.1:0")
+    with first:
+        second = Keeper(state=tmp_path / "b.db")
+        second.every(1, lambda: None, name="x")
+        second.serve_dashboard(f"127.0.0.1:{taken.port}")
+        with pytest.raises(DashboardError, match=r"cannot listen on 127\.0\.0\.1"):
+            second.start()
+        with Store(tmp_path / "b.db") as state:
+            assert [w.checks for w in state.watchers()] == [0]  # refused before any check ran
+        # The agent's default address is not required: busy, it runs without a dashboard.
+        third = Keeper(state=tmp_path / "c.db")
+        third.every(0.05, lambda: None, name="y")
+        optional = third.serve_dashboard(f"127.0.0.1:{taken.port}", required=False)
+        with third:
+            assert not optional.running
+            wait_until(lambda: third.store and third.store.watcher("y").checks)  # type: ignore[union-attr]
+
+
+def metrics(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = http.get("/metrics").text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_parse_and_counters_move(served: tuple[Keeper, Dashboard], feed: Feed) -> None:
+    _keeper, dashboard = served
+    with httpx.Client(base_url=dashboard.url) as http:
+        before = metrics(http)
+        checks = ("watchkeeper_checks_total", (("kind", "custom"), ("watcher", "probe")))
+        assert checks in before
+        feed.put("boom", "error")
+        feed.put("bang", "error")
+        errors = ("watchkeeper_alerts_total", (("severity", "error"), ("watcher", "probe")))
+        sent = ("watchkeeper_deliveries_total", (("notifier", "jsonl"), ("outcome", "sent")))
+        failures = ("watchkeeper_check_failures_total", (("watcher", "probe"),))
+        assert before[failures] == 0
+        after = wait_until(lambda: (m := metrics(http)).get(sent, 0) >= 2 and m)
+        assert after[errors] == before.get(errors, 0) + 2
+        assert after[checks] > before[checks]
+        assert after[("watchkeeper_deliveries_pending", (("notifier", "jsonl"),))] == 0
+        assert after[("watchkeeper_stream_clients", ())] == 0
+        feed.put("!raise")
+        failed = wait_until(lambda: (m := metrics(http))[failures] == 1 and m)
+        assert failed[("watchkeeper_watcher_consecutive_failures", (("watcher", "probe"),))] <= 1
+        # The streak resets on the next good check; the total does not.
+        wait_until(lambda: http.get("/api/watchers").json()[0]["failures"] == 0)
+        assert metrics(http)[failures] == 1
+
+
+class FileWatcher(Watcher):
+    """A watcher with a log-like checkpoint (not registered: no config table for it)."""
+
+    kind = "tail"
+    config_model = WatcherConfig
+
+    def __init__(self, config: WatcherConfig, path: Path) -> None:
+        super().__init__(config)
+        self.path = path
+
+    def check(self, checkpoint: Any) -> CheckResult:
+        rotated = self.path.with_suffix(".1")
+        return CheckResult(
+            [],
+            {
+                "files": [
+                    {"path": str(self.path), "offset": 10, "ino": self.path.stat().st_ino},
+                    {"path": str(rotated), "offset": 3, "ino": -1},  # never a real inode
+                ],
+                "banner": "<b>not bold</b>",
+                "ok": True,
+            },
+        )
+
+
+def test_watcher_page_shows_the_checkpoint_as_a_tree_and_metrics_the_lag(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    log.write_bytes(b"x" * 25)
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.add(FileWatcher(WatcherConfig(name="applog", every=0.05), log))
+    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    with keeper, httpx.Client(base_url=dashboard.url) as http:
+        wait_until(lambda: http.get("/api/watchers/applog").json()["checkpoint"])
+        page = http.get("/watchers/applog").text
+        assert "<dt>files</dt>" in page
+        assert '<dt>offset</dt><dd><span class="leaf num">10</span>' in page
+        assert "&lt;b&gt;not bold&lt;/b&gt;" in page
+        assert "<b>not bold" not in page
+        lag = ("watchkeeper_log_lag_bytes", (("path", str(log)), ("watcher", "applog")))
+        assert metrics(http)[lag] == 15
+        log.write_bytes(b"x" * 5)  # truncated below the offset: all of it is unread
+        assert metrics(http)[lag] == 5
+        # app.log.1 now holds a file that is not the one the entry tracked: no lag for it.
+        log.with_suffix(".1").write_bytes(b"y" * 50)
+        assert not [
+            k for k in metrics(http) if k[0] == "watchkeeper_log_lag_bytes" and ".1" in str(k)
+        ]
+
+
+def test_watchers_of_an_older_config_are_shown_without_actions(tmp_path: Path) -> None:
+    with Store(tmp_path / "wk.db") as store:
+        store.register_watcher("retired", "custom")
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.every(1, lambda: None, name="probe")
+    with keeper:
+        dashboard = keeper.serve_dashboard("127.0.0.1:0")  # attached to a running keeper
+        http = httpx.Client(base_url=dashboard.url)
+        page = http.get("/").text
+        retired = page.split('data-watcher="retired"', 1)[1].split("</tr>", 1)[0]
+        assert "not running" in retired
+        assert "Pause" not in retired
+        assert http.post("/api/watchers/retired/pause").status_code == 404
+        assert "not running" not in page.split('data-watcher="probe"', 1)[1].split("</tr>")[0]
+        http.close()
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("bind", ["[::1]:0", "127.0.0.2:0", "localhost:0"])
+def test_any_loopback_address_serves(tmp_path: Path, bind: str) -> None:
+    if bind.startswith("[") and not ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback (::1)")
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.every(1, lambda: None, name="probe")
+    dashboard = keeper.serve_dashboard(bind)
+    with keeper:
+        assert dashboard.url.startswith(f"http://{bind.rsplit(':', 1)[0]}:")
+        response = httpx.get(dashboard.url + "/api/watchers")
+        assert response.status_code == 200
+        assert response.json()[0]["name"] == "probe"
+
+
+def test_live_alert_data_that_json_cannot_hold_is_streamed_as_text(tmp_path: Path) -> None:
+    fire = threading.Event()
+
+    def check() -> Observation | None:
+        if not fire.is_set():
+            return None
+        fire.clear()
+        return Observation(title="odd data", data={"at": Path("/var/log/x"), "n": 1}, event=True)
+
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.every(0.05, check, name="probe")
+    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    with keeper, opened_stream(dashboard.url + "/api/stream") as events:
+        fire.set()
+        alert = next(e for e in events if e.event == "alert")
+        assert json.loads(alert.data)["data"] == {"at": "/var/log/x", "n": 1}
+
+
+def test_alerts_page_pages_back_through_history(
+    served: tuple[Keeper, Dashboard], feed: Feed
+) -> None:
+    _keeper, dashboard = served
+    for n in range(60):
+        feed.put(f"event {n:02d}", "error" if n % 2 else "info")
+    with httpx.Client(base_url=dashboard.url) as http:
+        wait_until(lambda: len(http.get("/api/alerts").json()) == 60)
+        first = http.get("/alerts").text
+        assert first.count("<tr data-id=") == 50
+        assert "event 59" in first
+        assert "event 09" not in first
+        older = first.split('href="/alerts?', 1)[1].split('"', 1)[0].replace("&amp;", "&")
+        second = http.get("/alerts?" + older).text
+        assert second.count("<tr data-id=") == 10
+        assert "event 09" in second
+        assert "event 10" not in second
+        errors = http.get("/alerts", params={"severity": "error"}).text
+        assert errors.count("<tr data-id=") == 30
