@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from watchkeeper.config import load_config
 from watchkeeper.errors import ConfigError
 from watchkeeper.store import Store
 from watchkeeper.watchers.log import LogWatcher
+from watchkeeper.watchers.logfiles import FolderWatch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -206,3 +208,29 @@ def test_tail_command_rejects_a_bad_regex(tmp_path: Path) -> None:
     result = run_cli("tail", "x.log", "--match", "a(", "--state", "wk.db", cwd=tmp_path)
     assert result.returncode == 1
     assert "rules.0.match: invalid regex 'a('" in result.stderr
+
+
+def test_inotify_wakes_for_followed_files_only(tmp_path: Path) -> None:
+    """The state file may live next to the logs: its writes must not wake the watcher, or each
+    commit would trigger the next check and the thread would never go idle."""
+    watch = FolderWatch()
+    if not watch.usable:
+        pytest.skip("inotify is not available on this system")
+    wake = threading.Event()
+    try:
+        watch.update([str(tmp_path)], {"app.log"}, ["*.log"])
+        (tmp_path / "wk.db").write_bytes(b"state")
+        (tmp_path / "wk.db-wal").write_bytes(b"wal")
+        started = time.monotonic()
+        watch.wait(wake, 0.3)
+        assert time.monotonic() - started >= 0.3  # nothing relevant happened: it slept it out
+        (tmp_path / "other.log").write_text("a line\n")  # a new glob member
+        started = time.monotonic()
+        watch.wait(wake, 10)
+        assert time.monotonic() - started < 5
+        wake.set()  # stop / check-now end a wait at once
+        started = time.monotonic()
+        watch.wait(wake, 10)
+        assert time.monotonic() - started < 1
+    finally:
+        watch.close()
