@@ -242,7 +242,7 @@ class LogWatcher(Watcher):
         self.watch = FolderWatch() if config.inotify else None
         self.more = False
         self.due: float | None = None
-        self.done: list[tuple[int, ...]] = []
+        self.done: list[tuple[Any, ...]] = []
 
     @property
     def engine(self) -> str:
@@ -258,6 +258,8 @@ class LogWatcher(Watcher):
         self.done = [tuple(d) for d in state.get("done", [])]
         self._watch(queue)
         current = members(self.config.paths)
+        if checkpoint is not None:
+            queue += self._rotated_unseen(queue, current)
         self.more, self.due = False, None
         budget = [self.config.read_limit]
         found: list[Observation] = []
@@ -287,20 +289,21 @@ class LogWatcher(Watcher):
                 copy = self.files.find_copy(entry, info.st_ino) if entry.offset else None
                 if copy is not None:
                     rest = replace(entry, path=copy[0], dev=copy[2].st_dev, ino=copy[2].st_ino)
-                    later = self._unseen(entry.path, copy[2], queue, current)
+                    known = {(copy[2].st_dev, copy[2].st_ino)}
+                    later = self._unseen(entry.path, copy[2].st_mtime_ns, queue, current, known)
                     queue[i:i] = [replace(rest, gone=rest.gone or now), *later]
                 continue
             seen.add((entry.dev, entry.ino))
             member = current.get(path)
             here = member is not None and (member.st_dev, member.st_ino) == (entry.dev, entry.ino)
-            if not here and entry.gone is None:  # rotated away since the last look
-                queue[i:i] = self._unseen(entry.path, info, queue, current)
             entry.path, entry.gone = path, (None if here else entry.gone or now)
+            entry.origin, entry.mtime = (path if here else entry.origin), info.st_mtime_ns
             found += self._read(entry, fd, info.st_size, now, budget)
             remember(fd, entry, info.st_size)
             drained = entry.offset >= info.st_size and entry.wait is None
             if entry.gone is not None and drained and now - entry.gone >= self.config.rotate_wait:
-                self.done = [*self.done, (entry.dev, entry.ino, info.st_mtime_ns)][-DONE:]
+                finished = (entry.dev, entry.ino, info.st_mtime_ns, entry.origin)
+                self.done = [*self.done, finished][-DONE:]
                 continue
             kept.append(entry)
         for path, info in current.items():
@@ -309,9 +312,14 @@ class LogWatcher(Watcher):
             opened = self.files.open(path)
             if opened is None:
                 continue
+            if (opened[1].st_dev, opened[1].st_ino) != (info.st_dev, info.st_ino):
+                # Rotated between the listing and the open: the file listed is now a sibling.
+                # Look again at once, so that it is read (by the sibling search) before this one.
+                self.more = True
+                continue
             fd, info = opened  # noqa: PLW2901 - the open file's own stat, not the glob's
             seen.add((info.st_dev, info.st_ino))
-            entry = Tracked(path, info.st_dev, info.st_ino)
+            entry = Tracked(path, info.st_dev, info.st_ino, origin=path, mtime=info.st_mtime_ns)
             if checkpoint is None and self.config.start_at == "end":
                 entry.offset = end_offset(fd, info.st_size)
             found += self._read(entry, fd, info.st_size, now, budget)
@@ -325,22 +333,43 @@ class LogWatcher(Watcher):
         files = [e.to_json() for e in kept]
         return CheckResult(found, {"files": files, "counts": counts, "done": self.done})
 
+    def _rotated_unseen(
+        self, queue: list[Tracked], current: dict[str, os.stat_result]
+    ) -> list[Tracked]:
+        """Files rotated away from a glob member's path that no look ever saw at that path.
+
+        A new file at a path we followed means the path rotated. If the writer rotated more than
+        once since the last look (or while watchkeeper was down), the files in between were
+        never members; they are the path's siblings modified after the newest file we knew there.
+        """
+        queued = {(e.dev, e.ino) for e in queue}
+        found: list[Tracked] = []
+        for path, info in current.items():
+            if (info.st_dev, info.st_ino) in queued:
+                continue
+            known = [e.mtime for e in queue if e.origin == path]
+            known += [int(d[2]) for d in self.done if len(d) > 3 and d[3] == path]
+            if known:
+                found += self._unseen(path, max(known), [*queue, *found], current)
+        return found
+
     def _unseen(
         self,
         path: str,
-        rotated: os.stat_result,
+        newer_than: int,
         queue: list[Tracked],
         current: dict[str, os.stat_result],
+        known: set[tuple[int, int]] | None = None,
     ) -> list[Tracked]:
-        """Entries for files rotated away from ``path`` after ``rotated`` that were never read."""
-        known = {(e.dev, e.ino) for e in queue}
+        """Entries for files rotated away from ``path``, modified since ``newer_than``, unread."""
+        known = set(known or ()) | {(e.dev, e.ino) for e in queue}
         known |= {(s.st_dev, s.st_ino) for s in current.values()}
-        known.add((rotated.st_dev, rotated.st_ino))
+        finished = {tuple(d[:3]) for d in self.done}
         now = time.time()
         return [
-            Tracked(found, info.st_dev, info.st_ino, gone=now)
-            for found, info in rotated_siblings(path, rotated.st_mtime_ns, known)
-            if (info.st_dev, info.st_ino, info.st_mtime_ns) not in self.done
+            Tracked(found, info.st_dev, info.st_ino, gone=now, origin=path)
+            for found, info in rotated_siblings(path, newer_than, known)
+            if (info.st_dev, info.st_ino, info.st_mtime_ns) not in finished
         ]
 
     def _read(

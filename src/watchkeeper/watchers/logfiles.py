@@ -68,6 +68,10 @@ class Tracked:
     """(offset, since): held there for a partial line or for lines_after context."""
     gone: float | None = None
     """When the file stopped being a member of the globs (rotated away): read it, then drop it."""
+    origin: str = ""
+    """The glob member path it was last seen at (``app.log`` for a file now named ``app.log.1``)."""
+    mtime: int = 0
+    """Its modification time (ns) at the last look."""
 
     def to_json(self) -> dict[str, Any]:
         """The checkpoint form."""
@@ -202,7 +206,7 @@ def rotated_siblings(
     found: list[tuple[str, os.stat_result]] = []
 
     def accept(item: os.DirEntry[str]) -> bool:
-        if not item.name.startswith(name) or item.name.endswith(COMPRESSED):
+        if item.name == name or not item.name.startswith(name) or item.name.endswith(COMPRESSED):
             return False
         info = item.stat()
         fresh = (info.st_dev, info.st_ino) not in known and info.st_mtime_ns >= newer_than
