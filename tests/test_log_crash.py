@@ -85,6 +85,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> 
         f"""
 [keeper]
 state = "{tmp_path / "wk.db"}"
+dashboard = false
 
 [[notify]]
 kind = "jsonl"
