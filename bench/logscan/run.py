@@ -150,7 +150,8 @@ def start_agent(folder: Path, paths: list[str], out: Path) -> subprocess.Popen[b
     config = folder / "watchkeeper.toml"
     listed = ", ".join(f'"{p}"' for p in paths)
     config.write_text(
-        f'[keeper]\nstate = "{folder / "wk.db"}"\ndashboard = false\n\n[[notify]]\nkind = "jsonl"\npath = "{out}"\n\n'
+        f'[keeper]\nstate = "{folder / "wk.db"}"\ndashboard = false\n\n'
+        f'[[notify]]\nkind = "jsonl"\npath = "{out}"\n\n'
         f'[[log]]\nname = "bench"\npaths = [{listed}]\nrules = [{{match = "CRITICAL"}}]\n'
     )
     out.touch()
