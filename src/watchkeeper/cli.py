@@ -576,6 +576,44 @@ def _stored_page_checkpoint(config: Path, state: Path | None, name: str | None, 
         fail(f"--diff: the state has no watcher named {name!r}")
     return record.checkpoint
 
+def notify_spec(value: str, index: int) -> dict[str, Any]:
+    """``console``, ``https://...`` (webhook), ``jsonl:PATH`` or ``PATH.jsonl`` as a notifier."""
+    name = {"name": f"notify{index + 1}"}
+    if value.startswith(("http://", "https://")):
+        return {"kind": "webhook", "url": value, **name}
+    if value.startswith("jsonl:") or value.endswith(".jsonl"):
+        return {"kind": "jsonl", "path": value.removeprefix("jsonl:"), **name}
+    return {"kind": value, **name}
+
+
+@app.command()
+def tail(
+    paths: Annotated[list[Path], typer.Argument(help="Files or globs to follow.")],
+    match: Annotated[
+        list[str], typer.Option("--match", "-m", help="Regex; a matching line alerts. Repeatable.")
+    ],
+    severity: Annotated[str, typer.Option(help="Severity of the alerts.")] = "error",
+    notify: Annotated[
+        list[str] | None,
+        typer.Option(help="console (default), a webhook URL, or jsonl:PATH. Repeatable."),
+    ] = None,
+    start_at: Annotated[str, typer.Option(help="end or beginning, for files seen first.")] = "end",
+    state: StateOption = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
+) -> None:
+    """Follow log files without a config file and alert on lines matching --match."""
+    setup_logging(verbose)
+    rules = [{"match": m, "severity": severity} for m in match]
+    try:
+        keeper = Keeper(
+            state=state or default_state_path().with_name("tail.db"),
+            notify=[notify_spec(n, i) for i, n in enumerate(notify or ["console"])],
+        )
+        keeper.log([p.absolute() for p in paths], rules=rules, name="tail", start_at=start_at)
+    except ConfigError as exc:
+        fail("\n".join(exc.errors))
+    run_until_signal(keeper)
+
 
 def main(argv: list[str] | None = None) -> Any:
     """Entry point of the ``watchkeeper`` script."""

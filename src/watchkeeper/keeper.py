@@ -163,6 +163,26 @@ class Keeper:
         assert config is not None
         return self.add(config)
 
+    def log(
+        self,
+        paths: str | Path | Sequence[str | Path],
+        rules: Sequence[Mapping[str, Any]],
+        *,
+        name: str | None = None,
+        **options: Any,
+    ) -> Watcher:
+        """Follow log files (paths or globs) and alert on lines the ``rules`` match.
+
+        ``rules`` are dicts like ``{"match": "CRITICAL", "severity": "critical"}``; ``options``
+        are the other ``[[log]]`` settings (start_at, throttle, partial_timeout, ...).
+        """
+        listed = [paths] if isinstance(paths, str | Path) else list(paths)
+        label = name or (f"log:{Path(listed[0]).name}" if listed else "log")
+        table = {"name": label, "paths": [str(p) for p in listed], "rules": list(rules), **options}
+        config = watcher_config("log", table, f"keeper.log({label!r})")
+        assert config is not None
+        return self.add(config)
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> Self:

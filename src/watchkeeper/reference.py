@@ -105,7 +105,7 @@ def table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> str:
             continue
         meaning = (field.description or "").replace("|", "\\|").replace("\n", " ")
         kind = field_type(field)
-        rows.append(f"| `{name}` | {kind} | {default_text(field)} | {meaning} |")
+        rows.append(f"| `{field.alias or name}` | {kind} | {default_text(field)} | {meaning} |")
     return "\n".join(rows)
 
 

@@ -1,6 +1,6 @@
 """Watchers: what to keep watch over. Importing this package fills the registry by kind."""
 
-from watchkeeper.watchers import custom, page, ports
+from watchkeeper.watchers import custom, log, page, ports
 from watchkeeper.watchers.base import WATCHERS, CheckResult, Watcher, WatcherConfig, register
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "Watcher",
     "WatcherConfig",
     "custom",
+    "log",
     "page",
     "ports",
     "register",

@@ -1,0 +1,474 @@
+"""The log watcher: follow files through rotation, truncation and restarts, alert exactly once.
+
+Each check reconciles the followed files with the globs (see :mod:`logfiles` for how a file is
+recognised), reads what is new up to ``read_limit`` bytes, and returns the observations of the
+complete lines read plus a checkpoint holding every file's identity and offset. The runtime
+commits both in one transaction, so after a crash the next check starts exactly after the last
+line whose alert was committed: no line is lost, none alerts twice.
+
+Between checks the thread blocks on inotify (or polls where inotify is unavailable); a backlog
+larger than ``read_limit`` is read in several checks without waiting, each committed on its own.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from watchkeeper.alerts import Observation, Severity
+from watchkeeper.watchers.base import CheckResult, Watcher, register
+from watchkeeper.watchers.logconfig import LogConfig, LogRule, parse_threshold
+from watchkeeper.watchers.logfiles import (
+    Files,
+    FolderWatch,
+    Tracked,
+    end_offset,
+    holds,
+    members,
+    remember,
+    rotated_siblings,
+)
+from watchkeeper.watchers.logmatch import Pattern, Prefilter
+
+log = logging.getLogger("watchkeeper")
+
+CHUNK = 4 * 1024 * 1024
+"""Bytes read and searched at once (at least twice ``max_line``)."""
+TITLE_CHARS = 200
+DONE = 64
+"""Rotated files read to their end that the checkpoint remembers, so that a sibling search
+(``_unseen``) never reads one again when its modification time ties with a newer rotation's."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule with its patterns compiled."""
+
+    index: int
+    config: LogRule
+    match: Pattern
+    unless: Pattern | None
+    threshold: tuple[int, float] | None
+    severity: Severity
+
+    @property
+    def plain(self) -> bool:
+        """No title template, context or threshold: the observation is the line itself."""
+        return not (self.config.title or self.config.lines_after or self.threshold)
+
+    @classmethod
+    def build(cls, index: int, config: LogRule) -> Rule:
+        """Compile one validated rule."""
+        return cls(
+            index,
+            config,
+            Pattern.compile(config.match),
+            Pattern.compile(config.unless) if config.unless else None,
+            parse_threshold(config.threshold) if config.threshold else None,
+            Severity.parse(config.severity),
+        )
+
+    def accepts(self, raw: bytes, text: str) -> re.Match[Any] | None:
+        """The match when this rule takes the line."""
+        found = self.match.search(raw, text)
+        if found is None or (self.unless is not None and self.unless.search(raw, text)):
+            return None
+        return found
+
+
+class Scanner:
+    """Turns a chunk of complete lines into observations, all rules searched at once."""
+
+    def __init__(self, config: LogConfig, use_hyperscan: bool = True) -> None:
+        self.config = config
+        self.rules = [Rule.build(i, r) for i, r in enumerate(config.line_rules)]
+        self.prefilter = Prefilter([r.match for r in self.rules], use_hyperscan)
+        self.needs_text = any(
+            p.raw is None for r in self.rules for p in (r.match, r.unless) if p is not None
+        )
+        self.counts: dict[int, list[float]] = {}
+
+    def scan(
+        self,
+        data: bytes,
+        path: str,
+        base: int,
+        release: int | None,
+        now: float,
+        cut: bool = False,
+        size: int | None = None,
+    ) -> tuple[int, list[Observation]]:
+        """Observations of ``data[:size]`` (ending with a newline) and the bytes consumed.
+
+        Fewer bytes than ``len(data)`` are consumed when a ``lines_after`` rule matched and its
+        context has not all arrived: the caller holds at that line, unless ``release`` (an offset
+        within ``data``) says the wait there is over. ``cut`` marks a truncated over-long line.
+        """
+        size = len(data) if size is None else size
+        found: list[Observation] = []
+        block_end = 0
+        for start, end, mask in self.prefilter.lines(data, size):
+            if start < block_end:
+                continue  # inside the context block of an alert already made
+            raw = data[start:end].rstrip(b"\r")
+            text = self.decode(raw) if self.needs_text else ""
+            for rule in self.rules:
+                if not (mask >> rule.index) & 1:
+                    continue
+                match = rule.accepts(raw, text)
+                if match is None:
+                    continue
+                text = text or self.decode(raw)
+                stop = end
+                if rule.config.lines_after:
+                    stop, got = _context(data, end, size, rule.config.lines_after)
+                    if got < rule.config.lines_after and release != start:
+                        return start, found
+                    block_end = stop + 1
+                if rule.plain and not cut:  # the common case, without the general path's cost
+                    offset = base + start
+                    found.append(
+                        Observation(
+                            title=f"{self.config.name}: {text[:TITLE_CHARS]}",
+                            severity=rule.severity,
+                            key=rule.config.match,
+                            body=text,
+                            data={"path": path, "line": text, "offset": offset, "rule": rule.index},
+                            event=True,
+                        )
+                    )
+                    break
+                observation = self.observe(
+                    rule, match, path, base + start, text, data[start:stop], now, cut
+                )
+                if observation is not None:
+                    found.append(observation)
+                break
+        return size, found
+
+    def decode(self, raw: bytes) -> str:
+        """Text of a line: invalid bytes replaced, NULs made visible, long lines cut."""
+        limit = self.config.max_line
+        text = raw[:limit].decode(self.config.encoding, "replace").replace("\x00", "\ufffd")
+        if len(raw) > limit:
+            text += f" [... {len(raw) - limit} more bytes]"
+        return text
+
+    def observe(
+        self,
+        rule: Rule,
+        match: re.Match[Any],
+        path: str,
+        offset: int,
+        text: str,
+        block: bytes,
+        now: float,
+        cut: bool,
+    ) -> Observation | None:
+        """The observation for a matched line, or None while its threshold is not reached."""
+        count = 1
+        if rule.threshold is not None:
+            needed, window = rule.threshold
+            times = [t for t in self.counts.get(rule.index, []) if now - t < window] + [now]
+            if len(times) < needed:
+                self.counts[rule.index] = times
+                return None
+            self.counts[rule.index] = []
+            count = needed
+        if cut:
+            text += " [line truncated]"
+        body = text
+        if rule.config.lines_after and not cut:
+            body = "\n".join(self.decode(ln.rstrip(b"\r")) for ln in block.split(b"\n"))
+        if rule.config.title is None:
+            title = f"{self.config.name}: {text[:TITLE_CHARS]}"
+        else:
+            groups = {
+                k: (v.decode(self.config.encoding, "replace") if isinstance(v, bytes) else v or "")
+                for k, v in match.groupdict().items()
+            }
+            fields = {
+                "name": self.config.name,
+                "path": path,
+                "line": text[:TITLE_CHARS],
+                "severity": rule.config.severity,
+                "match": rule.config.match,
+                "count": count,
+                **groups,
+            }
+            title = rule.config.title.format_map(fields)
+        data: dict[str, Any] = {"path": path, "line": body, "offset": offset, "rule": rule.index}
+        if rule.threshold is not None:
+            data["count"] = count
+        return Observation(
+            title=title,
+            severity=rule.severity,
+            key=rule.config.match,
+            body=body,
+            data=data,
+            event=True,
+        )
+
+
+def _context(data: bytes, end: int, size: int, lines: int) -> tuple[int, int]:
+    """End of the ``lines`` lines after the one ending at ``end``, and how many there were."""
+    got = 0
+    while got < lines:
+        nxt = data.find(b"\n", end + 1, size)
+        if nxt < 0:
+            break
+        end, got = nxt, got + 1
+    return end, got
+
+
+@register
+class LogWatcher(Watcher):
+    """Follows log files and alerts on the lines its rules match."""
+
+    kind = "log"
+    config_model = LogConfig
+    config: LogConfig
+
+    def __init__(self, config: LogConfig, use_hyperscan: bool = True) -> None:
+        super().__init__(config)
+        self.scanner = Scanner(config, use_hyperscan)
+        self.files = Files()
+        self.watch = FolderWatch() if config.inotify else None
+        self.more = False
+        self.due: float | None = None
+        self.done: list[tuple[Any, ...]] = []
+
+    @property
+    def engine(self) -> str:
+        """The prefilter in use: "hyperscan" or "re"."""
+        return self.scanner.prefilter.engine
+
+    def check(self, checkpoint: Any) -> CheckResult:
+        """Reconcile files with the globs, read what is new, return alerts and offsets."""
+        now = time.time()
+        state = checkpoint or {}
+        queue = [Tracked.from_json(d) for d in state.get("files", [])]
+        self.scanner.counts = {int(k): list(v) for k, v in state.get("counts", {}).items()}
+        self.done = [tuple(d) for d in state.get("done", [])]
+        self._watch(queue)
+        current = members(self.config.paths)
+        if checkpoint is not None:
+            queue += self._rotated_unseen(queue, current)
+        self.more, self.due = False, None
+        budget = [self.config.read_limit]
+        found: list[Observation] = []
+        kept: list[Tracked] = []
+        seen: set[tuple[int, int]] = set()
+        i = 0
+        while i < len(queue):
+            entry = queue[i]
+            i += 1
+            if (entry.dev, entry.ino) in seen:
+                continue
+            located = self.files.locate(entry, current)
+            if located is None:
+                log.warning(
+                    "watcher %s: %s is gone; it was read up to byte %d",
+                    self.name,
+                    entry.path,
+                    entry.offset,
+                )
+                continue
+            path, fd, info = located
+            if info.st_size < entry.offset or not holds(fd, entry):
+                # Truncated (copytruncate) or another file under the same inode: read the unread
+                # rest from the copy, if there is one in the folder, then this file from 0.
+                i -= 1
+                queue[i] = Tracked(path, info.st_dev, info.st_ino)
+                copy = self.files.find_copy(entry, info.st_ino) if entry.offset else None
+                if copy is not None:
+                    rest = replace(entry, path=copy[0], dev=copy[2].st_dev, ino=copy[2].st_ino)
+                    known = {(copy[2].st_dev, copy[2].st_ino)}
+                    later = self._unseen(entry.path, copy[2].st_mtime_ns, queue, current, known)
+                    queue[i:i] = [replace(rest, gone=rest.gone or now), *later]
+                continue
+            seen.add((entry.dev, entry.ino))
+            member = current.get(path)
+            here = member is not None and (member.st_dev, member.st_ino) == (entry.dev, entry.ino)
+            entry.path, entry.gone = path, (None if here else entry.gone or now)
+            entry.origin, entry.mtime = (path if here else entry.origin), info.st_mtime_ns
+            found += self._read(entry, fd, info.st_size, now, budget)
+            remember(fd, entry, info.st_size)
+            drained = entry.offset >= info.st_size and entry.wait is None
+            if entry.gone is not None and drained and now - entry.gone >= self.config.rotate_wait:
+                finished = (entry.dev, entry.ino, info.st_mtime_ns, entry.origin)
+                self.done = [*self.done, finished][-DONE:]
+                continue
+            kept.append(entry)
+        for path, info in current.items():
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            opened = self.files.open(path)
+            if opened is None:
+                continue
+            if (opened[1].st_dev, opened[1].st_ino) != (info.st_dev, info.st_ino):
+                # Rotated between the listing and the open: the file listed is now a sibling.
+                # Look again at once, so that it is read (by the sibling search) before this one.
+                self.more = True
+                continue
+            fd, info = opened  # noqa: PLW2901 - the open file's own stat, not the glob's
+            seen.add((info.st_dev, info.st_ino))
+            entry = Tracked(path, info.st_dev, info.st_ino, origin=path, mtime=info.st_mtime_ns)
+            if checkpoint is None and self.config.start_at == "end":
+                entry.offset = end_offset(fd, info.st_size)
+            found += self._read(entry, fd, info.st_size, now, budget)
+            remember(fd, entry, info.st_size)
+            kept.append(entry)
+        self.files.keep_only({(e.dev, e.ino) for e in kept})
+        self._watch(kept)
+        if any(e.gone is not None for e in kept):
+            self._due_at(now + self.config.rotate_wait)
+        counts = {str(k): v for k, v in self.scanner.counts.items() if v}
+        files = [e.to_json() for e in kept]
+        return CheckResult(found, {"files": files, "counts": counts, "done": self.done})
+
+    def _rotated_unseen(
+        self, queue: list[Tracked], current: dict[str, os.stat_result]
+    ) -> list[Tracked]:
+        """Files rotated away from a glob member's path that no look ever saw at that path.
+
+        A new file at a path we followed means the path rotated. If the writer rotated more than
+        once since the last look (or while watchkeeper was down), the files in between were
+        never members; they are the path's siblings modified after the newest file we knew there.
+        """
+        queued = {(e.dev, e.ino) for e in queue}
+        found: list[Tracked] = []
+        for path, info in current.items():
+            if (info.st_dev, info.st_ino) in queued:
+                continue
+            known = [e.mtime for e in queue if e.origin == path]
+            known += [int(d[2]) for d in self.done if len(d) > 3 and d[3] == path]
+            if known:
+                found += self._unseen(path, max(known), [*queue, *found], current)
+        return found
+
+    def _unseen(
+        self,
+        path: str,
+        newer_than: int,
+        queue: list[Tracked],
+        current: dict[str, os.stat_result],
+        known: set[tuple[int, int]] | None = None,
+    ) -> list[Tracked]:
+        """Entries for files rotated away from ``path``, modified since ``newer_than``, unread."""
+        known = set(known or ()) | {(e.dev, e.ino) for e in queue}
+        known |= {(s.st_dev, s.st_ino) for s in current.values()}
+        finished = {tuple(d[:3]) for d in self.done}
+        now = time.time()
+        return [
+            Tracked(found, info.st_dev, info.st_ino, gone=now, origin=path)
+            for found, info in rotated_siblings(path, newer_than, known)
+            if (info.st_dev, info.st_ino, info.st_mtime_ns) not in finished
+        ]
+
+    def _read(
+        self, entry: Tracked, fd: int, size: int, now: float, budget: list[int]
+    ) -> list[Observation]:
+        """Read and scan the entry's new complete lines, within the check's byte budget."""
+        config = self.config
+        chunk = max(CHUNK, 2 * config.max_line)
+        found: list[Observation] = []
+        release = None
+        if entry.wait is not None and now - entry.wait[1] >= config.partial_timeout:
+            release = entry.wait[0]
+        while entry.offset < size:
+            if budget[0] <= 0:
+                self.more = True
+                break
+            want = min(chunk, budget[0], size - entry.offset)
+            data = os.pread(fd, want, entry.offset)
+            if not data:
+                break
+            budget[0] -= len(data)
+            at_end = entry.offset + len(data) >= size
+            if entry.skip:  # the rest of an over-long line
+                newline = data.find(b"\n")
+                entry.offset += len(data) if newline < 0 else newline + 1
+                entry.skip = newline < 0
+                continue
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                if len(data) >= config.max_line:
+                    head = data[: config.max_line] + b"\n"
+                    found += self.scanner.scan(head, entry.path, entry.offset, 0, now, cut=True)[1]
+                    entry.offset += len(data)
+                    entry.skip = True
+                elif not at_end:
+                    self.more = True
+                    break
+                elif release == entry.offset:  # a partial last line that never got its newline
+                    found += self.scanner.scan(data + b"\n", entry.path, entry.offset, 0, now)[1]
+                    entry.offset += len(data)
+                else:
+                    self._hold(entry, now)
+                    break
+                continue
+            complete = cut + 1
+            rel = None if release is None else release - entry.offset
+            scan = self.scanner.scan
+            consumed, seen = scan(data, entry.path, entry.offset, rel, now, size=complete)
+            if consumed == 0 and not at_end and want == chunk:  # context larger than a chunk
+                consumed, seen = scan(data, entry.path, entry.offset, 0, now, size=complete)
+            found += seen
+            entry.offset += consumed
+            if consumed < complete:
+                if at_end:
+                    self._hold(entry, now)
+                    break
+                if consumed == 0:
+                    self.more = True
+                    break
+        if entry.wait is not None and entry.wait[0] != entry.offset:
+            entry.wait = None
+        if entry.wait is not None:
+            self._due_at(entry.wait[1] + config.partial_timeout)
+        return found
+
+    def _hold(self, entry: Tracked, now: float) -> None:
+        """Wait at the entry's offset (partial line or missing context), from now if not yet."""
+        if entry.wait is None or entry.wait[0] != entry.offset:
+            entry.wait = (entry.offset, now)
+
+    def _due_at(self, when: float) -> None:
+        self.due = when if self.due is None else min(self.due, when)
+
+    def _watch(self, entries: list[Tracked]) -> None:
+        """Keep inotify on the folders of the globs and of the followed files."""
+        if self.watch is None or not self.watch.usable:
+            return
+        folders = [os.path.dirname(str(p)) or "." for p in self.config.paths]
+        folders = [f for f in folders if not glob.has_magic(f)]
+        folders += [os.path.dirname(e.path) or "." for e in entries]
+        self.watch.update(
+            list(dict.fromkeys(folders)),
+            {os.path.basename(e.path) for e in entries},
+            {Path(p).name for p in self.config.paths},
+        )
+
+    def wait(self, wake: Any, timeout: float) -> None:
+        """Return at once with a backlog; else block on inotify (or poll) until work or wake."""
+        if self.more:
+            return
+        if self.due is not None:
+            timeout = min(timeout, max(0.0, self.due - time.time()) + 0.01)
+        if self.watch is not None and self.watch.usable:
+            self.watch.wait(wake, timeout)
+        else:
+            wake.wait(min(timeout, self.config.poll_interval))
+
+    def close(self) -> None:
+        """Close the followed files and the inotify descriptor."""
+        self.files.close()
+        if self.watch is not None:
+            self.watch.close()

@@ -1,0 +1,166 @@
+"""The ``[[log]]`` table and its rules, validated when the config loads.
+
+A bad regex, an unknown template field or a malformed threshold is reported with the table, the
+rule's index and the key (``[[log]] #1 (name 'app'): rules.2.match: ...``), before any thread
+starts.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import string
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from watchkeeper.alerts import Severity
+from watchkeeper.units import Duration, Size, parse_duration
+from watchkeeper.watchers.base import WatcherConfig
+
+_THRESHOLD = re.compile(r"^\s*(\d+)\s+in\s+(.+?)\s*$")
+TITLE_FIELDS = frozenset({"name", "path", "line", "severity", "match", "count"})
+"""Fields a rule's ``title`` template may use, besides the named groups of its ``match``."""
+
+
+def parse_threshold(value: str) -> tuple[int, float]:
+    """``"10 in 1m"`` -> ``(10, 60.0)``."""
+    found = _THRESHOLD.match(value)
+    if not found:
+        raise ValueError(
+            f"{value!r} is not a threshold; write it as 'N in DURATION', like '10 in 1m'"
+        )
+    count, window = int(found.group(1)), parse_duration(found.group(2))
+    if count < 1 or window <= 0:
+        raise ValueError(f"{value!r}: the count and the duration must be more than 0")
+    return count, window
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {value!r}: {exc}") from None
+    return value
+
+
+class LogRule(BaseModel):
+    """One rule: which lines alert, how loudly, and with what context."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    match: str = Field(description="Regex; a line matching it alerts (first matching rule wins).")
+    unless: str | None = Field(
+        default=None, description="Regex; a line matching it is skipped by this rule."
+    )
+    severity: str = Field(default="error", description="debug, info, warning, error, critical.")
+    title: str | None = Field(
+        default=None,
+        description="Template: {name} {path} {line} {severity} {match} {count} and the named "
+        "groups of `match`. Default: '{name}: {line}'.",
+    )
+    lines_after: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Lines after the match that belong to the same alert (a traceback).",
+    )
+    threshold: str | None = Field(
+        default=None,
+        description="'N in DURATION': alert only when N lines matched within DURATION.",
+    )
+
+    @field_validator("match", "unless")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        return value if value is None else _regex(value)
+
+    @field_validator("severity")
+    @classmethod
+    def _severity(cls, value: str) -> str:
+        return str(Severity.parse(value))
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_threshold(value)
+        return value
+
+    @model_validator(mode="after")
+    def _title_fields(self) -> LogRule:
+        if self.title is not None:
+            allowed = TITLE_FIELDS | set(re.compile(self.match).groupindex)
+            try:
+                fields = {f for _, f, _, _ in string.Formatter().parse(self.title) if f is not None}
+            except ValueError as exc:
+                raise ValueError(f"title {self.title!r}: {exc}") from None
+            unknown = sorted(f for f in fields if f.split(".")[0].split("[")[0] not in allowed)
+            if unknown:
+                raise ValueError(
+                    f"title {self.title!r}: unknown field {{{unknown[0]}}}; "
+                    f"use {', '.join('{' + f + '}' for f in sorted(allowed))}"
+                )
+        return self
+
+
+class LogConfig(WatcherConfig):
+    """``[[log]]``: follow log files through rotation and alert on matching lines.
+
+    The rules are written ``rules = [...]``; the field is ``line_rules`` because ``rules()`` is
+    the method every watcher config has for the alerting rules (throttle and the like).
+    """
+
+    paths: list[Path] = Field(
+        min_length=1, description="Files or globs; files that appear later are picked up."
+    )
+    line_rules: list[LogRule] = Field(
+        alias="rules",
+        min_length=1,
+        description="What to alert on, in order: a table per rule (see docs/log.md).",
+    )
+    every: Duration = Field(
+        default=30.0, description="The safety sweep: a full look even when inotify is quiet."
+    )
+    start_at: Literal["end", "beginning"] = Field(
+        default="end",
+        description="Where to start in files present at the very first check; files that "
+        "appear later are always read from their beginning.",
+    )
+    encoding: str = Field(default="utf-8", description="Invalid bytes are replaced, never fatal.")
+    inotify: bool = Field(default=True, description="Use inotify when the OS offers it.")
+    poll_interval: Duration = Field(
+        default=1.0, description="How often to look when inotify is off or unavailable."
+    )
+    partial_timeout: Duration = Field(
+        default=5.0,
+        description="A last line without its newline (or lines_after context) is emitted after "
+        "waiting this long.",
+    )
+    rotate_wait: Duration = Field(
+        default=5.0, description="Keep reading a rotated-away file this long after rotation."
+    )
+    max_line: Size = Field(
+        default=64 * 1024, description="Longer lines are truncated with a marker."
+    )
+    read_limit: Size = Field(
+        default=32 * 1024 * 1024,
+        description="At most this much is read per check, so a backlog commits in steps.",
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}") from None
+        return value
+
+    @field_validator("max_line", "read_limit")
+    @classmethod
+    def _at_least_a_kib(cls, value: int) -> int:
+        if value < 1024:
+            raise ValueError("must be at least 1KiB")
+        return value
