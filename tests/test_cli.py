@@ -119,3 +119,31 @@ def test_python_dash_m_and_help(tmp_path: Path) -> None:
     assert result.returncode == 0
     for command in ("run", "check", "status", "alerts", "notify-test", "demo"):
         assert command in result.stdout
+
+
+def test_init_writes_a_starter_config_that_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = cli("init", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    config = tmp_path / "watchkeeper.toml"
+    checked = cli("check", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    again = cli("init", cwd=tmp_path)
+    assert again.returncode == 1
+    assert "exists; use --force" in again.stderr
+    # Every example in it is valid too, once uncommented (with its ${VAR}s set).
+    from watchkeeper import load_config
+
+    for name in ("WATCHKEEPER_TOKEN", "SMTP_PASSWORD", "HOOK_PATH"):
+        monkeypatch.setenv(name, "x")
+    full = tmp_path / "full.toml"
+    full.write_text(config.read_text().replace("#~ ", ""))
+    loaded = load_config(full)
+    assert {type(w).__name__ for w in loaded.watchers} == {
+        "LogConfig",
+        "PageConfig",
+        "PortsConfig",
+        "CustomConfig",
+    }
+    assert [n.kind for n in loaded.notify] == ["console", "jsonl", "smtp", "webhook"]

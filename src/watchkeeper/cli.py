@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -576,6 +577,7 @@ def _stored_page_checkpoint(config: Path, state: Path | None, name: str | None, 
         fail(f"--diff: the state has no watcher named {name!r}")
     return record.checkpoint
 
+
 def notify_spec(value: str, index: int) -> dict[str, Any]:
     """``console``, ``https://...`` (webhook), ``jsonl:PATH`` or ``PATH.jsonl`` as a notifier."""
     name = {"name": f"notify{index + 1}"}
@@ -613,6 +615,19 @@ def tail(
     except ConfigError as exc:
         fail("\n".join(exc.errors))
     run_until_signal(keeper)
+
+
+@app.command()
+def init(
+    config: ConfigOption = DEFAULT_CONFIG,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter config (console and jsonl alerts, a log watcher, examples)."""
+    if config.exists() and not force:
+        fail(f"{config} exists; use --force to overwrite it")
+    starter = resources.files("watchkeeper").joinpath("starter.toml").read_text()
+    config.write_text(starter)
+    out.print(f"wrote {config}; next: watchkeeper check -c {config}, then watchkeeper run")
 
 
 def main(argv: list[str] | None = None) -> Any:

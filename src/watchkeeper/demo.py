@@ -14,15 +14,24 @@ import time
 import webbrowser
 from collections import Counter
 from pathlib import Path
+from typing import Protocol
 
 from rich.console import Console
 
 from watchkeeper.alerts import Observation
+from watchkeeper.demoworld import FlappingPort, LogWriter, Shop
 from watchkeeper.keeper import Keeper
 from watchkeeper.smtpsink import SmtpSink
 from watchkeeper.store import Store
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Stoppable(Protocol):
+    """A part of the demo world."""
+
+    def stop(self) -> None:
+        """Stop it."""
 
 
 class QueueSimulation:
@@ -50,13 +59,11 @@ class QueueSimulation:
         return None
 
 
-def run_demo(duration: float, open_browser: bool = True) -> None:
-    """Run the demo for ``duration`` seconds (or until Ctrl-C) and print a summary."""
-    from watchkeeper.cli import run_until_signal
-
-    world = Path(tempfile.mkdtemp(prefix="watchkeeper-demo-"))
-    inbox = world / "inbox"
-    sink = SmtpSink(inbox).start()
+def build_keeper(world: Path, sink: SmtpSink) -> tuple[Keeper, list[Stoppable]]:
+    """The demo's keeper, watching the demo world with every watcher kind."""
+    shop = Shop(every=4.0).start()
+    log_writer = LogWriter(world / "logs" / "app.log", rotate_every=15.0).start()
+    port = FlappingPort(period=8.0).start()
     queue = QueueSimulation()
     keeper = Keeper(
         state=world / "state.db",
@@ -68,16 +75,54 @@ def run_demo(duration: float, open_browser: bool = True) -> None:
                 "port": sink.port,
                 "sender": "watchkeeper@demo.localhost",
                 "to": ["you@demo.localhost"],
+                "min_severity": "warning",
             },
             {"kind": "jsonl", "path": str(world / "alerts.jsonl")},
         ],
         shutdown_timeout=3.0,
     )
+    keeper.log(
+        str(world / "logs" / "*.log"),
+        rules=[
+            {"match": "CRITICAL", "severity": "critical"},
+            {
+                "match": r"Traceback \(most recent call last\)",
+                "severity": "error",
+                "lines_after": 10,
+            },
+        ],
+        name="app-log",
+        start_at="beginning",
+    )
+    keeper.page(f"{shop.url}/new", items="li.product", title="h2", every="2s", name="shop-html")
+    keeper.page(
+        f"{shop.url}/api/items",
+        items="items",
+        format="json",
+        every="3s",
+        name="shop-api",
+        severity="warning",
+    )
+    keeper.page(f"{shop.url}/feed.xml", format="feed", every="3s", name="shop-feed")
+    keeper.ports("127.0.0.1", ports=[port.port], every="2s", name="port", timeout="500ms")
     keeper.every("1s", queue.check, name="queue", for_cycles=2)
-    console.print(f"[bold]watchkeeper demo[/] — a world in {world}")
+    return keeper, [shop, log_writer, port]
+
+
+def run_demo(duration: float, open_browser: bool = True) -> None:
+    """Run the demo for ``duration`` seconds (or until Ctrl-C) and print a summary."""
+    from watchkeeper.cli import run_until_signal
+
+    world = Path(tempfile.mkdtemp(prefix="watchkeeper-demo-"))
+    inbox = world / "inbox"
+    sink = SmtpSink(inbox).start()
+    keeper, world_parts = build_keeper(world, sink)
+    console.print(f"[bold]watchkeeper demo[/] — a small world on 127.0.0.1, in {world}")
+    console.print("  a shop adds an item every 4 s (HTML, JSON API, RSS); an app log gets")
+    console.print("  CRITICAL lines and tracebacks and is rotated; a TCP port opens and closes.")
     console.print(f"  demo inbox (emails as .eml): {inbox}")
-    console.print(f"  state: {world / 'state.db'};  jsonl: {world / 'alerts.jsonl'}")
-    console.print(f"  running for {duration:.0f}s; Ctrl-C ends it sooner.\n")
+    console.print(f"  alerts as JSON lines: {world / 'alerts.jsonl'}")
+    console.print(f"  running for {duration:.0f}s; Ctrl-C ends it sooner.")
     dashboard = keeper.serve_dashboard("127.0.0.1:0")
 
     def show_dashboard() -> None:
@@ -90,11 +135,13 @@ def run_demo(duration: float, open_browser: bool = True) -> None:
     try:
         run_until_signal(keeper, duration, started=show_dashboard)
     finally:
+        for part in world_parts:
+            part.stop()
         sink.stop()
-    store = Store(world / "state.db")
-    by_watcher = Counter(a.watcher for a in store.alerts())
-    store.close()
+    with Store(world / "state.db", readonly=True) as store:
+        alerts = store.alerts(limit=100_000)
+    by_watcher = Counter((a.kind, a.watcher) for a in alerts)
     console.print("\n[bold]summary[/]")
-    for watcher, count in sorted(by_watcher.items()):
-        console.print(f"  alerts from {watcher}: {count}")
+    for (kind, watcher), count in sorted(by_watcher.items()):
+        console.print(f"  alerts from {kind} watcher {watcher}: {count}")
     console.print(f"  emails received: {len(sink.messages)} (in {inbox})")
