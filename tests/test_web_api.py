@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import os
 import queue
 import socket
 import threading
@@ -15,8 +17,10 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, connect_sse
 from prometheus_client.parser import text_string_to_metric_families
+from selectolax.lexbor import LexborHTMLParser as HTMLParser
 
 from tests.conftest import wait_until
+from tests.pagesite import Site, site
 from watchkeeper import ConfigError, Keeper, Observation
 from watchkeeper.config import parse_config
 from watchkeeper.store import Store
@@ -24,6 +28,7 @@ from watchkeeper.watchers import CheckResult, Watcher, WatcherConfig
 from watchkeeper.web.server import Dashboard, DashboardError
 
 XSS = "<img src=x onerror=alert(1)>"
+__all__ = ["site"]
 
 
 class Feed:
@@ -493,3 +498,156 @@ def test_alerts_page_pages_back_through_history(
         assert "event 10" not in second
         errors = http.get("/alerts", params={"severity": "error"}).text
         assert errors.count("<tr data-id=") == 30
+
+
+# -- detail views per watcher kind ------------------------------------------------------------
+
+
+def table(html: str, selector: str) -> list[list[str]]:
+    """The cells' text of a table's body rows, as a user reads them."""
+    tree = HTMLParser(html)
+    return [
+        [" ".join(td.text(separator=" ").split()) for td in tr.css("td")]
+        for tr in tree.css(f"{selector} tbody tr")
+    ]
+
+
+def fact(html: str, name: str) -> str:
+    """The text of a ``<dd data-cell=NAME>`` fact."""
+    node = HTMLParser(html).css_first(f'dd[data-cell="{name}"]')
+    assert node is not None, name
+    return " ".join(node.text().split())
+
+
+def test_log_detail_shows_files_identity_offset_and_lag(tmp_path: Path) -> None:
+    log = tmp_path / "<b>app.log"  # a path is untrusted text too
+    log.write_bytes(b"boot ok\nERROR disk full\n")
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.log(log, [{"match": "ERROR"}], name="applog", start_at="beginning")
+    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    with keeper, httpx.Client(base_url=dashboard.url) as http:
+        detail = wait_until(lambda: http.get("/api/watchers/applog").json()["detail"]["files"])
+        keeper.pause("applog")
+        info = os.stat(log)
+        [entry] = detail
+        assert (entry["path"], entry["dev"], entry["ino"]) == (str(log), info.st_dev, info.st_ino)
+        assert entry["fingerprint_bytes"] == 24
+        assert entry["fingerprint"]
+        with log.open("ab") as out:
+            out.write(b"more lines\n" * 10)  # 110 bytes the paused watcher has not read
+        page = http.get("/watchers/applog").text
+        assert str(log) not in page
+        assert html.escape(str(log)) in page
+        [row] = table(page, "#log-files")
+        assert "".join(row[0].split()) == str(log)
+        assert f"inode {info.st_ino}" in row[1]
+        assert "(24 B)" in row[1]
+        assert row[2:5] == ["24", "134", "110 B"]
+        assert row[5] == "behind"
+        keeper.resume("applog")
+        wait_until(lambda: table(http.get("/watchers/applog").text, "#log-files")[0][4] == "0 B")
+        assert table(http.get("/watchers/applog").text, "#log-files")[0][2:] == [
+            "134",
+            "134",
+            "0 B",
+            "caught up",
+        ]
+
+
+def test_page_detail_lists_items_newest_first_with_links_and_validators(
+    tmp_path: Path, site: Site
+) -> None:
+    url = site.html("/list", ["<a href='/a'>Alpha</a>", "<a href='/b'>Bravo</a>"], etag='"v1"')
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.page(url, "li.item", name="shop", format="html", every=0.1, stagger=0)
+    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+
+    def items() -> list[str]:
+        return [i["title"] for i in http.get("/api/watchers/shop").json()["detail"]["items"]]
+
+    with keeper, httpx.Client(base_url=dashboard.url) as http:
+        wait_until(lambda: items() == ["Alpha", "Bravo"])
+        site.html("/list", ["<a href='/b'>Bravo</a>", "<a href='/c'>Charlie</a>"], etag='"v2"')
+        wait_until(lambda: items()[0] == "Charlie")
+        evil = f"<a href='javascript:alert(1)'>{html.escape(XSS)}</a>"
+        site.html("/list", ["<a href='/b'>Bravo</a>", "<a href='/c'>Charlie</a>", evil])
+        wait_until(lambda: items()[0] == XSS)
+        page = http.get("/watchers/shop").text
+        assert XSS not in page
+        assert 'href="javascript' not in page
+        assert fact(page, "url") == url
+        assert fact(page, "etag") == "none"  # the last reply had no ETag
+        rows = table(page, "#page-items")
+        assert [r[0] for r in rows] == [
+            XSS,
+            f"Charlie {site.url('/c')}",
+            f"Alpha {site.url('/a')}",
+            f"Bravo {site.url('/b')}",
+        ]
+        assert [r[2] == "on the page" for r in rows] == [True, True, False, True]
+        tree = HTMLParser(page)
+        gone = tree.css_first('#page-items tr.gone [data-cell="last_seen"] time')
+        assert gone is not None  # Alpha left the page: when it was last seen
+        detail = http.get("/api/watchers/shop").json()["detail"]
+        alpha = next(i for i in detail["items"] if i["title"] == "Alpha")
+        assert gone.attributes["datetime"] == alpha["last_seen"] < detail["seen_at"]
+        links = [a.attributes["href"] for a in tree.css("#page-items td.title a")]
+        assert links == [site.url("/c"), site.url("/a"), site.url("/b")]  # none for javascript:
+        site.html("/list", ["<a href='/b'>Bravo</a>", "<a href='/c'>Charlie</a>"], etag='"v3"')
+        wait_until(lambda: http.get("/api/watchers/shop").json()["detail"]["etag"] == '"v3"')
+        page = http.get("/watchers/shop").text
+        assert fact(page, "etag") == '"v3"'
+
+
+def test_ports_detail_shows_open_set_expectations_and_history(tmp_path: Path) -> None:
+    held = [socket.socket() for _ in range(3)]
+    for sock in held:
+        sock.bind(("127.0.0.1", 0))
+    expected, plain, later = (s.getsockname()[1] for s in held)
+    held[0].listen()
+    held[1].listen()  # `later` is bound (so no one else takes it) but refuses connections
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.ports(
+        "127.0.0.1", [expected, plain, later], name="lan", every=0.1, expect_open=[expected]
+    )
+    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+
+    def detail() -> dict[str, Any]:
+        doc: dict[str, Any] = http.get("/api/watchers/lan").json()["detail"]
+        return doc
+
+    try:
+        with keeper, httpx.Client(base_url=dashboard.url) as http:
+            wait_until(lambda: [p["port"] for p in detail()["open"]] == sorted([expected, plain]))
+            page = http.get("/watchers/lan").text
+            assert "No change yet" in page
+            held[2].listen()
+            wait_until(lambda: later in [p["port"] for p in detail()["open"]])
+            held[1].close()
+            wait_until(lambda: plain not in [p["port"] for p in detail()["open"]])
+            held[0].close()
+            wait_until(lambda: detail()["expectations"][0]["alerting_since"])
+            page = http.get("/watchers/lan").text
+    finally:
+        for sock in held:
+            sock.close()
+    assert [r[0] for r in table(page, "#open-ports")] == [str(later)]
+    tree = HTMLParser(page)
+    opened = tree.css_first("#open-ports tbody tr time")
+    opened_event = tree.css("#port-history tbody tr")[-1].css_first("time")
+    assert opened is not None
+    assert opened_event is not None
+    assert opened.attributes["datetime"] == opened_event.attributes["datetime"]  # when it opened
+    [expectation] = table(page, "#expectations")
+    assert expectation[0] == str(expected)
+    assert expectation[2:4] == ["open", "closed"]
+    assert expectation[4].startswith("alerting since")
+    history = [(r[1], r[2], r[4]) for r in table(page, "#port-history")]
+    assert history == [
+        ("closed", str(expected), "expected open"),
+        ("closed", str(plain), ""),
+        ("opened", str(later), ""),
+    ]
+    heading = tree.css_first("h2")
+    assert heading is not None
+    assert "127.0.0.1" in heading.text()

@@ -6,7 +6,9 @@ looks at them as a user would. Screenshots of every page go to ``test-artifacts/
 
 from __future__ import annotations
 
+import html
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import wait_until
+from tests.pagesite import Site
 from tests.web_agent import ROOT, Agent
+from watchkeeper.services import service_name
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -217,3 +222,109 @@ def test_an_open_page_catches_up_after_the_agent_restarts(agent: Agent, watch: W
     expect(page.locator("#live")).to_have_text("live")
     watch.errors = [e for e in watch.errors if "ERR_CONNECTION_REFUSED" not in e]
     assert watch.errors == []
+
+
+def bind_preferring(port: int) -> socket.socket:
+    """A socket bound on loopback to ``port`` if it is free, else to any free port."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def test_detail_pages_of_log_page_and_ports_watchers(tmp_path: Path, watch: Watch) -> None:
+    """Each kind's own view, as a user sees it; screenshots dashboard-detail-<kind>.png."""
+    expect = playwright_api.expect
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "app.log").write_text("boot ok\nERROR disk full on /var\n")
+    (logs / "<b>worker.log").write_text("started\n")
+    held = [bind_preferring(port) for port in (5432, 6379, 8080)]  # named services if free
+    ssh_like, plain, later = (s.getsockname()[1] for s in held)
+    held[0].listen()
+    held[1].listen()
+    shop = Site().start()
+    url = shop.html("/new", [f"<a href='/p/{n}'>Product {n}</a>" for n in (1, 2, 3)], etag='"r1"')
+    agent = Agent(
+        tmp_path,
+        extra=(
+            '\n[[log]]\nname = "applog"\npaths = ["logs/*.log"]\nstart_at = "beginning"\n'
+            'rules = [{ match = "ERROR" }]\n'
+            f'\n[[page]]\nname = "shop"\nurl = "{url}"\nformat = "html"\nitems = "li.item"\n'
+            'every = "200ms"\nstagger = "0s"\n'
+            f'\n[[ports]]\nname = "lan"\nhost = "127.0.0.1"\n'
+            f"ports = [{ssh_like}, {plain}, {later}]\n"
+            f'expect_open = [{ssh_like}]\nevery = "200ms"\n'
+        ),
+    ).start()
+    http = httpx.Client(base_url=agent.url)
+
+    def detail(name: str) -> Any:
+        return http.get(f"/api/watchers/{name}").json()["detail"]
+
+    try:
+        wait_until(lambda: len(detail("shop")["items"]) == 3)
+        shop.html(
+            "/new",
+            [
+                f"<a href='/p/4'>{html.escape(XSS)}</a>",
+                *(f"<a href='/p/{n}'>Product {n}</a>" for n in (1, 2)),
+            ],
+            etag='"r2"',
+        )
+        wait_until(lambda: detail("shop")["items"][0]["title"] == XSS)
+        wait_until(lambda: len(detail("lan")["open"]) == 2)
+        held[2].listen()
+        held[1].close()
+        wait_until(lambda: len(detail("lan")["history"]) == 2)
+        with (logs / "app.log").open("a") as out:
+            out.write("ERROR queue stuck <script>alert(1)</script>\n")
+        wait_until(lambda: len(detail("applog")["files"]) == 2)
+        held[0].close()  # the expected port goes away
+        wait_until(lambda: detail("lan")["expectations"][0]["alerting_since"])
+
+        page = watch.page
+        page.goto(agent.url + "/watchers/applog")
+        files = page.locator("#log-files tbody tr")
+        expect(files).to_have_count(2)
+        expect(files.locator("td.path").nth(0)).to_contain_text(str(logs / "<b>worker.log"))
+        expect(files.locator('[data-cell="lag"]')).to_have_text(["0 B", "0 B"])
+        page.get_by_role("button", name="Pause").click()
+        expect(page.locator('[data-cell="state"]')).to_have_text("paused")
+        with (logs / "app.log").open("a") as out:
+            out.write("INFO written while paused\n" * 4)  # 104 bytes not read yet
+        page.reload()
+        expect(files.locator('[data-cell="lag"]')).to_have_text(["0 B", "104 B"])
+        expect(files.locator("td.state").nth(1)).to_have_text("behind")
+        watch.shot("detail-log")
+
+        page.goto(agent.url + "/watchers/shop")
+        items = page.locator("#page-items tbody tr")
+        expect(items).to_have_count(4)
+        expect(items.first.locator("td.title a")).to_have_text(XSS)
+        expect(items.first.locator("td.title a")).to_have_attribute("href", shop.url("/p/4"))
+        expect(page.locator('[data-cell="etag"]')).to_have_text('"r2"')
+        expect(page.locator("#page-items tr.gone")).to_have_count(1)  # Product 3 left
+        assert page.locator("#page-items img").count() == 0
+        watch.shot("detail-page")
+
+        page.goto(agent.url + "/watchers/lan")
+        open_rows = page.locator("#open-ports tbody tr")
+        expect(open_rows.locator("td.port")).to_have_text([str(later)])
+        expect(open_rows.locator("td").nth(1)).to_have_text(service_name(later))
+        history = page.locator("#port-history tbody tr")
+        expect(history.locator(".badge")).to_have_text(["closed", "opened", "closed"])
+        expect(history.locator("td.port")).to_have_text([str(ssh_like), str(later), str(plain)])
+        expect(page.locator("#expectations .badge")).to_have_text("closed")
+        expect(page.locator("#expectations td").last).to_contain_text("alerting since")
+        watch.shot("detail-ports")
+        assert watch.dialogs == []
+        assert watch.errors == []
+    finally:
+        http.close()
+        for sock in held:
+            sock.close()
+        assert agent.stop() == 0
+        shop.stop()

@@ -23,6 +23,8 @@ class Agent:
     folder: Path
     bind: str = "127.0.0.1:0"
     token: str | None = None
+    extra: str = ""
+    """More TOML tables for the config (the detail views' watchers)."""
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
     fired: int = field(default=0)
@@ -44,7 +46,7 @@ class Agent:
             'shutdown_timeout = "2s"\n\n'
             '[[custom]]\nname = "probe"\nevery = "200ms"\ncall = "tests.agent_checks:fire"\n\n'
             '[[custom]]\nname = "steady"\nevery = "30s"\ncall = "tests.agent_checks:steady"\n\n'
-            '[[notify]]\nkind = "jsonl"\npath = "alerts.jsonl"\n',
+            '[[notify]]\nkind = "jsonl"\npath = "alerts.jsonl"\n' + self.extra,
             encoding="utf-8",
         )
         return config

@@ -10,6 +10,7 @@ The checkpoint, committed with the alerts it produced, is JSON::
     {"items": {key: [first_seen, last_seen], ...},   # unix times
      "seen_at": 1764280000.0,                        # the last check that read the items
      "etag": "...", "last_modified": "...",          # sent back: a 304 skips parsing
+     "about": {key: [title, link], ...},             # what the dashboard lists (link or null)
      "last": {"items": 12, "skipped": 0, "truncated": false, "format": "html"}}
 
 Failures (timeouts, DNS, 4xx/5xx, a selector matching nothing, JSON that does not parse) raise,
@@ -277,14 +278,18 @@ class PageWatcher(Watcher):
             for key, times in known.items():
                 if times[1] == seen_at:
                     known[key] = [times[0], now]
-            new_checkpoint = {**old, "items": known, "seen_at": now}
+            about = {k: v for k, v in old.get("about", {}).items() if k in known}
+            new_checkpoint = {**old, "items": known, "seen_at": now, "about": about}
             return CheckResult([], new_checkpoint)
         new_items = [item for item in extraction.items if item.key not in known]
+        about = {k: v for k, v in old.get("about", {}).items() if k in known}
         for item in extraction.items:
             known[item.key] = [known.get(item.key, [now])[0], now]
+            about[item.key] = [item.title, item.url]
         new_checkpoint = {
             "items": known,
             "seen_at": now,
+            "about": about,
             "etag": reply.headers.get("etag"),
             "last_modified": reply.headers.get("last-modified"),
             "last": {

@@ -38,6 +38,7 @@ from starlette.staticfiles import StaticFiles
 from watchkeeper.alerts import Severity
 from watchkeeper.store import Store
 from watchkeeper.units import format_duration, parse_duration
+from watchkeeper.watchers.base import WatcherConfig
 from watchkeeper.web.auth import LOOPBACK_HOSTS, AuthMiddleware, Guard, SecurityHeadersMiddleware
 from watchkeeper.web.bind import Bind
 from watchkeeper.web.data import (
@@ -52,6 +53,7 @@ from watchkeeper.web.data import (
     watcher_docs,
     watcher_names,
 )
+from watchkeeper.web.details import watcher_detail
 from watchkeeper.web.metrics import metrics_registry, render
 from watchkeeper.web.stream import Broadcaster, StreamFilter, alert_events
 
@@ -143,6 +145,11 @@ def wk(request: Request) -> Context:
 def running_names(ctx: Context) -> set[str]:
     """Watchers this agent runs (the store may also know some from an older config)."""
     return {w.name for w in ctx.keeper.watchers}
+
+
+def running_config(ctx: Context, name: str) -> WatcherConfig | None:
+    """The config of a watcher this agent runs (what the detail views name: paths, URL, host)."""
+    return next((w.config for w in ctx.keeper.watchers if w.name == name), None)
 
 
 def page(
@@ -252,6 +259,7 @@ async def watcher_page(request: Request) -> Response:
         watcher=watcher_doc(record, count, now),
         record=record,
         detail=detail,
+        info=watcher_detail(record, running_config(ctx, name), ctx.store),
         raw=checkpoint_json(record.checkpoint),
         alerts=find_alerts(ctx.store, AlertQuery(watcher=name, limit=20)),
         running=name in running_names(ctx),
@@ -358,15 +366,22 @@ async def api_watchers(request: Request) -> Response:
 
 
 async def api_watcher(request: Request) -> Response:
-    """``GET /api/watchers/NAME``: the row plus checkpoint and rule state."""
-    store = wk(request).store
+    """``GET /api/watchers/NAME``: the row, checkpoint, rule state and the kind's detail view."""
+    ctx = wk(request)
+    store = ctx.store
     name = request.path_params["name"]
     record = store.watcher(name)
     if record is None:
         return JSONResponse({"error": f"no watcher named {name!r}"}, status_code=404)
     docs = {d["name"]: d for d in watcher_docs(store)}
+    detail = watcher_detail(record, running_config(ctx, name), store)
     return JSONResponse(
-        {**docs[name], "checkpoint": record.checkpoint, "rule_state": record.rule_state}
+        {
+            **docs[name],
+            "checkpoint": record.checkpoint,
+            "rule_state": record.rule_state,
+            "detail": detail,
+        }
     )
 
 

@@ -8,7 +8,6 @@ and ``checks`` / ``failures_total`` only grow (``failures_total`` is schema migr
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from watchkeeper.alerts import Severity
 from watchkeeper.store import Store
+from watchkeeper.web.details import file_size, lag
 
 
 class StoreCollector(Collector):
@@ -119,13 +119,9 @@ def file_lags(checkpoint: Any) -> Iterator[tuple[str, int]]:
     if isinstance(checkpoint, dict):
         path, offset = checkpoint.get("path"), checkpoint.get("offset")
         if isinstance(path, str) and isinstance(offset, int):
-            try:
-                info = os.stat(path)
-            except OSError:
-                info = None
-            if info is not None and checkpoint.get("ino", info.st_ino) == info.st_ino:
-                size = info.st_size
-                yield path, size - offset if size >= offset else size
+            size = file_size(path, checkpoint.get("ino"))
+            if size is not None:
+                yield path, lag(size, offset)
         for value in checkpoint.values():
             yield from file_lags(value)
     elif isinstance(checkpoint, list):
