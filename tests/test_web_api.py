@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import socket
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -628,6 +629,12 @@ def test_ports_detail_shows_open_set_expectations_and_history(tmp_path: Path) ->
             held[0].close()
             wait_until(lambda: detail()["expectations"][0]["alerting_since"])
             page = http.get("/watchers/lan").text
+            back = socket.socket()
+            held.append(back)
+            back.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            back.bind(("127.0.0.1", expected))
+            back.listen()
+            recovered = wait_until(lambda: len(detail()["history"]) == 4 and detail())
     finally:
         for sock in held:
             sock.close()
@@ -648,6 +655,32 @@ def test_ports_detail_shows_open_set_expectations_and_history(tmp_path: Path) ->
         ("closed", str(plain), ""),
         ("opened", str(later), ""),
     ]
+    assert recovered["expectations"][0]["met"] is True
+    assert recovered["expectations"][0]["alerting_since"] is None
+    latest = recovered["history"][0]
+    assert (latest["change"], latest["port"], latest["note"]) == (
+        "opened",
+        expected,
+        "as expected (open)",
+    )
     heading = tree.css_first("h2")
     assert heading is not None
     assert "127.0.0.1" in heading.text()
+
+
+def test_a_checkpoint_its_view_cannot_read_is_shown_as_a_tree(tmp_path: Path) -> None:
+    with Store(tmp_path / "wk.db") as store:
+        store.register_watcher("oldlog", "log")
+    odd = {"files": [{"path": "/var/log/x.log", "offset": "twelve"}], "counts": {"a": [1]}}
+    with sqlite3.connect(tmp_path / "wk.db") as db:  # an older or hand-edited checkpoint
+        db.execute("UPDATE watchers SET checkpoint = ? WHERE name = 'oldlog'", [json.dumps(odd)])
+    db.close()
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.every(1, lambda: None, name="probe")
+    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    with keeper, httpx.Client(base_url=dashboard.url) as http:
+        page = http.get("/watchers/oldlog")
+        assert page.status_code == 200
+        assert '<dt>offset</dt><dd><span class="leaf">twelve</span>' in page.text
+        assert "Files followed" not in page.text
+        assert http.get("/api/watchers/oldlog").json()["detail"] is None

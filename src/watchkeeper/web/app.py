@@ -53,7 +53,7 @@ from watchkeeper.web.data import (
     watcher_docs,
     watcher_names,
 )
-from watchkeeper.web.details import watcher_detail
+from watchkeeper.web.details import has_view, watcher_detail
 from watchkeeper.web.metrics import metrics_registry, render
 from watchkeeper.web.stream import Broadcaster, StreamFilter, alert_events
 
@@ -247,10 +247,13 @@ async def watcher_page(request: Request) -> Response:
     now = time.time()
     cursor = last_alert_id(ctx.store)
     count = alerts_per_watcher(ctx.store, now - DAY).get(name, 0)
+    info = watcher_detail(record, running_config(ctx, name), ctx.store)
     detail = f"detail_{re.sub(r'[^a-z0-9_]', '_', record.kind)}.html"
     try:
         ctx.env.get_template(detail)
     except TemplateNotFound:
+        detail = "detail_generic.html"
+    if info is None and has_view(record.kind):  # a checkpoint its view cannot read
         detail = "detail_generic.html"
     return page(
         request,
@@ -259,7 +262,7 @@ async def watcher_page(request: Request) -> Response:
         watcher=watcher_doc(record, count, now),
         record=record,
         detail=detail,
-        info=watcher_detail(record, running_config(ctx, name), ctx.store),
+        info=info,
         raw=checkpoint_json(record.checkpoint),
         alerts=find_alerts(ctx.store, AlertQuery(watcher=name, limit=20)),
         running=name in running_names(ctx),

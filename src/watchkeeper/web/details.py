@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,8 @@ from watchkeeper.scan import ScanError, parse_ports
 from watchkeeper.services import service_name
 from watchkeeper.store import Store, WatcherRecord
 from watchkeeper.watchers.base import WatcherConfig
+
+log = logging.getLogger("watchkeeper")
 
 ITEMS_SHOWN = 200
 """Page items listed (newest first); the rest are counted."""
@@ -222,15 +225,15 @@ def ports_detail(
     for port, want in sorted(expected.items()):
         if want not in ("open", "closed"):
             continue
-        state = "open" if port in open_ports else "closed"
+        state = ("open" if port in open_ports else "closed") if record.checkpoint else "unknown"
         cond = conditions.get(f"expect:{port}") or {}
         expectations.append(
             {
                 "port": port,
                 "service": service_name(port),
                 "expected": want,
-                "state": state if record.checkpoint else "unknown",
-                "met": state == want,
+                "state": state,
+                "met": None if state == "unknown" else state == want,
                 "alerting_since": iso(cond.get("since")) if cond.get("firing") else None,
             }
         )
@@ -263,6 +266,7 @@ def ports_detail(
         "for_cycles": getattr(config, "for_cycles", None),
         "expectations": expectations,
         "history": history,
+        "history_complete": len(rows) < HISTORY,
     }
 
 
@@ -274,9 +278,26 @@ BUILDERS: dict[str, Builder] = {
 }
 
 
+def has_view(kind: str) -> bool:
+    """Whether ``kind`` has a view built here (its template needs ``info``)."""
+    return kind in BUILDERS
+
+
 def watcher_detail(
     record: WatcherRecord, config: WatcherConfig | None, store: Store
 ) -> dict[str, Any] | None:
-    """The kind's view of the watcher, or None for a kind that has none (shown as a tree)."""
+    """The kind's view of the watcher; None for a kind without one, or a checkpoint it cannot read.
+
+    A checkpoint of another shape (an older version's, or one edited by hand) must not take the
+    page down: it is logged and shown as the generic tree instead.
+    """
     build = BUILDERS.get(record.kind)
-    return build(record, config, store) if build else None
+    if build is None:
+        return None
+    try:
+        return build(record, config, store)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        log.warning(
+            "dashboard: cannot read %s's checkpoint as a %s view: %r", record.name, record.kind, exc
+        )
+        return None
