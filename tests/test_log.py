@@ -301,6 +301,7 @@ def test_lines_after_makes_one_alert_per_traceback(follow: Any, tmp_path: Path) 
         'Traceback (most recent call last):\n  File "x.py", line 1\n    boom()\nValueError: bad',
         "other Error line",
     ]
+    assert f.seen[0].title.endswith(": Traceback (most recent call last): … ValueError: bad")
     deadline = time.monotonic() + 5
     while len(f.seen) < 3:  # the last block never completes: it goes out after the timeout
         assert time.monotonic() < deadline
