@@ -40,8 +40,11 @@ def main() -> None:
         str(folder / "app.log"),
         rules=[
             {"match": r" CRITICAL ", "severity": "critical"},
-            {"match": r"Traceback \(most recent call last\)", "severity": "error",
-             "lines_after": 20},
+            {
+                "match": r"Traceback \(most recent call last\)",
+                "severity": "error",
+                "lines_after": 20,
+            },
         ],
         name="app-log",
         start_at="beginning",

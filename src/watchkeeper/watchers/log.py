@@ -256,6 +256,27 @@ class LogWatcher(Watcher):
         """The prefilter in use: "hyperscan" or "re"."""
         return self.scanner.prefilter.engine
 
+    def initial_checkpoint(self) -> Any:
+        """Where reading starts in the files there are now, taken as the keeper starts.
+
+        The first check runs a moment later on the watcher's thread; a program that writes and
+        rotates its log at once must not lose what was rotated away in between, so the files are
+        identified here and rotations from then on are chased like any other.
+        """
+        entries: list[Tracked] = []
+        for path in members(self.config.paths):
+            opened = self.files.open(path)
+            if opened is None:
+                continue
+            fd, info = opened
+            entry = Tracked(path, info.st_dev, info.st_ino, origin=path, mtime=info.st_mtime_ns)
+            if self.config.start_at == "end":
+                entry.offset = end_offset(fd, info.st_size)
+            remember(fd, entry, info.st_size)
+            entries.append(entry)
+        self.files.keep_only({(e.dev, e.ino) for e in entries})
+        return {"files": [e.to_json() for e in entries], "counts": {}, "done": []}
+
     def check(self, checkpoint: Any) -> CheckResult:
         """Reconcile files with the globs, read what is new, return alerts and offsets."""
         now = time.time()
