@@ -301,6 +301,7 @@ def test_lines_after_makes_one_alert_per_traceback(follow: Any, tmp_path: Path) 
         'Traceback (most recent call last):\n  File "x.py", line 1\n    boom()\nValueError: bad',
         "other Error line",
     ]
+    assert f.seen[0].title.endswith(": Traceback (most recent call last): … ValueError: bad")
     deadline = time.monotonic() + 5
     while len(f.seen) < 3:  # the last block never completes: it goes out after the timeout
         assert time.monotonic() < deadline
@@ -424,3 +425,28 @@ def test_any_sequence_of_writes_rotations_and_restarts_alerts_each_line_once(
     finally:
         f.close()
     assert seen == criticals(1, line)
+
+
+@pytest.mark.parametrize("start_at", ["end", "beginning"])
+def test_rotations_before_the_first_check_lose_nothing(
+    follow: Any, tmp_path: Path, start_at: str
+) -> None:
+    """keeper.start() takes the starting point; the first check runs later on its thread."""
+    log = tmp_path / "app.log"
+    append(log, "old CRITICAL before start\n")
+    f = follow(start_at=start_at)
+    f.checkpoint = json.loads(json.dumps(f.watcher.initial_checkpoint()))
+    for n in range(3):  # the program writes and rotates twice before the watcher's first look
+        append(log, f"CRITICAL {n}\n")
+        for k in (2, 1):
+            older = tmp_path / f"app.log.{k}"
+            if (tmp_path / (f"app.log.{k - 1}" if k > 1 else "app.log")).exists():
+                (tmp_path / (f"app.log.{k - 1}" if k > 1 else "app.log")).rename(older)
+        log.touch()
+    append(log, "CRITICAL 3\n")
+    for _ in range(5):
+        f.check()
+    expected = ["CRITICAL 0", "CRITICAL 1", "CRITICAL 2", "CRITICAL 3"]
+    if start_at == "beginning":
+        expected = ["old CRITICAL before start", *expected]
+    assert sorted(f.lines()) == sorted(expected)

@@ -191,9 +191,15 @@ def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     for watcher in watchers:
         watcher.close()
     out.print(
-        f"{config}: OK — {len(cfg.watchers)} watchers, {len(cfg.notify)} notifiers, "
+        f"{config}: OK — {plural(len(cfg.watchers), 'watcher')}, "
+        f"{plural(len(cfg.notify), 'notifier')}, "
         f"state {cfg.keeper.state or default_state_path()}"
     )
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 watcher``, ``2 watchers``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _ago(timestamp: float | None) -> str:

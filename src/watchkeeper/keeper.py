@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -376,6 +377,11 @@ def build_from_config(config: Config) -> tuple[list[Notifier], list[Watcher]]:
     problems: list[str] = []
     notifiers: list[Notifier] = []
     watchers: list[Watcher] = []
+    source = Path(config.source)
+    if source.is_file():  # `call = "checks:fn"` may name a module next to the config file
+        folder = str(source.resolve().parent)
+        if folder not in sys.path:
+            sys.path.append(folder)
     for spec in config.notify:
         try:
             notifiers.append(build_notifier(spec))

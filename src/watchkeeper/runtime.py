@@ -67,6 +67,11 @@ class WatcherThread(threading.Thread):
         self.stopping = threading.Event()
         record = store.register_watcher(watcher.name, watcher.kind)
         self.checkpoint: Any = record.checkpoint
+        if self.checkpoint is None:  # runs in keeper.start(), before anything else can happen
+            try:
+                self.checkpoint = watcher.initial_checkpoint()
+            except Exception:
+                log.exception("watcher %s: cannot take its starting point", watcher.name)
         self.rule_state: dict[str, Any] = record.rule_state
         self.failures = record.failures
         self.paused = record.paused

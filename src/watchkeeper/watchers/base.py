@@ -64,6 +64,15 @@ class Watcher(ABC):
         """The configured name."""
         return self.config.name
 
+    def initial_checkpoint(self) -> Any:
+        """The checkpoint to start from when the store has none, taken as the keeper starts.
+
+        None (the default) lets the first check decide. A watcher that must not miss what
+        happens between ``keeper.start()`` and its first check (which runs a moment later, on
+        its own thread) records where it stands here instead.
+        """
+        return None
+
     @abstractmethod
     def check(self, checkpoint: Any) -> CheckResult:
         """Look once. Raise on failure: the runtime records it, backs off and retries."""

@@ -184,10 +184,16 @@ class Scanner:
         if cut:
             text += " [line truncated]"
         body = text
+        last = text
         if rule.config.lines_after and not cut:
-            body = "\n".join(self.decode(ln.rstrip(b"\r")) for ln in block.split(b"\n"))
+            lines = [self.decode(ln.rstrip(b"\r")) for ln in block.split(b"\n")]
+            body = "\n".join(lines)
+            last = block_summary(lines) or text
         if rule.config.title is None:
-            title = f"{self.config.name}: {text[:TITLE_CHARS]}"
+            # A traceback's first line says nothing; its exception line says most: show both.
+            traceback = last != text and text.lstrip().startswith("Traceback")
+            shown = f"{text} … {last}" if traceback else text
+            title = f"{self.config.name}: {shown[:TITLE_CHARS]}"
         else:
             groups = {
                 k: (v.decode(self.config.encoding, "replace") if isinstance(v, bytes) else v or "")
@@ -197,6 +203,7 @@ class Scanner:
                 "name": self.config.name,
                 "path": path,
                 "line": text[:TITLE_CHARS],
+                "last": last[:TITLE_CHARS],
                 "severity": rule.config.severity,
                 "match": rule.config.match,
                 "count": count,
@@ -248,6 +255,27 @@ class LogWatcher(Watcher):
     def engine(self) -> str:
         """The prefilter in use: "hyperscan" or "re"."""
         return self.scanner.prefilter.engine
+
+    def initial_checkpoint(self) -> Any:
+        """Where reading starts in the files there are now, taken as the keeper starts.
+
+        The first check runs a moment later on the watcher's thread; a program that writes and
+        rotates its log at once must not lose what was rotated away in between, so the files are
+        identified here and rotations from then on are chased like any other.
+        """
+        entries: list[Tracked] = []
+        for path in members(self.config.paths):
+            opened = self.files.open(path)
+            if opened is None:
+                continue
+            fd, info = opened
+            entry = Tracked(path, info.st_dev, info.st_ino, origin=path, mtime=info.st_mtime_ns)
+            if self.config.start_at == "end":
+                entry.offset = end_offset(fd, info.st_size)
+            remember(fd, entry, info.st_size)
+            entries.append(entry)
+        self.files.keep_only({(e.dev, e.ino) for e in entries})
+        return {"files": [e.to_json() for e in entries], "counts": {}, "done": []}
 
     def check(self, checkpoint: Any) -> CheckResult:
         """Reconcile files with the globs, read what is new, return alerts and offsets."""
@@ -472,3 +500,18 @@ class LogWatcher(Watcher):
         self.files.close()
         if self.watch is not None:
             self.watch.close()
+
+
+def block_summary(lines: list[str]) -> str | None:
+    """The line that sums up a block: for a Python traceback, its exception line.
+
+    A traceback's frames are indented; the first unindented line after them is the exception
+    (``KeyError: 'missing'``). Other blocks have no such line; their summary is their last line.
+    """
+    if "Traceback (most recent call last)" in lines[0]:
+        for line in lines[1:]:
+            if line.strip() and not line[:1].isspace():
+                return line.strip()
+        return None
+    return next((ln.strip() for ln in reversed(lines[1:]) if ln.strip()), None)
+

@@ -20,7 +20,7 @@ from watchkeeper.units import Duration, Size, parse_duration
 from watchkeeper.watchers.base import WatcherConfig
 
 _THRESHOLD = re.compile(r"^\s*(\d+)\s+in\s+(.+?)\s*$")
-TITLE_FIELDS = frozenset({"name", "path", "line", "severity", "match", "count"})
+TITLE_FIELDS = frozenset({"name", "path", "line", "last", "severity", "match", "count"})
 """Fields a rule's ``title`` template may use, besides the named groups of its ``match``."""
 
 
