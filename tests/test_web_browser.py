@@ -277,11 +277,13 @@ def test_detail_pages_of_log_page_and_ports_watchers(tmp_path: Path, watch: Watc
         wait_until(lambda: detail("shop")["items"][0]["title"] == XSS)
         wait_until(lambda: len(detail("lan")["open"]) == 2)
         held[2].listen()
+        wait_until(lambda: len(detail("lan")["history"]) == 1)
         held[1].close()
         wait_until(lambda: len(detail("lan")["history"]) == 2)
         with (logs / "app.log").open("a") as out:
             out.write("ERROR queue stuck <script>alert(1)</script>\n")
-        wait_until(lambda: len(detail("applog")["files"]) == 2)
+        wait_until(lambda: detail("applog")["files"][1]["size"] == 76)
+        wait_until(lambda: detail("applog")["total_lag"] == 0)
         held[0].close()  # the expected port goes away
         wait_until(lambda: detail("lan")["expectations"][0]["alerting_since"])
 
@@ -315,8 +317,8 @@ def test_detail_pages_of_log_page_and_ports_watchers(tmp_path: Path, watch: Watc
         expect(open_rows.locator("td.port")).to_have_text([str(later)])
         expect(open_rows.locator("td").nth(1)).to_have_text(service_name(later))
         history = page.locator("#port-history tbody tr")
-        expect(history.locator(".badge")).to_have_text(["closed", "opened", "closed"])
-        expect(history.locator("td.port")).to_have_text([str(ssh_like), str(later), str(plain)])
+        expect(history.locator(".badge")).to_have_text(["closed", "closed", "opened"])
+        expect(history.locator("td.port")).to_have_text([str(ssh_like), str(plain), str(later)])
         expect(page.locator("#expectations .badge")).to_have_text("closed")
         expect(page.locator("#expectations td").last).to_contain_text("alerting since")
         watch.shot("detail-ports")
