@@ -19,7 +19,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from watchkeeper.alerts import iso_utc
+from watchkeeper.quantities import iso_utc
 from watchkeeper.scan import HostScan, PortState, ScanError, parse_ports, port_ranges
 from watchkeeper.services import service_name
 
