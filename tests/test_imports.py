@@ -94,5 +94,12 @@ def test_scan_command_loads_no_config_layer() -> None:
         listener.close()
     (host,) = json.loads(out)["hosts"]
     assert [(p["port"], p["state"]) for p in host["ports"]] == [(port, "open")]
-    unneeded = ("httpx", "jinja2", "feedparser", "watchkeeper.alerts", "watchkeeper.web")
+    unneeded = (
+        "pydantic",
+        "httpx",
+        "jinja2",
+        "feedparser",
+        "watchkeeper.alerts",
+        "watchkeeper.web",
+    )
     assert loaded(modules, CONFIG_LAYER + unneeded) == []
