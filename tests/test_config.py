@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import run_cli
 from watchkeeper import ConfigError, Keeper, load_config
-from watchkeeper.units import format_duration, parse_duration, parse_size
+from watchkeeper.quantities import format_duration, parse_duration, parse_size
 
 GOOD = """
 [keeper]

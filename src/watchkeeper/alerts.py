@@ -29,7 +29,8 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from watchkeeper.units import Duration, format_duration
+from watchkeeper.quantities import format_duration, iso_utc
+from watchkeeper.units import Duration
 
 HEALTH_KEY = "__health__"
 
@@ -133,12 +134,6 @@ class Alert:
             "created_at": iso_utc(self.created_at),
             "data": self.data,
         }
-
-
-def iso_utc(timestamp: float) -> str:
-    """ISO 8601 in UTC with milliseconds and a ``Z``: ``2026-11-27T21:45:07.123Z``."""
-    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
-    return f"{whole}.{int(timestamp % 1 * 1000):03d}Z"
 
 
 class Rules(BaseModel):

@@ -2,6 +2,9 @@
 
 Every command that reads state takes ``-c/--config`` (default ``./watchkeeper.toml``) and
 ``--state``. Config errors are printed as their messages, never as a traceback, with exit status 1.
+
+Each command imports what it needs when it runs: loading a config imports every watcher and
+notifier (the registries), which ``watchkeeper scan`` or ``--help`` should not pay for.
 """
 
 from __future__ import annotations
@@ -21,20 +24,18 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
-from watchkeeper.alerts import Alert, Severity, iso_utc
-from watchkeeper.config import Config, KeeperSettings, default_state_path, load_config
 from watchkeeper.errors import ConfigError, WatchkeeperError
-from watchkeeper.keeper import Keeper, build_from_config, build_notifier
-from watchkeeper.notifiers.console import alert_text
-from watchkeeper.store import Store
-from watchkeeper.units import format_duration, parse_duration
+from watchkeeper.quantities import format_duration, iso_utc, parse_duration
 
 if TYPE_CHECKING:
+    from watchkeeper.alerts import Severity
+    from watchkeeper.config import Config, KeeperSettings
+    from watchkeeper.keeper import Keeper
     from watchkeeper.scan import HostScan, ScanOptions
+    from watchkeeper.store import Store
 
 app = typer.Typer(
     name="watchkeeper",
@@ -60,6 +61,8 @@ DEFAULT_CONFIG = Path("watchkeeper.toml")
 
 def parse_severity(value: str) -> Severity:
     """A --severity value, or a usage error naming the choices."""
+    from watchkeeper.alerts import Severity
+
     try:
         return Severity.parse(value)
     except ValueError as exc:
@@ -74,6 +77,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def load(path: Path) -> Config:
     """Load a config or exit 1 with every problem listed."""
+    from watchkeeper.config import load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -82,6 +87,8 @@ def load(path: Path) -> Config:
 
 def state_path(config_path: Path, state: Path | None) -> Path:
     """--state, else the config's [keeper] state, else the default; no config file is fine."""
+    from watchkeeper.config import default_state_path
+
     if state is not None:
         return state
     if config_path.exists():
@@ -93,6 +100,8 @@ def state_path(config_path: Path, state: Path | None) -> Path:
 
 def open_store(config_path: Path, state: Path | None) -> Store:
     """Open the state file for reading, or exit 1 when there is none yet."""
+    from watchkeeper.store import Store
+
     path = state_path(config_path, state)
     if not path.exists():
         fail(f"no state file at {path} yet; has `watchkeeper run` been started with this config?")
@@ -104,6 +113,8 @@ def open_store(config_path: Path, state: Path | None) -> Store:
 
 def setup_logging(verbose: int) -> None:
     """Log to stderr through rich: warnings by default, -v info, -vv debug."""
+    from rich.logging import RichHandler
+
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     handler = RichHandler(console=err, show_path=False, rich_tracebacks=False, markup=False)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
@@ -149,6 +160,8 @@ def run(
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 1,
 ) -> None:
     """Run the agent in the foreground until SIGTERM or Ctrl-C."""
+    from watchkeeper.keeper import Keeper
+
     setup_logging(verbose)
     cfg = load(config)
     try:
@@ -181,6 +194,9 @@ def attach_dashboard(keeper: Keeper, settings: KeeperSettings) -> Callable[[], N
 @app.command()
 def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Validate a config file: exit 0 if it is good, 1 with every problem listed."""
+    from watchkeeper.config import default_state_path
+    from watchkeeper.keeper import build_from_config
+
     cfg = load(config)
     try:
         notifiers, watchers = build_from_config(cfg)
@@ -304,6 +320,8 @@ def alerts(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
 ) -> None:
     """Alert history from the state file, oldest first."""
+    from watchkeeper.notifiers.console import alert_text
+
     min_severity = parse_severity(severity)
     store = open_store(config, state)
     found = store.alerts(
@@ -324,6 +342,9 @@ def alerts(
 @app.command("notify-test")
 def notify_test(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Send one test alert straight to every notifier and report each result."""
+    from watchkeeper.alerts import Alert, Severity
+    from watchkeeper.keeper import build_notifier
+
     cfg = load(config)
     if not cfg.notify:
         fail(f"{config}: no [[notify]] tables")
@@ -570,6 +591,8 @@ def page(
 
 def _stored_page_checkpoint(config: Path, state: Path | None, name: str | None, url: str) -> Any:
     """The checkpoint of the page watcher named ``name``, or of the config's watcher for ``url``."""
+    from watchkeeper.config import Config
+
     if name is None:
         cfg = load(config) if config.exists() else Config()
         named = [w.name for w in cfg.watchers if getattr(w, "url", None) == url]
@@ -610,6 +633,9 @@ def tail(
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
 ) -> None:
     """Follow log files without a config file and alert on lines matching --match."""
+    from watchkeeper.config import default_state_path
+    from watchkeeper.keeper import Keeper
+
     setup_logging(verbose)
     rules = [{"match": m, "severity": severity} for m in match]
     try:

@@ -28,9 +28,9 @@ from watchkeeper.config import (
 )
 from watchkeeper.errors import ConfigError
 from watchkeeper.notifiers import NOTIFIERS, Notifier, NotifierConfig
+from watchkeeper.quantities import parse_duration
 from watchkeeper.runtime import Dispatcher, WatcherThread
 from watchkeeper.store import Route, Store
-from watchkeeper.units import parse_duration
 from watchkeeper.watchers import WATCHERS, Watcher, WatcherConfig
 from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
 

@@ -18,7 +18,7 @@ from pydantic_core import PydanticUndefined
 
 from watchkeeper.config import KeeperSettings
 from watchkeeper.notifiers import NOTIFIERS, NotifierConfig
-from watchkeeper.units import format_duration
+from watchkeeper.quantities import format_duration
 from watchkeeper.watchers import WATCHERS, WatcherConfig
 
 HEADER = """# Configuration reference

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -81,10 +82,8 @@ class HostScan:
 
     def counts(self) -> dict[str, int]:
         """How many ports ended in each state."""
-        found = dict.fromkeys((s.value for s in PortState), 0)
-        for result in self.results.values():
-            found[result.state.value] += 1
-        return found
+        tally = Counter(result.state for result in self.results.values())
+        return {state.value: tally[state] for state in PortState}
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from watchkeeper.alerts import iso_utc
-from watchkeeper.scan import HostScan, PortState, ScanError, parse_ports, port_ranges
+from watchkeeper.quantities import iso_utc
+from watchkeeper.scan import HostScan, PortResult, PortState, ScanError, parse_ports, port_ranges
 from watchkeeper.services import service_name
 
 FORMAT = "watchkeeper-scan/1"
@@ -47,13 +47,17 @@ def to_json(reports: Sequence[HostScan], args: str) -> dict[str, Any]:
                         "service": service_name(port),
                         **({"banner": res.banner} if res.banner is not None else {}),
                     }
-                    for port, res in sorted(r.results.items())
-                    if res.state is not PortState.CLOSED
+                    for port, res in _not_closed(r)
                 ],
             }
             for r in reports
         ],
     }
+
+
+def _not_closed(report: HostScan) -> list[tuple[int, PortResult]]:
+    """The ports worth listing, in order; filtered before sorting: most of a scan is closed."""
+    return sorted((p, r) for p, r in report.results.items() if r.state is not PortState.CLOSED)
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,21 @@ its deliveries wait in the outbox for the next start.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
-import jinja2
-from jinja2 import meta
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from watchkeeper.alerts import Alert, Severity, iso_utc
+from watchkeeper.alerts import Alert, Severity
+from watchkeeper.quantities import iso_utc
 from watchkeeper.units import Duration
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 class NotifierConfig(BaseModel):
@@ -128,14 +131,22 @@ def indent(text: str, prefix: str = "    ") -> str:
     return "\n".join(prefix + line for line in text.splitlines())
 
 
-_TEMPLATES = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
-_TEMPLATES.filters["iso"] = iso_utc
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The one Jinja2 environment, made (and jinja2 imported) when a config has a template."""
+    import jinja2
+
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+    environment.filters["iso"] = iso_utc
+    return environment
 
 
 def template(source: str, where: str) -> jinja2.Template:
     """Compile a user's template, with an error that says which setting is wrong."""
+    import jinja2
+
     try:
-        return _TEMPLATES.from_string(source)
+        return _templates().from_string(source)
     except jinja2.TemplateSyntaxError as exc:
         raise ValueError(f"{where}: template error on line {exc.lineno}: {exc.message}") from exc
 
@@ -165,8 +176,10 @@ def check_renders(source: str, where: str) -> str | None:
         body="line 1\nline 2",
         id=1,
     )
+    from jinja2 import meta
+
     names = _context(sample, permissive_data=True)
-    unknown = sorted(meta.find_undeclared_variables(_TEMPLATES.parse(source)) - set(names))
+    unknown = sorted(meta.find_undeclared_variables(_templates().parse(source)) - set(names))
     if unknown:
         raise ValueError(
             f"{where}: template uses unknown name {unknown[0]!r}; templates see "
@@ -198,6 +211,8 @@ def render(tmpl: jinja2.Template, alert: Alert, permissive_data: bool = False) -
     Raises TemplateProblem, never a Jinja2 or type error, so notifiers can fail the delivery
     permanently: retrying a template that cannot render would never help.
     """
+    import jinja2
+
     try:
         return tmpl.render(_context(alert, permissive_data))
     except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as exc:

@@ -1,15 +1,20 @@
-"""One readable line per alert on stderr, coloured by rich when stderr is a terminal."""
+"""One readable line per alert on stderr, coloured by rich when stderr is a terminal.
+
+rich is imported when it is used, not with this module, which the notifier registry imports in
+every process that loads a config.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from rich.console import Console
-from rich.text import Text
-
-from watchkeeper.alerts import Alert, Severity, iso_utc
+from watchkeeper.alerts import Alert, Severity
 from watchkeeper.notifiers.base import Notifier, NotifierConfig, register
+
+if TYPE_CHECKING:
+    from rich.text import Text
+from watchkeeper.quantities import iso_utc
 
 SEVERITY_STYLES = {
     Severity.DEBUG: "dim",
@@ -32,6 +37,8 @@ def alert_text(alert: Alert) -> Text:
     rich's Text never interprets markup or ANSI codes in its content, so alert text from logs or
     pages cannot drive the terminal. Shared by the console notifier and ``follow``.
     """
+    from rich.text import Text
+
     status = "RESOLVED" if alert.status == "resolved" else str(alert.severity).upper()
     style = "green" if alert.status == "resolved" else SEVERITY_STYLES[alert.severity]
     line = Text()
@@ -58,6 +65,8 @@ class ConsoleNotifier(Notifier):
     config_model = ConsoleConfig
 
     def __init__(self, config: ConsoleConfig) -> None:
+        from rich.console import Console
+
         super().__init__(config)
         self._console = Console(file=sys.stderr, highlight=False, soft_wrap=True)
 

@@ -31,7 +31,7 @@ from urllib.parse import urljoin, urlsplit
 import urllib3
 
 from watchkeeper.errors import WatchkeeperError
-from watchkeeper.units import format_duration
+from watchkeeper.quantities import format_duration
 
 
 class PageError(WatchkeeperError):

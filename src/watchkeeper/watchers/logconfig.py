@@ -16,7 +16,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from watchkeeper.alerts import Severity
-from watchkeeper.units import Duration, Size, parse_duration
+from watchkeeper.quantities import parse_duration
+from watchkeeper.units import Duration, Size
 from watchkeeper.watchers.base import WatcherConfig
 
 _THRESHOLD = re.compile(r"^\s*(\d+)\s+in\s+(.+?)\s*$")

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
-import feedparser
 import jmespath
 from jmespath.exceptions import JMESPathError
 from selectolax.lexbor import LexborHTMLParser, LexborNode, SelectolaxError
@@ -334,7 +333,12 @@ def json_items(
 
 
 def feed_items(content: bytes, page_url: str, headers: Mapping[str, str]) -> Extraction:
-    """RSS/Atom entries; the key is the guid/id, else the link, else a hash of the title."""
+    """RSS/Atom entries; the key is the guid/id, else the link, else a hash of the title.
+
+    feedparser (about 11 MiB) is imported on the first feed, not by every page watcher.
+    """
+    import feedparser
+
     parsed = feedparser.parse(
         content,
         response_headers={

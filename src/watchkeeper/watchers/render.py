@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from watchkeeper.units import format_duration
+from watchkeeper.quantities import format_duration
 from watchkeeper.watchers.fetch import PageError, Reply
 
 CHROMIUM_ARGS = [

@@ -36,8 +36,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from watchkeeper.alerts import Severity
+from watchkeeper.quantities import format_duration, parse_duration
 from watchkeeper.store import Store
-from watchkeeper.units import format_duration, parse_duration
 from watchkeeper.watchers.base import WatcherConfig
 from watchkeeper.web.auth import LOOPBACK_HOSTS, AuthMiddleware, Guard, SecurityHeadersMiddleware
 from watchkeeper.web.bind import Bind

@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from watchkeeper.alerts import Alert, Severity, iso_utc
+from watchkeeper.alerts import Alert, Severity
+from watchkeeper.quantities import iso_utc
 from watchkeeper.store import Store, WatcherRecord, alert_from_row
 
 if TYPE_CHECKING:

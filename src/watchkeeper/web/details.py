@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from watchkeeper.alerts import iso_utc
+from watchkeeper.quantities import iso_utc
 from watchkeeper.scan import ScanError, parse_ports
 from watchkeeper.services import service_name
 from watchkeeper.store import Store, WatcherRecord
