@@ -370,10 +370,12 @@ class LogWatcher(Watcher):
         once since the last look (or while watchkeeper was down), the files in between were
         never members; they are the path's siblings modified after the newest file we knew there.
         """
-        queued = {(e.dev, e.ino) for e in queue}
+        # A file that was empty when last seen has no fingerprint: if its inode was freed and
+        # reused by a newer file at the same path, only its siblings can tell it rotated.
+        proven = {(e.dev, e.ino) for e in queue if e.fp_len}
         found: list[Tracked] = []
         for path, info in current.items():
-            if (info.st_dev, info.st_ino) in queued:
+            if (info.st_dev, info.st_ino) in proven:
                 continue
             known = [e.mtime for e in queue if e.origin == path]
             known += [int(d[2]) for d in self.done if len(d) > 3 and d[3] == path]
