@@ -30,6 +30,8 @@ except ImportError:  # pragma: no cover - depends on the environment
     hyperscan = None
 
 _EVERY_LINE = re.compile(rb"(?m)^")
+_LITERAL = re.compile(rb"(?:[^\\.^$*+?{}\[\]|()\r\n]|\\[^A-Za-z0-9\r\n])+")
+"""Characters that stand for themselves in Python's ``re`` and in hyperscan alike."""
 ALL = -1
 """A pattern mask with every bit set: the prefilter cannot tell which patterns matched."""
 
@@ -43,14 +45,22 @@ class Pattern:
     raw: re.Pattern[bytes] | None
     """The bytes form, or None when the pattern has non-ASCII characters (decoded match only)."""
 
+    literal: bool = False
+    """Plain words, or an alternation of them (``CRITICAL|FATAL``): no metacharacter, no line
+    break. Hyperscan reporting one on a line is then proof enough, as grep's and ``re``'s
+    meaning of a literal is the same; any other pattern is confirmed with ``re`` (see ``exact``)."""
+
     @classmethod
     def compile(cls, source: str) -> Pattern:
         """Compile, raising ``re.error`` for a bad pattern."""
         text = re.compile(source)
         raw = re.compile(source.encode("ascii")) if source.isascii() else None
-        return cls(source, text, raw)
+        literal = raw is not None and all(
+            _LITERAL.fullmatch(branch) for branch in alternatives(raw.pattern)
+        )
+        return cls(source, text, raw, literal)
 
-    def search(self, raw: bytes, text: str) -> re.Match[Any] | None:
+    def search(self, raw: bytes | bytearray, text: str) -> re.Match[Any] | None:
         """Search one line: its bytes when the pattern is ASCII, else its decoded text."""
         if self.raw is not None:
             return self.raw.search(raw)
@@ -92,7 +102,9 @@ class Prefilter:
         # One regex per pattern: alternation would clash on group names and inline flags.
         self.fallback = list(dict.fromkeys(fallback))
 
-    def lines(self, data: bytes, size: int | None = None) -> Iterator[tuple[int, int, int]]:
+    def lines(
+        self, data: bytes | bytearray, size: int | None = None
+    ) -> Iterator[tuple[int, int, int]]:
         """``(start, end, patterns)`` of each candidate line of ``data[:size]``, in order.
 
         ``end`` excludes the newline; ``patterns`` is a bit mask of the patterns that may match
@@ -123,7 +135,9 @@ class Prefilter:
             yield max(data.rfind(b"\n", 0, hit) + 1, pos), end, ALL
             pos = end + 1
 
-    def _batch(self, data: bytes, view: memoryview) -> tuple[int, list[tuple[int, int, int]]]:
+    def _batch(
+        self, data: bytes | bytearray, view: memoryview
+    ) -> tuple[int, list[tuple[int, int, int]]]:
         """Where one hyperscan pass stopped (``len`` if done) and the candidate lines it found.
 
         One scan call for the whole chunk; the callback keeps the first match of each line and
@@ -131,19 +145,22 @@ class Prefilter:
         callback the cost, so past a bound the pass halts and the caller continues line by line.
         """
         hits: list[int] = []
+        stops: list[int] = []
         masks: list[int] = []
         stop = -1
-        calls = 0
+        repeats = 0
+        find = data.find
 
         def on_match(pattern_id: int, start: int, end: int, flags: int, context: Any) -> bool:
-            nonlocal stop, calls
-            calls += 1
-            at = max(end - 1, 0)
+            nonlocal stop, repeats
+            at = end - 1 if end else 0
             if at <= stop:
+                repeats += 1
                 masks[-1] |= 1 << pattern_id
-                return calls > 16 * len(hits) + 4096
-            stop = data.find(b"\n", at)
+                return repeats > 15 * len(hits) + 4096
+            stop = find(b"\n", at)  # every line ends with a newline: find() cannot fail
             hits.append(at)
+            stops.append(stop)
             masks.append(1 << pattern_id)
             return False
 
@@ -153,9 +170,10 @@ class Prefilter:
         except hyperscan.ScanTerminated:
             finished = False
             masks[-1] = ALL  # the rest of that line's matches were not reported
-        found = [  # every line ends with a newline: find() cannot fail
-            (data.rfind(b"\n", 0, at) + 1, data.find(b"\n", at), mask)
-            for at, mask in zip(hits, masks, strict=True)
+        rfind = data.rfind
+        found = [
+            (rfind(b"\n", 0, at) + 1, end, mask)
+            for at, end, mask in zip(hits, stops, masks, strict=True)
         ]
         return (len(view) if finished else stop + 1), found
 
