@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from watchkeeper.alerts import Observation
+from watchkeeper.alerts import Observation, Severity
 from watchkeeper.config import watcher_config
-from watchkeeper.watchers.log import LogWatcher
+from watchkeeper.watchers.log import BUFFERED, LogWatcher
 from watchkeeper.watchers.logconfig import LogConfig
 from watchkeeper.watchers.logmatch import hyperscan_available
 
@@ -352,6 +352,54 @@ def test_anchors_and_alternations_match_on_every_line(follow: Any, tmp_path: Pat
     append(log, "x START\nSTART here\nFATAL no\nis FATAL\nWarning one\nnot warn\n")
     f.check()
     assert f.lines() == ["START here", "is FATAL", "Warning one"]
+
+
+def test_literal_rules_alert_as_built_and_a_backlog_uses_the_read_buffer(
+    follow: Any, tmp_path: Path
+) -> None:
+    """Literal rules skip the ``re`` check under hyperscan and their observations are built
+    from a prototype: each must still equal the ``Observation`` the rules describe, on both
+    engines, with first-rule-wins, ``unless``, CRLF, NULs and invalid UTF-8; the filler makes
+    the read large enough to go through the reused buffer."""
+    log = tmp_path / "app.log"
+    rules = [
+        {"match": "FATAL|CRITICAL", "severity": "critical"},
+        {"match": "ERROR", "unless": "healthcheck", "severity": "warning"},
+        {"match": r"disk \(full\)"},
+        {"match": "ERR.R", "severity": "info"},
+    ]
+    lines = [
+        b"CRITICAL and ERROR on one line",
+        b"ERROR healthcheck failed",
+        b"ERRXR odd spelling",
+        b"disk (full) with crlf\r",
+        b"FATAL \x00 nul and \xff invalid",
+        b"disk full without parentheses",
+        b"fatal in lower case",
+    ]
+    filler = b"".join(b"%06d info filler line\n" % i for i in range(20000))
+    append(log, filler + b"\n".join(lines) + b"\n")
+    f = follow(rules=rules)
+    f.check()
+    expected = []
+    offset = len(filler)
+    for raw, rule in zip(lines, [0, 3, 3, 2, 0, None, None], strict=True):
+        text = raw.rstrip(b"\r").decode("utf-8", "replace").replace("\x00", "\ufffd")
+        if rule is not None:
+            expected.append(
+                Observation(
+                    title=f"app: {text}",
+                    severity=Severity.parse(rules[rule].get("severity", "error")),
+                    key=rules[rule]["match"],
+                    body=text,
+                    data={"path": str(log), "line": text, "offset": offset, "rule": rule},
+                    event=True,
+                )
+            )
+        offset += len(raw) + 1
+    assert len(filler) > BUFFERED
+    assert f.seen == expected
+    assert f.watcher.buffer is None  # caught up: the buffer is let go
 
 
 OPS = st.lists(

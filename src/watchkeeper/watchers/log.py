@@ -93,7 +93,9 @@ class Rule:
         real ``Observation``; its fields are copied, so the result is equal to the slow one.
         """
         made = _new(Observation)
-        made.__dict__.update(self.fields, title=title, body=line, data=data)
+        fields = made.__dict__
+        fields.update(self.fields)
+        fields["title"], fields["body"], fields["data"] = title, line, data
         return made
 
 
