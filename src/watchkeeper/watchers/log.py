@@ -571,4 +571,3 @@ def block_summary(lines: list[str]) -> str | None:
                 return line.strip()
         return None
     return next((ln.strip() for ln in reversed(lines[1:]) if ln.strip()), None)
-
