@@ -63,16 +63,35 @@ def generate(path: Path, size: int) -> None:
             written += len(chunk)
 
 
-def grep_count(path: Path) -> tuple[int, float]:
+class Clock:
+    """Wall time and CPU time (user + system) since creation, of this process and its children.
+
+    The CPU time is what each side spent itself, whatever else the shared machine was running:
+    the wall-clock ratio moves with the load, the CPU-time ratio much less.
+    """
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), self._cpu()
+
+    @staticmethod
+    def _cpu() -> float:
+        own, children = os.times()[:2], os.times()[2:4]
+        return sum(own) + sum(children)
+
+    def stop(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, self._cpu() - self.cpu
+
+
+def grep_count(path: Path) -> tuple[int, float, float]:
     args = ["grep", "-E", "-c"] + [a for p in PATTERNS for a in ("-e", p)] + [str(path)]
-    start = time.perf_counter()
+    clock = Clock()
     done = subprocess.run(
         args, env={**os.environ, "LC_ALL": "C"}, capture_output=True, text=True, check=False
     )
-    return int(done.stdout.strip()), time.perf_counter() - start
+    return int(done.stdout.strip()), *clock.stop()
 
 
-def watcher_count(path: Path, use_hyperscan: bool) -> tuple[int, float]:
+def watcher_count(path: Path, use_hyperscan: bool) -> tuple[int, float, float]:
     """Lines alerted by the log watcher's real check (read, prefilter, confirm, observations)."""
     table = {
         "name": "bench",
@@ -87,7 +106,7 @@ def watcher_count(path: Path, use_hyperscan: bool) -> tuple[int, float]:
     watcher = LogWatcher(config, use_hyperscan=use_hyperscan)
     checkpoint = None
     count = 0
-    start = time.perf_counter()  # after the patterns are compiled: that happens once
+    clock = Clock()  # after the patterns are compiled: that happens once
     try:
         while True:
             result = watcher.check(checkpoint)
@@ -97,10 +116,10 @@ def watcher_count(path: Path, use_hyperscan: bool) -> tuple[int, float]:
                 break
     finally:
         watcher.close()
-    return count, time.perf_counter() - start
+    return count, *clock.stop()
 
 
-def prefilter_count(path: Path, use_hyperscan: bool) -> tuple[int, float]:
+def prefilter_count(path: Path, use_hyperscan: bool) -> tuple[int, float, float]:
     """Lines the prefilter alone finds (read in 4 MiB chunks, search, line bounds): like grep -c.
 
     No ``re`` check and no observation: with these literal patterns every line it finds
@@ -110,14 +129,14 @@ def prefilter_count(path: Path, use_hyperscan: bool) -> tuple[int, float]:
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     count = offset = 0
-    start = time.perf_counter()
+    clock = Clock()
     with path.open("rb") as file:
         fd = file.fileno()
         while got := os.preadv(fd, [view], offset):
             complete = buffer.rfind(b"\n", 0, got) + 1
             count += sum(1 for _ in prefilter.lines(buffer, complete))
             offset += complete
-    return count, time.perf_counter() - start
+    return count, *clock.stop()
 
 
 def throughput(folder: Path, size_mb: int) -> None:
@@ -127,17 +146,21 @@ def throughput(folder: Path, size_mb: int) -> None:
     size = path.stat().st_size
     subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # warm the cache
     try:  # the best of three runs for each, as the machine is shared
-        expected, grep_s = min((grep_count(path) for _ in range(3)), key=lambda r: r[1])
-        print(f"grep -E -c      {expected:>9} lines  {size / grep_s / 1e9:6.2f} GB/s")
+        expected, grep_s, grep_cpu = min((grep_count(path) for _ in range(3)), key=lambda r: r[1])
+        print(
+            f"grep -E -c                    {expected:>9} lines  {size / grep_s / 1e9:6.2f} GB/s"
+            f"  (CPU time {grep_cpu:.3f} s)"
+        )
         engines = [True, False] if hyperscan_available() else [False]
         for use_hyperscan in engines:
             name = "hyperscan" if use_hyperscan else "re"
             for what, measure in [("check()", watcher_count), ("prefilter", prefilter_count)]:
                 runs = (measure(path, use_hyperscan) for _ in range(3))
-                count, took = min(runs, key=lambda r: r[1])
+                count, took, cpu = min(runs, key=lambda r: r[1])
                 print(
                     f"watchkeeper {name:<9} {what:<9} {count:>9} lines  "
-                    f"{size / took / 1e9:6.2f} GB/s  ratio to grep {grep_s / took:.2f}x"
+                    f"{size / took / 1e9:6.2f} GB/s  ratio to grep {grep_s / took:.2f}x  "
+                    f"(CPU time {cpu:.3f} s, ratio {grep_cpu / cpu:.2f}x)"
                     + ("" if count == expected else f"  COUNT MISMATCH (grep {expected})")
                 )
     finally:
