@@ -1,8 +1,9 @@
 """Find the lines of a chunk that match any of a log watcher's rules, without a loop per line.
 
 The whole chunk (complete lines only) is searched for all rules at once; only a hit costs Python
-work: the hit's line bounds are found with ``rfind``/``find``, every rule is confirmed on that one
-line with ``re``, and the search resumes at the next line. Two prefilters do the searching:
+work: the hit's line bounds are found with ``rfind``/``find``, the rules are confirmed on that one
+line with ``re`` (except literal ones hyperscan reported: see ``Pattern.literal``), and the search
+resumes at the next line. Two prefilters do the searching:
 
 - **hyperscan** (the ``fast`` extra), one multi-pattern database for every rule it can compile.
   The callback halts the scan at the first hit; the scan restarts after that line, so a pattern
@@ -47,8 +48,9 @@ class Pattern:
 
     literal: bool = False
     """Plain words, or an alternation of them (``CRITICAL|FATAL``): no metacharacter, no line
-    break. Hyperscan reporting one on a line is then proof enough, as grep's and ``re``'s
-    meaning of a literal is the same; any other pattern is confirmed with ``re`` (see ``exact``)."""
+    break. Hyperscan reporting one on a line is then proof enough, as hyperscan's and ``re``'s
+    meaning of a literal is the same; any other pattern is confirmed with ``re`` (see
+    ``log.Rule.exact``), as hyperscan's syntax differs from Python's in places."""
 
     @classmethod
     def compile(cls, source: str) -> Pattern:
