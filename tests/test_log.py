@@ -416,6 +416,8 @@ OPS = st.lists(
 @given(ops=OPS)
 # Found by hypothesis: an empty file deleted, its inode reused by the next-but-one file.
 @example(ops=["delete", "write", "restart", "rename"])
+@example(ops=["delete", "restart", "write", "rename", "write"])
+@example(ops=["write", "delete", "restart", "write", "rename"])
 def test_any_sequence_of_writes_rotations_and_restarts_alerts_each_line_once(
     tmp_path_factory: pytest.TempPathFactory, ops: list[str]
 ) -> None:

@@ -332,7 +332,7 @@ class LogWatcher(Watcher):
         self._watch(queue)
         current = members(self.config.paths)
         if checkpoint is not None:
-            queue += self._rotated_unseen(queue, current)
+            queue = self._in_order(queue, self._rotated_unseen(queue, current), current)
         self.more, self.due = False, None
         budget = [self.config.read_limit]
         found: list[Observation] = []
@@ -365,6 +365,11 @@ class LogWatcher(Watcher):
                     known = {(copy[2].st_dev, copy[2].st_ino)}
                     later = self._unseen(entry.path, copy[2].st_mtime_ns, queue, current, known)
                     queue[i:i] = [replace(rest, gone=rest.gone or now), *later]
+                elif entry.mtime:
+                    # The file was deleted and its inode reused by a newer one at this path: files
+                    # rotated away in between are its siblings, newer than it was when last seen.
+                    known = {(info.st_dev, info.st_ino)}
+                    queue[i:i] = self._unseen(path, entry.mtime, queue, current, known)
                 continue
             seen.add((entry.dev, entry.ino))
             member = current.get(path)
@@ -407,6 +412,24 @@ class LogWatcher(Watcher):
         counts = {str(k): v for k, v in self.scanner.counts.items() if v}
         files = [e.to_json() for e in kept]
         return CheckResult(found, {"files": files, "counts": counts, "done": self.done})
+
+    @staticmethod
+    def _in_order(
+        queue: list[Tracked], unseen: list[Tracked], current: dict[str, os.stat_result]
+    ) -> list[Tracked]:
+        """Queue the unseen rotated files so that each path's files are read oldest first.
+
+        They follow the file we knew at their path, unless that file's inode now belongs to the
+        newest file there (it was empty, deleted, and its inode reused): then they precede it.
+        """
+        members = {(s.st_dev, s.st_ino) for s in current.values()}
+        ordered: list[Tracked] = []
+        for entry in queue:
+            if not entry.fp_len and (entry.dev, entry.ino) in members:
+                ordered += [u for u in unseen if u.origin == entry.origin]
+                unseen = [u for u in unseen if u.origin != entry.origin]
+            ordered.append(entry)
+        return ordered + unseen
 
     def _rotated_unseen(
         self, queue: list[Tracked], current: dict[str, os.stat_result]
