@@ -23,14 +23,8 @@ def run_example(name: str, *args: str) -> str:
 
 
 def test_daemon_threads_example() -> None:
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "daemon_threads.py")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    stdout = run_example("daemon_threads.py")
+    rows = {line.split()[0]: line.split() for line in stdout.splitlines()[1:]}
     plain, daemon, keeper = rows["plain"], rows["daemon"], rows["keeper"]
     assert float(plain[1].rstrip("s")) > 2.0
     assert plain[2] == "yes"
@@ -41,14 +35,8 @@ def test_daemon_threads_example() -> None:
 
 
 def test_custom_watcher_example() -> None:
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "custom_watcher.py")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    lines = result.stdout.splitlines()
+    stdout = run_example("custom_watcher.py")
+    lines = stdout.splitlines()
     new_files = [line for line in lines if "new file job-" in line]
     assert len(new_files) == 5
     assert [line.split()[0] for line in lines if "spool-backlog" in line] == ["firing", "resolved"]

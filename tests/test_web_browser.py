@@ -20,16 +20,10 @@ from tests.conftest import wait_until
 from tests.pagesite import Site
 from tests.web_agent import ROOT, Agent
 from watchkeeper.services import service_name
+from watchkeeper.watchers.render import CHROMIUM_ARGS, DEBIAN_CHROMIUM
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+CHROMIUM = str(DEBIAN_CHROMIUM)
+ARGS = CHROMIUM_ARGS  # the same flags the page watcher's renderer runs Chromium with
 ARTIFACTS = ROOT / "test-artifacts"
 XSS = "<img src=x onerror=alert(1)>"
 
