@@ -274,7 +274,7 @@ def test_a_10mb_line_is_truncated_and_nothing_around_it_is_lost(
 def test_read_limit_commits_a_backlog_in_steps(follow: Any, tmp_path: Path) -> None:
     log = tmp_path / "app.log"
     append(log, numbered(1, 30000))
-    f = follow(read_limit="64KiB")
+    f = follow(read_limit="64KiB", max_line="16KiB")
     steps = 0
     while not steps or f.watcher.more:
         f.check()
@@ -502,3 +502,41 @@ def test_rotations_before_the_first_check_lose_nothing(
     if start_at == "beginning":
         expected = ["old CRITICAL before start", *expected]
     assert sorted(f.lines()) == sorted(expected)
+
+
+def test_changing_the_paths_drops_old_files_and_starts_new_ones_per_start_at(
+    engine: str, tmp_path: Path
+) -> None:
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    append(a, "old CRITICAL a\n")
+    append(b, "old CRITICAL b\n")
+    first = Follow(engine, [a], start_at="end")
+    first.checkpoint = json.loads(json.dumps(first.watcher.initial_checkpoint()))
+    append(a, "CRITICAL a1\n")
+    first.check()
+    assert first.lines() == ["CRITICAL a1"]
+    first.close()
+    second = Follow(engine, [b], start_at="end")  # the same watcher, its paths edited
+    second.checkpoint = first.checkpoint
+    assert second.check() == []  # b's old lines are before "the end"; a is no longer followed
+    append(b, "CRITICAL b1\n")
+    append(a, "CRITICAL a2\n")
+    second.check()
+    assert second.lines() == ["CRITICAL b1"]
+    assert [f["path"] for f in second.checkpoint["files"]] == [str(b)]
+    second.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"encoding": "utf-16-le"}, "encoding 'utf-16-le' is not ASCII-compatible"),
+        ({"read_limit": "64KiB"}, "read_limit must be at least twice max_line"),
+    ],
+)
+def test_settings_that_could_never_work_are_refused(options: dict[str, Any], message: str) -> None:
+    from watchkeeper import ConfigError
+
+    table = {"name": "app", "paths": ["/tmp/x.log"], "rules": [{"match": "E"}], **options}
+    with pytest.raises(ConfigError, match=message):
+        watcher_config("log", table, "test")

@@ -9,6 +9,7 @@ notifier (the registries), which ``watchkeeper scan`` or ``--help`` should not p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import signal
@@ -638,15 +639,19 @@ def tail(
 
     setup_logging(verbose)
     rules = [{"match": m, "severity": severity} for m in match]
+    followed = sorted(str(p.absolute()) for p in paths)
+    # One state per set of paths: tails of different files neither share offsets nor block
+    # each other; the same tail run again continues where it stopped.
+    digest = hashlib.sha256("\0".join(followed).encode()).hexdigest()[:12]
     try:
         keeper = Keeper(
-            state=state or default_state_path().with_name("tail.db"),
+            state=state or default_state_path().with_name(f"tail-{digest}.db"),
             notify=[notify_spec(n, i) for i, n in enumerate(notify or ["console"])],
         )
-        keeper.log([p.absolute() for p in paths], rules=rules, name="tail", start_at=start_at)
-    except ConfigError as exc:
-        fail("\n".join(exc.errors))
-    run_until_signal(keeper)
+        keeper.log(followed, rules=rules, name="tail", start_at=start_at)
+        run_until_signal(keeper)
+    except WatchkeeperError as exc:
+        fail("\n".join(exc.errors) if isinstance(exc, ConfigError) else str(exc))
 
 
 @app.command()

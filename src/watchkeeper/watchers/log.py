@@ -12,6 +12,7 @@ larger than ``read_limit`` is read in several checks without waiting, each commi
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
@@ -320,7 +321,18 @@ class LogWatcher(Watcher):
             remember(fd, entry, info.st_size)
             entries.append(entry)
         self.files.keep_only({(e.dev, e.ino) for e in entries})
-        return {"files": [e.to_json() for e in entries], "counts": {}, "done": []}
+        if not entries:
+            log.warning(
+                "watcher %s: no file matches %s yet; waiting for one",
+                self.name,
+                ", ".join(str(p) for p in self.config.paths),
+            )
+        return {
+            "files": [e.to_json() for e in entries],
+            "counts": {},
+            "done": [],
+            "paths": self.patterns,
+        }
 
     def check(self, checkpoint: Any) -> CheckResult:
         """Reconcile files with the globs, read what is new, return alerts and offsets."""
@@ -329,8 +341,13 @@ class LogWatcher(Watcher):
         queue = [Tracked.from_json(d) for d in state.get("files", [])]
         self.scanner.counts = {int(k): list(v) for k, v in state.get("counts", {}).items()}
         self.done = [tuple(d) for d in state.get("done", [])]
-        self._watch(queue)
         current = members(self.config.paths)
+        # The paths were changed since the checkpoint (an edited config, another `tail`): files
+        # no longer named are dropped, and files newly named start where start_at says.
+        reconfigured = "paths" in state and state["paths"] != self.patterns
+        if reconfigured:
+            queue = [e for e in queue if self._named(e.origin, current)]
+        self._watch(queue)
         if checkpoint is not None:
             queue = self._in_order(queue, self._rotated_unseen(queue, current), current)
         self.more, self.due = False, None
@@ -398,7 +415,7 @@ class LogWatcher(Watcher):
             fd, info = opened  # noqa: PLW2901 - the open file's own stat, not the glob's
             seen.add((info.st_dev, info.st_ino))
             entry = Tracked(path, info.st_dev, info.st_ino, origin=path, mtime=info.st_mtime_ns)
-            if checkpoint is None and self.config.start_at == "end":
+            if (checkpoint is None or reconfigured) and self.config.start_at == "end":
                 entry.offset = end_offset(fd, info.st_size)
             found += self._read(entry, fd, info.st_size, now, budget)
             remember(fd, entry, info.st_size)
@@ -411,7 +428,20 @@ class LogWatcher(Watcher):
             self.buffer = None  # caught up: no need to hold a chunk's memory while idle
         counts = {str(k): v for k, v in self.scanner.counts.items() if v}
         files = [e.to_json() for e in kept]
-        return CheckResult(found, {"files": files, "counts": counts, "done": self.done})
+        return CheckResult(
+            found, {"files": files, "counts": counts, "done": self.done, "paths": self.patterns}
+        )
+
+    @property
+    def patterns(self) -> list[str]:
+        """The configured paths and globs, as the checkpoint records them."""
+        return [str(p) for p in self.config.paths]
+
+    def _named(self, origin: str | None, current: dict[str, os.stat_result]) -> bool:
+        """Whether the configured paths still name this file's path."""
+        if origin is None:
+            return False
+        return origin in current or any(fnmatch.fnmatchcase(origin, p) for p in self.patterns)
 
     @staticmethod
     def _in_order(

@@ -11,7 +11,7 @@ import codecs
 import re
 import string
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -157,7 +157,18 @@ class LogConfig(WatcherConfig):
             codecs.lookup(value)
         except LookupError:
             raise ValueError(f"unknown encoding {value!r}") from None
+        if "\n".encode(value) != b"\n" or "ERROR".encode(value) != b"ERROR":
+            # Lines are split and matched as bytes: only ASCII-compatible encodings work.
+            raise ValueError(
+                f"encoding {value!r} is not ASCII-compatible; use utf-8, latin-1, cp1252 or similar"
+            )
         return value
+
+    @model_validator(mode="after")
+    def _a_read_holds_a_line(self) -> Self:
+        if self.read_limit < 2 * self.max_line:
+            raise ValueError("read_limit must be at least twice max_line, so a line always fits")
+        return self
 
     @field_validator("max_line", "read_limit")
     @classmethod
