@@ -154,3 +154,12 @@ def test_progress_bar_with_rate_goes_to_a_terminal_stderr() -> None:
     assert "scanning" in text
     assert "ports/s" in text
     assert "30 ports in" in text  # the summary follows the bar on stderr
+
+
+def test_diff_does_not_call_a_port_whose_probe_failed_closed() -> None:
+    from watchkeeper.scanformats import Snapshot, diff
+
+    before = {"h": Snapshot("h", frozenset({22, 80}), frozenset({22, 80}))}
+    after = {"h": Snapshot("h", frozenset({22, 80}), frozenset(), frozenset({22}))}
+    changes = diff(before, after)
+    assert [(c.port, c.change) for c in changes] == [(80, "closed")]  # 22 is unknown, not closed

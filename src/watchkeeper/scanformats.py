@@ -67,12 +67,20 @@ class Snapshot:
     host: str
     scanned: frozenset[int]
     open: frozenset[int]
+    unknown: frozenset[int] = frozenset()
+    """Ports whose probe ended in an error: neither open nor closed, so never a change."""
 
 
 def snapshots(reports: Sequence[HostScan]) -> dict[str, Snapshot]:
     """Snapshots of finished scans, by host as given."""
     return {
-        r.host: Snapshot(r.host, frozenset(r.results), frozenset(r.open_ports)) for r in reports
+        r.host: Snapshot(
+            r.host,
+            frozenset(r.results),
+            frozenset(r.open_ports),
+            frozenset(p for p, res in r.results.items() if res.state is PortState.ERROR),
+        )
+        for r in reports
     }
 
 
@@ -93,8 +101,12 @@ def load_snapshots(path: Path) -> dict[str, Snapshot]:
             try:
                 scanned = parse_ports(host["scanned"]) if host["scanned"] else []
                 open_ports = [p["port"] for p in host["ports"] if p["state"] == "open"]
+                unknown = [p["port"] for p in host["ports"] if p["state"] == "error"]
                 found[host["host"]] = Snapshot(
-                    host["host"], frozenset(scanned), frozenset(parse_ports(open_ports))
+                    host["host"],
+                    frozenset(scanned),
+                    frozenset(parse_ports(open_ports)),
+                    frozenset(parse_ports(unknown)) if unknown else frozenset(),
                 )
             except ScanError as exc:
                 raise ScanError(f"{where}: {exc}") from exc
@@ -124,7 +136,7 @@ def diff(before: dict[str, Snapshot], after: dict[str, Snapshot]) -> list[Change
         then = before.get(host)
         if then is None:
             continue
-        both = then.scanned & now.scanned
+        both = (then.scanned & now.scanned) - then.unknown - now.unknown
         changes += [Change(host, p, "opened") for p in sorted((now.open - then.open) & both)]
         changes += [Change(host, p, "closed") for p in sorted((then.open - now.open) & both)]
     return sorted(changes, key=lambda c: (c.host, c.port))
