@@ -114,6 +114,19 @@ def test_an_item_that_returns_alerts_only_after_forget_after(site: Site, make: M
     assert titles(run.check()) == ["B"]
 
 
+def test_items_still_on_the_page_are_not_forgotten_after_downtime(site: Site, make: Make) -> None:
+    site.html("/list", links("a", "b"))
+    run = Run(make(site.url("/list"), items="li.item", forget_after="1h"))
+    run.check()
+    for times in run.checkpoint["items"].values():  # the agent was stopped for two hours
+        times[0] -= 7200
+        times[1] -= 7200
+    assert run.check() == []  # a 304: nothing forgotten
+    site.html("/list", links("b", "a"))
+    assert run.check() == []  # changed, same items: nothing is new
+    assert len(run.checkpoint["items"]) == 2
+
+
 def test_keys_titles_and_links_by_selector_with_relative_urls(site: Site, make: Make) -> None:
     body = """<html><head><base href="/shop/"></head><body>
       <div class="product"><h2> Red   chair </h2><a href="chair?utm_source=x&amp;id=1">more</a>

@@ -272,8 +272,8 @@ class PageWatcher(Watcher):
         reply, extraction = self.read(checkpoint)
         first = not isinstance(checkpoint, dict) or "items" not in checkpoint
         old: dict[str, Any] = {} if first else checkpoint
-        known = self._remembered(old.get("items", {}), now)
         if extraction is None:  # 304: the items are the ones the last read saw
+            known = self._remembered(old.get("items", {}), now, keep=set(old.get("items", {})))
             seen_at = old.get("seen_at")
             for key, times in known.items():
                 if times[1] == seen_at:
@@ -281,6 +281,8 @@ class PageWatcher(Watcher):
             about = {k: v for k, v in old.get("about", {}).items() if k in known}
             new_checkpoint = {**old, "items": known, "seen_at": now, "about": about}
             return CheckResult([], new_checkpoint)
+        present = {item.key for item in extraction.items}
+        known = self._remembered(old.get("items", {}), now, keep=present)
         new_items = [item for item in extraction.items if item.key not in known]
         about = {k: v for k, v in old.get("about", {}).items() if k in known}
         for item in extraction.items:
@@ -303,13 +305,19 @@ class PageWatcher(Watcher):
             return CheckResult([], new_checkpoint)
         return CheckResult(self.observations(new_items), new_checkpoint)
 
-    def _remembered(self, items: dict[str, Any], now: float) -> dict[str, list[float]]:
-        """The known items, less those unseen for longer than ``forget_after``."""
+    def _remembered(
+        self, items: dict[str, Any], now: float, keep: set[str]
+    ) -> dict[str, list[float]]:
+        """The known items, less those missing from this read and unseen for ``forget_after``.
+
+        Items on the page now (``keep``) are never forgotten, however long the agent was stopped
+        or the site unreachable: forgetting is for items that were gone, not for time unwatched.
+        """
         horizon = now - self.config.forget_after
         return {
             key: [float(times[0]), float(times[1])]
             for key, times in items.items()
-            if float(times[1]) >= horizon
+            if key in keep or float(times[1]) >= horizon
         }
 
     def observations(self, new_items: list[Item]) -> list[Observation]:
@@ -369,8 +377,9 @@ def preview(config: PageConfig, stored: Any = None) -> tuple[fetch.Reply, Extrac
         watcher.close()
     assert extraction is not None  # no validators were sent, so there is no 304
     items = stored.get("items", {}) if isinstance(stored, dict) else {}
-    known = watcher._remembered(items, time.time())
-    return reply, extraction, {i.key for i in extraction.items if i.key not in known}
+    present = {i.key for i in extraction.items}
+    known = watcher._remembered(items, time.time(), keep=present)
+    return reply, extraction, {key for key in present if key not in known}
 
 
 def _item_data(url: str, item: Item) -> dict[str, Any]:
