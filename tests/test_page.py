@@ -127,6 +127,23 @@ def test_items_still_on_the_page_are_not_forgotten_after_downtime(site: Site, ma
     assert len(run.checkpoint["items"]) == 2
 
 
+def test_cards_sharing_a_link_or_with_dummy_links_are_told_apart(site: Site, make: Make) -> None:
+    site.html(
+        "/list",
+        [
+            '<a href="#">fav</a><h2>Lamp</h2><a href="/share">share</a>',
+            '<a href="javascript:void(0)">fav</a><h2>Desk</h2><a href="/share">share</a>',
+            '<a href="/list">all</a><h2>Chair</h2><a href="/share">share</a>',
+            '<a href="#">fav</a><h2>Sofa</h2><a href="/p/sofa">more</a>',
+        ],
+    )
+    run = Run(make(site.url("/list"), items="li.item", title="h2", on_first="alert"))
+    assert sorted(titles(run.check())) == ["Chair", "Desk", "Lamp", "Sofa"]
+    keys = set(run.checkpoint["items"])
+    assert f"{site.base}/p/sofa" in keys  # a real, unshared link is still the key
+    assert len(keys) == 4
+
+
 def test_keys_titles_and_links_by_selector_with_relative_urls(site: Site, make: Make) -> None:
     body = """<html><head><base href="/shop/"></head><body>
       <div class="product"><h2> Red   chair </h2><a href="chair?utm_source=x&amp;id=1">more</a>

@@ -17,8 +17,9 @@ import functools
 import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
@@ -208,10 +209,22 @@ def _meta_charset(content: bytes) -> str | None:
     return match.group(1).decode("ascii", "replace") if match else None
 
 
-def _first_link(node: LexborNode, base: str) -> str | None:
-    link = node if node.tag == "a" and node.attributes.get("href") else node.css_first("a[href]")
-    href = None if link is None else link.attributes.get("href")
-    return normalize_url(href, base) if href and href.strip() else None
+def _first_link(node: LexborNode, base: str, page_url: str) -> str | None:
+    """The item's first real link: http(s), not a fragment, not the page itself.
+
+    ``href="#"``, ``javascript:void(0)`` and links back to the list are on every card of many
+    shops; keyed by them, all items would look like one.
+    """
+    links = [node] if node.tag == "a" and node.attributes.get("href") else []
+    page = page_url.split("#", 1)[0]
+    for link in [*links, *node.css("a[href]")]:
+        href = (link.attributes.get("href") or "").strip()
+        if not href or href.startswith("#"):
+            continue
+        url = normalize_url(href, base)
+        if url.startswith(("http://", "https://")) and url.split("#", 1)[0] != page:
+            return url
+    return None
 
 
 def html_items(
@@ -237,19 +250,28 @@ def html_items(
     title_pick = Pick.parse(title) if title else None
     link_pick = Pick.parse(link) if link else None
     result = Extraction(format="html")
+    by_link: list[tuple[int, str]] = []  # items keyed by their first link, and their text
     for node in nodes:
         own_text = node.text(deep=True, separator=" ", strip=True)
-        first_link = _first_link(node, base) if not (link_pick and key_pick) else None
+        first_link = _first_link(node, base, page_url) if not (link_pick and key_pick) else None
         url = link_pick.value(node, base) if link_pick else first_link
         if key_pick is not None:
             found = key_pick.value(node, base)
         else:
             found = first_link or (text_key(own_text) if own_text.strip() else None)
+            if first_link and own_text.strip():
+                by_link.append((len(result.items), own_text))
         if found is None:
             result.skipped += 1
             continue
         shown = (title_pick.value(node, base) if title_pick else None) or own_text or found
         result.items.append(Item(found, clean_text(shown, TITLE_MAX), url))
+    # Items that share their first link (a category, "/share") are told apart by their text.
+    shared = Counter(result.items[i].key for i, _ in by_link)
+    for index, own_text in by_link:
+        item = result.items[index]
+        if shared[item.key] > 1:
+            result.items[index] = replace(item, key=text_key(own_text))
     return _unique(result, page_url, "items", len(nodes))
 
 
