@@ -186,6 +186,25 @@ def test_stream_without_position_starts_live_and_carries_the_cursor(
         assert alert.id == "3"
 
 
+def test_a_resume_id_ahead_of_the_store_starts_over_from_the_newest(
+    served: tuple[Keeper, Dashboard], feed: Feed
+) -> None:
+    """Resuming from an id this state never had (another or a deleted state) starts over."""
+    keeper, dashboard = served
+    feed.put("one")
+    wait_until(lambda: keeper.store is not None and keeper.store.alerts())
+    with (
+        httpx.Client(timeout=10) as http,
+        connect_sse(http, "GET", dashboard.url + "/api/stream?since=100") as source,
+    ):
+        events = source.iter_sse()
+        ready = next(events)
+        assert json.loads(ready.data) == {"cursor": 1, "reset": True}
+        feed.put("two")
+        alert = next(e for e in events if e.event == "alert")
+        assert json.loads(alert.data)["title"] == "two"
+
+
 @contextmanager
 def opened_stream(url: str) -> Iterator[Iterator[ServerSentEvent]]:
     """The stream's events, once it has opened with its ``ready`` event."""

@@ -142,8 +142,13 @@ async def alert_events(
     """The SSE body: ``ready``, the replay after ``since``, then live alerts until closed."""
     client = broadcaster.add(asyncio.get_running_loop())
     try:
-        cursor = last_alert_id(store) if since is None else max(since, 0)
-        yield f"retry: {RETRY_MS}\n" + sse({"cursor": cursor}, "ready", cursor)
+        newest = last_alert_id(store)
+        cursor = newest if since is None else max(since, 0)
+        reset = cursor > newest  # a resume id from another (or a deleted) state file
+        if reset:  # start over from the newest alert rather than drop alerts until ids catch up
+            cursor = newest
+        ready = {"cursor": cursor, "reset": True} if reset else {"cursor": cursor}
+        yield f"retry: {RETRY_MS}\n" + sse(ready, "ready", cursor)
         more = True
         while more:
             cursor, texts, more = _from_store(store, cursor, selector)
