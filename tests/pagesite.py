@@ -28,6 +28,7 @@ class Page:
     headers: dict[str, str] = field(default_factory=dict)
     etag: str | None = None
     delay: float = 0.0
+    drip: float = 0.0  # send the body a byte at a time, this many seconds apart
 
 
 class Site:
@@ -99,10 +100,15 @@ class Site:
                 headers = dict(page.headers)
                 if page.etag:
                     headers["ETag"] = page.etag
-                self._send(page.status, body, page.content_type, headers)
+                self._send(page.status, body, page.content_type, headers, page.drip)
 
             def _send(
-                self, status: int, body: bytes, ctype: str | None, headers: dict[str, str]
+                self,
+                status: int,
+                body: bytes,
+                ctype: str | None,
+                headers: dict[str, str],
+                drip: float = 0.0,
             ) -> None:
                 self.send_response(status)
                 if ctype:
@@ -112,7 +118,13 @@ class Site:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 with contextlib.suppress(OSError):  # the client gave up (a timeout test)
-                    self.wfile.write(body)
+                    if not drip:
+                        self.wfile.write(body)
+                    for byte in body if drip else b"":
+                        if site.closing.wait(drip):
+                            break
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

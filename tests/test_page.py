@@ -7,6 +7,7 @@ the next; test_page_keeper.py runs the same watcher inside a Keeper with real no
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -142,6 +143,15 @@ def test_cards_sharing_a_link_or_with_dummy_links_are_told_apart(site: Site, mak
     keys = set(run.checkpoint["items"])
     assert f"{site.base}/p/sofa" in keys  # a real, unshared link is still the key
     assert len(keys) == 4
+
+
+def test_a_server_dripping_bytes_cannot_outlast_the_timeout(site: Site, make: Make) -> None:
+    site.pages["/slow"] = Page("<ul>" + "<li class='item'>x</li>" * 20 + "</ul>", drip=0.05)
+    run = Run(make(site.url("/slow"), items="li.item", timeout="1s"))
+    started = time.monotonic()
+    with pytest.raises(PageError, match="timed out after 1s"):
+        run.check()
+    assert time.monotonic() - started < 3  # not the 25 s the whole body would take
 
 
 def test_keys_titles_and_links_by_selector_with_relative_urls(site: Site, make: Make) -> None:

@@ -275,14 +275,21 @@ def _final_url(url: str, response: urllib3.BaseHTTPResponse) -> str:
 def _read(
     response: urllib3.BaseHTTPResponse, url: str, max_bytes: int, deadline: float, timeout: float
 ) -> tuple[bytes, bool]:
-    """The decoded body, cut off after ``max_bytes``, within the whole-request deadline."""
+    """The decoded body, cut off after ``max_bytes``, within the whole-request deadline.
+
+    ``read1`` returns whatever has arrived (``stream`` would wait for a whole chunk), so a server
+    that drips a byte at a time still meets the deadline between two reads.
+    """
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.stream(CHUNK, decode_content=True):
+    while True:
         if time.monotonic() > deadline:
             raise PageError(
                 f"GET {url}: timed out after {format_duration(timeout)} ({size} bytes read)"
             )
+        chunk = response.read1(CHUNK, decode_content=True)
+        if not chunk:
+            break
         chunks.append(chunk)
         size += len(chunk)
         if size > max_bytes:
