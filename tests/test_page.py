@@ -447,3 +447,10 @@ def test_wait_honours_retry_after_over_a_shorter_interval(site: Site, make: Make
     started = time.monotonic()
     watcher.wait(threading.Event(), 0.01)  # the runtime asks for 10 ms; the host said 1 s
     assert time.monotonic() - started > 0.5
+
+
+def test_json_nested_too_deeply_is_a_clear_failure(site: Site, make: Make) -> None:
+    site.pages["/deep"] = Page("[" * 200_000, content_type="application/json")
+    run = Run(make(site.url("/deep"), format="json"))
+    with pytest.raises(PageError, match="nested too deeply"):
+        run.check()

@@ -703,3 +703,11 @@ def test_a_checkpoint_its_view_cannot_read_is_shown_as_a_tree(tmp_path: Path) ->
         assert '<dt>offset</dt><dd><span class="leaf">twelve</span>' in page.text
         assert "Files followed" not in page.text
         assert http.get("/api/watchers/oldlog").json()["detail"] is None
+
+
+def test_ids_beyond_what_sqlite_holds_are_a_400(served: tuple[Keeper, Dashboard]) -> None:
+    _keeper, dashboard = served
+    huge = "9" * 30
+    with httpx.Client(base_url=dashboard.url, timeout=10) as http:
+        assert http.get("/api/alerts", params={"since_id": huge}).status_code == 400
+        assert http.get("/api/stream", params={"since": huge}).status_code == 400

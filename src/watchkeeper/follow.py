@@ -109,6 +109,9 @@ class Follower:
                 raise Fatal(f"{self.url}: 401 unauthorized; pass --token (or WATCHKEEPER_TOKEN)")
             if status in (404, 405):
                 raise Fatal(f"{self.url}: {status}; is this a watchkeeper dashboard?")
+            if status in (400, 403):  # a bad request or a refused host stays so: do not retry
+                detail = source.response.read().decode(errors="replace")[:200]
+                raise Fatal(f"{self.url}: {status} {detail}")
             source.response.raise_for_status()
             self.items.put(Notice(f"following {self.url}"))
             for event in source.iter_sse():

@@ -325,6 +325,8 @@ def json_items(
         document = json.loads(content)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PageError(f"{page_url}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PageError(f"{page_url}: JSON nested too deeply to read") from None
     found = document if items is None else jmespath.search(items, document)
     if not isinstance(found, list):
         what = "the document" if items is None else f"the expression {items!r}"

@@ -19,7 +19,8 @@ from watchkeeper.quantities import format_duration
 from watchkeeper.watchers.fetch import PageError, Reply
 
 CHROMIUM_ARGS = [
-    "--no-sandbox",
+    # Chromium's sandbox cannot run as root; as any other user it protects us from the page.
+    *(["--no-sandbox"] if os.geteuid() == 0 else []),
     "--disable-gpu",
     "--disable-background-networking",
     "--disable-component-update",

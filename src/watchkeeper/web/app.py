@@ -79,6 +79,10 @@ class Context:
     env: Environment
 
 
+SQLITE_MAX = 2**63 - 1
+"""The largest integer SQLite stores: larger ids in a query are a 400, not a 500."""
+
+
 def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> Starlette:
     """The ASGI app for a started keeper, served at ``bind``."""
     guard = Guard(token)
@@ -411,6 +415,8 @@ async def stream(request: Request) -> Response:
     raw = request.headers.get("last-event-id") or params.get("since")
     try:
         since = int(raw) if raw else None
+        if since is not None and not 0 <= since <= SQLITE_MAX:
+            raise ValueError(f"resume id {raw!r} is out of range")
         selector = StreamFilter(
             Severity.parse(params.get("severity") or "debug"), params.get("watcher") or None
         )
@@ -434,9 +440,12 @@ def alert_query(params: Any, limit: int) -> AlertQuery:
         if not value:
             return None
         try:
-            return int(value)
+            found = int(value)
         except ValueError:
             raise ValueError(f"{key}={value!r} is not a number") from None
+        if not -SQLITE_MAX <= found <= SQLITE_MAX:
+            raise ValueError(f"{key}={value!r} is out of range")
+        return found
 
     since = params.get("since")
     return AlertQuery(
