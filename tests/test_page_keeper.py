@@ -146,6 +146,9 @@ def test_cli_page_prints_items_and_diffs_against_the_state(tmp_path: Path, site:
     assert [(r["title"], r["new"]) for r in rows] == [("C", True), ("A", False), ("B", False)]
     shown = run_cli("page", url, "--items", "li.item", "--diff", cwd=tmp_path)
     assert "1 not in the stored state" in shown.stdout
+    by_config = run_cli("page", url, "--diff", cwd=tmp_path)  # the watcher's own settings
+    assert by_config.returncode == 0, by_config.stderr
+    assert "1 not in the stored state" in by_config.stdout
     bad = run_cli("page", url, "--items", "li[", cwd=tmp_path)
     assert bad.returncode == 1
     assert "items: 'li[' is not a valid CSS selector" in bad.stderr

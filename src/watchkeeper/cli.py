@@ -555,14 +555,23 @@ def page(
 
     options = {"key": key, "title": title, "link": link, "format": fmt, "render": render}
     table = {"name": name or url, "url": url, "items": items, "timeout": timeout, **options}
+    configured = _configured_page(config, name, url) if diff else None
     try:
-        cfg = watcher_config("page", {k: v for k, v in table.items() if v is not None}, "page")
-    except ConfigError as exc:
-        fail("\n".join(exc.errors))
+        if configured is not None:  # --diff compares like the watcher: its settings, flags on top
+            given = {"items": items, "key": key, "title": title, "link": link}
+            updates: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+            updates |= {"format": fmt} if fmt != "auto" else {}
+            updates |= {"render": True} if render else {}
+            updates |= {"timeout": parse_duration(timeout)} if timeout != "30s" else {}
+            cfg: Any = configured.model_copy(update=updates)
+        else:
+            cfg = watcher_config("page", {k: v for k, v in table.items() if v is not None}, "page")
+    except (ConfigError, ValueError) as exc:
+        fail("\n".join(exc.errors) if isinstance(exc, ConfigError) else str(exc))
     assert isinstance(cfg, PageConfig)
     stored = None
     if diff:
-        stored = _stored_page_checkpoint(config, state, name, url)
+        stored = _stored_page_checkpoint(config, state, name or cfg.name, url)
     try:
         reply, found, new = preview(cfg, stored)
     except WatchkeeperError as exc:
@@ -588,6 +597,18 @@ def page(
     notes += [f"{len(new)} not in the stored state"] if diff else []
     if notes:
         out.print("; ".join(notes))
+
+
+def _configured_page(config: Path, name: str | None, url: str) -> Any:
+    """The ``[[page]]`` table of the config named ``name`` (or with this ``url``), if any."""
+    if not config.exists():
+        return None
+    for watcher in load(config).watchers:
+        if getattr(watcher, "url", None) is None:
+            continue
+        if (name is not None and watcher.name == name) or (name is None and watcher.url == url):  # type: ignore[attr-defined]
+            return watcher
+    return None
 
 
 def _stored_page_checkpoint(config: Path, state: Path | None, name: str | None, url: str) -> Any:
