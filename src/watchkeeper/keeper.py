@@ -139,9 +139,7 @@ class Keeper:
         rules; see docs/page.md.
         """
         table = {"name": name or url, "url": url, "items": items, **options}
-        config = watcher_config("page", table, f"keeper.page({url!r})")
-        assert config is not None
-        return self.add(config)
+        return self._add_table("page", table, f"keeper.page({url!r})")
 
     def ports(
         self,
@@ -160,9 +158,7 @@ class Keeper:
         label = name or f"ports:{host}"
         port_spec = ports if isinstance(ports, str) else list(ports)
         table = {"name": label, "host": host, "ports": port_spec, "every": every, **options}
-        config = watcher_config("ports", table, f"keeper.ports({host!r})")
-        assert config is not None
-        return self.add(config)
+        return self._add_table("ports", table, f"keeper.ports({host!r})")
 
     def log(
         self,
@@ -180,8 +176,12 @@ class Keeper:
         listed = [paths] if isinstance(paths, str | Path) else list(paths)
         label = name or (f"log:{Path(listed[0]).name}" if listed else "log")
         table = {"name": label, "paths": [str(p) for p in listed], "rules": list(rules), **options}
-        config = watcher_config("log", table, f"keeper.log({label!r})")
-        assert config is not None
+        return self._add_table("log", table, f"keeper.log({label!r})")
+
+    def _add_table(self, kind: str, table: dict[str, Any], where: str) -> Watcher:
+        """Validate a watcher table as a config file would (errors name ``where``), then add it."""
+        config = watcher_config(kind, table, where)
+        assert config is not None  # watcher_config raises when it has no errors list to fill
         return self.add(config)
 
     # -- lifecycle ----------------------------------------------------------------------------

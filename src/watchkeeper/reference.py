@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -115,39 +116,32 @@ def first_line(doc: str | None) -> str:
     return line.split(": ", 1)[-1].replace("``", "`")
 
 
+def kinds(registry: Mapping[str, Any], base: type[BaseModel], heading: str) -> list[str]:
+    """One section per registered kind: its summary and the keys it adds to ``base``."""
+    parts: list[str] = []
+    for kind in sorted(registry):
+        model = registry[kind].config_model
+        parts += [
+            heading.format(kind=kind) + "\n",
+            first_line(model.__doc__) + "\n",
+            table(model, tuple(base.model_fields)),
+            "",
+        ]
+    return parts
+
+
 def render() -> str:
     """The whole reference page."""
     parts = [HEADER, "## `[keeper]`\n", table(KeeperSettings), ""]
-    parts += [
-        "## `[[notify]]`\n",
-        "Every notifier takes these keys:\n",
-        table(NotifierConfig),
-        "",
-    ]
-    common = tuple(NotifierConfig.model_fields)
-    for kind in sorted(NOTIFIERS):
-        model = NOTIFIERS[kind].config_model
-        parts += [
-            f'### `kind = "{kind}"`\n',
-            first_line(model.__doc__) + "\n",
-            table(model, common),
-            "",
-        ]
+    parts += ["## `[[notify]]`\n", "Every notifier takes these keys:\n", table(NotifierConfig), ""]
+    parts += kinds(NOTIFIERS, NotifierConfig, '### `kind = "{kind}"`')
     parts += [
         "## Watchers\n",
         "Every watcher table takes these keys (the rules are in docs/rules.md):\n",
         table(WatcherConfig),
         "",
     ]
-    shared = tuple(WatcherConfig.model_fields)
-    for kind in sorted(WATCHERS):
-        watcher_model = WATCHERS[kind].config_model
-        parts += [
-            f"### `[[{kind}]]`\n",
-            first_line(watcher_model.__doc__) + "\n",
-            table(watcher_model, shared),
-            "",
-        ]
+    parts += kinds(WATCHERS, WatcherConfig, "### `[[{kind}]]`")
     return "\n".join(parts).rstrip() + "\n"
 
 

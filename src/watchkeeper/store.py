@@ -7,8 +7,8 @@ before the commit means the check is redone from the old checkpoint, a crash aft
 alerts are safe in the outbox. ``synchronous=NORMAL`` keeps a committed transaction through a
 process crash (SIGKILL); only an OS crash or power loss may lose the last few.
 
-Each thread gets its own connection (sqlite3 connections are not meant to be shared); all of them
-are closed by :meth:`Store.close`.
+A Store holds one connection, used by one thread at a time under a lock (see ``__init__`` for
+why not one per thread); :meth:`Store.close` closes it and releases the writer's claim.
 """
 
 from __future__ import annotations
