@@ -9,23 +9,32 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from watchkeeper.demoworld import QuietHandler
 from watchkeeper.smtpsink import SmtpSink
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, must: bool = True
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline.
+
+    ``must=False`` returns the last (falsy) value instead, for callers whose own assertions
+    afterwards say better what went wrong.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
+            if not must:
+                return value
             raise AssertionError(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
 
@@ -121,7 +130,7 @@ def http_receiver() -> Iterator[RecordingServer]:
     """A webhook receiver: records every request, answers ``receiver.status``."""
     holder: dict[str, RecordingServer] = {}
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def _handle(self) -> None:
             rec = holder["server"]
             length = int(self.headers.get("Content-Length") or 0)
@@ -138,9 +147,6 @@ def http_receiver() -> Iterator[RecordingServer]:
             self.end_headers()
 
         do_POST = do_PUT = do_GET = _handle
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from watchkeeper.demoworld import QuietHandler
+
 
 @dataclass
 class Page:
@@ -67,7 +69,7 @@ class Site:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         site = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
@@ -125,9 +127,6 @@ class Site:
                             break
                         self.wfile.write(bytes([byte]))
                         self.wfile.flush()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
         return Handler
 

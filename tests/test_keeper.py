@@ -175,8 +175,8 @@ def test_a_second_keeper_on_the_same_state_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"in use by another running keeper \(pid \d+\)"):
         second.start()
     assert first.stop()
-    with Keeper(state=tmp_path / "wk.db"):  # free again once the first one stopped
-        pass
+    with Keeper(state=tmp_path / "wk.db") as again:  # free again once the first one stopped
+        assert again.store is not None
 
 
 def test_a_check_returning_garbage_counts_as_a_failure_and_the_thread_lives(

@@ -8,7 +8,6 @@ hyperscan and pure-``re`` prefilters both run every test when hyperscan is insta
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import wait_until
 from watchkeeper.alerts import Observation, Severity
 from watchkeeper.config import watcher_config
 from watchkeeper.watchers.log import BUFFERED, LogWatcher
@@ -218,10 +218,7 @@ def test_a_partial_line_waits_for_its_newline_then_for_the_timeout(
     f.check()
     assert f.lines() == ["CRITICAL one", "CRITICAL two"]
     assert f.check() == []
-    deadline = time.monotonic() + 5
-    while not f.check():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(f.check, timeout=5)  # the partial line goes out once partial_timeout has passed
     assert f.lines()[-1] == "CRITICAL never finished"
 
 
@@ -302,11 +299,8 @@ def test_lines_after_makes_one_alert_per_traceback(follow: Any, tmp_path: Path) 
         "other Error line",
     ]
     assert f.seen[0].title.endswith(": Traceback (most recent call last): … ValueError: bad")
-    deadline = time.monotonic() + 5
-    while len(f.seen) < 3:  # the last block never completes: it goes out after the timeout
-        assert time.monotonic() < deadline
-        f.check()
-        time.sleep(0.05)
+    # The last block never completes: it goes out after the timeout.
+    wait_until(lambda: f.check() is not None and len(f.seen) >= 3, timeout=5)
     assert f.lines()[2] == "Traceback (most recent call last):"
 
 

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import wait_until
@@ -49,13 +48,6 @@ def number(line: str) -> int:
     n = int(line.split(" ", 1)[0])
     assert line == f"{n} CRITICAL payload {'x' * (n % 50)}"
     return n
-
-
-def settle(predicate: Callable[[], bool], timeout: float) -> None:
-    """Wait for ``predicate`` up to ``timeout``; the assertions that follow say what is wrong."""
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def checked(state: Path) -> bool:
@@ -135,8 +127,8 @@ rules = [{{ match = "CRITICAL", severity = "critical" }}]
 
     final = agent(config, tmp_path / "final.log")
     try:
-        settle(lambda: len(stored()) >= len(expected), timeout=30)
-        settle(lambda: len(delivered()) >= len(stored()), timeout=30)
+        wait_until(lambda: len(stored()) >= len(expected), timeout=30, must=False)
+        wait_until(lambda: len(delivered()) >= len(stored()), timeout=30, must=False)
     finally:
         final.send_signal(signal.SIGTERM)
         final.wait(timeout=30)

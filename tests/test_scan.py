@@ -227,7 +227,7 @@ def test_no_free_descriptors_means_retry_later_not_closed() -> None:
     # descriptor for a while. Ports must come out right, and the shortage must have happened.
     found = run_in_netns(
         """
-        import json, os, resource, socket
+        import contextlib, json, os, resource, socket
         from watchkeeper.scan import scan_host, parse_ports, ScanOptions
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
         listeners = []
@@ -237,11 +237,9 @@ def test_no_free_descriptors_means_retry_later_not_closed() -> None:
         def hog(done, total):
             calls.append(done)
             if len(calls) == 1:
-                try:
+                with contextlib.suppress(OSError):  # until the descriptor limit says no
                     while True:
                         held.append(os.open("/dev/null", os.O_RDONLY))
-                except OSError:
-                    pass
             elif len(calls) == 4:
                 for fd in held:
                     os.close(fd)

@@ -9,6 +9,7 @@ the navigation, header and footer a real shop page has, about 6 KB.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import sys
@@ -41,21 +42,21 @@ async def serve(pages: int, hosts: int, delay: float) -> None:
     probe.close()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # The client closing its connection (or sending junk) ends the exchange.
         try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                path = head.split(b" ", 2)[1].decode()
-                await asyncio.sleep(delay)
-                body = bodies.get(path)
-                status = b"200 OK" if body is not None else b"404 Not Found"
-                body = body or b"not found"
-                writer.write(
-                    b"HTTP/1.1 " + status + b"\r\nContent-Type: text/html; charset=utf-8\r\n"
-                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, IndexError):
-            pass
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, IndexError):
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    path = head.split(b" ", 2)[1].decode()
+                    await asyncio.sleep(delay)
+                    body = bodies.get(path)
+                    status = b"200 OK" if body is not None else b"404 Not Found"
+                    body = body or b"not found"
+                    writer.write(
+                        b"HTTP/1.1 " + status + b"\r\nContent-Type: text/html; charset=utf-8\r\n"
+                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                    )
+                    await writer.drain()
         finally:
             writer.close()
 

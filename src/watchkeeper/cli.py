@@ -9,6 +9,7 @@ notifier (the registries), which ``watchkeeper scan`` or ``--help`` should not p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -295,10 +296,8 @@ def _state(paused: bool, failures: int) -> str:
 
 def parse_since(value: str) -> float:
     """``1h`` (that long ago) or an ISO 8601 time."""
-    try:
+    with contextlib.suppress(ValueError):  # not a duration: try it as a time
         return time.time() - parse_duration(value)
-    except ValueError:
-        pass
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

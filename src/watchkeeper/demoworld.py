@@ -11,6 +11,7 @@ Each runs on a daemon thread of its own with a stop event, so the demo ends clea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import json
@@ -21,6 +22,14 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that does not log each request to stderr (the demo prints alerts)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Say nothing; the standard handler writes every request to stderr."""
+
 
 PRODUCTS = [
     "brass telescope",
@@ -48,7 +57,7 @@ class Shop:
         self.stopped = threading.Event()
         shop = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 body, content_type = shop.render(self.path)
                 if body is None:
@@ -66,9 +75,6 @@ class Shop:
                 self.send_header("ETag", etag)
                 self.end_headers()
                 self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -211,11 +217,9 @@ class FlappingPort:
                 listener.settimeout(0.2)
                 opened = time.monotonic()
                 while not self.stopped.is_set() and time.monotonic() - opened < self.period:
-                    try:
+                    with contextlib.suppress(TimeoutError):  # no one came: look at the clock
                         conn, _ = listener.accept()
                         conn.close()
-                    except TimeoutError:
-                        pass
             self.stopped.wait(self.period)
 
     def start(self) -> FlappingPort:
