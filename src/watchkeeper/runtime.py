@@ -225,14 +225,13 @@ class Dispatcher(threading.Thread):
         if flushing and self.clock() >= (self._flush_by or 0):
             return False
         now = self.clock()
-        due = self.store.due(self.notifier.name, now)
         batch = self.notifier.config.batch
+        due = self.store.due(self.notifier.name, now, limit=1000 if batch else 100)
         if due and batch and not flushing:
             opens = due[0].alert.created_at
             if now < opens + batch:
                 self._sleep(opens + batch - now)
                 return True
-            due = self.store.due(self.notifier.name, now, limit=1000)
         if not due:
             if flushing:
                 return False

@@ -315,9 +315,7 @@ class LogWatcher(Watcher):
             if opened is None:
                 continue
             fd, info = opened
-            entry = Tracked(path, info.st_dev, info.st_ino, origin=path, mtime=info.st_mtime_ns)
-            if self.config.start_at == "end":
-                entry.offset = end_offset(fd, info.st_size)
+            entry = self._first_seen(path, fd, info, self.config.start_at == "end")
             remember(fd, entry, info.st_size)
             entries.append(entry)
         self.files.keep_only({(e.dev, e.ino) for e in entries})
@@ -414,9 +412,8 @@ class LogWatcher(Watcher):
                 continue
             fd, info = opened  # noqa: PLW2901 - the open file's own stat, not the glob's
             seen.add((info.st_dev, info.st_ino))
-            entry = Tracked(path, info.st_dev, info.st_ino, origin=path, mtime=info.st_mtime_ns)
-            if (checkpoint is None or reconfigured) and self.config.start_at == "end":
-                entry.offset = end_offset(fd, info.st_size)
+            at_end = (checkpoint is None or reconfigured) and self.config.start_at == "end"
+            entry = self._first_seen(path, fd, info, at_end)
             found += self._read(entry, fd, info.st_size, now, budget)
             remember(fd, entry, info.st_size)
             kept.append(entry)
@@ -431,6 +428,14 @@ class LogWatcher(Watcher):
         return CheckResult(
             found, {"files": files, "counts": counts, "done": self.done, "paths": self.patterns}
         )
+
+    @staticmethod
+    def _first_seen(path: str, fd: int, info: os.stat_result, at_end: bool) -> Tracked:
+        """A file met for the first time: read from its start, or after its last full line."""
+        entry = Tracked(path, info.st_dev, info.st_ino, origin=path, mtime=info.st_mtime_ns)
+        if at_end:
+            entry.offset = end_offset(fd, info.st_size)
+        return entry
 
     @property
     def patterns(self) -> list[str]:

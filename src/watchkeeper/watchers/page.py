@@ -272,8 +272,8 @@ class PageWatcher(Watcher):
         reply, extraction = self.read(checkpoint)
         first = not isinstance(checkpoint, dict) or "items" not in checkpoint
         old: dict[str, Any] = {} if first else checkpoint
-        if extraction is None:  # 304: the items are the ones the last read saw
-            known = self._remembered(old.get("items", {}), now, keep=set(old.get("items", {})))
+        if extraction is None:  # 304: the items are the ones the last read saw; none forgotten
+            known = {k: [float(t[0]), float(t[1])] for k, t in old.get("items", {}).items()}
             seen_at = old.get("seen_at")
             for key, times in known.items():
                 if times[1] == seen_at:
