@@ -5,9 +5,8 @@
 A local site (server.py, its own process) serves 1,000 list pages over 50 loopback addresses
 (127.0.0.2 ...), each reply 50 ms late. Each round runs, in fresh state, one ``urlwatch`` run
 (installed from PyPI in bench/pages/.venv; see setup below) with a ``css: li.item`` filter over
-all pages, and two watchkeeper cycles against the same server (wk_cycle.py, 1,000 ``[[page]]``
-watchers with ``items = "li.item"``): "keeper", a Keeper with a thread per watcher as an agent
-runs them, and "pool", the same per-check code driven by a 100-thread pool. Each tool runs as a
+all pages, and one watchkeeper cycle against the same server (wk_cycle.py: a Keeper with 1,000
+``[[page]]`` watchers, ``items = "li.item"``, run as an agent runs them). Each tool runs as a
 child process; its wall time, CPU seconds (user + system, from wait4) and peak RSS are measured
 from here. Prints the medians and the ratios (watchkeeper / urlwatch). Talks only to
 127.0.0.0/8; ends by itself.
@@ -32,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 URLWATCH = HERE / ".venv" / "bin" / "urlwatch"
 TIME_LIMIT = 300.0
-TOOLS = ("urlwatch", "watchkeeper keeper", "watchkeeper pool")
+TOOLS = ("urlwatch", "watchkeeper")
 
 
 def run_child(command: list[str], cwd: Path) -> dict[str, object]:
@@ -90,12 +89,11 @@ def urlwatch_round(urls: list[str], work: Path) -> dict[str, object]:
     return result
 
 
-def watchkeeper_round(urls: list[str], work: Path, mode: str) -> dict[str, object]:
+def watchkeeper_round(urls: list[str], work: Path) -> dict[str, object]:
     (work / "urls.json").write_text(json.dumps(urls))
     command = [
         sys.executable,
         str(HERE / "wk_cycle.py"),
-        mode,
         str(work / "urls.json"),
         str(work / "wk.db"),
     ]
@@ -139,7 +137,7 @@ def main() -> None:
                     if tool == "urlwatch":
                         result = urlwatch_round(urls, Path(tmp))
                     else:
-                        result = watchkeeper_round(urls, Path(tmp), tool.split()[1])
+                        result = watchkeeper_round(urls, Path(tmp))
                 results[tool].append(result)
                 print(
                     f"round {round_no + 1} {tool:18s} wall {result['wall']:6.2f}s  "
@@ -164,7 +162,7 @@ def main() -> None:
         print(f"{tool:28s}{m['wall']:10.2f}{m['cpu']:10.2f}{m['rss_mib']:14.1f}")
     for tool in TOOLS[1:]:
         r = {k: med[tool][k] / med["urlwatch"][k] for k in ("wall", "cpu", "rss_mib")}
-        label = f"ratio {tool.split()[1]} / urlwatch"
+        label = f"ratio {tool} / urlwatch"
         print(f"{label:28s}{r['wall']:10.2f}{r['cpu']:10.2f}{r['rss_mib']:14.2f}")
     print("targets: wall <= 0.25, CPU <= 0.5, RSS <= 1.0")
 

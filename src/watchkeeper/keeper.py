@@ -29,7 +29,7 @@ from watchkeeper.config import (
 from watchkeeper.errors import ConfigError
 from watchkeeper.notifiers import NOTIFIERS, Notifier, NotifierConfig
 from watchkeeper.quantities import parse_duration
-from watchkeeper.runtime import Dispatcher, WatcherThread
+from watchkeeper.runtime import Dispatcher, WatcherPool, WatcherRun, WatcherThread
 from watchkeeper.store import Route, Store
 from watchkeeper.watchers import WATCHERS, Watcher, WatcherConfig
 from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
@@ -63,7 +63,8 @@ class Keeper:
         for watcher in watchers:
             self.add(watcher)
         self.store: Store | None = None
-        self._threads: dict[str, WatcherThread] = {}
+        self._runs: dict[str, WatcherRun] = {}
+        self._drivers: list[WatcherThread | WatcherPool] = []
         self._dispatchers: list[Dispatcher] = []
         self._listeners: list[Callable[[list[Alert]], None]] = []
         self._lock = threading.Lock()
@@ -195,10 +196,11 @@ class Keeper:
             try:
                 store.claim()
                 self._dispatchers = [Dispatcher(notifier, store) for notifier in self.notifiers]
-                self._threads = {
-                    w.name: WatcherThread(w, store, self.routes, self._committed)
+                self._runs = {
+                    w.name: WatcherRun(w, store, self.routes, self._committed)
                     for w in self.watchers
                 }
+                self._drivers = _drivers(list(self._runs.values()))
                 if self._dashboard is not None:  # a busy address stops the start before checks
                     self._dashboard.bind_socket()
             except BaseException:
@@ -206,8 +208,8 @@ class Keeper:
                 raise
             self.store = store
             self._started = True
-            for thread in [*self._dispatchers, *self._threads.values()]:
-                thread.start()
+            for driver in [*self._dispatchers, *self._drivers]:
+                driver.start()
             atexit.register(self._at_exit)
         if self._dashboard is not None and self._dashboard.bound:
             try:
@@ -249,20 +251,20 @@ class Keeper:
         me = threading.current_thread()  # stop() may be called from inside a check
         budget = self.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
-        for thread in self._threads.values():
-            thread.stop()
+        for driver in self._drivers:
+            driver.stop()
         # Watchers get half the budget to finish a check in progress (and commit its alerts).
         half = time.monotonic() + budget / 2
-        for thread in self._threads.values():
-            if thread is not me:
-                thread.join(max(0.0, half - time.monotonic()))
+        for driver in self._drivers:
+            if driver is not me:
+                driver.join(max(0.0, half - time.monotonic()))
         wall_deadline = time.time() + max(0.0, deadline - time.monotonic())
         for dispatcher in self._dispatchers:
             dispatcher.flush(wall_deadline, at_exit=at_exit)
         for dispatcher in self._dispatchers:
             dispatcher.join(max(0.0, deadline - time.monotonic()))
-        threads = [*self._threads.values(), *self._dispatchers]
-        alive = [t.name for t in threads if t.is_alive() and t is not me]
+        drivers = [*self._drivers, *self._dispatchers]
+        alive = [d.name for d in drivers if d.is_alive() and d is not me]
         counts = store.delivery_counts()
         pending = sum(counts.get(n.name, {}).get("pending", 0) for n in self.notifiers)
         if alive:
@@ -318,34 +320,34 @@ class Keeper:
 
     def check_now(self, name: str) -> None:
         """Run a watcher's next check at once."""
-        self._thread(name).check_now()
+        self._run(name).wake()
 
     def pause(self, name: str) -> None:
         """Pause a watcher (kept across restarts)."""
-        thread = self._thread(name)
+        run = self._run(name)
         assert self.store is not None
         self.store.set_paused(name, True)
-        thread.paused = True
+        run.paused = True
 
     def resume(self, name: str) -> None:
         """Resume a paused watcher and check at once."""
-        thread = self._thread(name)
+        run = self._run(name)
         assert self.store is not None
         self.store.set_paused(name, False)
-        thread.paused = False
-        thread.check_now()
+        run.paused = False
+        run.wake()
 
     def mute(self, name: str, duration: float | str | None) -> None:
         """Record but do not deliver a watcher's alerts for a while (None: unmute)."""
-        thread = self._thread(name)
+        run = self._run(name)
         until = None if duration is None else time.time() + parse_duration(duration)
         assert self.store is not None
         self.store.set_muted_until(name, until)
-        thread.muted_until = until
+        run.muted_until = until
 
-    def _thread(self, name: str) -> WatcherThread:
+    def _run(self, name: str) -> WatcherRun:
         try:
-            return self._threads[name]
+            return self._runs[name]
         except KeyError:
             raise KeyError(f"no running watcher named {name!r}") from None
 
@@ -357,6 +359,21 @@ class Keeper:
                 listener(alerts)
             except Exception:
                 log.exception("alert listener failed")
+
+
+def _drivers(runs: list[WatcherRun]) -> list[WatcherThread | WatcherPool]:
+    """A thread for each run, except kinds that share a pool (one pool per such kind)."""
+    drivers: list[WatcherThread | WatcherPool] = []
+    pooled: dict[str, list[WatcherRun]] = {}
+    for run in runs:
+        if run.watcher.pool_size:
+            pooled.setdefault(run.watcher.kind, []).append(run)
+        else:
+            drivers.append(WatcherThread(run))
+    for kind, members in pooled.items():
+        size = min(len(members), members[0].watcher.pool_size)
+        drivers.append(WatcherPool(kind, members, size))
+    return drivers
 
 
 def build_notifier(spec: NotifierSpec, where: str = "notify") -> Notifier:

@@ -286,6 +286,11 @@ class Store:
         rows = self._read("SELECT * FROM watchers WHERE name = ?", (name,))
         return _watcher_record(rows[0]) if rows else None
 
+    def checkpoint(self, name: str) -> Any:
+        """A watcher's last committed checkpoint (None if it has none)."""
+        rows = self._read("SELECT checkpoint FROM watchers WHERE name = ?", (name,))
+        return json.loads(rows[0][0]) if rows and rows[0][0] else None
+
     def watchers(self) -> list[WatcherRecord]:
         """Every watcher that ever ran against this state, by name."""
         return [_watcher_record(r) for r in self._read("SELECT * FROM watchers ORDER BY name")]

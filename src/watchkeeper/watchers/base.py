@@ -55,6 +55,10 @@ class Watcher(ABC):
 
     kind: ClassVar[str]
     config_model: ClassVar[type[WatcherConfig]]
+    pool_size: ClassVar[int] = 0
+    """0: each watcher of this kind runs on a thread of its own. N: all of them share a pool of
+    at most N threads, for kinds that come in hundreds and whose checks are short waits on the
+    network. Such a kind must not override :meth:`wait`; it plans with :meth:`next_delay`."""
 
     def __init__(self, config: WatcherConfig) -> None:
         self.config = config
@@ -77,16 +81,29 @@ class Watcher(ABC):
     def check(self, checkpoint: Any) -> CheckResult:
         """Look once. Raise on failure: the runtime records it, backs off and retries."""
 
+    def prepare(self, checkpoint: Any) -> None:
+        """Pooled kinds: the waiting part of the next check (a fetch), done on a pool worker.
+
+        The check itself then runs on the pool's one processing thread and uses what this kept;
+        whatever went wrong here is kept too, for the check to raise. Must not raise. The
+        default does nothing, and :meth:`check` must also work when this was not called.
+        """
+
     def first_delay(self) -> float:
         """Seconds to wait before the first check; watchers that come in hundreds stagger."""
         return 0.0
 
+    def next_delay(self, delay: float) -> float:
+        """Seconds until the next check, given the runtime's plan (``every`` or a backoff)."""
+        return delay
+
     def wait(self, wake: threading.Event, timeout: float) -> None:
         """Block until the next check is due or ``wake`` is set (stop, check-now, resume)."""
-        wake.wait(timeout)
+        wake.wait(self.next_delay(timeout))
 
     def close(self) -> None:
-        """Release files, sockets and clients. Called once, from the watcher's own thread."""
+        """Release files, sockets and clients. Called once, from the thread that ran the checks
+        (for a pooled kind, the pool's last worker)."""
 
 
 WATCHERS: dict[str, type[Watcher]] = {}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import threading
 import time
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
@@ -182,10 +181,12 @@ class PageWatcher(Watcher):
     kind = "page"
     config_model = PageConfig
     config: PageConfig
+    pool_size = fetch.MAX_TOTAL  # no more threads than requests the fetcher lets fly at once
 
     def __init__(self, config: PageConfig) -> None:
         super().__init__(config)
         self._fetcher: fetch.Fetcher | None = None
+        self._prepared: fetch.Reply | BaseException | None = None
 
     @property
     def fetcher(self) -> fetch.Fetcher:
@@ -201,38 +202,53 @@ class PageWatcher(Watcher):
         digest = hashlib.sha256(cfg.name.encode()).digest()
         return window * int.from_bytes(digest[:8], "big") / 2**64
 
-    def wait(self, wake: threading.Event, timeout: float) -> None:
+    def next_delay(self, delay: float) -> float:
         """``every`` with jitter, and never before the host's Retry-After has passed."""
-        delay = timeout * random.uniform(1 - JITTER, 1 + JITTER)
+        delay *= random.uniform(1 - JITTER, 1 + JITTER)
         if self._fetcher is not None:
             delay = max(delay, self._fetcher.wait_hint(self.config.url))
-        wake.wait(delay)
+        return delay
 
-    def read(self, checkpoint: Any) -> tuple[fetch.Reply, Extraction | None]:
-        """Fetch once and extract the items; ``None`` items for a 304 reply."""
+    def prepare(self, checkpoint: Any) -> None:
+        """Fetch (or render) now, on a pool worker; the check parses what came back."""
+        try:
+            self._prepared = self.request(checkpoint)
+        except Exception as exc:
+            self._prepared = exc
+
+    def request(self, checkpoint: Any) -> fetch.Reply:
+        """One request for the page, conditional on what the checkpoint knows."""
         cfg = self.config
         cp = checkpoint if isinstance(checkpoint, dict) else {}
         if cfg.render:
             from watchkeeper.watchers.render import render
 
             with self.fetcher.slot(cfg.url, cfg.max_per_host, cfg.timeout):
-                reply = render(
+                return render(
                     cfg.url,
                     headers=cfg.headers,
                     timeout=cfg.timeout,
                     max_bytes=cfg.max_bytes,
                     wait_for=cfg.items if cfg.format in ("html", "auto") else None,
                 )
-        else:
-            reply = self.fetcher.get(
-                cfg.url,
-                headers=cfg.headers,
-                timeout=cfg.timeout,
-                max_bytes=cfg.max_bytes,
-                max_per_host=cfg.max_per_host,
-                etag=cp.get("etag") if cp.get("items") is not None else None,
-                last_modified=cp.get("last_modified") if cp.get("items") is not None else None,
-            )
+        return self.fetcher.get(
+            cfg.url,
+            headers=cfg.headers,
+            timeout=cfg.timeout,
+            max_bytes=cfg.max_bytes,
+            max_per_host=cfg.max_per_host,
+            etag=cp.get("etag") if cp.get("items") is not None else None,
+            last_modified=cp.get("last_modified") if cp.get("items") is not None else None,
+        )
+
+    def read(self, checkpoint: Any) -> tuple[fetch.Reply, Extraction | None]:
+        """The reply (prepared, or fetched now) and its items; ``None`` items for a 304."""
+        cfg = self.config
+        cp = checkpoint if isinstance(checkpoint, dict) else {}
+        prepared, self._prepared = self._prepared, None
+        if isinstance(prepared, BaseException):
+            raise prepared
+        reply = prepared if prepared is not None else self.request(checkpoint)
         if reply.not_modified:
             if not cp:
                 raise fetch.PageError(
