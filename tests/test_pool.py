@@ -1,0 +1,173 @@
+"""Watchers of a pooled kind (pages) share a few threads: waits on workers, checks on one thread.
+
+The watchers here are a small real kind whose ``prepare`` blocks until the test lets it go, so
+the tests can see how many run at once and on which threads; the pool, runs, store and keeper
+are the real ones. Page watchers in a keeper go through the same pool (tests/test_page_keeper).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from tests.conftest import wait_until
+from watchkeeper import Keeper, runtime
+from watchkeeper.alerts import Observation
+from watchkeeper.store import Store
+from watchkeeper.watchers.base import CheckResult, Watcher, WatcherConfig
+
+
+class Gate:
+    """What the test watchers share: a gate their prepare waits at, and what happened."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.lock = threading.Lock()
+        self.preparing = 0
+        self.most_preparing = 0
+        self.prepared: Counter[str] = Counter()
+        self.checked: Counter[str] = Counter()
+        self.check_threads: set[str] = set()
+        self.closed: Counter[str] = Counter()
+
+
+class Slow(Watcher):
+    """A pooled kind: ``prepare`` waits at the gate (as a fetch waits on a server)."""
+
+    kind: ClassVar[str] = "slow"
+    config_model = WatcherConfig
+    pool_size = 3
+
+    def __init__(self, name: str, gate: Gate, every: float = 3600) -> None:
+        super().__init__(WatcherConfig(name=name, every=every))
+        self.gate = gate
+
+    def prepare(self, checkpoint: Any) -> None:
+        gate = self.gate
+        with gate.lock:
+            gate.preparing += 1
+            gate.most_preparing = max(gate.most_preparing, gate.preparing)
+        gate.open.wait(10)
+        with gate.lock:
+            gate.preparing -= 1
+            gate.prepared[self.name] += 1
+
+    def check(self, checkpoint: Any) -> CheckResult:
+        with self.gate.lock:
+            self.gate.checked[self.name] += 1
+            self.gate.check_threads.add(threading.current_thread().name)
+        seen = (checkpoint or 0) + 1
+        return CheckResult([Observation(f"{self.name} #{seen}", event=True)], seen)
+
+    def close(self) -> None:
+        with self.gate.lock:
+            self.gate.closed[self.name] += 1
+
+
+def pool_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("watchkeeper:pool:slow")]
+
+
+def make_keeper(tmp_path: Path, gate: Gate, count: int) -> Keeper:
+    keeper = Keeper(state=tmp_path / "wk.db")
+    for n in range(count):
+        keeper.add(Slow(f"w{n}", gate))
+    return keeper
+
+
+def test_a_burst_runs_pool_size_at_a_time_and_checks_on_one_thread(tmp_path: Path) -> None:
+    gate = Gate()
+    keeper = make_keeper(tmp_path, gate, 10)
+    with keeper:
+        wait_until(lambda: gate.preparing == 3)
+        # Ten watchers due at once: three workers wait, plus the processing thread.
+        assert len(pool_threads()) == 4
+        gate.open.set()
+        wait_until(lambda: len(gate.checked) == 10)
+        assert keeper.store is not None
+        wait_until(lambda: sum(w.checks for w in keeper.store.watchers()) == 10)
+    assert gate.most_preparing == 3
+    assert gate.check_threads == {"watchkeeper:pool:slow:process"}
+    assert set(gate.checked.values()) == {1}  # every = 1h: one check each
+    assert not pool_threads()
+    assert gate.closed == Counter({f"w{n}": 1 for n in range(10)})
+
+
+def test_checkpoints_come_back_from_the_store_and_carry_on(tmp_path: Path) -> None:
+    gate = Gate()
+    gate.open.set()
+
+    def titles(keeper: Keeper) -> list[str]:
+        return [a.title for a in keeper.store.alerts()] if keeper.store else []
+
+    for nth, first in ((1, 1), (2, 4)):  # the second keeper carries on from the first's state
+        keeper = make_keeper(tmp_path, gate, 2)
+        with keeper:
+            wait_until(lambda k=keeper, n=first: f"w0 #{n}" in titles(k))
+            wait_until(lambda k=keeper, n=nth: f"w1 #{n}" in titles(k))
+            for n in (first + 1, first + 2):
+                keeper.check_now("w0")
+                wait_until(lambda k=keeper, n=n: f"w0 #{n}" in titles(k))
+            # Between checks a pooled run keeps no copy of its checkpoint.
+            assert all(run.checkpoint is None for run in keeper._runs.values())
+    with Store(tmp_path / "wk.db", readonly=True) as store:
+        assert store.checkpoint("w0") == 6
+        assert store.checkpoint("w1") == 2
+
+
+def test_check_now_during_a_check_runs_it_again_right_after(tmp_path: Path) -> None:
+    gate = Gate()
+    keeper = make_keeper(tmp_path, gate, 1)
+    with keeper:
+        wait_until(lambda: gate.preparing == 1)
+        keeper.check_now("w0")  # while it waits at the gate
+        gate.open.set()
+        wait_until(lambda: gate.checked["w0"] == 2)
+
+
+def test_paused_watchers_are_parked_and_resume_at_once(tmp_path: Path) -> None:
+    gate = Gate()
+    gate.open.set()
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.add(Slow("fast", gate, every=0.05))
+    with keeper:
+        wait_until(lambda: gate.checked["fast"] >= 2)
+        keeper.pause("fast")
+        paused_at = gate.checked["fast"]
+        # At most the check in progress finishes; then nothing while a few intervals pass.
+        wait_until(lambda: gate.checked["fast"] > paused_at + 1, timeout=0.5, must=False)
+        assert gate.checked["fast"] <= paused_at + 1
+        keeper.resume("fast")
+        wait_until(lambda: gate.checked["fast"] >= paused_at + 3)
+
+
+def test_idle_workers_end_down_to_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "POOL_IDLE", 0.2)
+    gate = Gate()
+    keeper = make_keeper(tmp_path, gate, 6)
+    with keeper:
+        wait_until(lambda: gate.preparing == 3)
+        gate.open.set()
+        wait_until(lambda: len(gate.checked) == 6)
+        wait_until(lambda: len(pool_threads()) == 2)  # one worker and the processing thread
+        keeper.check_now("w4")  # the last worker still takes new work
+        wait_until(lambda: gate.checked["w4"] == 2)
+
+
+def test_a_prepare_that_raises_is_logged_and_the_check_still_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(Slow):
+        def prepare(self, checkpoint: Any) -> None:
+            raise RuntimeError("bug in prepare")
+
+    gate = Gate()
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.add(Broken("b", gate))
+    with keeper:
+        wait_until(lambda: gate.checked["b"] == 1)
+    assert "internal error while preparing" in caplog.text
