@@ -39,6 +39,9 @@ IDLE_POLL = 5.0
 """A dispatcher looks at the outbox at least this often (other processes may add to it)."""
 POOL_IDLE = 60.0
 """A pool worker with nothing to do for this long ends (the pool keeps at least one)."""
+POOL_BACKLOG = 8
+"""Prepared checks (fetched pages) waiting for a pool's processing thread: enough to keep it
+busy, few enough that large replies do not pile up in memory while it parses."""
 
 
 def backoff(base: float, attempts: int, cap: float) -> float:
@@ -262,9 +265,9 @@ class WatcherPool:
     more are due wakes an idle worker or, when none is idle and there are fewer than ``size``,
     starts another: a burst of due checks (the first cycle, everything checked now) runs
     ``size`` at a time, and a steady state of staggered checks needs only a worker or two.
-    Workers idle for :data:`POOL_IDLE` end, down to one. At most ``size`` prepared checks wait
-    for the processing thread. A check-now during a check runs it again right after, as a
-    thread of its own would.
+    Workers idle for :data:`POOL_IDLE` end, down to one. At most :data:`POOL_BACKLOG` prepared
+    checks wait for the processing thread. A check-now during a check runs it again right after,
+    as a thread of its own would.
     """
 
     def __init__(self, kind: str, runs: Sequence[WatcherRun], size: int) -> None:
@@ -382,7 +385,7 @@ class WatcherPool:
                 return
             run.prepare()
             with self._due:
-                while len(self._prepared) >= self.size and not self._stopping:
+                while len(self._prepared) >= POOL_BACKLOG and not self._stopping:
                     self._room.wait()
                 if self._stopping:
                     return
