@@ -3,6 +3,7 @@ of ``watchkeeper scan`` or an embedding program pays before any work (httpx alon
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import socket
 import subprocess
@@ -103,3 +104,86 @@ def test_scan_command_loads_no_config_layer() -> None:
         "watchkeeper.web",
     )
     assert loaded(modules, CONFIG_LAYER + unneeded) == []
+
+
+# Modules only a keeper that uses those kinds needs: the other watchers and notifiers, and what
+# they import (hyperscan and inotify for logs, the port scanner, email.mime for smtp, rich).
+OTHER_KINDS = (
+    *(f"watchkeeper.watchers.{kind}" for kind in ("log", "ports")),  # prefixes: and logmatch...
+    *(f"watchkeeper.notifiers.{k}" for k in ("apprise", "console", "smtp", "webhook")),
+    "watchkeeper.scan",
+    "hyperscan",
+    "inotify_simple",
+    "email.mime",
+    "rich",
+    "apprise",
+    "httpx",
+)
+
+
+def test_a_page_keeper_imports_only_the_kinds_it_uses(tmp_path: Path) -> None:
+    modules, out = imported_after(
+        "from watchkeeper import Keeper\n"
+        f"jsonl = {{'kind': 'jsonl', 'path': {str(tmp_path / 'a.jsonl')!r}}}\n"
+        f"keeper = Keeper(state={str(tmp_path / 'wk.db')!r}, notify=[jsonl])\n"
+        "keeper.page('http://127.0.0.1:1/', items='li')\n"
+        "print(*[w.kind for w in keeper.watchers], *[n.kind for n in keeper.notifiers])"
+    )
+    assert out.split() == ["page", "jsonl"]
+    assert loaded(modules, (*OTHER_KINDS, "jmespath", "feedparser")) == []
+
+
+def test_a_config_imports_the_kinds_it_names_and_lists_all_without_importing(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "watchkeeper.toml"
+    config.write_text('[[log]]\nname = "app"\npaths = ["app.log"]\nrules = [{match = "ERROR"}]\n')
+    modules, _ = imported_after(
+        f"from watchkeeper import load_config\nload_config({str(config)!r})"
+    )
+    assert "watchkeeper.watchers.log" in modules
+    assert loaded(modules, ("watchkeeper.watchers.page", "watchkeeper.watchers.ports")) == []
+    config.write_text('[[pages]]\nname = "x"\n\n[[notify]]\nkind = "sms"\n')
+    modules, out = imported_after(
+        "from watchkeeper import ConfigError, load_config\n"
+        f"try:\n    load_config({str(config)!r})\n"
+        "except ConfigError as exc:\n    print(*exc.errors, sep='\\n')"
+    )
+    assert "known tables are keeper, notify, custom, log, page, ports" in out
+    assert "unknown notifier kind 'sms'; one of apprise, console, jsonl, smtp, webhook" in out
+    kinds = ("custom", "log", "page", "ports")
+    assert loaded(modules, OTHER_KINDS + tuple(f"watchkeeper.watchers.{k}" for k in kinds)) == []
+
+
+def test_a_kind_registered_at_run_time_is_known_like_a_built_in() -> None:
+    """In a fresh interpreter, so the kind does not reach the reference this process renders."""
+    _, out = imported_after(
+        "from watchkeeper import CheckResult, Watcher, WatcherConfig\n"
+        "from watchkeeper.config import parse_config\n"
+        "from watchkeeper.keeper import build_from_config, build_watcher\n"
+        "from watchkeeper.watchers import WATCHERS, register\n"
+        "from watchkeeper.watchers.logconfig import LogConfig\n"
+        "class ProbeConfig(WatcherConfig):\n    target: str\n"
+        "@register\nclass Probe(Watcher):\n"
+        "    kind = 'probe'\n    config_model = ProbeConfig\n"
+        "    def check(self, checkpoint):\n        return CheckResult()\n"
+        "_, (probe,) = build_from_config(parse_config({'probe': [{'name': 'p', 'target': 'x'}]}))\n"
+        "print(type(probe).__name__, probe.config.target, 'probe' in WATCHERS, len(WATCHERS))\n"
+        "print(*WATCHERS)\n"
+        # A config model made apart from its watcher's module still finds its kind.
+        "log = build_watcher(LogConfig(name='l', paths=['x.log'], rules=[{'match': 'E'}]))\n"
+        "print(type(log).__name__)\n"
+    )
+    assert out.splitlines() == [
+        "Probe x True 5",
+        "custom log page ports probe",
+        "LogWatcher",
+    ]
+
+
+def test_the_user_agent_names_the_installed_version() -> None:
+    """The fetcher takes the version from ``__version__``: importlib.metadata is a cost."""
+    from watchkeeper.watchers import fetch
+
+    name, version = fetch.USER_AGENT.split("/")
+    assert (name, version) == ("watchkeeper", importlib.metadata.version("watchkeeper"))

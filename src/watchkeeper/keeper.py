@@ -407,7 +407,7 @@ def build_from_config(config: Config) -> tuple[list[Notifier], list[Watcher]]:
                 f"{config.source}: [[notify]] (name {spec.name!r}): {e}" for e in exc.errors
             ]
     for table in config.watchers:
-        kind = next((k for k, cls in WATCHERS.items() if cls.config_model is type(table)), "?")
+        kind = getattr(WATCHERS.for_model(type(table)), "kind", "?")
         try:
             watchers.append(build_watcher(table))
         except ConfigError as exc:
@@ -422,10 +422,10 @@ def build_from_config(config: Config) -> tuple[list[Notifier], list[Watcher]]:
 
 def build_watcher(config: WatcherConfig) -> Watcher:
     """A watcher from its validated config, found in the registry by its config model."""
-    for cls in WATCHERS.values():
-        if type(config) is cls.config_model:
-            return cls(config)
-    raise ConfigError(f"no watcher kind takes a {type(config).__name__}")
+    cls = WATCHERS.for_model(type(config))
+    if cls is None:
+        raise ConfigError(f"no watcher kind takes a {type(config).__name__}")
+    return cls(config)
 
 
 def _unique(names: Sequence[str], what: str) -> None:

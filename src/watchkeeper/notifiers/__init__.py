@@ -1,16 +1,5 @@
-"""Notifiers: where alerts go. Importing this package fills the registry by kind."""
+"""Notifiers: where alerts go. A kind's module is imported when the kind is looked up."""
 
-from watchkeeper.notifiers import apprise, console, jsonl, smtp, webhook
 from watchkeeper.notifiers.base import NOTIFIERS, Notifier, NotifierConfig, register
 
-__all__ = [
-    "NOTIFIERS",
-    "Notifier",
-    "NotifierConfig",
-    "apprise",
-    "console",
-    "jsonl",
-    "register",
-    "smtp",
-    "webhook",
-]
+__all__ = ["NOTIFIERS", "Notifier", "NotifierConfig", "register"]

@@ -25,6 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.quantities import iso_utc
+from watchkeeper.registry import Registry
 from watchkeeper.units import Duration
 
 if TYPE_CHECKING:
@@ -89,14 +90,21 @@ class Notifier(ABC):
         """Release connections. Called once when the keeper stops."""
 
 
-NOTIFIERS: dict[str, type[Notifier]] = {}
+NOTIFIERS: Registry[type[Notifier]] = Registry(
+    "notifier",
+    {
+        kind: f"watchkeeper.notifiers.{kind}"
+        for kind in ("apprise", "console", "jsonl", "smtp", "webhook")
+    },
+)
+"""Kind -> notifier class; a built-in kind's module is imported when the kind is looked up."""
 
 N = TypeVar("N", bound=type[Notifier])
 
 
 def register(cls: N) -> N:
     """Class decorator: make a notifier available to config files under its ``kind``."""
-    NOTIFIERS[cls.kind] = cls
+    NOTIFIERS.register(cls)
     return cls
 
 

@@ -1,16 +1,5 @@
-"""Watchers: what to keep watch over. Importing this package fills the registry by kind."""
+"""Watchers: what to keep watch over. A kind's module is imported when the kind is looked up."""
 
-from watchkeeper.watchers import custom, log, page, ports
 from watchkeeper.watchers.base import WATCHERS, CheckResult, Watcher, WatcherConfig, register
 
-__all__ = [
-    "WATCHERS",
-    "CheckResult",
-    "Watcher",
-    "WatcherConfig",
-    "custom",
-    "log",
-    "page",
-    "ports",
-    "register",
-]
+__all__ = ["WATCHERS", "CheckResult", "Watcher", "WatcherConfig", "register"]

@@ -1,4 +1,4 @@
-"""The Watcher contract, its config base and the registry by kind.
+"""The Watcher contract, its config base and the registry by kind (see registry.py).
 
 A watcher is a *check* the runtime calls once per cycle, with the checkpoint it returned last
 time (None on the very first run). The check returns observations plus the new checkpoint that
@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import ConfigDict, Field, field_validator
 
 from watchkeeper.alerts import Observation, Rules
+from watchkeeper.registry import Registry
 from watchkeeper.units import Duration
 
 
@@ -106,12 +107,16 @@ class Watcher(ABC):
         (for a pooled kind, the pool's last worker)."""
 
 
-WATCHERS: dict[str, type[Watcher]] = {}
+WATCHERS: Registry[type[Watcher]] = Registry(
+    "watcher",
+    {kind: f"watchkeeper.watchers.{kind}" for kind in ("custom", "log", "page", "ports")},
+)
+"""Kind -> watcher class; a built-in kind's module is imported when the kind is looked up."""
 
 W = TypeVar("W", bound=type[Watcher])
 
 
 def register(cls: W) -> W:
     """Class decorator: make a watcher available to config files as ``[[kind]]`` tables."""
-    WATCHERS[cls.kind] = cls
+    WATCHERS.register(cls)
     return cls

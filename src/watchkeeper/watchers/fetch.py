@@ -21,7 +21,6 @@ Failures are raised as :class:`PageError` with the URL and what happened.
 from __future__ import annotations
 
 import email.utils
-import importlib.metadata
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from urllib.parse import urljoin, urlsplit
 
 import urllib3
 
+from watchkeeper import __version__
 from watchkeeper.errors import WatchkeeperError
 from watchkeeper.quantities import format_duration
 
@@ -60,7 +60,7 @@ _RETRIES = urllib3.Retry(
     respect_retry_after_header=False,
 )
 """Follow redirects, nothing else: a failed check is retried by the runtime, with backoff."""
-USER_AGENT = f"watchkeeper/{importlib.metadata.version('watchkeeper')}"
+USER_AGENT = f"watchkeeper/{__version__}"
 """Sent unless a page's ``headers`` set their own; add a contact there, as polite bots do."""
 
 

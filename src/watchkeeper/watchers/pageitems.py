@@ -20,14 +20,15 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
-import jmespath
-from jmespath.exceptions import JMESPathError
 from selectolax.lexbor import LexborHTMLParser, LexborNode, SelectolaxError
 
 from watchkeeper.watchers.fetch import PageError
+
+if TYPE_CHECKING:
+    from jmespath.parser import ParsedResult
 
 Format = Literal["html", "json", "feed"]
 
@@ -279,10 +280,19 @@ def html_items(
 
 
 @functools.lru_cache(maxsize=256)  # a thousand pages often share one selector
+def _jmespath(expression: str) -> ParsedResult:
+    """The compiled expression. jmespath is imported for the first JSON spec, not by every page."""
+    import jmespath
+
+    return jmespath.compile(expression)
+
+
 def check_jmespath(expression: str) -> str:
     """Raise ValueError naming the expression when it does not compile."""
+    from jmespath.exceptions import JMESPathError
+
     try:
-        jmespath.compile(expression)
+        _jmespath(expression)
     except JMESPathError as exc:
         raise ValueError(f"{expression!r} is not a valid JMESPath expression ({exc})") from None
     return expression
@@ -302,7 +312,7 @@ def _json_pick(
     entry: Any, expression: str | None, defaults: Iterable[str], page_url: str
 ) -> str | None:
     if expression is not None:
-        value = _scalar(jmespath.search(expression, entry))
+        value = _scalar(_jmespath(expression).search(entry))
     elif isinstance(entry, Mapping):
         value = next((v for d in defaults if (v := _scalar(entry.get(d))) is not None), None)
     else:
@@ -327,7 +337,7 @@ def json_items(
         raise PageError(f"{page_url}: not valid JSON: {exc}") from None
     except RecursionError:
         raise PageError(f"{page_url}: JSON nested too deeply to read") from None
-    found = document if items is None else jmespath.search(items, document)
+    found = document if items is None else _jmespath(items).search(document)
     if not isinstance(found, list):
         what = "the document" if items is None else f"the expression {items!r}"
         got = "nothing" if found is None else f"a {type(found).__name__}"
