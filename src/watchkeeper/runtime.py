@@ -257,7 +257,7 @@ class WatcherPool:
     and the run commits it, always on the pool's one processing thread. That second part holds
     the GIL anyway, so one thread does it as fast as many, with no lock contention; and since
     glibc gives each thread that allocates its own malloc arena, keeping parse trees and SQLite
-    work on one thread keeps a hundred arenas' worth of freed memory (~20 MiB for 1,000 pages)
+    work on one thread keeps a hundred arenas' worth of freed memory (~18 MiB for 1,000 pages)
     out of the process.
 
     Due times sit in a heap. One idle worker (the one holding the timer) sleeps until the
