@@ -42,16 +42,31 @@ class Slow(Watcher):
     config_model = WatcherConfig
     pool_size = 3
 
-    def __init__(self, name: str, gate: Gate, every: float = 3600) -> None:
+    def __init__(
+        self,
+        name: str,
+        gate: Gate,
+        every: float = 3600,
+        *,
+        hold: threading.Event | None = None,
+        slot: tuple[str, int] | None = None,
+        close_time: float = 0.0,
+    ) -> None:
         super().__init__(WatcherConfig(name=name, every=every))
         self.gate = gate
+        self.hold = hold or gate.open  # what prepare waits for
+        self.slot = slot
+        self.close_time = close_time
+
+    def pool_slot(self) -> tuple[str, int] | None:
+        return self.slot
 
     def prepare(self, checkpoint: Any) -> None:
         gate = self.gate
         with gate.lock:
             gate.preparing += 1
             gate.most_preparing = max(gate.most_preparing, gate.preparing)
-        gate.open.wait(10)
+        self.hold.wait(10)
         with gate.lock:
             gate.preparing -= 1
             gate.prepared[self.name] += 1
@@ -64,12 +79,18 @@ class Slow(Watcher):
         return CheckResult([Observation(f"{self.name} #{seen}", event=True)], seen)
 
     def close(self) -> None:
+        threading.Event().wait(self.close_time)  # a close that takes a while (files, sockets)
         with self.gate.lock:
             self.gate.closed[self.name] += 1
 
 
 def pool_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("watchkeeper:pool:slow")]
+
+
+def workers() -> int:
+    """The pool's worker threads (its scheduler and processing thread not counted)."""
+    return sum(1 for name in pool_threads() if name.rsplit(":", 1)[1].isdigit())
 
 
 def make_keeper(tmp_path: Path, gate: Gate, count: int) -> Keeper:
@@ -84,8 +105,9 @@ def test_a_burst_runs_pool_size_at_a_time_and_checks_on_one_thread(tmp_path: Pat
     keeper = make_keeper(tmp_path, gate, 10)
     with keeper:
         wait_until(lambda: gate.preparing == 3)
-        # Ten watchers due at once: three workers wait, plus the processing thread.
-        assert len(pool_threads()) == 4
+        # Ten watchers due at once: three workers wait (pool_size), the other seven in line.
+        assert workers() == 3
+        assert len(pool_threads()) == 5  # and the scheduler and the processing thread
         gate.open.set()
         wait_until(lambda: len(gate.checked) == 10)
         assert keeper.store is not None
@@ -145,7 +167,9 @@ def test_paused_watchers_are_parked_and_resume_at_once(tmp_path: Path) -> None:
         wait_until(lambda: gate.checked["fast"] >= paused_at + 3)
 
 
-def test_idle_workers_end_down_to_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_idle_workers_end_and_new_work_starts_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(runtime, "POOL_IDLE", 0.2)
     gate = Gate()
     keeper = make_keeper(tmp_path, gate, 6)
@@ -153,9 +177,91 @@ def test_idle_workers_end_down_to_one(tmp_path: Path, monkeypatch: pytest.Monkey
         wait_until(lambda: gate.preparing == 3)
         gate.open.set()
         wait_until(lambda: len(gate.checked) == 6)
-        wait_until(lambda: len(pool_threads()) == 2)  # one worker and the processing thread
-        keeper.check_now("w4")  # the last worker still takes new work
+        wait_until(lambda: workers() == 0)
+        keeper.check_now("w4")
         wait_until(lambda: gate.checked["w4"] == 2)
+
+
+def test_the_pool_shrinks_under_a_light_steady_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime, "POOL_IDLE", 0.3)
+    gate = Gate()
+    keeper = Keeper(state=tmp_path / "wk.db")
+    for n in range(5):
+        keeper.add(Slow(f"w{n}", gate))
+    keeper.add(Slow("busy", gate, every=0.02))
+    with keeper:
+        wait_until(lambda: gate.preparing == 3)  # a burst: all three workers busy
+        gate.open.set()
+        # Then one check every 20 ms: idle workers are woken latest-idle first, so the one
+        # doing the work stays the same and the others stay idle long enough to end.
+        wait_until(lambda: workers() == 1)
+        done = gate.checked["busy"]
+        wait_until(lambda: gate.checked["busy"] >= done + 20)
+
+
+def test_a_slow_prepare_delays_no_other_check(tmp_path: Path) -> None:
+    gate = Gate()
+    gate.open.set()
+    stuck = threading.Event()
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.add(Slow("stuck", gate, hold=stuck))
+    keeper.add(Slow("other", gate, every=0.05))
+    keeper.add(Slow("asked", gate))
+    with keeper:
+        wait_until(lambda: gate.preparing == 1 and gate.checked["other"] >= 3)
+        keeper.check_now("asked")  # at once, while "stuck" still waits
+        wait_until(lambda: gate.checked["asked"] == 2)
+        stuck.set()
+        wait_until(lambda: gate.checked["stuck"] == 1)
+
+
+def test_runs_past_their_slot_limit_wait_without_holding_workers(tmp_path: Path) -> None:
+    gate = Gate()
+    slow_host = threading.Event()
+    keeper = Keeper(state=tmp_path / "wk.db")
+    for n in range(6):  # six pages on one slow host, at most 2 at once
+        keeper.add(Slow(f"slow{n}", gate, hold=slow_host, slot=("slow:80", 2)))
+    keeper.add(Slow("elsewhere", gate, slot=("fast:80", 2)))
+    with keeper:
+        wait_until(lambda: gate.preparing == 3)  # two on the slow host, one elsewhere
+        assert workers() == 3  # the four other slow-host pages hold no worker
+        slow_host.set()
+        gate.open.set()
+        wait_until(lambda: sum(gate.checked.values()) == 7)
+    assert gate.most_preparing == 3
+
+
+def test_next_delay_that_raises_stops_no_other_watcher(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class BadPlan(Slow):
+        def next_delay(self, delay: float) -> float:
+            raise RuntimeError("bug in next_delay")
+
+    gate = Gate()
+    gate.open.set()
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.add(BadPlan("bad", gate, every=0.05))
+    keeper.add(Slow("good", gate, every=0.05))
+    with keeper:
+        wait_until(lambda: gate.checked["good"] >= 5 and gate.checked["bad"] >= 2)
+    assert "watcher bad: cannot plan its next check" in caplog.text
+
+
+def test_watchers_are_closed_before_stop_returns(tmp_path: Path) -> None:
+    gate = Gate()
+    gate.open.set()
+    keeper = make_keeper(tmp_path, gate, 0)
+    keeper.every(3600, lambda: None, name="own-thread")  # joined first, the pool after it
+    for n in range(20):
+        keeper.add(Slow(f"w{n}", gate, close_time=0.01))
+    keeper.start()
+    wait_until(lambda: len(gate.checked) == 20)
+    assert keeper.stop(timeout=10)
+    assert gate.closed == Counter({f"w{n}": 1 for n in range(20)})
+    assert not pool_threads()
 
 
 def test_a_prepare_that_raises_is_logged_and_the_check_still_runs(

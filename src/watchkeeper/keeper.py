@@ -315,7 +315,12 @@ class Keeper:
         return [Route(n.name, n.config.min_severity) for n in self.notifiers]
 
     def subscribe(self, listener: Callable[[list[Alert]], None]) -> None:
-        """Call ``listener(alerts)`` from the watcher's thread after each commit with alerts."""
+        """Call ``listener(alerts)`` after each commit with alerts, from the thread that committed.
+
+        That is the watcher's own thread, or for page watchers their pool's one processing
+        thread, which every page check goes through: keep listeners quick (hand slow work to a
+        queue of your own).
+        """
         self._listeners.append(listener)
 
     def check_now(self, name: str) -> None:
@@ -367,6 +372,8 @@ def _drivers(runs: list[WatcherRun]) -> list[WatcherThread | WatcherPool]:
     pooled: dict[str, list[WatcherRun]] = {}
     for run in runs:
         if run.watcher.pool_size:
+            if type(run.watcher).wait is not Watcher.wait:
+                raise TypeError(f"{type(run.watcher).__name__} is pooled: plan with next_delay")
             pooled.setdefault(run.watcher.kind, []).append(run)
         else:
             drivers.append(WatcherThread(run))

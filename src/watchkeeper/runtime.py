@@ -38,10 +38,13 @@ CHECK_BACKOFF_CAP = 300.0
 IDLE_POLL = 5.0
 """A dispatcher looks at the outbox at least this often (other processes may add to it)."""
 POOL_IDLE = 60.0
-"""A pool worker with nothing to do for this long ends (the pool keeps at least one)."""
+"""A pool worker with nothing to do for this long ends."""
 POOL_BACKLOG = 8
-"""Prepared checks (fetched pages) waiting for a pool's processing thread: enough to keep it
-busy, few enough that large replies do not pile up in memory while it parses."""
+"""Prepared checks (fetched pages) queued for a pool's processing thread: enough to keep it busy.
+A worker with a reply waits for room, so at most ``size`` + 8 replies are held at once, not one
+per worker plus a queue as long as the workers fill it while the processing thread parses."""
+POOL_RETRY = 1.0
+"""A pool that could not start a worker (out of threads) tries again this often."""
 
 
 def backoff(base: float, attempts: int, cap: float) -> float:
@@ -82,8 +85,8 @@ class WatcherRun:
         self.on_commit = on_commit
         self.clock = clock
         self.engine = RuleEngine(watcher.name, watcher.kind, watcher.config.rules())
-        self.remember = not watcher.pool_size
-        self.wake: Callable[[], None] = _nothing
+        self.keeps_checkpoint = not watcher.pool_size
+        self.wake: Callable[[], None] = _no_driver
         """Set by the driver: makes the next check happen at once."""
         self.checks = 0
         """Checks committed since this run started."""
@@ -94,7 +97,7 @@ class WatcherRun:
                 self.checkpoint = watcher.initial_checkpoint()
             except Exception:
                 log.exception("watcher %s: cannot take its starting point", watcher.name)
-        elif not self.remember:
+        elif not self.keeps_checkpoint:
             self.checkpoint = None
         self._stored = record.checkpoint is not None
         self._prepared_from: Any = _NOTHING  # the checkpoint prepare() read, for the check
@@ -170,7 +173,7 @@ class WatcherRun:
 
     def _checkpoint(self) -> Any:
         """The checkpoint the next check starts from: in memory, or read back from the store."""
-        if self.remember or not self._stored:
+        if self.keeps_checkpoint or not self._stored:
             return self.checkpoint
         return self.store.checkpoint(self.watcher.name)
 
@@ -195,7 +198,7 @@ class WatcherRun:
             error=error,
         )
         self._stored = True
-        self.checkpoint = checkpoint if self.remember else None
+        self.checkpoint = checkpoint if self.keeps_checkpoint else None
         self.rule_state = verdict.state
         self.failures = failures
         self.checks += 1
@@ -204,8 +207,8 @@ class WatcherRun:
         return delay
 
 
-def _nothing() -> None:
-    """A run's ``wake`` before a driver takes it."""
+def _no_driver() -> None:
+    """A run's ``wake`` before a driver takes it: nothing to wake yet."""
 
 
 class WatcherThread(threading.Thread):
@@ -260,14 +263,13 @@ class WatcherPool:
     work on one thread keeps a hundred arenas' worth of freed memory (~18 MiB for 1,000 pages)
     out of the process.
 
-    Due times sit in a heap. One idle worker (the one holding the timer) sleeps until the
-    earliest is due; the others sleep until there is work. A worker that takes a due check while
-    more are due wakes an idle worker or, when none is idle and there are fewer than ``size``,
-    starts another: a burst of due checks (the first cycle, everything checked now) runs
-    ``size`` at a time, and a steady state of staggered checks needs only a worker or two.
-    Workers idle for :data:`POOL_IDLE` end, down to one. At most :data:`POOL_BACKLOG` prepared
-    checks wait for the processing thread. A check-now during a check runs it again right after,
-    as a thread of its own would.
+    A scheduler thread sleeps until the earliest due time, then hands each due run to the idle
+    worker that went idle last, starting a worker when none is idle (up to ``size``). Workers
+    idle for :data:`POOL_IDLE` end, so a burst (the first cycle, everything checked now) runs on
+    many and a steady trickle of staggered checks on a few. Runs that share a
+    :meth:`Watcher.pool_slot` key (pages on one host) take at most its limit of workers; the
+    others wait in line without holding a worker, so one slow host cannot hold up the rest.
+    A check-now during a check runs it again right after, as a thread of its own would.
     """
 
     def __init__(self, kind: str, runs: Sequence[WatcherRun], size: int) -> None:
@@ -275,46 +277,56 @@ class WatcherPool:
         self.runs = list(runs)
         self.size = max(1, size)
         lock = threading.Lock()
-        self._due = threading.Condition(lock)  # workers: a check is due, or stop
+        self._lock = lock
+        self._tick = threading.Condition(lock)  # the scheduler: the earliest due time changed
         self._ready = threading.Condition(lock)  # the processing thread: a check is prepared
         self._room = threading.Condition(lock)  # workers: the prepared queue has room
         self._heap: list[tuple[float, int, WatcherRun]] = []
         self._entry: dict[str, int] = {}  # run name -> the live heap entry's sequence number
         self._sequence = itertools.count()
+        self._slots = {run.name: run.watcher.pool_slot() for run in self.runs}
+        self._in_slot: collections.Counter[str] = collections.Counter()  # prepares per key
+        self._queued: dict[str, collections.deque[WatcherRun]] = {}  # due, their key is full
+        self._todo: collections.deque[WatcherRun] = collections.deque()  # due, for a worker
         self._prepared: collections.deque[WatcherRun] = collections.deque()
-        self._running: set[str] = set()
+        self._running: set[str] = set()  # due and not yet committed
         self._again: set[str] = set()
-        self._threads: list[threading.Thread] = []  # the workers and the processing thread
+        self._threads: list[threading.Thread] = []  # scheduler, processing thread, workers
         self._workers = 0
-        self._idle = 0
-        self._timer: threading.Thread | None = None
+        self._idle: list[threading.Event] = []  # idle workers' wake-ups, the latest idle last
+        self._numbers = itertools.count(1)
         self._stopping = False
         for run in self.runs:
             run.wake = functools.partial(self._check_now, run)
 
     def start(self) -> None:
-        """Schedule every run's first check; start the processing thread and one worker."""
+        """Schedule every run's first check; start the scheduler and the processing thread."""
         now = time.monotonic()
-        with self._due:
+        with self._lock:
             for run in self.runs:
                 self._schedule(run, now + run.watcher.first_delay())
-            self._start_thread(self._process, f"{self.name}:process")
-            self._spawn()
+            for target, role in ((self._process, "process"), (self._plan, "schedule")):
+                thread = threading.Thread(
+                    target=self._guard, args=(target,), name=f"{self.name}:{role}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
 
     def stop(self) -> None:
         """Ask every thread to end after the check it is in (prepared checks are dropped)."""
-        with self._due:
+        with self._lock:
             self._stopping = True
-            self._due.notify_all()
-            self._ready.notify_all()
-            self._room.notify_all()
+            for condition in (self._tick, self._ready, self._room):
+                condition.notify_all()
+            for idle in self._idle:
+                idle.set()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the threads to end, at most ``timeout`` seconds in all."""
         deadline = None if timeout is None else time.monotonic() + timeout
         me = threading.current_thread()  # stop() may be called from inside a check
         while True:
-            with self._due:
+            with self._lock:
                 threads = [t for t in self._threads if t is not me]
             if not threads:
                 return
@@ -326,25 +338,21 @@ class WatcherPool:
     def is_alive(self) -> bool:
         """True while any thread (other than the calling one) still runs."""
         me = threading.current_thread()
-        with self._due:
+        with self._lock:
             return any(t is not me for t in self._threads)
 
-    @property
-    def workers(self) -> int:
-        """How many worker threads run now (the processing thread not counted)."""
-        with self._due:
-            return self._workers
+    # -- scheduling (callers hold the lock) -----------------------------------------------------
 
     def _schedule(self, run: WatcherRun, due: float) -> None:
-        """(Re)place ``run``'s heap entry; callers hold the lock."""
+        """(Re)place ``run``'s heap entry."""
         number = next(self._sequence)
         self._entry[run.name] = number
         heapq.heappush(self._heap, (due, number, run))
-        if self._heap[0][1] == number:  # a new earliest: the timer holder must look again
-            self._due.notify_all()
+        if self._heap[0][1] == number:  # a new earliest: the scheduler must look again
+            self._tick.notify()
 
     def _check_now(self, run: WatcherRun) -> None:
-        with self._due:
+        with self._lock:
             if self._stopping:
                 return
             if run.name in self._running:
@@ -352,39 +360,90 @@ class WatcherPool:
             else:
                 self._schedule(run, time.monotonic())
 
-    def _spawn(self) -> None:
-        self._workers += 1
-        self._start_thread(self._work, f"{self.name}:{self._workers}")
+    def _admit(self, run: WatcherRun) -> None:
+        """A due run goes to the workers, or waits in line while its slot key is full."""
+        slot = self._slots[run.name]
+        if slot is None or self._in_slot[slot[0]] < slot[1]:
+            if slot is not None:
+                self._in_slot[slot[0]] += 1
+            self._todo.append(run)
+        else:
+            self._queued.setdefault(slot[0], collections.deque()).append(run)
 
-    def _start_thread(self, target: Callable[[], None], name: str) -> None:
-        thread = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
-        self._threads.append(thread)
-        thread.start()
+    def _staff(self) -> bool:
+        """Wake an idle worker per run to do, or start one; False if a start failed."""
+        waiting = len(self._todo) - len(self._idle)
+        for _ in range(min(len(self._todo), len(self._idle))):
+            self._idle.pop().set()
+        while waiting > 0 and self._workers < self.size:
+            number = next(self._numbers)
+            thread = threading.Thread(
+                target=self._guard, args=(self._work,), name=f"{self.name}:{number}", daemon=True
+            )
+            try:
+                thread.start()
+            except RuntimeError as exc:  # out of threads, or the interpreter is going down
+                log.warning("%s: cannot start a worker (%s); retrying", self.name, exc)
+                return False
+            self._threads.append(thread)
+            self._workers += 1
+            waiting -= 1
+        return True
+
+    # -- the threads ------------------------------------------------------------------------------
 
     def _guard(self, target: Callable[[], None]) -> None:
-        """Run a pool thread; the last one out closes the watchers."""
+        """Run a pool thread; the last one to end after stop() closes the watchers first."""
         me = threading.current_thread()
         try:
             target()
         finally:
-            with self._due:
-                self._threads.remove(me)
-                if self._timer is me:
-                    self._timer = None
-                last = self._stopping and not self._threads
-            if last:
+            with self._lock:
+                last = self._stopping and all(t is me for t in self._threads)
+                if not last:
+                    self._threads.remove(me)
+            if last:  # still listed, so join() and is_alive() wait for the closing too
                 for run in self.runs:
                     _close(run.watcher)
+                with self._lock:
+                    self._threads.remove(me)
+
+    def _plan(self) -> None:
+        """The scheduler: release due runs to the workers, sleep until the next is due."""
+        with self._lock:
+            while not self._stopping:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    _, number, run = heapq.heappop(self._heap)
+                    if self._entry.get(run.name) != number:
+                        continue  # replaced by a later (re)schedule
+                    del self._entry[run.name]
+                    if run.paused:
+                        continue  # parked until resumed (its wake schedules it again)
+                    self._running.add(run.name)
+                    self._admit(run)
+                timeout = self._heap[0][0] - now if self._heap else None
+                if not self._staff():
+                    timeout = min(timeout or POOL_RETRY, POOL_RETRY)
+                self._tick.wait(timeout)
 
     def _work(self) -> None:
-        """A worker: take a due run, prepare its check, queue it for the processing thread."""
-        me = threading.current_thread()
+        """A worker: prepare runs from the to-do queue and pass them on; end when idle too long."""
+        idle = threading.Event()
         while True:
-            run = self._take(me)
-            if run is None:
-                return
+            with self._lock:
+                run = self._next(idle)
+                if run is None:
+                    return
             run.prepare()
-            with self._due:
+            with self._lock:
+                slot = self._slots[run.name]
+                if slot is not None:
+                    self._in_slot[slot[0]] -= 1
+                    line = self._queued.get(slot[0])
+                    if line:
+                        self._admit(line.popleft())
+                        self._staff()
                 while len(self._prepared) >= POOL_BACKLOG and not self._stopping:
                     self._room.wait()
                 if self._stopping:
@@ -392,10 +451,33 @@ class WatcherPool:
                 self._prepared.append(run)
                 self._ready.notify()
 
+    def _next(self, idle: threading.Event) -> WatcherRun | None:
+        """The next run to prepare, waiting idle for one; None when stopping or idle too long.
+
+        Called and returning with the lock held. Idle workers are woken latest-idle first, so
+        in a light load the same few do the work and the rest time out and end.
+        """
+        while not self._stopping:
+            if self._todo:
+                return self._todo.popleft()
+            idle.clear()
+            self._idle.append(idle)
+            self._lock.release()
+            try:
+                idle.wait(POOL_IDLE)
+            finally:
+                self._lock.acquire()
+            if idle in self._idle:  # nobody woke it: idle for POOL_IDLE
+                self._idle.remove(idle)
+                if not self._todo:
+                    self._workers -= 1
+                    return None
+        return None
+
     def _process(self) -> None:
         """The processing thread: finish prepared checks one by one, schedule their next."""
         while True:
-            with self._due:
+            with self._lock:
                 while not self._prepared and not self._stopping:
                     self._ready.wait()
                 if self._stopping:
@@ -404,53 +486,16 @@ class WatcherPool:
                 self._room.notify()
             delay = run.safe_cycle()
             try:
-                delay = run.watcher.next_delay(delay)
+                delay = float(run.watcher.next_delay(delay))
             except Exception:
                 log.exception("watcher %s: cannot plan its next check", run.name)
-            with self._due:
+            with self._lock:
                 self._running.discard(run.name)
                 if run.name in self._again:
                     self._again.discard(run.name)
                     delay = 0.0
                 if not self._stopping:
                     self._schedule(run, time.monotonic() + delay)
-
-    def _take(self, me: threading.Thread) -> WatcherRun | None:
-        """The next due run (None: this worker ends); waits for one with the lock held."""
-        with self._due:
-            while not self._stopping:
-                now = time.monotonic()
-                while self._heap and self._entry.get(self._heap[0][2].name) != self._heap[0][1]:
-                    heapq.heappop(self._heap)  # replaced by a later (re)schedule
-                if self._heap and self._heap[0][0] <= now:
-                    _, _, run = heapq.heappop(self._heap)
-                    del self._entry[run.name]
-                    if run.paused:
-                        continue  # parked until resumed (its wake schedules it again)
-                    if self._timer is me:
-                        self._timer = None
-                    self._running.add(run.name)
-                    if self._heap and self._heap[0][0] <= now:
-                        if self._idle:
-                            self._due.notify()
-                        elif self._workers < self.size:
-                            self._spawn()
-                    elif self._idle:
-                        self._due.notify()  # someone must hold the timer
-                    return run
-                if self._timer is None:
-                    self._timer = me
-                if self._timer is me:
-                    timeout = self._heap[0][0] - now if self._heap else None
-                else:
-                    timeout = POOL_IDLE
-                self._idle += 1
-                woken = self._due.wait(timeout)
-                self._idle -= 1
-                if not woken and self._timer is not me and self._workers > 1:
-                    self._workers -= 1
-                    return None  # idle for POOL_IDLE: one fewer worker
-            return None
 
 
 def _close(watcher: Watcher) -> None:

@@ -90,6 +90,12 @@ class Watcher(ABC):
         default does nothing, and :meth:`check` must also work when this was not called.
         """
 
+    def pool_slot(self) -> tuple[str, int] | None:
+        """Pooled kinds: ``(key, limit)``, at most ``limit`` prepares with one key at once
+        (pages: the host and ``max_per_host``). Runs past the limit wait in line without taking a
+        worker, so one slow host cannot occupy the whole pool. None: no such limit."""
+        return None
+
     def first_delay(self) -> float:
         """Seconds to wait before the first check; watchers that come in hundreds stagger."""
         return 0.0
@@ -104,7 +110,7 @@ class Watcher(ABC):
 
     def close(self) -> None:
         """Release files, sockets and clients. Called once, from the thread that ran the checks
-        (for a pooled kind, the pool's last worker)."""
+        (for a pooled kind, the pool's last thread to end), before the keeper's stop returns."""
 
 
 WATCHERS: Registry[type[Watcher]] = Registry(

@@ -186,7 +186,7 @@ class PageWatcher(Watcher):
     def __init__(self, config: PageConfig) -> None:
         super().__init__(config)
         self._fetcher: fetch.Fetcher | None = None
-        self._prepared: fetch.Reply | BaseException | None = None
+        self._prepared: fetch.Reply | Exception | None = None
 
     @property
     def fetcher(self) -> fetch.Fetcher:
@@ -201,6 +201,10 @@ class PageWatcher(Watcher):
         window = min(cfg.every, STAGGER_CAP) if cfg.stagger is None else cfg.stagger
         digest = hashlib.sha256(cfg.name.encode()).digest()
         return window * int.from_bytes(digest[:8], "big") / 2**64
+
+    def pool_slot(self) -> tuple[str, int]:
+        """Pages on one host share its ``max_per_host`` (the fetcher enforces it too)."""
+        return fetch.host_of(self.config.url), self.config.max_per_host
 
     def next_delay(self, delay: float) -> float:
         """``every`` with jitter, and never before the host's Retry-After has passed."""
@@ -246,7 +250,7 @@ class PageWatcher(Watcher):
         cfg = self.config
         cp = checkpoint if isinstance(checkpoint, dict) else {}
         prepared, self._prepared = self._prepared, None
-        if isinstance(prepared, BaseException):
+        if isinstance(prepared, Exception):
             raise prepared
         reply = prepared if prepared is not None else self.request(checkpoint)
         if reply.not_modified:
