@@ -84,7 +84,7 @@ class WatcherRun:
         self.routes = routes
         self.on_commit = on_commit
         self.clock = clock
-        self.engine = RuleEngine(watcher.name, watcher.kind, watcher.config.rules())
+        self.engine = RuleEngine(watcher.name, watcher.kind, watcher.config)  # a config is Rules
         self.keeps_checkpoint = not watcher.pool_size
         self.wake: Callable[[], None] = _no_driver
         """Set by the driver: makes the next check happen at once."""

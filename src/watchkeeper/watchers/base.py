@@ -38,10 +38,6 @@ class WatcherConfig(Rules):
             raise ValueError("must be longer than 0s")
         return value
 
-    def rules(self) -> Rules:
-        """Just the rule settings, for the rule engine."""
-        return Rules(**{k: getattr(self, k) for k in Rules.model_fields})
-
 
 @dataclass
 class CheckResult:
