@@ -173,11 +173,19 @@ def test_a_kind_registered_at_run_time_is_known_like_a_built_in() -> None:
         # A config model made apart from its watcher's module still finds its kind.
         "log = build_watcher(LogConfig(name='l', paths=['x.log'], rules=[{'match': 'E'}]))\n"
         "print(type(log).__name__)\n"
+        # A kind that reuses a built-in's config model is built as itself, not as the built-in.
+        "from watchkeeper.watchers.page import PageWatcher\n"
+        "@register\nclass ShopPage(PageWatcher):\n    kind = 'shop'\n"
+        "table = {'name': 's', 'url': 'http://127.0.0.1:1/', 'items': 'li'}\n"
+        "tables = {'shop': [table], 'page': [table | {'name': 'p'}]}\n"
+        "_, (shop, page) = build_from_config(parse_config(tables))\n"
+        "print(type(shop).__name__, type(page).__name__)\n"
     )
     assert out.splitlines() == [
         "Probe x True 5",
         "custom log page ports probe",
         "LogWatcher",
+        "ShopPage PageWatcher",
     ]
 
 

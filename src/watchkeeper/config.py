@@ -190,7 +190,7 @@ def watcher_config(
     model = _validate(WATCHERS[kind].config_model, table, where, sink)
     if errors is None and sink:
         raise ConfigError(sink)
-    return model if isinstance(model, WatcherConfig) else None
+    return model.for_kind(kind) if isinstance(model, WatcherConfig) else None
 
 
 def resolve_paths(model: BaseModel, base: Path) -> None:

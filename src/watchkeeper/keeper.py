@@ -414,7 +414,7 @@ def build_from_config(config: Config) -> tuple[list[Notifier], list[Watcher]]:
                 f"{config.source}: [[notify]] (name {spec.name!r}): {e}" for e in exc.errors
             ]
     for table in config.watchers:
-        kind = getattr(WATCHERS.for_model(type(table)), "kind", "?")
+        kind = table.table_kind or getattr(WATCHERS.for_model(type(table)), "kind", "?")
         try:
             watchers.append(build_watcher(table))
         except ConfigError as exc:
@@ -428,8 +428,9 @@ def build_from_config(config: Config) -> tuple[list[Notifier], list[Watcher]]:
 
 
 def build_watcher(config: WatcherConfig) -> Watcher:
-    """A watcher from its validated config, found in the registry by its config model."""
-    cls = WATCHERS.for_model(type(config))
+    """A watcher from its validated config: the class of its table's kind, else of its model."""
+    kind = config.table_kind
+    cls = WATCHERS[kind] if kind is not None else WATCHERS.for_model(type(config))
     if cls is None:
         raise ConfigError(f"no watcher kind takes a {type(config).__name__}")
     return cls(config)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
 from watchkeeper.alerts import Observation, Rules
 from watchkeeper.registry import Registry
@@ -37,6 +37,22 @@ class WatcherConfig(Rules):
         if value <= 0:
             raise ValueError("must be longer than 0s")
         return value
+
+    _table_kind: str | None = PrivateAttr(default=None)
+
+    @property
+    def table_kind(self) -> str | None:
+        """The kind of the ``[[kind]]`` table (or keeper method) this was validated for.
+
+        It picks the watcher class when two kinds share a config model (a third-party kind that
+        reuses ``PageConfig``); a config built by hand has none, and goes by its model.
+        """
+        return self._table_kind
+
+    def for_kind(self, kind: str) -> Self:
+        """Record the kind this config was validated for (see :attr:`table_kind`)."""
+        self._table_kind = kind
+        return self
 
 
 @dataclass
