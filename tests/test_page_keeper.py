@@ -196,3 +196,39 @@ def test_page_watcher_example_reports_each_new_item_once_per_source() -> None:
             match = re.fullmatch(r".+ #(\d+) http://127\.0\.0\.1:\d+/item/(\d+)", line)
             assert match is not None, line
             assert match.group(1) == match.group(2)
+
+
+def test_two_keepers_asking_one_host_wait_for_slots_without_timing_out(
+    tmp_path: Path, site: Site
+) -> None:
+    """The per-host limit is the process's; waiting for it is not part of a page's timeout."""
+    for n in range(6):
+        site.pages[f"/p{n}"] = Page("<li class='item'>x</li>", delay=0.6)
+    keepers = []
+    for k in range(2):
+        keeper = Keeper(state=tmp_path / f"k{k}.db")
+        for n in range(3 * k, 3 * k + 3):
+            keeper.page(
+                site.url(f"/p{n}"),
+                items="li.item",
+                name=f"p{n}",
+                every="1h",
+                stagger="0s",
+                timeout="1s",
+                max_per_host=1,
+            )
+        keepers.append(keeper.start())
+    try:
+        for k in range(2):
+            wait_until(
+                lambda k=k: all(
+                    checks(tmp_path / f"k{k}.db", f"p{n}") for n in range(3 * k, 3 * k + 3)
+                )
+            )
+    finally:
+        for keeper in keepers:
+            keeper.stop()
+    assert site.max_in_flight == 1
+    for k in range(2):
+        with Store(tmp_path / f"k{k}.db") as store:
+            assert [w.failures_total for w in store.watchers()] == [0, 0, 0]

@@ -7,6 +7,7 @@ are the real ones. Page watchers in a keeper go through the same pool (tests/tes
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
 from pathlib import Path
@@ -233,12 +234,15 @@ def test_runs_past_their_slot_limit_wait_without_holding_workers(tmp_path: Path)
     assert gate.most_preparing == 3
 
 
-def test_next_delay_that_raises_stops_no_other_watcher(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("plan", ["raise", float("nan"), float("inf"), -1.0])
+def test_a_bad_next_delay_stops_no_other_watcher(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, plan: str | float
 ) -> None:
     class BadPlan(Slow):
         def next_delay(self, delay: float) -> float:
-            raise RuntimeError("bug in next_delay")
+            if plan == "raise":
+                raise RuntimeError("bug in next_delay")
+            return float(plan)
 
     gate = Gate()
     gate.open.set()
@@ -247,7 +251,70 @@ def test_next_delay_that_raises_stops_no_other_watcher(
     keeper.add(Slow("good", gate, every=0.05))
     with keeper:
         wait_until(lambda: gate.checked["good"] >= 5 and gate.checked["bad"] >= 2)
-    assert "watcher bad: cannot plan its next check" in caplog.text
+    assert "watcher bad: " in caplog.text  # "cannot plan its next check" or "planned a delay"
+
+
+def test_a_base_exception_in_prepare_ends_no_worker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Cancelled(Slow):
+        def prepare(self, checkpoint: Any) -> None:
+            raise asyncio.CancelledError  # what an asyncio-based library may raise
+
+    gate = Gate()
+    gate.open.set()
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.add(Cancelled("cancelled", gate, every=0.05, slot=("host", 1)))
+    keeper.add(Slow("same-host", gate, every=0.05, slot=("host", 1)))
+    with keeper:
+        wait_until(lambda: gate.checked["cancelled"] >= 3 and gate.checked["same-host"] >= 3)
+    assert "watcher cancelled: internal error while preparing" in caplog.text
+
+
+def test_a_resting_source_is_not_asked_by_runs_in_line(tmp_path: Path) -> None:
+    class Polite(Slow):
+        resting = threading.Event()  # the host answered "Retry-After: 60"
+
+        def rest(self) -> float:
+            return 60.0 if self.resting.is_set() else 0.0
+
+        def prepare(self, checkpoint: Any) -> None:
+            super().prepare(checkpoint)
+            self.resting.set()
+
+    gate = Gate()
+    gate.open.set()
+    keeper = Keeper(state=tmp_path / "wk.db")
+    for n in range(5):  # due at once, one at a time for their host
+        keeper.add(Polite(f"w{n}", gate, slot=("host", 1)))
+    with keeper:
+        wait_until(lambda: sum(gate.checked.values()) == 1)
+        # The four in line go back to wait out the rest instead of asking.
+        wait_until(lambda: sum(gate.prepared.values()) > 1, timeout=0.5, must=False)
+    assert sum(gate.prepared.values()) == 1
+
+
+def test_no_thread_starts_after_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def recording_start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        start(thread)
+
+    gate = Gate()
+    keeper = Keeper(state=tmp_path / "wk.db")
+    for n in range(6):  # two prepare (the slot's limit), four wait in line
+        keeper.add(Slow(f"w{n}", gate, slot=("host", 2)))
+    keeper.start()
+    wait_until(lambda: gate.preparing == 2)
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
+    assert not keeper.stop(timeout=0.2)  # the two are still waiting at the gate
+    gate.open.set()  # now they end; nobody takes the four in line
+    wait_until(lambda: not pool_threads())
+    assert started == []
+    assert gate.checked == Counter()
+    assert gate.closed == Counter({f"w{n}": 1 for n in range(6)})
 
 
 def test_watchers_are_closed_before_stop_returns(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import functools
 import heapq
 import itertools
 import logging
+import math
 import random
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import Any
 from watchkeeper.alerts import Alert, RuleEngine, Verdict
 from watchkeeper.errors import PermanentDeliveryError, StoreError, TransientDeliveryError
 from watchkeeper.notifiers.base import Notifier
+from watchkeeper.quantities import MAX_DURATION
 from watchkeeper.store import Delivery, Route, Store
 from watchkeeper.watchers.base import Watcher
 
@@ -159,7 +161,7 @@ class WatcherRun:
         try:
             self._prepared_from = self._checkpoint()
             self.watcher.prepare(self._prepared_from)
-        except Exception:
+        except BaseException:  # even a CancelledError: the worker is shared by every watcher
             self._prepared_from = _NOTHING
             log.exception("watcher %s: internal error while preparing; retrying", self.name)
 
@@ -284,7 +286,7 @@ class WatcherPool:
         self._heap: list[tuple[float, int, WatcherRun]] = []
         self._entry: dict[str, int] = {}  # run name -> the live heap entry's sequence number
         self._sequence = itertools.count()
-        self._slots = {run.name: run.watcher.pool_slot() for run in self.runs}
+        self._slots = {run.name: _slot(run.watcher) for run in self.runs}
         self._in_slot: collections.Counter[str] = collections.Counter()  # prepares per key
         self._queued: dict[str, collections.deque[WatcherRun]] = {}  # due, their key is full
         self._todo: collections.deque[WatcherRun] = collections.deque()  # due, for a worker
@@ -295,6 +297,7 @@ class WatcherPool:
         self._workers = 0
         self._idle: list[threading.Event] = []  # idle workers' wake-ups, the latest idle last
         self._numbers = itertools.count(1)
+        self._start_failed = False  # a worker could not be started: warned once, retried
         self._stopping = False
         for run in self.runs:
             run.wake = functools.partial(self._check_now, run)
@@ -304,7 +307,7 @@ class WatcherPool:
         now = time.monotonic()
         with self._lock:
             for run in self.runs:
-                self._schedule(run, now + run.watcher.first_delay())
+                self._schedule(run, now + _planned(run.watcher.first_delay, 0.0, run.name))
             for target, role in ((self._process, "process"), (self._plan, "schedule")):
                 thread = threading.Thread(
                     target=self._guard, args=(target,), name=f"{self.name}:{role}", daemon=True
@@ -344,7 +347,10 @@ class WatcherPool:
     # -- scheduling (callers hold the lock) -----------------------------------------------------
 
     def _schedule(self, run: WatcherRun, due: float) -> None:
-        """(Re)place ``run``'s heap entry."""
+        """(Re)place ``run``'s heap entry (a replaced one stays until popped or compacted)."""
+        if len(self._heap) > 2 * len(self.runs) + 64:  # many check-nows of a long interval
+            self._heap = [e for e in self._heap if self._entry.get(e[2].name) == e[1]]
+            heapq.heapify(self._heap)
         number = next(self._sequence)
         self._entry[run.name] = number
         heapq.heappush(self._heap, (due, number, run))
@@ -361,7 +367,14 @@ class WatcherPool:
                 self._schedule(run, time.monotonic())
 
     def _admit(self, run: WatcherRun) -> None:
-        """A due run goes to the workers, or waits in line while its slot key is full."""
+        """A due run goes to the workers, waits in line while its slot key is full, or goes back
+        on the heap while its source asked to be left alone (Retry-After)."""
+        rest = _planned(run.watcher.rest, 0.0, run.name)
+        if rest > 0:
+            self._running.discard(run.name)
+            self._again.discard(run.name)
+            self._schedule(run, time.monotonic() + rest)
+            return
         slot = self._slots[run.name]
         if slot is None or self._in_slot[slot[0]] < slot[1]:
             if slot is not None:
@@ -372,6 +385,8 @@ class WatcherPool:
 
     def _staff(self) -> bool:
         """Wake an idle worker per run to do, or start one; False if a start failed."""
+        if self._stopping:  # nothing in the stop path starts a thread
+            return True
         waiting = len(self._todo) - len(self._idle)
         for _ in range(min(len(self._todo), len(self._idle))):
             self._idle.pop().set()
@@ -383,8 +398,11 @@ class WatcherPool:
             try:
                 thread.start()
             except RuntimeError as exc:  # out of threads, or the interpreter is going down
-                log.warning("%s: cannot start a worker (%s); retrying", self.name, exc)
+                if not self._start_failed:
+                    log.warning("%s: cannot start a worker (%s); retrying", self.name, exc)
+                self._start_failed = True
                 return False
+            self._start_failed = False
             self._threads.append(thread)
             self._workers += 1
             waiting -= 1
@@ -430,26 +448,37 @@ class WatcherPool:
     def _work(self) -> None:
         """A worker: prepare runs from the to-do queue and pass them on; end when idle too long."""
         idle = threading.Event()
-        while True:
+        try:
+            while True:
+                with self._lock:
+                    run = self._next(idle)
+                    if run is None:
+                        return
+                run.prepare()  # never raises
+                with self._lock:
+                    self._leave_slot(run)
+                    while len(self._prepared) >= POOL_BACKLOG and not self._stopping:
+                        self._room.wait()
+                    if self._stopping:
+                        return
+                    self._prepared.append(run)
+                    self._ready.notify()
+        finally:
             with self._lock:
-                run = self._next(idle)
-                if run is None:
-                    return
-            run.prepare()
-            with self._lock:
-                slot = self._slots[run.name]
-                if slot is not None:
-                    self._in_slot[slot[0]] -= 1
-                    line = self._queued.get(slot[0])
-                    if line:
-                        self._admit(line.popleft())
-                        self._staff()
-                while len(self._prepared) >= POOL_BACKLOG and not self._stopping:
-                    self._room.wait()
-                if self._stopping:
-                    return
-                self._prepared.append(run)
-                self._ready.notify()
+                self._workers -= 1
+                if idle in self._idle:
+                    self._idle.remove(idle)
+
+    def _leave_slot(self, run: WatcherRun) -> None:
+        """A prepare is done: its slot key has room for the next run in line."""
+        slot = self._slots[run.name]
+        if slot is None:
+            return
+        self._in_slot[slot[0]] -= 1
+        line = self._queued.get(slot[0])
+        if line and not self._stopping:
+            self._admit(line.popleft())
+            self._staff()
 
     def _next(self, idle: threading.Event) -> WatcherRun | None:
         """The next run to prepare, waiting idle for one; None when stopping or idle too long.
@@ -470,7 +499,6 @@ class WatcherPool:
             if idle in self._idle:  # nobody woke it: idle for POOL_IDLE
                 self._idle.remove(idle)
                 if not self._todo:
-                    self._workers -= 1
                     return None
         return None
 
@@ -484,11 +512,12 @@ class WatcherPool:
                     return
                 run = self._prepared.popleft()
                 self._room.notify()
-            delay = run.safe_cycle()
             try:
-                delay = float(run.watcher.next_delay(delay))
-            except Exception:
-                log.exception("watcher %s: cannot plan its next check", run.name)
+                delay = run.safe_cycle()
+            except BaseException:  # even a CancelledError: this thread serves every watcher
+                log.exception("watcher %s: internal error; retrying", run.name)
+                delay = min(run.watcher.config.every, CHECK_BACKOFF_CAP)
+            delay = _planned(functools.partial(run.watcher.next_delay, delay), delay, run.name)
             with self._lock:
                 self._running.discard(run.name)
                 if run.name in self._again:
@@ -496,6 +525,29 @@ class WatcherPool:
                     delay = 0.0
                 if not self._stopping:
                     self._schedule(run, time.monotonic() + delay)
+
+
+def _slot(watcher: Watcher) -> tuple[str, int] | None:
+    """A watcher's pool slot, with a limit of at least one (a 0 would keep its line forever)."""
+    slot = watcher.pool_slot()
+    return None if slot is None else (slot[0], max(1, slot[1]))
+
+
+def _planned(plan: Callable[[], float], fallback: float, name: str) -> float:
+    """A delay from a watcher's hook that a heap and a timed wait can take.
+
+    The hook may raise, or return inf or nan (which would stop or spin the pool's scheduler):
+    then ``fallback``, logged. A pool's threads are shared, so one watcher's bug must stay its own.
+    """
+    try:
+        delay = float(plan())
+    except Exception:
+        log.exception("watcher %s: cannot plan its next check", name)
+        return fallback
+    if not math.isfinite(delay) or delay < 0:
+        log.error("watcher %s: planned a delay of %r; using %.0fs", name, delay, fallback)
+        return fallback
+    return min(delay, MAX_DURATION)
 
 
 def _close(watcher: Watcher) -> None:

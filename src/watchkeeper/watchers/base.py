@@ -108,6 +108,11 @@ class Watcher(ABC):
         worker, so one slow host cannot occupy the whole pool. None: no such limit."""
         return None
 
+    def rest(self) -> float:
+        """Pooled kinds: seconds before this watcher's source may be asked again (a host's
+        Retry-After). A run that falls due sooner goes back to wait instead of being fetched."""
+        return 0.0
+
     def first_delay(self) -> float:
         """Seconds to wait before the first check; watchers that come in hundreds stagger."""
         return 0.0

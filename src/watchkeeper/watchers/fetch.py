@@ -40,6 +40,8 @@ class PageError(WatchkeeperError):
 
 MAX_TOTAL = 100
 """Requests in flight at once over all hosts, whatever the pages' own limits."""
+SLOT_WAIT = 300.0
+"""Longest wait for a request slot before the fetch fails (apart from the request's timeout)."""
 MAX_REDIRECTS = 5
 """Redirects followed before a fetch fails."""
 MAX_PER_HOST_CAP = 16
@@ -193,9 +195,14 @@ class Fetcher:
         until = self.gate.not_before.get(host_of(url))
         return 0.0 if until is None else max(until - time.time(), 0.0)
 
-    def slot(self, url: str, max_per_host: int, timeout: float) -> _Slot:
-        """A context manager holding one request slot for the host of ``url``."""
-        return _Slot(self.gate, host_of(url), max_per_host, time.monotonic() + timeout, url)
+    def slot(self, url: str, max_per_host: int) -> _Slot:
+        """A context manager holding one request slot for the host of ``url``.
+
+        Waiting for it is not part of a request's ``timeout`` (that is the server's time), only
+        of :data:`SLOT_WAIT`: the page pool lines pages up per host before they ask, so a wait
+        here means another keeper in this process asks the same host, or 100 are in flight.
+        """
+        return _Slot(self.gate, host_of(url), max_per_host, time.monotonic() + SLOT_WAIT, url)
 
     def get(
         self,
@@ -214,8 +221,8 @@ class Fetcher:
             sent["If-None-Match"] = etag
         if last_modified:
             sent["If-Modified-Since"] = last_modified
-        started = time.monotonic()
-        with self.slot(url, max_per_host, timeout):
+        with self.slot(url, max_per_host):
+            started = time.monotonic()
             try:
                 return self._get(url, sent, timeout, max_bytes, started)
             except urllib3.exceptions.HTTPError as exc:
@@ -328,6 +335,12 @@ class _Slot:
 
 _shared: dict[str, Fetcher] = {}  # a dict, not a global statement: ruff's PLW0603
 _shared_lock = threading.Lock()
+
+
+def wait_hint(url: str) -> float:
+    """:meth:`Fetcher.wait_hint` of the shared fetcher; 0 while there is none."""
+    fetcher = _shared.get("fetcher")
+    return 0.0 if fetcher is None else fetcher.wait_hint(url)
 
 
 def shared() -> Fetcher:

@@ -206,12 +206,13 @@ class PageWatcher(Watcher):
         """Pages on one host share its ``max_per_host`` (the fetcher enforces it too)."""
         return fetch.host_of(self.config.url), self.config.max_per_host
 
+    def rest(self) -> float:
+        """Until the host's Retry-After has passed (any page on that host may have heard it)."""
+        return fetch.wait_hint(self.config.url)
+
     def next_delay(self, delay: float) -> float:
         """``every`` with jitter, and never before the host's Retry-After has passed."""
-        delay *= random.uniform(1 - JITTER, 1 + JITTER)
-        if self._fetcher is not None:
-            delay = max(delay, self._fetcher.wait_hint(self.config.url))
-        return delay
+        return max(delay * random.uniform(1 - JITTER, 1 + JITTER), self.rest())
 
     def prepare(self, checkpoint: Any) -> None:
         """Fetch (or render) now, on a pool worker; the check parses what came back."""
@@ -227,7 +228,7 @@ class PageWatcher(Watcher):
         if cfg.render:
             from watchkeeper.watchers.render import render
 
-            with self.fetcher.slot(cfg.url, cfg.max_per_host, cfg.timeout):
+            with self.fetcher.slot(cfg.url, cfg.max_per_host):
                 return render(
                     cfg.url,
                     headers=cfg.headers,
