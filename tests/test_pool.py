@@ -8,6 +8,7 @@ are the real ones. Page watchers in a keeper go through the same pool (tests/tes
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections import Counter
 from pathlib import Path
@@ -344,3 +345,27 @@ def test_a_prepare_that_raises_is_logged_and_the_check_still_runs(
     with keeper:
         wait_until(lambda: gate.checked["b"] == 1)
     assert "internal error while preparing" in caplog.text
+
+
+def test_an_unreadable_checkpoint_skips_the_check_until_it_reads_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = Gate()
+    gate.open.set()
+    keeper = make_keeper(tmp_path, gate, 1)
+
+    def stored(value: str) -> None:
+        with sqlite3.connect(tmp_path / "wk.db") as db:  # another writer, as a bad disk would be
+            db.execute("UPDATE watchers SET checkpoint = ? WHERE name = 'w0'", (value,))
+
+    with keeper:
+        wait_until(lambda: gate.checked["w0"] == 1)
+        stored("{not json")
+        keeper.check_now("w0")
+        wait_until(lambda: "w0: cannot read its checkpoint" in caplog.text)
+        assert (gate.prepared["w0"], gate.checked["w0"]) == (1, 1)  # neither fetch nor check
+        stored("41")
+        keeper.check_now("w0")
+        wait_until(lambda: gate.checked["w0"] == 2)
+        assert keeper.store is not None
+        wait_until(lambda: any(a.title == "w0 #42" for a in keeper.store.alerts()))

@@ -61,6 +61,8 @@ def retry_delay(attempts: int) -> float:
 
 _NOTHING = object()
 """No checkpoint read yet (None is a checkpoint)."""
+_UNREADABLE = object()
+"""prepare() could not read the checkpoint: the check is skipped and redone later."""
 
 
 class WatcherRun:
@@ -125,6 +127,8 @@ class WatcherRun:
         now = self.clock()
         try:
             checkpoint, self._prepared_from = self._prepared_from, _NOTHING
+            if checkpoint is _UNREADABLE:  # (logged by prepare) nothing to check from
+                return min(every, CHECK_BACKOFF_CAP)
             if checkpoint is _NOTHING:
                 checkpoint = self._checkpoint()
             try:
@@ -160,9 +164,13 @@ class WatcherRun:
         """
         try:
             self._prepared_from = self._checkpoint()
+        except Exception:  # the check cannot start without it: skipped now, redone later
+            self._prepared_from = _UNREADABLE
+            log.exception("watcher %s: cannot read its checkpoint; will redo the check", self.name)
+            return
+        try:
             self.watcher.prepare(self._prepared_from)
         except BaseException:  # even a CancelledError: the worker is shared by every watcher
-            self._prepared_from = _NOTHING
             log.exception("watcher %s: internal error while preparing; retrying", self.name)
 
     def safe_cycle(self) -> float:
