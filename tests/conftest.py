@@ -68,17 +68,16 @@ def no_thread_leaks() -> Iterator[None]:
     """Every thread a test starts must be gone (within a grace period) when it ends."""
     before = set(threading.enumerate())
     yield
-    deadline = time.monotonic() + 5.0
-    while True:
-        leaked = [
+
+    def leaked() -> list[threading.Thread]:
+        return [
             t
             for t in threading.enumerate()
             if t not in before and t.is_alive() and not t.name.startswith("pytest_timeout")
         ]
-        if not leaked or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    assert not leaked, f"threads leaked: {[t.name for t in leaked]}"
+
+    wait_until(lambda: not leaked(), timeout=5.0, must=False)
+    assert not leaked(), f"threads leaked: {[t.name for t in leaked()]}"
 
 
 @pytest.fixture

@@ -15,20 +15,18 @@ from typing import Any
 import pytest
 
 
+def _probe(command: list[str], failure: str) -> str | None:
+    """Run ``command`` in a fresh namespace; ``failure`` and its stderr when it fails."""
+    probe = subprocess.run(["unshare", "-n", *command], capture_output=True, text=True, check=False)
+    return f"{failure}: {probe.stderr.strip()}" if probe.returncode != 0 else None
+
+
 @functools.cache
 def netns_problem() -> str | None:
     """Why a private network namespace cannot be made here, or None when it can."""
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         return "unshare or ip (util-linux, iproute2) not installed"
-    probe = subprocess.run(
-        ["unshare", "-n", "ip", "link", "set", "lo", "up"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
-        return f"cannot create a network namespace: {probe.stderr.strip()}"
-    return None
+    return _probe(["ip", "link", "set", "lo", "up"], "cannot create a network namespace")
 
 
 @functools.cache
@@ -38,15 +36,10 @@ def iptables_problem() -> str | None:
         return netns_problem()
     if shutil.which("iptables") is None:
         return "iptables not installed (Debian package iptables)"
-    probe = subprocess.run(
-        ["unshare", "-n", "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "DROP"],
-        capture_output=True,
-        check=False,
-        text=True,
+    return _probe(
+        ["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "DROP"],
+        "iptables does not work in a namespace here",
     )
-    if probe.returncode != 0:
-        return f"iptables does not work in a namespace here: {probe.stderr.strip()}"
-    return None
 
 
 def require_netns(iptables: bool = False) -> None:

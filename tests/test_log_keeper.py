@@ -46,13 +46,6 @@ def first_check_done(state: Path, name: str) -> bool:
         return record is not None and record.checks >= 1
 
 
-def settle(predicate: Callable[[], bool], timeout: float) -> None:
-    """Wait for ``predicate`` up to ``timeout``; the assertion that follows says what is wrong."""
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 def caught_up(out: Path, line: int) -> None:
     """Wait until the alerts of every CRITICAL line up to ``line`` are out."""
     wait_until(lambda: len(jsonl_alerts(out)) >= line // 7, timeout=20)
@@ -129,7 +122,7 @@ def test_live_writer_with_rotations_no_line_lost_or_repeated(
         thread.start()
         thread.join()
         expected = [f"{i} CRITICAL line {i}" for i in range(7, 3001, 7)]
-        settle(lambda: len(jsonl_alerts(out)) >= len(expected), timeout=20)
+        wait_until(lambda: len(jsonl_alerts(out)) >= len(expected), timeout=20, must=False)
         if inotify:
             assert watcher.watch is not None
             assert watcher.watch.usable
@@ -150,7 +143,7 @@ def test_copytruncate_with_a_live_writer(tmp_path: Path) -> None:
         wait_until(lambda: checked(keeper, "app"))
         writer(logs, 1500, 300, "copytruncate", done, lambda line: caught_up(out, line))
         expected = [f"{i} CRITICAL line {i}" for i in range(7, 1501, 7)]
-        settle(lambda: len(jsonl_alerts(out)) >= len(expected), timeout=20)
+        wait_until(lambda: len(jsonl_alerts(out)) >= len(expected), timeout=20, must=False)
     assert [a["data"]["line"] for a in jsonl_alerts(out)] == expected
 
 
