@@ -92,8 +92,6 @@ class WatcherRun:
         self.keeps_checkpoint = not watcher.pool_size
         self.wake: Callable[[], None] = _no_driver
         """Set by the driver: makes the next check happen at once."""
-        self.checks = 0
-        """Checks committed since this run started."""
         record = store.register_watcher(watcher.name, watcher.kind)
         self.checkpoint: Any = record.checkpoint
         if self.checkpoint is None:  # runs in keeper.start(), before anything else can happen
@@ -211,7 +209,6 @@ class WatcherRun:
         self.checkpoint = checkpoint if self.keeps_checkpoint else None
         self.rule_state = verdict.state
         self.failures = failures
-        self.checks += 1
         if committed:
             self.on_commit(committed)
         return delay
