@@ -15,8 +15,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from watchkeeper.bind import Bind, check_exposure, parse_bind
 from watchkeeper.errors import WatchkeeperError
-from watchkeeper.web.bind import Bind, check_exposure, parse_bind
 from watchkeeper.web.stream import Broadcaster
 
 if TYPE_CHECKING:
@@ -31,8 +31,25 @@ class DashboardError(WatchkeeperError):
     """The dashboard cannot start (address in use, no token off loopback, ...)."""
 
 
+def serve_dashboard(
+    keeper: Keeper, bind: str = "127.0.0.1:8470", token: str | None = None, required: bool = True
+) -> Dashboard:
+    """Serve the dashboard (pages, API, stream, /metrics) while ``keeper`` runs.
+
+    Before ``keeper.start()`` it starts with the keeper; after, at once. ``bind`` may use port 0;
+    the returned Dashboard's ``url`` has the real port once started. Off loopback a ``token`` is
+    required. ``required=False``: a busy address is a warning, not an error. The keeper only knows
+    it as a :class:`~watchkeeper.keeper.Companion`: the core never imports the web stack.
+    """
+    if any(isinstance(c, Dashboard) for c in keeper.companions):
+        raise RuntimeError("this keeper already serves a dashboard")
+    dashboard = Dashboard(keeper, bind, token, required=required)
+    keeper.attach(dashboard)
+    return dashboard
+
+
 class Dashboard:
-    """Serves the dashboard for a keeper. ``start()`` after ``keeper.start()``."""
+    """Serves the dashboard for a keeper; :func:`serve_dashboard` attaches one to a keeper."""
 
     def __init__(
         self,
@@ -70,11 +87,11 @@ class Dashboard:
 
         When the address is busy: DashboardError, or (``required=False``) a warning and None.
         """
-        if not self.bind_socket():
+        if not self.prepare():
             return None
         return self.serve(timeout)
 
-    def bind_socket(self) -> bool:
+    def prepare(self) -> bool:
         """Claim the address and build the app; False when it is busy and not required.
 
         The keeper calls this before its watchers start (a busy address then fails the start
@@ -97,11 +114,6 @@ class Dashboard:
         self._sock = sock
         self.port = sock.getsockname()[1]
         return True
-
-    @property
-    def bound(self) -> bool:
-        """The address is claimed and the server not started yet."""
-        return self._sock is not None and self._thread is None
 
     def serve(self, timeout: float = 10.0) -> str:
         """Serve on a daemon thread; return the URL once uvicorn accepts connections."""
