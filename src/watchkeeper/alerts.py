@@ -7,8 +7,9 @@ A watcher's check returns *observations*. The rules decide which of them become 
   check keeps returning it). Conditions alert once when they start, Monit-style after
   ``for_cycles`` consecutive checks (or ``for_cycles`` of the last ``within_cycles``), may
   ``remind`` while they hold, and send a *recovery* (status ``resolved``) when they stop.
-- ``throttle``: repeats of one key within the window are counted, not sent; the count rides
-  along with the next alert for that key.
+- ``throttle``: repeats of one message (key and fingerprint: a log rule's different lines are
+  different messages) within the window are counted, not sent; the count rides along with the
+  next alert for that message, or comes as a summary naming it when the window ends.
 - ``fail_after``: a check that raises that many times in a row produces one health alert, and a
   recovery when it passes again.
 
@@ -29,6 +30,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from watchkeeper.fingerprint import of_key, of_line
 from watchkeeper.quantities import format_duration, iso_utc
 from watchkeeper.units import Duration
 
@@ -105,6 +107,8 @@ class Alert:
     ``uid`` is globally unique and stable: notifiers derive Message-IDs and idempotency keys from
     it, so a receiver can drop the rare repeat that at-least-once delivery allows. ``id`` is the
     store's sequence number (set once committed): ``follow`` and the API resume from it.
+    ``fingerprint`` says which alerts are the same message (see :mod:`watchkeeper.fingerprint`):
+    throttles count and digests group by it; by default it is derived from the key.
     """
 
     watcher: str
@@ -118,6 +122,11 @@ class Alert:
     created_at: float = field(default_factory=time.time)
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
     id: int | None = None
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.fingerprint:
+            self.fingerprint = of_key(self.key)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form used by jsonl, webhooks, the API and the stream."""
@@ -132,6 +141,7 @@ class Alert:
             "title": self.title,
             "body": self.body,
             "created_at": iso_utc(self.created_at),
+            "fingerprint": self.fingerprint,
             "data": self.data,
         }
 
@@ -191,10 +201,12 @@ class Verdict:
 class RuleEngine:
     """Applies one watcher's :class:`Rules`. Stateless: the state is passed in and returned."""
 
-    def __init__(self, watcher: str, kind: str, rules: Rules) -> None:
+    def __init__(self, watcher: str, kind: str, rules: Rules, shape_titles: bool = False) -> None:
         self.watcher = watcher
         self.kind = kind
         self.rules = rules
+        self.shape_titles = shape_titles
+        """Fingerprint alerts by their title's shape (log lines), not by their key."""
 
     def evaluate(
         self, observations: Iterable[Observation], state: Mapping[str, Any] | None, now: float
@@ -253,21 +265,32 @@ class RuleEngine:
             )
         return Verdict(alerts, st)
 
+    def _fingerprint(self, obs: Observation) -> str:
+        return of_line(obs.title) if self.shape_titles else ""
+
     def _throttled(self, st: dict[str, Any], obs: Observation, now: float) -> Alert | None:
-        """One alert for an event, unless the key is inside its throttle window."""
+        """One alert for an event, unless its message is inside its throttle window.
+
+        The window is kept per (key, fingerprint): a log rule's key is its pattern, and two
+        different lines it matches must never be counted as repeats of one another.
+        """
         key = obs.identity
+        shaped = self._fingerprint(obs)
+        slot_key = f"{key}\n{shaped}" if shaped else key
         window = self.rules.throttle
-        slot = st["throttle"].get(key)
+        slot = st["throttle"].get(slot_key)
         if window is not None and slot is not None and now - slot["last_sent"] < window:
             slot["suppressed"] += 1
             return None
         suppressed = slot["suppressed"] if slot else 0
         if window is not None:
-            st["throttle"][key] = {
+            st["throttle"][slot_key] = {
                 "last_sent": now,
                 "suppressed": 0,
                 "title": obs.title,
                 "severity": str(obs.level),
+                "key": key,
+                "fingerprint": shaped,
             }
         alert = self._from_observation(obs, now)
         if suppressed:
@@ -293,13 +316,14 @@ class RuleEngine:
                 title = slot.get("title", key)
                 alerts.append(
                     self._alert(
-                        key,
+                        slot.get("key", key),
                         Severity.parse(slot.get("severity", "warning")),
                         f"{title} (repeated {slot['suppressed']} more times)",
                         f"{slot['suppressed']} more like this were suppressed by the throttle "
                         f"in the {format_duration(now - slot['last_sent'])} after it was sent.",
                         now,
                         data={"suppressed": slot["suppressed"], "summary": True},
+                        fingerprint=slot.get("fingerprint", ""),
                     )
                 )
             del st["throttle"][key]
@@ -358,7 +382,15 @@ class RuleEngine:
         return alerts
 
     def _from_observation(self, obs: Observation, now: float) -> Alert:
-        return self._alert(obs.identity, obs.level, obs.title, obs.body, now, data=dict(obs.data))
+        return self._alert(
+            obs.identity,
+            obs.level,
+            obs.title,
+            obs.body,
+            now,
+            data=dict(obs.data),
+            fingerprint=self._fingerprint(obs),
+        )
 
     def _alert(
         self,
@@ -370,6 +402,7 @@ class RuleEngine:
         *,
         status: AlertStatus = "firing",
         data: dict[str, Any] | None = None,
+        fingerprint: str = "",
     ) -> Alert:
         return Alert(
             watcher=self.watcher,
@@ -381,6 +414,7 @@ class RuleEngine:
             status=status,
             data=data or {},
             created_at=now,
+            fingerprint=fingerprint,
         )
 
 

@@ -24,9 +24,10 @@ from typing import Any
 
 from watchkeeper.alerts import Alert, RuleEngine, Verdict
 from watchkeeper.errors import PermanentDeliveryError, StoreError, TransientDeliveryError
+from watchkeeper.grouping import Grouper, GroupPolicy
 from watchkeeper.notifiers.base import Notifier
 from watchkeeper.quantities import MAX_DURATION
-from watchkeeper.store import Delivery, Route, Store
+from watchkeeper.store import Route, Store
 from watchkeeper.watchers.base import Watcher
 
 log = logging.getLogger("watchkeeper")
@@ -47,6 +48,8 @@ A worker with a reply waits for room, so at most ``size`` + 8 replies are held a
 per worker plus a queue as long as the workers fill it while the processing thread parses."""
 POOL_RETRY = 1.0
 """A pool that could not start a worker (out of threads) tries again this often."""
+BATCH = 1000
+"""Deliveries a dispatcher reads from the outbox at once (and marks in one transaction)."""
 
 
 def backoff(base: float, attempts: int, cap: float) -> float:
@@ -88,7 +91,9 @@ class WatcherRun:
         self.routes = routes
         self.on_commit = on_commit
         self.clock = clock
-        self.engine = RuleEngine(watcher.name, watcher.kind, watcher.config)  # a config is Rules
+        self.engine = RuleEngine(  # a watcher's config is a Rules
+            watcher.name, watcher.kind, watcher.config, shape_titles=watcher.shape_titles
+        )
         self.keeps_checkpoint = not watcher.pool_size
         self.wake: Callable[[], None] = _no_driver
         """Set by the driver: makes the next check happen at once."""
@@ -564,7 +569,13 @@ def _close(watcher: Watcher) -> None:
 
 
 class Dispatcher(threading.Thread):
-    """Drains one notifier's deliveries from the outbox, with retries and optional digests."""
+    """Drains one notifier's deliveries from the outbox: in batches, or grouped into digests.
+
+    A notifier that groups (see :mod:`watchkeeper.grouping`) reads each pending delivery once
+    into its groups and sends a group when it is due; one that does not takes due deliveries from
+    the outbox in order, :data:`BATCH` at a time, gives them to the notifier in one call when it
+    takes batches (a file, a terminal), and records every outcome of a batch in one transaction.
+    """
 
     def __init__(self, notifier: Notifier, store: Store, clock: Callable[[], float] = time.time):
         super().__init__(name=f"watchkeeper:notify:{notifier.name}", daemon=True)
@@ -574,9 +585,18 @@ class Dispatcher(threading.Thread):
         self.wake = threading.Event()
         self._flush_by: float | None = None
         self._at_exit = False
+        config = notifier.config
+        grouping = config.grouping()
+        self.grouper = (
+            None
+            if grouping is None
+            else Grouper(GroupPolicy(*grouping, max_per_interval=config.max_per_interval))
+        )
+        self._cursor: int | None = None  # grouped: the last delivery read into the groups
+        self._failures = 0  # grouped: messages failed in a row, for the backoff
 
     def flush(self, deadline: float, at_exit: bool = False) -> None:
-        """Deliver what is due now, close any open digest window, then end the thread."""
+        """Deliver what is due now, send every group held, then end the thread."""
         self._at_exit = at_exit
         self._flush_by = deadline
         self.wake.set()
@@ -599,21 +619,20 @@ class Dispatcher(threading.Thread):
                 self.wake.wait(IDLE_POLL)
                 self.wake.clear()
 
+    def _out_of_time(self) -> bool:
+        return self._flush_by is not None and self.clock() >= self._flush_by
+
     def _step(self) -> bool:
         """One pass over the outbox; False when the thread should end."""
         flushing = self._flush_by is not None
         if flushing and (self._at_exit and not self.notifier.exit_safe):
             return False
-        if flushing and self.clock() >= (self._flush_by or 0):
+        if self._out_of_time():
             return False
+        if self.grouper is not None:
+            return self._grouped_step(self.grouper, flushing)
         now = self.clock()
-        batch = self.notifier.config.batch
-        due = self.store.due(self.notifier.name, now, limit=1000 if batch else 100)
-        if due and batch and not flushing:
-            opens = due[0].alert.created_at
-            if now < opens + batch:
-                self._sleep(opens + batch - now)
-                return True
+        due = self.store.due(self.notifier.name, now, limit=BATCH)
         if not due:
             if flushing:
                 return False
@@ -621,36 +640,78 @@ class Dispatcher(threading.Thread):
             timeout = IDLE_POLL if upcoming is None else min(max(upcoming - now, 0.0), IDLE_POLL)
             self._sleep(timeout)
             return True
-        if batch and len(due) > 1:
-            self._deliver(due, digest=True)
-        else:
+        if self.notifier.batches:
+            send = functools.partial(self.notifier.send_batch, [d.alert for d in due])
+            ids = [d.id for d in due]
+            if self._attempt(send, ids, max(d.attempts for d in due) + 1) == "sent":
+                self.store.mark_sent(ids, self.clock())
+            return True
+        sent: list[int] = []
+        try:
             for delivery in due:
-                if self._flush_by is not None and self.clock() >= self._flush_by:
+                if self._out_of_time():
                     return False
-                if not self._deliver([delivery], digest=False):
-                    break  # the notifier is down: do not spend a timeout on every alert
+                send = functools.partial(self.notifier.send, delivery.alert)
+                outcome = self._attempt(send, [delivery.id], delivery.attempts + 1)
+                if outcome == "sent":
+                    sent.append(delivery.id)
+                elif outcome == "retry":  # the notifier is down: do not wait on every alert
+                    break
+        finally:
+            self.store.mark_sent(sent, self.clock())
+        return True
+
+    def _grouped_step(self, grouper: Grouper, flushing: bool) -> bool:
+        """Read new pending deliveries into the groups; send the groups that are due."""
+        now = self.clock()
+        while True:
+            found, self._cursor = self.store.pending_after(self.notifier.name, self._cursor, BATCH)
+            grouper.add(found, now)
+            if len(found) < BATCH:
+                break
+        digest = grouper.take(now, everything=flushing)
+        if digest is None:
+            if flushing:
+                return False
+            due = grouper.due_at(now)
+            self._sleep(IDLE_POLL if due is None else min(max(due - now, 0.0), IDLE_POLL))
+            return True
+        single = digest.single
+        send = (
+            functools.partial(self.notifier.send, single)
+            if single is not None
+            else functools.partial(self.notifier.send_digest, digest)
+        )
+        ids = digest.ids
+        outcome = self._attempt(send, ids, self._failures + 1)
+        if outcome == "sent":
+            self._failures = 0
+            self.store.mark_sent(ids, self.clock())
+            grouper.sent(digest, self.clock())
+        elif outcome == "failed":
+            self._failures = 0
+            grouper.failed(digest, None)
+        else:
+            self._failures += 1
+            grouper.failed(digest, self.clock() + retry_delay(self._failures))
         return True
 
     def _sleep(self, timeout: float) -> None:
         self.wake.wait(timeout)
         self.wake.clear()
 
-    def _deliver(self, deliveries: list[Delivery], digest: bool) -> bool:
-        """Send and record the outcome; False when the notifier failed in a way that may pass."""
-        ids = [d.id for d in deliveries]
-        alerts = [d.alert for d in deliveries]
+    def _attempt(self, send: Callable[[], None], ids: Sequence[int], attempts: int) -> str:
+        """Send, and record a failure in the store (a success is the caller's to record, with
+        others in one transaction): ``"sent"``, ``"failed"`` (for good, marked failed) or
+        ``"retry"`` (may pass later: marked for a retry at its backoff)."""
         name = self.notifier.name
         try:
-            if digest:
-                self.notifier.send_digest(alerts)
-            else:
-                self.notifier.send(alerts[0])
+            send()
         except PermanentDeliveryError as exc:
-            log.error("notifier %s: giving up on alert %s: %s", name, alerts[0].id, exc)
+            log.error("notifier %s: giving up on %d alert(s): %s", name, len(ids), exc)
             self.store.mark_failed(ids, str(exc))
-            return True
+            return "failed"
         except Exception as exc:  # unexpected errors are retried too: a bug must not lose alerts
-            attempts = max(d.attempts for d in deliveries) + 1
             delay = retry_delay(attempts)
             text = str(exc) or type(exc).__name__
             if isinstance(exc, TransientDeliveryError):
@@ -663,6 +724,5 @@ class Dispatcher(threading.Thread):
                     exc_info=attempts == 1,
                 )
             self.store.mark_retry(ids, text, self.clock() + delay)
-            return False
-        self.store.mark_sent(ids, self.clock())
-        return True
+            return "retry"
+        return "sent"

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -77,7 +77,19 @@ _MIGRATIONS: dict[int, str] = {
     2: """
     ALTER TABLE watchers ADD COLUMN failures_total INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: fingerprints (grouping, throttles); due deliveries from a partial index in due order,
+    # so taking the next ones never sorts the backlog and the index holds only pending rows.
+    3: """
+    ALTER TABLE alerts ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
+    DROP INDEX deliveries_due;
+    CREATE INDEX deliveries_pending ON deliveries (notifier, next_try, id)
+        WHERE status = 'pending';
+    """,
 }
+MARK_CHUNK = 5000
+"""Deliveries marked per transaction: a digest of 100,000 alerts never holds the writer long."""
+PRUNE_STEP = 500
+"""Alerts deleted per transaction by :meth:`Store.prune`."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +179,9 @@ class Store:
                     conn = sqlite3.connect(
                         self.path, timeout=30, isolation_level=None, check_same_thread=False
                     )
+                    # Only takes effect on a new file (before the first table): deleted history
+                    # is then given back to the file system by incremental_vacuum (see prune).
+                    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
                     conn.execute("PRAGMA journal_mode=WAL")
                     conn.execute("PRAGMA synchronous=NORMAL")
                     conn.execute("PRAGMA foreign_keys=ON")
@@ -276,8 +291,19 @@ class Store:
                         if statement.strip():
                             conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {step}")
+            if 0 < version < 3:
+                self._convert_to_incremental_vacuum()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a watchkeeper state file: {exc}") from exc
+
+    def _convert_to_incremental_vacuum(self) -> None:
+        """A file made before schema 3 is rewritten once so pruned history can shrink it: a full
+        VACUUM, as long as copying the file takes (about a second per 100 MB), at this start."""
+        with self._lock:
+            conn = self._conn()
+            if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                conn.execute("VACUUM")
 
     # -- watchers ---------------------------------------------------------------------------
 
@@ -363,7 +389,7 @@ class Store:
     ) -> None:
         cursor = conn.execute(
             "INSERT INTO alerts (uid, watcher, kind, severity, status, key, title, body, data, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "created_at, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 alert.uid,
                 alert.watcher,
@@ -375,6 +401,7 @@ class Store:
                 alert.body,
                 json.dumps(alert.data, default=str),
                 alert.created_at,
+                alert.fingerprint,
             ),
         )
         alert.id = cursor.lastrowid
@@ -386,17 +413,48 @@ class Store:
     # -- outbox -----------------------------------------------------------------------------
 
     def due(self, notifier: str, now: float, limit: int = 100) -> list[Delivery]:
-        """Pending deliveries to one notifier whose next try has come, oldest first."""
+        """Pending deliveries to one notifier whose next try has come, in due order.
+
+        They are read from the pending index in its order (next try, then id), so the cost is
+        that of ``limit`` rows however long the backlog is.
+        """
         rows = self._read(
             "SELECT d.id AS delivery_id, d.notifier, d.attempts, a.* FROM deliveries d "
             "JOIN alerts a ON a.id = d.alert_id WHERE d.notifier = ? AND d.status = 'pending' "
-            "AND d.next_try <= ? ORDER BY d.id LIMIT ?",
+            "AND d.next_try <= ? ORDER BY d.next_try, d.id LIMIT ?",
             (notifier, now, limit),
         )
-        return [
-            Delivery(r["delivery_id"], r["notifier"], r["attempts"], alert_from_row(r))
-            for r in rows
-        ]
+        return _deliveries(rows)
+
+    def pending_after(
+        self, notifier: str, cursor: int | None, limit: int = 1000
+    ) -> tuple[list[Delivery], int]:
+        """Pending deliveries to one notifier added after ``cursor``, in order, and the new cursor.
+
+        For a dispatcher that holds pending deliveries in memory (grouped notifiers) and so must
+        see each one once, whatever its next try. ``cursor`` None starts from the oldest pending
+        one. The cursor also moves past deliveries to other notifiers, so a notifier that gets
+        few alerts never reads the others' backlog twice.
+        """
+        if cursor is None:
+            first = self._read(
+                "SELECT MIN(id) FROM deliveries WHERE notifier = ? AND status = 'pending'",
+                (notifier,),
+            )[0][0]
+            cursor = (first - 1) if first is not None else None
+        if cursor is None:  # nothing pending: start after everything there is
+            last = self._read("SELECT MAX(id) FROM deliveries")[0][0]
+            return [], int(last or 0)
+        with self._lock:  # the two reads see one state: nothing commits in between
+            top = self._read("SELECT MAX(id) FROM deliveries")[0][0] or 0
+            rows = self._read(
+                "SELECT d.id AS delivery_id, d.notifier, d.attempts, a.* FROM deliveries d "
+                "NOT INDEXED JOIN alerts a ON a.id = d.alert_id WHERE d.id > ? AND d.id <= ? "
+                "AND d.notifier = ? AND d.status = 'pending' ORDER BY d.id LIMIT ?",
+                (cursor, top, notifier, limit),
+            )
+        found = _deliveries(rows)
+        return found, (found[-1].id if len(found) >= limit else int(top))
 
     def next_try(self, notifier: str) -> float | None:
         """When the earliest pending delivery to this notifier is due, or None if none is."""
@@ -419,30 +477,31 @@ class Store:
 
     def mark_sent(self, delivery_ids: Sequence[int], now: float) -> None:
         """Record deliveries as done."""
-        with self.transaction() as conn:
-            conn.executemany(
-                "UPDATE deliveries SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
-                "last_error = NULL WHERE id = ?",
-                [(now, i) for i in delivery_ids],
-            )
+        self._mark(
+            "status = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL",
+            (now,),
+            delivery_ids,
+        )
 
     def mark_retry(self, delivery_ids: Sequence[int], error: str, next_try: float) -> None:
         """Record a failed try; the deliveries stay pending until ``next_try``."""
-        with self.transaction() as conn:
-            conn.executemany(
-                "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_try = ? "
-                "WHERE id = ?",
-                [(error, next_try, i) for i in delivery_ids],
-            )
+        self._mark(
+            "attempts = attempts + 1, last_error = ?, next_try = ?", (error, next_try), delivery_ids
+        )
 
     def mark_failed(self, delivery_ids: Sequence[int], error: str) -> None:
         """Record deliveries that cannot succeed; they stay visible in status and the API."""
-        with self.transaction() as conn:
-            conn.executemany(
-                "UPDATE deliveries SET status = 'failed', attempts = attempts + 1, last_error = ? "
-                "WHERE id = ?",
-                [(error, i) for i in delivery_ids],
-            )
+        self._mark(
+            "status = 'failed', attempts = attempts + 1, last_error = ?", (error,), delivery_ids
+        )
+
+    def _mark(self, assignments: str, values: tuple[Any, ...], ids: Sequence[int]) -> None:
+        """One UPDATE for many deliveries: a transaction per :data:`MARK_CHUNK` of them, so
+        marking a digest of 100,000 alerts never holds the writer long (a mark is idempotent)."""
+        sql = f"UPDATE deliveries SET {assignments} WHERE id = ?"
+        for start in range(0, len(ids), MARK_CHUNK):
+            with self.transaction() as conn:
+                conn.executemany(sql, [(*values, i) for i in ids[start : start + MARK_CHUNK]])
 
     def retry_failed(self, notifier: str | None = None) -> int:
         """Put failed deliveries back in the queue (after fixing a notifier's config)."""
@@ -473,6 +532,70 @@ class Store:
 
     # -- history ----------------------------------------------------------------------------
 
+    def prune(self, before: float, keep: int, step: int = PRUNE_STEP) -> int:
+        """Delete alerts older than ``before`` or beyond the newest ``keep``, and give the space
+        back; returns how many went.
+
+        Only alerts whose every delivery is done (sent) go: a pending or failed delivery keeps
+        its alert, however old. Each step of ``step`` alerts is its own short transaction, so the
+        watchers' commits never wait long behind it.
+        """
+        rows = self._read("SELECT id FROM alerts ORDER BY id DESC LIMIT 1 OFFSET ?", (keep,))
+        beyond = int(rows[0][0]) if rows else 0  # ids up to this one are past the newest `keep`
+        old = self._read("SELECT MAX(id) FROM alerts WHERE created_at < ?", (before,))[0][0]
+        last = max(beyond, int(old or 0))  # no alert after this id is due to go
+        deleted = cursor = 0
+        while cursor < last:
+            with self.transaction() as conn:
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT a.id FROM alerts a WHERE a.id > ? AND a.id <= ? "
+                        "AND (a.id <= ? OR a.created_at < ?) AND NOT EXISTS (SELECT 1 FROM "
+                        "deliveries d WHERE d.alert_id = a.id AND d.status != 'sent') "
+                        "ORDER BY a.id LIMIT ?",
+                        (cursor, last, beyond, before, step),
+                    )
+                ]
+                marks = ",".join("?" * len(ids))
+                conn.execute(f"DELETE FROM deliveries WHERE alert_id IN ({marks})", ids)
+                conn.execute(f"DELETE FROM alerts WHERE id IN ({marks})", ids)
+            deleted += len(ids)
+            if len(ids) < step:
+                break
+            cursor = ids[-1]
+        if deleted:
+            self._vacuum()
+        return deleted
+
+    def _vacuum(self) -> None:
+        """Return free pages to the file system, a few at a time (a no-op on files made before
+        schema 3 that were never converted, whose pages stay free for reuse instead)."""
+        try:
+            while True:
+                with self._lock:  # let commits in between the steps
+                    conn = self._conn()
+                    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                        return
+                    if conn.execute("PRAGMA freelist_count").fetchone()[0] == 0:
+                        return
+                    conn.execute("PRAGMA incremental_vacuum(256)").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot shrink state file {self.path}: {exc}") from exc
+
+    def file_size(self) -> int:
+        """Bytes the state takes on disk: the file and its write-ahead log."""
+        return sum(
+            p.stat().st_size
+            for p in (self.path, self.path.with_name(self.path.name + "-wal"))
+            if p.exists()
+        )
+
+    def oldest_alert(self) -> float | None:
+        """When the oldest alert in history was made, or None when there is none."""
+        rows = self._read("SELECT created_at FROM alerts ORDER BY id LIMIT 1")
+        return float(rows[0][0]) if rows else None
+
     def count_alerts(self) -> int:
         """How many alerts the history holds."""
         return int(self._read("SELECT COUNT(*) FROM alerts")[0][0])
@@ -497,6 +620,12 @@ class Store:
         return [alert_from_row(r) for r in rows]
 
 
+def _deliveries(rows: Iterable[sqlite3.Row]) -> list[Delivery]:
+    return [
+        Delivery(r["delivery_id"], r["notifier"], r["attempts"], alert_from_row(r)) for r in rows
+    ]
+
+
 def alert_from_row(row: sqlite3.Row) -> Alert:
     """An Alert from a row of the alerts table (also for reports using :meth:`Store.query`)."""
     return Alert(
@@ -511,6 +640,7 @@ def alert_from_row(row: sqlite3.Row) -> Alert:
         body=row["body"],
         data=json.loads(row["data"]),
         created_at=row["created_at"],
+        fingerprint=row["fingerprint"],
     )
 
 

@@ -11,7 +11,7 @@ that throttle is switched off (it would stall the dispatcher thread in ``time.sl
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
@@ -25,6 +25,8 @@ class AppriseConfig(NotifierConfig):
 
     kind: Literal["apprise"] = "apprise"
     url: SecretStr = Field(description="An apprise URL such as ntfy://topic; treated as a secret.")
+
+    default_group_interval: ClassVar[float] = 300.0
 
 
 @register

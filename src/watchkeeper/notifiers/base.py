@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from watchkeeper.alerts import Alert, Severity
+from watchkeeper.notifiers.digest import GROUP_FIELDS, Digest
 from watchkeeper.quantities import iso_utc
 from watchkeeper.registry import Registry
 from watchkeeper.units import Duration
@@ -42,15 +42,60 @@ class NotifierConfig(BaseModel):
     min_severity: Severity = Field(
         default=Severity.DEBUG, description="Only alerts at or above this severity."
     )
+    group_by: list[str] = Field(
+        default=["watcher", "fingerprint"],
+        description="Alerts alike in these fields form one group of a digest: any of "
+        + ", ".join(GROUP_FIELDS)
+        + " ([]: one group). The fingerprint is the message with its numbers, ids and "
+        "times masked.",
+    )
+    group_wait: Duration = Field(
+        default=0.0,
+        description="A new group's first alert waits this long for others to join it.",
+    )
+    group_interval: Duration | None = Field(
+        default=None,
+        description="After a group's message, its next alerts wait this long and go out "
+        'together, counted. Default: 5m for smtp, webhook and apprise; none ("0s") for jsonl '
+        "and console, which get every alert.",
+    )
+    max_per_interval: int | None = Field(
+        default=None, ge=1, description="At most this many messages in any group_interval."
+    )
     batch: Duration | None = Field(
         default=None,
-        description="Alerts pending together for this long go out as one digest message.",
+        description="Old name: batch = D means group_wait = D and group_interval = D.",
     )
+
+    default_group_interval: ClassVar[float] = 0.0
+    """The kind's group_interval when the config sets none (0: every alert on its own)."""
 
     @field_validator("min_severity", mode="before")
     @classmethod
     def _severity(cls, value: Any) -> Severity:
         return Severity.parse(value)
+
+    @field_validator("group_by")
+    @classmethod
+    def _group_fields(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in GROUP_FIELDS:
+                raise ValueError(f"cannot group by {name!r}; choose from {', '.join(GROUP_FIELDS)}")
+        return value
+
+    def grouping(self) -> tuple[tuple[str, ...], float, float] | None:
+        """(group_by, group_wait, group_interval) when alerts are grouped, None when each alert
+        goes out on its own."""
+        interval = self.group_interval
+        wait = self.group_wait
+        if self.batch is not None:  # the old setting, kept as an alias
+            interval = self.batch if interval is None else interval
+            wait = wait or self.batch
+        if interval is None:
+            interval = self.default_group_interval
+        if interval <= 0 and wait <= 0:
+            return None
+        return tuple(self.group_by), wait, interval
 
     def model_post_init(self, context: Any, /) -> None:
         """Default the name to the kind, so a single ``[[notify]] kind = "smtp"`` needs no name."""
@@ -65,6 +110,8 @@ class Notifier(ABC):
     config_model: ClassVar[type[NotifierConfig]]
     exit_safe: ClassVar[bool] = True
     """False if delivery may need a thread or executor, which the interpreter's exit refuses."""
+    batches: ClassVar[bool] = False
+    """True if :meth:`send_batch` delivers many alerts in one go (a file, a terminal)."""
 
     def __init__(self, config: NotifierConfig) -> None:
         self.config = config
@@ -78,9 +125,18 @@ class Notifier(ABC):
     def send(self, alert: Alert) -> None:
         """Deliver one alert, or raise a DeliveryError."""
 
-    def send_digest(self, alerts: Sequence[Alert]) -> None:
-        """Deliver several alerts as one message. The default folds them into one alert."""
-        self.send(digest_alert(alerts))
+    def send_batch(self, alerts: Sequence[Alert]) -> None:
+        """Deliver several alerts, each as itself, in one go (when :attr:`batches` is True).
+
+        All or nothing: a DeliveryError means none of them counts as delivered.
+        """
+        for alert in alerts:
+            self.send(alert)
+
+    def send_digest(self, digest: Digest) -> None:
+        """Deliver groups of alerts as one message. The default sends the digest as an alert:
+        a count in the title, the groups in the body and in ``data["groups"]``."""
+        self.send(digest.alert())
 
     def describe(self) -> str:
         """Where this notifier delivers, without secrets: for status and notify-test."""
@@ -106,37 +162,6 @@ def register(cls: N) -> N:
     """Class decorator: make a notifier available to config files under its ``kind``."""
     NOTIFIERS.register(cls)
     return cls
-
-
-def digest_alert(alerts: Sequence[Alert]) -> Alert:
-    """One alert standing for several: the worst severity, a count title, every alert's text.
-
-    Its uid is derived from the member uids, so a retried digest keeps its Message-ID.
-    """
-    worst = max(alerts, key=lambda a: a.severity)
-    uid = hashlib.sha256("".join(a.uid for a in alerts).encode()).hexdigest()[:32]
-    watchers = sorted({a.watcher for a in alerts})
-    lines = [
-        f"[{a.severity!s:>8}] {iso_utc(a.created_at)} {a.watcher}: {a.title}"
-        + (f"\n{indent(a.body)}" if a.body else "")
-        for a in alerts
-    ]
-    return Alert(
-        watcher=", ".join(watchers),
-        kind="digest",
-        severity=worst.severity,
-        title=f"{len(alerts)} alerts from {', '.join(watchers)}",
-        key="digest",
-        body="\n".join(lines),
-        data={"alerts": [a.to_dict() for a in alerts]},
-        created_at=alerts[-1].created_at,
-        uid=uid,
-    )
-
-
-def indent(text: str, prefix: str = "    ") -> str:
-    """Indent every line, for bodies nested in digests."""
-    return "\n".join(prefix + line for line in text.splitlines())
 
 
 @functools.cache

@@ -7,6 +7,7 @@ every process that loads a config.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 from watchkeeper.alerts import Alert, Severity
@@ -63,6 +64,7 @@ class ConsoleNotifier(Notifier):
 
     kind = "console"
     config_model = ConsoleConfig
+    batches = True
 
     def __init__(self, config: ConsoleConfig) -> None:
         from rich.console import Console
@@ -77,3 +79,8 @@ class ConsoleNotifier(Notifier):
     def send(self, alert: Alert) -> None:
         """Print the alert's line."""
         self._console.print(alert_text(alert))
+
+    def send_batch(self, alerts: Sequence[Alert]) -> None:
+        """Print each alert's line."""
+        for alert in alerts:
+            self._console.print(alert_text(alert))

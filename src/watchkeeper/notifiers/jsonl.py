@@ -34,6 +34,7 @@ class JsonlNotifier(Notifier):
     kind = "jsonl"
     config_model = JsonlConfig
     config: JsonlConfig
+    batches = True
 
     def describe(self) -> str:
         """The file path."""
@@ -43,8 +44,8 @@ class JsonlNotifier(Notifier):
         """Append the alert's line."""
         self._write([alert])
 
-    def send_digest(self, alerts: Sequence[Alert]) -> None:
-        """A file has no use for digests: one line per alert, in one write."""
+    def send_batch(self, alerts: Sequence[Alert]) -> None:
+        """One line per alert, in one write."""
         self._write(alerts)
 
     def _write(self, alerts: Sequence[Alert]) -> None:

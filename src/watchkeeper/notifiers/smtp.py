@@ -15,7 +15,7 @@ import ssl
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, FilePath, SecretStr, model_validator
 
@@ -45,7 +45,7 @@ DEFAULT_BODY = """{{ title }}
 severity: {{ severity }}
 status:   {{ status }}
 time:     {{ created_at }}
-{% for name, value in data.items() if name != 'alerts' %}{{ name }}: {{ value }}
+{% for name, value in data.items() if kind != 'digest' %}{{ name }}: {{ value }}
 {% endfor %}
 -- watchkeeper alert {{ uid }}
 """
@@ -90,6 +90,8 @@ class SmtpConfig(NotifierConfig):
         default=DEFAULT_BODY, description="Jinja2 template of the text body."
     )
     timeout: Duration = Field(default=10.0, description="Socket timeout for each SMTP step.")
+
+    default_group_interval: ClassVar[float] = 300.0
 
     @model_validator(mode="after")
     def _templates_render(self) -> SmtpConfig:

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -25,7 +24,6 @@ from watchkeeper.notifiers.base import (
     TemplateProblem,
     TemplateText,
     check_renders,
-    digest_alert,
     redact_url,
     register,
     render,
@@ -66,6 +64,8 @@ class WebhookConfig(NotifierConfig):
         "Default: the alert as JSON.",
     )
     timeout: Duration = Field(default=10.0, description="Timeout of each request.")
+
+    default_group_interval: ClassVar[float] = 300.0
 
     @model_validator(mode="after")
     def _body_renders_json(self) -> WebhookConfig:
@@ -136,10 +136,6 @@ class WebhookNotifier(Notifier):
         if status in _RETRYABLE or status >= 500:
             raise TransientDeliveryError(text)
         raise PermanentDeliveryError(text)
-
-    def send_digest(self, alerts: Sequence[Alert]) -> None:
-        """A digest: the default payload gains an ``alerts`` list; templates see it as ``data``."""
-        self.send(digest_alert(alerts))
 
     def close(self) -> None:
         """Close the connection pool."""

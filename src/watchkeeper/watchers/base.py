@@ -72,6 +72,9 @@ class Watcher(ABC):
     """0: each watcher of this kind runs on a thread of its own. N: all of them share a pool of
     at most N threads, for kinds that come in hundreds and whose checks are short waits on the
     network. Such a kind must not override :meth:`wait`; it plans with :meth:`next_delay`."""
+    shape_titles: ClassVar[bool] = False
+    """True when titles are free text with variable parts (log lines): alerts are then grouped
+    and throttled by the title's shape (see :mod:`watchkeeper.fingerprint`), not by the key."""
 
     def __init__(self, config: WatcherConfig) -> None:
         self.config = config

@@ -286,6 +286,7 @@ class LogWatcher(Watcher):
     kind = "log"
     config_model = LogConfig
     config: LogConfig
+    shape_titles = True
 
     def __init__(self, config: LogConfig, use_hyperscan: bool = True) -> None:
         super().__init__(config)
