@@ -144,7 +144,10 @@ def test_sigkill_at_any_moment_loses_no_committed_alert(
 ) -> None:
     """Kill the agent while alerts are being made and delivered to a slow webhook, 10 times."""
     http_receiver.delay = 0.03  # deliveries are in flight most of the time: kills land mid-send
-    hook = f'[[notify]]\nkind = "webhook"\nurl = "{http_receiver.url}"\ntimeout = "5s"\n'
+    hook = (  # every alert as itself (no grouping), so each one's idempotency key can be checked
+        f'[[notify]]\nkind = "webhook"\nurl = "{http_receiver.url}"\ntimeout = "5s"\n'
+        'group_interval = "0s"\n'
+    )
     config = write_agent_config(tmp_path, "tests.agent_checks:tick", hook)
     state = tmp_path / "wk.db"
     rng = random.Random(7)

@@ -573,8 +573,8 @@ class Dispatcher(threading.Thread):
 
     A notifier that groups (see :mod:`watchkeeper.grouping`) reads each pending delivery once
     into its groups and sends a group when it is due; one that does not takes due deliveries from
-    the outbox in order, :data:`BATCH` at a time, gives them to the notifier in one call when it
-    takes batches (a file, a terminal), and records every outcome of a batch in one transaction.
+    the outbox in order, :data:`BATCH` at a time, and when it takes batches (a file, a terminal)
+    gives them to it in one call and marks them in one transaction.
     """
 
     def __init__(self, notifier: Notifier, store: Store, clock: Callable[[], float] = time.time):
@@ -646,19 +646,17 @@ class Dispatcher(threading.Thread):
             if self._attempt(send, ids, max(d.attempts for d in due) + 1) == "sent":
                 self.store.mark_sent(ids, self.clock())
             return True
-        sent: list[int] = []
-        try:
-            for delivery in due:
-                if self._out_of_time():
-                    return False
-                send = functools.partial(self.notifier.send, delivery.alert)
-                outcome = self._attempt(send, [delivery.id], delivery.attempts + 1)
-                if outcome == "sent":
-                    sent.append(delivery.id)
-                elif outcome == "retry":  # the notifier is down: do not wait on every alert
-                    break
-        finally:
-            self.store.mark_sent(sent, self.clock())
+        for delivery in due:
+            if self._out_of_time():
+                return False
+            send = functools.partial(self.notifier.send, delivery.alert)
+            outcome = self._attempt(send, [delivery.id], delivery.attempts + 1)
+            if outcome == "sent":
+                # Marked at once, not with the rest of the batch: a message takes far longer
+                # than a mark, and a crash then repeats at most the one in flight.
+                self.store.mark_sent([delivery.id], self.clock())
+            elif outcome == "retry":  # the notifier is down: do not wait on every alert
+                break
         return True
 
     def _grouped_step(self, grouper: Grouper, flushing: bool) -> bool:
@@ -669,6 +667,8 @@ class Dispatcher(threading.Thread):
             grouper.add(found, now)
             if len(found) < BATCH:
                 break
+        if flushing and grouper.retry_at is not None:
+            return False  # the notifier is failing: what it holds waits for the next start
         digest = grouper.take(now, everything=flushing)
         if digest is None:
             if flushing:

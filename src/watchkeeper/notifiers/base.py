@@ -64,7 +64,8 @@ class NotifierConfig(BaseModel):
     )
     batch: Duration | None = Field(
         default=None,
-        description="Old name: batch = D means group_wait = D and group_interval = D.",
+        description="Old name: batch = D means group_wait = D and group_interval = D "
+        "(jsonl and console ignore it: they write every alert, in batches).",
     )
 
     default_group_interval: ClassVar[float] = 0.0
@@ -88,7 +89,7 @@ class NotifierConfig(BaseModel):
         goes out on its own."""
         interval = self.group_interval
         wait = self.group_wait
-        if self.batch is not None:  # the old setting, kept as an alias
+        if self.batch is not None and self.default_group_interval > 0:  # the old name
             interval = self.batch if interval is None else interval
             wait = wait or self.batch
         if interval is None:
