@@ -2,7 +2,7 @@
 
 Layout::
 
-    [keeper]            state, shutdown_timeout
+    [keeper]            state, shutdown_timeout, retention, max_alerts, dashboard, token
     [[notify]]          one table per notifier; ``kind`` picks the model from the registry
     [[custom]] ...      one array of tables per watcher kind, named by the kind
 
@@ -58,6 +58,16 @@ class KeeperSettings(BaseModel):
     )
     shutdown_timeout: Duration = Field(
         default=5.0, description="How long stopping may take to flush pending alerts."
+    )
+    retention: Duration = Field(
+        default=30 * 86400.0,
+        gt=0,
+        description="Alerts older than this are deleted once every notifier has them.",
+    )
+    max_alerts: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="History keeps at most this many alerts (and any still to be delivered).",
     )
     dashboard: str | bool = Field(
         default=DEFAULT_BIND,

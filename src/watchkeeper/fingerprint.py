@@ -14,7 +14,7 @@ What is masked, in this order (each becomes a placeholder such as ``<uuid>``):
 4. IPv4 addresses (with an optional ``:port``) and IPv6 addresses
 5. quoted strings (``"..."``, ``'...'``)
 6. paths (``/var/log/app.log``, ``C:\\temp``)
-7. hex ids: ``0x1f``, and runs of 8+ hex digits that hold at least one digit
+7. hex ids: ``0x1f``, and runs of 8+ hex digits with both a digit and a letter
 8. numbers (``42``, ``-3.5``, ``1e9``, ``30s``, ``512MB``: a unit stuck to a number goes with it)
 
 Other alerts (pages, ports, custom checks) name their subject in their key already, so their
@@ -53,7 +53,7 @@ _MASKS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
             "<path>",
             0,
         ),
-        (r"\b0x[0-9a-f]+\b|\b(?=[0-9a-f]*\d)[0-9a-f]{8,}\b", "<hex>", re.I),
+        (r"\b0x[0-9a-f]+\b|\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b", "<hex>", re.I),
         (r"(?<![\w<])[-+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?[a-z%]*", "<num>", re.I),
     )
 )

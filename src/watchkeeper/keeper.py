@@ -29,6 +29,7 @@ from watchkeeper.config import (
 from watchkeeper.errors import ConfigError
 from watchkeeper.notifiers import NOTIFIERS, Notifier, NotifierConfig
 from watchkeeper.quantities import parse_duration
+from watchkeeper.retention import Pruner
 from watchkeeper.runtime import Dispatcher, WatcherPool, WatcherRun, WatcherThread
 from watchkeeper.store import Route, Store
 from watchkeeper.watchers import WATCHERS, Watcher, WatcherConfig
@@ -66,9 +67,13 @@ class Keeper:
         shutdown_timeout: float | str = 5.0,
         *,
         watchers: Iterable[Watcher | WatcherConfig] = (),
+        retention: float | str = "30d",
+        max_alerts: int = 1_000_000,
     ) -> None:
         self.state_path = Path(state) if state is not None else default_state_path()
         self.shutdown_timeout = parse_duration(shutdown_timeout)
+        self.retention = parse_duration(retention)
+        self.max_alerts = max_alerts
         self.notifiers: list[Notifier] = [
             build_notifier(spec, f"notify[{i}]") for i, spec in enumerate(notify)
         ]
@@ -80,6 +85,7 @@ class Keeper:
         self._runs: dict[str, WatcherRun] = {}
         self._drivers: list[WatcherThread | WatcherPool] = []
         self._dispatchers: list[Dispatcher] = []
+        self._pruner: Pruner | None = None
         self._listeners: list[Callable[[list[Alert]], None]] = []
         self._lock = threading.Lock()
         self._started = False
@@ -96,6 +102,8 @@ class Keeper:
             notify=notifiers,
             shutdown_timeout=config.keeper.shutdown_timeout,
             watchers=watchers,
+            retention=config.keeper.retention,
+            max_alerts=config.keeper.max_alerts,
         )
 
     # -- adding watchers ----------------------------------------------------------------------
@@ -215,6 +223,7 @@ class Keeper:
                     for w in self.watchers
                 }
                 self._drivers = _drivers(list(self._runs.values()))
+                self._pruner = Pruner(store, self.retention, self.max_alerts)
                 # A companion that cannot start (a busy address) stops the start before checks.
                 serving = [c for c in self._companions if c.prepare()]
             except BaseException:
@@ -224,7 +233,7 @@ class Keeper:
                 raise
             self.store = store
             self._started = True
-            for driver in [*self._dispatchers, *self._drivers]:
+            for driver in [*self._dispatchers, *self._drivers, self._pruner]:
                 driver.start()
             atexit.register(self._at_exit)
         try:
@@ -267,11 +276,12 @@ class Keeper:
         me = threading.current_thread()  # stop() may be called from inside a check
         budget = self.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
-        for driver in self._drivers:
+        stopping = [*self._drivers, *([self._pruner] if self._pruner else [])]
+        for driver in stopping:
             driver.stop()
         # Watchers get half the budget to finish a check in progress (and commit its alerts).
         half = time.monotonic() + budget / 2
-        for driver in self._drivers:
+        for driver in stopping:
             if driver is not me:
                 driver.join(max(0.0, half - time.monotonic()))
         wall_deadline = time.time() + max(0.0, deadline - time.monotonic())
@@ -279,7 +289,7 @@ class Keeper:
             dispatcher.flush(wall_deadline, at_exit=at_exit)
         for dispatcher in self._dispatchers:
             dispatcher.join(max(0.0, deadline - time.monotonic()))
-        drivers = [*self._drivers, *self._dispatchers]
+        drivers = [*stopping, *self._dispatchers]
         alive = [d.name for d in drivers if d.is_alive() and d is not me]
         counts = store.delivery_counts()
         pending = sum(counts.get(n.name, {}).get("pending", 0) for n in self.notifiers)

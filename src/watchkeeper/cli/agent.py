@@ -118,6 +118,7 @@ def status(
     watchers = store.watchers()
     counts = store.delivery_counts()
     errors = store.last_delivery_errors()
+    size, oldest = store.file_size(), store.oldest_alert()
     store.close()
     if as_json:
         doc = {
@@ -136,6 +137,10 @@ def status(
             ],
             "notifiers": {
                 name: {**c, "last_error": errors.get(name)} for name, c in counts.items()
+            },
+            "state": {
+                "bytes": size,
+                "oldest_alert": iso_utc(oldest) if oldest is not None else None,
             },
         }
         out.print_json(json.dumps(doc))
@@ -168,6 +173,8 @@ def status(
             Text((errors.get(name) or "")[:80]),
         )
     out.print(notifiers)
+    since = "no alerts" if oldest is None else f"oldest alert {iso_utc(oldest)} ({_ago(oldest)})"
+    out.print(f"state file: {size / 2**20:.1f} MiB, {since}")
 
 
 def _state(paused: bool, failures: int) -> str:
