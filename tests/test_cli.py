@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from tests.conftest import RecordingServer, wait_until
 from tests.conftest import run_cli as cli
 from watchkeeper import Keeper, Observation
 from watchkeeper.demo.smtpsink import SmtpSink
+from watchkeeper.quantities import iso_utc
+from watchkeeper.store import Store
 
 
 @pytest.fixture
@@ -51,6 +54,18 @@ def test_status_shows_watchers_and_outbox(state: Path, tmp_path: Path) -> None:
     assert by_name["host"]["state"] == "ok"
     assert by_name["queue"]["state"] == "failing"
     assert doc["notifiers"]["jsonl"]["sent"] == 3
+    # The state file's size and its oldest alert: what retention keeps in bounds.
+    assert doc["state"]["bytes"] == state.stat().st_size + _wal_size(state)
+    with Store(state, readonly=True) as store:
+        oldest = store.alerts(limit=1)[0].created_at
+    assert doc["state"]["oldest_alert"] == iso_utc(oldest)
+    assert f"oldest alert {iso_utc(oldest)}" in result.stdout
+    assert re.search(r"state file: \d+\.\d MiB", result.stdout)
+
+
+def _wal_size(state: Path) -> int:
+    wal = state.with_name(state.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
 
 
 def test_alerts_filters(state: Path, tmp_path: Path) -> None:

@@ -95,3 +95,88 @@ def test_not_a_database(tmp_path: Path) -> None:
     path.write_text("this is a text file, not SQLite\n" * 100)
     with pytest.raises(StoreError, match=r"wk\.db: file is not a database"):
         Store(path)
+
+
+def fill(store: Store, count: int, start: float = 0.0, routes: list[Route] | None = None) -> None:
+    """``count`` alerts, one a second from ``start``, each with a delivery to "mail"."""
+    store.register_watcher("w", "custom")
+    for first in range(0, count, 500):
+        store.commit_check(
+            "w",
+            checkpoint=None,
+            rule_state={},
+            alerts=[
+                Alert(
+                    watcher="w",
+                    kind="custom",
+                    severity=Severity.ERROR,
+                    title=f"alert {i}",
+                    key=f"k{i}",
+                    body="x" * 2000,
+                    created_at=start + i,
+                )
+                for i in range(first, min(count, first + 500))
+            ],
+            routes=routes if routes is not None else [Route("mail")],
+            now=start + first,
+            next_check=None,
+        )
+
+
+def test_retention_deletes_old_delivered_alerts_never_pending_or_failed(tmp_path: Path) -> None:
+    with Store(tmp_path / "wk.db") as store:
+        fill(store, 3000)
+        pending = store.due("mail", now=10**9, limit=3000)
+        by_title = {d.alert.title: d.id for d in pending}
+        failed = [by_title["alert 5"], by_title["alert 2500"]]
+        waiting = [by_title["alert 6"], by_title["alert 2600"]]
+        store.mark_failed(failed, "550 no such user")
+        store.mark_sent([i for t, i in by_title.items() if i not in failed + waiting], now=1.0)
+        size = store.file_size()
+        # Everything older than t=2000 goes, and the newest 10,000 are kept: ~1000 stay...
+        deleted = store.prune(before=2000.0, keep=10_000, step=64)
+        titles = {a.title for a in store.alerts(limit=10_000)}
+        assert deleted == 2000 - 2  # ...but not "alert 5" (failed) or "alert 6" (pending)
+        assert {"alert 5", "alert 6", "alert 2500", "alert 2600", "alert 1999"} - titles == {
+            "alert 1999"
+        }
+        assert len(titles) == 1002
+        assert store.delivery_counts()["mail"] == {"sent": 998, "failed": 2, "pending": 2}
+        assert store.file_size() < size * 0.6  # the space went back to the file system
+        # max_alerts: keep the newest 100 (and whatever is still to be delivered).
+        store.prune(before=0.0, keep=100)
+        titles = {a.title for a in store.alerts(limit=10_000)}
+        assert {f"alert {i}" for i in range(2900, 3000)} <= titles
+        assert titles == {f"alert {i}" for i in range(2900, 3000)} | {
+            "alert 5",
+            "alert 6",
+            "alert 2500",
+            "alert 2600",
+        }
+        assert store.oldest_alert() == 5.0
+
+
+def test_due_deliveries_come_in_order_from_the_index_and_the_cursor_sees_each_once(
+    tmp_path: Path,
+) -> None:
+    with Store(tmp_path / "wk.db") as store:
+        fill(store, 1200, routes=[Route("mail"), Route("chat", Severity.CRITICAL)])
+        plan = store.query(
+            "EXPLAIN QUERY PLAN SELECT id FROM deliveries WHERE notifier = 'mail' AND "
+            "status = 'pending' AND next_try <= 1 ORDER BY next_try, id LIMIT 10"
+        )
+        assert "USING INDEX deliveries_pending" in plan[0]["detail"]
+        assert not any("TEMP B-TREE" in r["detail"] for r in plan)  # no sort of the backlog
+        first = store.due("mail", now=10**9, limit=10)
+        store.mark_retry([d.id for d in first[:5]], "down", next_try=5000.0)
+        again = store.due("mail", now=10**9, limit=2000)
+        assert [d.alert.title for d in again[-5:]] == [f"alert {i}" for i in range(5)]
+        seen: list[int] = []
+        found, cursor = store.pending_after("mail", None, limit=700)
+        seen += [d.id for d in found]
+        found, cursor = store.pending_after("mail", cursor, limit=700)
+        seen += [d.id for d in found]
+        assert len(found) == 500
+        assert sorted(seen) == seen == sorted(d.id for d in again)
+        assert store.pending_after("mail", cursor) == ([], cursor)
+        assert store.pending_after("chat", None) == ([], cursor)  # nothing for chat: the end
