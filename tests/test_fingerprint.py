@@ -51,6 +51,8 @@ def test_lines_alike_but_for_their_values_share_a_fingerprint_others_do_not() ->
     c = of_line("12:00:09 ERROR disk full on host 12")
     assert a == b
     assert a != c
+    assert of_line("worker2 stalled") == of_line("worker7 stalled")  # digits in words alike
+    assert of_line("request 9f3c2a1b7e failed") == of_line("request 0a1b2c3d4e failed")
     assert of_key("k") != of_line("k")  # a key and a line never collide by construction
 
 

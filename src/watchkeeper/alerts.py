@@ -292,7 +292,7 @@ class RuleEngine:
                 "key": key,
                 "fingerprint": shaped,
             }
-        alert = self._from_observation(obs, now)
+        alert = self._from_observation(obs, now, shaped)
         if suppressed:
             alert.data["suppressed"] = suppressed
             alert.body = (
@@ -381,7 +381,7 @@ class RuleEngine:
                 del conds[key]
         return alerts
 
-    def _from_observation(self, obs: Observation, now: float) -> Alert:
+    def _from_observation(self, obs: Observation, now: float, shaped: str | None = None) -> Alert:
         return self._alert(
             obs.identity,
             obs.level,
@@ -389,7 +389,7 @@ class RuleEngine:
             obs.body,
             now,
             data=dict(obs.data),
-            fingerprint=self._fingerprint(obs),
+            fingerprint=self._fingerprint(obs) if shaped is None else shaped,
         )
 
     def _alert(

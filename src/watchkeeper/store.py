@@ -360,7 +360,7 @@ class Store:
         Returns the alerts with their store ids set. ``error`` is the check's failure (None when
         it passed); ``failures`` counts consecutive ones.
         """
-        committed = []
+        committed = list(alerts)
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE watchers SET checkpoint = ?, rule_state = ?, last_check = ?, "
@@ -378,36 +378,53 @@ class Store:
                     name,
                 ),
             )
-            for alert in alerts:
-                self._insert_alert(conn, alert, routes, now)
-                committed.append(alert)
+            if committed:
+                self._insert_alerts(conn, committed, routes, now)
         return committed
 
     @staticmethod
-    def _insert_alert(
-        conn: sqlite3.Connection, alert: Alert, routes: Sequence[Route], now: float
+    def _insert_alerts(
+        conn: sqlite3.Connection, alerts: list[Alert], routes: Sequence[Route], now: float
     ) -> None:
-        cursor = conn.execute(
+        """Insert alerts and their deliveries with two statements however many there are.
+
+        The writer holds the transaction, so the new alerts' ids are consecutive and end at
+        ``last_insert_rowid()``; the first one's uid is checked to be sure.
+        """
+        conn.executemany(
             "INSERT INTO alerts (uid, watcher, kind, severity, status, key, title, body, data, "
             "created_at, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                alert.uid,
-                alert.watcher,
-                alert.kind,
-                int(alert.severity),
-                alert.status,
-                alert.key,
-                alert.title,
-                alert.body,
-                json.dumps(alert.data, default=str),
-                alert.created_at,
-                alert.fingerprint,
-            ),
+            [
+                (
+                    alert.uid,
+                    alert.watcher,
+                    alert.kind,
+                    int(alert.severity),
+                    alert.status,
+                    alert.key,
+                    alert.title,
+                    alert.body,
+                    json.dumps(alert.data, default=str),
+                    alert.created_at,
+                    alert.fingerprint,
+                )
+                for alert in alerts
+            ],
         )
-        alert.id = cursor.lastrowid
+        first = conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(alerts) + 1
+        row = conn.execute("SELECT uid FROM alerts WHERE id = ?", (first,)).fetchone()
+        if row is None or row[0] != alerts[0].uid:  # cannot happen with one writer: never guess
+            raise sqlite3.IntegrityError("the new alerts' ids are not consecutive")
+        for offset, alert in enumerate(alerts):
+            alert.id = first + offset
         conn.executemany(
             "INSERT INTO deliveries (alert_id, notifier, next_try) VALUES (?, ?, ?)",
-            [(alert.id, r.notifier, now) for r in routes if alert.severity >= r.min_severity],
+            [
+                (alert.id, r.notifier, now)
+                for alert in alerts
+                for r in routes
+                if alert.severity >= r.min_severity
+            ],
         )
 
     # -- outbox -----------------------------------------------------------------------------

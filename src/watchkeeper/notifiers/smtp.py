@@ -135,7 +135,9 @@ class SmtpNotifier(Notifier):
         msg["Message-ID"] = f"<{alert.uid}@{domain}>"
         msg["X-Watchkeeper-Alert"] = alert.uid
         msg["X-Watchkeeper-Severity"] = str(alert.severity)
-        msg["X-Watchkeeper-Alerts"] = str(alert.data.get("count", 1) if alert.kind == "digest" else 1)
+        msg["X-Watchkeeper-Alerts"] = str(
+            alert.data.get("count", 1) if alert.kind == "digest" else 1
+        )
         msg.set_content(render(self._body, alert))
         return msg
 
