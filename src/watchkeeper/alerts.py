@@ -21,8 +21,8 @@ drive the rules with a plain number for a clock.
 
 from __future__ import annotations
 
+import random
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -100,6 +100,16 @@ class Observation:
 AlertStatus = Literal["firing", "resolved"]
 
 
+def new_uid() -> str:
+    """32 hex digits, unique and in time order: the milliseconds since 1970, then 80 random bits.
+
+    Like a UUIDv7: in time order, new uids land at the end of the store's unique index instead
+    of at random places in it, which made inserting them the costliest part of a storm's
+    commits. ``random`` is reseeded in a forked child, so two processes never share a sequence.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
+
+
 @dataclass
 class Alert:
     """One alert as stored in the outbox and handed to notifiers.
@@ -120,7 +130,7 @@ class Alert:
     status: AlertStatus = "firing"
     data: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
-    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    uid: str = field(default_factory=new_uid)
     id: int | None = None
     fingerprint: str = ""
 

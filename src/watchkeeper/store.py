@@ -86,6 +86,8 @@ _MIGRATIONS: dict[int, str] = {
         WHERE status = 'pending';
     """,
 }
+WAL_LIMIT = 64 * 2**20
+"""Bytes the write-ahead log is cut back to after a checkpoint."""
 MARK_CHUNK = 5000
 """Deliveries marked per transaction: a digest of 100,000 alerts never holds the writer long."""
 PRUNE_STEP = 500
@@ -183,6 +185,9 @@ class Store:
                     # is then given back to the file system by incremental_vacuum (see prune).
                     conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
                     conn.execute("PRAGMA journal_mode=WAL")
+                    # A storm or a prune grows the write-ahead log; past this it is cut back
+                    # at the next checkpoint instead of staying at its largest size for good.
+                    conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
                     conn.execute("PRAGMA synchronous=NORMAL")
                     conn.execute("PRAGMA foreign_keys=ON")
             except sqlite3.Error as exc:

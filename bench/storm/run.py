@@ -1,0 +1,308 @@
+"""Storm benchmark: a real agent under a flood of matching log lines, and the outbox's backlog.
+
+1. ``throughput``: ``watchkeeper run`` (its own process: log watcher, SQLite, jsonl notifier)
+   and N CRITICAL lines appended at once (20,000, then 200,000); time from the first write to
+   the last alert line in the jsonl file.
+2. ``lag``: 10,000 lines/s for 10 s, paced, each line carrying its write time; the jsonl file is
+   read as it grows and each alert's lag is its arrival minus its line's write time (p50/p99/max).
+3. ``backlog``: the outbox filled through the store's own API (``Store.commit_check``, 1,000
+   alerts per commit, one jsonl delivery each) to 10,000 and to 900,000 pending; then a real
+   Dispatcher with the jsonl notifier, in this process, drains the first 10,000 (rate compared)
+   and, with ``--full``, the whole backlog.
+4. ``smtp``: 100,000 lines of 3 distinct CRITICAL messages (numbers varying) in 10 s to an agent
+   with the default smtp notifier (to an aiosmtpd sink in this process) and a jsonl notifier:
+   when the first email arrives after the first line, how many emails in ``--minutes``, whether
+   their counts (``X-Watchkeeper-Alerts``) add up, and whether the jsonl file has every alert.
+
+Usage: ``python bench/storm/run.py [throughput|lag|backlog|smtp ...] [--lines 100000]
+[--minutes 10] [--full]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from watchkeeper.alerts import Alert, Severity
+from watchkeeper.demo.smtpsink import SmtpSink
+from watchkeeper.notifiers.jsonl import JsonlConfig, JsonlNotifier
+from watchkeeper.runtime import Dispatcher
+from watchkeeper.store import Route, Store
+
+MESSAGES = [
+    "CRITICAL db timeout after {n} ms on db-{m}",
+    "CRITICAL payment {n} declined by gateway 10.0.{m}.1",
+    "CRITICAL worker {m} out of memory ({n} MB)",
+]
+
+
+def line(i: int, stamp: float | None = None) -> str:
+    text = MESSAGES[i % 3].format(n=i * 7, m=i % 13)
+    return f"{text} t={stamp!r}\n" if stamp is not None else text + "\n"
+
+
+def start_agent(folder: Path, notify: str) -> subprocess.Popen[bytes]:
+    """``watchkeeper run`` on folder/app.log with these [[notify]] tables; returns once it
+    follows the file."""
+    config = folder / "watchkeeper.toml"
+    (folder / "app.log").write_text("")
+    config.write_text(
+        f'[keeper]\nstate = "{folder / "wk.db"}"\ndashboard = false\nshutdown_timeout = "30s"\n\n'
+        f"{notify}\n"
+        f'[[log]]\nname = "app"\npaths = ["{folder / "app.log"}"]\n'
+        'rules = [{match = "CRITICAL", severity = "critical"}]\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "watchkeeper", "run", "-c", str(config)], stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 30
+    while not (folder / "wk.db").exists() or not checked(folder / "wk.db"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("watchkeeper did not start")
+        time.sleep(0.05)
+    return proc
+
+
+def checked(state: Path) -> bool:
+    with Store(state) as store:
+        record = store.watcher("app")
+        return record is not None and record.checks >= 1
+
+
+def stop(proc: subprocess.Popen[bytes]) -> float:
+    """SIGTERM, and how long the agent took to end."""
+    started = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return time.perf_counter() - started
+
+
+def count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as handle:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def throughput(lines: int) -> None:
+    for n in (lines, lines * 10):
+        with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+            folder = Path(tmp)
+            out = folder / "out.jsonl"
+            agent = start_agent(folder, f'[[notify]]\nkind = "jsonl"\npath = "{out}"\n')
+            text = "".join(line(i) for i in range(n))
+            started = time.perf_counter()
+            with (folder / "app.log").open("a") as handle:
+                handle.write(text)
+            while count_lines(out) < n:
+                time.sleep(0.05)
+            took = time.perf_counter() - started
+            stop(agent)
+            print(f"throughput {n:>9,} lines -> jsonl: {took:6.2f} s, {n / took:9,.0f} alerts/s")
+
+
+def lag(rate: int, seconds: float) -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        folder = Path(tmp)
+        out = folder / "out.jsonl"
+        out.touch()
+        agent = start_agent(folder, f'[[notify]]\nkind = "jsonl"\npath = "{out}"\n')
+        total = int(rate * seconds)
+        lags: list[float] = []
+        done = threading.Event()
+
+        def read() -> None:
+            with out.open("rb") as handle:
+                rest = b""
+                while len(lags) < total:
+                    chunk = handle.read()
+                    if not chunk:
+                        if done.is_set() and len(lags) >= total:
+                            return
+                        time.sleep(0.005)
+                        continue
+                    now = time.time()
+                    parts = (rest + chunk).split(b"\n")
+                    rest = parts.pop()
+                    for part in parts:
+                        title = json.loads(part)["title"]
+                        lags.append(now - float(title.rsplit("t=", 1)[1]))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        started = time.time()
+        with (folder / "app.log").open("a") as handle:
+            for tick in range(int(seconds * 100)):  # 100 writes a second, rate/100 lines each
+                target = started + tick / 100
+                pause = target - time.time()
+                if pause > 0:
+                    time.sleep(pause)
+                now = time.time()
+                first = tick * rate // 100
+                handle.write("".join(line(i, now) for i in range(first, first + rate // 100)))
+                handle.flush()
+        done.set()
+        reader.join(timeout=120)
+        stop(agent)
+        print(
+            f"lag at {rate:,} lines/s for {seconds:.0f} s ({len(lags):,} alerts): "
+            f"p50 {pct(lags, 0.5) * 1000:.0f} ms, p99 {pct(lags, 0.99) * 1000:.0f} ms, "
+            f"max {max(lags) * 1000:.0f} ms"
+        )
+
+
+def fill(store: Store, pending: int) -> None:
+    """``pending`` alerts with a jsonl delivery each, through the store's own API."""
+    store.register_watcher("app", "log")
+    now = time.time()
+    for first in range(0, pending, 1000):
+        store.commit_check(
+            "app",
+            checkpoint={"offset": first},
+            rule_state={},
+            alerts=[
+                Alert(
+                    watcher="app",
+                    kind="log",
+                    severity=Severity.CRITICAL,
+                    title="app: " + line(i).strip(),
+                    key="CRITICAL",
+                    body=line(i).strip(),
+                    data={"path": "/var/log/app.log", "line": line(i).strip(), "offset": i},
+                    created_at=now,
+                )
+                for i in range(first, min(pending, first + 1000))
+            ],
+            routes=[Route("jsonl")],
+            now=now,
+            next_check=None,
+        )
+
+
+def drain(store: Store, out: Path, count: int) -> float:
+    """Seconds a real Dispatcher takes to deliver ``count`` alerts from the backlog."""
+    notifier = JsonlNotifier(JsonlConfig(kind="jsonl", path=out))
+    dispatcher = Dispatcher(notifier, store)
+    started = time.perf_counter()
+    dispatcher.start()
+    while count_lines(out) < count:
+        time.sleep(0.01)
+    took = time.perf_counter() - started
+    dispatcher.flush(time.time())  # end the thread (what is left stays pending)
+    dispatcher.join()
+    return took
+
+
+def backlog(full: bool) -> None:
+    rates = {}
+    for pending in (10_000, 900_000):
+        with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+            folder = Path(tmp)
+            with Store(folder / "wk.db") as store:
+                started = time.perf_counter()
+                fill(store, pending)
+                filled = time.perf_counter() - started
+                took = drain(store, folder / "out.jsonl", 10_000)
+                rates[pending] = 10_000 / took
+                print(
+                    f"backlog {pending:>7,} pending (filled in {filled:.0f} s): first 10,000 "
+                    f"in {took:.2f} s = {rates[pending]:,.0f} alerts/s"
+                )
+                if full and pending > 10_000:
+                    took = drain(store, folder / "all.jsonl", pending - 10_000)
+                    print(f"  the other {pending - 10_000:,} in {took:.1f} s")
+    print(f"backlog rate at 900,000 / at 10,000 pending: {rates[900_000] / rates[10_000]:.2f}")
+
+
+class TimedSink(SmtpSink):
+    """The demo's SMTP sink, noting when each message arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrivals: list[float] = []
+
+    def received(self, sender: str, recipients: list[str], content: bytes) -> None:
+        self.arrivals.append(time.time())
+        super().received(sender, recipients, content)
+
+
+def smtp(lines: int, minutes: float) -> None:
+    sink = TimedSink().start()
+    try:
+        with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+            folder = Path(tmp)
+            out = folder / "out.jsonl"
+            agent = start_agent(
+                folder,
+                f'[[notify]]\nkind = "smtp"\nhost = "127.0.0.1"\nport = {sink.port}\n'
+                'sender = "wk@example.com"\nto = ["ops@example.com"]\n\n'
+                f'[[notify]]\nkind = "jsonl"\npath = "{out}"\n',
+            )
+            started = time.time()
+            with (folder / "app.log").open("a") as handle:
+                for tick in range(100):  # 10 s, a write every 0.1 s
+                    pause = started + tick / 10 - time.time()
+                    if pause > 0:
+                        time.sleep(pause)
+                    first = tick * lines // 100
+                    handle.write("".join(line(i) for i in range(first, (tick + 1) * lines // 100)))
+                    handle.flush()
+            wrote = time.time() - started
+            deadline = started + minutes * 60
+            while time.time() < deadline:
+                time.sleep(1)
+            arrivals = list(sink.arrivals)
+            in_window = [m for m, t in zip(sink.messages, arrivals, strict=False) if t <= deadline]
+            counts = [int(m["X-Watchkeeper-Alerts"]) for m in in_window]
+            sizes = [len(m.as_bytes()) for m in in_window]
+            took = stop(agent)
+            print(
+                f"smtp storm: {lines:,} lines in {wrote:.1f} s; first email "
+                f"{(arrivals[0] - started) * 1000:.0f} ms after the first line; "
+                f"{len(in_window)} emails in {minutes:g} min, counts {counts} "
+                f"(sum {sum(counts):,}), largest {max(sizes):,} bytes; "
+                f"jsonl has {count_lines(out):,}; SIGTERM took {took:.1f} s"
+            )
+    finally:
+        sink.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("parts", nargs="*", default=["throughput", "lag", "backlog", "smtp"])
+    parser.add_argument("--lines", type=int, default=100_000)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--full", action="store_true", help="also drain the whole backlog")
+    args = parser.parse_args()
+    for part in args.parts:
+        if part == "throughput":
+            throughput(args.lines // 5)
+        elif part == "lag":
+            lag(10_000, 10.0)
+        elif part == "backlog":
+            backlog(args.full)
+        elif part == "smtp":
+            smtp(args.lines, args.minutes)
+        else:
+            parser.error(f"unknown part {part!r}")
+
+
+if __name__ == "__main__":
+    main()
