@@ -162,7 +162,9 @@ class Rules(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     throttle: Duration | None = Field(
-        default=None, description="Repeats of one key within this window are counted, not sent."
+        default=None,
+        description="Repeats of one message (key and fingerprint) within this window are "
+        "counted, not sent.",
     )
     for_cycles: int = Field(
         default=1, ge=1, description="A condition must hold this many checks before it alerts."

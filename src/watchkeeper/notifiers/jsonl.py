@@ -1,8 +1,8 @@
 """Append one JSON object per alert to a file: the simplest durable feed for other tools.
 
-Each alert is written with a single ``write()`` on a file opened with O_APPEND, so concurrent
-writers never interleave within a line. Fields: id, uid, watcher, kind, severity, status, key,
-title, body, created_at (ISO 8601 UTC) and data (kind-specific).
+Each batch of alerts is written with a single ``write()`` on a file opened with O_APPEND, so
+concurrent writers never interleave within a line. Fields: id, uid, watcher, kind, severity,
+status, key, title, body, created_at (ISO 8601 UTC), fingerprint and data (kind-specific).
 """
 
 from __future__ import annotations
