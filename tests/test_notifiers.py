@@ -247,6 +247,25 @@ def test_a_failing_webhook_is_retried_until_it_works(
     assert len(statuses) == 1  # every try carried the same idempotency key
 
 
+def test_a_webhook_with_a_list_body_gets_a_backlog_as_lists(
+    tmp_path: Path, http_receiver: RecordingServer
+) -> None:
+    hook = {"kind": "webhook", "url": http_receiver.url, "list_body": True, "group_interval": "0s"}
+    keeper = Keeper(state=tmp_path / "wk.db", notify=[hook])
+    keeper.every(
+        3600, lambda: [Observation(f"item {i}", event=True) for i in range(2500)], name="w"
+    )
+    with keeper:
+        store = keeper.store
+        assert store is not None
+        wait_until(lambda: store.delivery_counts()["webhook"] == {"sent": 2500})
+    bodies = [r.json() for r in http_receiver.requests]
+    assert [len(b) for b in bodies] == [1000, 1000, 500]  # three requests, not 2,500
+    assert [a["title"] for b in bodies for a in b] == [f"item {i}" for i in range(2500)]
+    keys = {r.headers["Idempotency-Key"] for r in http_receiver.requests}
+    assert len(keys) == 3
+
+
 def test_a_permanent_failure_stays_visible(tmp_path: Path, http_receiver: RecordingServer) -> None:
     http_receiver.status = 400
     keeper = Keeper(

@@ -111,8 +111,6 @@ class Notifier(ABC):
     config_model: ClassVar[type[NotifierConfig]]
     exit_safe: ClassVar[bool] = True
     """False if delivery may need a thread or executor, which the interpreter's exit refuses."""
-    batches: ClassVar[bool] = False
-    """True if :meth:`send_batch` delivers many alerts in one go (a file, a terminal)."""
 
     def __init__(self, config: NotifierConfig) -> None:
         self.config = config
@@ -121,6 +119,12 @@ class Notifier(ABC):
     def name(self) -> str:
         """The configured name; deliveries are addressed by it."""
         return self.config.name
+
+    @property
+    def batches(self) -> bool:
+        """True if :meth:`send_batch` delivers many alerts in one go (a file, a terminal, a
+        webhook that takes a list): the dispatcher then hands it up to 1,000 at once."""
+        return False
 
     @abstractmethod
     def send(self, alert: Alert) -> None:

@@ -10,8 +10,10 @@ backoff; other 4xx answers mean the request itself is wrong and are not.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
@@ -64,6 +66,11 @@ class WebhookConfig(NotifierConfig):
         "Default: the alert as JSON.",
     )
     timeout: Duration = Field(default=10.0, description="Timeout of each request.")
+    list_body: bool = Field(
+        default=False,
+        description='When alerts are not grouped (group_interval = "0s"), send a backlog as '
+        "JSON lists of up to 1,000 alerts, one request each, instead of one request per alert.",
+    )
 
     default_group_interval: ClassVar[float] = 300.0
 
@@ -113,19 +120,31 @@ class WebhookNotifier(Notifier):
                 f"the body template did not produce JSON ({exc}); use |tojson for values"
             ) from exc
 
+    @property
+    def batches(self) -> bool:
+        """With ``list_body``: a backlog goes as lists."""
+        return self.config.list_body
+
     def send(self, alert: Alert) -> None:
         """POST the alert; sort the answer into done, retry later, or give up."""
+        self._post(self.payload(alert), alert.uid)
+
+    def send_batch(self, alerts: Sequence[Alert]) -> None:
+        """POST a JSON list of the alerts' payloads; its Idempotency-Key is derived from their
+        uids, so a retried list keeps it."""
+        key = hashlib.sha256("".join(a.uid for a in alerts).encode()).hexdigest()[:32]
+        self._post([self.payload(a) for a in alerts], key)
+
+    def _post(self, body: Any, key: str) -> None:
+        """Send one request; sort the answer into done, retry later, or give up."""
         import httpx  # already loaded by __init__
 
         headers = {k: v.get_secret_value() for k, v in self.config.headers.items()}
-        headers["Idempotency-Key"] = alert.uid
+        headers["Idempotency-Key"] = key
         where = self.describe()
         try:
             response = self._client.request(
-                self.config.method,
-                self.config.url.get_secret_value(),
-                json=self.payload(alert),
-                headers=headers,
+                self.config.method, self.config.url.get_secret_value(), json=body, headers=headers
             )
         except httpx.HTTPError as exc:
             raise TransientDeliveryError(f"{type(exc).__name__} from {where}: {exc}") from exc
