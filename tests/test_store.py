@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -141,7 +142,10 @@ def test_retention_deletes_old_delivered_alerts_never_pending_or_failed(tmp_path
             "alert 1999"
         }
         assert len(titles) == 1002
-        assert store.delivery_counts()["mail"] == {"sent": 998, "failed": 2, "pending": 2}
+        rows = store.query("SELECT status, COUNT(*) FROM deliveries GROUP BY status")
+        assert dict(map(tuple, rows)) == {"sent": 998, "failed": 2, "pending": 2}
+        # The counters count every delivery that ended, those of deleted alerts too.
+        assert store.delivery_counts()["mail"] == {"sent": 2996, "failed": 2, "pending": 2}
         assert store.path.stat().st_size < size * 0.6  # the space went back to the file system
         # max_alerts: keep the newest 100 (and whatever is still to be delivered).
         store.prune(before=0.0, keep=100)
@@ -180,3 +184,34 @@ def test_due_deliveries_come_in_order_from_the_index_and_the_cursor_sees_each_on
         assert sorted(seen) == seen == sorted(d.id for d in again)
         assert store.pending_after("mail", cursor) == ([], cursor)
         assert store.pending_after("chat", None) == ([], cursor)  # nothing for chat: the end
+
+
+def test_counters_agree_with_the_rows_through_every_kind_of_mark(tmp_path: Path) -> None:
+    """The counters pages read must say what a scan of the rows says, after any marks."""
+    with Store(tmp_path / "wk.db") as store:
+        fill(store, 700, start=time.time() - 7200, routes=[Route("mail"), Route("chat")])
+        mail = [d.id for d in store.due("mail", now=10**10, limit=1000)]
+        store.mark_sent(mail[:300], now=1.0)
+        store.mark_sent(mail[:10], now=2.0)  # again: idempotent, counted once
+        store.mark_failed(mail[300:400], "550")
+        store.mark_retry(mail[400:450], "timeout", next_try=0.0)
+        store.mark_retry(mail[400:420], "timeout", next_try=0.0)
+        assert store.retry_failed("mail") == 100
+        store.mark_failed(mail[300:350], "550")
+        scanned: dict[str, dict[str, int]] = {}
+        for notifier, status, count in store.query(
+            "SELECT notifier, status, COUNT(*) FROM deliveries GROUP BY 1, 2"
+        ):
+            scanned.setdefault(notifier, {})[status] = count
+        assert store.delivery_counts() == scanned
+        attempts = dict(
+            map(tuple, store.query("SELECT notifier, SUM(attempts) FROM deliveries GROUP BY 1"))
+        )
+        assert store.delivery_attempts() == {
+            "mail": attempts["mail"],
+            "chat": 0,
+        } or store.delivery_attempts() == {"mail": attempts["mail"]}
+        assert store.alert_totals() == [("w", Severity.ERROR, 700)]
+        by_hour = store.recent_alert_counts(time.time() - 86400)
+        assert by_hour == {"w": 700}
+        assert store.recent_alert_counts(time.time() + 3600) == {}

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from watchkeeper import tallies
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.errors import StoreError
 
@@ -78,13 +79,16 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE watchers ADD COLUMN failures_total INTEGER NOT NULL DEFAULT 0;
     """,
     # 3: fingerprints (grouping, throttles); due deliveries from a partial index in due order,
-    # so taking the next ones never sorts the backlog and the index holds only pending rows.
+    # so taking the next ones never sorts the backlog and the index holds only pending rows;
+    # failed ones in one too (status pages list their errors); counters (see tallies.py).
     3: """
     ALTER TABLE alerts ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
     DROP INDEX deliveries_due;
     CREATE INDEX deliveries_pending ON deliveries (notifier, next_try, id)
         WHERE status = 'pending';
-    """,
+    CREATE INDEX deliveries_failed ON deliveries (notifier, id) WHERE status = 'failed';
+    """
+    + tallies.SCHEMA,
 }
 WAL_LIMIT = 64 * 2**20
 """Bytes the write-ahead log is cut back to after a checkpoint."""
@@ -443,15 +447,16 @@ class Store:
             raise sqlite3.IntegrityError("the new alerts' ids are not consecutive")
         for offset, alert in enumerate(alerts):
             alert.id = first + offset
+        deliveries = [
+            (alert.id, r.notifier, now)
+            for alert in alerts
+            for r in routes
+            if alert.severity >= r.min_severity
+        ]
         conn.executemany(
-            "INSERT INTO deliveries (alert_id, notifier, next_try) VALUES (?, ?, ?)",
-            [
-                (alert.id, r.notifier, now)
-                for alert in alerts
-                for r in routes
-                if alert.severity >= r.min_severity
-            ],
+            "INSERT INTO deliveries (alert_id, notifier, next_try) VALUES (?, ?, ?)", deliveries
         )
+        tallies.committed(conn, alerts, [d[1] for d in deliveries])
 
     # -- outbox -----------------------------------------------------------------------------
 
@@ -524,52 +529,111 @@ class Store:
             "status = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL",
             (now,),
             delivery_ids,
+            "sent",
         )
 
     def mark_retry(self, delivery_ids: Sequence[int], error: str, next_try: float) -> None:
         """Record a failed try; the deliveries stay pending until ``next_try``."""
         self._mark(
-            "attempts = attempts + 1, last_error = ?, next_try = ?", (error, next_try), delivery_ids
+            "attempts = attempts + 1, last_error = ?, next_try = ?",
+            (error, next_try),
+            delivery_ids,
+            None,
         )
 
     def mark_failed(self, delivery_ids: Sequence[int], error: str) -> None:
         """Record deliveries that cannot succeed; they stay visible in status and the API."""
         self._mark(
-            "status = 'failed', attempts = attempts + 1, last_error = ?", (error,), delivery_ids
+            "status = 'failed', attempts = attempts + 1, last_error = ?",
+            (error,),
+            delivery_ids,
+            "failed",
         )
 
-    def _mark(self, assignments: str, values: tuple[Any, ...], ids: Sequence[int]) -> None:
-        """One UPDATE for many deliveries: a transaction per :data:`MARK_CHUNK` of them, so
-        marking a digest of 100,000 alerts never holds the writer long (a mark is idempotent)."""
-        sql = f"UPDATE deliveries SET {assignments} WHERE id = ?"
+    def _mark(
+        self, assignments: str, values: tuple[Any, ...], ids: Sequence[int], to: str | None
+    ) -> None:
+        """One UPDATE for many pending deliveries, counted (``to``: their new status): a
+        transaction per :data:`MARK_CHUNK`, so marking a digest of 100,000 alerts never holds
+        the writer long. A delivery no longer pending is left alone: a mark is idempotent."""
+        sql = f"UPDATE deliveries SET {assignments} WHERE id = ? AND status = 'pending'"
         for start in range(0, len(ids), MARK_CHUNK):
+            chunk = ids[start : start + MARK_CHUNK]
             with self.transaction() as conn:
-                conn.executemany(sql, [(*values, i) for i in ids[start : start + MARK_CHUNK]])
+                counts = conn.execute(
+                    f"SELECT notifier, COUNT(*) FROM deliveries WHERE id IN "
+                    f"({','.join('?' * len(chunk))}) AND status = 'pending' GROUP BY notifier",
+                    chunk,
+                ).fetchall()
+                conn.executemany(sql, [(*values, i) for i in chunk])
+                for notifier, count in counts:
+                    tallies.tried(conn, notifier, count)
+                    if to is not None:
+                        tallies.moved(conn, notifier, "pending", to, count)
 
     def retry_failed(self, notifier: str | None = None) -> int:
         """Put failed deliveries back in the queue (after fixing a notifier's config)."""
+        where = "status = 'failed' AND (? IS NULL OR notifier = ?)"
         with self.transaction() as conn:
+            counts = conn.execute(
+                f"SELECT notifier, COUNT(*) FROM deliveries WHERE {where} GROUP BY notifier",
+                (notifier, notifier),
+            ).fetchall()
             cursor = conn.execute(
-                "UPDATE deliveries SET status = 'pending', next_try = ? WHERE status = 'failed' "
-                "AND (? IS NULL OR notifier = ?)",
+                f"UPDATE deliveries SET status = 'pending', next_try = ? WHERE {where}",
                 (time.time(), notifier, notifier),
             )
+            for name, count in counts:
+                tallies.moved(conn, name, "failed", "pending", count)
             return cursor.rowcount
 
     def delivery_counts(self) -> dict[str, dict[str, int]]:
-        """{notifier: {status: count}} for status pages."""
+        """{notifier: {status: count}} for status pages, from the counters (no scan).
+
+        ``sent`` and ``failed`` count every delivery that ended, also those of alerts that
+        retention has deleted since; statuses with no delivery are left out.
+        """
         counts: dict[str, dict[str, int]] = {}
         for row in self._read(
-            "SELECT notifier, status, COUNT(*) FROM deliveries GROUP BY notifier, status"
+            "SELECT notifier, status, count FROM delivery_totals WHERE count != 0 "
+            "AND status IN ('pending', 'sent', 'failed')"
         ):
             counts.setdefault(row[0], {})[row[1]] = row[2]
         return counts
 
+    def delivery_attempts(self) -> dict[str, int]:
+        """{notifier: tries to deliver, failed ones included}, from the counters."""
+        rows = self._read("SELECT notifier, count FROM delivery_totals WHERE status = 'attempts'")
+        return {r[0]: r[1] for r in rows}
+
     def last_delivery_errors(self) -> dict[str, str]:
-        """{notifier: the most recent error of a pending or failed delivery}."""
+        """{notifier: the most recent error of a pending or failed delivery}.
+
+        Read through the pending and failed indexes: as costly as the deliveries not sent.
+        """
+        rows = [
+            row
+            for status in ("'pending'", "'failed'")  # literals: only they match partial indexes
+            for row in self._read(
+                "SELECT id, notifier, last_error FROM deliveries WHERE status = "
+                f"{status} AND last_error IS NOT NULL"
+            )
+        ]
+        return {r[1]: r[2] for r in sorted(rows, key=lambda r: int(r[0]))}
+
+    # -- counts -------------------------------------------------------------------------------
+
+    def alert_totals(self) -> list[tuple[str, Severity, int]]:
+        """(watcher, severity, alerts ever committed), from the counters."""
+        rows = self._read("SELECT watcher, severity, count FROM alert_totals ORDER BY 1, 2")
+        return [(r[0], Severity(r[1]), r[2]) for r in rows]
+
+    def recent_alert_counts(self, since: float) -> dict[str, int]:
+        """{watcher: alerts committed since ``since``}, counted by the hour (the hour that holds
+        ``since`` counts whole), from the counters."""
         rows = self._read(
-            "SELECT notifier, last_error FROM deliveries WHERE last_error IS NOT NULL "
-            "AND status != 'sent' ORDER BY id"
+            "SELECT watcher, SUM(count) FROM alert_hours WHERE hour >= ? GROUP BY watcher",
+            (int(since // tallies.HOUR),),
         )
         return {r[0]: r[1] for r in rows}
 
@@ -583,6 +647,8 @@ class Store:
         its alert, however old. Each step of ``step`` alerts is its own short transaction, so the
         watchers' commits never wait long behind it.
         """
+        with self.transaction() as conn:
+            tallies.drop_old_hours(conn, time.time())
         rows = self._read("SELECT id FROM alerts ORDER BY id DESC LIMIT 1 OFFSET ?", (keep,))
         beyond = int(rows[0][0]) if rows else 0  # ids up to this one are past the newest `keep`
         old = self._read("SELECT MAX(id) FROM alerts WHERE created_at < ?", (before,))[0][0]
