@@ -234,6 +234,11 @@ class Store:
         """A read-only query, for reports that own their SQL (the dashboard, /metrics)."""
         return self._read(sql, params)
 
+    def reader(self) -> Store:
+        """A read-only store on the same state with a connection of its own, for readers that
+        must never wait for (or hold up) the writer: the dashboard, the API, /metrics."""
+        return Store(self.path, readonly=True)
+
     def __enter__(self) -> Store:
         return self
 

@@ -180,6 +180,9 @@ async def push_changes(ctx: Context) -> None:
     seen: dict[str, dict[str, Any]] = {}
     while True:
         await asyncio.sleep(POLL)
+        if not ctx.broadcaster.count:  # nobody is looking: nothing to read
+            seen.clear()
+            continue
         try:
             docs = watcher_docs(ctx.store)
             newest = last_alert_id(ctx.store)

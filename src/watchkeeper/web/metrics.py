@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from watchkeeper.alerts import Severity
 from watchkeeper.store import Store
 from watchkeeper.web.details import file_size, lag
 
@@ -70,10 +69,8 @@ class StoreCollector(Collector):
             "Alerts made, by severity and watcher.",
             labels=["severity", "watcher"],
         )
-        for severity, watcher, count in self.store.query(
-            "SELECT severity, watcher, COUNT(*) FROM alerts GROUP BY severity, watcher"
-        ):
-            alerts.add_metric([str(Severity(severity)), watcher], count)
+        for watcher, severity, count in self.store.alert_totals():
+            alerts.add_metric([str(severity), watcher], count)
         yield alerts
 
         deliveries = CounterMetricFamily(
@@ -95,10 +92,8 @@ class StoreCollector(Collector):
             for outcome in ("sent", "failed"):
                 deliveries.add_metric([notifier, outcome], counts.get(outcome, 0))
             pending.add_metric([notifier], counts.get("pending", 0))
-        for notifier, total in self.store.query(
-            "SELECT notifier, SUM(attempts) FROM deliveries GROUP BY notifier"
-        ):
-            attempts.add_metric([notifier], total or 0)
+        for notifier, total in sorted(self.store.delivery_attempts().items()):
+            attempts.add_metric([notifier], total)
         yield from (deliveries, pending, attempts)
 
         clients = GaugeMetricFamily(

@@ -125,7 +125,10 @@ class Dashboard:
         sock, store = self._sock, self.keeper.store
         if sock is None or store is None:
             raise DashboardError("dashboard: start the keeper (which binds the address) first")
-        app = build_app(self.keeper, store, self.token, self.bind)
+        # Pages, the API, /metrics and the stream read through a connection of their own (a WAL
+        # reader): never under the lock of the one the watchers and dispatchers write with.
+        reader = store.reader()
+        app = build_app(self.keeper, reader, self.token, self.bind)
         self._broadcaster = app.state.wk.broadcaster
         config = uvicorn.Config(
             app,
@@ -144,6 +147,7 @@ class Dashboard:
                 log.exception("dashboard server failed")
             finally:
                 sock.close()
+                reader.close()
 
         self._thread = threading.Thread(target=run, name="watchkeeper:dashboard", daemon=True)
         self._thread.start()

@@ -10,8 +10,8 @@ replays from the store, so nothing committed in between can slip past; a live ba
 continues the cursor exactly is sent as is; anything else (a gap because two watcher threads
 committed in one order and called back in the other, or an alert another process added) makes
 the client read the store from its cursor; ids at or below the cursor are dropped. Alert ids grow
-by one per committed alert (SQLite AUTOINCREMENT, no deletes), which is what "continues exactly"
-relies on.
+by one per committed alert (SQLite AUTOINCREMENT; retention deletes only old ones), which is what
+"continues exactly" relies on. A commit's alerts are serialised once, for every client.
 
 Every alert event carries its id as the SSE ``id``, and the stream opens with a ``ready`` event
 that carries the cursor, so a client that saw no alert yet still resumes from the right place
@@ -82,10 +82,17 @@ class Broadcaster:
             self._clients.discard(client)
 
     def publish_alerts(self, alerts: list[Alert]) -> None:
-        """The keeper's listener: runs on the watcher thread that committed ``alerts``."""
+        """The keeper's listener: runs on the watcher thread that committed ``alerts``.
+
+        Each alert is serialised here, once for every client (and not at all when none is
+        connected): a hundred clients cost one ``json.dumps`` per alert, not a hundred.
+        """
         with self._lock:
             self.newest = max([self.newest, *(a.id or 0 for a in alerts)])
-        self.publish(list(alerts))
+            if not self._clients:
+                return
+        ordered = sorted(alerts, key=lambda a: a.id or 0)
+        self.publish(Batch(ordered, [sse(a.to_dict(), "alert", a.id) for a in ordered]))
 
     def wake(self, newest: int) -> None:
         """Alerts up to ``newest`` exist that were not handed over (another process made them)."""
@@ -110,6 +117,14 @@ class Broadcaster:
         """How many clients are connected."""
         with self._lock:
             return len(self._clients)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Alerts one commit made, in id order, with their SSE messages made once for all clients."""
+
+    alerts: list[Alert]
+    texts: list[str]
 
 
 @dataclass(frozen=True)
@@ -165,13 +180,14 @@ async def alert_events(
             if isinstance(item, dict):
                 yield sse(item, "watcher")
                 continue
-            alerts: list[Alert] = [] if item is _WAKE else sorted(item, key=lambda a: a.id or 0)
+            batch = item if isinstance(item, Batch) else Batch([], [])
+            alerts = batch.alerts
             if alerts and (alerts[-1].id or 0) <= cursor:
                 continue
             if alerts and alerts[0].id == cursor + 1 and _contiguous(alerts):
-                for alert in alerts:
+                for alert, text in zip(alerts, batch.texts, strict=True):
                     if selector.accepts(alert):
-                        yield sse(alert.to_dict(), "alert", alert.id)
+                        yield text
                 cursor = alerts[-1].id or cursor
             else:
                 more = True
