@@ -233,8 +233,9 @@ def backlog(full: bool) -> None:
                     f"in {took:.2f} s = {rates[pending]:,.0f} alerts/s"
                 )
                 if full and pending > 10_000:
-                    took = drain(store, folder / "all.jsonl", pending - 10_000)
-                    print(f"  the other {pending - 10_000:,} in {took:.1f} s")
+                    left = store.delivery_counts()["jsonl"].get("pending", 0)
+                    took = drain(store, folder / "all.jsonl", left)
+                    print(f"  the other {left:,} in {took:.1f} s = {left / took:,.0f} alerts/s")
     print(f"backlog rate at 900,000 / at 10,000 pending: {rates[900_000] / rates[10_000]:.2f}")
 
 
