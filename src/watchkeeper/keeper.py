@@ -86,6 +86,7 @@ class Keeper:
         ]
         _unique([n.name for n in self.notifiers], "notifier")
         self.watchers: list[Watcher] = []
+        self._names: set[str] = set()  # of the watchers added: checking a list was quadratic
         for watcher in watchers:
             self.add(watcher)
         self.store: Store | None = None
@@ -124,8 +125,9 @@ class Keeper:
             raise RuntimeError("add watchers before keeper.start()")
         if isinstance(watcher, WatcherConfig):
             watcher = build_watcher(watcher)
-        if any(w.name == watcher.name for w in self.watchers):
+        if watcher.name in self._names:
             raise ConfigError(f"watcher name {watcher.name!r} is used twice; names must be unique")
+        self._names.add(watcher.name)
         self.watchers.append(watcher)
         return watcher
 
@@ -228,10 +230,7 @@ class Keeper:
             try:
                 store.claim()
                 self._dispatchers = [Dispatcher(notifier, store) for notifier in self.notifiers]
-                self._runs = {
-                    w.name: WatcherRun(w, store, self.routes, self._committed)
-                    for w in self.watchers
-                }
+                self._runs = self._new_runs(self.watchers, store)
                 self._drivers = _drivers(list(self._runs.values()))
                 self._pruner = Pruner(store, self.retention, self.max_alerts)
                 # A companion that cannot start (a busy address) stops the start before checks.
@@ -259,6 +258,14 @@ class Keeper:
             self.state_path,
         )
         return self
+
+    def _new_runs(self, watchers: Sequence[Watcher], store: Store) -> dict[str, WatcherRun]:
+        """A run per watcher, their rows registered in one transaction."""
+        records = store.register_watchers([(w.name, w.kind) for w in watchers])
+        return {
+            w.name: WatcherRun(w, store, self.routes, self._committed, record=records[w.name])
+            for w in watchers
+        }
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop watchers, flush deliveries for at most ``timeout`` (default shutdown_timeout).
@@ -395,7 +402,7 @@ class Keeper:
         self.watchers = [
             keep.get(w.name) or fresh[w.name] for w in watchers if w.name in keep | fresh
         ]
-        runs = {n: WatcherRun(w, store, self.routes, self._committed) for n, w in fresh.items()}
+        runs = self._new_runs(list(fresh.values()), store)
         self._runs = {n: r for n, r in self._runs.items() if n in keep} | runs
         started = _drivers(list(runs.values()))
         self._drivers = [d for d in self._drivers if d not in ending or d.is_alive()] + started

@@ -27,7 +27,7 @@ from watchkeeper.errors import PermanentDeliveryError, StoreError, TransientDeli
 from watchkeeper.grouping import Grouper, GroupPolicy
 from watchkeeper.notifiers.base import Notifier
 from watchkeeper.quantities import MAX_DURATION
-from watchkeeper.store import Route, Store
+from watchkeeper.store import Route, Store, WatcherRecord
 from watchkeeper.watchers.base import Watcher
 
 log = logging.getLogger("watchkeeper")
@@ -85,7 +85,10 @@ class WatcherRun:
         routes: Callable[[], Sequence[Route]],
         on_commit: Callable[[list[Alert]], None],
         clock: Callable[[], float] = time.time,
+        record: WatcherRecord | None = None,
     ) -> None:
+        """``record``: the watcher's registered row (see :meth:`Store.register_watchers`);
+        registered here when not given."""
         self.watcher = watcher
         self.store = store
         self.routes = routes
@@ -97,7 +100,8 @@ class WatcherRun:
         self.keeps_checkpoint = not watcher.pool_size
         self.wake: Callable[[], None] = _no_driver
         """Set by the driver: makes the next check happen at once."""
-        record = store.register_watcher(watcher.name, watcher.kind)
+        if record is None:
+            record = store.register_watcher(watcher.name, watcher.kind)
         self.checkpoint: Any = record.checkpoint
         if self.checkpoint is None:  # runs in keeper.start(), before anything else can happen
             try:

@@ -358,15 +358,23 @@ class Store:
 
     def register_watcher(self, name: str, kind: str) -> WatcherRecord:
         """Make sure the watcher has a row (so status shows it before its first check)."""
+        return self.register_watchers([(name, kind)])[name]
+
+    def register_watchers(self, watchers: Sequence[tuple[str, str]]) -> dict[str, WatcherRecord]:
+        """Rows for many (name, kind) watchers in one transaction, and their records by name:
+        a keeper of 10,000 page watchers starts with one commit, not 10,000."""
         with self.transaction() as conn:
-            conn.execute(
+            conn.executemany(
                 "INSERT INTO watchers (name, kind) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET kind = excluded.kind",
-                (name, kind),
+                watchers,
             )
-        record = self.watcher(name)
-        assert record is not None
-        return record
+        wanted = {name for name, _ in watchers}
+        if len(wanted) == 1:
+            rows = self._read("SELECT * FROM watchers WHERE name = ?", (next(iter(wanted)),))
+        else:
+            rows = self._read("SELECT * FROM watchers")
+        return {r["name"]: _watcher_record(r) for r in rows if r["name"] in wanted}
 
     def set_paused(self, name: str, paused: bool) -> None:
         """Pause or resume a watcher; the flag survives restarts."""
