@@ -92,7 +92,9 @@ class Broadcaster:
             if not self._clients:
                 return
         ordered = sorted(alerts, key=lambda a: a.id or 0)
-        self.publish(Batch(ordered, [sse(a.to_dict(), "alert", a.id) for a in ordered]))
+        texts = [sse(a.to_dict(), "alert", a.id) for a in ordered]
+        lowest = min(a.severity for a in ordered)
+        self.publish(Batch(ordered, texts, "".join(texts).encode(), lowest))
 
     def wake(self, newest: int) -> None:
         """Alerts up to ``newest`` exist that were not handed over (another process made them)."""
@@ -121,10 +123,23 @@ class Broadcaster:
 
 @dataclass(frozen=True)
 class Batch:
-    """Alerts one commit made, in id order, with their SSE messages made once for all clients."""
+    """Alerts one commit made, in id order, with their SSE messages made once for all clients:
+    each one's text, and all of them as the bytes a client that takes them all is sent."""
 
     alerts: list[Alert]
     texts: list[str]
+    data: bytes = b""
+    lowest: Severity = Severity.DEBUG
+
+    def for_client(self, selector: StreamFilter) -> str | bytes:
+        """What a client with this filter is sent (the shared bytes when it takes every alert)."""
+        if selector.watcher is None and self.lowest >= selector.min_severity:
+            return self.data
+        return "".join(
+            text
+            for alert, text in zip(self.alerts, self.texts, strict=True)
+            if selector.accepts(alert)
+        )
 
 
 @dataclass(frozen=True)
@@ -153,7 +168,7 @@ async def alert_events(
     store: Store,
     since: int | None,
     selector: StreamFilter,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[str | bytes]:
     """The SSE body: ``ready``, the replay after ``since``, then live alerts until closed."""
     client = broadcaster.add(asyncio.get_running_loop())
     try:
@@ -167,8 +182,8 @@ async def alert_events(
         more = True
         while more:
             cursor, texts, more = _from_store(store, cursor, selector)
-            for text in texts:
-                yield text
+            if texts:
+                yield "".join(texts)
         while not client.overflowed:
             try:
                 item = await asyncio.wait_for(client.queue.get(), KEEPALIVE)
@@ -185,16 +200,18 @@ async def alert_events(
             if alerts and (alerts[-1].id or 0) <= cursor:
                 continue
             if alerts and alerts[0].id == cursor + 1 and _contiguous(alerts):
-                for alert, text in zip(alerts, batch.texts, strict=True):
-                    if selector.accepts(alert):
-                        yield text
+                # One write per commit, not per alert: a storm's cost per client is a few
+                # socket writes, not thousands.
+                shown = batch.for_client(selector)
+                if shown:
+                    yield shown
                 cursor = alerts[-1].id or cursor
             else:
                 more = True
                 while more:
                     cursor, texts, more = _from_store(store, cursor, selector)
-                    for text in texts:
-                        yield text
+                    if texts:
+                        yield "".join(texts)
     finally:
         broadcaster.remove(client)
 
