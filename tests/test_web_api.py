@@ -711,3 +711,32 @@ def test_ids_beyond_what_sqlite_holds_are_a_400(served: tuple[Keeper, Dashboard]
     with httpx.Client(base_url=dashboard.url, timeout=10) as http:
         assert http.get("/api/alerts", params={"since_id": huge}).status_code == 400
         assert http.get("/api/stream", params={"since": huge}).status_code == 400
+
+
+def test_pages_and_metrics_answer_while_the_writer_holds_a_long_transaction(
+    served: tuple[Keeper, Dashboard], feed: Feed
+) -> None:
+    """The dashboard reads through a connection of its own: a write in progress (a big commit,
+    a prune step) never makes a page wait, and the page shows the last committed state."""
+    keeper, dashboard = served
+    feed.put("before the long write", "error")
+    store = keeper.store
+    assert store is not None
+    wait_until(lambda: store.delivery_counts().get("jsonl", {}).get("sent"))
+    with httpx.Client(base_url=dashboard.url, timeout=5) as http:
+        answered = threading.Event()
+        with store.transaction() as conn:  # the writer's lock and SQLite's write lock, held
+            conn.execute("UPDATE watchers SET last_error = 'uncommitted' WHERE name = 'probe'")
+
+            def look() -> None:
+                watchers = http.get("/api/watchers").json()
+                assert watchers[0]["last_error"] != "uncommitted"
+                assert http.get("/metrics").status_code == 200
+                assert "before the long write" in http.get("/alerts").text
+                answered.set()
+
+            looker = threading.Thread(target=look)
+            looker.start()
+            assert answered.wait(5), "a page waited for the writer"
+            conn.execute("UPDATE watchers SET last_error = NULL WHERE name = 'probe'")
+        looker.join()
