@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from watchkeeper import StoreError
+from tests.conftest import wait_until
+from watchkeeper import Keeper, Observation, StoreError
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.store import Route, Store
 
@@ -98,7 +99,13 @@ def test_not_a_database(tmp_path: Path) -> None:
         Store(path)
 
 
-def fill(store: Store, count: int, start: float = 0.0, routes: list[Route] | None = None) -> None:
+def fill(
+    store: Store,
+    count: int,
+    start: float = 0.0,
+    routes: list[Route] | None = None,
+    body: int = 2000,
+) -> None:
     """``count`` alerts, one a second from ``start``, each with a delivery to "mail"."""
     store.register_watcher("w", "custom")
     for first in range(0, count, 500):
@@ -113,7 +120,7 @@ def fill(store: Store, count: int, start: float = 0.0, routes: list[Route] | Non
                     severity=Severity.ERROR,
                     title=f"alert {i}",
                     key=f"k{i}",
-                    body="x" * 2000,
+                    body="x" * body,
                     created_at=start + i,
                 )
                 for i in range(first, min(count, first + 500))
@@ -210,3 +217,90 @@ def test_counters_agree_with_the_rows_through_every_kind_of_mark(tmp_path: Path)
         by_hour = store.recent_alert_counts(time.time() - 86400)
         assert by_hour == {"w": 700}
         assert store.recent_alert_counts(time.time() + 3600) == {}
+
+
+def test_a_keeper_bounds_its_history_as_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pruner thread of a running keeper: the newest max_alerts stay, and every older alert
+    whose delivery is still to be done (to an unreachable webhook) stays too."""
+    monkeypatch.setattr("watchkeeper.retention.FIRST_PRUNE", 0.05)
+    monkeypatch.setattr("watchkeeper.retention.PRUNE_EVERY", 0.1)
+    checks = iter(range(60))  # 60 checks of 20 alerts, then nothing
+    keeper = Keeper(
+        state=tmp_path / "wk.db",
+        notify=[
+            {"kind": "jsonl", "path": str(tmp_path / "all.jsonl")},
+            {"kind": "webhook", "url": "http://127.0.0.1:9/", "min_severity": "critical"},
+        ],
+        max_alerts=50,
+    )
+
+    def check() -> list[Observation]:
+        number = next(checks, None)
+        if number is None:
+            return []
+        return [
+            Observation(
+                f"event {number}-{i}", severity="critical" if i == 0 else "info", event=True
+            )
+            for i in range(20)
+        ]
+
+    keeper.every(0.01, check, name="w")
+    with keeper:
+        store = keeper.store
+        assert store is not None
+        wait_until(lambda: sum(n for _, _, n in store.alert_totals()) == 1200)
+
+        def settled() -> bool:
+            kept = store.alerts(limit=10**6)
+            older = kept[:-50]
+            return len(kept) >= 50 and all(a.severity is Severity.CRITICAL for a in older)
+
+        wait_until(settled, timeout=30)
+        kept = store.alerts(limit=10**6)
+        # Every critical alert is kept: its webhook delivery is still pending.
+        assert sum(a.severity is Severity.CRITICAL for a in kept) == 60
+        assert len(kept) == 50 + sum(a.severity is Severity.CRITICAL for a in kept[:-50])
+        assert store.delivery_counts()["jsonl"] == {"sent": 1200}
+    lines = (tmp_path / "all.jsonl").read_text().splitlines()
+    assert len(lines) == 1200  # the file got every alert before its history went
+
+
+@pytest.mark.slow
+def test_a_large_history_drains_in_order_prunes_to_its_bound_and_counts_right(
+    tmp_path: Path,
+) -> None:
+    """300,000 alerts (through the store's API): the outbox gives the oldest first with 300,000
+    pending, the counters agree with a scan, and pruning to 100,000 keeps exactly the newest
+    100,000 plus what is still pending, and gives the space back."""
+    total = 300_000
+    with Store(tmp_path / "wk.db") as store:
+        fill(store, total, start=time.time() - total, body=100)
+        first = store.due("mail", now=10**10, limit=1000)
+        assert [d.alert.title for d in first[:3]] == ["alert 0", "alert 1", "alert 2"]
+        store.mark_failed([first[0].id], "550")  # alert 0: failed, so kept
+        delivered = 1
+        while delivered < total - 10:  # leave the newest 10 pending
+            batch = store.due("mail", now=10**10, limit=min(5000, total - 10 - delivered))
+            store.mark_sent([d.id for d in batch], now=1.0)
+            delivered += len(batch)
+        scanned = dict(
+            map(tuple, store.query("SELECT status, COUNT(*) FROM deliveries GROUP BY status"))
+        )
+        assert (
+            store.delivery_counts()["mail"]
+            == scanned
+            == {
+                "sent": total - 11,
+                "failed": 1,
+                "pending": 10,
+            }
+        )
+        size = store.path.stat().st_size
+        assert store.prune(before=0.0, keep=100_000) == total - 100_000 - 1
+        titles = [a.title for a in store.alerts(limit=10**6)]
+        assert titles == ["alert 0"] + [f"alert {i}" for i in range(total - 100_000, total)]
+        assert store.path.stat().st_size < size * 0.5
+        assert store.alert_totals() == [("w", Severity.ERROR, total)]
