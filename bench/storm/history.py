@@ -22,53 +22,29 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import signal
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from watchkeeper.alerts import Alert, Severity
-from watchkeeper.store import Route, Store
+from agent import count_lines, cpu, fill, start_agent, stop
 
-TICKS = os.sysconf("SC_CLK_TCK")
+from watchkeeper.store import Store
 
 
-def fill(state: Path, count: int) -> float:
+def filled(state: Path, count: int) -> float:
     """``count`` delivered alerts through the store's API; returns the seconds it took."""
     started = time.perf_counter()
     with Store(state) as store:
-        store.register_watcher("app", "log")
+        fill(store, count, "CRITICAL request {i} failed", spread=0.1)
         now = time.time()
-        for first in range(0, count, 1000):
-            alerts = [
-                Alert(
-                    watcher="app",
-                    kind="log",
-                    severity=Severity.CRITICAL if i % 10 else Severity.ERROR,
-                    title=f"app: CRITICAL request {i} failed after {i % 997} ms",
-                    key="CRITICAL",
-                    body=f"CRITICAL request {i} failed after {i % 997} ms",
-                    data={"path": "/var/log/app.log", "offset": i * 60, "rule": 0},
-                    created_at=now - (count - i) * 0.1,
-                )
-                for i in range(first, min(count, first + 1000))
-            ]
-            store.commit_check(
-                "app",
-                checkpoint=None,
-                rule_state={},
-                alerts=alerts,
-                routes=[Route("jsonl")],
-                now=now,
-                next_check=None,
-            )
-            store.mark_sent([d.id for d in store.due("jsonl", now + 1, limit=1000)], now)
+        while True:
+            due = store.due("jsonl", now + 1, limit=5000)
+            if not due:
+                break
+            store.mark_sent([d.id for d in due], now)
     return time.perf_counter() - started
 
 
@@ -76,17 +52,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def checks(state: Path) -> int:
-    with Store(state, readonly=True) as store:
-        record = store.watcher("app")
-        return record.checks if record else 0
 
 
 def get(port: int, path: str) -> float:
@@ -100,11 +65,6 @@ def get(port: int, path: str) -> float:
     if response.status != 200:
         raise RuntimeError(f"GET {path}: {response.status}")
     return time.perf_counter() - started
-
-
-def lines_in(path: Path) -> int:
-    with path.open("rb") as handle:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
 
 
 class SseClient(threading.Thread):
@@ -142,11 +102,11 @@ class SseClient(threading.Thread):
 
 def burst(folder: Path, out: Path, pid: int, lines: int, start: int) -> float:
     """Agent CPU seconds for ``lines`` matching lines written at once, until all are in jsonl."""
-    before_lines = lines_in(out)
+    before_lines = count_lines(out)
     before = cpu(pid)
     with (folder / "app.log").open("a") as handle:
         handle.write("".join(f"CRITICAL burst {start + i}\n" for i in range(lines)))
-    while lines_in(out) < before_lines + lines:
+    while count_lines(out) < before_lines + lines:
         time.sleep(0.05)
     time.sleep(0.5)  # let the stream hand-over finish
     return cpu(pid) - before
@@ -161,7 +121,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         folder = Path(tmp)
         state = folder / "wk.db"
-        took = fill(state, args.alerts)
+        took = filled(state, args.alerts)
         print(
             f"history: {args.alerts:,} alerts filled through Store.commit_check in {took:.0f} s; "
             f"state file {state.stat().st_size / 2**30:.2f} GiB"
@@ -169,23 +129,12 @@ def main() -> None:
         port = free_port()
         out = folder / "out.jsonl"
         out.touch()
-        (folder / "app.log").write_text("")
-        config = folder / "watchkeeper.toml"
-        config.write_text(
-            f'[keeper]\nstate = "{state}"\ndashboard = "127.0.0.1:{port}"\n'
-            f'shutdown_timeout = "5s"\nmax_alerts = {args.alerts * 2}\n\n'
-            f'[[notify]]\nkind = "jsonl"\npath = "{out}"\n\n'
-            f'[[log]]\nname = "app"\npaths = ["{folder / "app.log"}"]\n'
-            'rules = [{match = "CRITICAL", severity = "critical"}]\n'
-        )
-        before = checks(state)
         started = time.perf_counter()
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "watchkeeper", "run", "-c", str(config)],
-            stderr=subprocess.DEVNULL,
+        agent = start_agent(
+            folder,
+            f'[[notify]]\nkind = "jsonl"\npath = "{out}"\n',
+            f'dashboard = "127.0.0.1:{port}"\nmax_alerts = {args.alerts * 2}',
         )
-        while checks(state) <= before:
-            time.sleep(0.005)
         print(f"start-up: {time.perf_counter() - started:.2f} s to the first committed check")
         while True:
             try:
@@ -204,11 +153,11 @@ def main() -> None:
         lags = []
         with (folder / "app.log").open("a") as handle:
             for trial in range(30):
-                seen = lines_in(out)
+                seen = count_lines(out)
                 sent = time.perf_counter()
                 handle.write(f"CRITICAL single {trial}\n")
                 handle.flush()
-                while lines_in(out) <= seen:
+                while count_lines(out) <= seen:
                     time.sleep(0.0005)
                 lags.append(time.perf_counter() - sent)
                 time.sleep(0.1)
@@ -235,10 +184,7 @@ def main() -> None:
         )
         for client in clients:
             client.close()
-        stopping = time.perf_counter()
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(timeout=60)
-        print(f"SIGTERM: exited in {time.perf_counter() - stopping:.2f} s (shutdown_timeout 5 s)")
+        print(f"SIGTERM: exited in {stop(agent):.2f} s (shutdown_timeout 5 s)")
 
 
 if __name__ == "__main__":

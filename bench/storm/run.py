@@ -13,8 +13,10 @@
    with the default smtp notifier (to an aiosmtpd sink in this process) and a jsonl notifier:
    when the first email arrives after the first line, how many emails in ``--minutes``, whether
    their counts (``X-Watchkeeper-Alerts``) add up, and whether the jsonl file has every alert.
+5. ``start``: a keeper of 1,000 and of 10,000 page watchers built and started, in this process
+   (the pages are on a closed port; their first checks fail at once).
 
-Usage: ``python bench/storm/run.py [throughput|lag|backlog|smtp ...] [--lines 100000]
+Usage: ``python bench/storm/run.py [throughput|lag|backlog|smtp|start ...] [--lines 100000]
 [--minutes 10] [--full]``
 """
 
@@ -22,19 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import subprocess
-import sys
+import logging
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from watchkeeper.alerts import Alert, Severity
+from agent import count_lines, cpu, fill, start_agent, stop
+
+from watchkeeper import Keeper
 from watchkeeper.demo.smtpsink import SmtpSink
 from watchkeeper.notifiers.jsonl import JsonlConfig, JsonlNotifier
 from watchkeeper.runtime import Dispatcher
-from watchkeeper.store import Route, Store
+from watchkeeper.store import Store
 
 MESSAGES = [
     "CRITICAL db timeout after {n} ms on db-{m}",
@@ -46,54 +48,6 @@ MESSAGES = [
 def line(i: int, stamp: float | None = None) -> str:
     text = MESSAGES[i % 3].format(n=i * 7, m=i % 13)
     return f"{text} t={stamp!r}\n" if stamp is not None else text + "\n"
-
-
-def start_agent(folder: Path, notify: str) -> subprocess.Popen[bytes]:
-    """``watchkeeper run`` on folder/app.log with these [[notify]] tables; returns once it
-    follows the file."""
-    config = folder / "watchkeeper.toml"
-    (folder / "app.log").write_text("")
-    config.write_text(
-        f'[keeper]\nstate = "{folder / "wk.db"}"\ndashboard = false\nshutdown_timeout = "30s"\n\n'
-        f"{notify}\n"
-        f'[[log]]\nname = "app"\npaths = ["{folder / "app.log"}"]\n'
-        'rules = [{match = "CRITICAL", severity = "critical"}]\n'
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "watchkeeper", "run", "-c", str(config)], stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 30
-    while not (folder / "wk.db").exists() or not checked(folder / "wk.db"):
-        if time.monotonic() > deadline:
-            raise TimeoutError("watchkeeper did not start")
-        time.sleep(0.05)
-    return proc
-
-
-def checked(state: Path) -> bool:
-    with Store(state) as store:
-        record = store.watcher("app")
-        return record is not None and record.checks >= 1
-
-
-def stop(proc: subprocess.Popen[bytes]) -> float:
-    """SIGTERM, and how long the agent took to end."""
-    started = time.perf_counter()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    return time.perf_counter() - started
-
-
-def count_lines(path: Path) -> int:
-    try:
-        with path.open("rb") as handle:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
-    except FileNotFoundError:
-        return 0
 
 
 def pct(values: list[float], q: float) -> float:
@@ -108,14 +62,17 @@ def throughput(lines: int) -> None:
             out = folder / "out.jsonl"
             agent = start_agent(folder, f'[[notify]]\nkind = "jsonl"\npath = "{out}"\n')
             text = "".join(line(i) for i in range(n))
-            started = time.perf_counter()
+            started, used = time.perf_counter(), cpu(agent.pid)
             with (folder / "app.log").open("a") as handle:
                 handle.write(text)
             while count_lines(out) < n:
                 time.sleep(0.2)
-            took = time.perf_counter() - started
+            took, used = time.perf_counter() - started, cpu(agent.pid) - used
             stop(agent)
-            print(f"throughput {n:>9,} lines -> jsonl: {took:6.2f} s, {n / took:9,.0f} alerts/s")
+            print(
+                f"throughput {n:>9,} lines -> jsonl: {took:6.2f} s, {n / took:9,.0f} alerts/s; "
+                f"agent CPU {used:.2f} s, {n / used:,.0f} alerts per CPU second"
+            )
 
 
 def lag(rate: int, seconds: float) -> None:
@@ -168,34 +125,6 @@ def lag(rate: int, seconds: float) -> None:
         )
 
 
-def fill(store: Store, pending: int) -> None:
-    """``pending`` alerts with a jsonl delivery each, through the store's own API."""
-    store.register_watcher("app", "log")
-    now = time.time()
-    for first in range(0, pending, 1000):
-        store.commit_check(
-            "app",
-            checkpoint={"offset": first},
-            rule_state={},
-            alerts=[
-                Alert(
-                    watcher="app",
-                    kind="log",
-                    severity=Severity.CRITICAL,
-                    title="app: " + line(i).strip(),
-                    key="CRITICAL",
-                    body=line(i).strip(),
-                    data={"path": "/var/log/app.log", "line": line(i).strip(), "offset": i},
-                    created_at=now,
-                )
-                for i in range(first, min(pending, first + 1000))
-            ],
-            routes=[Route("jsonl")],
-            now=now,
-            next_check=None,
-        )
-
-
 def drain(store: Store, out: Path, count: int) -> float:
     """Seconds a real Dispatcher takes to deliver ``count`` alerts from the backlog."""
     notifier = JsonlNotifier(JsonlConfig(kind="jsonl", path=out))
@@ -224,7 +153,7 @@ def backlog(full: bool) -> None:
             folder = Path(tmp)
             with Store(folder / "wk.db") as store:
                 started = time.perf_counter()
-                fill(store, pending)
+                fill(store, pending, MESSAGES[0].replace("{n}", "{i}").replace("{m}", "7"))
                 filled = time.perf_counter() - started
                 took = drain(store, folder / "out.jsonl", 10_000)
                 rates[pending] = 10_000 / took
@@ -292,9 +221,31 @@ def smtp(lines: int, minutes: float) -> None:
         sink.stop()
 
 
+def start(pages: int) -> None:
+    """Build and start a keeper of ``pages`` page watchers (and of 10 times as many)."""
+    logging.getLogger("watchkeeper").setLevel(logging.CRITICAL)  # their checks are refused
+    for count in (pages, pages * 10):
+        with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+            started, used = time.perf_counter(), time.process_time()
+            keeper = Keeper(state=Path(tmp) / "wk.db")
+            for i in range(count):
+                keeper.page(f"http://127.0.0.1:9/p{i}", "li", name=f"p{i}", every="1h")
+            built = time.perf_counter()
+            keeper.start()
+            took, used = time.perf_counter(), time.process_time() - used
+            keeper.stop(timeout=5)
+            print(
+                f"start {count:>6,} page watchers: built in {built - started:.2f} s, started in "
+                f"{took - built:.2f} s, {took - started:.2f} s in all (CPU {used:.2f} s, the "
+                "first checks' included)"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parts", nargs="*", default=["throughput", "lag", "backlog", "smtp"])
+    parser.add_argument(
+        "parts", nargs="*", default=["throughput", "lag", "backlog", "smtp", "start"]
+    )
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--full", action="store_true", help="also drain the whole backlog")
@@ -308,6 +259,8 @@ def main() -> None:
             backlog(args.full)
         elif part == "smtp":
             smtp(args.lines, args.minutes)
+        elif part == "start":
+            start(1000)
         else:
             parser.error(f"unknown part {part!r}")
 
