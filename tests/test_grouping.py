@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import wait_until
-from watchkeeper import Keeper
+from tests.conftest import RecordingServer, wait_until
+from watchkeeper import Keeper, Observation
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.demo.smtpsink import SmtpSink
 from watchkeeper.grouping import ALIGN, Grouper, GroupPolicy
@@ -296,3 +296,34 @@ def checked(keeper: Keeper, name: str) -> bool:
     """Whether the watcher's first check is committed (so it follows the file's end)."""
     record = keeper.store.watcher(name) if keeper.store is not None else None
     return record is not None and record.checks >= 1
+
+
+def test_a_digest_that_fails_is_retried_whole_with_what_came_since_under_one_count(
+    tmp_path: Path, http_receiver: RecordingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook that answers 503: the digest stays held (pending in the store), is retried with
+    backoff, and when it goes through its count is every alert, none twice."""
+    monkeypatch.setattr("watchkeeper.runtime.RETRY_BASE", 0.05)
+    http_receiver.status = 503
+    batches = iter([10, 5])
+    keeper = Keeper(
+        state=tmp_path / "wk.db",
+        notify=[{"kind": "webhook", "url": http_receiver.url, "group_by": ["watcher"]}],
+    )
+    keeper.every(
+        0.05,
+        lambda: [Observation(f"disk {i}", event=True) for i in range(next(batches, 0))],
+        name="w",
+    )
+    with keeper:
+        store = keeper.store
+        assert store is not None
+        http_receiver.wait_for(2)  # the first message failed, and its retry
+        wait_until(lambda: store.delivery_counts().get("webhook", {}).get("pending") == 15)
+        http_receiver.status = 200
+        wait_until(lambda: store.delivery_counts()["webhook"] == {"sent": 15})
+    tries = {r.headers["Idempotency-Key"] for r in http_receiver.requests[:2]}
+    assert len(tries) == 1  # a retried digest keeps its key
+    delivered = http_receiver.requests[-1].json()
+    assert delivered["data"]["count"] == 15  # the failed 10 and the 5 that came since, once
+    assert delivered["data"]["groups"][0]["count"] == 15

@@ -647,14 +647,14 @@ class Dispatcher(threading.Thread):
         if self.notifier.batches:
             send = functools.partial(self.notifier.send_batch, [d.alert for d in due])
             ids = [d.id for d in due]
-            if self._attempt(send, ids, max(d.attempts for d in due) + 1) == "sent":
+            if self._attempt(send, ids, max(d.attempts for d in due) + 1)[0] == "sent":
                 self.store.mark_sent(ids, self.clock())
             return True
         for delivery in due:
             if self._out_of_time():
                 return False
             send = functools.partial(self.notifier.send, delivery.alert)
-            outcome = self._attempt(send, [delivery.id], delivery.attempts + 1)
+            outcome, _ = self._attempt(send, [delivery.id], delivery.attempts + 1)
             if outcome == "sent":
                 # Marked at once, not with the rest of the batch: a message takes far longer
                 # than a mark, and a crash then repeats at most the one in flight.
@@ -687,34 +687,40 @@ class Dispatcher(threading.Thread):
             else functools.partial(self.notifier.send_digest, digest)
         )
         ids = digest.ids
-        outcome = self._attempt(send, ids, self._failures + 1)
+        try:
+            outcome, next_try = self._attempt(send, ids, self._failures + 1)
+        except StoreError:  # the message failed and the store could not record it: hold it
+            grouper.failed(digest, self.clock() + IDLE_POLL)
+            raise
         if outcome == "sent":
             self._failures = 0
+            grouper.sent(digest, self.clock())  # it went out, whatever the marks do next
             self.store.mark_sent(ids, self.clock())
-            grouper.sent(digest, self.clock())
         elif outcome == "failed":
             self._failures = 0
             grouper.failed(digest, None)
         else:
             self._failures += 1
-            grouper.failed(digest, self.clock() + retry_delay(self._failures))
+            grouper.failed(digest, next_try)
         return True
 
     def _sleep(self, timeout: float) -> None:
         self.wake.wait(timeout)
         self.wake.clear()
 
-    def _attempt(self, send: Callable[[], None], ids: Sequence[int], attempts: int) -> str:
+    def _attempt(
+        self, send: Callable[[], None], ids: Sequence[int], attempts: int
+    ) -> tuple[str, float]:
         """Send, and record a failure in the store (a success is the caller's to record, with
         others in one transaction): ``"sent"``, ``"failed"`` (for good, marked failed) or
-        ``"retry"`` (may pass later: marked for a retry at its backoff)."""
+        ``"retry"`` (may pass later: marked for a retry at its backoff), and the next try."""
         name = self.notifier.name
         try:
             send()
         except PermanentDeliveryError as exc:
             log.error("notifier %s: giving up on %d alert(s): %s", name, len(ids), exc)
             self.store.mark_failed(ids, str(exc))
-            return "failed"
+            return "failed", 0.0
         except Exception as exc:  # unexpected errors are retried too: a bug must not lose alerts
             delay = retry_delay(attempts)
             text = str(exc) or type(exc).__name__
@@ -727,6 +733,7 @@ class Dispatcher(threading.Thread):
                     delay,
                     exc_info=attempts == 1,
                 )
-            self.store.mark_retry(ids, text, self.clock() + delay)
-            return "retry"
-        return "sent"
+            next_try = self.clock() + delay
+            self.store.mark_retry(ids, text, next_try)
+            return "retry", next_try
+        return "sent", 0.0
