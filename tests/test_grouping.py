@@ -20,7 +20,7 @@ from watchkeeper.demo.smtpsink import SmtpSink
 from watchkeeper.grouping import ALIGN, Grouper, GroupPolicy
 from watchkeeper.keeper import build_notifier
 from watchkeeper.notifiers.digest import Digest
-from watchkeeper.store import Delivery
+from watchkeeper.store import Delivery, Store
 
 _ids = itertools.count(1)
 
@@ -105,7 +105,7 @@ def test_max_per_interval_holds_messages_back() -> None:
     assert sent == [0, 50, 300, 350]
 
 
-def test_a_failed_message_is_held_and_retried_with_what_came_since() -> None:
+def test_a_failed_message_is_retried_as_it_was_and_what_came_since_waits() -> None:
     grouper = Grouper(policy())
     grouper.add([delivery("db 1", 0), delivery("db 2", 0)], 0)
     digest = grouper.take(0)
@@ -114,9 +114,13 @@ def test_a_failed_message_is_held_and_retried_with_what_came_since() -> None:
     grouper.add([delivery("db 3", 1)], 1)
     assert grouper.take(4) is None
     again = grouper.take(5)
-    assert again is not None
-    assert again.total == 3
-    assert [a.title for a in again.groups[0].examples] == ["db 1", "db 2", "db 3"]
+    assert again is digest  # the same alerts, so the same id: a receiver can drop a repeat
+    assert again.alert().uid == digest.alert().uid
+    grouper.sent(again, 5)
+    assert grouper.take(6) is None  # "db 3" waits for the group's interval
+    rest = grouper.take(305)
+    assert rest is not None
+    assert [a.title for a in rest.groups[0].examples] == ["db 3"]
 
 
 events = st.lists(
@@ -178,7 +182,7 @@ def test_digest_counts_add_up_over_random_storms(
 
     now = 0.0
     pending = collections.deque(storm)
-    while pending or grouper.held:
+    while pending or grouper.held or grouper.retrying is not None:
         due = grouper.due_at(now)
         arrival = pending[0][0] if pending else None
         if arrival is not None and (due is None or arrival <= due):
@@ -298,11 +302,11 @@ def checked(keeper: Keeper, name: str) -> bool:
     return record is not None and record.checks >= 1
 
 
-def test_a_digest_that_fails_is_retried_whole_with_what_came_since_under_one_count(
+def test_a_digest_that_fails_is_retried_as_it_was_and_nothing_is_counted_twice(
     tmp_path: Path, http_receiver: RecordingServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A webhook that answers 503: the digest stays held (pending in the store), is retried with
-    backoff, and when it goes through its count is every alert, none twice."""
+    """A webhook that answers 503: the digest stays pending, is retried with backoff under the
+    same Idempotency-Key, and alerts that came meanwhile go in the next message, once."""
     monkeypatch.setattr("watchkeeper.runtime.RETRY_BASE", 0.05)
     http_receiver.status = 503
     batches = iter([10, 5])
@@ -321,9 +325,13 @@ def test_a_digest_that_fails_is_retried_whole_with_what_came_since_under_one_cou
         http_receiver.wait_for(2)  # the first message failed, and its retry
         wait_until(lambda: store.delivery_counts().get("webhook", {}).get("pending") == 15)
         http_receiver.status = 200
-        wait_until(lambda: store.delivery_counts()["webhook"] == {"sent": 15})
-    tries = {r.headers["Idempotency-Key"] for r in http_receiver.requests[:2]}
-    assert len(tries) == 1  # a retried digest keeps its key
-    delivered = http_receiver.requests[-1].json()
-    assert delivered["data"]["count"] == 15  # the failed 10 and the 5 that came since, once
-    assert delivered["data"]["groups"][0]["count"] == 15
+        wait_until(lambda: store.delivery_counts()["webhook"] == {"sent": 10, "pending": 5})
+    # Stopping sent the 5 that waited for the group's interval.
+    with Store(tmp_path / "wk.db") as reopened:
+        assert reopened.delivery_counts()["webhook"] == {"sent": 15}
+    keys = [r.headers["Idempotency-Key"] for r in http_receiver.requests]
+    first, last = http_receiver.requests[-2].json(), http_receiver.requests[-1].json()
+    assert len(set(keys[:-1])) == 1  # every try of the first digest under one key
+    assert first["data"]["count"] == 10
+    assert last["data"]["count"] == 5
+    assert keys[-1] != keys[0]

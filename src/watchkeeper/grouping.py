@@ -11,8 +11,9 @@ each group goes out, with a clock passed in (tests drive it with plain numbers):
   that started together stay together instead of each sending on its own schedule;
 - ``max_per_interval`` caps the messages in any ``group_interval``; groups wait for room.
 
-Alerts stay pending in the store until their message is sent: a crash loses no alert, and the
-next start groups them again.
+A message that fails is retried as it was, with its id, after the dispatcher's backoff; alerts
+that come meanwhile wait for the next one. Alerts stay pending in the store until their message
+is sent: a crash loses no alert, and the next start groups them again.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Grouper:
         self._since: dict[tuple[str, ...], float] = {}  # when a held group's first alert came
         self._sent: dict[tuple[str, ...], float] = {}  # when each group last went out
         self._messages: collections.deque[float] = collections.deque()  # recent message times
+        self.retrying: Digest | None = None  # a message that failed, to be sent again as it was
         self.retry_at: float | None = None
 
     def add(self, deliveries: Iterable[Delivery], now: float) -> None:
@@ -60,11 +62,6 @@ class Grouper:
                 group = self.held[key] = Group(key)
                 self._since[key] = now
             group.add(delivery.id, delivery.alert, delivery.attempts)
-
-    @property
-    def count(self) -> int:
-        """Alerts held."""
-        return sum(g.count for g in self.held.values())
 
     def _due(self, key: tuple[str, ...]) -> float:
         since = self._since[key] + self.policy.wait
@@ -82,16 +79,22 @@ class Grouper:
 
     def due_at(self, now: float) -> float | None:
         """When the next message is due (None: nothing held)."""
+        if self.retrying is not None:
+            return self.retry_at
         if not self.held:
             return None
         due = min(self._due(k) for k in self.held)
-        if self.retry_at is not None:
-            due = max(due, self.retry_at)
         return max(due, self._room_at(now)) if due <= now else due
 
     def take(self, now: float, everything: bool = False) -> Digest | None:
-        """The groups due now (all held ones when ``everything``), or None; they leave ``held``
+        """The message due now, or None: a failed one to retry first, as it was (same alerts,
+        same id), else the groups due (all held ones when ``everything``). They leave ``held``
         until :meth:`sent` or :meth:`failed` says how their message went."""
+        if self.retrying is not None:
+            if not everything and (self.retry_at or 0.0) > now:
+                return None
+            digest, self.retrying = self.retrying, None
+            return digest
         if not everything:
             due = self.due_at(now)
             if due is None or due > now:
@@ -110,21 +113,24 @@ class Grouper:
         self._messages.append(now)
         for group in digest.groups:
             self._sent[group.key] = now
-            self._since.pop(group.key, None)
+            self._settled(group.key)
         self._forget(now)
 
     def failed(self, digest: Digest, retry_at: float | None) -> None:
-        """The message did not go out: hold its groups again (before any alerts that came since),
-        to be retried at ``retry_at``; None: given up, the groups are dropped."""
+        """The message did not go out: it is retried as it was at ``retry_at`` (alerts that
+        came since wait for the next message, so a receiver that did get it can tell a repeat
+        by its id); None: given up, its groups are dropped."""
         self.retry_at = retry_at
+        if retry_at is not None:
+            self.retrying = digest
+            return
         for group in digest.groups:
-            if retry_at is None:
-                self._since.pop(group.key, None)
-                continue
-            later = self.held.get(group.key)
-            if later is not None:
-                group.merge(later)
-            self.held[group.key] = group
+            self._settled(group.key)
+
+    def _settled(self, key: tuple[str, ...]) -> None:
+        """A group's message is done with: forget when it began, unless more are held."""
+        if key not in self.held:
+            self._since.pop(key, None)
 
     def _forget(self, now: float) -> None:
         """Drop the send times of groups quiet for a whole interval: they are new again."""

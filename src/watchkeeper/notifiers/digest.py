@@ -63,17 +63,6 @@ class Group:
         if len(self.examples) < EXAMPLES:
             self.examples.append(alert)
 
-    def merge(self, other: Group) -> None:
-        """Fold a later part of the same group into this one."""
-        for alert in other.examples:
-            if len(self.examples) < EXAMPLES:
-                self.examples.append(alert)
-        self.first = min(self.first, other.first) if self.ids else other.first
-        self.last = max(self.last, other.last)
-        self.ids.extend(other.ids)
-        self.severity = max(self.severity, other.severity)
-        self.attempts = max(self.attempts, other.attempts)
-
     def to_dict(self) -> dict[str, Any]:
         """The group as a webhook's JSON (and the digest alert's ``data``) carries it."""
         head = self.examples[0]
