@@ -662,8 +662,9 @@ class Store:
         """
         with self.transaction() as conn:
             tallies.drop_old_hours(conn, time.time())
-        rows = self._read("SELECT id FROM alerts ORDER BY id DESC LIMIT 1 OFFSET ?", (keep,))
-        beyond = int(rows[0][0]) if rows else 0  # ids up to this one are past the newest `keep`
+        # Ids are given in order and never reused, so the newest `keep` alerts ever made have ids
+        # above this one: found without walking `keep` rows of the index.
+        beyond = max(0, int(self._read("SELECT MAX(id) FROM alerts")[0][0] or 0) - keep)
         old = self._read("SELECT MAX(id) FROM alerts WHERE created_at < ?", (before,))[0][0]
         last = max(beyond, int(old or 0))  # no alert after this id is due to go
         deleted = cursor = 0
