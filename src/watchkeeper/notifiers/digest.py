@@ -175,7 +175,7 @@ def _group_lines(group: Group) -> list[str]:
         f"[{str(group.severity).upper()}] {group.count} x {_cut(head.title, TITLE_CHARS)}",
         f"    {times}, watcher {head.watcher}",
     ]
-    if head.body and head.body != head.title:
+    if head.body.strip() and head.body.strip() not in head.title:  # a log line's title holds it
         lines += ["    " + line for line in _cut(head.body, BODY_CHARS).splitlines()[:10]]
     others = group.examples[1:]
     if others:
