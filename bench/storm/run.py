@@ -7,8 +7,8 @@
    read as it grows and each alert's lag is its arrival minus its line's write time (p50/p99/max).
 3. ``backlog``: the outbox filled through the store's own API (``Store.commit_check``, 1,000
    alerts per commit, one jsonl delivery each) to 10,000 and to 900,000 pending; then a real
-   Dispatcher with the jsonl notifier, in this process, drains the first 10,000 (rate compared)
-   and, with ``--full``, the whole backlog.
+   Dispatcher with the jsonl notifier, in this process, drains 10,000 (best of three rounds;
+   the rates compared) and, with ``--full``, the whole backlog.
 4. ``smtp``: 100,000 lines of 3 distinct CRITICAL messages (numbers varying) in 10 s to an agent
    with the default smtp notifier (to an aiosmtpd sink in this process) and a jsonl notifier:
    when the first email arrives after the first line, how many emails in ``--minutes``, whether
@@ -146,20 +146,28 @@ def drain(store: Store, out: Path, count: int) -> float:
     return took
 
 
-def backlog(full: bool) -> None:
+def backlog(full: bool, rounds: int = 3) -> None:
+    """The drain rate of 10,000 deliveries from a backlog of 10,000 and of 900,000, best of
+    ``rounds`` (the 10,000 refilled before each round; the 900,000 drained 10,000 at a time)."""
+    title = MESSAGES[0].replace("{n}", "{i}").replace("{m}", "7")
     rates = {}
     for pending in (10_000, 900_000):
         with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
             folder = Path(tmp)
             with Store(folder / "wk.db") as store:
                 started = time.perf_counter()
-                fill(store, pending, MESSAGES[0].replace("{n}", "{i}").replace("{m}", "7"))
+                fill(store, pending, title)
                 filled = time.perf_counter() - started
-                took = drain(store, folder / "out.jsonl", 10_000)
-                rates[pending] = 10_000 / took
+                times = []
+                for number in range(rounds):
+                    if number and pending == 10_000:
+                        fill(store, pending, title)
+                    times.append(drain(store, folder / f"out{number}.jsonl", 10_000))
+                rates[pending] = 10_000 / min(times)
                 print(
-                    f"backlog {pending:>7,} pending (filled in {filled:.0f} s): first 10,000 "
-                    f"in {took:.2f} s = {rates[pending]:,.0f} alerts/s"
+                    f"backlog {pending:>7,} pending (filled in {filled:.0f} s): 10,000 delivered "
+                    f"in {', '.join(f'{t:.2f}' for t in times)} s; best "
+                    f"{rates[pending]:,.0f} alerts/s"
                 )
                 if full and pending > 10_000:
                     left = store.delivery_counts()["jsonl"].get("pending", 0)
