@@ -48,3 +48,8 @@ def fire() -> list[Observation]:
 def steady() -> None:
     """A second watcher that is always fine."""
     return None
+
+
+def broken() -> None:
+    """A check that always raises: the agent logs its traceback."""
+    raise RuntimeError("no route to queue")

@@ -15,8 +15,10 @@ from rich.text import Text
 from watchkeeper.cli.helpers import (
     DEFAULT_CONFIG,
     ConfigOption,
+    LogFormatOption,
     SeverityOption,
     StateOption,
+    VerboseOption,
     WatcherOption,
     app,
     err,
@@ -42,12 +44,13 @@ if TYPE_CHECKING:
 def run(
     config: ConfigOption = DEFAULT_CONFIG,
     state: StateOption = None,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 1,
+    verbose: VerboseOption = 0,
+    log_format: LogFormatOption = "auto",
 ) -> None:
-    """Run the agent in the foreground until SIGTERM or Ctrl-C."""
+    """Run the agent in the foreground until SIGTERM or Ctrl-C (logs at info without -v)."""
     from watchkeeper.keeper import Keeper
 
-    setup_logging(verbose)
+    setup_logging(verbose, log_format, least=1)
     cfg = load(config)
     try:
         keeper = Keeper.from_config(cfg, state=state)

@@ -36,6 +36,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    # Help texts are plain text: "[keeper] state" must not be read as rich markup and vanish.
+    rich_markup_mode=None,
 )
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # pipes: no wrap
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -48,6 +51,26 @@ StateOption = Annotated[
 ]
 SeverityOption = Annotated[str, typer.Option(help="Minimum severity.")]
 WatcherOption = Annotated[str | None, typer.Option(help="Only this watcher.")]
+VerboseOption = Annotated[
+    int,
+    typer.Option(
+        "--verbose",
+        "-v",
+        count=True,
+        metavar="",
+        show_default=False,
+        help="More logs, repeatable: -v info, -vv debug, -vvv debug with libraries' requests.",
+    ),
+]
+LogFormatOption = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        metavar="FORMAT",
+        help="auto (rich on a terminal, else text), text (one line per record, ISO 8601 "
+        "times), json (one object per line) or rich.",
+    ),
+]
 DEFAULT_CONFIG = Path("watchkeeper.toml")
 
 
@@ -103,16 +126,25 @@ def open_store(config_path: Path, state: Path | None) -> Store:
         fail(str(exc))
 
 
-def setup_logging(verbose: int) -> None:
-    """Log to stderr through rich: warnings by default, -v info, -vv debug."""
-    from rich.logging import RichHandler
+def setup_logging(verbose: int, log_format: str = "auto", least: int = 0) -> None:
+    """Log to stderr: warnings, or -v info, -vv debug, -vvv debug with libraries' requests.
 
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    handler = RichHandler(console=err, show_path=False, rich_tracebacks=False, markup=False)
-    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
-    # Libraries' request logs are noise at -v and may carry tokens (apprise URLs); -vv shows them.
+    ``least`` is the command's own default: the agent logs at info (1) without -v, as it says
+    what it starts and stops; ``tail`` only warns (0).
+    """
+    from watchkeeper.cli.logformat import LOG_FORMATS, log_handler
+
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(
+            f"{log_format!r}: choose one of {', '.join(LOG_FORMATS)}", param_hint="--log-format"
+        )
+    steps = max(verbose, least)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(steps, 2)]
+    handler = log_handler(log_format)  # type: ignore[arg-type]  # checked just above
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Libraries' request logs are noise and may carry tokens (apprise URLs): -vvv shows them.
     for noisy in ("httpx", "httpcore", "apprise", "mail.log"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if steps >= 3 else logging.WARNING)
 
 
 def plural(count: int, noun: str) -> str:
