@@ -70,7 +70,8 @@ def records(stderr: str) -> list[tuple[re.Match[str], list[str]]]:
         if head is not None:
             found.append((head, []))
         else:
-            assert line.startswith("    ") and found, f"neither a record nor indented: {line!r}"
+            assert found, f"a first line that is not a record: {line!r}"
+            assert line.startswith("    "), f"neither a record nor indented: {line!r}"
             found[-1][1].append(line)
     return found
 
@@ -94,7 +95,8 @@ def test_agent_logs_one_line_per_record_to_a_pipe(tmp_path: Path) -> None:
     assert any('agent_checks.py", line' in line for line in traceback)
     # The second failure in a row is one line: its traceback was already shown.
     second = [h for h, rest in found if "check failed (2 in a row)" in h[4]]
-    assert second and all(not rest for h, rest in found if h in second)
+    assert second
+    assert all(not rest for h, rest in found if h in second)
     times = [h[1] for h, _ in found]
     assert times == sorted(times)
 

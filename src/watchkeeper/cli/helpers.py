@@ -140,7 +140,7 @@ def setup_logging(verbose: int, log_format: str = "auto", least: int = 0) -> Non
         )
     steps = max(verbose, least)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(steps, 2)]
-    handler = log_handler(log_format)  # type: ignore[arg-type]  # checked just above
+    handler = log_handler(log_format)  # narrowed to a LogFormat by the check above
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # Libraries' request logs are noise and may carry tokens (apprise URLs): -vvv shows them.
     for noisy in ("httpx", "httpcore", "apprise", "mail.log"):
