@@ -29,7 +29,7 @@ class Backend:
     titles: Callable[[], list[str]]
 
 
-@pytest.fixture(params=["smtp", "webhook", "jsonl", "apprise"])
+@pytest.fixture(params=["smtp", "webhook", "jsonl", "exec", "apprise"])
 def backend(
     request: pytest.FixtureRequest,
     tmp_path: Path,
@@ -57,6 +57,16 @@ def backend(
         path = tmp_path / "a.jsonl"
         yield Backend(
             {"kind": "jsonl", "path": str(path)},
+            lambda: (
+                [json.loads(x)["title"] for x in path.read_text().splitlines()]
+                if path.exists()
+                else []
+            ),
+        )
+    elif kind == "exec":  # a real script that appends the alert it reads on stdin to a file
+        path = tmp_path / "exec.jsonl"
+        yield Backend(
+            {"kind": "exec", "command": ["/bin/sh", "-c", f"cat >> {path}"]},
             lambda: (
                 [json.loads(x)["title"] for x in path.read_text().splitlines()]
                 if path.exists()

@@ -94,7 +94,7 @@ NOTIFIERS: Registry[type[Notifier]] = Registry(
     "notifier",
     {
         kind: f"watchkeeper.notifiers.{kind}"
-        for kind in ("apprise", "console", "jsonl", "smtp", "webhook")
+        for kind in ("apprise", "console", "exec", "jsonl", "smtp", "webhook")
     },
 )
 """Kind -> notifier class; a built-in kind's module is imported when the kind is looked up."""

@@ -1,0 +1,261 @@
+"""Run a command for each alert, as Monit's ``exec``, swatch's ``exec`` and fail2ban's actions do.
+
+The command is an argv list, run without a shell, so nothing in an alert can become shell syntax;
+a string run by ``/bin/sh -c`` only when the config says ``shell = true``. The alert goes to the
+command twice: as one JSON object on stdin (the jsonl form) and as ``WATCHKEEPER_*`` environment
+variables for scripts that just want the title.
+
+Its exit status decides, as Postfix's pipe(8) reads sysexits(3): 0 is sent; 75 (``EX_TEMPFAIL``),
+a timeout and death by a signal are retried with backoff; anything else fails for good. The first
+and last 2 KB of what it printed (stdout and stderr together) become the delivery's error, so
+``watchkeeper status`` shows why.
+
+No thread and no executor: the child runs in a new session (its own process group, so a timeout
+kills the command and whatever it started) and one ``selectors`` loop feeds its stdin and reads
+its output against the deadline. So this notifier also delivers in the interpreter's exit path.
+One dispatcher thread per notifier sends in order, so each exec notifier runs at most one command
+at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import shlex
+import signal
+import subprocess
+import time
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from watchkeeper.alerts import Alert
+from watchkeeper.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from watchkeeper.notifiers.base import Notifier, NotifierConfig, register
+from watchkeeper.units import Duration
+
+EX_TEMPFAIL = 75
+"""sysexits(3): "temporary failure; try again later"."""
+OUTPUT_LIMIT = 4096
+"""Bytes of the command's output kept for the delivery's error: the first and last half."""
+BODY_LIMIT = 8192
+"""Characters of the body in ``WATCHKEEPER_BODY``; stdin always has all of it."""
+EXIT_GRACE = 1.0
+"""After the command exits, how long to read output that a process it left behind still holds."""
+
+
+class ExecConfig(NotifierConfig):
+    """``[[notify]] kind = "exec"``: run a command per alert, the alert as JSON on its stdin."""
+
+    kind: Literal["exec"] = "exec"
+    command: list[str] | str = Field(
+        description='The program and its arguments, e.g. ["/usr/local/bin/on-alert", "--page"]; '
+        "a string only with shell = true."
+    )
+    shell: bool = Field(
+        default=False, description="Run command, a string, with /bin/sh -c. Off: no shell at all."
+    )
+    timeout: Duration = Field(
+        default=30.0, description="Kill the command (its process group) and retry after this long."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables for the command."
+    )
+
+    @model_validator(mode="after")
+    def _command_form(self) -> ExecConfig:
+        if self.shell and not isinstance(self.command, str):
+            raise ValueError('command: with shell = true, write one string: "cmd --flag | tee x"')
+        if not self.shell and isinstance(self.command, str):
+            raise ValueError(
+                f"command: write the program and its arguments as a list, e.g. "
+                f"{json.dumps(shlex.split(self.command) or ['/usr/local/bin/on-alert'])}; "
+                "or set shell = true to run a string through /bin/sh"
+            )
+        if not self.command or (isinstance(self.command, list) and not self.command[0]):
+            raise ValueError("command: empty; name the program to run")
+        return self
+
+
+def alert_environment(alert: Alert) -> dict[str, str]:
+    """``WATCHKEEPER_ID``, ``_TITLE``, …: the alert's fields a script needs, as text.
+
+    Values lose the NUL characters an environment cannot hold; the body is cut at
+    :data:`BODY_LIMIT` characters (stdin has all of it), since one variable may not exceed
+    128 KiB on Linux.
+    """
+    doc = alert.to_dict()
+    fields = ("id", "uid", "watcher", "kind", "severity", "title", "key", "status", "created_at")
+    env = {f"WATCHKEEPER_{f.upper()}": str(doc[f]) for f in fields if doc[f] is not None}
+    url = alert.data.get("item_url") or alert.data.get("url")
+    if url:
+        env["WATCHKEEPER_URL"] = str(url)
+    body = alert.body
+    env["WATCHKEEPER_BODY"] = body if len(body) <= BODY_LIMIT else body[: BODY_LIMIT - 1] + "…"
+    return {name: _env_safe(value) for name, value in env.items()}
+
+
+def _env_safe(value: str) -> str:
+    """No NUL (an environment string ends there) and no lone surrogate (not encodable)."""
+    return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+class Output:
+    """The first and last :data:`OUTPUT_LIMIT` / 2 bytes of a stream, and how much was cut."""
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        """Keep the head, slide the tail; never hold more than the limit."""
+        half = OUTPUT_LIMIT // 2
+        self.total += len(chunk)
+        room = half - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        self.tail = (self.tail + chunk)[-half:]
+
+    def text(self) -> str:
+        """The kept output as one stripped text, with a marker where bytes were cut."""
+        cut = self.total - len(self.head) - len(self.tail)
+        middle = f"\n[… {cut} bytes cut …]\n".encode() if cut else b""
+        return bytes(self.head + middle + self.tail).decode(errors="replace").strip()
+
+
+@register
+class ExecNotifier(Notifier):
+    """Runs the configured command once per alert (or digest)."""
+
+    kind = "exec"
+    config_model = ExecConfig
+    config: ExecConfig
+
+    def __init__(self, config: ExecConfig) -> None:
+        super().__init__(config)
+        if isinstance(config.command, list):
+            program = config.command[0]
+            found = _executable(program)
+            if found is None:
+                raise ConfigError(
+                    f"notifier {config.name!r}: command {program!r} "
+                    + ("is not an executable file" if "/" in program else "is not on PATH")
+                )
+
+    def describe(self) -> str:
+        """The command as a shell would show it (arguments may be long: cut)."""
+        cfg = self.config
+        shown = cfg.command if isinstance(cfg.command, str) else shlex.join(cfg.command)
+        text = f"sh -c {shlex.quote(shown)}" if cfg.shell else shown
+        return text if len(text) <= 120 else text[:119] + "…"
+
+    def send(self, alert: Alert) -> None:
+        """Run the command with the alert; sort its end into sent, retry later, or failed."""
+        cfg = self.config
+        stdin = (json.dumps(alert.to_dict(), ensure_ascii=False, default=str) + "\n").encode(
+            errors="replace"
+        )
+        env = {**os.environ, **cfg.env, **alert_environment(alert)}
+        try:
+            child = subprocess.Popen(
+                cfg.command,
+                shell=cfg.shell,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its own process group: a timeout kills it all
+            )
+        except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+            raise PermanentDeliveryError(f"cannot run {self.describe()}: {exc}") from exc
+        except OSError as exc:  # out of processes or memory: that may pass
+            raise TransientDeliveryError(f"cannot start {self.describe()}: {exc}") from exc
+        output, timed_out = _communicate(child, stdin, cfg.timeout)
+        shown = output.text()
+        said = f": {shown}" if shown else " (no output)"
+        if timed_out:
+            raise TransientDeliveryError(
+                f"{self.describe()} timed out after {cfg.timeout:g}s and was killed{said}"
+            )
+        status = child.returncode
+        if status == 0:
+            return
+        if status < 0:
+            name = signal.Signals(-status).name if -status in signal.valid_signals() else -status
+            raise TransientDeliveryError(f"{self.describe()} was killed by {name}{said}")
+        text = f"{self.describe()} exited with status {status}{said}"
+        raise (TransientDeliveryError if status == EX_TEMPFAIL else PermanentDeliveryError)(text)
+
+
+def _executable(program: str) -> str | None:
+    """The path ``program`` runs as, or None when there is no such executable."""
+    import shutil
+
+    if "/" in program:
+        return program if os.path.isfile(program) and os.access(program, os.X_OK) else None
+    return shutil.which(program)
+
+
+def _communicate(
+    child: subprocess.Popen[bytes], stdin: bytes, timeout: float
+) -> tuple[Output, bool]:
+    """Feed ``stdin``, keep the bounded output, and wait for the end or the deadline.
+
+    Returns the output and whether the command timed out (then its process group is killed).
+    A command may not read its stdin (the rest is dropped) and may leave a process behind that
+    holds the output open (reading stops :data:`EXIT_GRACE` after the command itself ended).
+    """
+    assert child.stdin is not None
+    assert child.stdout is not None
+    output = Output()
+    deadline = time.monotonic() + timeout
+    pending = memoryview(stdin)
+    with selectors.DefaultSelector() as selector:
+        os.set_blocking(child.stdin.fileno(), False)
+        selector.register(child.stdin, selectors.EVENT_WRITE)
+        selector.register(child.stdout, selectors.EVENT_READ)
+        ended: float | None = None
+        while selector.get_map():
+            now = time.monotonic()
+            if ended is None and child.poll() is not None:
+                ended = now
+            until = deadline if ended is None else min(deadline, ended + EXIT_GRACE)
+            if now >= until:
+                break
+            for key, _ in selector.select(min(until - now, 0.1)):
+                if key.fileobj is child.stdin:
+                    try:
+                        pending = pending[os.write(child.stdin.fileno(), pending) :]
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:  # it does not read its stdin: that is its choice
+                        pending = pending[:0]
+                    if not pending:
+                        selector.unregister(child.stdin)
+                        child.stdin.close()
+                else:
+                    chunk = os.read(child.stdout.fileno(), 65536)
+                    if chunk:
+                        output.add(chunk)
+                    else:
+                        selector.unregister(child.stdout)
+    for stream in (child.stdin, child.stdout):
+        with contextlib.suppress(OSError):
+            stream.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):  # it may have closed its output early
+        child.wait(max(deadline - time.monotonic(), 0.0))
+    timed_out = child.poll() is None
+    if timed_out:
+        _kill_group(child)
+    return output, timed_out
+
+
+def _kill_group(child: subprocess.Popen[Any]) -> None:
+    """SIGKILL the command's process group (it leads it: ``start_new_session``) and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
