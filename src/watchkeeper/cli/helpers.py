@@ -9,11 +9,8 @@ for.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -22,7 +19,6 @@ from rich.console import Console
 from rich.text import Text
 
 from watchkeeper.errors import ConfigError, WatchkeeperError
-from watchkeeper.quantities import parse_duration
 
 if TYPE_CHECKING:
     from watchkeeper.alerts import Severity
@@ -153,15 +149,10 @@ def plural(count: int, noun: str) -> str:
 
 
 def parse_since(value: str) -> float:
-    """``1h`` (that long ago) or an ISO 8601 time."""
-    with contextlib.suppress(ValueError):  # not a duration: try it as a time
-        return time.time() - parse_duration(value)
+    """``1h`` (that long ago) or an ISO 8601 time, or a usage error saying which forms work."""
+    from watchkeeper.quantities import parse_since as moment
+
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise typer.BadParameter(
-            f"{value!r}: use a duration like 1h or a time like 2026-11-27T10:00"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+        return moment(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
