@@ -168,6 +168,27 @@ def test_check_command(tmp_path: Path) -> None:
     assert "nope.toml: no such config file" in missing.stderr
 
 
+def test_check_lists_every_problem_in_one_pass(tmp_path: Path) -> None:
+    """Schema, duplicate names and what only building finds (imports, missing commands): one
+    run of ``check`` shows them all, so fixing a config is not a loop of run, fix, run."""
+    write(
+        tmp_path,
+        '[[custom]]\nname = "a"\nevery = "often"\ncall = "os:getpid"\n'
+        '[[custom]]\nname = "b"\ncall = "os:getpid"\n'
+        '[[custom]]\nname = "b"\ncall = "os:getcwd"\n'
+        '[[custom]]\nname = "c"\ncall = "no_such_module_xyz:f"\n'
+        '[[notify]]\nkind = "exec"\ncommand = ["/nonexistent/on-alert"]\n',
+    )
+    result = run_cli("check", cwd=tmp_path)
+    assert result.returncode == 1
+    problems = result.stderr.splitlines()
+    assert len(problems) == 4, result.stderr
+    assert "[[custom]] #1 (name 'a'): every" in problems[0]
+    assert "watcher name 'b' is used twice" in problems[1]
+    assert "(name 'exec'): command '/nonexistent/on-alert' is not an executable file" in problems[2]
+    assert "(name 'c'): call = 'no_such_module_xyz:f': cannot import" in problems[3]
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [

@@ -84,18 +84,24 @@ def attach_dashboard(keeper: Keeper, settings: KeeperSettings) -> Callable[[], N
 @app.command()
 def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Validate a config file: exit 0 if it is good, 1 with every problem listed."""
-    from watchkeeper.config import default_state_path
+    from watchkeeper.config import default_state_path, validate_config
     from watchkeeper.keeper import build_from_config
 
-    cfg = load(config)
     try:
-        notifiers, watchers = build_from_config(cfg)
+        cfg, problems = validate_config(config)
     except ConfigError as exc:
         fail("\n".join(exc.errors))
+    try:  # build what is valid too, so every problem shows in this one pass
+        notifiers, watchers = build_from_config(cfg)
+    except ConfigError as exc:
+        notifiers, watchers = [], []
+        problems += exc.errors
     for notifier in notifiers:
         notifier.close()
     for watcher in watchers:
         watcher.close()
+    if problems:
+        fail("\n".join(problems))
     out.print(
         f"{config}: OK — {plural(len(cfg.watchers), 'watcher')}, "
         f"{plural(len(cfg.notify), 'notifier')}, "

@@ -97,15 +97,25 @@ def load(path: Path) -> Config:
 
 
 def state_path(config_path: Path, state: Path | None) -> Path:
-    """--state, else the config's [keeper] state, else the default; no config file is fine."""
+    """--state, else the config's [keeper] state, else the default state file if it exists.
+
+    Without a config file and a state file to read, the message says that there is no config,
+    not that some state file the user never chose does not exist.
+    """
     from watchkeeper.config import default_state_path
 
     if state is not None:
         return state
     if config_path.exists():
         configured = load(config_path).keeper.state
-        if configured is not None:
-            return configured
+        return configured if configured is not None else default_state_path()
+    if config_path != DEFAULT_CONFIG:
+        fail(f"{config_path}: no such config file")
+    if not default_state_path().exists():  # else: a program's keeper that uses the default
+        fail(
+            f"no config file here ({config_path.absolute()}): pass -c CONFIG, or --state FILE to "
+            "read a state file directly; `watchkeeper init` writes a starter config"
+        )
     return default_state_path()
 
 

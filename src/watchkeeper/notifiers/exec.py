@@ -141,8 +141,8 @@ class ExecNotifier(Notifier):
             program = config.command[0]
             found = _executable(program)
             if found is None:
-                raise ConfigError(
-                    f"notifier {config.name!r}: command {program!r} "
+                raise ConfigError(  # where: the caller says (the file, the table)
+                    f"command {program!r} "
                     + ("is not an executable file" if "/" in program else "is not on PATH")
                 )
 
