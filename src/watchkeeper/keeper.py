@@ -29,7 +29,14 @@ from watchkeeper.config import (
 from watchkeeper.errors import ConfigError
 from watchkeeper.notifiers import NOTIFIERS, Notifier, NotifierConfig
 from watchkeeper.quantities import parse_duration
-from watchkeeper.runtime import Dispatcher, WatcherPool, WatcherRun, WatcherThread
+from watchkeeper.reload import ReloadPlan, plan
+from watchkeeper.runtime import (
+    Dispatcher,
+    WatcherPool,
+    WatcherRun,
+    WatcherThread,
+    close_watcher,
+)
 from watchkeeper.store import Route, Store
 from watchkeeper.watchers import WATCHERS, Watcher, WatcherConfig
 from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
@@ -85,6 +92,9 @@ class Keeper:
         self._started = False
         self._companions: list[Companion] = []
         self._stopped_clean = True
+        self._reload_lock = threading.Lock()
+        self.loaded_at = time.time()
+        """When the running config was loaded (start, or the last reload that applied)."""
 
     @classmethod
     def from_config(cls, path: str | Path | Config, state: str | Path | None = None) -> Keeper:
@@ -319,6 +329,100 @@ class Keeper:
         if running and companion.prepare():
             companion.serve()
 
+    # -- reload ---------------------------------------------------------------------------------
+
+    def reload(self, config: Config, timeout: float = 30.0) -> ReloadPlan:
+        """Run ``config`` from now on, without a restart; return what changed.
+
+        The whole config is built first: if anything in it is wrong, ConfigError is raised and
+        nothing changed. Then watchers added start, removed ones stop (their stored state stays,
+        for history), changed ones stop and start again from their stored checkpoint, and
+        notifiers are swapped by name, their pending deliveries kept. A part stops before its
+        replacement starts, so no check runs twice at once and nothing is produced twice; a
+        watcher whose check does not end within ``timeout`` is left stopping and not replaced
+        (RuntimeError says which). The dashboard's address and token need a restart.
+        """
+        notifiers, watchers = build_from_config(config)
+        _unique([n.name for n in notifiers], "notifier")
+        with self._reload_lock:
+            store = self.store
+            if not self._started or store is None:
+                _close_all(notifiers, watchers)
+                raise RuntimeError("reload a running keeper; build a new one instead")
+            changes = plan((self.watchers, watchers), (self.notifiers, notifiers))
+            self.shutdown_timeout = config.keeper.shutdown_timeout
+            self.loaded_at = time.time()
+            if changes.empty:
+                _close_all(notifiers, watchers)
+                return changes
+            stuck = self._swap_watchers(changes, watchers, store, timeout)
+            self._swap_notifiers(changes, notifiers, store, timeout)
+        for line in changes.describe():
+            log.info("reload: %s", line)
+        if stuck:
+            raise RuntimeError(f"reload: still stopping, not restarted: {', '.join(stuck)}")
+        return changes
+
+    def _swap_watchers(
+        self, changes: ReloadPlan, watchers: list[Watcher], store: Store, timeout: float
+    ) -> list[str]:
+        """Stop the drivers the plan touches, start their replacements; return the stuck."""
+        pooled = changes.pools
+        restart = changes.watchers.stopping | {w.name for w in self.watchers if w.kind in pooled}
+        ending = [d for d in self._drivers if any(r.name in restart for r in _runs_of(d))]
+        for driver in ending:
+            driver.stop()
+        deadline = time.monotonic() + timeout
+        for driver in ending:
+            driver.join(max(0.0, deadline - time.monotonic()))
+        stuck = {run.name for d in ending if d.is_alive() for run in _runs_of(d)}
+        keep = {w.name: w for w in self.watchers if w.name not in restart}
+        starting = changes.watchers.starting | {w.name for w in watchers if w.kind in pooled}
+        fresh = {w.name: w for w in watchers if w.name in starting - stuck}
+        for unused in watchers:
+            if unused.name not in fresh:
+                close_watcher(unused)
+        self.watchers = [
+            keep.get(w.name) or fresh[w.name] for w in watchers if w.name in keep | fresh
+        ]
+        runs = {n: WatcherRun(w, store, self.routes, self._committed) for n, w in fresh.items()}
+        self._runs = {n: r for n, r in self._runs.items() if n in keep} | runs
+        started = _drivers(list(runs.values()))
+        self._drivers = [d for d in self._drivers if d not in ending or d.is_alive()] + started
+        for driver in started:
+            driver.start()
+        return sorted(stuck)
+
+    def _swap_notifiers(
+        self, changes: ReloadPlan, notifiers: list[Notifier], store: Store, timeout: float
+    ) -> None:
+        """Replace the dispatchers of changed and removed notifiers; start the added ones."""
+        stopping = changes.notifiers.stopping
+        ending = [d for d in self._dispatchers if d.notifier.name in stopping]
+        for dispatcher in ending:
+            dispatcher.flush(time.time())  # ends after the send in progress; the rest waits
+        deadline = time.monotonic() + timeout
+        for dispatcher in ending:
+            dispatcher.join(max(0.0, deadline - time.monotonic()))
+            dispatcher.notifier.close()
+        starting = changes.notifiers.starting
+        kept = {n.name: n for n in self.notifiers if n.name not in stopping}
+        for unused in notifiers:
+            if unused.name not in starting:
+                unused.close()
+        self.notifiers = [kept.get(n.name, n) for n in notifiers]
+        added = [Dispatcher(n, store) for n in self.notifiers if n.name in starting]
+        self._dispatchers = [d for d in self._dispatchers if d not in ending] + added
+        for dispatcher in added:
+            dispatcher.start()
+
+    def healthy(self) -> bool:
+        """The keeper runs and every thread it started is alive (systemd's watchdog asks)."""
+        with self._lock:
+            if not self._started:
+                return False
+            return all(d.is_alive() for d in [*self._drivers, *self._dispatchers])
+
     # -- control (dashboard, CLI) -------------------------------------------------------------
 
     def routes(self) -> Sequence[Route]:
@@ -375,6 +479,18 @@ class Keeper:
                 listener(alerts)
             except Exception:
                 log.exception("alert listener failed")
+
+
+def _runs_of(driver: WatcherThread | WatcherPool) -> list[WatcherRun]:
+    return driver.runs if isinstance(driver, WatcherPool) else [driver.watcher_run]
+
+
+def _close_all(notifiers: Sequence[Notifier], watchers: Sequence[Watcher]) -> None:
+    """Close parts built for a reload that will not run."""
+    for notifier in notifiers:
+        notifier.close()
+    for watcher in watchers:
+        close_watcher(watcher)
 
 
 def _drivers(runs: list[WatcherRun]) -> list[WatcherThread | WatcherPool]:

@@ -256,7 +256,7 @@ class WatcherThread(threading.Thread):
                     log.exception("watcher %s: waiting for changes failed; polling", watcher.name)
                     self.wake.wait(delay)
         finally:
-            _close(watcher)
+            close_watcher(watcher)
 
 
 class WatcherPool:
@@ -427,7 +427,7 @@ class WatcherPool:
                     self._threads.remove(me)
             if last:  # still listed, so join() and is_alive() wait for the closing too
                 for run in self.runs:
-                    _close(run.watcher)
+                    close_watcher(run.watcher)
                 with self._lock:
                     self._threads.remove(me)
 
@@ -555,7 +555,7 @@ def _planned(plan: Callable[[], float], fallback: float, name: str) -> float:
     return min(delay, MAX_DURATION)
 
 
-def _close(watcher: Watcher) -> None:
+def close_watcher(watcher: Watcher) -> None:
     """Close a watcher, logging (never raising) what goes wrong: it runs on the way out."""
     try:
         watcher.close()

@@ -6,12 +6,15 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
+from watchkeeper.agentnote import AgentNote, read_note
 from watchkeeper.cli.helpers import (
     DEFAULT_CONFIG,
     ConfigOption,
@@ -31,6 +34,7 @@ from watchkeeper.cli.helpers import (
     plural,
     setup_logging,
 )
+from watchkeeper.cli.service import Reloader
 from watchkeeper.errors import ConfigError, WatchkeeperError
 from watchkeeper.foreground import run_until_signal
 from watchkeeper.quantities import format_duration, iso_utc
@@ -38,6 +42,7 @@ from watchkeeper.quantities import format_duration, iso_utc
 if TYPE_CHECKING:
     from watchkeeper.config import KeeperSettings
     from watchkeeper.keeper import Keeper
+    from watchkeeper.store import WatcherRecord
 
 
 @app.command()
@@ -47,7 +52,10 @@ def run(
     verbose: VerboseOption = 0,
     log_format: LogFormatOption = "auto",
 ) -> None:
-    """Run the agent in the foreground until SIGTERM or Ctrl-C (logs at info without -v)."""
+    """Run the agent in the foreground until SIGTERM or Ctrl-C; SIGHUP reloads the config.
+
+    It logs at info without -v.
+    """
     from watchkeeper.keeper import Keeper
 
     setup_logging(verbose, log_format, least=1)
@@ -56,7 +64,14 @@ def run(
         keeper = Keeper.from_config(cfg, state=state)
         if not keeper.watchers:
             err.print(f"[yellow]{config}: no watchers configured; nothing to watch.[/]")
-        run_until_signal(keeper, started=attach_dashboard(keeper, cfg.keeper))
+        announce = attach_dashboard(keeper, cfg.keeper)
+        reloader = Reloader(keeper, config)
+
+        def started() -> None:
+            reloader.started()
+            announce()
+
+        run_until_signal(keeper, started=started, reload=reloader)
     except WatchkeeperError as exc:
         fail(str(exc))
 
@@ -128,13 +143,21 @@ def status(
     counts = store.delivery_counts()
     errors = store.last_delivery_errors()
     store.close()
+    note = running_note(store.path)
+    configured = None if note is None else set(note.watchers)
+
+    def state_of(w: WatcherRecord) -> str:
+        removed = configured is not None and w.name not in configured
+        return "removed" if removed else _state(w.paused, w.failures)
+
     if as_json:
         doc = {
+            "agent": None if note is None else asdict(note),
             "watchers": [
                 {
                     "name": w.name,
                     "kind": w.kind,
-                    "state": _state(w.paused, w.failures),
+                    "state": state_of(w),
                     "last_check": iso_utc(w.last_check) if w.last_check else None,
                     "next_check": iso_utc(w.next_check) if w.next_check else None,
                     "failures": w.failures,
@@ -153,8 +176,8 @@ def status(
     for column in ("name", "kind", "state", "last check", "next check", "checks", "last error"):
         table.add_column(column)
     for w in watchers:
-        state_text = _state(w.paused, w.failures)
-        style = {"ok": "green", "failing": "red", "paused": "yellow"}[state_text]
+        state_text = state_of(w)
+        style = {"ok": "green", "failing": "red", "paused": "yellow", "removed": "dim"}[state_text]
         table.add_row(
             w.name,
             w.kind,
@@ -177,6 +200,27 @@ def status(
             Text((errors.get(name) or "")[:80]),
         )
     out.print(notifiers)
+    if note is not None:
+        out.print(agent_lines(note))
+
+
+def agent_lines(note: AgentNote) -> Text:
+    """The running agent, its config's load time, and the last reload's outcome."""
+    text = Text(f"agent: pid {note.pid}, {note.config}, loaded {_ago(note.loaded_at)}")
+    if note.reload_at is not None:
+        verdict = "applied" if note.reload_ok else "refused"
+        text.append(f"\nlast reload {_ago(note.reload_at)}: {verdict}")
+        for line in note.reload_lines:
+            text.append(f"\n  {line}", style=None if note.reload_ok else "red")
+    return text
+
+
+def running_note(path: Path) -> AgentNote | None:
+    """The note of the agent that holds the state file now; None when none runs."""
+    from watchkeeper.store import Store
+
+    note = read_note(path)
+    return note if note is not None and Store.holder(path) == note.pid else None
 
 
 def _state(paused: bool, failures: int) -> str:

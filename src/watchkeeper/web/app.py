@@ -37,7 +37,7 @@ from starlette.staticfiles import StaticFiles
 
 from watchkeeper.alerts import Severity
 from watchkeeper.bind import Bind
-from watchkeeper.quantities import format_duration, parse_duration, parse_since
+from watchkeeper.quantities import format_duration, iso_utc, parse_duration, parse_since
 from watchkeeper.store import Store
 from watchkeeper.watchers.base import WatcherConfig
 from watchkeeper.web.auth import LOOPBACK_HOSTS, AuthMiddleware, Guard, SecurityHeadersMiddleware
@@ -209,6 +209,7 @@ async def overview(request: Request) -> Response:
         watchers=watcher_docs(store),
         alerts=recent,
         running=running_names(wk(request)),
+        loaded_at=iso_utc(wk(request).keeper.loaded_at),
     )
 
 
