@@ -31,7 +31,7 @@ def run_broken_agent(tmp_path: Path, *flags: str, journald: bool = False) -> str
     """
     config = tmp_path / "watchkeeper.toml"
     config.write_text(
-        '[keeper]\nstate = "wk.db"\ndashboard = false\n'
+        '[keeper]\nstate = "wk.db"\ndashboard = "127.0.0.1:0"\n'
         '[[notify]]\nkind = "jsonl"\npath = "alerts.jsonl"\n'
         '[[custom]]\nname = "queue"\nevery = "0.2s"\nfail_after = 2\n'
         'call = "tests.agent_checks:broken"\n'
@@ -99,6 +99,8 @@ def test_agent_logs_one_line_per_record_to_a_pipe(tmp_path: Path) -> None:
     assert all(not rest for h, rest in found if h in second)
     times = [h[1] for h, _ in found]
     assert times == sorted(times)
+    # What the agent says for scripts is a record too, ending with what they look for.
+    assert any(re.fullmatch(r"dashboard: http://127\.0\.0\.1:\d+", h[4]) for h, _ in found)
 
 
 def test_agent_logs_json_lines(tmp_path: Path) -> None:
@@ -110,6 +112,7 @@ def test_agent_logs_json_lines(tmp_path: Path) -> None:
     assert first["level"] == "WARNING"
     assert first["traceback"].startswith("Traceback (most recent call last):")
     assert first["traceback"].endswith("RuntimeError: no route to queue")
+    assert any(d["message"].startswith("dashboard: http://127.0.0.1:") for d in docs)
 
 
 def test_journald_gets_priority_prefixes(tmp_path: Path) -> None:

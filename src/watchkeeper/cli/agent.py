@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +25,6 @@ from watchkeeper.cli.helpers import (
     VerboseOption,
     WatcherOption,
     app,
-    err,
     fail,
     load,
     open_store,
@@ -32,6 +32,7 @@ from watchkeeper.cli.helpers import (
     parse_severity,
     parse_since,
     plural,
+    say,
     setup_logging,
 )
 from watchkeeper.cli.service import Reloader
@@ -63,7 +64,7 @@ def run(
     try:
         keeper = Keeper.from_config(cfg, state=state)
         if not keeper.watchers:
-            err.print(f"[yellow]{config}: no watchers configured; nothing to watch.[/]")
+            say(f"{config}: no watchers configured; nothing to watch.", logging.WARNING)
         announce = attach_dashboard(keeper, cfg.keeper)
         reloader = Reloader(keeper, config)
 
@@ -90,8 +91,8 @@ def attach_dashboard(keeper: Keeper, settings: KeeperSettings) -> Callable[[], N
 
     def announce() -> None:
         if dashboard.running:
-            # One plain line, so scripts (and tests) can find the real port after port 0.
-            err.print(f"dashboard: {dashboard.url}", markup=False, soft_wrap=True)
+            # A line that ends with it, so scripts (and tests) can find the port after port 0.
+            say(f"dashboard: {dashboard.url}")
 
     return announce
 

@@ -146,11 +146,27 @@ def setup_logging(verbose: int, log_format: str = "auto", least: int = 0) -> Non
         )
     steps = max(verbose, least)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(steps, 2)]
-    handler = log_handler(log_format)  # narrowed to a LogFormat by the check above
+    handler = log_handler(log_format, sys.stderr)  # narrowed to a LogFormat just above
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # Libraries' request logs are noise and may carry tokens (apprise URLs): -vvv shows them.
     for noisy in ("httpx", "httpcore", "apprise", "mail.log"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if steps >= 3 else logging.WARNING)
+
+
+def say(message: str, level: int = logging.INFO) -> None:
+    """A message of the agent's for people and scripts (``dashboard: URL``) on stderr.
+
+    A plain line beside rich's log; a log record like every other line when stderr is for a
+    machine, so a ``--log-format json`` stream stays JSON line by line. Either way the line ends
+    with the message, so ``dashboard: (http://\\S+)$`` finds the URL.
+    """
+    from watchkeeper.cli.logformat import for_machines
+
+    if for_machines(logging.getLogger()):
+        logging.getLogger("watchkeeper").log(level, "%s", message)
+    else:
+        style = "yellow" if level >= logging.WARNING else None
+        err.print(Text(message, style=style or ""), soft_wrap=True)
 
 
 def plural(count: int, noun: str) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from typing import Literal, TextIO
 
 from watchkeeper.quantities import iso_utc
@@ -103,9 +102,13 @@ def under_journald(stream: TextIO) -> bool:
     return (found.st_dev, found.st_ino) == (int(device), int(inode))
 
 
-def log_handler(fmt: LogFormat, stream: TextIO | None = None) -> logging.Handler:
-    """A handler writing records to ``stream`` (stderr) in ``fmt``; ``auto`` picks by the stream."""
-    stream = stream or sys.stderr
+def for_machines(logger: logging.Logger) -> bool:
+    """Whether ``logger`` writes through one of these formatters (text or json), not rich."""
+    return any(isinstance(h.formatter, TextFormatter | JsonFormatter) for h in logger.handlers)
+
+
+def log_handler(fmt: LogFormat, stream: TextIO) -> logging.Handler:
+    """A handler writing records to ``stream`` in ``fmt``: ``auto`` is rich on a terminal only."""
     if fmt == "auto":
         fmt = "rich" if stream.isatty() else "text"
     if fmt == "rich":
