@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import run_cli, wait_until
 from tests.web_agent import ROOT, Agent
 
 
@@ -120,13 +120,7 @@ def test_follow_since_a_time_or_a_duration_like_alerts(agent: Agent, tmp_path: P
     finally:
         since_time.kill()
         recent.kill()
-    wrong = subprocess.run(
-        [sys.executable, "-m", "watchkeeper", "follow", "--url", agent.url, "--since", "42x"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    wrong = run_cli("follow", "--url", agent.url, "--since", "42x", cwd=tmp_path)
     assert wrong.returncode == 2
     assert "'42x': use a duration like 1h or a time like 2026-11-27T10:00" in wrong.stderr
 
