@@ -262,4 +262,5 @@ def test_reload_restarts_the_page_pool_from_checkpoints(tmp_path: Path, site: Si
         assert wk.reload(config(first, second)).empty  # the same config changes nothing
         hits = site.hits["/one"]
         wait_until(lambda: site.hits["/one"] >= hits + 2)
-    assert sorted(a["title"] for a in alerts(out)) == ["one: B", "two: Y"]  # A and X: known
+    titles = sorted((a["watcher"], a["title"]) for a in alerts(out))
+    assert titles == [("one", "B"), ("two", "Y")]  # A and X: known
