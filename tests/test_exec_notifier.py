@@ -238,3 +238,53 @@ def test_failed_deliveries_show_why_in_status(tmp_path: Path) -> None:
     pager = json.loads(status.stdout)["notifiers"]["pager"]
     assert pager["failed"] == 1
     assert pager["last_error"] == f"{hook} exited with status 67: no such pager: ops"
+
+
+def _most_at_once(log: Path) -> int:
+    """The most commands running at the same time, from their ``start``/``end`` lines."""
+    running = most = 0
+    for line in log.read_text().splitlines():
+        running += 1 if line.startswith("start") else -1
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_parallel_runs_at_most_n_at_once_and_each_alert_once(tmp_path: Path, parallel: int) -> None:
+    log = tmp_path / "runs.log"
+    hook = script(
+        tmp_path,
+        f'echo "start $WATCHKEEPER_TITLE" >> {log}\nsleep 0.4\n'
+        f'echo "end $WATCHKEEPER_TITLE" >> {log}',
+    )
+    spec = {"kind": "exec", "command": [hook], "parallel": parallel}
+    keeper = Keeper(state=tmp_path / "wk.db", notify=[spec])
+    keeper.every(3600, lambda: [Observation(f"event {i}", event=True) for i in range(7)], name="w")
+    with keeper:
+        store = keeper.store
+        assert store is not None
+        wait_until(lambda: store.delivery_counts().get("exec") == {"sent": 7}, timeout=30)
+    starts = [line for line in log.read_text().splitlines() if line.startswith("start")]
+    assert sorted(starts) == sorted(f"start event {i}" for i in range(7))
+    assert _most_at_once(log) == parallel
+
+
+def test_each_command_of_a_parallel_run_has_its_own_outcome(tmp_path: Path) -> None:
+    hook = script(
+        tmp_path,
+        'case "$WATCHKEEPER_TITLE" in\n'
+        "  ok) exit 0 ;;\n  later) echo busy; exit 75 ;;\n  hang) sleep 30 ;;\n"
+        "  *) echo 'no such user'; exit 67 ;;\nesac",
+    )
+    started = time.monotonic()
+    outcomes = notifier([hook], parallel=4, timeout="1s").send_each(
+        [an_alert(title=t) for t in ("ok", "later", "hang", "bad")]
+    )
+    assert time.monotonic() - started < 5  # the hung one does not hold the others up
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], TransientDeliveryError)
+    assert str(outcomes[1]).endswith("exited with status 75: busy")
+    assert isinstance(outcomes[2], TransientDeliveryError)
+    assert "timed out after 1s and was killed" in str(outcomes[2])
+    assert isinstance(outcomes[3], PermanentDeliveryError)
+    assert str(outcomes[3]).endswith("exited with status 67: no such user")

@@ -82,6 +82,26 @@ class Notifier(ABC):
         """Deliver several alerts as one message. The default folds them into one alert."""
         self.send(digest_alert(alerts))
 
+    @property
+    def concurrency(self) -> int:
+        """How many due alerts the dispatcher hands :meth:`send_each` at once (1: one by one)."""
+        return 1
+
+    def send_each(self, alerts: Sequence[Alert]) -> list[Exception | None]:
+        """Deliver each alert on its own, at once where the notifier can (``exec``'s
+        ``parallel``); one outcome per alert: None when sent, else the error. The default sends
+        them in turn.
+        """
+        outcomes: list[Exception | None] = []
+        for alert in alerts:
+            try:
+                self.send(alert)
+            except Exception as exc:  # each alert's outcome is recorded on its own
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
+
     def describe(self) -> str:
         """Where this notifier delivers, without secrets: for status and notify-test."""
         return self.kind

@@ -10,11 +10,11 @@ a timeout and death by a signal are retried with backoff; anything else fails fo
 and last 2 KB of what it printed (stdout and stderr together) become the delivery's error, so
 ``watchkeeper status`` shows why.
 
-No thread and no executor: the child runs in a new session (its own process group, so a timeout
-kills the command and whatever it started) and one ``selectors`` loop feeds its stdin and reads
-its output against the deadline. So this notifier also delivers in the interpreter's exit path.
-One dispatcher thread per notifier sends in order, so each exec notifier runs at most one command
-at a time.
+No thread and no executor: each command runs in a new session (its own process group, so a
+timeout kills it and whatever it started) and one ``selectors`` loop feeds the stdin and reads
+the output of every running command against the deadline. So this notifier also delivers in the
+interpreter's exit path. It runs one command at a time, in order, unless ``parallel`` lets the
+dispatcher hand it up to that many due alerts at once (:meth:`send_each`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,18 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from watchkeeper.alerts import Alert
-from watchkeeper.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from watchkeeper.errors import (
+    ConfigError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 from watchkeeper.notifiers.base import Notifier, NotifierConfig, register
 from watchkeeper.units import Duration
 
@@ -62,6 +68,13 @@ class ExecConfig(NotifierConfig):
     )
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables for the command."
+    )
+    parallel: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Run up to this many commands at once when several alerts are due "
+        "(they may then finish out of order).",
     )
 
     @model_validator(mode="after")
@@ -153,8 +166,32 @@ class ExecNotifier(Notifier):
         text = f"sh -c {shlex.quote(shown)}" if cfg.shell else shown
         return text if len(text) <= 120 else text[:119] + "…"
 
+    @property
+    def concurrency(self) -> int:
+        """``parallel``: how many commands run at once when several alerts are due."""
+        return self.config.parallel
+
     def send(self, alert: Alert) -> None:
         """Run the command with the alert; sort its end into sent, retry later, or failed."""
+        (outcome,) = self.send_each([alert])
+        if outcome is not None:
+            raise outcome
+
+    def send_each(self, alerts: Sequence[Alert]) -> list[Exception | None]:
+        """Run the command once per alert, all at once, and wait for them all (or the timeout)."""
+        outcomes: list[Exception | None] = [None] * len(alerts)
+        running: dict[int, Run] = {}
+        for index, alert in enumerate(alerts):
+            try:
+                running[index] = self._start(alert)
+            except DeliveryError as exc:
+                outcomes[index] = exc
+        _communicate(list(running.values()), self.config.timeout)
+        for index, run in running.items():
+            outcomes[index] = self._outcome(run)
+        return outcomes
+
+    def _start(self, alert: Alert) -> Run:
         cfg = self.config
         stdin = (json.dumps(alert.to_dict(), ensure_ascii=False, default=str) + "\n").encode(
             errors="replace"
@@ -174,21 +211,24 @@ class ExecNotifier(Notifier):
             raise PermanentDeliveryError(f"cannot run {self.describe()}: {exc}") from exc
         except OSError as exc:  # out of processes or memory: that may pass
             raise TransientDeliveryError(f"cannot start {self.describe()}: {exc}") from exc
-        output, timed_out = _communicate(child, stdin, cfg.timeout)
-        shown = output.text()
+        return Run(child, stdin)
+
+    def _outcome(self, run: Run) -> DeliveryError | None:
+        """None when the command succeeded, else the error its end means."""
+        shown = run.output.text()
         said = f": {shown}" if shown else " (no output)"
-        if timed_out:
-            raise TransientDeliveryError(
-                f"{self.describe()} timed out after {cfg.timeout:g}s and was killed{said}"
+        if run.timed_out:
+            return TransientDeliveryError(
+                f"{self.describe()} timed out after {self.config.timeout:g}s and was killed{said}"
             )
-        status = child.returncode
+        status = run.child.returncode
         if status == 0:
-            return
+            return None
         if status < 0:
             name = signal.Signals(-status).name if -status in signal.valid_signals() else -status
-            raise TransientDeliveryError(f"{self.describe()} was killed by {name}{said}")
+            return TransientDeliveryError(f"{self.describe()} was killed by {name}{said}")
         text = f"{self.describe()} exited with status {status}{said}"
-        raise (TransientDeliveryError if status == EX_TEMPFAIL else PermanentDeliveryError)(text)
+        return (TransientDeliveryError if status == EX_TEMPFAIL else PermanentDeliveryError)(text)
 
 
 def _executable(program: str) -> str | None:
@@ -200,58 +240,82 @@ def _executable(program: str) -> str | None:
     return shutil.which(program)
 
 
-def _communicate(
-    child: subprocess.Popen[bytes], stdin: bytes, timeout: float
-) -> tuple[Output, bool]:
-    """Feed ``stdin``, keep the bounded output, and wait for the end or the deadline.
+class Run:
+    """One running command: the stdin still to write, its output so far, and how it ended."""
 
-    Returns the output and whether the command timed out (then its process group is killed).
-    A command may not read its stdin (the rest is dropped) and may leave a process behind that
-    holds the output open (reading stops :data:`EXIT_GRACE` after the command itself ended).
+    def __init__(self, child: subprocess.Popen[bytes], stdin: bytes) -> None:
+        assert child.stdin is not None
+        assert child.stdout is not None
+        self.child = child
+        self.stdin = child.stdin
+        self.stdout = child.stdout
+        self.pending = memoryview(stdin)
+        self.output = Output()
+        self.ended: float | None = None
+        self.timed_out = False
+        os.set_blocking(self.stdin.fileno(), False)
+
+    def feed(self) -> bool:
+        """Write what the pipe takes of the alert; True when all is written (or unwanted)."""
+        try:
+            self.pending = self.pending[os.write(self.stdin.fileno(), self.pending) :]
+        except BlockingIOError:
+            return False
+        except BrokenPipeError:  # it does not read its stdin: that is its choice
+            self.pending = self.pending[:0]
+        return not self.pending
+
+    def read(self) -> bool:
+        """Read what is there; True at the end of its output."""
+        chunk = os.read(self.stdout.fileno(), 65536)
+        self.output.add(chunk)
+        return not chunk
+
+    def close(self) -> None:
+        """Close both pipes (what a process left behind still writes goes nowhere)."""
+        for stream in (self.stdin, self.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+def _communicate(runs: list[Run], timeout: float) -> None:
+    """Feed every command its stdin and keep its bounded output until all end or the deadline.
+
+    One ``selectors`` loop serves them all, on this thread. A command may not read its stdin
+    (the rest is dropped) and may leave a process behind that holds its output open (reading
+    stops :data:`EXIT_GRACE` after the command itself ended). At the deadline a command still
+    running is killed with its process group and marked ``timed_out``.
     """
-    assert child.stdin is not None
-    assert child.stdout is not None
-    output = Output()
     deadline = time.monotonic() + timeout
-    pending = memoryview(stdin)
     with selectors.DefaultSelector() as selector:
-        os.set_blocking(child.stdin.fileno(), False)
-        selector.register(child.stdin, selectors.EVENT_WRITE)
-        selector.register(child.stdout, selectors.EVENT_READ)
-        ended: float | None = None
+        for run in runs:
+            selector.register(run.stdin, selectors.EVENT_WRITE, run)
+            selector.register(run.stdout, selectors.EVENT_READ, run)
         while selector.get_map():
             now = time.monotonic()
-            if ended is None and child.poll() is not None:
-                ended = now
-            until = deadline if ended is None else min(deadline, ended + EXIT_GRACE)
-            if now >= until:
+            if now >= deadline:
                 break
-            for key, _ in selector.select(min(until - now, 0.1)):
-                if key.fileobj is child.stdin:
-                    try:
-                        pending = pending[os.write(child.stdin.fileno(), pending) :]
-                    except BlockingIOError:
-                        continue
-                    except BrokenPipeError:  # it does not read its stdin: that is its choice
-                        pending = pending[:0]
-                    if not pending:
-                        selector.unregister(child.stdin)
-                        child.stdin.close()
-                else:
-                    chunk = os.read(child.stdout.fileno(), 65536)
-                    if chunk:
-                        output.add(chunk)
-                    else:
-                        selector.unregister(child.stdout)
-    for stream in (child.stdin, child.stdout):
-        with contextlib.suppress(OSError):
-            stream.close()
-    with contextlib.suppress(subprocess.TimeoutExpired):  # it may have closed its output early
-        child.wait(max(deadline - time.monotonic(), 0.0))
-    timed_out = child.poll() is None
-    if timed_out:
-        _kill_group(child)
-    return output, timed_out
+            for run in runs:
+                if run.ended is None and run.child.poll() is not None:
+                    run.ended = now
+                if run.ended is not None and now >= run.ended + EXIT_GRACE:
+                    for stream in (run.stdin, run.stdout):  # what lingers is not waited for
+                        with contextlib.suppress(KeyError, ValueError):  # not (or no longer) in
+                            selector.unregister(stream)
+            for key, _ in selector.select(min(deadline - now, 0.1)):
+                ready: Run = key.data
+                if key.fileobj is ready.stdin and ready.feed():
+                    selector.unregister(ready.stdin)
+                    ready.stdin.close()
+                elif key.fileobj is ready.stdout and ready.read():
+                    selector.unregister(ready.stdout)
+    for run in runs:
+        run.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):  # it may have closed its output
+            run.child.wait(max(deadline - time.monotonic(), 0.0))
+        if run.child.poll() is None:
+            run.timed_out = True
+            _kill_group(run.child)
 
 
 def _kill_group(child: subprocess.Popen[Any]) -> None:
