@@ -145,7 +145,7 @@ def digest_alert(alerts: Sequence[Alert]) -> Alert:
         watcher=", ".join(watchers),
         kind="digest",
         severity=worst.severity,
-        title=f"{len(alerts)} alerts from {', '.join(watchers)}",
+        title=f"{len(alerts)} alerts",  # the watchers are its `watcher`: subjects show them
         key="digest",
         body="\n".join(lines),
         data={"alerts": [a.to_dict() for a in alerts]},
