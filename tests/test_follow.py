@@ -109,17 +109,21 @@ def test_follow_since_a_time_or_a_duration_like_alerts(agent: Agent, tmp_path: P
     moment = httpx.get(agent.url + "/api/alerts").json()[2]["created_at"]  # ISO 8601, UTC
     since_time = Follow(tmp_path, "--url", agent.url, "--since", moment, "--json")
     recent = Follow(tmp_path / "recent", "--url", agent.url, "--since", "1h", "--json")
+    now = Follow(tmp_path / "now", "--url", agent.url, "--since", "0s", "--json")
     try:
         wait_until(lambda: len(since_time.lines()) == 1)
         wait_until(lambda: len(recent.lines()) == 3)
+        wait_until(lambda: "following" in now.stderr())
         agent.fire("live")
         wait_until(lambda: len(since_time.lines()) == 2)
         wait_until(lambda: len(recent.lines()) == 4)
+        wait_until(lambda: len(now.lines()) == 1)
         assert [r["title"] for r in since_time.records()] == ["new one", "live"]
         assert [r["title"] for r in recent.records()] == ["old one", "old two", "new one", "live"]
+        assert [r["title"] for r in now.records()] == ["live"]  # none since then: live only
     finally:
-        since_time.kill()
-        recent.kill()
+        for follow in (since_time, recent, now):
+            follow.kill()
     wrong = run_cli("follow", "--url", agent.url, "--since", "42x", cwd=tmp_path)
     assert wrong.returncode == 2
     assert "'42x': use a duration like 1h or a time like 2026-11-27T10:00" in wrong.stderr

@@ -710,4 +710,8 @@ def test_ids_beyond_what_sqlite_holds_are_a_400(served: tuple[Keeper, Dashboard]
     huge = "9" * 30
     with httpx.Client(base_url=dashboard.url, timeout=10) as http:
         assert http.get("/api/alerts", params={"since_id": huge}).status_code == 400
-        assert http.get("/api/stream", params={"since": huge}).status_code == 400
+        assert http.get("/api/stream", params={"since_id": huge}).status_code == 400
+        for path in ("/api/stream", "/api/alerts"):  # since: a duration or a time, never an id
+            bad = http.get(path, params={"since": "yesterday"})
+            assert bad.status_code == 400
+            assert "use a duration like 1h or a time like" in bad.json()["error"]
