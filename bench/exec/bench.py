@@ -1,0 +1,125 @@
+"""The exec notifier's cost per alert, against the obvious way to run a command per alert.
+
+The peer is a plain ``subprocess.run(cmd, input=json, env=..., capture_output=True,
+timeout=...)`` per alert: what a script that pipes alerts into a command does. watchkeeper's
+notifier adds the WATCHKEEPER_* environment, bounded output, a process group per command and its
+exit-status rules; ``parallel`` runs several commands at once. Each mode delivers N alerts to a
+``/bin/sh`` hook that reads its stdin, at N and 10 N, round after round so the machine's noise
+falls on every mode alike; the figure is the median of the rounds. "keeper" is end to end: N
+event alerts committed by a real Keeper, timed until the outbox says all are sent.
+
+    .venv/bin/python bench/exec/bench.py            # --sizes 200 2000 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watchkeeper import Keeper, Observation
+from watchkeeper.alerts import Alert, Severity
+from watchkeeper.keeper import build_notifier
+from watchkeeper.notifiers.exec import alert_environment
+
+
+def alerts(count: int) -> list[Alert]:
+    return [
+        Alert(
+            watcher="bench",
+            kind="custom",
+            severity=Severity.WARNING,
+            title=f"event {i}",
+            key=f"k{i}",
+            body="a body line\n" * 5,
+            id=i,
+        )
+        for i in range(count)
+    ]
+
+
+def peer(hook: str, batch: list[Alert]) -> None:
+    for alert in batch:
+        done = subprocess.run(
+            [hook],
+            input=json.dumps(alert.to_dict()).encode() + b"\n",
+            env={**os.environ, **alert_environment(alert)},
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0
+
+
+def notifier(hook: str, parallel: int) -> Callable[[list[Alert]], None]:
+    exec_notifier = build_notifier({"kind": "exec", "command": [hook], "parallel": parallel})
+
+    def deliver(batch: list[Alert]) -> None:
+        for start in range(0, len(batch), parallel):  # as the dispatcher hands them over
+            outcomes = exec_notifier.send_each(batch[start : start + parallel])
+            assert outcomes == [None] * len(outcomes)
+
+    return deliver
+
+
+def keeper(hook: str, count: int, parallel: int, folder: Path) -> float:
+    spec = {"kind": "exec", "command": [hook], "parallel": parallel}
+    wk = Keeper(state=folder / f"wk-{count}-{parallel}-{time.monotonic_ns()}.db", notify=[spec])
+    wk.every(3600, lambda: [Observation(f"e{i}", event=True) for i in range(count)], name="b")
+    started = time.perf_counter()
+    with wk:
+        store = wk.store
+        assert store is not None
+        while store.delivery_counts().get("exec") != {"sent": count}:
+            time.sleep(0.01)
+        took = time.perf_counter() - started
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 2000])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        hook = folder / "hook"
+        hook.write_text("#!/bin/sh\ncat > /dev/null\n")
+        hook.chmod(0o755)
+        for size in args.sizes:
+            batch = alerts(size)
+            modes: dict[str, Callable[[], float]] = {
+                "subprocess.run per alert (peer)": lambda b=batch: timed(peer, str(hook), b),
+                "exec notifier, parallel 1": lambda b=batch: timed(notifier(str(hook), 1), b),
+                "exec notifier, parallel 4": lambda b=batch: timed(notifier(str(hook), 4), b),
+                "keeper end to end, parallel 1": lambda s=size: keeper(str(hook), s, 1, folder),
+                "keeper end to end, parallel 4": lambda s=size: keeper(str(hook), s, 4, folder),
+            }
+            times: dict[str, list[float]] = {name: [] for name in modes}
+            for _ in range(args.rounds):
+                for name, run in modes.items():
+                    times[name].append(run())
+            base = statistics.median(times["subprocess.run per alert (peer)"])
+            print(f"\n{size} alerts, median of {args.rounds} rounds")
+            for name, got in times.items():
+                took = statistics.median(got)
+                print(
+                    f"  {name:34} {took:7.2f} s  {size / took:7.0f} alerts/s  "
+                    f"peer/this {base / took:4.2f}x"
+                )
+
+
+def timed(run: Callable[..., None], *args: object) -> float:
+    started = time.perf_counter()
+    run(*args)
+    return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    main()
