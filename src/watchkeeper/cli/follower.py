@@ -63,8 +63,8 @@ class Follower:
         self.url = url.rstrip("/") + "/api/stream"
         self.token = token
         self.last_id = after_id
+        # Replay from this duration or time first; once connected, the agent's cursor rules.
         self.since = since
-        # Replay from this duration or time first; once connected, the cursor from the agent rules.
         self.params = {"severity": str(severity)} | ({"watcher": watcher} if watcher else {})
         self.items: queue.Queue[dict[str, Any] | Notice] = queue.Queue()
         self.stopping = threading.Event()
