@@ -66,7 +66,7 @@ def run(
         if not keeper.watchers:
             say(f"{config}: no watchers configured; nothing to watch.", logging.WARNING)
         announce = attach_dashboard(keeper, cfg.keeper)
-        reloader = Reloader(keeper, config)
+        reloader = Reloader(keeper, config, cfg.keeper)
 
         def started() -> None:
             reloader.started()

@@ -99,15 +99,19 @@ def load(path: Path) -> Config:
 def state_path(config_path: Path, state: Path | None) -> Path:
     """--state, else the config's [keeper] state, else the default state file if it exists.
 
-    Without a config file and a state file to read, the message says that there is no config,
-    not that some state file the user never chose does not exist.
+    Only ``[keeper] state`` is read: the rest may name secrets this shell does not have. Without
+    a config file and a state file to read, the message says that there is no config, not that
+    some state file the user never chose does not exist.
     """
-    from watchkeeper.config import default_state_path
+    from watchkeeper.config import default_state_path, state_location
 
     if state is not None:
         return state
     if config_path.exists():
-        configured = load(config_path).keeper.state
+        try:
+            configured = state_location(config_path)
+        except ConfigError as exc:
+            fail("\n".join(exc.errors))
         return configured if configured is not None else default_state_path()
     if config_path != DEFAULT_CONFIG:
         fail(f"{config_path}: no such config file")
