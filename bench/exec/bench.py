@@ -10,6 +10,7 @@ median of the rounds. "keeper" is end to end: N
 event alerts committed by a real Keeper, timed until the outbox says all are sent.
 
     .venv/bin/python bench/exec/bench.py            # --sizes 200 2000 --rounds 3
+    .venv/bin/python bench/exec/bench.py --process-groups 300
 """
 
 from __future__ import annotations
@@ -90,12 +91,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 2000])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--process-groups",
+        type=int,
+        metavar="N",
+        help="instead: N Popen().communicate() pairs, a new session against a process group",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         hook = folder / "hook"
         hook.write_text("#!/bin/sh\ncat > /dev/null\n")
         hook.chmod(0o755)
+        if args.process_groups:
+            process_groups(str(hook), args.process_groups)
+            return
         for size in args.sizes:
             batch = alerts(size)
             direct: dict[str, Callable[[list[Alert]], None]] = {
@@ -124,6 +134,30 @@ def main() -> None:
                     f"  {name:34} {took:7.2f} s  {size / took:7.0f} alerts/s  "
                     f"peer/this {base / took:4.2f}x"
                 )
+
+
+def process_groups(hook: str, pairs: int) -> None:
+    """Why the notifier uses ``process_group=0``: what each way of leading a group costs."""
+    options: dict[str, tuple[bool, int | None]] = {  # start_new_session, process_group
+        "start_new_session=True": (True, None),
+        "process_group=0": (False, 0),
+        "neither": (False, None),
+    }
+    spent = dict.fromkeys(options, 0.0)
+    for _ in range(pairs):
+        for name, (session, group) in options.items():
+            started = time.perf_counter()
+            child = subprocess.Popen(
+                [hook],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                start_new_session=session,
+                process_group=group,
+            )
+            child.communicate(b"x\n")
+            spent[name] += time.perf_counter() - started
+    for name, took in spent.items():
+        print(f"  {name:24} {took:6.2f} s for {pairs} commands")
 
 
 def timed(run: Callable[..., None], *args: object) -> float:
