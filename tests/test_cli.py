@@ -100,7 +100,18 @@ def test_status_in_a_folder_without_a_config_says_there_is_none(tmp_path: Path) 
     assert named.stderr.strip() == "other.toml: no such config file"
 
 
-COMMANDS = ["run", "check", "status", "alerts", "notify-test", "follow", "init", "demo", "scan"]
+COMMANDS = [
+    "reload",
+    "run",
+    "check",
+    "status",
+    "alerts",
+    "notify-test",
+    "follow",
+    "init",
+    "demo",
+    "scan",
+]
 
 
 @pytest.mark.parametrize("command", [*COMMANDS, "page", "tail"])
