@@ -29,7 +29,7 @@ class Backend:
     titles: Callable[[], list[str]]
 
 
-@pytest.fixture(params=["smtp", "webhook", "jsonl", "apprise"])
+@pytest.fixture(params=["smtp", "webhook", "jsonl", "exec", "apprise"])
 def backend(
     request: pytest.FixtureRequest,
     tmp_path: Path,
@@ -63,6 +63,16 @@ def backend(
                 else []
             ),
         )
+    elif kind == "exec":  # a real script that appends the alert it reads on stdin to a file
+        path = tmp_path / "exec.jsonl"
+        yield Backend(
+            {"kind": "exec", "command": ["/bin/sh", "-c", f"cat >> {path}"]},
+            lambda: (
+                [json.loads(x)["title"] for x in path.read_text().splitlines()]
+                if path.exists()
+                else []
+            ),
+        )
     else:
         pytest.importorskip("apprise")
         yield Backend(
@@ -80,7 +90,7 @@ def test_each_alert_arrives_once_in_order(backend: Backend, tmp_path: Path) -> N
     with keeper:
         wait_until(lambda: sum("third" in t for t in backend.titles()) >= 1)
     # Each title is a condition of its own: it fires, and recovers when the next replaces it.
-    expected = ["first", "Recovered: first", "second", "Recovered: second", "third"]
+    expected = ["first", "first: recovered", "second", "second: recovered", "third"]
     got = backend.titles()
     assert len(got) == len(expected)
     assert all(title.endswith(want) for title, want in zip(got, expected, strict=True))
@@ -114,7 +124,9 @@ def test_batch_sends_one_digest(backend: Backend, tmp_path: Path) -> None:
         assert titles == [f"item {i}" for i in range(5)]
     else:  # `batch` is the old name of group_wait + group_interval: one message, five groups
         assert len(titles) == 1
-        assert "5 alerts in 5 groups: w" in titles[0]
+        # The watcher is named once: the subject puts it before the title, as for one alert.
+        named = {"smtp": "[WARNING] w: ", "apprise": "w: "}.get(spec["kind"], "")
+        assert titles[0] == named + "5 alerts in 5 groups"
 
 
 def alert(title: str = "disk full", **kw: Any) -> Alert:
@@ -308,7 +320,7 @@ def test_apprise_throttle_is_off_and_exit_is_unsafe(http_receiver: RecordingServ
     worker.start()
     assert done.wait(3.0), "apprise's 5.5 s per-target throttle is still on"
     worker.join()
-    assert [r.json()["title"] for r in http_receiver.requests] == ["one", "two"]
+    assert [r.json()["title"] for r in http_receiver.requests] == ["w: one", "w: two"]
 
 
 @pytest.fixture(scope="module")
@@ -449,3 +461,28 @@ def test_webhook_urls_are_redacted_from_library_logs(
     notifier.close()
     assert "HTTP Request" in caplog.text
     assert "s3cr3t" not in caplog.text
+
+
+def test_subjects_name_the_watcher_once(smtp_sink: SmtpSink, tmp_path: Path) -> None:
+    """A log line's email: ``[ERROR] app-log: ERROR disk full``, not ``app-log: app-log: …``."""
+    log = tmp_path / "app.log"
+    log.write_text("INFO started\nERROR disk full on /var\n")
+    keeper = Keeper(state=tmp_path / "wk.db", notify=[smtp_spec(smtp_sink.port)])
+    rules = [{"match": "ERROR", "severity": "error"}]
+    keeper.log(str(log), rules=rules, name="app-log", start_at="beginning")
+    with keeper:
+        wait_until(lambda: smtp_sink.messages)
+    assert [str(m["Subject"]) for m in smtp_sink.messages] == [
+        "[ERROR] app-log: ERROR disk full on /var"
+    ]
+
+
+def test_apprise_titles_name_the_watcher(http_receiver: RecordingServer, tmp_path: Path) -> None:
+    """Alert titles leave out the watcher; a chat message must still say where it came from."""
+    pytest.importorskip("apprise")
+    url = "json://" + http_receiver.url.removeprefix("http://")
+    keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "apprise", "url": url}])
+    keeper.every(3600, lambda: Observation("replica lag 40s", severity="error"), name="db-primary")
+    with keeper:
+        (request,) = http_receiver.wait_for(1)
+    assert request.json()["title"] == "db-primary: replica lag 40s"

@@ -27,7 +27,7 @@ from watchkeeper.errors import PermanentDeliveryError, StoreError, TransientDeli
 from watchkeeper.grouping import Grouper, GroupPolicy
 from watchkeeper.notifiers.base import Notifier
 from watchkeeper.quantities import MAX_DURATION
-from watchkeeper.store import Route, Store, WatcherRecord
+from watchkeeper.store import Delivery, Route, Store, WatcherRecord
 from watchkeeper.watchers.base import Watcher
 
 log = logging.getLogger("watchkeeper")
@@ -650,18 +650,35 @@ class Dispatcher(threading.Thread):
             if self._attempt(send, ids, max(d.attempts for d in due) + 1)[0] == "sent":
                 self.store.mark_sent(ids, self.clock())
             return True
-        for delivery in due:
+        width = max(1, self.notifier.concurrency)
+        for start in range(0, len(due), width):
             if self._out_of_time():
                 return False
-            send = functools.partial(self.notifier.send, delivery.alert)
-            outcome, _ = self._attempt(send, [delivery.id], delivery.attempts + 1)
-            if outcome == "sent":
-                # Marked at once, not with the rest of the batch: a message takes far longer
-                # than a mark, and a crash then repeats at most the one in flight.
-                self.store.mark_sent([delivery.id], self.clock())
-            elif outcome == "retry":  # the notifier is down: do not wait on every alert
-                break
+            if not self._deliver_each(due[start : start + width]):
+                break  # the notifier is down: do not spend a timeout on every alert
         return True
+
+    def _deliver_each(self, deliveries: list[Delivery]) -> bool:
+        """Each alert on its own, several at once where the notifier can (``concurrency``);
+        False if any failed in a way that may pass.
+
+        Marked as soon as they are sent, not with the rest of the batch: a message takes far
+        longer than a mark, and a crash then repeats only those in flight.
+        """
+        if len(deliveries) == 1:
+            (one,) = deliveries
+            send = functools.partial(self.notifier.send, one.alert)
+            outcomes = [self._attempt(send, [one.id], one.attempts + 1)]
+        else:
+            errors = self.notifier.send_each([d.alert for d in deliveries])
+            outcomes = [  # every outcome recorded, not only those up to the first retry
+                self._outcome([d.id], d.attempts + 1, e)
+                for d, e in zip(deliveries, errors, strict=True)
+            ]
+        sent = [d.id for d, (o, _) in zip(deliveries, outcomes, strict=True) if o == "sent"]
+        if sent:
+            self.store.mark_sent(sent, self.clock())
+        return all(o != "retry" for o, _ in outcomes)
 
     def _grouped_step(self, grouper: Grouper, flushing: bool) -> bool:
         """Read new pending deliveries into the groups; send the groups that are due."""
@@ -711,29 +728,38 @@ class Dispatcher(threading.Thread):
     def _attempt(
         self, send: Callable[[], None], ids: Sequence[int], attempts: int
     ) -> tuple[str, float]:
-        """Send, and record a failure in the store (a success is the caller's to record, with
-        others in one transaction): ``"sent"``, ``"failed"`` (for good, marked failed) or
-        ``"retry"`` (may pass later: marked for a retry at its backoff), and the next try."""
-        name = self.notifier.name
+        """Send, and sort the outcome (see :meth:`_outcome`)."""
         try:
             send()
-        except PermanentDeliveryError as exc:
-            log.error("notifier %s: giving up on %d alert(s): %s", name, len(ids), exc)
-            self.store.mark_failed(ids, str(exc))
+        except Exception as exc:  # sorted by _outcome: a bug must not lose alerts either
+            return self._outcome(ids, attempts, exc)
+        return self._outcome(ids, attempts, None)
+
+    def _outcome(
+        self, ids: Sequence[int], attempts: int, error: Exception | None
+    ) -> tuple[str, float]:
+        """Record a failure in the store (a success is the caller's to record, with others in
+        one transaction): ``"sent"``, ``"failed"`` (for good, marked failed) or ``"retry"``
+        (may pass later: marked for a retry at its backoff), and the time of the next try."""
+        name = self.notifier.name
+        if error is None:
+            return "sent", 0.0
+        if isinstance(error, PermanentDeliveryError):
+            log.error("notifier %s: giving up on %d alert(s): %s", name, len(ids), error)
+            self.store.mark_failed(ids, str(error))
             return "failed", 0.0
-        except Exception as exc:  # unexpected errors are retried too: a bug must not lose alerts
-            delay = retry_delay(attempts)
-            text = str(exc) or type(exc).__name__
-            if isinstance(exc, TransientDeliveryError):
-                log.warning("notifier %s: %s; retry in %.0fs", name, text, delay)
-            else:
-                log.error(
-                    "notifier %s: unexpected error; retry in %.0fs",
-                    name,
-                    delay,
-                    exc_info=attempts == 1,
-                )
-            next_try = self.clock() + delay
-            self.store.mark_retry(ids, text, next_try)
-            return "retry", next_try
-        return "sent", 0.0
+        # Unexpected errors are retried too: a bug must not lose alerts.
+        delay = retry_delay(attempts)
+        text = str(error) or type(error).__name__
+        if isinstance(error, TransientDeliveryError):
+            log.warning("notifier %s: %s; retry in %.0fs", name, text, delay)
+        else:
+            log.error(
+                "notifier %s: unexpected error; retry in %.0fs",
+                name,
+                delay,
+                exc_info=error if attempts == 1 else None,
+            )
+        next_try = self.clock() + delay
+        self.store.mark_retry(ids, text, next_try)
+        return "retry", next_try

@@ -143,9 +143,38 @@ class Notifier(ABC):
         a count in the title, the groups in the body and in ``data["groups"]``."""
         self.send(digest.alert())
 
+    @property
+    def concurrency(self) -> int:
+        """How many due alerts the dispatcher hands :meth:`send_each` at once (1: one by one)."""
+        return 1
+
+    def send_each(self, alerts: Sequence[Alert]) -> list[Exception | None]:
+        """Deliver each alert on its own, at once where the notifier can (``exec``'s
+        ``parallel``); one outcome per alert: None when sent, else the error. The default sends
+        them in turn.
+        """
+        outcomes: list[Exception | None] = []
+        for alert in alerts:
+            try:
+                self.send(alert)
+            except Exception as exc:  # each alert's outcome is recorded on its own
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
+
     def describe(self) -> str:
         """Where this notifier delivers, without secrets: for status and notify-test."""
         return self.kind
+
+    def abort(self) -> None:
+        """Give up the send in progress, from another thread: the keeper's stop ran out of time.
+
+        The keeper calls it on a notifier whose dispatcher is still sending at the end of
+        ``shutdown_timeout``; the delivery stays pending and goes out at the next start. Most
+        sends end by themselves with their own deadline; one that can leave something running
+        past the program (a command) ends it here.
+        """
 
     def close(self) -> None:
         """Release connections. Called once when the keeper stops."""
@@ -155,7 +184,7 @@ NOTIFIERS: Registry[type[Notifier]] = Registry(
     "notifier",
     {
         kind: f"watchkeeper.notifiers.{kind}"
-        for kind in ("apprise", "console", "jsonl", "smtp", "webhook")
+        for kind in ("apprise", "console", "exec", "jsonl", "smtp", "webhook")
     },
 )
 """Kind -> notifier class; a built-in kind's module is imported when the kind is looked up."""

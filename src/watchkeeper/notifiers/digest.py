@@ -147,12 +147,12 @@ class Digest:
             lines += ["", f"{len(rest)} more groups ({sum(g.count for g in rest)} alerts)."]
         digest = hashlib.sha256(",".join(map(str, sorted(self.ids))).encode()).hexdigest()[:32]
         return Alert(
-            watcher=", ".join(watchers),
+            watcher=named,  # at most three names: it goes in subjects
             kind="digest",
             severity=top.severity,
             title=_cut(f"{total} alerts: {top.examples[0].title}", TITLE_CHARS)
             if len(self.groups) == 1
-            else _cut(f"{total} alerts in {len(self.groups)} groups: {named}", TITLE_CHARS),
+            else f"{total} alerts in {len(self.groups)} groups",  # `watcher` names the watchers
             key="digest",
             body="\n".join(lines),
             data={
