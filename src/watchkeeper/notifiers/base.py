@@ -70,6 +70,9 @@ class NotifierConfig(BaseModel):
 
     default_group_interval: ClassVar[float] = 0.0
     """The kind's group_interval when the config sets none (0: every alert on its own)."""
+    feed: ClassVar[bool] = False
+    """A machine feed (a file, a terminal): it gets every alert, and the old ``batch`` does not
+    group it."""
 
     @field_validator("min_severity", mode="before")
     @classmethod
@@ -89,7 +92,7 @@ class NotifierConfig(BaseModel):
         goes out on its own."""
         interval = self.group_interval
         wait = self.group_wait
-        if self.batch is not None and self.default_group_interval > 0:  # the old name
+        if self.batch is not None and not self.feed:  # the old name
             interval = self.batch if interval is None else interval
             wait = wait or self.batch
         if interval is None:

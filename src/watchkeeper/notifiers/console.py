@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.notifiers.base import Notifier, NotifierConfig, register
@@ -30,6 +30,8 @@ class ConsoleConfig(NotifierConfig):
     """``[[notify]] kind = "console"``: print alerts on stderr."""
 
     kind: Literal["console"] = "console"
+
+    feed: ClassVar[bool] = True
 
 
 def alert_text(alert: Alert) -> Text:

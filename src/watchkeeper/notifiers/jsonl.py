@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -25,6 +25,8 @@ class JsonlConfig(NotifierConfig):
 
     kind: Literal["jsonl"] = "jsonl"
     path: Path = Field(description="The file to append to; created with its folder if missing.")
+
+    feed: ClassVar[bool] = True
 
 
 @register
