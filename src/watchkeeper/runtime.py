@@ -628,6 +628,9 @@ class Dispatcher(threading.Thread):
 
     def _step(self) -> bool:
         """One pass over the outbox; False when the thread should end."""
+        # Cleared before the pass, not after its sleep: a commit's wake-up that comes in between
+        # is then never lost (it used to wait out IDLE_POLL).
+        self.wake.clear()
         flushing = self._flush_by is not None
         if flushing and (self._at_exit and not self.notifier.exit_safe):
             return False
@@ -723,7 +726,6 @@ class Dispatcher(threading.Thread):
 
     def _sleep(self, timeout: float) -> None:
         self.wake.wait(timeout)
-        self.wake.clear()
 
     def _attempt(
         self, send: Callable[[], None], ids: Sequence[int], attempts: int

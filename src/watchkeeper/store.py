@@ -512,15 +512,14 @@ class Store:
         one. The cursor also moves past deliveries to other notifiers, so a notifier that gets
         few alerts never reads the others' backlog twice.
         """
-        if cursor is None:
-            first = self._read(
-                "SELECT MIN(id) FROM deliveries WHERE notifier = ? AND status = 'pending'",
-                (notifier,),
-            )[0][0]
-            cursor = (first - 1) if first is not None else None
-        if cursor is None:  # nothing pending: start after everything there is
-            last = self._read("SELECT MAX(id) FROM deliveries")[0][0]
-            return [], int(last or 0)
+        if cursor is None:  # before the oldest pending one, or (none) after everything there is
+            cursor = int(
+                self._read(  # one statement, one state: a commit cannot fall in between
+                    "SELECT COALESCE((SELECT MIN(id) - 1 FROM deliveries WHERE notifier = ? "
+                    "AND status = 'pending'), (SELECT MAX(id) FROM deliveries), 0)",
+                    (notifier,),
+                )[0][0]
+            )
         with self._lock:  # the two reads see one state: nothing commits in between
             top = self._read("SELECT MAX(id) FROM deliveries")[0][0] or 0
             rows = self._read(
