@@ -23,7 +23,7 @@ from watchkeeper.watchers.log import BUFFERED, LogWatcher
 from watchkeeper.watchers.logconfig import LogConfig
 from watchkeeper.watchers.logmatch import hyperscan_available
 
-ENGINES = ["re", *(["hyperscan"] if hyperscan_available() else [])]
+ENGINES = ["re2", *(["hyperscan"] if hyperscan_available() else [])]
 
 
 class Follow:
@@ -423,7 +423,7 @@ def test_any_sequence_of_writes_rotations_and_restarts_alerts_each_line_once(
     folder = tmp_path_factory.mktemp("prop")
     log = folder / "app.log"
     log.touch()
-    f = Follow("hyperscan" if hyperscan_available() else "re", [log], rotate_wait=0)
+    f = Follow("hyperscan" if hyperscan_available() else "re2", [log], rotate_wait=0)
     seen: list[str] = []
     f.check()
     line = 0

@@ -2,18 +2,22 @@
 
 The whole chunk (complete lines only) is searched for all rules at once; only a hit costs Python
 work: the hit's line bounds are found with ``rfind``/``find``, the rules are confirmed on that one
-line with ``re`` (except literal ones hyperscan reported: see ``Pattern.literal``), and the search
-resumes at the next line. Two prefilters do the searching:
+line with an exact engine (except literal ones hyperscan reported: see ``Pattern.literal``), and
+the search resumes at the next line. The searching is done with each pattern's *candidate*
+writing (see :mod:`logregex`): it matches on every line the rule matches, so a prefilter can
+only add lines the confirmation then drops, never lose one. Two prefilters:
 
 - **hyperscan** (the ``fast`` extra), one multi-pattern database for every rule it can compile.
   The callback halts the scan at the first hit; the scan restarts after that line, so a pattern
-  that matches often costs one scan call per matching line, never one per match.
-- **re**, always available: each rule's compiled bytes pattern searches from the current line, and
-  the earliest hit across rules wins. Rules hyperscan rejects (backreferences, lookarounds) use it.
+  that matches often costs one scan call per matching line, never one per match. A report is
+  placed on the line of its *end* offset: an empty match (``^$``) ends on its own line's start.
+- **RE2** (``google-re2``), always available: each rule's candidate pattern searches the chunk
+  in multi-line mode from the current line, and the earliest hit across rules wins.
 
-Patterns that are plain ASCII are matched on the raw bytes (as GNU grep does with ``LC_ALL=C``):
-``\\w`` and ``\\d`` then mean ASCII classes. A pattern with non-ASCII characters is matched on the
-decoded line instead, which needs every line as a candidate: correct, but as slow as a loop.
+Both are linear in the chunk's size whatever the pattern. Patterns that are plain ASCII are
+matched on the raw bytes (as GNU grep does with ``LC_ALL=C``): ``\\w`` and ``\\d`` then mean ASCII
+classes. A pattern with non-ASCII characters is matched on the decoded line instead, which needs
+every line as a candidate: correct, but as slow as a loop.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import re2
+import regex
+
+from watchkeeper.watchers.logregex import translate
+
 hyperscan: Any
 try:  # the optional ``fast`` extra
     import hyperscan
@@ -33,40 +42,79 @@ except ImportError:  # pragma: no cover - depends on the environment
 _EVERY_LINE = re.compile(rb"(?m)^")
 _LITERAL = re.compile(rb"(?:[^\\.^$*+?{}\[\]|()\r\n]|\\[^A-Za-z0-9\r\n])+")
 """Characters that stand for themselves in Python's ``re`` and in hyperscan alike."""
+_RE2_BYTES = re2.Options()
+_RE2_BYTES.encoding = re2.Options.Encoding.LATIN1  # one byte is one character, as for re
+_RE2_BYTES.log_errors = False
 ALL = -1
 """A pattern mask with every bit set: the prefilter cannot tell which patterns matched."""
 
 
+class LineTimeout(Exception):
+    """A backtracking pattern took longer than its time limit on one line."""
+
+
 @dataclass(frozen=True)
 class Pattern:
-    """One regex, usable on the raw bytes of a line and on its decoded text."""
+    """One rule regex: its exact line matcher and its candidate search for whole chunks.
+
+    Lines are matched by an engine that gives ``re``'s answer in bounded time (see
+    :mod:`logregex`): RE2 where the pattern allows, else ``regex`` with ``timeout`` per line.
+    Python's ``re`` is never run on a line: one pattern like ``(a+)+b`` and one unlucky line
+    would hold the GIL, and with it every thread of the process, for hours.
+    """
 
     source: str
-    text: re.Pattern[str]
-    raw: re.Pattern[bytes] | None
-    """The bytes form, or None when the pattern has non-ASCII characters (decoded match only)."""
-
+    exact: Any
+    """The compiled exact matcher (``re2`` or ``regex``)."""
+    linear: bool
+    """RE2 runs it: time linear in the line's length, no timeout needed."""
+    candidates: bytes | None
+    """The chunk-wide candidate pattern, or None when the pattern has non-ASCII characters
+    (it is then matched on the decoded line, and every line is a candidate)."""
+    timeout: float
     literal: bool = False
     """Plain words, or an alternation of them (``CRITICAL|FATAL``): no metacharacter, no line
     break. Hyperscan reporting one on a line is then proof enough, as hyperscan's and ``re``'s
-    meaning of a literal is the same; any other pattern is confirmed with ``re`` (see
-    ``log.Rule.exact``), as hyperscan's syntax differs from Python's in places."""
+    meaning of a literal is the same; any other pattern is confirmed (see ``log.Rule.exact``)."""
 
     @classmethod
-    def compile(cls, source: str) -> Pattern:
-        """Compile, raising ``re.error`` for a bad pattern."""
-        text = re.compile(source)
-        raw = re.compile(source.encode("ascii")) if source.isascii() else None
-        literal = raw is not None and all(
-            _LITERAL.fullmatch(branch) for branch in alternatives(raw.pattern)
+    def compile(cls, source: str, timeout: float = 0.1) -> Pattern:
+        """Compile, raising ``ValueError`` (``re.error`` or :class:`Untranslatable`)."""
+        re.compile(source)
+        ascii_ = source.isascii()
+        found = translate(source.encode("ascii") if ascii_ else source)
+        exact: Any = None
+        if found.re2 is not None:
+            with contextlib.suppress(re2.error):  # too large for RE2: regex, with a timeout
+                exact = re2.compile(found.re2.encode("ascii"), _RE2_BYTES)
+        linear = exact is not None
+        if not linear:
+            exact = regex.compile(found.regex.encode("ascii") if ascii_ else found.regex)
+        literal = ascii_ and all(
+            _LITERAL.fullmatch(branch) for branch in alternatives(source.encode("ascii"))
         )
-        return cls(source, text, raw, literal)
+        candidates = None if found.candidates is None else found.candidates.encode("ascii")
+        return cls(source, exact, linear, candidates, timeout, literal)
 
-    def search(self, raw: bytes | bytearray, text: str) -> re.Match[Any] | None:
-        """Search one line: its bytes when the pattern is ASCII, else its decoded text."""
-        if self.raw is not None:
-            return self.raw.search(raw)
-        return self.text.search(text)
+    @property
+    def raw(self) -> bool:
+        """Matched on the raw bytes of a line (an ASCII pattern), not on its decoded text."""
+        return self.candidates is not None
+
+    def search(self, raw: bytes | bytearray, text: str) -> Any:
+        """Search one line: its bytes when the pattern is ASCII, else its decoded text.
+
+        Raises :class:`LineTimeout` when a backtracking pattern runs out of time on the line.
+        """
+        subject: bytes | bytearray | str = raw if self.raw else text
+        if self.linear:
+            return self.exact.search(subject)
+        if isinstance(subject, bytearray):
+            subject = bytes(subject)  # concurrent matching needs an immutable subject
+        try:
+            return self.exact.search(subject, timeout=self.timeout, concurrent=True)
+        except TimeoutError:
+            raise LineTimeout(self.source) from None
 
 
 def hyperscan_available() -> bool:
@@ -80,18 +128,17 @@ class Prefilter:
     def __init__(self, patterns: Sequence[Pattern], use_hyperscan: bool = True) -> None:
         self.patterns = list(patterns)
         self.database: Any = None
-        self.engine = "re"
-        fallback: list[re.Pattern[bytes]] = []
+        self.engine = "re2"
+        fallback: list[Any] = []
         compiled: list[tuple[bytes, int]] = []
         for index, pattern in enumerate(self.patterns):
-            if pattern.raw is None:
+            if pattern.candidates is None:
                 fallback.append(_EVERY_LINE)
                 continue
-            if use_hyperscan and hyperscan is not None and _hyperscan_accepts(pattern.raw.pattern):
-                compiled.append((pattern.raw.pattern, index))
+            if use_hyperscan and hyperscan is not None and _hyperscan_accepts(pattern.candidates):
+                compiled.append((pattern.candidates, index))
             else:
-                branches = alternatives(pattern.raw.pattern)
-                fallback += [re.compile(branch, re.MULTILINE) for branch in branches]
+                fallback.append(re2.compile(b"(?m)" + pattern.candidates, _RE2_BYTES))
         if compiled:
             self.database = hyperscan.Database()
             self.database.compile(
@@ -101,8 +148,7 @@ class Prefilter:
                 flags=[_HS_FLAGS] * len(compiled),
             )
             self.engine = "hyperscan"
-        # One regex per pattern: alternation would clash on group names and inline flags.
-        self.fallback = list(dict.fromkeys(fallback))
+        self.fallback = fallback
 
     def lines(
         self, data: bytes | bytearray, size: int | None = None
@@ -155,12 +201,14 @@ class Prefilter:
 
         def on_match(pattern_id: int, start: int, end: int, flags: int, context: Any) -> bool:
             nonlocal stop, repeats
-            at = end - 1 if end else 0
+            at = end  # on the line of the match: its last byte's, or an empty match's own
             if at <= stop:
                 repeats += 1
                 masks[-1] |= 1 << pattern_id
                 return repeats > 15 * len(hits) + 4096
-            stop = find(b"\n", at)  # every line ends with a newline: find() cannot fail
+            stop = find(b"\n", at)
+            if stop < 0:  # an empty match after the last newline: no line there
+                return False
             hits.append(at)
             stops.append(stop)
             masks.append(1 << pattern_id)
@@ -180,7 +228,7 @@ class Prefilter:
         return (len(view) if finished else stop + 1), found
 
     def _hyperscan_hit(self, view: memoryview, pos: int) -> int:
-        """The position of the first byte of the first match ending at or after ``pos``."""
+        """The end of the first match ending at or after ``pos``: a position on its line."""
         found: list[int] = []
 
         def on_match(pattern_id: int, start: int, end: int, flags: int, context: Any) -> bool:
@@ -191,7 +239,7 @@ class Prefilter:
             self.database.scan(view[pos:], match_event_handler=on_match)
         if not found:
             return len(view)
-        return pos + max(found[0] - 1, 0)
+        return pos + found[0]
 
 
 _HS_FLAGS = 0

@@ -1,0 +1,393 @@
+"""One meaning for a rule's regex on every engine: Python's ``re`` parse, written out again.
+
+A rule's pattern is Python syntax, and the user's contract is ``re.search(pattern, line)``. Other
+engines read regex text differently in places (``a{,3}`` is a repeat for ``re`` and three literal
+characters for RE2 and hyperscan; ``[[:alpha:]]`` is a POSIX class for some and a plain set for
+``re``; ``\\Z`` and ``$`` differ at line ends), so a pattern is never handed to them as written.
+It is parsed once with ``re``'s own parser and written out again in a small, unambiguous subset
+that means the same to each engine: every byte as ``\\xHH``, every set as explicit byte ranges
+(case folding already applied, as ``re`` applies it to bytes), ``^``/``$`` as the string anchors
+of a single line. Three writings come out of one tree:
+
+- **exact for RE2** (``google-re2``, linear time): the line-by-line meaning, for every pattern
+  without backreferences, lookarounds, conditionals, atomic groups or possessive repeats;
+- **exact for regex** (the ``regex`` package, backtracking with a per-line timeout): for those
+  that need one, and for patterns with non-ASCII characters, which match decoded text;
+- **candidates for a whole chunk** (hyperscan, or RE2 in multi-line mode): a pattern whose
+  matches include every line-by-line match, positioned on that line. Lookarounds are dropped,
+  a backreference becomes "anything", ``$`` also matches before the ``\\r`` of a CRLF line (the
+  line a rule sees has it stripped). Each candidate line is then confirmed with an exact engine.
+
+A construct this module does not know is refused when the config loads, never approximated.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# re's own parser (the module Python's re compiles with), so a pattern means what re says it does.
+sre: Any = importlib.import_module("re._constants")
+sre_parse: Any = importlib.import_module("re._parser")
+
+_WORD = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_CATEGORIES: dict[Any, frozenset[int]] = {
+    sre.CATEGORY_DIGIT: frozenset(b"0123456789"),
+    sre.CATEGORY_SPACE: frozenset(b" \t\n\r\f\v"),
+    sre.CATEGORY_WORD: _WORD,
+}
+_CATEGORIES.update(
+    {
+        sre.CATEGORY_NOT_DIGIT: frozenset(range(256)) - _CATEGORIES[sre.CATEGORY_DIGIT],
+        sre.CATEGORY_NOT_SPACE: frozenset(range(256)) - _CATEGORIES[sre.CATEGORY_SPACE],
+        sre.CATEGORY_NOT_WORD: frozenset(range(256)) - _WORD,
+    }
+)
+_CATEGORY_TEXT = {
+    sre.CATEGORY_DIGIT: r"\d",
+    sre.CATEGORY_NOT_DIGIT: r"\D",
+    sre.CATEGORY_SPACE: r"\s",
+    sre.CATEGORY_NOT_SPACE: r"\S",
+    sre.CATEGORY_WORD: r"\w",
+    sre.CATEGORY_NOT_WORD: r"\W",
+}
+_BACKTRACKING = {
+    sre.GROUPREF: "a backreference",
+    sre.GROUPREF_EXISTS: "a conditional group",
+    sre.ASSERT: "a lookaround",
+    sre.ASSERT_NOT: "a lookaround",
+    sre.ATOMIC_GROUP: "an atomic group",
+    sre.POSSESSIVE_REPEAT: "a possessive repeat",
+}
+_RE2_MAX_REPEAT = 1000
+
+
+class Untranslatable(ValueError):
+    """The pattern uses something the engines cannot be made to agree on."""
+
+
+@dataclass(frozen=True)
+class Translation:
+    """The writings of one pattern (see the module docstring)."""
+
+    re2: str | None
+    """Line-by-line meaning in RE2 syntax, or None when the pattern needs backtracking."""
+    regex: str
+    """Line-by-line meaning in ``regex`` syntax (with no flags of its own)."""
+    candidates: str | None
+    """Multi-line superset for a whole chunk (bytes patterns only)."""
+    needs: str | None
+    """Why RE2 cannot run the pattern, for messages."""
+
+
+def translate(pattern: str | bytes) -> Translation:
+    """The writings of a pattern ``re`` compiles; :class:`Untranslatable` when there are none.
+
+    A ``bytes`` pattern (an ASCII rule, matched on raw bytes) gets all three; a ``str`` one
+    (non-ASCII, matched on decoded text) only the ``regex`` writing.
+    """
+    tree = sre_parse.parse(pattern)
+    flags = tree.state.flags
+    if flags & sre.SRE_FLAG_LOCALE:
+        raise Untranslatable("the LOCALE flag (?L) depends on the machine's locale")
+    names = {gid: name for name, gid in tree.state.groupdict.items()}
+    needs = _backtracking(tree)
+    if isinstance(pattern, str):
+        prefix = "(?i)" if flags & sre.SRE_FLAG_IGNORECASE else ""
+        prefix += "(?a)" if flags & sre.SRE_FLAG_ASCII else ""
+        return Translation(None, prefix + _TextWriter(names).write(tree), None, "non-ASCII text")
+    ignore = bool(flags & sre.SRE_FLAG_IGNORECASE)
+    if needs is None and not _repeats_fit(tree):
+        needs = f"a repeat count above {_RE2_MAX_REPEAT}"
+    return Translation(
+        None if needs else _BytesWriter(names, "re2").write(tree, ignore),
+        _BytesWriter(names, "regex").write(tree, ignore),
+        _BytesWriter(names, "candidates").write(tree, ignore),
+        needs,
+    )
+
+
+def _walk(tree: Any) -> Any:
+    """Every (op, av) of a parsed pattern, depth first."""
+    for op, av in tree:
+        yield op, av
+        for sub in _children(op, av):
+            yield from _walk(sub)
+
+
+def _children(op: Any, av: Any) -> list[Any]:
+    if op is sre.BRANCH:
+        return list(av[1])
+    if op is sre.SUBPATTERN:
+        return [av[3]]
+    if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
+        return [av[2]]
+    if op in (sre.ASSERT, sre.ASSERT_NOT):
+        return [av[1]]
+    if op is sre.ATOMIC_GROUP:
+        return [av]
+    if op is sre.GROUPREF_EXISTS:
+        return [a for a in av[1:] if a is not None]
+    return []
+
+
+def _backtracking(tree: Any) -> str | None:
+    """The first construct only a backtracking engine runs, if any."""
+    for op, _ in _walk(tree):
+        if op in _BACKTRACKING:
+            return _BACKTRACKING[op]
+    return None
+
+
+def _repeats_fit(tree: Any) -> bool:
+    """RE2 refuses repeat counts above 1000."""
+    for op, av in _walk(tree):
+        if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):
+            bounds = [n for n in av[:2] if n is not sre.MAXREPEAT]
+            if any(n > _RE2_MAX_REPEAT for n in bounds):
+                return False
+    return True
+
+
+def nested_repeat(pattern: str) -> str | None:
+    """The first repeat of a part that itself repeats (``(a+)+``), the shape of catastrophic
+    backtracking: ``re`` and ``regex`` may take exponential time on a line that almost matches.
+    None when there is none. ``watchkeeper check`` warns about these."""
+    try:
+        tree = sre_parse.parse(pattern)
+    except re.error:
+        return None
+
+    def repeats(sub: Any) -> bool:
+        return any(
+            op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT) and av[1] > 1
+            for op, av in _walk(sub)
+        )
+
+    for op, av in _walk(tree):
+        if op in (sre.MAX_REPEAT, sre.MIN_REPEAT) and av[1] > 1 and repeats(av[2]):
+            return "a repeated group that itself repeats"
+    return None
+
+
+def _byte_set(items: Any, ignore: bool) -> frozenset[int]:
+    """The bytes a ``[...]`` set matches, as ``re`` decides it for a bytes pattern.
+
+    Under IGNORECASE ``re`` lowers the set's literals and ranges and tests the lowered byte, so
+    a byte matches when its lower case is in the lowered set (categories are case-closed).
+    """
+    negate = False
+    explicit: set[int] = set()
+    categories: set[int] = set()
+    for op, av in items:
+        if op is sre.NEGATE:
+            negate = True
+        elif op is sre.LITERAL:
+            explicit.add(av)
+        elif op is sre.RANGE:
+            explicit.update(range(av[0], av[1] + 1))
+        elif op is sre.CATEGORY:
+            categories |= _CATEGORIES[av]
+        else:
+            raise Untranslatable(f"unknown set item {op}")
+    if ignore:
+        lowered = {_lower(b) for b in explicit} | categories
+        found = {b for b in range(256) if _lower(b) in lowered}
+    else:
+        found = explicit | categories
+    return frozenset(range(256)) - found if negate else frozenset(found)
+
+
+def _lower(byte: int) -> int:
+    return byte + 32 if 65 <= byte <= 90 else byte
+
+
+def _byte_class(members: frozenset[int]) -> str:
+    """A set of bytes as a class of ``\\xHH`` ranges (an empty set matches nothing)."""
+    if not members:
+        return r"[^\x00-\xff]"
+    ordered = sorted(members)
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for byte in [*ordered[1:], -1]:
+        if byte == prev + 1:
+            prev = byte
+            continue
+        parts.append(f"\\x{start:02x}" if start == prev else f"\\x{start:02x}-\\x{prev:02x}")
+        start = prev = byte
+    return "[" + "".join(parts) + "]"
+
+
+def _quantifier(low: int, high: Any) -> str:
+    return f"{{{low},}}" if high is sre.MAXREPEAT else f"{{{low},{high}}}"
+
+
+class _BytesWriter:
+    """Writes a bytes pattern's tree in one dialect: "re2", "regex" or "candidates"."""
+
+    def __init__(self, names: dict[int, str], dialect: str) -> None:
+        self.names = names
+        self.dialect = dialect
+
+    def write(self, tree: Any, ignore: bool) -> str:
+        return "".join(self.node(op, av, ignore) for op, av in tree)
+
+    def node(self, op: Any, av: Any, ignore: bool) -> str:
+        exact = self.dialect != "candidates"
+        if op is sre.LITERAL:
+            return _byte_class(_byte_set([(op, av)], ignore)) if ignore else f"\\x{av:02x}"
+        if op is sre.NOT_LITERAL:
+            return _byte_class(_byte_set([(sre.NEGATE, None), (sre.LITERAL, av)], ignore))
+        if op is sre.IN:
+            return _byte_class(_byte_set(av, ignore))
+        if op is sre.ANY:
+            return r"[^\n]"  # a line has no newline; in a chunk, a match stays on its line
+        if op is sre.AT:
+            return self.anchor(av)
+        if op is sre.BRANCH:
+            return "(?:" + "|".join(self.write(b, ignore) for b in av[1]) + ")"
+        if op is sre.SUBPATTERN:
+            group, add, remove, sub = av
+            inner = bool(
+                (ignore or add & sre.SRE_FLAG_IGNORECASE) and not (remove & sre.SRE_FLAG_IGNORECASE)
+            )
+            if add & sre.SRE_FLAG_LOCALE:
+                raise Untranslatable("the LOCALE flag (?L) depends on the machine's locale")
+            body = self.write(sub, inner)
+            if group is None:
+                return f"(?:{body})"
+            name = self.names.get(group)
+            return f"(?P<{name}>{body})" if name else f"({body})"
+        if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
+            low, high, sub = av
+            text = f"(?:{self.write(sub, ignore)}){_quantifier(low, high)}"
+            if op is sre.MIN_REPEAT:
+                return text + "?"
+            return text + "+" if op is sre.POSSESSIVE_REPEAT and exact else text
+        if not exact and op in _BACKTRACKING:
+            return self.relaxed(op, av, ignore)
+        if self.dialect == "regex":
+            return self.backtracking(op, av, ignore)
+        raise Untranslatable(f"{op} has no RE2 writing")
+
+    def anchor(self, at: Any) -> str:
+        if at in (sre.AT_BEGINNING, sre.AT_BEGINNING_STRING):
+            return {"re2": r"\A", "regex": r"\A", "candidates": "^"}[self.dialect]
+        if at in (sre.AT_END, sre.AT_END_STRING):
+            # "\r*$": the line a rule sees has its CRs stripped; the chunk still holds them.
+            return {"re2": r"\z", "regex": r"\Z", "candidates": r"\r*$"}[self.dialect]
+        if at is sre.AT_BOUNDARY:
+            return r"\b"
+        if at is sre.AT_NON_BOUNDARY:
+            return r"\B"
+        raise Untranslatable(f"unknown anchor {at}")
+
+    def relaxed(self, op: Any, av: Any, ignore: bool) -> str:
+        """A construct of a backtracking engine, widened for the candidate search."""
+        if op in (sre.ASSERT, sre.ASSERT_NOT):
+            return ""  # always true: the candidate set only grows
+        if op is sre.GROUPREF:
+            return r"[^\n]*"
+        if op is sre.GROUPREF_EXISTS:
+            branches = [self.write(b, ignore) for b in av[1:] if b is not None]
+            return "(?:" + "|".join([*branches, ""]) + ")"
+        return f"(?:{self.write(av, ignore)})"  # an atomic group
+
+    def backtracking(self, op: Any, av: Any, ignore: bool) -> str:
+        """A construct only ``regex`` runs, written for it."""
+        if op in (sre.ASSERT, sre.ASSERT_NOT):
+            direction, sub = av
+            sign = "=" if op is sre.ASSERT else "!"
+            return f"(?{'<' if direction < 0 else ''}{sign}{self.write(sub, ignore)})"
+        if op is sre.GROUPREF:
+            return f"(?i:\\{av})" if ignore else f"(?:\\{av})"
+        if op is sre.GROUPREF_EXISTS:
+            gid, yes, no = av
+            other = "" if no is None else "|" + self.write(no, ignore)
+            return f"(?({gid}){self.write(yes, ignore)}{other})"
+        if op is sre.ATOMIC_GROUP:
+            return f"(?>{self.write(av, ignore)})"
+        raise Untranslatable(f"unknown construct {op}")
+
+
+class _TextWriter:
+    """Writes a text (non-ASCII) pattern's tree for ``regex``: flags stay flags there."""
+
+    def __init__(self, names: dict[int, str]) -> None:
+        self.names = names
+
+    def write(self, tree: Any) -> str:
+        return "".join(self.node(op, av) for op, av in tree)
+
+    def node(self, op: Any, av: Any) -> str:
+        if op is sre.LITERAL:
+            return _char(av)
+        if op is sre.NOT_LITERAL:
+            return f"[^{_char(av)}]"
+        if op is sre.IN:
+            return "[" + "".join(self.item(i, a) for i, a in av) + "]"
+        if op is sre.ANY:
+            return r"[^\n]"
+        if op is sre.AT:
+            anchors = {
+                sre.AT_BEGINNING: r"\A",
+                sre.AT_BEGINNING_STRING: r"\A",
+                sre.AT_END: r"\Z",
+                sre.AT_END_STRING: r"\Z",
+                sre.AT_BOUNDARY: r"\b",
+                sre.AT_NON_BOUNDARY: r"\B",
+            }
+            if av not in anchors:
+                raise Untranslatable(f"unknown anchor {av}")
+            return anchors[av]
+        if op is sre.BRANCH:
+            return "(?:" + "|".join(self.write(b) for b in av[1]) + ")"
+        if op is sre.SUBPATTERN:
+            group, add, remove, sub = av
+            if add & sre.SRE_FLAG_LOCALE:
+                raise Untranslatable("the LOCALE flag (?L) depends on the machine's locale")
+            flags = _flag_letters(add) + ("-" + _flag_letters(remove) if remove else "")
+            body = f"(?{flags}:{self.write(sub)})" if flags.strip("-") else self.write(sub)
+            if group is None:
+                return f"(?:{body})"
+            name = self.names.get(group)
+            return f"(?P<{name}>{body})" if name else f"({body})"
+        if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
+            low, high, sub = av
+            suffix = {sre.MAX_REPEAT: "", sre.MIN_REPEAT: "?", sre.POSSESSIVE_REPEAT: "+"}[op]
+            return f"(?:{self.write(sub)}){_quantifier(low, high)}{suffix}"
+        if op in (sre.ASSERT, sre.ASSERT_NOT):
+            direction, sub = av
+            sign = "=" if op is sre.ASSERT else "!"
+            return f"(?{'<' if direction < 0 else ''}{sign}{self.write(sub)})"
+        if op is sre.GROUPREF:
+            return f"(?:\\{av})"
+        if op is sre.GROUPREF_EXISTS:
+            gid, yes, no = av
+            other = "" if no is None else "|" + self.write(no)
+            return f"(?({gid}){self.write(yes)}{other})"
+        if op is sre.ATOMIC_GROUP:
+            return f"(?>{self.write(av)})"
+        raise Untranslatable(f"unknown construct {op}")
+
+    def item(self, op: Any, av: Any) -> str:
+        if op is sre.NEGATE:
+            return "^"
+        if op is sre.LITERAL:
+            return _char(av)
+        if op is sre.RANGE:
+            return f"{_char(av[0])}-{_char(av[1])}"
+        if op is sre.CATEGORY and av in _CATEGORY_TEXT:
+            return _CATEGORY_TEXT[av]
+        raise Untranslatable(f"unknown set item {op}")
+
+
+def _char(code: int) -> str:
+    return f"\\U{code:08x}"
+
+
+def _flag_letters(flags: int) -> str:
+    letters = {sre.SRE_FLAG_IGNORECASE: "i", sre.SRE_FLAG_ASCII: "a", sre.SRE_FLAG_UNICODE: "u"}
+    return "".join(letter for flag, letter in letters.items() if flags & flag)
