@@ -1,0 +1,188 @@
+"""A rule means ``re.search(pattern, line)``, whatever the engine, the reads and the writes.
+
+The differential test draws patterns from a grammar of what users write (anchors, empty-line
+patterns, word boundaries, ``\\Z``, classes, alternations, repeats, ``(?i)``, lookarounds,
+backreferences) and lines with the awkward bytes (empty, blank, CR, invalid UTF-8, NUL), writes
+them all at once, a line per write or in random pieces, and checks the lines each engine alerts
+against ``re`` run line by line. The bugs it found are kept as ``@example``s.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from tests.test_log import ENGINES, Follow, append
+from watchkeeper.config import ConfigError, watcher_config
+from watchkeeper.watchers.logmatch import Pattern
+from watchkeeper.watchers.logregex import nested_repeat
+
+ATOMS = st.sampled_from(
+    [
+        "a", "b", "A", "0", "1", " ", "_", ":", r"\.", ".", "[a-c]", "[^a]", "[0-9]", "[ab_]",
+        r"\d", r"\w", r"\s", r"\D", r"\W", r"\S", "^", "$", r"\b", r"\B", r"\Z", r"\A",
+        "[[:alpha:]]", "x{,2}", "ä",
+    ]
+)  # fmt: skip
+
+
+def _combine(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.tuples(inner, inner).map("".join),
+        st.tuples(inner, inner).map("|".join),
+        inner.map(lambda p: f"({p})"),
+        inner.map(lambda p: f"(?:{p})"),
+        st.tuples(inner, st.sampled_from(["*", "+", "?", "{2}", "{1,3}", "{,2}", "*?", "+?"])).map(
+            lambda t: f"(?:{t[0]}){t[1]}"
+        ),
+        inner.map(lambda p: f"(?i:{p})"),
+        inner.map(lambda p: f"(?={p})"),
+        inner.map(lambda p: f"(?!{p})"),
+        inner.map(lambda p: f"(?<=a){p}"),
+        inner.map(lambda p: f"({p})\\1"),
+    )
+
+
+PATTERNS = st.tuples(
+    st.sampled_from(["", "", "(?i)"]), st.recursive(ATOMS, _combine, max_leaves=6)
+).map("".join)
+LINES = st.lists(
+    st.lists(
+        st.sampled_from(
+            [b"a", b"b", b"A", b"0", b"1", b" ", b"\t", b"_", b".", b":", b"\xff", b"\x00",
+             b"\xc3\xa4", b"\r", b"x", b"ab"]
+        ),  # fmt: skip
+        max_size=6,
+    ).map(b"".join),
+    min_size=1,
+    max_size=25,
+)
+WRITES = st.one_of(
+    st.just("once"),
+    st.just("lines"),
+    st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=8),
+)
+
+
+def expected(pattern: str, lines: list[bytes]) -> list[int]:
+    """The oracle: offsets of the lines ``re`` matches, one by one (CRs at the end stripped)."""
+    found: list[int] = []
+    offset = 0
+    for line in lines:
+        body = line.rstrip(b"\r")
+        if pattern.isascii():
+            hit = re.search(pattern.encode(), body)
+        else:
+            hit = re.search(pattern, body.decode("utf-8", "replace").replace("\x00", "\ufffd"))
+        if hit is not None:
+            found.append(offset)
+        offset += len(line) + 1
+    return found
+
+
+def alerted(engine: str, folder: Path, pattern: str, lines: list[bytes], writes: Any) -> list[int]:
+    """Offsets of the lines a log watcher alerts, the file written as ``writes`` says."""
+    log = folder / f"{engine}.log"
+    log.touch()
+    f = Follow(engine, [log], rules=[{"match": pattern}], read_limit="2KiB", max_line="1KiB")
+    try:
+        data = b"".join(line + b"\n" for line in lines)
+        if writes == "once":
+            pieces = [data]
+        elif writes == "lines":
+            pieces = [line + b"\n" for line in lines]
+        else:
+            pieces, rest = [], data
+            for size in writes:
+                pieces.append(rest[:size])
+                rest = rest[size:]
+            pieces.append(rest)
+        for piece in pieces:
+            append(log, piece)
+            f.check()
+        while f.watcher.more:
+            f.check()
+        return [o.data["offset"] for o in f.seen]
+    finally:
+        f.close()
+
+
+@settings(
+    max_examples=int(os.environ.get("WK_RULE_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(pattern=PATTERNS, lines=LINES, writes=WRITES, repeat=st.integers(1, 6))
+# The reports of issue 11: empty-line and end-of-line matches, a line per write.
+@example(pattern="^$", lines=[b"a", b"", b"b", b""], writes="once", repeat=1)
+@example(pattern=r"^\s*$", lines=[b"a", b" ", b"", b"\t"], writes="once", repeat=1)
+@example(pattern="[0-9]$", lines=[b"a1", b"b", b"22"], writes="lines", repeat=1)
+@example(pattern="[0-9]$", lines=[b"a1", b"b2"], writes=[3], repeat=1)
+# Syntax the engines read differently from re: written out from re's parse, they agree.
+@example(pattern="x{,2}y", lines=[b"y", b"x{,2}y"], writes="once", repeat=1)
+@example(pattern="[[:alpha:]]", lines=[b"a", b":", b"]", b"b"], writes="once", repeat=1)
+@example(pattern=r"a\Z", lines=[b"a", b"ab", b"a\r"], writes="once", repeat=1)
+@example(pattern="1$", lines=[b"1\r", b"1\r\r", b"1 "], writes="once", repeat=1)
+@example(pattern="(?i)[^a]", lines=[b"A", b"a", b"b"], writes="once", repeat=1)
+@example(pattern=r"(?<=a)\b", lines=[b"a", b"ab", b"a b"], writes="once", repeat=1)
+def test_every_engine_alerts_exactly_the_lines_re_matches(
+    tmp_path_factory: pytest.TempPathFactory,
+    pattern: str,
+    lines: list[bytes],
+    writes: Any,
+    repeat: int,
+) -> None:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return  # not a pattern (a backreference to a later group, say): the config refuses it
+    lines = lines * repeat
+    folder = tmp_path_factory.mktemp("rules")
+    want = expected(pattern, lines)
+    for engine in ENGINES if pattern.isascii() else ["re2"]:  # non-ASCII: no hyperscan
+        assert alerted(engine, folder, pattern, lines, writes) == want, engine
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"match": "(a"}, r"rules\.0\.match: invalid regex '\(a': missing \)"),
+        ({"match": "a", "record_start": "[x"}, r"rules\.0\.record_start: invalid regex"),
+        ({"match": "a", "block": "perl"}, r"rules\.0\.block: .*'python', 'java' or 'go'"),
+    ],
+)
+def test_bad_rules_are_refused_at_load_saying_where(rule: dict[str, Any], message: str) -> None:
+    table = {"name": "app", "paths": ["/tmp/x.log"], "rules": [rule]}
+    with pytest.raises(ConfigError, match=message):
+        watcher_config("log", table, "test")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "linear"),
+    [
+        ("(a+)+b", True),
+        (r"(\w+\s?)*$", True),
+        ("CRITICAL|FATAL", True),
+        (r"(ab)\1", False),
+        ("^ok(?=!)", False),
+        ("a{2000}", False),
+        ("ärger", False),
+    ],
+)
+def test_patterns_without_backtracking_features_run_in_linear_time(
+    pattern: str, linear: bool
+) -> None:
+    assert Pattern.compile(pattern).linear is linear
+
+
+def test_nested_repeats_are_named() -> None:
+    assert nested_repeat("(a+)+b") is not None
+    assert nested_repeat(r"(\w+\s?)*$") is not None
+    assert nested_repeat(r"ERROR \d+") is None
+    assert nested_repeat("(ab){2}") is None
