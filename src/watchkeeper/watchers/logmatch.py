@@ -45,6 +45,7 @@ _LITERAL = re.compile(rb"(?:[^\\.^$*+?{}\[\]|()\r\n]|\\[^A-Za-z0-9\r\n])+")
 _RE2_BYTES = re2.Options()
 _RE2_BYTES.encoding = re2.Options.Encoding.LATIN1  # one byte is one character, as for re
 _RE2_BYTES.log_errors = False
+_RE2_TYPE = type(re2.compile(b"", _RE2_BYTES))
 ALL = -1
 """A pattern mask with every bit set: the prefilter cannot tell which patterns matched."""
 
@@ -66,8 +67,6 @@ class Pattern:
     source: str
     exact: Any
     """The compiled exact matcher (``re2`` or ``regex``)."""
-    linear: bool
-    """RE2 runs it: time linear in the line's length, no timeout needed."""
     candidates: bytes | None
     """The chunk-wide candidate pattern, or None when the pattern has non-ASCII characters
     (it is then matched on the decoded line, and every line is a candidate)."""
@@ -76,6 +75,8 @@ class Pattern:
     """Plain words, or an alternation of them (``CRITICAL|FATAL``): no metacharacter, no line
     break. Hyperscan reporting one on a line is then proof enough, as hyperscan's and ``re``'s
     meaning of a literal is the same; any other pattern is confirmed (see ``log.Rule.exact``)."""
+    empty: Any = None
+    """The matcher for an empty line, when it differs (see ``Translation.empty``)."""
 
     @classmethod
     def compile(cls, source: str, timeout: float = 0.1) -> Pattern:
@@ -83,18 +84,18 @@ class Pattern:
         re.compile(source)
         ascii_ = source.isascii()
         found = translate(source.encode("ascii") if ascii_ else source)
-        exact: Any = None
-        if found.re2 is not None:
-            with contextlib.suppress(re2.error):  # too large for RE2: regex, with a timeout
-                exact = re2.compile(found.re2.encode("ascii"), _RE2_BYTES)
-        linear = exact is not None
-        if not linear:
-            exact = regex.compile(found.regex.encode("ascii") if ascii_ else found.regex)
+        exact = _compile(found.re2, found.regex, ascii_)
+        empty = None if found.empty is None else _compile(*found.empty, ascii_)
         literal = ascii_ and all(
             _LITERAL.fullmatch(branch) for branch in alternatives(source.encode("ascii"))
         )
         candidates = None if found.candidates is None else found.candidates.encode("ascii")
-        return cls(source, exact, linear, candidates, timeout, literal)
+        return cls(source, exact, candidates, timeout, literal, empty)
+
+    @property
+    def linear(self) -> bool:
+        """RE2 runs it: time linear in the line's length, no timeout needed."""
+        return isinstance(self.exact, _RE2_TYPE)
 
     @property
     def raw(self) -> bool:
@@ -107,14 +108,23 @@ class Pattern:
         Raises :class:`LineTimeout` when a backtracking pattern runs out of time on the line.
         """
         subject: bytes | bytearray | str = raw if self.raw else text
-        if self.linear:
-            return self.exact.search(subject)
+        matcher = self.exact if subject or self.empty is None else self.empty
+        if isinstance(matcher, _RE2_TYPE):
+            return matcher.search(subject)
         if isinstance(subject, bytearray):
             subject = bytes(subject)  # concurrent matching needs an immutable subject
         try:
-            return self.exact.search(subject, timeout=self.timeout, concurrent=True)
+            return matcher.search(subject, timeout=self.timeout, concurrent=True)
         except TimeoutError:
             raise LineTimeout(self.source) from None
+
+
+def _compile(linear: str | None, backtracking: str, ascii_: bool) -> Any:
+    """RE2 when the pattern has a linear writing RE2 takes, else ``regex``."""
+    if linear is not None:
+        with contextlib.suppress(re2.error):  # too large for RE2: regex, with a timeout
+            return re2.compile(linear.encode("ascii"), _RE2_BYTES)
+    return regex.compile(backtracking.encode("ascii") if ascii_ else backtracking)
 
 
 def hyperscan_available() -> bool:
@@ -169,7 +179,7 @@ class Prefilter:
         while pos < size:
             hit = size
             if self.database is not None:
-                hit = min(hit, self._hyperscan_hit(view, pos))
+                hit = min(hit, self._hyperscan_hit(data, view, pos))
             for i, rx in enumerate(self.fallback):
                 known = next_re.get(i, -1)
                 if known < pos:
@@ -191,25 +201,36 @@ class Prefilter:
         One scan call for the whole chunk; the callback keeps the first match of each line and
         ignores the others. A pattern that matches many times per line (``\\d``) makes that
         callback the cost, so past a bound the pass halts and the caller continues line by line.
+        Reports come in order of end offset *nearly*: one that needs the next byte to be sure
+        (``$``, ``\\b``) may come after a match ending a byte later, on the next line; such late
+        reports are merged in at the end.
         """
         hits: list[int] = []
+        starts: list[int] = []
         stops: list[int] = []
         masks: list[int] = []
-        stop = -1
+        late: list[tuple[int, int]] = []
+        begin, stop = 0, -1
         repeats = 0
         find = data.find
+        rfind = data.rfind
 
         def on_match(pattern_id: int, start: int, end: int, flags: int, context: Any) -> bool:
-            nonlocal stop, repeats
+            nonlocal begin, stop, repeats
             at = end  # on the line of the match: its last byte's, or an empty match's own
             if at <= stop:
+                if at < begin:
+                    late.append((at, pattern_id))
+                    return False
                 repeats += 1
                 masks[-1] |= 1 << pattern_id
                 return repeats > 15 * len(hits) + 4096
-            stop = find(b"\n", at)
-            if stop < 0:  # an empty match after the last newline: no line there
+            newline = find(b"\n", at)
+            if newline < 0:  # an empty match after the last newline: no line there
                 return False
+            begin, stop = rfind(b"\n", 0, at) + 1, newline
             hits.append(at)
+            starts.append(begin)
             stops.append(stop)
             masks.append(1 << pattern_id)
             return False
@@ -220,26 +241,46 @@ class Prefilter:
         except hyperscan.ScanTerminated:
             finished = False
             masks[-1] = ALL  # the rest of that line's matches were not reported
-        rfind = data.rfind
-        found = [
-            (rfind(b"\n", 0, at) + 1, end, mask)
-            for at, end, mask in zip(hits, stops, masks, strict=True)
-        ]
+        found = list(zip(starts, stops, masks, strict=True))
+        if late:
+            found = _merge(data, found, late)
         return (len(view) if finished else stop + 1), found
 
-    def _hyperscan_hit(self, view: memoryview, pos: int) -> int:
-        """The end of the first match ending at or after ``pos``: a position on its line."""
+    def _hyperscan_hit(self, data: bytes | bytearray, view: memoryview, pos: int) -> int:
+        """The end of the first match ending at or after ``pos``: a position on its line.
+
+        The scan halts once a report is past the first reported line and the byte after it,
+        by when a late report (see ``_batch``) for an earlier line has come in too.
+        """
         found: list[int] = []
+        limit = [-1]
 
         def on_match(pattern_id: int, start: int, end: int, flags: int, context: Any) -> bool:
+            if limit[0] < 0:
+                newline = data.find(b"\n", pos + end, len(view))
+                limit[0] = (newline if newline >= 0 else len(view)) - pos + 1
+            elif end > limit[0]:
+                return True  # halt: the caller resumes after the line found
             found.append(end)
-            return True  # halt: the caller resumes after this line
+            return False
 
         with contextlib.suppress(hyperscan.ScanTerminated):
             self.database.scan(view[pos:], match_event_handler=on_match)
         if not found:
             return len(view)
-        return pos + found[0]
+        return pos + min(found)
+
+
+def _merge(
+    data: bytes | bytearray, found: list[tuple[int, int, int]], late: list[tuple[int, int]]
+) -> list[tuple[int, int, int]]:
+    """Candidate lines with the late reports' lines added (or their pattern bits, if known)."""
+    lines = {start: [start, stop, mask] for start, stop, mask in found}
+    for at, pattern_id in late:
+        start = data.rfind(b"\n", 0, at) + 1
+        line = lines.setdefault(start, [start, data.find(b"\n", at), 0])
+        line[2] |= 1 << pattern_id
+    return [(s, e, m) for s, e, m in sorted(lines.values())]
 
 
 _HS_FLAGS = 0

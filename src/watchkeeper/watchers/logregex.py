@@ -80,6 +80,9 @@ class Translation:
     """Multi-line superset for a whole chunk (bytes patterns only)."""
     needs: str | None
     """Why RE2 cannot run the pattern, for messages."""
+    empty: tuple[str | None, str] | None = None
+    """The (RE2, regex) writings for an empty line, when the pattern has ``\\B``: ``re``'s
+    ``\\B`` never matches an empty string, RE2's and regex's do."""
 
 
 def translate(pattern: str | bytes) -> Translation:
@@ -94,18 +97,26 @@ def translate(pattern: str | bytes) -> Translation:
         raise Untranslatable("the LOCALE flag (?L) depends on the machine's locale")
     names = {gid: name for name, gid in tree.state.groupdict.items()}
     needs = _backtracking(tree)
+    bounds = any(op is sre.AT and av is sre.AT_NON_BOUNDARY for op, av in _walk(tree))
     if isinstance(pattern, str):
         prefix = "(?i)" if flags & sre.SRE_FLAG_IGNORECASE else ""
         prefix += "(?a)" if flags & sre.SRE_FLAG_ASCII else ""
-        return Translation(None, prefix + _TextWriter(names).write(tree), None, "non-ASCII text")
+        text = [prefix + _TextWriter(names, empty).write(tree) for empty in (False, True)]
+        empty = (None, text[1]) if bounds else None
+        return Translation(None, text[0], None, "non-ASCII text", empty)
     ignore = bool(flags & sre.SRE_FLAG_IGNORECASE)
     if needs is None and not _repeats_fit(tree):
         needs = f"a repeat count above {_RE2_MAX_REPEAT}"
+
+    def exact(empty: bool) -> tuple[str | None, str]:
+        linear = None if needs else _BytesWriter(names, "re2", empty).write(tree, ignore)
+        return linear, _BytesWriter(names, "regex", empty).write(tree, ignore)
+
     return Translation(
-        None if needs else _BytesWriter(names, "re2").write(tree, ignore),
-        _BytesWriter(names, "regex").write(tree, ignore),
+        *exact(False),
         _BytesWriter(names, "candidates").write(tree, ignore),
         needs,
+        exact(True) if bounds else None,
     )
 
 
@@ -227,9 +238,11 @@ def _quantifier(low: int, high: Any) -> str:
 class _BytesWriter:
     """Writes a bytes pattern's tree in one dialect: "re2", "regex" or "candidates"."""
 
-    def __init__(self, names: dict[int, str], dialect: str) -> None:
+    def __init__(self, names: dict[int, str], dialect: str, empty: bool = False) -> None:
         self.names = names
         self.dialect = dialect
+        self.empty = empty
+        """Written for an empty line, where ``re``'s ``\\B`` never matches."""
 
     def write(self, tree: Any, ignore: bool) -> str:
         return "".join(self.node(op, av, ignore) for op, av in tree)
@@ -281,7 +294,7 @@ class _BytesWriter:
         if at is sre.AT_BOUNDARY:
             return r"\b"
         if at is sre.AT_NON_BOUNDARY:
-            return r"\B"
+            return r"[^\x00-\xff]" if self.empty else r"\B"
         raise Untranslatable(f"unknown anchor {at}")
 
     def relaxed(self, op: Any, av: Any, ignore: bool) -> str:
@@ -315,8 +328,9 @@ class _BytesWriter:
 class _TextWriter:
     """Writes a text (non-ASCII) pattern's tree for ``regex``: flags stay flags there."""
 
-    def __init__(self, names: dict[int, str]) -> None:
+    def __init__(self, names: dict[int, str], empty: bool = False) -> None:
         self.names = names
+        self.empty = empty
 
     def write(self, tree: Any) -> str:
         return "".join(self.node(op, av) for op, av in tree)
@@ -337,7 +351,7 @@ class _TextWriter:
                 sre.AT_END: r"\Z",
                 sre.AT_END_STRING: r"\Z",
                 sre.AT_BOUNDARY: r"\b",
-                sre.AT_NON_BOUNDARY: r"\B",
+                sre.AT_NON_BOUNDARY: "(?!)" if self.empty else r"\B",
             }
             if av not in anchors:
                 raise Untranslatable(f"unknown anchor {av}")
