@@ -1,0 +1,141 @@
+"""No rule can freeze the process: catastrophic patterns against a real agent and a real script.
+
+``(a+)+b`` with the line ``'a' * 36 + 'X ab'`` used to hold the GIL for hours in ``re``: every
+watcher stopped, signals went unhandled, and a restart froze on the same line. It now runs on
+RE2 (linear time); a pattern only a backtracking engine runs (``(a|a)+(?=b)``) has a per-line
+time limit, and a line that hits it is skipped by that rule and reported once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import wait_until
+from tests.test_log import append
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+EVIL = "a" * 36 + "X ab"  # (a+)+b matches it, after trying 2^36 ways in a backtracking engine
+SLOW = "a" * 30 + "X"  # (a|a)+(?=b): exponential for regex too; hits line_timeout
+RULES = """rules = [
+  { match = '(a+)+b', severity = "critical" },
+  { match = '(a|a)+(?=b)', severity = "warning" },
+]
+line_timeout = "50ms"
+"""
+
+
+def alerts(jsonl: Path) -> list[dict[str, Any]]:
+    if not jsonl.exists():
+        return []
+    return [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+
+
+def titles(jsonl: Path, watcher: str = "app") -> list[str]:
+    return [a["title"] for a in alerts(jsonl) if a["watcher"] == watcher]
+
+
+def ticks(jsonl: Path) -> int:
+    return len(titles(jsonl, "ticker"))
+
+
+def start(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "watchkeeper", "run", "-c", str(config)],
+        cwd=config.parent,
+        env=ENV,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def stop(agent: subprocess.Popen[str], within: float) -> str:
+    sent = time.monotonic()
+    agent.send_signal(signal.SIGTERM)
+    _, stderr = agent.communicate(timeout=30)
+    assert time.monotonic() - sent < within, stderr
+    assert agent.returncode == 0, stderr
+    return stderr
+
+
+def test_catastrophic_patterns_freeze_nothing_in_a_real_agent(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, f"{EVIL}\n{SLOW}\nfirst ab\n")
+    jsonl = tmp_path / "alerts.jsonl"
+    config = tmp_path / "watchkeeper.toml"
+    config.write_text(
+        '[keeper]\nstate = "wk.db"\nshutdown_timeout = "2s"\ndashboard = false\n'
+        '[[notify]]\nkind = "jsonl"\npath = "alerts.jsonl"\n'
+        '[[custom]]\nname = "ticker"\nevery = "100ms"\ncall = "tests.agent_checks:tick"\n'
+        f'[[log]]\nname = "app"\npaths = ["{log}"]\nstart_at = "beginning"\n{RULES}'
+    )
+    agent = start(config)
+    try:
+        wait_until(lambda: len(titles(jsonl)) >= 3, timeout=30)
+        assert titles(jsonl) == [
+            f"app: {EVIL}",
+            "app: first ab",
+            "app: a rule's pattern is too slow on some lines",
+        ]
+        # The next line alerts at once, and the other watcher keeps its schedule meanwhile.
+        before = ticks(jsonl)
+        written = time.monotonic()
+        append(log, "next ab\n")
+        wait_until(lambda: "app: next ab" in titles(jsonl), timeout=10)
+        latency = time.monotonic() - written
+        wait_until(lambda: ticks(jsonl) >= before + 5, timeout=10)
+        print(f"alert latency after the catastrophic lines: {latency:.3f}s")
+    finally:
+        stderr = stop(agent, within=2.0 + 1.5)
+    assert "took longer than line_timeout" in " ".join(stderr.split())  # rich wraps lines
+    # A restart does not freeze either: the same lines again, then one more.
+    append(log, f"{EVIL}\n{SLOW}\nafter restart ab\n")
+    agent = start(config)
+    try:
+        wait_until(lambda: "app: after restart ab" in titles(jsonl), timeout=30)
+    finally:
+        stop(agent, within=2.0 + 1.5)
+    app = titles(jsonl)
+    assert app.count(f"app: {EVIL}") == 2  # once per written line, never again
+    assert app.count("app: first ab") == 1
+
+
+SCRIPT = """
+import sys, time
+from watchkeeper import Keeper
+keeper = Keeper(state=sys.argv[1], notify=[{"kind": "jsonl", "path": sys.argv[2]}],
+                shutdown_timeout=1.0)
+keeper.log([sys.argv[3]], rules=[{"match": "(a+)+b"}, {"match": "(a|a)+(?=b)"}],
+           start_at="beginning", line_timeout="50ms", name="app")
+keeper.start()
+while not keeper.store.watcher("app") or not keeper.store.watcher("app").checks:
+    time.sleep(0.01)
+print(f"main returns {time.time()}", flush=True)
+"""
+
+
+def test_an_embedding_program_exits_on_time(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, f"{EVIL}\n{SLOW}\n" * 3)
+    jsonl = tmp_path / "alerts.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "wk.db"), str(jsonl), str(log)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+        check=False,
+    )
+    ended = time.time()
+    assert proc.returncode == 0, proc.stderr
+    returned = float(proc.stdout.split("main returns ")[1])
+    assert ended - returned < 1.0 + 1.5
+    assert titles(jsonl).count(f"app: {EVIL}") == 3
