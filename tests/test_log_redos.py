@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import wait_until
+from tests.conftest import run_cli, wait_until
 from tests.test_log import append
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,3 +139,26 @@ def test_an_embedding_program_exits_on_time(tmp_path: Path) -> None:
     returned = float(proc.stdout.split("main returns ")[1])
     assert ended - returned < 1.0 + 1.5
     assert titles(jsonl).count(f"app: {EVIL}") == 3
+
+
+def test_check_warns_about_patterns_prone_to_catastrophic_backtracking(tmp_path: Path) -> None:
+    (tmp_path / "watchkeeper.toml").write_text(
+        '[[log]]\nname = "app"\npaths = ["app.log"]\nline_timeout = "50ms"\nrules = [\n'
+        "  { match = '(a+)+b' },\n  { match = '(a|a)+(?=b)' },\n"
+        "  { match = '(x+x+)+(?!y)z' },\n  { match = 'ERROR [0-9]+' },\n]\n"
+    )
+    result = run_cli("check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert (
+        "warning: [[log]] 'app': rules.0.match '(a+)+b' has a repeated group that itself "
+        "repeats: catastrophic in a backtracking engine (Python's re); here it runs on RE2, in "
+        "linear time"
+    ) in said
+    assert (
+        "warning: [[log]] 'app': rules.2.match '(x+x+)+(?!y)z' has a repeated group that itself "
+        "repeats and needs a backtracking engine: lines that take longer than line_timeout "
+        "(0.05s) are skipped by this rule and reported"
+    ) in said
+    assert said.count("warning:") == 2
+    assert "OK" in said

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -104,6 +105,8 @@ def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     for notifier in notifiers:
         notifier.close()
     for watcher in watchers:
+        for warning in watcher.warnings():
+            out.print(f"[yellow]warning[/]: {escape(warning)}")
         watcher.close()
     out.print(
         f"{config}: OK — {plural(len(cfg.watchers), 'watcher')}, "

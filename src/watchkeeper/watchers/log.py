@@ -34,6 +34,7 @@ from watchkeeper.watchers.logfiles import (
     remember,
     rotated_siblings,
 )
+from watchkeeper.watchers.logregex import nested_repeat
 from watchkeeper.watchers.logscan import Scanner
 
 log = logging.getLogger("watchkeeper")
@@ -66,6 +67,28 @@ class LogWatcher(Watcher):
         self.due: float | None = None
         self.done: list[tuple[Any, ...]] = []
         self.buffer: bytearray | None = None
+
+    def warnings(self) -> list[str]:
+        """Patterns prone to catastrophic backtracking, and where they run here."""
+        found = []
+        for rule in self.scanner.rules:
+            for key, pattern in (("match", rule.match), ("unless", rule.unless)):
+                shape = None if pattern is None else nested_repeat(pattern.source)
+                if pattern is None or shape is None:
+                    continue
+                where = f"[[log]] {self.name!r}: rules.{rule.index}.{key} {pattern.source!r}"
+                if pattern.linear:
+                    found.append(
+                        f"{where} has {shape}: catastrophic in a backtracking engine (Python's "
+                        "re); here it runs on RE2, in linear time"
+                    )
+                else:
+                    found.append(
+                        f"{where} has {shape} and needs a backtracking engine: lines that take "
+                        f"longer than line_timeout ({self.config.line_timeout}s) are skipped "
+                        "by this rule and reported"
+                    )
+        return found
 
     @property
     def engine(self) -> str:
