@@ -189,3 +189,34 @@ def test_nested_repeats_are_named() -> None:
     assert nested_repeat(r"(\w+\s?)*$") is not None
     assert nested_repeat(r"ERROR \d+") is None
     assert nested_repeat("(ab){2}") is None
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("step", [100_000, 1500, 700])
+def test_long_and_giant_lines_match_the_same_however_written(
+    tmp_path: Path, engine: str, step: int
+) -> None:
+    """A line longer than max_line is matched whole; a giant one (no newline within a read)
+    on its first max_line bytes; which one depends on its length, never on its writes."""
+    log = tmp_path / "app.log"
+    log.touch()
+    rules = [{"match": "END$"}, {"match": "^(CRITICAL|LONG) "}]
+    f = Follow(engine, [log], rules=rules, max_line="1KiB", read_limit="8KiB")
+    long = b"x " * 1500 + b"END"  # 3 KB: longer than max_line, fits in a read
+    giant = b"CRITICAL " + b"y" * 20_000 + b" END"  # no newline within 8 KiB
+    data = long + b"\nLONG " + long + b"\n" + giant + b"\nafter END\n"
+    try:
+        for at in range(0, len(data), step):
+            append(log, data[at : at + step])
+            f.check()
+        for _ in range(10):
+            f.check()
+    finally:
+        f.close()
+    assert [(o.data["offset"], o.data["rule"]) for o in f.seen] == [
+        (0, 0),
+        (len(long) + 1, 0),  # both rules take it: the first wins
+        (2 * len(long) + 7, 1),  # the giant line: its head starts with CRITICAL, END is cut off
+        (2 * len(long) + 7 + len(giant) + 1, 0),
+    ]
+    assert f.seen[2].data["line"].endswith("[line truncated]")

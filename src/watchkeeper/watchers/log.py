@@ -366,7 +366,10 @@ class LogWatcher(Watcher):
                 continue
             cut = data.rfind(b"\n", 0, got)
             if cut < 0:
-                if got >= config.max_line:
+                # No newline in as much as one read can hold (a chunk, or read_limit): a giant
+                # line, matched on its head. Shorter lines wait for their newline and are matched
+                # whole, however their writes were split.
+                if got >= min(chunk, config.read_limit):
                     head = data[: config.max_line] + b"\n"
                     found += self.scanner.scan(head, entry.path, entry.offset, 0, now, cut=True)[1]
                     entry.offset += got

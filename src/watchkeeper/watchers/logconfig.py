@@ -180,7 +180,9 @@ class LogConfig(WatcherConfig):
         default=5.0, description="Keep reading a rotated-away file this long after rotation."
     )
     max_line: Size = Field(
-        default=64 * 1024, description="Longer lines are truncated with a marker."
+        default=64 * 1024,
+        description="Longer lines are shown truncated with a marker (rules match the whole "
+        "line, up to 4 MiB or read_limit; beyond that, its first max_line bytes).",
     )
     read_limit: Size = Field(
         default=32 * 1024 * 1024,
