@@ -19,6 +19,8 @@ from typing import Any
 
 from tests.conftest import run_cli, wait_until
 from tests.test_log import append
+from watchkeeper.store import Store
+from watchkeeper.web.metrics import metrics_registry, render
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -96,6 +98,9 @@ def test_catastrophic_patterns_freeze_nothing_in_a_real_agent(tmp_path: Path) ->
     finally:
         stderr = stop(agent, within=2.0 + 1.5)
     assert "took longer than line_timeout" in " ".join(stderr.split())  # rich wraps lines
+    with Store(tmp_path / "wk.db") as store:
+        scraped = render(metrics_registry(store, lambda: 0)).decode()
+    assert 'watchkeeper_log_slow_lines_total{watcher="app"} 1.0' in scraped
     # A restart does not freeze either: the same lines again, then one more.
     append(log, f"{EVIL}\n{SLOW}\nafter restart ab\n")
     agent = start(config)

@@ -30,7 +30,7 @@ ATOMS = st.sampled_from(
     [
         "a", "b", "A", "0", "1", " ", "_", ":", r"\.", ".", "[a-c]", "[^a]", "[0-9]", "[ab_]",
         r"\d", r"\w", r"\s", r"\D", r"\W", r"\S", "^", "$", r"\b", r"\B", r"\Z", r"\A",
-        "[[:alpha:]]", "x{,2}", "ä",
+        "[[:alpha:]]", "x{,2}", "ä", r"\xff", r"\x00", r"[^\d]",
     ]
 )  # fmt: skip
 
@@ -49,11 +49,14 @@ def _combine(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
         inner.map(lambda p: f"(?!{p})"),
         inner.map(lambda p: f"(?<=a){p}"),
         inner.map(lambda p: f"({p})\\1"),
+        inner.map(lambda p: f"(?>{p})"),
+        inner.map(lambda p: f"(?:{p})*+"),
     )
 
 
 PATTERNS = st.tuples(
-    st.sampled_from(["", "", "(?i)"]), st.recursive(ATOMS, _combine, max_leaves=6)
+    st.sampled_from(["", "", "(?i)", "(?m)", "(?s)", "(?x)"]),
+    st.recursive(ATOMS, _combine, max_leaves=6),
 ).map("".join)
 PIECES = [b"a", b"b", b"A", b"0", b"1", b" ", b"\t", b"_", b".", b":", b"\xff", b"\x00", b"\r"]
 PIECES += [b"\xc3\xa4", b"x", b"ab"]
@@ -116,7 +119,7 @@ def alerted(engine: str, folder: Path, pattern: str, lines: list[bytes], writes:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(pattern=PATTERNS, lines=LINES, writes=WRITES, repeat=st.integers(1, 6))
+@given(pattern=PATTERNS, lines=LINES, writes=WRITES, repeat=st.sampled_from([1, 1, 2, 5, 40]))
 # The reports of issue 11: empty-line and end-of-line matches, a line per write.
 @example(pattern="^$", lines=[b"a", b"", b"b", b""], writes="once", repeat=1)
 @example(pattern=r"^\s*$", lines=[b"a", b" ", b"", b"\t"], writes="once", repeat=1)

@@ -235,7 +235,9 @@ class LogWatcher(Watcher):
         slow = self.scanner.slow
         if not slow or now - float(slow["last"]) >= SLOW_EPISODE:
             return []
-        rule = self.config.line_rules[int(slow["rule"])]
+        rules = self.config.line_rules
+        index = int(slow["rule"])
+        pattern = rules[index].match if index < len(rules) else "(a rule since removed)"
         if slow["lines"] != before:
             log.warning(
                 "watcher %s: %d line(s) took longer than line_timeout (%ss) for rule %d (%r); "
@@ -244,9 +246,9 @@ class LogWatcher(Watcher):
                 slow["lines"] - before,
                 self.config.line_timeout,
                 slow["rule"],
-                rule.match,
-                slow["offset"],
-                slow["path"],
+                pattern,
+                slow["byte"],
+                slow["file"],
             )
         return [
             Observation(
@@ -254,10 +256,10 @@ class LogWatcher(Watcher):
                 severity=Severity.WARNING,
                 key="__slow_pattern__",
                 body=f"{slow['lines']} line(s) so far took longer than line_timeout "
-                f"({self.config.line_timeout}s) for rule {slow['rule']} ({rule.match!r}) and "
-                f"were skipped by it; the last at byte {slow['offset']} of {slow['path']}. "
+                f"({self.config.line_timeout}s) for rule {slow['rule']} ({pattern!r}) and "
+                f"were skipped by it; the last at byte {slow['byte']} of {slow['file']}. "
                 "A pattern without backreferences or lookarounds runs in linear time.",
-                data={"slow_lines": slow["lines"], "rule": slow["rule"], "path": slow["path"]},
+                data={"slow_lines": slow["lines"], "rule": slow["rule"], "path": slow["file"]},
             )
         ]
 

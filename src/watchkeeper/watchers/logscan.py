@@ -119,7 +119,8 @@ class Scanner:
         self.counts: dict[int, list[float]] = {}
         self.slow: dict[str, Any] = {}
         """Lines that ran out of ``line_timeout``: ``lines`` (count), ``last`` (time), ``rule``,
-        ``path`` and ``offset`` of the last one. Kept in the checkpoint."""
+        ``file`` and ``byte`` of the last one. Kept in the checkpoint (not as ``path`` and
+        ``offset``: those name a followed file there, see ``web.metrics.file_lags``)."""
         self.by_mask: dict[int, list[Rule]] = {}
         """The rules a prefilter mask names, in order: computed once per mask seen."""
 
@@ -231,7 +232,7 @@ class Scanner:
     def _too_slow(self, rule: Rule, path: str, offset: int, now: float) -> None:
         slow = self.slow
         slow["lines"] = int(slow.get("lines", 0)) + 1
-        slow.update(last=now, rule=rule.index, path=path, offset=offset)
+        slow.update(last=now, rule=rule.index, file=path, byte=offset)
 
     def decode(self, raw: bytes | bytearray) -> str:
         """Text of a line: invalid bytes replaced, NULs made visible, long lines cut."""
