@@ -527,6 +527,7 @@ def test_changing_the_paths_drops_old_files_and_starts_new_ones_per_start_at(
     [
         ({"encoding": "utf-16-le"}, "encoding 'utf-16-le' is not ASCII-compatible"),
         ({"read_limit": "64KiB"}, "read_limit must be at least twice max_line"),
+        ({"line_timeout": "0s"}, "line_timeout: Input should be greater than 0"),
     ],
 )
 def test_settings_that_could_never_work_are_refused(options: dict[str, Any], message: str) -> None:

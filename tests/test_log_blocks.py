@@ -142,7 +142,7 @@ def test_ten_thousand_tracebacks_are_ten_thousand_alerts(follow: Any, tmp_path: 
 
 def test_a_block_cut_by_its_cap_or_the_timeout_says_so(follow: Any, tmp_path: Path) -> None:
     log = tmp_path / "app.log"
-    rules = [{"match": r"^Traceback", "block": "python", "lines_after": 3}]
+    rules = [{"match": r"^Traceback", "block": "python", "lines_after": 3}, {"match": "CRITICAL"}]
     f = follow(rules=rules, partial_timeout="0.2s")
     frames = "".join(f'  File "x.py", line {i}\n' for i in range(6))
     append(log, "Traceback (most recent call last):\n" + frames + "ValueError: deep\nnext\n")
@@ -157,6 +157,14 @@ def test_a_block_cut_by_its_cap_or_the_timeout_says_so(follow: Any, tmp_path: Pa
     append(log, 'Traceback (most recent call last):\n  File "y.py", line 1\n')
     wait_until(lambda: f.check() is not None and len(f.seen) == 2, timeout=5)
     assert f.seen[1].data["cut"] == "[block cut: no further line within partial_timeout]"
+    append(log, 'Traceback (most recent call last):\n  File "z.py", line 1\n')
+    f.check()
+    log.rename(tmp_path / "app.log.1")  # the rest of that traceback never comes
+    append(log, "CRITICAL in the new file\n")
+    wait_until(lambda: f.check() is not None and len(f.seen) == 4, timeout=5)
+    assert f.seen[2].data["line"] == "CRITICAL in the new file"
+    assert f.seen[3].data["cut"] == "[block cut: the file was rotated away]"
+    assert f.seen[3].data["path"] == str(tmp_path / "app.log.1")
 
 
 def test_record_start_ends_a_block_at_the_next_record(follow: Any, tmp_path: Path) -> None:

@@ -172,6 +172,8 @@ class LogConfig(WatcherConfig):
     )
     line_timeout: Duration = Field(
         default=0.1,
+        gt=0,
+        le=10,
         description="The most time a pattern that needs backtracking (backreferences, "
         "lookarounds) may take on one line; a line that takes longer is counted, reported "
         "and skipped by that rule.",
