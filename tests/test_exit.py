@@ -28,15 +28,14 @@ def run_script(
     state: Path, shutdown_timeout: float, notifier: dict[str, object], *flags: str
 ) -> tuple[float, float, str]:
     """Run the embedded script; return (main-returned time, exit time, stderr)."""
+    script = str(ROOT / "tests" / "embedded_script.py")
+    return run_program(script, str(state), str(shutdown_timeout), json.dumps(notifier), *flags)
+
+
+def run_program(*args: str) -> tuple[float, float, str]:
+    """Run a Python program that prints "main returns <time>"; (that time, exit time, stderr)."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "embedded_script.py"),
-            str(state),
-            str(shutdown_timeout),
-            json.dumps(notifier),
-            *flags,
-        ],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -9,21 +9,18 @@ time limit, and a line that hits it is skipped by that rule and reported once.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import run_cli, wait_until
+from tests.test_exit import run_program, start_agent
 from tests.test_log import append
 from watchkeeper.store import Store
 from watchkeeper.web.metrics import metrics_registry, render
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 EVIL = "a" * 36 + "X ab"  # (a+)+b matches it, after trying 2^36 ways in a backtracking engine
 SLOW = "a" * 30 + "X"  # (a|a)+(?=b): exponential for regex too; hits line_timeout
 RULES = """rules = [
@@ -48,17 +45,6 @@ def ticks(jsonl: Path) -> int:
     return len(titles(jsonl, "ticker"))
 
 
-def start(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "watchkeeper", "run", "-c", str(config)],
-        cwd=config.parent,
-        env=ENV,
-        text=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
 def stop(agent: subprocess.Popen[str], within: float) -> str:
     sent = time.monotonic()
     agent.send_signal(signal.SIGTERM)
@@ -79,7 +65,7 @@ def test_catastrophic_patterns_freeze_nothing_in_a_real_agent(tmp_path: Path) ->
         '[[custom]]\nname = "ticker"\nevery = "100ms"\ncall = "tests.agent_checks:tick"\n'
         f'[[log]]\nname = "app"\npaths = ["{log}"]\nstart_at = "beginning"\n{RULES}'
     )
-    agent = start(config)
+    agent = start_agent(config)
     try:
         wait_until(lambda: len(titles(jsonl)) >= 3, timeout=30)
         assert titles(jsonl) == [
@@ -103,7 +89,7 @@ def test_catastrophic_patterns_freeze_nothing_in_a_real_agent(tmp_path: Path) ->
     assert 'watchkeeper_log_slow_lines_total{watcher="app"} 1.0' in scraped
     # A restart does not freeze either: the same lines again, then one more.
     append(log, f"{EVIL}\n{SLOW}\nafter restart ab\n")
-    agent = start(config)
+    agent = start_agent(config)
     try:
         wait_until(lambda: "app: after restart ab" in titles(jsonl), timeout=30)
     finally:
@@ -131,17 +117,7 @@ def test_an_embedding_program_exits_on_time(tmp_path: Path) -> None:
     log = tmp_path / "app.log"
     append(log, f"{EVIL}\n{SLOW}\n" * 3)
     jsonl = tmp_path / "alerts.jsonl"
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "wk.db"), str(jsonl), str(log)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=ENV,
-        check=False,
-    )
-    ended = time.time()
-    assert proc.returncode == 0, proc.stderr
-    returned = float(proc.stdout.split("main returns ")[1])
+    returned, ended, _ = run_program("-c", SCRIPT, str(tmp_path / "wk.db"), str(jsonl), str(log))
     assert ended - returned < 1.0 + 1.5
     assert titles(jsonl).count(f"app: {EVIL}") == 3
 

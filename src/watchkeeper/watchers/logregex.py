@@ -93,8 +93,7 @@ def translate(pattern: str | bytes) -> Translation:
     """
     tree = sre_parse.parse(pattern)
     flags = tree.state.flags
-    if flags & sre.SRE_FLAG_LOCALE:
-        raise Untranslatable("the LOCALE flag (?L) depends on the machine's locale")
+    _no_locale(flags)
     names = {gid: name for name, gid in tree.state.groupdict.items()}
     needs = _backtracking(tree)
     bounds = any(op is sre.AT and av is sre.AT_NON_BOUNDARY for op, av in _walk(tree))
@@ -231,6 +230,20 @@ def _byte_class(members: frozenset[int]) -> str:
     return "[" + "".join(parts) + "]"
 
 
+def _no_locale(flags: int) -> None:
+    if flags & sre.SRE_FLAG_LOCALE:  # only bytes patterns may have it, and rules are text
+        raise Untranslatable("the LOCALE flag (?L) depends on the machine's locale")
+
+
+def _group(names: dict[int, str], group: int | None, flags: int, body: str) -> str:
+    """A group around ``body``: capturing (named if it was) when it was, so numbers hold."""
+    _no_locale(flags)
+    if group is None:
+        return f"(?:{body})"
+    name = names.get(group)
+    return f"(?P<{name}>{body})" if name else f"({body})"
+
+
 def _quantifier(low: int, high: Any) -> str:
     return f"{{{low},}}" if high is sre.MAXREPEAT else f"{{{low},{high}}}"
 
@@ -266,13 +279,7 @@ class _BytesWriter:
             inner = bool(
                 (ignore or add & sre.SRE_FLAG_IGNORECASE) and not (remove & sre.SRE_FLAG_IGNORECASE)
             )
-            if add & sre.SRE_FLAG_LOCALE:
-                raise Untranslatable("the LOCALE flag (?L) depends on the machine's locale")
-            body = self.write(sub, inner)
-            if group is None:
-                return f"(?:{body})"
-            name = self.names.get(group)
-            return f"(?P<{name}>{body})" if name else f"({body})"
+            return _group(self.names, group, add, self.write(sub, inner))
         if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
             low, high, sub = av
             text = f"(?:{self.write(sub, ignore)}){_quantifier(low, high)}"
@@ -360,14 +367,9 @@ class _TextWriter:
             return "(?:" + "|".join(self.write(b) for b in av[1]) + ")"
         if op is sre.SUBPATTERN:
             group, add, remove, sub = av
-            if add & sre.SRE_FLAG_LOCALE:
-                raise Untranslatable("the LOCALE flag (?L) depends on the machine's locale")
             flags = _flag_letters(add) + ("-" + _flag_letters(remove) if remove else "")
             body = f"(?{flags}:{self.write(sub)})" if flags.strip("-") else self.write(sub)
-            if group is None:
-                return f"(?:{body})"
-            name = self.names.get(group)
-            return f"(?P<{name}>{body})" if name else f"({body})"
+            return _group(self.names, group, add, body)
         if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
             low, high, sub = av
             suffix = {sre.MAX_REPEAT: "", sre.MIN_REPEAT: "?", sre.POSSESSIVE_REPEAT: "+"}[op]
