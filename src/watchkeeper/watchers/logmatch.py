@@ -12,7 +12,9 @@ only add lines the confirmation then drops, never lose one. Two prefilters:
   that matches often costs one scan call per matching line, never one per match. A report is
   placed on the line of its *end* offset: an empty match (``^$``) ends on its own line's start.
 - **RE2** (``google-re2``), always available: each rule's candidate pattern searches the chunk
-  in multi-line mode from the current line, and the earliest hit across rules wins.
+  in multi-line mode from the current line, and the earliest hit across rules wins. Literal
+  rules (``CRITICAL|FATAL``) search with ``re`` instead, one branch at a time: its literal search
+  is faster, and a literal cannot backtrack.
 
 Both are linear in the chunk's size whatever the pattern. Patterns that are plain ASCII are
 matched on the raw bytes (as GNU grep does with ``LC_ALL=C``): ``\\w`` and ``\\d`` then mean ASCII
@@ -147,6 +149,9 @@ class Prefilter:
                 continue
             if use_hyperscan and hyperscan is not None and _hyperscan_accepts(pattern.candidates):
                 compiled.append((pattern.candidates, index))
+            elif pattern.literal:  # re's literal search is fast, and a literal cannot backtrack
+                literal = pattern.source.encode("ascii")
+                fallback += [re.compile(branch) for branch in alternatives(literal)]
             else:
                 fallback.append(re2.compile(b"(?m)" + pattern.candidates, _RE2_BYTES))
         if compiled:
@@ -158,7 +163,8 @@ class Prefilter:
                 flags=[_HS_FLAGS] * len(compiled),
             )
             self.engine = "hyperscan"
-        self.fallback = fallback
+        # One search per pattern: alternation would clash on group names and inline flags.
+        self.fallback = list(dict.fromkeys(fallback))
 
     def lines(
         self, data: bytes | bytearray, size: int | None = None
