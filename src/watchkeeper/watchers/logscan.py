@@ -44,7 +44,7 @@ class Rule:
     """How its blocks end, for ``block`` and ``record_start`` rules."""
 
     @classmethod
-    def build(cls, index: int, config: LogRule, timeout: float) -> Rule:
+    def build(cls, index: int, config: LogRule, timeout: float, encoding: str) -> Rule:
         """Compile one validated rule."""
         match = Pattern.compile(config.match, timeout)
         unless = Pattern.compile(config.unless, timeout) if config.unless else None
@@ -58,7 +58,7 @@ class Rule:
         if config.structured:
             starts = None
             if config.record_start is not None:
-                starts = _starts(Pattern.compile(config.record_start, timeout))
+                starts = _starts(Pattern.compile(config.record_start, timeout), encoding)
             shape = BlockShape(config.block, starts)
         return cls(index, config, match, unless, threshold, severity, plain, exact, shared, shape)
 
@@ -93,12 +93,12 @@ _OWN = ("title", "body", "data")
 """The fields each line's observation has of its own."""
 
 
-def _starts(pattern: Pattern) -> Any:
+def _starts(pattern: Pattern, encoding: str) -> Any:
     """A record-start test on a line's bytes; a line too slow to tell starts a record."""
 
     def starts(line: bytes) -> bool:
         try:
-            return pattern.search(line, line.decode("utf-8", "replace")) is not None
+            return pattern.search(line, line.decode(encoding, "replace")) is not None
         except LineTimeout:
             return True
 
@@ -110,8 +110,8 @@ class Scanner:
 
     def __init__(self, config: LogConfig, use_hyperscan: bool = True) -> None:
         self.config = config
-        timeout = config.line_timeout
-        self.rules = [Rule.build(i, r, timeout) for i, r in enumerate(config.line_rules)]
+        timeout, encoding = config.line_timeout, config.encoding
+        self.rules = [Rule.build(i, r, timeout, encoding) for i, r in enumerate(config.line_rules)]
         self.prefilter = Prefilter([r.match for r in self.rules], use_hyperscan)
         self.needs_text = any(
             not p.raw for r in self.rules for p in (r.match, r.unless) if p is not None
