@@ -141,5 +141,9 @@ def test_check_warns_about_patterns_prone_to_catastrophic_backtracking(tmp_path:
         "repeats and needs a backtracking engine: lines that take longer than line_timeout "
         "(0.05s) are skipped by this rule and reported"
     ) in said
-    assert said.count("warning:") == 2
+    assert (
+        "warning: [[log]] 'app': rules.1.match '(a|a)+(?=b)' has a repeat over alternatives that "
+        "can match the same text and needs a backtracking engine"
+    ) in said
+    assert said.count("warning:") == 3
     assert "OK" in said

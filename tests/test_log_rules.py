@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from tests.test_log import ENGINES, Follow, append
 from watchkeeper.config import ConfigError, watcher_config
 from watchkeeper.watchers.logmatch import Pattern
-from watchkeeper.watchers.logregex import nested_repeat
+from watchkeeper.watchers.logrisk import catastrophic
 
 # "[[:alpha:]]" is drawn on purpose: re warns that it may one day read it as a POSIX class.
 pytestmark = pytest.mark.filterwarnings("ignore:Possible nested set:FutureWarning")
@@ -187,39 +187,22 @@ def test_patterns_without_backtracking_features_run_in_linear_time(
     assert Pattern.compile(pattern).linear is linear
 
 
-def test_nested_repeats_are_named() -> None:
-    assert nested_repeat("(a+)+b") is not None
-    assert nested_repeat(r"(\w+\s?)*$") is not None
-    assert nested_repeat(r"ERROR \d+") is None
-    assert nested_repeat("(ab){2}") is None
-
-
-@pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("step", [100_000, 1500, 700])
-def test_long_and_giant_lines_match_the_same_however_written(
-    tmp_path: Path, engine: str, step: int
-) -> None:
-    """A line longer than max_line is matched whole; a giant one (no newline within a read)
-    on its first max_line bytes; which one depends on its length, never on its writes."""
-    log = tmp_path / "app.log"
-    log.touch()
-    rules = [{"match": "END$"}, {"match": "^(CRITICAL|LONG) "}]
-    f = Follow(engine, [log], rules=rules, max_line="1KiB", read_limit="8KiB")
-    long = b"x " * 1500 + b"END"  # 3 KB: longer than max_line, fits in a read
-    giant = b"CRITICAL " + b"y" * 20_000 + b" END"  # no newline within 8 KiB
-    data = long + b"\nLONG " + long + b"\n" + giant + b"\nafter END\n"
-    try:
-        for at in range(0, len(data), step):
-            append(log, data[at : at + step])
-            f.check()
-        for _ in range(10):
-            f.check()
-    finally:
-        f.close()
-    assert [(o.data["offset"], o.data["rule"]) for o in f.seen] == [
-        (0, 0),
-        (len(long) + 1, 0),  # both rules take it: the first wins
-        (2 * len(long) + 7, 1),  # the giant line: its head starts with CRITICAL, END is cut off
-        (2 * len(long) + 7 + len(giant) + 1, 0),
-    ]
-    assert f.seen[2].data["line"].endswith("[line truncated]")
+@pytest.mark.parametrize(
+    ("pattern", "shape"),
+    [
+        ("(a+)+b", "a repeated group that itself repeats"),
+        (r"(\w+\s?)*$", "a repeated group that itself repeats"),
+        ("(a|a)+(?=b)", "a repeat over alternatives that can match the same text"),
+        (r"(ab|a\wc)+d", "a repeat over alternatives that can match the same text"),
+        ("(?i)(xA|Xa)*z", "a repeat over alternatives that can match the same text"),
+        (r"(\w|\d)+x", None),  # re makes one set of single-character alternatives: no choice
+        ("(x|y?|z?)*q", "a repeat over alternatives that can match the same text"),
+        (r"ERROR \d+", None),
+        ("(ab){2}", None),
+        ("(GET|POST)+ /", None),
+        (r"(\d|[a-f])+", None),
+        ("(ä|ö)+", None),
+    ],
+)
+def test_shapes_of_catastrophic_backtracking_are_named(pattern: str, shape: str | None) -> None:
+    assert catastrophic(pattern) == shape

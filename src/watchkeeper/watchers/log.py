@@ -34,7 +34,7 @@ from watchkeeper.watchers.logfiles import (
     remember,
     rotated_siblings,
 )
-from watchkeeper.watchers.logregex import nested_repeat
+from watchkeeper.watchers.logrisk import catastrophic
 from watchkeeper.watchers.logscan import Scanner
 
 log = logging.getLogger("watchkeeper")
@@ -73,7 +73,7 @@ class LogWatcher(Watcher):
         found = []
         for rule in self.scanner.rules:
             for key, pattern in (("match", rule.match), ("unless", rule.unless)):
-                shape = None if pattern is None else nested_repeat(pattern.source)
+                shape = None if pattern is None else catastrophic(pattern.source)
                 if pattern is None or shape is None:
                     continue
                 where = f"[[log]] {self.name!r}: rules.{rule.index}.{key} {pattern.source!r}"

@@ -24,7 +24,6 @@ A construct this module does not know is refused when the config loads, never ap
 from __future__ import annotations
 
 import importlib
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +95,7 @@ def translate(pattern: str | bytes) -> Translation:
     _no_locale(flags)
     names = {gid: name for name, gid in tree.state.groupdict.items()}
     needs = _backtracking(tree)
-    bounds = any(op is sre.AT and av is sre.AT_NON_BOUNDARY for op, av in _walk(tree))
+    bounds = any(op is sre.AT and av is sre.AT_NON_BOUNDARY for op, av in walk(tree))
     if isinstance(pattern, str):
         prefix = "(?i)" if flags & sre.SRE_FLAG_IGNORECASE else ""
         prefix += "(?a)" if flags & sre.SRE_FLAG_ASCII else ""
@@ -119,12 +118,12 @@ def translate(pattern: str | bytes) -> Translation:
     )
 
 
-def _walk(tree: Any) -> Any:
+def walk(tree: Any) -> Any:
     """Every (op, av) of a parsed pattern, depth first."""
     for op, av in tree:
         yield op, av
         for sub in _children(op, av):
-            yield from _walk(sub)
+            yield from walk(sub)
 
 
 def _children(op: Any, av: Any) -> list[Any]:
@@ -145,7 +144,7 @@ def _children(op: Any, av: Any) -> list[Any]:
 
 def _backtracking(tree: Any) -> str | None:
     """The first construct only a backtracking engine runs, if any."""
-    for op, _ in _walk(tree):
+    for op, _ in walk(tree):
         if op in _BACKTRACKING:
             return _BACKTRACKING[op]
     return None
@@ -153,7 +152,7 @@ def _backtracking(tree: Any) -> str | None:
 
 def _repeats_fit(tree: Any) -> bool:
     """RE2 refuses repeat counts above 1000."""
-    for op, av in _walk(tree):
+    for op, av in walk(tree):
         if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):
             bounds = [n for n in av[:2] if n is not sre.MAXREPEAT]
             if any(n > _RE2_MAX_REPEAT for n in bounds):
@@ -161,28 +160,7 @@ def _repeats_fit(tree: Any) -> bool:
     return True
 
 
-def nested_repeat(pattern: str) -> str | None:
-    """The first repeat of a part that itself repeats (``(a+)+``), the shape of catastrophic
-    backtracking: ``re`` and ``regex`` may take exponential time on a line that almost matches.
-    None when there is none. ``watchkeeper check`` warns about these."""
-    try:
-        tree = sre_parse.parse(pattern)
-    except re.error:
-        return None
-
-    def repeats(sub: Any) -> bool:
-        return any(
-            op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT) and av[1] > 1
-            for op, av in _walk(sub)
-        )
-
-    for op, av in _walk(tree):
-        if op in (sre.MAX_REPEAT, sre.MIN_REPEAT) and av[1] > 1 and repeats(av[2]):
-            return "a repeated group that itself repeats"
-    return None
-
-
-def _byte_set(items: Any, ignore: bool) -> frozenset[int]:
+def byte_set(items: Any, ignore: bool) -> frozenset[int]:
     """The bytes a ``[...]`` set matches, as ``re`` decides it for a bytes pattern.
 
     Under IGNORECASE ``re`` lowers the set's literals and ranges and tests the lowered byte, so
@@ -263,11 +241,11 @@ class _BytesWriter:
     def node(self, op: Any, av: Any, ignore: bool) -> str:
         exact = self.dialect != "candidates"
         if op is sre.LITERAL:
-            return _byte_class(_byte_set([(op, av)], ignore)) if ignore else f"\\x{av:02x}"
+            return _byte_class(byte_set([(op, av)], ignore)) if ignore else f"\\x{av:02x}"
         if op is sre.NOT_LITERAL:
-            return _byte_class(_byte_set([(sre.NEGATE, None), (sre.LITERAL, av)], ignore))
+            return _byte_class(byte_set([(sre.NEGATE, None), (sre.LITERAL, av)], ignore))
         if op is sre.IN:
-            return _byte_class(_byte_set(av, ignore))
+            return _byte_class(byte_set(av, ignore))
         if op is sre.ANY:
             return r"[^\n]"  # a line has no newline; in a chunk, a match stays on its line
         if op is sre.AT:
