@@ -70,28 +70,36 @@ WRITES = st.one_of(
 )
 
 
-def expected(pattern: str, lines: list[bytes]) -> list[int]:
-    """The oracle: offsets of the lines ``re`` matches, one by one (CRs at the end stripped)."""
-    found: list[int] = []
+def expected(patterns: list[str], lines: list[bytes]) -> list[tuple[int, int]]:
+    """The oracle: (offset, rule) of each line some rule matches, ``re`` line by line, CRs at
+    the end stripped; the first rule that matches takes the line."""
+    found: list[tuple[int, int]] = []
     offset = 0
     for line in lines:
         body = line.rstrip(b"\r")
-        if pattern.isascii():
-            hit = re.search(pattern.encode(), body)
-        else:
-            hit = re.search(pattern, body.decode("utf-8", "replace").replace("\x00", "\ufffd"))
-        if hit is not None:
-            found.append(offset)
+        text = body.decode("utf-8", "replace").replace("\x00", "\ufffd")
+        for rule, pattern in enumerate(patterns):
+            if pattern.isascii():
+                hit = re.search(pattern.encode(), body)
+            else:
+                hit = re.search(pattern, text)
+            if hit is not None:
+                found.append((offset, rule))
+                break
         offset += len(line) + 1
     return found
 
 
-def alerted(engine: str, folder: Path, pattern: str, lines: list[bytes], writes: Any) -> list[int]:
-    """Offsets of the lines a log watcher alerts, the file written as ``writes`` says."""
+def alerted(
+    engine: str, folder: Path, patterns: list[str], lines: list[bytes], writes: Any
+) -> list[tuple[int, int]]:
+    """(offset, rule) of the lines a log watcher alerts, the file written as ``writes`` says."""
     log = folder / f"{engine}.log"
     log.touch()
-    f = Follow(engine, [log], rules=[{"match": pattern}], read_limit="2KiB", max_line="1KiB")
-    # (a pattern hyperscan rejects, "can never match" say, is searched with RE2 instead)
+    rules = [{"match": p} for p in patterns]
+    f = Follow(engine, [log], rules=rules, read_limit="2KiB", max_line="1KiB")
+    # (a pattern hyperscan rejects, "can never match" say, is searched with RE2 instead; with
+    # some rules in hyperscan and some not, both search, which is another path)
     try:
         data = b"".join(line + b"\n" for line in lines)
         if writes == "once":
@@ -109,7 +117,7 @@ def alerted(engine: str, folder: Path, pattern: str, lines: list[bytes], writes:
             f.check()
         while f.watcher.more:
             f.check()
-        return [o.data["offset"] for o in f.seen]
+        return [(o.data["offset"], o.data["rule"]) for o in f.seen]
     finally:
         f.close()
 
@@ -119,40 +127,57 @@ def alerted(engine: str, folder: Path, pattern: str, lines: list[bytes], writes:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(pattern=PATTERNS, lines=LINES, writes=WRITES, repeat=st.sampled_from([1, 1, 2, 5, 40]))
+@given(
+    patterns=st.lists(PATTERNS, min_size=1, max_size=3),
+    lines=LINES,
+    writes=WRITES,
+    repeat=st.sampled_from([1, 1, 2, 5, 40]),
+)
 # The reports of issue 11: empty-line and end-of-line matches, a line per write.
-@example(pattern="^$", lines=[b"a", b"", b"b", b""], writes="once", repeat=1)
-@example(pattern=r"^\s*$", lines=[b"a", b" ", b"", b"\t"], writes="once", repeat=1)
-@example(pattern="[0-9]$", lines=[b"a1", b"b", b"22"], writes="lines", repeat=1)
-@example(pattern="[0-9]$", lines=[b"a1", b"b2"], writes=[3], repeat=1)
+@example(patterns=["^$"], lines=[b"a", b"", b"b", b""], writes="once", repeat=1)
+@example(patterns=[r"^\s*$"], lines=[b"a", b" ", b"", b"\t"], writes="once", repeat=1)
+@example(patterns=["[0-9]$"], lines=[b"a1", b"b", b"22"], writes="lines", repeat=1)
+@example(patterns=["[0-9]$"], lines=[b"a1", b"b2"], writes=[3], repeat=1)
 # Syntax the engines read differently from re: written out from re's parse, they agree.
-@example(pattern="x{,2}y", lines=[b"y", b"x{,2}y"], writes="once", repeat=1)
-@example(pattern="[[:alpha:]]", lines=[b"a", b":", b"]", b"b"], writes="once", repeat=1)
-@example(pattern=r"a\Z", lines=[b"a", b"ab", b"a\r"], writes="once", repeat=1)
-@example(pattern="1$", lines=[b"1\r", b"1\r\r", b"1 "], writes="once", repeat=1)
-@example(pattern="(?i)[^a]", lines=[b"A", b"a", b"b"], writes="once", repeat=1)
-@example(pattern=r"(?<=a)\b", lines=[b"a", b"ab", b"a b"], writes="once", repeat=1)
+@example(patterns=["x{,2}y"], lines=[b"y", b"x{,2}y"], writes="once", repeat=1)
+@example(patterns=["[[:alpha:]]"], lines=[b"a", b":", b"]", b"b"], writes="once", repeat=1)
+@example(patterns=[r"a\Z"], lines=[b"a", b"ab", b"a\r"], writes="once", repeat=1)
+@example(patterns=["1$"], lines=[b"1\r", b"1\r\r", b"1 "], writes="once", repeat=1)
+@example(patterns=["(?i)[^a]"], lines=[b"A", b"a", b"b"], writes="once", repeat=1)
+@example(patterns=[r"(?<=a)\b"], lines=[b"a", b"ab", b"a b"], writes="once", repeat=1)
 # Found by this test: re's \B never matches an empty line, RE2's and regex's do; a pattern
 # hyperscan refuses ("can never match") is searched by RE2.
-@example(pattern=r"\B", lines=[b"", b" ", b"a"], writes="once", repeat=1)
-@example(pattern=r"(?<=a)\B|x", lines=[b"", b"a", b"ab"], writes="once", repeat=1)
-@example(pattern=r"\Za", lines=[b"", b"a"], writes="once", repeat=1)
+@example(patterns=[r"\B"], lines=[b"", b" ", b"a"], writes="once", repeat=1)
+@example(patterns=[r"(?<=a)\B|x"], lines=[b"", b"a", b"ab"], writes="once", repeat=1)
+@example(patterns=[r"\Za"], lines=[b"", b"a"], writes="once", repeat=1)
+# Several rules: the first that matches wins; hyperscan and RE2 search side by side when a rule
+# is not for hyperscan (non-ASCII, or refused), and hyperscan's late reports are merged.
+@example(patterns=["ä", "[0-9]$", "^$"], lines=[b"", b"1", b"\xc3\xa4 1"], writes="once", repeat=1)
+@example(patterns=["b", r"(?<=a)\b", "^a"], lines=[b"ab", b"a", b"ba"], writes="lines", repeat=1)
 def test_every_engine_alerts_exactly_the_lines_re_matches(
     tmp_path_factory: pytest.TempPathFactory,
-    pattern: str,
+    patterns: list[str],
     lines: list[bytes],
     writes: Any,
     repeat: int,
 ) -> None:
+    patterns = [p for p in patterns if _valid(p)]
+    if not patterns:
+        return
+    lines = lines * repeat
+    folder = tmp_path_factory.mktemp("rules")
+    want = expected(patterns, lines)
+    for engine in ENGINES:
+        assert alerted(engine, folder, patterns, lines, writes) == want, engine
+
+
+def _valid(pattern: str) -> bool:
+    """Not every drawn string is a pattern (a backreference to a later group, say)."""
     try:
         re.compile(pattern)
     except re.error:
-        return  # not a pattern (a backreference to a later group, say): the config refuses it
-    lines = lines * repeat
-    folder = tmp_path_factory.mktemp("rules")
-    want = expected(pattern, lines)
-    for engine in ENGINES if pattern.isascii() else ["re2"]:  # non-ASCII: no hyperscan
-        assert alerted(engine, folder, pattern, lines, writes) == want, engine
+        return False
+    return True
 
 
 @pytest.mark.parametrize(
