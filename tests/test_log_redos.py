@@ -17,7 +17,7 @@ from typing import Any
 
 from tests.conftest import run_cli, wait_until
 from tests.test_exit import run_program, start_agent
-from tests.test_log import append
+from tests.test_log import Follow, append
 from watchkeeper.store import Store
 from watchkeeper.web.metrics import metrics_registry, render
 
@@ -147,3 +147,27 @@ def test_check_warns_about_patterns_prone_to_catastrophic_backtracking(tmp_path:
     ) in said
     assert said.count("warning:") == 3
     assert "OK" in said
+
+
+def lines(f: Follow) -> list[str]:
+    """The lines alerted (not the slow-pattern condition each check also reports)."""
+    return [o.data["line"] for o in f.seen if o.event]
+
+
+def test_a_check_commits_and_goes_on_after_a_second_of_slow_lines(tmp_path: Path) -> None:
+    """Forty lines that each run out of line_timeout take a few seconds: the watcher commits
+    what it read after about a second of them and carries on at once (a stop request is seen
+    between two checks), and every line is looked at once."""
+    log = tmp_path / "app.log"
+    append(log, "".join(f"{SLOW}\nline {n} ab\n" for n in range(40)))
+    f = Follow("re2", [log], rules=[{"match": "(a|a)+(?=b)"}, {"match": "ab"}], line_timeout="50ms")
+    try:
+        f.check()
+        assert f.watcher.more
+        assert 0 < len(lines(f)) < 40
+        while f.watcher.more:
+            f.check()
+    finally:
+        f.close()
+    assert lines(f) == [f"line {n} ab" for n in range(40)]
+    assert f.checkpoint["slow"]["lines"] == 40

@@ -132,6 +132,7 @@ class LogWatcher(Watcher):
         queue = [Tracked.from_json(d) for d in state.get("files", [])]
         self.scanner.counts = {int(k): list(v) for k, v in state.get("counts", {}).items()}
         self.scanner.slow = dict(state.get("slow", {}))
+        self.scanner.slow_spent, self.scanner.yielded = 0.0, False
         slow_before = self.scanner.slow.get("lines", 0)
         self.done = [tuple(d) for d in state.get("done", [])]
         current = members(self.config.paths)
@@ -400,6 +401,9 @@ class LogWatcher(Watcher):
                 )
             found += seen
             entry.offset += consumed
+            if self.scanner.yielded:  # slow lines took this check's share: commit, go on
+                self.more, budget[0] = True, 0
+                break
             if consumed < complete:
                 if at_end:
                     self._hold(entry, now)

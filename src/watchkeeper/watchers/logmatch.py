@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,11 @@ ALL = -1
 
 class LineTimeout(Exception):
     """A backtracking pattern took longer than its time limit on one line."""
+
+    def __init__(self, source: str, elapsed: float) -> None:
+        super().__init__(source)
+        self.elapsed = elapsed
+        """Seconds it took (``regex`` overshoots its timeout, by a few times under load)."""
 
 
 @dataclass(frozen=True)
@@ -115,10 +121,11 @@ class Pattern:
             return matcher.search(subject)
         if isinstance(subject, bytearray):
             subject = bytes(subject)  # concurrent matching needs an immutable subject
+        started = time.monotonic()
         try:
             return matcher.search(subject, timeout=self.timeout, concurrent=True)
         except TimeoutError:
-            raise LineTimeout(self.source) from None
+            raise LineTimeout(self.source, time.monotonic() - started) from None
 
 
 def _compile(linear: str | None, backtracking: str, ascii_: bool) -> Any:

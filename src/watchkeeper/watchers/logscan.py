@@ -22,6 +22,9 @@ from watchkeeper.watchers.logconfig import LogConfig, LogRule, parse_threshold
 from watchkeeper.watchers.logmatch import ALL, LineTimeout, Pattern, Prefilter
 
 TITLE_CHARS = 200
+SLOW_SHARE = 1.0
+"""Seconds of ``line_timeout`` hits after which a check stops at the end of the line, so that
+what it read is committed and a stop request is seen before it goes on (see ``yielded``)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,10 @@ class Scanner:
         ``offset``: those name a followed file there, see ``web.metrics.file_lags``)."""
         self.by_mask: dict[int, list[Rule]] = {}
         """The rules a prefilter mask names, in order: computed once per mask seen."""
+        self.slow_spent = 0.0
+        """Seconds this check spent on lines that ran out of ``line_timeout``."""
+        self.yielded = False
+        """This check stopped early (``SLOW_SHARE``): the caller commits and goes on at once."""
 
     def scan(
         self,
@@ -162,8 +169,9 @@ class Scanner:
                 if not (rule.exact and mask != ALL and not cut):  # a literal's report is exact
                     try:
                         match = rule.accepts(raw, text)
-                    except LineTimeout:
+                    except LineTimeout as exc:
                         self._too_slow(rule, path, base + start, now)
+                        self.slow_spent += exc.elapsed
                         continue
                     if match is None:
                         continue
@@ -201,6 +209,9 @@ class Scanner:
                 if observation is not None:
                     found.append(observation)
                 break
+            if self.slow_spent >= SLOW_SHARE:
+                self.yielded = True
+                return max(end + 1, block_end), found
         return size, found
 
     def _block(
