@@ -262,26 +262,22 @@ class Prefilter:
     def _hyperscan_hit(self, data: bytes | bytearray, view: memoryview, pos: int) -> int:
         """The end of the first match ending at or after ``pos``: a position on its line.
 
-        The scan halts once a report is past the first reported line and the byte after it,
-        by when a late report (see ``_batch``) for an earlier line has come in too.
+        A report can come a byte late (see ``_batch``): one for an earlier line, ending at or
+        before that line's start, comes before any report ending past it. So the scan halts at
+        the first report that ends past the start of the earliest line found so far: normally
+        the first report, or the second when the first is an empty match at a line's start.
         """
-        found: list[int] = []
-        limit = [-1]
+        first = [len(view), -1]  # the earliest end so far (relative to pos), its line's start
 
         def on_match(pattern_id: int, start: int, end: int, flags: int, context: Any) -> bool:
-            if limit[0] < 0:
-                newline = data.find(b"\n", pos + end, len(view))
-                limit[0] = (newline if newline >= 0 else len(view)) - pos + 1
-            elif end > limit[0]:
-                return True  # halt: the caller resumes after the line found
-            found.append(end)
-            return False
+            if end < first[0]:
+                first[0] = end
+                first[1] = max(data.rfind(b"\n", pos, pos + end) + 1 - pos, 0)
+            return end > first[1]  # halt: nothing earlier can still come
 
         with contextlib.suppress(hyperscan.ScanTerminated):
             self.database.scan(view[pos:], match_event_handler=on_match)
-        if not found:
-            return len(view)
-        return pos + min(found)
+        return min(pos + first[0], len(view))
 
 
 def _merge(
