@@ -23,22 +23,32 @@ caller waits for more (up to ``partial_timeout``) before sending it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-_PY_HEADER = re.compile(rb"Traceback \(most recent call last\):")
+import re2
+
+from watchkeeper.watchers.logmatch import RE2_BYTES
+
+
+def _compile(pattern: bytes) -> Any:
+    """RE2, like the rules: a structure test must not backtrack on a long line either."""
+    return re2.compile(pattern, RE2_BYTES)
+
+
+_PY_HEADER = _compile(rb"Traceback \(most recent call last\):")
 _PY_CHAIN = (
     b"During handling of the above exception, another exception occurred:",
     b"The above exception was the direct cause of the following exception:",
 )
-_JAVA_EXCEPTION = re.compile(
+_JAVA_EXCEPTION = _compile(
     rb"(?:Exception in thread \"[^\"]*\" )?[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)+"
     rb"(?:Exception|Error|Throwable|Failure)[\w$]*(?::.*)?"
 )
-_GO_START = re.compile(rb"(?:panic: |fatal error: )")
-_GO_FUNCTION = re.compile(rb"[\w./*()\[\]{}%:-]+\(.*\)|created by .*")
-_GO_PART = re.compile(rb"goroutine \d+ \[.*\]:|\[signal .*\]|exit status \d+")
+_GO_START = _compile(rb"(?:panic: |fatal error: )")
+_GO_FUNCTION = _compile(rb"[\w./*()\[\]{}%:-]+\(.*\)|created by .*")
+_GO_PART = _compile(rb"goroutine \d+ \[.*\]:|\[signal .*\]|exit status \d+")
 
 
 # A step takes (line, state) and answers (continues, new state); states are short strings.

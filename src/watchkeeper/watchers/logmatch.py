@@ -45,10 +45,11 @@ except ImportError:  # pragma: no cover - depends on the environment
 _EVERY_LINE = re.compile(rb"(?m)^")
 _LITERAL = re.compile(rb"(?:[^\\.^$*+?{}\[\]|()\r\n]|\\[^A-Za-z0-9\r\n])+")
 """Characters that stand for themselves in Python's ``re`` and in hyperscan alike."""
-_RE2_BYTES = re2.Options()
-_RE2_BYTES.encoding = re2.Options.Encoding.LATIN1  # one byte is one character, as for re
-_RE2_BYTES.log_errors = False
-_RE2_TYPE = type(re2.compile(b"", _RE2_BYTES))
+RE2_BYTES = re2.Options()
+"""RE2's options for bytes patterns: one byte is one character, as for ``re``."""
+RE2_BYTES.encoding = re2.Options.Encoding.LATIN1
+RE2_BYTES.log_errors = False
+_RE2_TYPE = type(re2.compile(b"", RE2_BYTES))
 ALL = -1
 """A pattern mask with every bit set: the prefilter cannot tell which patterns matched."""
 
@@ -132,7 +133,7 @@ def _compile(linear: str | None, backtracking: str, ascii_: bool) -> Any:
     """RE2 when the pattern has a linear writing RE2 takes, else ``regex``."""
     if linear is not None:
         with contextlib.suppress(re2.error):  # too large for RE2: regex, with a timeout
-            return re2.compile(linear.encode("ascii"), _RE2_BYTES)
+            return re2.compile(linear.encode("ascii"), RE2_BYTES)
     return regex.compile(backtracking.encode("ascii") if ascii_ else backtracking)
 
 
@@ -160,7 +161,7 @@ class Prefilter:
                 literal = pattern.source.encode("ascii")
                 fallback += [re.compile(branch) for branch in alternatives(literal)]
             else:
-                fallback.append(re2.compile(b"(?m)" + pattern.candidates, _RE2_BYTES))
+                fallback.append(re2.compile(b"(?m)" + pattern.candidates, RE2_BYTES))
         if compiled:
             self.database = hyperscan.Database()
             self.database.compile(
