@@ -31,6 +31,7 @@ ATOMS = st.sampled_from(
         "a", "b", "A", "0", "1", " ", "_", ":", r"\.", ".", "[a-c]", "[^a]", "[0-9]", "[ab_]",
         r"\d", r"\w", r"\s", r"\D", r"\W", r"\S", "^", "$", r"\b", r"\B", r"\Z", r"\A",
         "[[:alpha:]]", "x{,2}", "ä", r"\xff", r"\x00", r"[^\d]",
+        "\u0131", "\u0130", "\u017f", "\u212a", "[a-z\u00e4]", "[^\u0131]", "i", "s", "k",
     ]
 )  # fmt: skip
 
@@ -59,7 +60,8 @@ PATTERNS = st.tuples(
     st.recursive(ATOMS, _combine, max_leaves=6),
 ).map("".join)
 PIECES = [b"a", b"b", b"A", b"0", b"1", b" ", b"\t", b"_", b".", b":", b"\xff", b"\x00", b"\r"]
-PIECES += [b"\xc3\xa4", b"x", b"ab"]
+PIECES += [b"\xc3\xa4", b"x", b"ab", b"i", b"I", b"s", b"k"]
+PIECES += ["\u0131\u0130\u017f\u212a"[i].encode() for i in range(4)]  # dotless i, İ, long s, Kelvin
 LINES = st.lists(
     st.lists(st.sampled_from(PIECES), max_size=6).map(b"".join), min_size=1, max_size=25
 )
@@ -160,6 +162,13 @@ def alerted(
 @example(patterns=["ä", "[0-9]$", "^$"], lines=[b"", b"1", b"\xc3\xa4 1"], writes="once", repeat=1)
 @example(patterns=["b", r"(?<=a)\b", "^a"], lines=[b"ab", b"a", b"ba"], writes="lines", repeat=1)
 @example(patterns=["$", "(?i:(?=a))"], lines=[b"", b""], writes="once", repeat=1)  # a late report
+# Case folding of non-ASCII patterns is re's, not regex's: (?i) and the dotless i match i and İ.
+@example(
+    patterns=["(?i)\u0131", "(?i)[\u0130]x"],
+    lines=[b"i", b"I", "\u0130".encode(), "\u0131".encode(), b"Ix", "\u0131x".encode()],
+    writes="once",
+    repeat=1,
+)
 def test_every_engine_alerts_exactly_the_lines_re_matches(
     tmp_path_factory: pytest.TempPathFactory,
     patterns: list[str],

@@ -27,6 +27,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from watchkeeper.watchers.logfold import MAX_MEMBERS, char, char_class, folded
+
 # re's own parser (the module Python's re compiles with), so a pattern means what re says it does.
 sre: Any = importlib.import_module("re._constants")
 sre_parse: Any = importlib.import_module("re._parser")
@@ -97,9 +99,13 @@ def translate(pattern: str | bytes) -> Translation:
     needs = _backtracking(tree)
     bounds = any(op is sre.AT and av is sre.AT_NON_BOUNDARY for op, av in walk(tree))
     if isinstance(pattern, str):
-        prefix = "(?i)" if flags & sre.SRE_FLAG_IGNORECASE else ""
-        prefix += "(?a)" if flags & sre.SRE_FLAG_ASCII else ""
-        text = [prefix + _TextWriter(names, empty).write(tree) for empty in (False, True)]
+        ascii_only = bool(flags & sre.SRE_FLAG_ASCII)
+        ignore = bool(flags & sre.SRE_FLAG_IGNORECASE)
+        prefix = "(?a)" if ascii_only else ""
+        text = [
+            prefix + _TextWriter(names, ascii_only, empty).write(tree, ignore)
+            for empty in (False, True)
+        ]
         empty = (None, text[1]) if bounds else None
         return Translation(None, text[0], None, "non-ASCII text", empty)
     ignore = bool(flags & sre.SRE_FLAG_IGNORECASE)
@@ -311,22 +317,27 @@ class _BytesWriter:
 
 
 class _TextWriter:
-    """Writes a text (non-ASCII) pattern's tree for ``regex``: flags stay flags there."""
+    """Writes a text (non-ASCII) pattern's tree for ``regex``.
 
-    def __init__(self, names: dict[int, str], empty: bool = False) -> None:
+    IGNORECASE is written out as explicit characters (see :mod:`logfold`); the ASCII flag stays
+    a flag, as it means the same to both engines.
+    """
+
+    def __init__(self, names: dict[int, str], ascii_only: bool, empty: bool = False) -> None:
         self.names = names
+        self.ascii_only = ascii_only
         self.empty = empty
 
-    def write(self, tree: Any) -> str:
-        return "".join(self.node(op, av) for op, av in tree)
+    def write(self, tree: Any, ignore: bool) -> str:
+        return "".join(self.node(op, av, ignore) for op, av in tree)
 
-    def node(self, op: Any, av: Any) -> str:
+    def node(self, op: Any, av: Any, ignore: bool) -> str:
         if op is sre.LITERAL:
-            return _char(av)
+            return char_class(folded([av], self.ascii_only)) if ignore else char(av)
         if op is sre.NOT_LITERAL:
-            return f"[^{_char(av)}]"
+            return char_class(folded([av], self.ascii_only) if ignore else {av}, negate=True)
         if op is sre.IN:
-            return "[" + "".join(self.item(i, a) for i, a in av) + "]"
+            return self.set(av, ignore)
         if op is sre.ANY:
             return r"[^\n]"
         if op is sre.AT:
@@ -342,44 +353,55 @@ class _TextWriter:
                 raise Untranslatable(f"unknown anchor {av}")
             return anchors[av]
         if op is sre.BRANCH:
-            return "(?:" + "|".join(self.write(b) for b in av[1]) + ")"
+            return "(?:" + "|".join(self.write(b, ignore) for b in av[1]) + ")"
         if op is sre.SUBPATTERN:
             group, add, remove, sub = av
+            inner = bool(
+                (ignore or add & sre.SRE_FLAG_IGNORECASE) and not (remove & sre.SRE_FLAG_IGNORECASE)
+            )
             flags = _flag_letters(add) + ("-" + _flag_letters(remove) if remove else "")
-            body = f"(?{flags}:{self.write(sub)})" if flags.strip("-") else self.write(sub)
+            body = self.write(sub, inner)
+            body = f"(?{flags}:{body})" if flags.strip("-") else body
             return _group(self.names, group, add, body)
         if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
             low, high, sub = av
             suffix = {sre.MAX_REPEAT: "", sre.MIN_REPEAT: "?", sre.POSSESSIVE_REPEAT: "+"}[op]
-            return f"(?:{self.write(sub)}){_quantifier(low, high)}{suffix}"
+            return f"(?:{self.write(sub, ignore)}){_quantifier(low, high)}{suffix}"
         if op in (sre.ASSERT, sre.ASSERT_NOT):
             direction, sub = av
             sign = "=" if op is sre.ASSERT else "!"
-            return f"(?{'<' if direction < 0 else ''}{sign}{self.write(sub)})"
-        if op is sre.GROUPREF:
-            return f"(?:\\{av})"
+            return f"(?{'<' if direction < 0 else ''}{sign}{self.write(sub, ignore)})"
+        if op is sre.GROUPREF:  # regex folds the text a backreference repeats its own way
+            return f"(?i:\\{av})" if ignore else f"(?:\\{av})"
         if op is sre.GROUPREF_EXISTS:
             gid, yes, no = av
-            other = "" if no is None else "|" + self.write(no)
-            return f"(?({gid}){self.write(yes)}{other})"
+            other = "" if no is None else "|" + self.write(no, ignore)
+            return f"(?({gid}){self.write(yes, ignore)}{other})"
         if op is sre.ATOMIC_GROUP:
-            return f"(?>{self.write(av)})"
+            return f"(?>{self.write(av, ignore)})"
         raise Untranslatable(f"unknown construct {op}")
 
-    def item(self, op: Any, av: Any) -> str:
-        if op is sre.NEGATE:
-            return "^"
-        if op is sre.LITERAL:
-            return _char(av)
-        if op is sre.RANGE:
-            return f"{_char(av[0])}-{_char(av[1])}"
-        if op is sre.CATEGORY and av in _CATEGORY_TEXT:
-            return _CATEGORY_TEXT[av]
-        raise Untranslatable(f"unknown set item {op}")
-
-
-def _char(code: int) -> str:
-    return f"\\U{code:08x}"
+    def set(self, items: Any, ignore: bool) -> str:
+        """A ``[...]`` set: its characters (case-folded as re does), categories as they are."""
+        members: set[int] = set()
+        categories = ""
+        negate = False
+        for op, av in items:
+            if op is sre.NEGATE:
+                negate = True
+            elif op is sre.LITERAL:
+                members.add(av)
+            elif op is sre.RANGE:
+                if ignore and av[1] - av[0] > MAX_MEMBERS:
+                    raise Untranslatable("a case-insensitive range of more than 65,536 characters")
+                members.update(range(av[0], av[1] + 1))
+            elif op is sre.CATEGORY and av in _CATEGORY_TEXT:
+                categories += _CATEGORY_TEXT[av]
+            else:
+                raise Untranslatable(f"unknown set item {op}")
+        if ignore:
+            members = folded(members, self.ascii_only)
+        return char_class(members, negate, categories)
 
 
 def _flag_letters(flags: int) -> str:
