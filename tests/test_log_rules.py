@@ -196,6 +196,9 @@ def test_every_engine_alerts_exactly_the_lines_re_matches(
 # search must not take the later line and step over the earlier one.
 @example(patterns=[r"$|\W"], lines=[b"", b"a", b"", b"b"])
 @example(patterns=[r"(?i:$|\W)", "x"], lines=[b"", b"xxa_\r", b"b"])
+# Found by this test: a non-ASCII rule was matched against the shortened text an alert shows
+# ("… [... 17000 more bytes]"), not the line.
+@example(patterns=["(?i:\u017f)"], lines=[b""])
 def test_after_a_line_of_many_matches_the_search_goes_line_by_line(
     tmp_path_factory: pytest.TempPathFactory, patterns: list[str], lines: list[bytes]
 ) -> None:

@@ -405,5 +405,6 @@ class _TextWriter:
 
 
 def _flag_letters(flags: int) -> str:
-    letters = {sre.SRE_FLAG_IGNORECASE: "i", sre.SRE_FLAG_ASCII: "a", sre.SRE_FLAG_UNICODE: "u"}
+    """The scoped flags a text pattern keeps as flags (IGNORECASE is written out instead)."""
+    letters = {sre.SRE_FLAG_ASCII: "a", sre.SRE_FLAG_UNICODE: "u"}
     return "".join(letter for flag, letter in letters.items() if flags & flag)

@@ -155,12 +155,15 @@ class Scanner:
         name = self.config.name
         limit = self.config.max_line
         encoding = self.config.encoding
+        needs = self.needs_text
         by_mask = self.by_mask
         for start, end, mask in self.prefilter.lines(data, size):
             if start < block_end:
                 continue  # inside the block of an alert already made
             raw = data[start:end].rstrip(b"\r")
-            text = self.decode(raw) if self.needs_text else ""
+            # A non-ASCII rule matches the whole decoded line, not the shortened one alerts show.
+            subject = raw.decode(encoding, "replace").replace("\x00", "\ufffd") if needs else ""
+            text = subject if len(raw) <= limit else ""  # what the alert shows, made on need
             rules = by_mask.get(mask)
             if rules is None:
                 rules = by_mask[mask] = [r for r in self.rules if (mask >> r.index) & 1]
@@ -168,7 +171,7 @@ class Scanner:
                 match = None
                 if not (rule.exact and mask != ALL and not cut):  # a literal's report is exact
                     try:
-                        match = rule.accepts(raw, text)
+                        match = rule.accepts(raw, subject)
                     except LineTimeout as exc:
                         self._too_slow(rule, path, base + start, now)
                         self.slow_spent += exc.elapsed
