@@ -62,6 +62,7 @@ PATTERNS = st.tuples(
 PIECES = [b"a", b"b", b"A", b"0", b"1", b" ", b"\t", b"_", b".", b":", b"\xff", b"\x00", b"\r"]
 PIECES += [b"\xc3\xa4", b"x", b"ab", b"i", b"I", b"s", b"k"]
 PIECES += ["\u0131\u0130\u017f\u212a"[i].encode() for i in range(4)]  # dotless i, İ, long s, Kelvin
+PIECES += ["\U0001e4d0".encode()]  # a letter since Unicode 15: newer than Python 3.11's re
 LINES = st.lists(
     st.lists(st.sampled_from(PIECES), max_size=6).map(b"".join), min_size=1, max_size=25
 )
@@ -162,7 +163,14 @@ def alerted(
 @example(patterns=["ä", "[0-9]$", "^$"], lines=[b"", b"1", b"\xc3\xa4 1"], writes="once", repeat=1)
 @example(patterns=["b", r"(?<=a)\b", "^a"], lines=[b"ab", b"a", b"ba"], writes="lines", repeat=1)
 @example(patterns=["$", "(?i:(?=a))"], lines=[b"", b""], writes="once", repeat=1)  # a late report
-# Case folding of non-ASCII patterns is re's, not regex's: (?i) and the dotless i match i and İ.
+# Non-ASCII patterns: re's \w and \b (regex knows newer letters), re's case folding (for re,
+# (?i) and the dotless i match i and İ; not for regex).
+@example(
+    patterns=["\u00e4\\w", "\u00e4\\b"],
+    lines=["\u00e4\U0001e4d0".encode(), "\u00e4".encode()],
+    writes="once",
+    repeat=1,
+)
 @example(
     patterns=["(?i)\u0131", "(?i)[\u0130]x"],
     lines=[b"i", b"I", "\u0130".encode(), "\u0131".encode(), b"Ix", "\u0131x".encode()],

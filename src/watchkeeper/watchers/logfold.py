@@ -1,4 +1,4 @@
-"""``re``'s IGNORECASE for text patterns, spelled out as explicit characters.
+"""``re``'s IGNORECASE and Unicode classes for text patterns, spelled out as characters.
 
 A rule with non-ASCII characters runs on the ``regex`` package, whose case-insensitive matching
 follows Unicode case folding; ``re`` lowers both sides and adds a table of extra equivalences
@@ -7,6 +7,11 @@ follows Unicode case folding; ``re`` lowers both sides and adds a table of extra
 case-insensitive part is not left to ``regex``'s ``(?i)``: each literal and set is written as
 the exact characters ``re`` would match, computed from the functions ``re`` itself uses
 (``_sre.unicode_tolower`` and ``re._casefix``).
+
+The same goes for ``\\w``, ``\\d``, ``\\s`` and ``\\b``: ``regex`` carries a newer Unicode
+database than the Python running ``re``, so a letter added since is a word character for one and
+not the other. They are written as the characters this Python's ``str`` methods name, which is
+what ``re`` tests.
 """
 
 from __future__ import annotations
@@ -59,8 +64,32 @@ def folded(codes: Iterable[int], ascii_only: bool) -> set[int]:
     return found
 
 
-def char_class(codes: set[int], negate: bool = False, extra: str = "") -> str:
-    """A ``regex`` class of these characters (as ranges), plus ``extra`` items (``\\w``...)."""
+_CATEGORY_TESTS = {
+    "word": lambda c: c.isalnum() or c == "_",
+    "digit": str.isdecimal,
+    "space": str.isspace,
+}
+
+
+@functools.cache
+def category(name: str, negate: bool = False) -> str:
+    """The body of a class (no brackets) holding what ``re``'s ``\\w`` (``"word"``), ``\\d``
+    (``"digit"``) or ``\\s`` (``"space"``) matches in a text pattern, or its complement; built
+    once per process (a fifth of a second each)."""
+    test = _CATEGORY_TESTS[name]
+    return _ranges({x for x in range(_LAST + 1) if test(chr(x)) != negate})
+
+
+def boundary(non: bool, empty: bool) -> str:
+    """``\\b`` (or ``\\B``) with ``re``'s word characters; ``re``'s ``\\B`` never matches in an
+    empty line (``empty``: the writing used for one)."""
+    word = f"[{category('word')}]"
+    if non:
+        return "(?!)" if empty else f"(?:(?<={word})(?={word})|(?<!{word})(?!{word}))"
+    return f"(?:(?<={word})(?!{word})|(?<!{word})(?={word}))"
+
+
+def _ranges(codes: set[int]) -> str:
     parts: list[str] = []
     ordered = sorted(codes)
     i = 0
@@ -71,7 +100,12 @@ def char_class(codes: set[int], negate: bool = False, extra: str = "") -> str:
         start, stop = ordered[i], ordered[j]
         parts.append(char(start) if start == stop else f"{char(start)}-{char(stop)}")
         i = j + 1
-    body = "".join(parts) + extra
+    return "".join(parts)
+
+
+def char_class(codes: set[int], negate: bool = False, extra: str = "") -> str:
+    """A ``regex`` class of these characters (as ranges), plus ``extra`` class items."""
+    body = _ranges(codes) + extra
     if not body:
         return "[^\\s\\S]" if not negate else "[\\s\\S]"
     return f"[{'^' if negate else ''}{body}]"

@@ -27,7 +27,14 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from watchkeeper.watchers.logfold import MAX_MEMBERS, char, char_class, folded
+from watchkeeper.watchers.logfold import (
+    MAX_MEMBERS,
+    boundary,
+    category,
+    char,
+    char_class,
+    folded,
+)
 
 # re's own parser (the module Python's re compiles with), so a pattern means what re says it does.
 sre: Any = importlib.import_module("re._constants")
@@ -346,9 +353,11 @@ class _TextWriter:
                 sre.AT_BEGINNING_STRING: r"\A",
                 sre.AT_END: r"\Z",
                 sre.AT_END_STRING: r"\Z",
-                sre.AT_BOUNDARY: r"\b",
-                sre.AT_NON_BOUNDARY: "(?!)" if self.empty else r"\B",
             }
+            if av in (sre.AT_BOUNDARY, sre.AT_NON_BOUNDARY):
+                if self.ascii_only:
+                    return r"\b" if av is sre.AT_BOUNDARY else "(?!)" if self.empty else r"\B"
+                return boundary(av is sre.AT_NON_BOUNDARY, self.empty)
             if av not in anchors:
                 raise Untranslatable(f"unknown anchor {av}")
             return anchors[av]
@@ -360,7 +369,12 @@ class _TextWriter:
                 (ignore or add & sre.SRE_FLAG_IGNORECASE) and not (remove & sre.SRE_FLAG_IGNORECASE)
             )
             flags = _flag_letters(add) + ("-" + _flag_letters(remove) if remove else "")
+            outer = self.ascii_only
+            self.ascii_only = bool(
+                (outer or add & sre.SRE_FLAG_ASCII) and not (remove & sre.SRE_FLAG_ASCII)
+            )
             body = self.write(sub, inner)
+            self.ascii_only = outer
             body = f"(?{flags}:{body})" if flags.strip("-") else body
             return _group(self.names, group, add, body)
         if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
@@ -396,12 +410,19 @@ class _TextWriter:
                     raise Untranslatable("a case-insensitive range of more than 65,536 characters")
                 members.update(range(av[0], av[1] + 1))
             elif op is sre.CATEGORY and av in _CATEGORY_TEXT:
-                categories += _CATEGORY_TEXT[av]
+                categories += _CATEGORY_TEXT[av] if self.ascii_only else _unicode_category(av)
             else:
                 raise Untranslatable(f"unknown set item {op}")
         if ignore:
             members = folded(members, self.ascii_only)
         return char_class(members, negate, categories)
+
+
+def _unicode_category(code: Any) -> str:
+    """``\\w`` and the like as ``re`` means them in a text pattern, as class items."""
+    text = _CATEGORY_TEXT[code]
+    name = {"w": "word", "d": "digit", "s": "space"}[text[1].lower()]
+    return category(name, negate=text[1].isupper())
 
 
 def _flag_letters(flags: int) -> str:
