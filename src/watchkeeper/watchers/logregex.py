@@ -179,26 +179,32 @@ def byte_set(items: Any, ignore: bool) -> frozenset[int]:
     Under IGNORECASE ``re`` lowers the set's literals and ranges and tests the lowered byte, so
     a byte matches when its lower case is in the lowered set (categories are case-closed).
     """
-    negate = False
-    explicit: set[int] = set()
-    categories: set[int] = set()
-    for op, av in items:
-        if op is sre.NEGATE:
-            negate = True
-        elif op is sre.LITERAL:
-            explicit.add(av)
-        elif op is sre.RANGE:
-            explicit.update(range(av[0], av[1] + 1))
-        elif op is sre.CATEGORY:
-            categories |= _CATEGORIES[av]
-        else:
-            raise Untranslatable(f"unknown set item {op}")
+    negate, ranges, names = _set_parts(items)
+    explicit = {code for low, high in ranges for code in range(low, high + 1)}
+    categories = frozenset().union(*(_CATEGORIES[name] for name in names))
     if ignore:
         lowered = {_lower(b) for b in explicit} | categories
         found = {b for b in range(256) if _lower(b) in lowered}
     else:
         found = explicit | categories
     return frozenset(range(256)) - found if negate else frozenset(found)
+
+
+def _set_parts(items: Any) -> tuple[bool, list[tuple[int, int]], list[Any]]:
+    """A ``[...]`` set's parts: negated or not, its ranges (a character is one), categories."""
+    negate, ranges, categories = False, [], []
+    for op, av in items:
+        if op is sre.NEGATE:
+            negate = True
+        elif op is sre.LITERAL:
+            ranges.append((av, av))
+        elif op is sre.RANGE:
+            ranges.append(av)
+        elif op is sre.CATEGORY and av in _CATEGORY_TEXT:
+            categories.append(av)
+        else:
+            raise Untranslatable(f"unknown set item {op}")
+    return negate, ranges, categories
 
 
 def _lower(byte: int) -> int:
@@ -239,12 +245,15 @@ def _quantifier(low: int, high: Any) -> str:
     return f"{{{low},}}" if high is sre.MAXREPEAT else f"{{{low},{high}}}"
 
 
-class _BytesWriter:
-    """Writes a bytes pattern's tree in one dialect: "re2", "regex" or "candidates"."""
+class _Writer:
+    """Writes a parse tree out again; the parts every dialect writes alike are here.
 
-    def __init__(self, names: dict[int, str], dialect: str, empty: bool = False) -> None:
+    ``ignore`` (IGNORECASE in force) is passed down the tree and applied by each subclass to
+    its characters and sets, so that no dialect's own ``(?i)`` is ever relied on.
+    """
+
+    def __init__(self, names: dict[int, str], empty: bool) -> None:
         self.names = names
-        self.dialect = dialect
         self.empty = empty
         """Written for an empty line, where ``re``'s ``\\B`` never matches."""
 
@@ -252,7 +261,58 @@ class _BytesWriter:
         return "".join(self.node(op, av, ignore) for op, av in tree)
 
     def node(self, op: Any, av: Any, ignore: bool) -> str:
-        exact = self.dialect != "candidates"
+        if op in (sre.LITERAL, sre.NOT_LITERAL, sre.IN, sre.ANY, sre.AT):
+            return self.atom(op, av, ignore)
+        if op is sre.BRANCH:
+            return "(?:" + "|".join(self.write(b, ignore) for b in av[1]) + ")"
+        if op is sre.SUBPATTERN:
+            group, add, remove, sub = av
+            inner = bool(
+                (ignore or add & sre.SRE_FLAG_IGNORECASE) and not (remove & sre.SRE_FLAG_IGNORECASE)
+            )
+            return _group(self.names, group, add, self.scoped(add, remove, sub, inner))
+        if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
+            low, high, sub = av
+            text = f"(?:{self.write(sub, ignore)}){_quantifier(low, high)}"
+            return text + self.suffix(op)
+        if op in _BACKTRACKING:
+            return self.backtracking(op, av, ignore)
+        raise Untranslatable(f"unknown construct {op}")
+
+    def atom(self, op: Any, av: Any, ignore: bool) -> str:
+        raise NotImplementedError
+
+    def scoped(self, add: int, remove: int, sub: Any, ignore: bool) -> str:
+        """The inside of a group that may set flags of its own."""
+        return self.write(sub, ignore)
+
+    def suffix(self, op: Any) -> str:
+        """A repeat's suffix: lazy ``?``, possessive ``+``."""
+        return {sre.MIN_REPEAT: "?", sre.POSSESSIVE_REPEAT: "+"}.get(op, "")
+
+    def backtracking(self, op: Any, av: Any, ignore: bool) -> str:
+        """A construct only a backtracking engine runs, in ``regex`` syntax."""
+        if op in (sre.ASSERT, sre.ASSERT_NOT):
+            direction, sub = av
+            sign = "=" if op is sre.ASSERT else "!"
+            return f"(?{'<' if direction < 0 else ''}{sign}{self.write(sub, ignore)})"
+        if op is sre.GROUPREF:  # regex compares the repeated text its own way under (?i)
+            return f"(?i:\\{av})" if ignore else f"(?:\\{av})"
+        if op is sre.GROUPREF_EXISTS:
+            gid, yes, no = av
+            other = "" if no is None else "|" + self.write(no, ignore)
+            return f"(?({gid}){self.write(yes, ignore)}{other})"
+        return f"(?>{self.write(av, ignore)})"  # an atomic group
+
+
+class _BytesWriter(_Writer):
+    """Writes a bytes pattern's tree in one dialect: "re2", "regex" or "candidates"."""
+
+    def __init__(self, names: dict[int, str], dialect: str, empty: bool = False) -> None:
+        super().__init__(names, empty)
+        self.dialect = dialect
+
+    def atom(self, op: Any, av: Any, ignore: bool) -> str:
         if op is sre.LITERAL:
             return _byte_class(byte_set([(op, av)], ignore)) if ignore else f"\\x{av:02x}"
         if op is sre.NOT_LITERAL:
@@ -261,44 +321,30 @@ class _BytesWriter:
             return _byte_class(byte_set(av, ignore))
         if op is sre.ANY:
             return r"[^\n]"  # a line has no newline; in a chunk, a match stays on its line
-        if op is sre.AT:
-            return self.anchor(av)
-        if op is sre.BRANCH:
-            return "(?:" + "|".join(self.write(b, ignore) for b in av[1]) + ")"
-        if op is sre.SUBPATTERN:
-            group, add, remove, sub = av
-            inner = bool(
-                (ignore or add & sre.SRE_FLAG_IGNORECASE) and not (remove & sre.SRE_FLAG_IGNORECASE)
-            )
-            return _group(self.names, group, add, self.write(sub, inner))
-        if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
-            low, high, sub = av
-            text = f"(?:{self.write(sub, ignore)}){_quantifier(low, high)}"
-            if op is sre.MIN_REPEAT:
-                return text + "?"
-            return text + "+" if op is sre.POSSESSIVE_REPEAT and exact else text
-        if not exact and op in _BACKTRACKING:
-            return self.relaxed(op, av, ignore)
-        if self.dialect == "regex":
-            return self.backtracking(op, av, ignore)
-        raise Untranslatable(f"{op} has no RE2 writing")
-
-    def anchor(self, at: Any) -> str:
-        if at in (sre.AT_BEGINNING, sre.AT_BEGINNING_STRING):
+        if av in (sre.AT_BEGINNING, sre.AT_BEGINNING_STRING):
             return {"re2": r"\A", "regex": r"\A", "candidates": "^"}[self.dialect]
-        if at in (sre.AT_END, sre.AT_END_STRING):
+        if av in (sre.AT_END, sre.AT_END_STRING):
             # "\r*$": the line a rule sees has its CRs stripped; the chunk still holds them.
             return {"re2": r"\z", "regex": r"\Z", "candidates": r"\r*$"}[self.dialect]
-        if at is sre.AT_BOUNDARY:
+        if av is sre.AT_BOUNDARY:
             return r"\b"
-        if at is sre.AT_NON_BOUNDARY:
+        if av is sre.AT_NON_BOUNDARY:
             return r"[^\x00-\xff]" if self.empty else r"\B"
-        raise Untranslatable(f"unknown anchor {at}")
+        raise Untranslatable(f"unknown anchor {av}")
 
-    def relaxed(self, op: Any, av: Any, ignore: bool) -> str:
-        """A construct of a backtracking engine, widened for the candidate search."""
+    def suffix(self, op: Any) -> str:
+        if op is sre.POSSESSIVE_REPEAT and self.dialect == "candidates":
+            return ""  # a plain repeat matches more: the candidate set only grows
+        return super().suffix(op)
+
+    def backtracking(self, op: Any, av: Any, ignore: bool) -> str:
+        if self.dialect == "re2":
+            raise Untranslatable(f"{op} has no RE2 writing")
+        if self.dialect == "regex":
+            return super().backtracking(op, av, ignore)
+        # The candidate search: each construct widened, so the candidate set only grows.
         if op in (sre.ASSERT, sre.ASSERT_NOT):
-            return ""  # always true: the candidate set only grows
+            return ""
         if op is sre.GROUPREF:
             return r"[^\n]*"
         if op is sre.GROUPREF_EXISTS:
@@ -306,39 +352,19 @@ class _BytesWriter:
             return "(?:" + "|".join([*branches, ""]) + ")"
         return f"(?:{self.write(av, ignore)})"  # an atomic group
 
-    def backtracking(self, op: Any, av: Any, ignore: bool) -> str:
-        """A construct only ``regex`` runs, written for it."""
-        if op in (sre.ASSERT, sre.ASSERT_NOT):
-            direction, sub = av
-            sign = "=" if op is sre.ASSERT else "!"
-            return f"(?{'<' if direction < 0 else ''}{sign}{self.write(sub, ignore)})"
-        if op is sre.GROUPREF:
-            return f"(?i:\\{av})" if ignore else f"(?:\\{av})"
-        if op is sre.GROUPREF_EXISTS:
-            gid, yes, no = av
-            other = "" if no is None else "|" + self.write(no, ignore)
-            return f"(?({gid}){self.write(yes, ignore)}{other})"
-        if op is sre.ATOMIC_GROUP:
-            return f"(?>{self.write(av, ignore)})"
-        raise Untranslatable(f"unknown construct {op}")
 
-
-class _TextWriter:
+class _TextWriter(_Writer):
     """Writes a text (non-ASCII) pattern's tree for ``regex``.
 
-    IGNORECASE is written out as explicit characters (see :mod:`logfold`); the ASCII flag stays
-    a flag, as it means the same to both engines.
+    Case folding and the Unicode classes are written out as explicit characters (see
+    :mod:`logfold`); the ASCII flag stays a flag, as it means the same to both engines.
     """
 
     def __init__(self, names: dict[int, str], ascii_only: bool, empty: bool = False) -> None:
-        self.names = names
+        super().__init__(names, empty)
         self.ascii_only = ascii_only
-        self.empty = empty
 
-    def write(self, tree: Any, ignore: bool) -> str:
-        return "".join(self.node(op, av, ignore) for op, av in tree)
-
-    def node(self, op: Any, av: Any, ignore: bool) -> str:
+    def atom(self, op: Any, av: Any, ignore: bool) -> str:
         if op is sre.LITERAL:
             return char_class(folded([av], self.ascii_only)) if ignore else char(av)
         if op is sre.NOT_LITERAL:
@@ -347,75 +373,41 @@ class _TextWriter:
             return self.set(av, ignore)
         if op is sre.ANY:
             return r"[^\n]"
-        if op is sre.AT:
-            anchors = {
-                sre.AT_BEGINNING: r"\A",
-                sre.AT_BEGINNING_STRING: r"\A",
-                sre.AT_END: r"\Z",
-                sre.AT_END_STRING: r"\Z",
-            }
-            if av in (sre.AT_BOUNDARY, sre.AT_NON_BOUNDARY):
-                if self.ascii_only:
-                    return r"\b" if av is sre.AT_BOUNDARY else "(?!)" if self.empty else r"\B"
-                return boundary(av is sre.AT_NON_BOUNDARY, self.empty)
-            if av not in anchors:
-                raise Untranslatable(f"unknown anchor {av}")
-            return anchors[av]
-        if op is sre.BRANCH:
-            return "(?:" + "|".join(self.write(b, ignore) for b in av[1]) + ")"
-        if op is sre.SUBPATTERN:
-            group, add, remove, sub = av
-            inner = bool(
-                (ignore or add & sre.SRE_FLAG_IGNORECASE) and not (remove & sre.SRE_FLAG_IGNORECASE)
-            )
-            flags = _flag_letters(add) + ("-" + _flag_letters(remove) if remove else "")
-            outer = self.ascii_only
-            self.ascii_only = bool(
-                (outer or add & sre.SRE_FLAG_ASCII) and not (remove & sre.SRE_FLAG_ASCII)
-            )
-            body = self.write(sub, inner)
-            self.ascii_only = outer
-            body = f"(?{flags}:{body})" if flags.strip("-") else body
-            return _group(self.names, group, add, body)
-        if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
-            low, high, sub = av
-            suffix = {sre.MAX_REPEAT: "", sre.MIN_REPEAT: "?", sre.POSSESSIVE_REPEAT: "+"}[op]
-            return f"(?:{self.write(sub, ignore)}){_quantifier(low, high)}{suffix}"
-        if op in (sre.ASSERT, sre.ASSERT_NOT):
-            direction, sub = av
-            sign = "=" if op is sre.ASSERT else "!"
-            return f"(?{'<' if direction < 0 else ''}{sign}{self.write(sub, ignore)})"
-        if op is sre.GROUPREF:  # regex folds the text a backreference repeats its own way
-            return f"(?i:\\{av})" if ignore else f"(?:\\{av})"
-        if op is sre.GROUPREF_EXISTS:
-            gid, yes, no = av
-            other = "" if no is None else "|" + self.write(no, ignore)
-            return f"(?({gid}){self.write(yes, ignore)}{other})"
-        if op is sre.ATOMIC_GROUP:
-            return f"(?>{self.write(av, ignore)})"
-        raise Untranslatable(f"unknown construct {op}")
+        if av in (sre.AT_BEGINNING, sre.AT_BEGINNING_STRING):
+            return r"\A"
+        if av in (sre.AT_END, sre.AT_END_STRING):
+            return r"\Z"
+        if av not in (sre.AT_BOUNDARY, sre.AT_NON_BOUNDARY):
+            raise Untranslatable(f"unknown anchor {av}")
+        if not self.ascii_only:
+            return boundary(av is sre.AT_NON_BOUNDARY, self.empty)
+        return r"\b" if av is sre.AT_BOUNDARY else "(?!)" if self.empty else r"\B"
+
+    def scoped(self, add: int, remove: int, sub: Any, ignore: bool) -> str:
+        flags = _flag_letters(add) + ("-" + _flag_letters(remove) if remove else "")
+        outer = self.ascii_only
+        self.ascii_only = bool(
+            (outer or add & sre.SRE_FLAG_ASCII) and not (remove & sre.SRE_FLAG_ASCII)
+        )
+        body = self.write(sub, ignore)
+        self.ascii_only = outer
+        return f"(?{flags}:{body})" if flags.strip("-") else body
 
     def set(self, items: Any, ignore: bool) -> str:
-        """A ``[...]`` set: its characters (case-folded as re does), categories as they are."""
-        members: set[int] = set()
-        categories = ""
-        negate = False
-        for op, av in items:
-            if op is sre.NEGATE:
-                negate = True
-            elif op is sre.LITERAL:
-                members.add(av)
-            elif op is sre.RANGE:
-                if ignore and av[1] - av[0] > MAX_MEMBERS:
-                    raise Untranslatable("a case-insensitive range of more than 65,536 characters")
-                members.update(range(av[0], av[1] + 1))
-            elif op is sre.CATEGORY and av in _CATEGORY_TEXT:
-                categories += _CATEGORY_TEXT[av] if self.ascii_only else _unicode_category(av)
-            else:
-                raise Untranslatable(f"unknown set item {op}")
-        if ignore:
-            members = folded(members, self.ascii_only)
-        return char_class(members, negate, categories)
+        """A ``[...]`` set: its characters (case-folded as re does) and categories."""
+        negate, ranges, names = _set_parts(items)
+        extra = "".join(
+            _CATEGORY_TEXT[name] if self.ascii_only else _unicode_category(name) for name in names
+        )
+        if not ignore:
+            extra = (
+                "".join(char(a) if a == b else f"{char(a)}-{char(b)}" for a, b in ranges) + extra
+            )
+            return char_class(set(), negate, extra)
+        if sum(high - low for low, high in ranges) > MAX_MEMBERS:
+            raise Untranslatable("a case-insensitive set of more than 65,536 characters")
+        members = {code for low, high in ranges for code in range(low, high + 1)}
+        return char_class(folded(members, self.ascii_only), negate, extra)
 
 
 def _unicode_category(code: Any) -> str:
