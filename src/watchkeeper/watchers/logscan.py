@@ -157,6 +157,7 @@ class Scanner:
         encoding = self.config.encoding
         needs = self.needs_text
         by_mask = self.by_mask
+        over = False
         for start, end, mask in self.prefilter.lines(data, size):
             if start < block_end:
                 continue  # inside the block of an alert already made
@@ -175,6 +176,7 @@ class Scanner:
                     except LineTimeout as exc:
                         self._too_slow(rule, path, base + start, now)
                         self.slow_spent += exc.elapsed
+                        over = self.slow_spent >= SLOW_SHARE
                         continue
                     if match is None:
                         continue
@@ -212,7 +214,7 @@ class Scanner:
                 if observation is not None:
                     found.append(observation)
                 break
-            if self.slow_spent >= SLOW_SHARE:
+            if over:  # this check's share of slow lines is spent: the caller commits
                 self.yielded = True
                 return max(end + 1, block_end), found
         return size, found
