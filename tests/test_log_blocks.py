@@ -7,12 +7,17 @@ written at once, written a line at a time, across a rotation, and ten thousand i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from tests import test_log
 from tests.conftest import wait_until
-from tests.test_log import append
+from tests.test_log import Follow, append
 
 engine = test_log.engine  # the fixtures: every test runs on each engine
 follow = test_log.follow
@@ -187,3 +192,36 @@ def test_record_start_ends_a_block_at_the_next_record(follow: Any, tmp_path: Pat
         ),
         ("app: 2026-01-01 CRITICAL after it", "2026-01-01 CRITICAL after it"),
     ]
+
+
+@settings(
+    max_examples=int(os.environ.get("WK_BLOCK_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    picks=st.lists(st.integers(0, 5), min_size=1, max_size=12),
+    cuts=st.lists(st.integers(1, 400), max_size=10),
+)
+def test_any_mix_of_traces_written_in_any_pieces_alerts_each_record_once(
+    tmp_path_factory: pytest.TempPathFactory, engine: str, picks: list[int], cuts: list[int]
+) -> None:
+    """Property: whatever the mix of records and however the writes split them (mid-line,
+    mid-block, a look after each piece), each record is one alert whose body is the record."""
+    folder = tmp_path_factory.mktemp("blocks")
+    log = folder / "app.log"
+    log.touch()
+    written = [records(n)[pick] for n, pick in enumerate(picks)]
+    data = "".join(text for text, _ in written) + "2026-01-01 12:00:09 INFO end\n"
+    f = Follow(engine, [log], rules=RULES, partial_timeout="1h")  # only a next line ends one
+    try:
+        at = 0
+        for size in cuts:
+            append(log, data[at : at + size])
+            at += size
+            f.check()
+        append(log, data[at:])
+        f.check()
+    finally:
+        f.close()
+    check_alerts(f.seen, written)
