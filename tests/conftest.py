@@ -39,11 +39,14 @@ def wait_until(
         time.sleep(interval)
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m watchkeeper ARGS`` as a user would, capturing its output."""
     return subprocess.run(
         [sys.executable, "-m", "watchkeeper", *args],
         cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -109,6 +112,7 @@ class RecordingServer:
     requests: list[Recorded] = field(default_factory=list)
     status: int = 200
     delay: float = 0.0  # seconds the server takes to answer, like a slow receiver
+    arrived: int = 0  # requests whose body was read (recorded once answered)
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     @property
@@ -134,6 +138,9 @@ def http_receiver() -> Iterator[RecordingServer]:
             rec = holder["server"]
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
+            with rec.changed:
+                rec.arrived += 1
+                rec.changed.notify_all()
             if rec.delay:
                 time.sleep(rec.delay)  # the receiver's own slowness, not test synchronisation
             with rec.changed:

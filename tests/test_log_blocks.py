@@ -95,11 +95,11 @@ def check_alerts(seen: list[Any], written: list[tuple[str, str | None]]) -> None
     for observation, (text, exception) in zip(seen, written, strict=True):
         first = text.split("\n", 1)[0]
         if exception is None:
-            assert observation.title == f"app: {first}"
+            assert observation.title == first
             assert str(observation.level) == "critical"
         else:  # the first line and the exception line, or the one line that is both
             shown = first if exception == first else f"{first} … {exception}"
-            assert observation.title == f"app: {shown}"
+            assert observation.title == shown
             assert "cut" not in observation.data
 
 
@@ -140,7 +140,7 @@ def test_ten_thousand_tracebacks_are_ten_thousand_alerts(follow: Any, tmp_path: 
     while f.check() or f.watcher.more:
         pass
     assert [o.title for o in f.seen] == [
-        f"app: Traceback (most recent call last): … KeyError: {n}" for n in range(10_000)
+        f"Traceback (most recent call last): … KeyError: {n}" for n in range(10_000)
     ]
     assert f.seen[5].data["line"] == trace.format(n=5).rstrip("\n")
 
@@ -190,7 +190,7 @@ def test_record_start_ends_a_block_at_the_next_record(follow: Any, tmp_path: Pat
             "summary: remote refused",
             "2026-01-01 ERROR sync failed\n  detail one\nsummary: remote refused",
         ),
-        ("app: 2026-01-01 CRITICAL after it", "2026-01-01 CRITICAL after it"),
+        ("2026-01-01 CRITICAL after it", "2026-01-01 CRITICAL after it"),
     ]
 
 

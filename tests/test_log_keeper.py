@@ -209,7 +209,7 @@ def test_tail_command_alerts_on_a_matching_line(tmp_path: Path) -> None:
     log.write_text("old CRITICAL line\n")
     written = "FATAL disk full\n"
     alerts = tail_alerts(tmp_path, written, "--match", "CRIT|FATAL", "--severity", "critical")
-    assert [(a["title"], a["severity"]) for a in alerts] == [("tail: FATAL disk full", "critical")]
+    assert [(a["title"], a["severity"]) for a in alerts] == [("FATAL disk full", "critical")]
     assert alerts[0]["data"]["path"] == str(log)
 
 
@@ -219,9 +219,7 @@ def test_tail_command_sends_a_traceback_as_one_alert(tmp_path: Path) -> None:
     alerts = tail_alerts(
         tmp_path, trace + "INFO next\n", "--match", "^Traceback", "--block", "python"
     )
-    assert [a["title"] for a in alerts] == [
-        "tail: Traceback (most recent call last): … KeyError: 'k'"
-    ]
+    assert [a["title"] for a in alerts] == ["Traceback (most recent call last): … KeyError: 'k'"]
     assert alerts[0]["data"]["line"] == trace.rstrip("\n")
 
 

@@ -69,15 +69,15 @@ def test_catastrophic_patterns_freeze_nothing_in_a_real_agent(tmp_path: Path) ->
     try:
         wait_until(lambda: len(titles(jsonl)) >= 3, timeout=30)
         assert titles(jsonl) == [
-            f"app: {EVIL}",
-            "app: first ab",
-            "app: a rule's pattern is too slow on some lines",
+            EVIL,
+            "first ab",
+            "a rule's pattern is too slow on some lines",
         ]
         # The next line alerts at once, and the other watcher keeps its schedule meanwhile.
         before = ticks(jsonl)
         written = time.monotonic()
         append(log, "next ab\n")
-        wait_until(lambda: "app: next ab" in titles(jsonl), timeout=10)
+        wait_until(lambda: "next ab" in titles(jsonl), timeout=10)
         latency = time.monotonic() - written
         wait_until(lambda: ticks(jsonl) >= before + 5, timeout=10)
         print(f"alert latency after the catastrophic lines: {latency:.3f}s")
@@ -91,12 +91,12 @@ def test_catastrophic_patterns_freeze_nothing_in_a_real_agent(tmp_path: Path) ->
     append(log, f"{EVIL}\n{SLOW}\nafter restart ab\n")
     agent = start_agent(config)
     try:
-        wait_until(lambda: "app: after restart ab" in titles(jsonl), timeout=30)
+        wait_until(lambda: "after restart ab" in titles(jsonl), timeout=30)
     finally:
         stop(agent, within=2.0 + 1.5)
     app = titles(jsonl)
-    assert app.count(f"app: {EVIL}") == 2  # once per written line, never again
-    assert app.count("app: first ab") == 1
+    assert app.count(EVIL) == 2  # once per written line, never again
+    assert app.count("first ab") == 1
 
 
 SCRIPT = """
@@ -119,7 +119,7 @@ def test_an_embedding_program_exits_on_time(tmp_path: Path) -> None:
     jsonl = tmp_path / "alerts.jsonl"
     returned, ended, _ = run_program("-c", SCRIPT, str(tmp_path / "wk.db"), str(jsonl), str(log))
     assert ended - returned < 1.0 + 1.5
-    assert titles(jsonl).count(f"app: {EVIL}") == 3
+    assert titles(jsonl).count(EVIL) == 3
 
 
 def test_check_warns_about_patterns_prone_to_catastrophic_backtracking(tmp_path: Path) -> None:

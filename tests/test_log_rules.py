@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from tests.test_log import ENGINES, Follow, append
 from watchkeeper.config import ConfigError, watcher_config
 from watchkeeper.watchers.logmatch import Pattern
+from watchkeeper.watchers.logregex import Untranslatable
 from watchkeeper.watchers.logrisk import catastrophic
 
 # "[[:alpha:]]" is drawn on purpose: re warns that it may one day read it as a POSIX class.
@@ -223,10 +224,12 @@ def test_after_a_line_of_many_matches_the_search_goes_line_by_line(
 
 
 def _valid(pattern: str) -> bool:
-    """Not every drawn string is a pattern (a backreference to a later group, say)."""
+    """Not every drawn string is a pattern (a backreference to a later group, say), and a few
+    are refused at load, saying why (see ``test_bad_rules_are_refused_at_load_saying_where``)."""
     try:
         re.compile(pattern)
-    except re.error:
+        Pattern.compile(pattern)
+    except (re.error, Untranslatable):
         return False
     return True
 
@@ -237,6 +240,10 @@ def _valid(pattern: str) -> bool:
         ({"match": "(a"}, r"rules\.0\.match: invalid regex '\(a': missing \)"),
         ({"match": "a", "record_start": "[x"}, r"rules\.0\.record_start: invalid regex"),
         ({"match": "a", "block": "perl"}, r"rules\.0\.block: .*'python', 'java' or 'go'"),
+        (  # found by the differential test: re and regex disagree on (?i)(\u017f)\1 on "\u017fs"
+            {"match": "(?i)(\u017f)\\1"},
+            r"rules\.0\.match: regex .* is not supported: a case-insensitive backreference",
+        ),
     ],
 )
 def test_bad_rules_are_refused_at_load_saying_where(rule: dict[str, Any], message: str) -> None:

@@ -228,6 +228,17 @@ def bind_preferring(port: int) -> socket.socket:
     return sock
 
 
+def close_and_keep(held: list[socket.socket], index: int) -> None:
+    """Stop listening on ``held[index]`` but keep its port bound, so the port reads closed and
+    no other process (a parallel test binding port 0) can open it meanwhile."""
+    port = held[index].getsockname()[1]
+    held[index].close()
+    keeper = socket.socket()
+    keeper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    keeper.bind(("127.0.0.1", port))  # bound, never listening: connects are refused
+    held[index] = keeper
+
+
 def test_detail_pages_of_log_page_and_ports_watchers(tmp_path: Path, watch: Watch) -> None:
     """Each kind's own view, as a user sees it; screenshots dashboard-detail-<kind>.png."""
     expect = playwright_api.expect
@@ -272,13 +283,13 @@ def test_detail_pages_of_log_page_and_ports_watchers(tmp_path: Path, watch: Watc
         wait_until(lambda: len(detail("lan")["open"]) == 2)
         held[2].listen()
         wait_until(lambda: len(detail("lan")["history"]) == 1)
-        held[1].close()
+        close_and_keep(held, 1)
         wait_until(lambda: len(detail("lan")["history"]) == 2)
         with (logs / "app.log").open("a") as out:
             out.write("ERROR queue stuck <script>alert(1)</script>\n")
         wait_until(lambda: detail("applog")["files"][1]["size"] == 76)
         wait_until(lambda: detail("applog")["total_lag"] == 0)
-        held[0].close()  # the expected port goes away
+        close_and_keep(held, 0)  # the expected port goes away
         wait_until(lambda: detail("lan")["expectations"][0]["alerting_since"])
 
         page = watch.page
@@ -324,3 +335,69 @@ def test_detail_pages_of_log_page_and_ports_watchers(tmp_path: Path, watch: Watc
             sock.close()
         assert agent.stop() == 0
         shop.stop()
+
+
+PHONE = {"width": 390, "height": 844}  # an iPhone 12-14 in CSS pixels
+
+
+def test_the_dashboard_is_usable_on_a_phone(tmp_path: Path, browser: Any) -> None:
+    """At 390 px: cards instead of wide tables, nothing scrolls sideways, titles get the width.
+
+    Screenshots ``dashboard-phone-<page>.png`` in ``test-artifacts/``.
+    """
+    expect = playwright_api.expect
+    logs = tmp_path / "var-log-with-a-long-folder-name"
+    logs.mkdir()
+    (logs / "application-server.log").write_text("ERROR disk full on /var\n")
+    agent = Agent(
+        tmp_path,
+        extra=(
+            '\n[[log]]\nname = "application-server-errors"\n'
+            f'paths = ["{logs}/*.log"]\nstart_at = "beginning"\nrules = [{{ match = "ERROR" }}]\n'
+            '\n[[notify]]\nname = "pager-webhook"\nkind = "webhook"\n'
+            'url = "http://127.0.0.1:9/hooks/a-long-path/that-never-answers"\n'
+        ),
+    ).start()
+    context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        agent.fire("queue depth 106 > 100", "error", body="the queue grew for 5 minutes")
+        agent.fire("https://shop.example.com/products/a-very-long-unbroken-slug-" + "x" * 60)
+        for n in range(6):
+            agent.fire(f"disk {90 + n}% full on /var/lib/postgresql/data", "warning")
+        wait_until(lambda: len(httpx.get(agent.url + "/api/alerts").json()) >= 9, timeout=20)
+        for name, path in [
+            ("overview", "/"),
+            ("alerts", "/alerts"),
+            ("notifiers", "/notifiers"),
+            ("watcher", "/watchers/probe"),
+            ("log", "/watchers/application-server-errors"),
+        ]:
+            page.goto(agent.url + path)
+            if name != "notifiers":  # the one page without a stream
+                expect(page.locator("#live")).to_have_text("live")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"dashboard-phone-{name}.png"), full_page=True)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= PHONE["width"], f"{path}: {width} px wide, scrolls sideways"
+            titles = page.locator("td.title").evaluate_all(
+                "cells => cells.map(c => c.getBoundingClientRect().width)"
+            )
+            assert all(w >= 300 for w in titles), f"{path}: titles only {min(titles)} px wide"
+            if name == "overview":
+                assert page.evaluate("document.documentElement.scrollHeight") < 2500
+        # Live alerts arrive as cards too.
+        page.goto(agent.url + "/")
+        agent.fire("arrived live on a phone", "critical")
+        newest = page.locator("#alerts tbody tr").first
+        expect(newest.locator("td.title")).to_have_text("arrived live on a phone")
+        box = newest.locator("td.title").bounding_box()
+        assert box is not None
+        assert box["width"] >= 300
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        assert errors == []
+    finally:
+        context.close()
+        assert agent.stop() == 0

@@ -105,7 +105,24 @@ class Config(BaseModel):
 
 def load_config(path: str | Path) -> Config:
     """Read, interpolate and validate a config file, or raise ConfigError listing every problem."""
+    config, errors = validate_config(path)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def validate_config(path: str | Path) -> tuple[Config, list[str]]:
+    """The tables of a config file that are valid, and a problem per table that is not.
+
+    For ``watchkeeper check``, which builds what is valid to find its problems too (a ``call``
+    that does not import, a command that does not exist) and lists them all in one pass. A file
+    that cannot be read or is not TOML raises ConfigError: there is nothing to go on.
+    """
     path = Path(path)
+    return _parse(_read_toml(path), source=str(path), base=path.parent)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -115,21 +132,53 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_config(data, source=str(path), base=path.parent)
+
+
+def state_location(path: str | Path) -> Path | None:
+    """The ``[keeper] state`` a config file names, resolved as :func:`load_config` would, without
+    validating the rest: an admin's shell may lack the service's secrets, which only the agent
+    needs (``watchkeeper status`` and ``reload`` only need to find the state)."""
+    path = Path(path)
+    keeper = _read_toml(path).get("keeper")
+    raw = keeper.get("state") if isinstance(keeper, dict) else None
+    if not isinstance(raw, str):
+        return None
+    errors: list[str] = []
+    state = Path(_interpolate(raw, str(path), ["keeper", "state"], errors))
+    if errors:
+        raise ConfigError(errors)
+    return _state_path(state, path.parent)
+
+
+def _state_path(state: Path, base: Path) -> Path:
+    """A relative state goes under $STATE_DIRECTORY (systemd's StateDirectory=) when it is set:
+    under the unit, the config's folder is read-only; else under the config's folder."""
+    if state.is_absolute():
+        return state
+    service_state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(service_state) / state if service_state else base / state
 
 
 def parse_config(
     data: Mapping[str, Any], source: str = "<config>", base: Path | None = None
 ) -> Config:
-    """Validate an already-parsed TOML document."""
+    """Validate an already-parsed TOML document, or raise ConfigError listing every problem."""
+    config, errors = _parse(data, source, base)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def _parse(data: Mapping[str, Any], source: str, base: Path | None) -> tuple[Config, list[str]]:
+    """The valid part of a parsed TOML document (relative paths resolved), and the problems."""
     errors: list[str] = []
+    config = Config(source=source)
     data = _interpolate(data, source, [], errors)
     if errors:  # a missing variable would only cause confusing follow-on errors
-        raise ConfigError(errors)
-    config = Config(source=source)
+        return config, errors
     for section, value in data.items():
         if section == "keeper":
             where = f"{source}: [keeper]"
@@ -156,17 +205,12 @@ def parse_config(
             errors.append(f"{source}: unknown table [{section}]; known tables are {known}")
     _check_unique(source, "[[notify]]", [n.name for n in config.notify], errors)
     _check_unique(source, "watcher", [w.name for w in config.watchers], errors)
-    if errors:
-        raise ConfigError(errors)
     if base is not None:
-        state = config.keeper.state
-        service_state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-        if state is not None and not state.is_absolute() and service_state:
-            # Under systemd (StateDirectory=) the config folder is read-only: state goes there.
-            config.keeper.state = Path(service_state) / state
+        if config.keeper.state is not None:
+            config.keeper.state = _state_path(config.keeper.state, base)
         for model in [config.keeper, *config.notify, *config.watchers]:
             resolve_paths(model, base)
-    return config
+    return config, errors
 
 
 def notifier_config(

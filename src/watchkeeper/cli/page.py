@@ -14,7 +14,9 @@ from rich.text import Text
 from watchkeeper.cli.helpers import (
     DEFAULT_CONFIG,
     ConfigOption,
+    LogFormatOption,
     StateOption,
+    VerboseOption,
     app,
     fail,
     load,
@@ -159,13 +161,14 @@ def tail(
         ),
     ] = None,
     state: StateOption = None,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
+    verbose: VerboseOption = 0,
+    log_format: LogFormatOption = "auto",
 ) -> None:
     """Follow log files without a config file and alert on lines matching --match."""
     from watchkeeper.config import default_state_path
     from watchkeeper.keeper import Keeper
 
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     rules = [
         {"match": m, "severity": severity, **({"block": block} if block else {})} for m in match
     ]

@@ -253,7 +253,7 @@ class LogWatcher(Watcher):
             )
         return [
             Observation(
-                title=f"{self.name}: a rule's pattern is too slow on some lines",
+                title="a rule's pattern is too slow on some lines",
                 severity=Severity.WARNING,
                 key="__slow_pattern__",
                 body=f"{slow['lines']} line(s) so far took longer than line_timeout "

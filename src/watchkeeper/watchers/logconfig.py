@@ -65,8 +65,8 @@ class LogRule(BaseModel):
     severity: str = Field(default="error", description="debug, info, warning, error, critical.")
     title: str | None = Field(
         default=None,
-        description="Template: {name} {path} {line} {severity} {match} {count} and the named "
-        "groups of `match`. Default: '{name}: {line}'.",
+        description="Template: {name} {path} {line} {last} {severity} {match} {count} and the "
+        "named groups of `match`. Default: '{line}'; for a block '{line} … {last}'.",
     )
     block: Literal["python", "java", "go"] | None = Field(
         default=None,

@@ -296,7 +296,7 @@ class _Writer:
             direction, sub = av
             sign = "=" if op is sre.ASSERT else "!"
             return f"(?{'<' if direction < 0 else ''}{sign}{self.write(sub, ignore)})"
-        if op is sre.GROUPREF:  # regex compares the repeated text its own way under (?i)
+        if op is sre.GROUPREF:
             return f"(?i:\\{av})" if ignore else f"(?:\\{av})"
         if op is sre.GROUPREF_EXISTS:
             gid, yes, no = av
@@ -382,6 +382,15 @@ class _TextWriter(_Writer):
         if not self.ascii_only:
             return boundary(av is sre.AT_NON_BOUNDARY, self.empty)
         return r"\b" if av is sre.AT_BOUNDARY else "(?!)" if self.empty else r"\B"
+
+    def backtracking(self, op: Any, av: Any, ignore: bool) -> str:
+        if op is sre.GROUPREF and ignore and not self.ascii_only:
+            raise Untranslatable(
+                "a case-insensitive backreference in a pattern with non-ASCII characters: re "
+                "and the regex package compare the repeated text differently; write the cases "
+                "out ([Ss]) or make the pattern ASCII"
+            )
+        return super().backtracking(op, av, ignore)
 
     def scoped(self, add: int, remove: int, sub: Any, ignore: bool) -> str:
         flags = _flag_letters(add) + ("-" + _flag_letters(remove) if remove else "")

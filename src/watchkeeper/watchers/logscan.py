@@ -152,7 +152,6 @@ class Scanner:
         size = len(data) if size is None else size
         found: list[Observation] = []
         block_end = 0
-        name = self.config.name
         limit = self.config.max_line
         encoding = self.config.encoding
         needs = self.needs_text
@@ -189,7 +188,7 @@ class Scanner:
                         )
                     found.append(
                         rule.observation(
-                            f"{name}: {text[:TITLE_CHARS]}",
+                            text[:TITLE_CHARS],
                             text,
                             {
                                 "path": path,
@@ -292,7 +291,7 @@ class Scanner:
             # A traceback's first line says nothing; its exception line says most: show both.
             named = rule.config.structured or text.lstrip().startswith("Traceback")
             shown = f"{text} … {last}" if named and last != text else text
-            title = f"{self.config.name}: {shown[:TITLE_CHARS]}"
+            title = shown[:TITLE_CHARS]
         else:
             groups = {  # RE2 names bytes groups with bytes
                 _text(k, "ascii"): _text(v, self.config.encoding)
