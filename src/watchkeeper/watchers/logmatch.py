@@ -83,7 +83,7 @@ class Pattern:
     literal: bool = False
     """Plain words, or an alternation of them (``CRITICAL|FATAL``): no metacharacter, no line
     break. Hyperscan reporting one on a line is then proof enough, as hyperscan's and ``re``'s
-    meaning of a literal is the same; any other pattern is confirmed (see ``logscan.Rule.exact``)."""
+    meaning of a literal is the same; any other pattern is confirmed (``logscan.Rule.exact``)."""
     empty: Any = None
     """The matcher for an empty line, when it differs (see ``Translation.empty``)."""
 
