@@ -34,8 +34,8 @@ from agent import count_lines, cpu, fill, start_agent, stop
 
 from watchkeeper import Keeper
 from watchkeeper.demo.smtpsink import SmtpSink
+from watchkeeper.dispatch import Dispatcher
 from watchkeeper.notifiers.jsonl import JsonlConfig, JsonlNotifier
-from watchkeeper.runtime import Dispatcher
 from watchkeeper.store import Store
 
 MESSAGES = [

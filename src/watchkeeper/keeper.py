@@ -26,18 +26,13 @@ from watchkeeper.config import (
     notifier_config,
     watcher_config,
 )
+from watchkeeper.dispatch import Dispatcher
 from watchkeeper.errors import ConfigError
 from watchkeeper.notifiers import NOTIFIERS, Notifier, NotifierConfig
 from watchkeeper.quantities import parse_duration
 from watchkeeper.reload import Handover, Handovers, Part, ReloadBusy, ReloadResult, plan
 from watchkeeper.retention import Pruner
-from watchkeeper.runtime import (
-    Dispatcher,
-    WatcherPool,
-    WatcherRun,
-    WatcherThread,
-    close_watcher,
-)
+from watchkeeper.runtime import WatcherPool, WatcherRun, WatcherThread, close_watcher
 from watchkeeper.store import Route, Store
 from watchkeeper.watchers import WATCHERS, Watcher, WatcherConfig
 from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
