@@ -26,11 +26,12 @@ from watchkeeper.config import (
     notifier_config,
     watcher_config,
 )
-from watchkeeper.errors import ConfigError
+from watchkeeper.errors import ConfigError, StoreError
 from watchkeeper.notifiers import NOTIFIERS, Notifier, NotifierConfig
 from watchkeeper.quantities import parse_duration
 from watchkeeper.runtime import Dispatcher, WatcherPool, WatcherRun, WatcherThread
 from watchkeeper.store import Route, Store
+from watchkeeper.supervisor import Supervised, Supervisor
 from watchkeeper.watchers import WATCHERS, Watcher, WatcherConfig
 from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
 
@@ -64,8 +65,7 @@ class Keeper:
             self.add(watcher)
         self.store: Store | None = None
         self._runs: dict[str, WatcherRun] = {}
-        self._drivers: list[WatcherThread | WatcherPool] = []
-        self._dispatchers: list[Dispatcher] = []
+        self._supervisor: Supervisor | None = None
         self._listeners: list[Callable[[list[Alert]], None]] = []
         self._lock = threading.Lock()
         self._started = False
@@ -195,21 +195,32 @@ class Keeper:
             store = Store(self.state_path)
             try:
                 store.claim()
-                self._dispatchers = [Dispatcher(notifier, store) for notifier in self.notifiers]
+                supervisor = Supervisor(store, self.notifiers, self.routes, self._committed)
+                for notifier in self.notifiers:
+                    supervisor.watch("dispatcher", Dispatcher(notifier, store), _new_dispatcher)
                 self._runs = {
                     w.name: WatcherRun(w, store, self.routes, self._committed)
                     for w in self.watchers
                 }
-                self._drivers = _drivers(list(self._runs.values()))
+                for driver in _drivers(list(self._runs.values())):
+                    if isinstance(driver, WatcherPool):
+                        names = [run.name for run in driver.runs]
+                        supervisor.watch("pool", driver, _renewed_pool, names)
+                    else:
+                        supervisor.watch(
+                            "watcher", driver, _new_watcher_thread, [driver.watcher_run.name]
+                        )
                 if self._dashboard is not None:  # a busy address stops the start before checks
                     self._dashboard.bind_socket()
             except BaseException:
                 store.close()
                 raise
             self.store = store
+            self._supervisor = supervisor
             self._started = True
-            for driver in [*self._dispatchers, *self._drivers]:
+            for driver in supervisor.drivers("dispatcher", "watcher", "pool"):
                 driver.start()
+            supervisor.start()
             atexit.register(self._at_exit)
         if self._dashboard is not None and self._dashboard.bound:
             try:
@@ -217,6 +228,7 @@ class Keeper:
             except BaseException:
                 self.stop()
                 raise
+            supervisor.watch("dashboard", self._dashboard, _revived_dashboard)
         log.info(
             "keeper started: %d watchers, %d notifiers, state %s",
             len(self.watchers),
@@ -242,6 +254,8 @@ class Keeper:
                 return self._stopped_clean
             self._started = False
             atexit.unregister(self._at_exit)
+        if self._supervisor is not None:
+            self._supervisor.stop()  # no restarts from here on
         if self._dashboard is not None:
             self._dashboard.stop()
         self._stopped_clean = self._shutdown(timeout, at_exit, self.store)
@@ -251,21 +265,41 @@ class Keeper:
         me = threading.current_thread()  # stop() may be called from inside a check
         budget = self.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
-        for driver in self._drivers:
+        supervisor = self._supervisor
+        assert supervisor is not None
+        if supervisor is not me:
+            supervisor.join(max(0.0, deadline - time.monotonic()))
+        watching: list[WatcherThread | WatcherPool] = supervisor.drivers("watcher", "pool")
+        dispatchers: list[Dispatcher] = supervisor.drivers("dispatcher")
+        for driver in watching:
             driver.stop()
         # Watchers get half the budget to finish a check in progress (and commit its alerts).
         half = time.monotonic() + budget / 2
-        for driver in self._drivers:
+        for driver in watching:
             if driver is not me:
                 driver.join(max(0.0, half - time.monotonic()))
+            if isinstance(driver, WatcherThread) and not driver.is_alive():
+                _close_crashed(driver)
         wall_deadline = time.time() + max(0.0, deadline - time.monotonic())
-        for dispatcher in self._dispatchers:
+        for dispatcher in dispatchers:
             dispatcher.flush(wall_deadline, at_exit=at_exit)
-        for dispatcher in self._dispatchers:
-            dispatcher.join(max(0.0, deadline - time.monotonic()))
-        drivers = [*self._drivers, *self._dispatchers]
+        for dispatcher in dispatchers:
+            if dispatcher.is_alive():
+                dispatcher.join(max(0.0, deadline - time.monotonic()))
+        drivers = [*watching, *dispatchers, supervisor]
         alive = [d.name for d in drivers if d.is_alive() and d is not me]
-        counts = store.delivery_counts()
+        unmarked = store.flush_marks()
+        if unmarked:
+            log.warning(
+                "%d deliveries were sent but the state file could not record it; "
+                "they may be sent again at the next start",
+                unmarked,
+            )
+        try:
+            counts = store.delivery_counts()
+        except StoreError as exc:
+            log.warning("cannot count the deliveries left: %s", exc)
+            counts = {}
         pending = sum(counts.get(n.name, {}).get("pending", 0) for n in self.notifiers)
         if alive:
             # A stuck thread may still write: keep the store (and its claim) open for it.
@@ -356,14 +390,65 @@ class Keeper:
         except KeyError:
             raise KeyError(f"no running watcher named {name!r}") from None
 
+    def health(self) -> dict[str, Any]:
+        """The supervisor's report: each thread's state and the store's (see docs/dashboard.md).
+
+        Empty lists while the keeper is not running.
+        """
+        if self._supervisor is None:
+            return {"threads": [], "store": {"state": "ok", "error": None}}
+        return self._supervisor.health()
+
     def _committed(self, alerts: list[Alert]) -> None:
-        for dispatcher in self._dispatchers:
+        if self._supervisor is None:
+            return
+        for dispatcher in self._supervisor.drivers("dispatcher"):
             dispatcher.wake.set()
         for listener in self._listeners:
             try:
                 listener(alerts)
             except Exception:
                 log.exception("alert listener failed")
+
+
+def _new_dispatcher(old: Supervised) -> Dispatcher:
+    """A crashed dispatcher's replacement, started."""
+    assert isinstance(old, Dispatcher)
+    dispatcher = Dispatcher(old.notifier, old.store, old.clock)
+    dispatcher.start()
+    return dispatcher
+
+
+def _new_watcher_thread(old: Supervised) -> WatcherThread:
+    """A crashed watcher thread's replacement, started; the watcher and its run are kept."""
+    assert isinstance(old, WatcherThread)
+    thread = WatcherThread(old.watcher_run)
+    thread.start()
+    return thread
+
+
+def _renewed_pool(old: Supervised) -> WatcherPool:
+    """A pool whose scheduler or processing thread crashed, renewed."""
+    assert isinstance(old, WatcherPool)
+    return old.renewed()
+
+
+def _revived_dashboard(old: Supervised) -> Dashboard:
+    """The dashboard, serving again on the same address."""
+    from watchkeeper.web.server import Dashboard
+
+    assert isinstance(old, Dashboard)
+    old.revive()
+    return old
+
+
+def _close_crashed(thread: WatcherThread) -> None:
+    """A watcher whose thread crashed is closed at stop (a stopped thread closes its own)."""
+    if thread.failure is not None:
+        try:
+            thread.watcher_run.watcher.close()
+        except Exception:
+            log.exception("watcher %s: error while closing", thread.watcher_run.name)
 
 
 def _drivers(runs: list[WatcherRun]) -> list[WatcherThread | WatcherPool]:

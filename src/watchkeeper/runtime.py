@@ -39,6 +39,8 @@ CHECK_BACKOFF_CAP = 300.0
 """A failing check is retried at least this often, however long its interval."""
 IDLE_POLL = 5.0
 """A dispatcher looks at the outbox at least this often (other processes may add to it)."""
+STORE_RETRY = 0.2
+"""A store error is retried after this long, doubling while it lasts, up to IDLE_POLL."""
 POOL_IDLE = 60.0
 """A pool worker with nothing to do for this long ends."""
 POOL_BACKLOG = 8
@@ -107,6 +109,8 @@ class WatcherRun:
         self.failures = record.failures
         self.paused = record.paused
         self.muted_until = record.muted_until
+        self.store_errors = 0
+        """Commits that failed in a row: the redo backs off while the store is in trouble."""
 
     @property
     def name(self) -> str:
@@ -116,8 +120,9 @@ class WatcherRun:
     def cycle(self) -> float:
         """One check and its commit; returns the delay before the next.
 
-        Anything the check raises, and anything wrong with what it returned (an unknown
-        severity, a checkpoint that is not JSON), counts as a failed check: recorded, alerted
+        Anything the check raises (``SystemExit`` and other BaseExceptions included), and
+        anything wrong with what it returned (an unknown severity, a checkpoint that is not
+        JSON), counts as a failed check: recorded, alerted
         after ``fail_after``, retried with backoff. Only a store error is different: nothing
         was committed, so the same work is redone from the old checkpoint.
         """
@@ -135,8 +140,8 @@ class WatcherRun:
                 return self._commit(now, verdict, result.checkpoint, None, 0, every)
             except StoreError:
                 raise
-            except Exception as exc:
-                error = "".join(traceback.format_exception_only(exc)).strip()
+            except BaseException as exc:  # SystemExit from a check too: only stop ends a watcher
+                error = error_text(exc)
                 failures = self.failures + 1
                 log.warning(
                     "watcher %s: check failed (%d in a row): %s",
@@ -150,9 +155,16 @@ class WatcherRun:
                 )
                 delay = backoff(every, failures, max(every, CHECK_BACKOFF_CAP))
                 return self._commit(now, verdict, checkpoint, error, failures, delay)
-        except StoreError:
-            log.exception("watcher %s: cannot commit the check; will redo it", self.watcher.name)
-            return min(every, CHECK_BACKOFF_CAP)
+        except StoreError as exc:
+            self.store_errors += 1
+            delay = min(every, backoff(STORE_RETRY, self.store_errors, CHECK_BACKOFF_CAP))
+            log.warning(
+                "watcher %s: cannot commit the check; will redo it in %.1fs: %s",
+                self.watcher.name,
+                delay,
+                exc,
+            )
+            return delay
 
     def prepare(self) -> None:
         """The waiting part of the next check (a pooled kind's fetch), on a pool worker.
@@ -206,6 +218,7 @@ class WatcherRun:
             error=error,
         )
         self._stored = True
+        self.store_errors = 0
         self.checkpoint = checkpoint if self.keeps_checkpoint else None
         self.rule_state = verdict.state
         self.failures = failures
@@ -218,11 +231,52 @@ def _no_driver() -> None:
     """A run's ``wake`` before a driver takes it: nothing to wake yet."""
 
 
-class WatcherThread(threading.Thread):
+class GuardedThread(threading.Thread):
+    """A daemon thread whose loop only ``stop`` should end: whatever else ends it is kept.
+
+    What it raised is logged with its traceback and kept in :attr:`failure`, and ``ended`` is
+    called (the supervisor's wake-up), so the supervisor restarts it and reports it at once.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.failure: str | None = None
+        """What ended the loop when nothing asked it to (None while it runs, or after a stop)."""
+        self.ended: Callable[[], None] = _nothing
+
+    def loop(self) -> None:
+        """The thread's work; returns only when asked to stop."""
+        raise NotImplementedError
+
+    def run(self) -> None:
+        """:meth:`loop`, with a crash kept for the supervisor."""
+        try:
+            self.loop()
+        except BaseException as exc:
+            self.failure = error_text(exc)
+            log.error("thread %s crashed: %s", self.name, self.failure, exc_info=True)
+        finally:
+            self.ended()
+
+    def healthy(self) -> bool:
+        """True while the loop runs."""
+        return self.is_alive()
+
+
+def error_text(exc: BaseException) -> str:
+    """``TypeError: bad thing``: an exception's one-line description."""
+    return "".join(traceback.format_exception_only(exc)).strip()
+
+
+def _nothing() -> None:
+    """A hook nobody set yet."""
+
+
+class WatcherThread(GuardedThread):
     """Drives one watcher run on a daemon thread of its own: check, commit, wait, again."""
 
     def __init__(self, run: WatcherRun) -> None:
-        super().__init__(name=f"watchkeeper:{run.name}", daemon=True)
+        super().__init__(f"watchkeeper:{run.name}")
         self.watcher_run = run
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -233,8 +287,12 @@ class WatcherThread(threading.Thread):
         self.stopping.set()
         self.wake.set()
 
-    def run(self) -> None:
-        """The loop: check, apply rules, commit, wait. Nothing may end it but ``stop()``."""
+    def loop(self) -> None:
+        """Check, apply rules, commit, wait. Nothing may end it but ``stop()``.
+
+        The watcher is closed when the loop is stopped, not when it crashed: the supervisor
+        starts a new thread for the same watcher.
+        """
         watcher_run = self.watcher_run
         watcher = watcher_run.watcher
         try:
@@ -256,7 +314,8 @@ class WatcherThread(threading.Thread):
                     log.exception("watcher %s: waiting for changes failed; polling", watcher.name)
                     self.wake.wait(delay)
         finally:
-            _close(watcher)
+            if self.stopping.is_set():
+                _close(watcher)
 
 
 class WatcherPool:
@@ -280,8 +339,14 @@ class WatcherPool:
     """
 
     def __init__(self, kind: str, runs: Sequence[WatcherRun], size: int) -> None:
+        self.kind = kind
         self.name = f"watchkeeper:pool:{kind}"
         self.runs = list(runs)
+        self.failure: str | None = None
+        """What ended the scheduler or the processing thread when nothing asked it to."""
+        self.ended: Callable[[], None] = _nothing
+        self._close_watchers = True
+        self._roles: list[threading.Thread] = []  # the scheduler and the processing thread
         self.size = max(1, size)
         lock = threading.Lock()
         self._lock = lock
@@ -319,11 +384,33 @@ class WatcherPool:
                 )
                 thread.start()
                 self._threads.append(thread)
+                self._roles.append(thread)
 
-    def stop(self) -> None:
-        """Ask every thread to end after the check it is in (prepared checks are dropped)."""
+    def healthy(self) -> bool:
+        """True while the scheduler and the processing thread both run (workers come and go)."""
+        return len(self._roles) == 2 and all(t.is_alive() for t in self._roles)
+
+    def renewed(self, timeout: float = 5.0) -> WatcherPool:
+        """A new pool for the same runs, started, after this one (half dead) is ended.
+
+        The watchers stay open for the new pool; a worker of the old one still in a fetch is
+        given ``timeout`` to finish it, so one watcher is not prepared by two threads at once.
+        """
+        self.stop(close=False)
+        self.join(timeout)
+        pool = WatcherPool(self.kind, self.runs, self.size)
+        pool.ended = self.ended
+        pool.start()
+        return pool
+
+    def stop(self, close: bool = True) -> None:
+        """Ask every thread to end after the check it is in (prepared checks are dropped).
+
+        ``close=False`` leaves the watchers open, for a pool that takes over.
+        """
         with self._lock:
             self._stopping = True
+            self._close_watchers = close
             for condition in (self._tick, self._ready, self._room):
                 condition.notify_all()
             for idle in self._idle:
@@ -416,13 +503,22 @@ class WatcherPool:
     # -- the threads ------------------------------------------------------------------------------
 
     def _guard(self, target: Callable[[], None]) -> None:
-        """Run a pool thread; the last one to end after stop() closes the watchers first."""
+        """Run a pool thread; the last one to end after stop() closes the watchers first.
+
+        A thread that ends by an exception is logged; if it was the scheduler or the
+        processing thread, the failure is kept and the supervisor told (it renews the pool).
+        """
         me = threading.current_thread()
         try:
             target()
+        except BaseException as exc:
+            log.error("thread %s crashed: %s", me.name, error_text(exc), exc_info=True)
+            if me in self._roles:
+                self.failure = error_text(exc)
         finally:
             with self._lock:
-                last = self._stopping and all(t is me for t in self._threads)
+                last = self._stopping and self._close_watchers
+                last = last and all(t is me for t in self._threads)
                 if not last:
                     self._threads.remove(me)
             if last:  # still listed, so join() and is_alive() wait for the closing too
@@ -430,6 +526,8 @@ class WatcherPool:
                     _close(run.watcher)
                 with self._lock:
                     self._threads.remove(me)
+            if me in self._roles and not self._stopping:
+                self.ended()
 
     def _plan(self) -> None:
         """The scheduler: release due runs to the workers, sleep until the next is due."""
@@ -563,11 +661,16 @@ def _close(watcher: Watcher) -> None:
         log.exception("watcher %s: error while closing", watcher.name)
 
 
-class Dispatcher(threading.Thread):
-    """Drains one notifier's deliveries from the outbox, with retries and optional digests."""
+class Dispatcher(GuardedThread):
+    """Drains one notifier's deliveries from the outbox, with retries and optional digests.
+
+    A store error is retried with backoff while it lasts. A delivery sent whose ``sent`` mark
+    the store could not take is remembered by the store (:meth:`Store.mark_sent`) and never
+    handed out again by this process, also not to the dispatcher that replaces a crashed one.
+    """
 
     def __init__(self, notifier: Notifier, store: Store, clock: Callable[[], float] = time.time):
-        super().__init__(name=f"watchkeeper:notify:{notifier.name}", daemon=True)
+        super().__init__(f"watchkeeper:notify:{notifier.name}")
         self.notifier = notifier
         self.store = store
         self.clock = clock
@@ -581,23 +684,26 @@ class Dispatcher(threading.Thread):
         self._flush_by = deadline
         self.wake.set()
 
-    def run(self) -> None:
-        """Loop until flushed; a store error is logged and retried, never fatal."""
+    def loop(self) -> None:
+        """Loop until flushed; a store error is logged and retried with backoff, never fatal."""
         name = self.notifier.name
         try:
             self.store.reschedule_pending(name, self.clock())
-        except StoreError:
-            log.exception("notifier %s: cannot read the outbox", name)
+        except StoreError as exc:
+            log.error("notifier %s: cannot reschedule the outbox: %s", name, exc)
+        errors = 0
         while True:
             try:
                 if not self._step():
                     return
-            except StoreError:
+                errors = 0
+            except StoreError as exc:
                 if self._flush_by is not None:
                     return
-                log.exception("notifier %s: outbox error; retrying", name)
-                self.wake.wait(IDLE_POLL)
-                self.wake.clear()
+                errors += 1
+                delay = backoff(STORE_RETRY, errors, IDLE_POLL)
+                log.warning("notifier %s: outbox error; retry in %.1fs: %s", name, delay, exc)
+                self._sleep(delay)
 
     def _step(self) -> bool:
         """One pass over the outbox; False when the thread should end."""
@@ -649,7 +755,7 @@ class Dispatcher(threading.Thread):
             log.error("notifier %s: giving up on alert %s: %s", name, alerts[0].id, exc)
             self.store.mark_failed(ids, str(exc))
             return True
-        except Exception as exc:  # unexpected errors are retried too: a bug must not lose alerts
+        except BaseException as exc:  # anything else is retried: a bug must not lose alerts
             attempts = max(d.attempts for d in deliveries) + 1
             delay = retry_delay(attempts)
             text = str(exc) or type(exc).__name__

@@ -13,9 +13,11 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from watchkeeper.errors import WatchkeeperError
+from watchkeeper.runtime import error_text
 from watchkeeper.web.bind import Bind, check_exposure, parse_bind
 from watchkeeper.web.stream import Broadcaster
 
@@ -25,6 +27,10 @@ if TYPE_CHECKING:
     from watchkeeper.keeper import Keeper
 
 log = logging.getLogger("watchkeeper")
+
+
+def _nothing() -> None:
+    """No supervisor told yet."""
 
 
 class DashboardError(WatchkeeperError):
@@ -54,6 +60,30 @@ class Dashboard:
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self._broadcaster: Broadcaster | None = None
+        self.failure: str | None = None
+        """Why the server thread ended when nothing asked it to (for the supervisor)."""
+        self.ended: Callable[[], None] = _nothing
+        self._stopped = False
+
+    @property
+    def name(self) -> str:
+        """The server thread's name, as the supervisor reports it."""
+        return "watchkeeper:dashboard"
+
+    def healthy(self) -> bool:
+        """True while it serves, or after it was stopped on purpose."""
+        return self._stopped or self.running
+
+    def revive(self) -> None:
+        """Serve again on the same address after the server thread ended by itself."""
+        self.stop()
+        self._stopped = False
+        self.failure = None
+        if self.port is not None:
+            self.bind = Bind(self.bind.host, self.port)
+        if not self.bind_socket():
+            raise DashboardError(f"dashboard: cannot listen on {self.url} again")
+        self.serve()
 
     @property
     def url(self) -> str:
@@ -128,12 +158,16 @@ class Dashboard:
         def run() -> None:
             try:
                 asyncio.run(server.serve(sockets=[sock]))
-            except Exception:
+                if not server.should_exit:
+                    self.failure = "the server ended by itself"
+            except BaseException as exc:
+                self.failure = error_text(exc)
                 log.exception("dashboard server failed")
             finally:
                 sock.close()
+                self.ended()
 
-        self._thread = threading.Thread(target=run, name="watchkeeper:dashboard", daemon=True)
+        self._thread = threading.Thread(target=run, name=self.name, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not server.started:
@@ -146,6 +180,7 @@ class Dashboard:
 
     def stop(self, timeout: float = 5.0) -> None:
         """End open streams, stop uvicorn, join its thread."""
+        self._stopped = True
         if self._broadcaster is not None:
             self._broadcaster.close_all()
         if self._server is not None:
