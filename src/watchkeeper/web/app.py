@@ -38,6 +38,7 @@ from starlette.staticfiles import StaticFiles
 from watchkeeper.alerts import Severity
 from watchkeeper.quantities import format_duration, parse_duration
 from watchkeeper.store import Store
+from watchkeeper.supervisor import watcher_health
 from watchkeeper.watchers.base import WatcherConfig
 from watchkeeper.web.auth import LOOPBACK_HOSTS, AuthMiddleware, Guard, SecurityHeadersMiddleware
 from watchkeeper.web.bind import Bind
@@ -92,7 +93,7 @@ def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> St
     env.filters["rel"] = relative_time
     env.filters["duration"] = format_duration
     ctx = Context(keeper, store, guard, broadcaster, env)
-    registry = metrics_registry(store, lambda: broadcaster.count)
+    registry = metrics_registry(store, lambda: broadcaster.count, keeper.health)
 
     async def metrics(request: Request) -> Response:
         body = await anyio.to_thread.run_sync(render, registry)
@@ -122,6 +123,7 @@ def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> St
         Route("/api/watchers/{name:str}/{action:str}", action, methods=["POST"]),
         Route("/api/alerts", api_alerts),
         Route("/api/notifiers", api_notifiers),
+        Route("/api/health", api_health),
         Route("/api/stream", stream),
         Route("/metrics", metrics),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
@@ -138,6 +140,11 @@ def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> St
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.wk = ctx
     return app
+
+
+def threads(ctx: Context) -> dict[str, tuple[str, str | None]]:
+    """{watcher: (state, error)} for watchers whose thread crashed or is restarting."""
+    return watcher_health(ctx.keeper.health())
 
 
 def wk(request: Request) -> Context:
@@ -181,7 +188,7 @@ async def push_changes(ctx: Context) -> None:
     while True:
         await asyncio.sleep(POLL)
         try:
-            docs = watcher_docs(ctx.store)
+            docs = watcher_docs(ctx.store, threads(ctx))
             newest = last_alert_id(ctx.store)
         except Exception:  # the store is closing; the task is about to be cancelled
             continue
@@ -205,7 +212,7 @@ async def overview(request: Request) -> Response:
         request,
         "overview.html",
         cursor=cursor,
-        watchers=watcher_docs(store),
+        watchers=watcher_docs(store, threads(wk(request))),
         alerts=recent,
         running=running_names(wk(request)),
     )
@@ -263,7 +270,7 @@ async def watcher_page(request: Request) -> Response:
         request,
         "watcher.html",
         cursor=cursor,
-        watcher=watcher_doc(record, count, now),
+        watcher=watcher_doc(record, count, now, threads(ctx).get(record.name)),
         record=record,
         detail=detail,
         info=info,
@@ -350,7 +357,7 @@ async def action(request: Request) -> Response:
         "mute": lambda: keeper.mute(name, duration),
     }[verb]
     await anyio.to_thread.run_sync(run)
-    doc = next(d for d in watcher_docs(ctx.store) if d["name"] == name)
+    doc = next(d for d in watcher_docs(ctx.store, threads(ctx)) if d["name"] == name)
     ctx.broadcaster.publish(doc)
     if api:
         return JSONResponse({"ok": True, "action": verb, "watcher": doc})
@@ -369,7 +376,7 @@ def reply(api: bool, status: int, message: str) -> Response:
 
 async def api_watchers(request: Request) -> Response:
     """``GET /api/watchers``: every watcher's row."""
-    return JSONResponse(watcher_docs(wk(request).store))
+    return JSONResponse(watcher_docs(wk(request).store, threads(wk(request))))
 
 
 async def api_watcher(request: Request) -> Response:
@@ -380,7 +387,7 @@ async def api_watcher(request: Request) -> Response:
     record = store.watcher(name)
     if record is None:
         return JSONResponse({"error": f"no watcher named {name!r}"}, status_code=404)
-    docs = {d["name"]: d for d in watcher_docs(store)}
+    docs = {d["name"]: d for d in watcher_docs(store, threads(ctx))}
     detail = watcher_detail(record, running_config(ctx, name), store)
     return JSONResponse(
         {
@@ -406,6 +413,12 @@ async def api_notifiers(request: Request) -> Response:
     """``GET /api/notifiers``: each notifier's outbox."""
     ctx = wk(request)
     return JSONResponse(notifier_docs(ctx.store, ctx.keeper))
+
+
+async def api_health(request: Request) -> Response:
+    """``GET /api/health``: every thread's state and the store's, from the supervisor."""
+    health = await anyio.to_thread.run_sync(wk(request).keeper.health)
+    return JSONResponse(health)
 
 
 async def stream(request: Request) -> Response:
