@@ -169,9 +169,7 @@ def test_a_crashed_pool_is_renewed_and_its_watchers_keep_checking(tmp_path: Path
         keeper.add(Pooled(WatcherConfig(name=f"p{n}", every=0.02)))
     with keeper:
         wait_until(Pooled.raised.is_set)
-        entry = wait_until(
-            lambda: (u := unit(keeper, "pool"))["state"] == "restarting" and u
-        )
+        entry = wait_until(lambda: (u := unit(keeper, "pool"))["state"] == "restarting" and u)
         assert "SystemExit: hook gave up" in entry["error"]
         assert entry["watchers"] == ["p0", "p1", "p2"]
         store = keeper.store
