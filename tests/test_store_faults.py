@@ -60,7 +60,7 @@ class FaultyConnection:
 
 
 @pytest.fixture
-def faulty(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FaultyConnection]]:
+def faulty(monkeypatch: pytest.MonkeyPatch) -> list[FaultyConnection]:
     """Every connection a Store opens from now on, made faulty (off until told)."""
     made: list[FaultyConnection] = []
     real_connect = sqlite3.connect
@@ -71,7 +71,7 @@ def faulty(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FaultyConnection]]:
         return connection
 
     monkeypatch.setattr("watchkeeper.store.sqlite3.connect", connect)
-    yield made
+    return made
 
 
 def test_a_commit_failing_after_sqlite_rolled_back_is_a_store_error(
@@ -82,14 +82,16 @@ def test_a_commit_failing_after_sqlite_rolled_back_is_a_store_error(
     (connection,) = faulty
     connection.fail = "^COMMIT$"
     connection.error = "database or disk is full"
-    with pytest.raises(StoreError, match="cannot commit to state file .*disk is full"):
+    with pytest.raises(StoreError, match=r"cannot commit to state file .*disk is full"):
         store.set_paused("w", True)
-    assert store.fault is not None and "disk is full" in store.fault
+    assert store.fault is not None
+    assert "disk is full" in store.fault
     connection.fail = None
     store.set_paused("w", True)  # the connection is usable: nothing was left open
     assert store.fault is None
     record = store.watcher("w")
-    assert record is not None and record.paused
+    assert record is not None
+    assert record.paused
     store.close()
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import RecordingServer, wait_until
 from watchkeeper import CheckResult, Keeper, Observation, Watcher, WatcherConfig
-from watchkeeper.runtime import Dispatcher, WatcherPool
+from watchkeeper.runtime import Dispatcher
 from watchkeeper.supervisor import read_health
 
 
