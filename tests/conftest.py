@@ -109,6 +109,7 @@ class RecordingServer:
     requests: list[Recorded] = field(default_factory=list)
     status: int = 200
     delay: float = 0.0  # seconds the server takes to answer, like a slow receiver
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every answer
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     @property
@@ -142,6 +143,8 @@ def http_receiver() -> Iterator[RecordingServer]:
                 )
                 rec.changed.notify_all()
             self.send_response(rec.status)
+            for name, value in rec.headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", "0")
             self.end_headers()
 

@@ -758,6 +758,8 @@ class Dispatcher(GuardedThread):
         except BaseException as exc:  # anything else is retried: a bug must not lose alerts
             attempts = max(d.attempts for d in deliveries) + 1
             delay = retry_delay(attempts)
+            if isinstance(exc, TransientDeliveryError) and exc.retry_after is not None:
+                delay = max(delay, exc.retry_after)  # the notifier capped it
             text = str(exc) or type(exc).__name__
             if isinstance(exc, TransientDeliveryError):
                 log.warning("notifier %s: %s; retry in %.0fs", name, text, delay)
