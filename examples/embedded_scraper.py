@@ -20,8 +20,8 @@ import urllib.request
 from pathlib import Path
 
 from watchkeeper import Keeper
-from watchkeeper.demoworld import Shop
-from watchkeeper.smtpsink import SmtpSink
+from watchkeeper.demo.smtpsink import SmtpSink
+from watchkeeper.demo.world import Shop
 
 
 def average_price(api_url: str) -> float:

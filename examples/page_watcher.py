@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from watchkeeper import Alert, Keeper
-from watchkeeper.demoworld import Shop
+from watchkeeper.demo.world import Shop
 
 WANTED = 3
 

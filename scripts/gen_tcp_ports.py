@@ -1,4 +1,4 @@
-"""Regenerate src/watchkeeper/data/tcp-ports.txt: TCP service names in "top ports" order.
+"""Regenerate src/watchkeeper/scan/data/tcp-ports.txt: TCP service names in "top ports" order.
 
 Names come from the IANA service registry as Debian ships it in /etc/services (netbase). The order
 is our own: first the services servers commonly expose (PRIORITY, chosen by hand), then every other
@@ -23,7 +23,8 @@ PRIORITY = [
     2000, 3690,
 ]  # fmt: skip
 
-OUT = Path(__file__).resolve().parent.parent / "src" / "watchkeeper" / "data" / "tcp-ports.txt"
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "src" / "watchkeeper" / "scan" / "data" / "tcp-ports.txt"
 
 
 def read_services(path: Path) -> dict[int, str]:

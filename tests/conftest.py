@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from watchkeeper.demoworld import QuietHandler
-from watchkeeper.smtpsink import SmtpSink
+from watchkeeper.demo.smtpsink import SmtpSink
+from watchkeeper.demo.world import QuietHandler
 
 
 def wait_until(

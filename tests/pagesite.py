@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from watchkeeper.demoworld import QuietHandler
+from watchkeeper.demo.world import QuietHandler
 
 
 @dataclass

@@ -11,7 +11,7 @@ import watchkeeper
 from tests.conftest import RecordingServer, wait_until
 from tests.conftest import run_cli as cli
 from watchkeeper import Keeper, Observation
-from watchkeeper.smtpsink import SmtpSink
+from watchkeeper.demo.smtpsink import SmtpSink
 
 
 @pytest.fixture

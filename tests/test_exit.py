@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import RecordingServer, smtp_spec, wait_until
 from watchkeeper import StoreError
-from watchkeeper.smtpsink import SmtpSink
+from watchkeeper.demo.smtpsink import SmtpSink
 from watchkeeper.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,9 +20,9 @@ import pytest
 from tests.conftest import RecordingServer, smtp_spec, wait_until
 from watchkeeper import Keeper, Observation
 from watchkeeper.alerts import Alert, Severity
+from watchkeeper.demo.smtpsink import SmtpSink
 from watchkeeper.errors import PermanentDeliveryError, TransientDeliveryError
 from watchkeeper.keeper import build_notifier
-from watchkeeper.smtpsink import SmtpSink
 
 
 def alert(title: str = "disk full", body: str = "") -> Alert:

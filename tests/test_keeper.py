@@ -19,7 +19,7 @@ from watchkeeper import (
     Watcher,
     WatcherConfig,
 )
-from watchkeeper.smtpsink import SmtpSink
+from watchkeeper.demo.smtpsink import SmtpSink
 from watchkeeper.store import Store
 
 

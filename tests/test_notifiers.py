@@ -15,9 +15,9 @@ import pytest
 from tests.conftest import RecordingServer, smtp_spec, wait_until
 from watchkeeper import Keeper, Observation, PermanentDeliveryError, TransientDeliveryError
 from watchkeeper.alerts import Alert, Severity
+from watchkeeper.demo.smtpsink import SmtpSink
 from watchkeeper.keeper import build_notifier
 from watchkeeper.notifiers.console import ConsoleNotifier
-from watchkeeper.smtpsink import SmtpSink
 from watchkeeper.store import Store
 
 

@@ -13,8 +13,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.netns import require_netns, run_in_netns
-from watchkeeper.scan import PortState, ScanError, ScanOptions, parse_ports, port_ranges, scan_host
-from watchkeeper.services import service_name, top_ports
+from watchkeeper.scan import (
+    PortState,
+    ScanError,
+    ScanOptions,
+    parse_ports,
+    port_ranges,
+    scan_host,
+    service_name,
+    top_ports,
+)
 
 
 def listener() -> socket.socket:

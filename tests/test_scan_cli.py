@@ -157,7 +157,7 @@ def test_progress_bar_with_rate_goes_to_a_terminal_stderr() -> None:
 
 
 def test_diff_does_not_call_a_port_whose_probe_failed_closed() -> None:
-    from watchkeeper.scanformats import Snapshot, diff
+    from watchkeeper.scan.formats import Snapshot, diff
 
     before = {"h": Snapshot("h", frozenset({22, 80}), frozenset({22, 80}))}
     after = {"h": Snapshot("h", frozenset({22, 80}), frozenset(), frozenset({22}))}

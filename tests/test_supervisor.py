@@ -15,6 +15,7 @@ from tests.conftest import RecordingServer, wait_until
 from watchkeeper import CheckResult, Keeper, Observation, Watcher, WatcherConfig
 from watchkeeper.runtime import Dispatcher
 from watchkeeper.supervisor import read_health
+from watchkeeper.web import serve_dashboard
 
 
 def jsonl_alerts(path: Path) -> list[dict[str, Any]]:
@@ -192,7 +193,7 @@ def test_a_dashboard_that_ends_by_itself_is_served_again_on_its_address(
 ) -> None:
     keeper = Keeper(state=tmp_path / "wk.db")
     keeper.every(3600, lambda: None, name="idle")
-    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    dashboard = serve_dashboard(keeper, "127.0.0.1:0")
     with keeper:
         url = dashboard.url
         assert httpx.get(url + "/api/health").status_code == 200
@@ -222,7 +223,7 @@ def test_metrics_and_api_show_a_crash_while_it_waits_for_its_restart(
     keeper = Keeper(state=tmp_path / "wk.db")
     keeper.add(Choking(WatcherConfig(name="choker", every=0.02)))
     Choking.choked.clear()
-    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    dashboard = serve_dashboard(keeper, "127.0.0.1:0")
     with keeper:
         wait_until(lambda: unit(keeper, "watcher")["state"] == "crashed")
         (row,) = httpx.get(dashboard.url + "/api/watchers").json()

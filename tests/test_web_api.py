@@ -26,7 +26,7 @@ from watchkeeper import ConfigError, Keeper, Observation
 from watchkeeper.config import parse_config
 from watchkeeper.store import Store
 from watchkeeper.watchers import CheckResult, Watcher, WatcherConfig
-from watchkeeper.web.server import Dashboard, DashboardError
+from watchkeeper.web import Dashboard, DashboardError, serve_dashboard
 
 XSS = "<img src=x onerror=alert(1)>"
 __all__ = ["site"]
@@ -64,7 +64,7 @@ def served(tmp_path: Path, feed: Feed) -> Iterator[tuple[Keeper, Dashboard]]:
         state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": str(tmp_path / "a.jsonl")}]
     )
     keeper.every(0.05, feed, name="probe")
-    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    dashboard = serve_dashboard(keeper, "127.0.0.1:0")
     keeper.start()
     yield keeper, dashboard
     keeper.stop()
@@ -219,7 +219,7 @@ def test_stream_keeps_id_order_when_watchers_commit_concurrently(tmp_path: Path)
     keeper = Keeper(state=tmp_path / "wk.db")
     for i, feed in enumerate(feeds):
         keeper.every(0.01, feed, name=f"w{i}")
-    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    dashboard = serve_dashboard(keeper, "127.0.0.1:0")
     with keeper, opened_stream(dashboard.url + "/api/stream") as events:
         for n in range(40):
             for feed in feeds:
@@ -276,7 +276,7 @@ def test_actions_need_post_and_the_csrf_token(served: tuple[Keeper, Dashboard]) 
 def test_token_guards_everything_but_login(tmp_path: Path) -> None:
     keeper = Keeper(state=tmp_path / "wk.db")
     keeper.every(1, lambda: None, name="probe")
-    dashboard = keeper.serve_dashboard("127.0.0.1:0", token="s3cret-token")
+    dashboard = serve_dashboard(keeper, "127.0.0.1:0", token="s3cret-token")
     with keeper, httpx.Client(base_url=dashboard.url) as http:
         for path in ("/api/watchers", "/api/alerts", "/api/stream", "/metrics", "/"):
             response = http.get(path)
@@ -326,7 +326,7 @@ def test_token_guards_everything_but_login(tmp_path: Path) -> None:
 def test_off_loopback_needs_a_token(tmp_path: Path) -> None:
     keeper = Keeper(state=tmp_path / "wk.db")
     with pytest.raises(DashboardError, match="needs a token"):
-        keeper.serve_dashboard("0.0.0.0:0")
+        serve_dashboard(keeper, "0.0.0.0:0")
     with pytest.raises(ConfigError, match=r"\[keeper\]: dashboard = '0.0.0.0:8470'.*token"):
         parse_config({"keeper": {"dashboard": "0.0.0.0:8470"}}, source="wk.toml")
     with pytest.raises(ConfigError, match=r"dashboard: 'localhost' is not HOST:PORT"):
@@ -338,11 +338,11 @@ def test_off_loopback_needs_a_token(tmp_path: Path) -> None:
 
 def test_busy_port_is_a_clear_error_and_leaves_nothing_running(tmp_path: Path) -> None:
     first = Keeper(state=tmp_path / "a.db")
-    taken = first.serve_dashboard("127.0.0.1:0")
+    taken = serve_dashboard(first, "127.0.0.1:0")
     with first:
         second = Keeper(state=tmp_path / "b.db")
         second.every(1, lambda: None, name="x")
-        second.serve_dashboard(f"127.0.0.1:{taken.port}")
+        serve_dashboard(second, f"127.0.0.1:{taken.port}")
         with pytest.raises(DashboardError, match=r"cannot listen on 127\.0\.0\.1"):
             second.start()
         with Store(tmp_path / "b.db") as state:
@@ -350,7 +350,7 @@ def test_busy_port_is_a_clear_error_and_leaves_nothing_running(tmp_path: Path) -
         # The agent's default address is not required: busy, it runs without a dashboard.
         third = Keeper(state=tmp_path / "c.db")
         third.every(0.05, lambda: None, name="y")
-        optional = third.serve_dashboard(f"127.0.0.1:{taken.port}", required=False)
+        optional = serve_dashboard(third, f"127.0.0.1:{taken.port}", required=False)
         with third:
             assert not optional.running
             wait_until(lambda: third.store and third.store.watcher("y").checks)  # type: ignore[union-attr]
@@ -422,7 +422,7 @@ def test_watcher_page_shows_the_checkpoint_as_a_tree_and_metrics_the_lag(
     log.write_bytes(b"x" * 25)
     keeper = Keeper(state=tmp_path / "wk.db")
     keeper.add(FileWatcher(WatcherConfig(name="applog", every=0.05), log))
-    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    dashboard = serve_dashboard(keeper, "127.0.0.1:0")
     with keeper, httpx.Client(base_url=dashboard.url) as http:
         wait_until(lambda: http.get("/api/watchers/applog").json()["checkpoint"])
         page = http.get("/watchers/applog").text
@@ -447,7 +447,7 @@ def test_watchers_of_an_older_config_are_shown_without_actions(tmp_path: Path) -
     keeper = Keeper(state=tmp_path / "wk.db")
     keeper.every(1, lambda: None, name="probe")
     with keeper:
-        dashboard = keeper.serve_dashboard("127.0.0.1:0")  # attached to a running keeper
+        dashboard = serve_dashboard(keeper, "127.0.0.1:0")  # attached to a running keeper
         http = httpx.Client(base_url=dashboard.url)
         page = http.get("/").text
         retired = page.split('data-watcher="retired"', 1)[1].split("</tr>", 1)[0]
@@ -473,7 +473,7 @@ def test_any_loopback_address_serves(tmp_path: Path, bind: str) -> None:
         pytest.skip("this machine has no IPv6 loopback (::1)")
     keeper = Keeper(state=tmp_path / "wk.db")
     keeper.every(1, lambda: None, name="probe")
-    dashboard = keeper.serve_dashboard(bind)
+    dashboard = serve_dashboard(keeper, bind)
     with keeper:
         assert dashboard.url.startswith(f"http://{bind.rsplit(':', 1)[0]}:")
         response = httpx.get(dashboard.url + "/api/watchers")
@@ -492,7 +492,7 @@ def test_live_alert_data_that_json_cannot_hold_is_streamed_as_text(tmp_path: Pat
 
     keeper = Keeper(state=tmp_path / "wk.db")
     keeper.every(0.05, check, name="probe")
-    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    dashboard = serve_dashboard(keeper, "127.0.0.1:0")
     with keeper, opened_stream(dashboard.url + "/api/stream") as events:
         fire.set()
         alert = next(e for e in events if e.event == "alert")
@@ -544,7 +544,7 @@ def test_log_detail_shows_files_identity_offset_and_lag(tmp_path: Path) -> None:
     log.write_bytes(b"boot ok\nERROR disk full\n")
     keeper = Keeper(state=tmp_path / "wk.db")
     keeper.log(log, [{"match": "ERROR"}], name="applog", start_at="beginning")
-    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    dashboard = serve_dashboard(keeper, "127.0.0.1:0")
     with keeper, httpx.Client(base_url=dashboard.url) as http:
         detail = wait_until(lambda: http.get("/api/watchers/applog").json()["detail"]["files"])
         keeper.pause("applog")
@@ -580,7 +580,7 @@ def test_page_detail_lists_items_newest_first_with_links_and_validators(
     url = site.html("/list", ["<a href='/a'>Alpha</a>", "<a href='/b'>Bravo</a>"], etag='"v1"')
     keeper = Keeper(state=tmp_path / "wk.db")
     keeper.page(url, "li.item", name="shop", format="html", every=0.1, stagger=0)
-    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    dashboard = serve_dashboard(keeper, "127.0.0.1:0")
 
     def items() -> list[str]:
         return [i["title"] for i in http.get("/api/watchers/shop").json()["detail"]["items"]]
@@ -630,7 +630,7 @@ def test_ports_detail_shows_open_set_expectations_and_history(tmp_path: Path) ->
     keeper.ports(
         "127.0.0.1", [expected, plain, later], name="lan", every=0.1, expect_open=[expected]
     )
-    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    dashboard = serve_dashboard(keeper, "127.0.0.1:0")
 
     def detail() -> dict[str, Any]:
         doc: dict[str, Any] = http.get("/api/watchers/lan").json()["detail"]
@@ -696,7 +696,7 @@ def test_a_checkpoint_its_view_cannot_read_is_shown_as_a_tree(tmp_path: Path) ->
     db.close()
     keeper = Keeper(state=tmp_path / "wk.db")
     keeper.every(1, lambda: None, name="probe")
-    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    dashboard = serve_dashboard(keeper, "127.0.0.1:0")
     with keeper, httpx.Client(base_url=dashboard.url) as http:
         page = http.get("/watchers/oldlog")
         assert page.status_code == 200

@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import wait_until
 from tests.pagesite import Site
 from tests.web_agent import ROOT, Agent
-from watchkeeper.services import service_name
+from watchkeeper.scan import service_name
 from watchkeeper.watchers.render import CHROMIUM_ARGS, DEBIAN_CHROMIUM
 
 CHROMIUM = str(DEBIAN_CHROMIUM)

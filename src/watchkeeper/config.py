@@ -31,11 +31,11 @@ from pydantic import (
     model_validator,
 )
 
+from watchkeeper.bind import DEFAULT_BIND, Bind, check_exposure, parse_bind
 from watchkeeper.errors import ConfigError
 from watchkeeper.notifiers import NOTIFIERS, NotifierConfig
 from watchkeeper.units import Duration
 from watchkeeper.watchers import WATCHERS, WatcherConfig
-from watchkeeper.web.bind import DEFAULT_BIND, Bind, check_exposure, parse_bind
 
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_WORDS = ("password", "token", "secret", "url", "headers", "key")

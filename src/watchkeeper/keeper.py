@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, overload
+from typing import Any, Protocol, Self, overload
 
 from watchkeeper.alerts import Alert
 from watchkeeper.config import (
@@ -31,16 +31,30 @@ from watchkeeper.notifiers import NOTIFIERS, Notifier, NotifierConfig
 from watchkeeper.quantities import parse_duration
 from watchkeeper.runtime import Dispatcher, WatcherPool, WatcherRun, WatcherThread
 from watchkeeper.store import Route, Store
-from watchkeeper.supervisor import Supervised, Supervisor
+from watchkeeper.supervisor import Revivable, Supervised, Supervisor
 from watchkeeper.watchers import WATCHERS, Watcher, WatcherConfig
 from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
-
-if TYPE_CHECKING:
-    from watchkeeper.web.server import Dashboard
 
 log = logging.getLogger("watchkeeper")
 
 NotifierSpec = Mapping[str, Any] | NotifierConfig | Notifier
+
+
+class Companion(Protocol):
+    """A service that runs beside a keeper and reads its store: the dashboard is one.
+
+    The core knows only this shape, never the web stack: whoever owns a screen builds the
+    companion and :meth:`Keeper.attach` es it (``watchkeeper.web.serve_dashboard`` does).
+    ``prepare`` runs before the watchers start, so a failure there (an address in use) fails the
+    start before anything ran, and returns False to be skipped; ``serve`` runs once the watchers
+    run (so the first checks do not wait for it); ``stop`` runs first when the keeper stops.
+    """
+
+    def prepare(self) -> bool: ...
+
+    def serve(self) -> object: ...
+
+    def stop(self) -> None: ...
 
 
 class Keeper:
@@ -69,7 +83,7 @@ class Keeper:
         self._listeners: list[Callable[[list[Alert]], None]] = []
         self._lock = threading.Lock()
         self._started = False
-        self._dashboard: Dashboard | None = None
+        self._companions: list[Companion] = []
         self._stopped_clean = True
 
     @classmethod
@@ -210,9 +224,11 @@ class Keeper:
                         supervisor.watch(
                             "watcher", driver, _new_watcher_thread, [driver.watcher_run.name]
                         )
-                if self._dashboard is not None:  # a busy address stops the start before checks
-                    self._dashboard.bind_socket()
+                # A companion that cannot start (a busy address) stops the start before checks.
+                serving = [c for c in self._companions if c.prepare()]
             except BaseException:
+                for companion in self._companions:
+                    companion.stop()
                 store.close()
                 raise
             self.store = store
@@ -222,13 +238,13 @@ class Keeper:
                 driver.start()
             supervisor.start()
             atexit.register(self._at_exit)
-        if self._dashboard is not None and self._dashboard.bound:
-            try:
-                self._dashboard.serve()
-            except BaseException:
-                self.stop()
-                raise
-            supervisor.watch("dashboard", self._dashboard, _revived_dashboard)
+        try:
+            for companion in serving:
+                companion.serve()
+                self._supervise(companion)
+        except BaseException:
+            self.stop()
+            raise
         log.info(
             "keeper started: %d watchers, %d notifiers, state %s",
             len(self.watchers),
@@ -256,8 +272,8 @@ class Keeper:
             atexit.unregister(self._at_exit)
         if self._supervisor is not None:
             self._supervisor.stop()  # no restarts from here on
-        if self._dashboard is not None:
-            self._dashboard.stop()
+        for companion in self._companions:
+            companion.stop()
         self._stopped_clean = self._shutdown(timeout, at_exit, self.store)
         return self._stopped_clean
 
@@ -323,24 +339,25 @@ class Keeper:
     ) -> None:
         self.stop()
 
-    def serve_dashboard(
-        self, bind: str = "127.0.0.1:8470", token: str | None = None, required: bool = True
-    ) -> Dashboard:
-        """Serve the dashboard (pages, API, stream, /metrics) while the keeper runs.
+    @property
+    def companions(self) -> tuple[Companion, ...]:
+        """What was attached to run beside the keeper (the dashboard)."""
+        return tuple(self._companions)
 
-        Before ``start()`` it starts with the keeper; after, at once. ``bind`` may use port 0;
-        the returned Dashboard's ``url`` has the real port once started. Off loopback a
-        ``token`` is required. ``required=False``: a busy address is a warning, not an error.
-        See docs/dashboard.md.
-        """
-        from watchkeeper.web.server import Dashboard
+    def attach(self, companion: Companion) -> None:
+        """Run ``companion`` with the keeper: prepared and served with ``start()`` (at once when
+        the keeper already runs), stopped first by ``stop()``."""
+        with self._lock:
+            self._companions.append(companion)
+            running = self._started
+        if running and companion.prepare():
+            companion.serve()
+            self._supervise(companion)
 
-        if self._dashboard is not None:
-            raise RuntimeError("this keeper already serves a dashboard")
-        self._dashboard = Dashboard(self, bind, token, required=required)
-        if self._started:
-            self._dashboard.start()
-        return self._dashboard
+    def _supervise(self, companion: Companion) -> None:
+        """Have the supervisor watch a served companion that can be revived."""
+        if self._supervisor is not None and isinstance(companion, Revivable):
+            self._supervisor.watch(companion.kind, companion, _revived)
 
     # -- control (dashboard, CLI) -------------------------------------------------------------
 
@@ -433,11 +450,9 @@ def _renewed_pool(old: Supervised) -> WatcherPool:
     return old.renewed()
 
 
-def _revived_dashboard(old: Supervised) -> Dashboard:
-    """The dashboard, serving again on the same address."""
-    from watchkeeper.web.server import Dashboard
-
-    assert isinstance(old, Dashboard)
+def _revived(old: Supervised) -> Supervised:
+    """A companion (the dashboard), serving again."""
+    assert isinstance(old, Revivable)
     old.revive()
     return old
 

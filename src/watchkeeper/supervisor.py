@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.errors import StoreError
@@ -50,6 +50,7 @@ FAULT_ALERT_AFTER = 10.0
 """A store fault lasting this long is alerted (a single busy moment is not)."""
 
 
+@runtime_checkable
 class Supervised(Protocol):
     """What the supervisor needs of a unit: a thread, a pool of them, or the dashboard."""
 
@@ -63,6 +64,18 @@ class Supervised(Protocol):
 
     def healthy(self) -> bool:
         """True while it runs as it should."""
+        ...
+
+
+@runtime_checkable
+class Revivable(Supervised, Protocol):
+    """A companion (the dashboard) that can serve again after it ended by itself."""
+
+    kind: str
+    """What the health report calls it."""
+
+    def revive(self) -> None:
+        """Serve again, or raise."""
         ...
 
 

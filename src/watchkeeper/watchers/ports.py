@@ -33,8 +33,9 @@ from watchkeeper.scan import (
     parse_ports,
     port_ranges,
     scan_host,
+    service_name,
+    top_ports,
 )
-from watchkeeper.services import service_name, top_ports
 from watchkeeper.units import Duration
 from watchkeeper.watchers.base import CheckResult, Watcher, WatcherConfig, register
 

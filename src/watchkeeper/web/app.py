@@ -36,12 +36,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from watchkeeper.alerts import Severity
+from watchkeeper.bind import Bind
 from watchkeeper.quantities import format_duration, parse_duration
 from watchkeeper.store import Store
 from watchkeeper.supervisor import watcher_health
 from watchkeeper.watchers.base import WatcherConfig
 from watchkeeper.web.auth import LOOPBACK_HOSTS, AuthMiddleware, Guard, SecurityHeadersMiddleware
-from watchkeeper.web.bind import Bind
 from watchkeeper.web.data import (
     DAY,
     AlertQuery,

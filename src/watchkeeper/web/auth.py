@@ -9,7 +9,7 @@
   cannot read our pages, so they cannot learn it) and must not come from another origin. A
   request authenticated by the Bearer header needs none: browsers never add that header on their
   own; nor does a non-browser client of a token-less dashboard (see :meth:`Guard.csrf_ok`).
-- Without a token the dashboard only binds to loopback (see :mod:`watchkeeper.web.bind`) and only
+- Without a token the dashboard only binds to loopback (see :mod:`watchkeeper.bind`) and only
   answers to loopback host names, which defeats DNS rebinding.
 - Every response forbids inline scripts and framing (Content-Security-Policy).
 """

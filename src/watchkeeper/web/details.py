@@ -20,8 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from watchkeeper.quantities import iso_utc
-from watchkeeper.scan import ScanError, parse_ports
-from watchkeeper.services import service_name
+from watchkeeper.scan import ScanError, parse_ports, service_name
 from watchkeeper.store import Store, WatcherRecord
 from watchkeeper.watchers.base import WatcherConfig
 

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from watchkeeper.bind import Bind, check_exposure, parse_bind
 from watchkeeper.errors import WatchkeeperError
 from watchkeeper.runtime import error_text
-from watchkeeper.web.bind import Bind, check_exposure, parse_bind
 from watchkeeper.web.stream import Broadcaster
 
 if TYPE_CHECKING:
@@ -37,8 +37,25 @@ class DashboardError(WatchkeeperError):
     """The dashboard cannot start (address in use, no token off loopback, ...)."""
 
 
+def serve_dashboard(
+    keeper: Keeper, bind: str = "127.0.0.1:8470", token: str | None = None, required: bool = True
+) -> Dashboard:
+    """Serve the dashboard (pages, API, stream, /metrics) while ``keeper`` runs.
+
+    Before ``keeper.start()`` it starts with the keeper; after, at once. ``bind`` may use port 0;
+    the returned Dashboard's ``url`` has the real port once started. Off loopback a ``token`` is
+    required. ``required=False``: a busy address is a warning, not an error. The keeper only knows
+    it as a :class:`~watchkeeper.keeper.Companion`: the core never imports the web stack.
+    """
+    if any(isinstance(c, Dashboard) for c in keeper.companions):
+        raise RuntimeError("this keeper already serves a dashboard")
+    dashboard = Dashboard(keeper, bind, token, required=required)
+    keeper.attach(dashboard)
+    return dashboard
+
+
 class Dashboard:
-    """Serves the dashboard for a keeper. ``start()`` after ``keeper.start()``."""
+    """Serves the dashboard for a keeper; :func:`serve_dashboard` attaches one to a keeper."""
 
     def __init__(
         self,
@@ -65,6 +82,9 @@ class Dashboard:
         self.ended: Callable[[], None] = _nothing
         self._stopped = False
 
+    kind = "dashboard"
+    """What the supervisor's health report calls it."""
+
     @property
     def name(self) -> str:
         """The server thread's name, as the supervisor reports it."""
@@ -81,7 +101,7 @@ class Dashboard:
         self.failure = None
         if self.port is not None:
             self.bind = Bind(self.bind.host, self.port)
-        if not self.bind_socket():
+        if not self.prepare():
             raise DashboardError(f"dashboard: cannot listen on {self.url} again")
         self.serve()
 
@@ -100,11 +120,11 @@ class Dashboard:
 
         When the address is busy: DashboardError, or (``required=False``) a warning and None.
         """
-        if not self.bind_socket():
+        if not self.prepare():
             return None
         return self.serve(timeout)
 
-    def bind_socket(self) -> bool:
+    def prepare(self) -> bool:
         """Claim the address and build the app; False when it is busy and not required.
 
         The keeper calls this before its watchers start (a busy address then fails the start
@@ -127,11 +147,6 @@ class Dashboard:
         self._sock = sock
         self.port = sock.getsockname()[1]
         return True
-
-    @property
-    def bound(self) -> bool:
-        """The address is claimed and the server not started yet."""
-        return self._sock is not None and self._thread is None
 
     def serve(self, timeout: float = 10.0) -> str:
         """Serve on a daemon thread; return the URL once uvicorn accepts connections."""

@@ -1,31 +1,13 @@
-"""The TCP connect scanner's public face, shared by ``watchkeeper scan`` and the ports watcher:
-port lists, options, results, and ``scan_host``/``scan``. The loop itself is in ``scanloop``.
+"""What a scan is made of: port lists, options, per-port results and per-host reports.
 
-One thread drives a fixed pool of non-blocking connects through one poller (epoll on Linux,
-poll elsewhere). This was measured against asyncio (``loop.sock_connect`` in a fixed set of
-worker coroutines) and against several threads each with its own epoll: on a full 1-65535
-loopback scan the plain loop took 0.93 s, asyncio 3.07 s, and extra threads gave nothing because
-the kernel's connect path, not Python, is the cost (see docs/ports.md). Correctness traps it
-handles, each one a bug in the copied "200 threads and a queue" scanner:
-
-- every probe has a timeout, and a probe with no answer is retried before it counts as
-  ``filtered`` — one silent port never blocks the scan. Attempts that will be retried use a
-  timeout from the measured round trip (as TCP and nmap do, at least 100 ms); the last attempt
-  always waits the full ``timeout``, so a slow answer is never lost to the shortcut;
-- a connect to a closed port in the ephemeral range can connect the socket *to itself* (TCP
-  simultaneous open) and look open: ``getsockname() == getpeername()`` is reported ``closed``;
-- EMFILE/ENFILE/ENOBUFS when creating a socket mean "no descriptor right now": the port goes back
-  to the queue and the pool shrinks; never is it reported ``closed``. At start the soft
-  RLIMIT_NOFILE is raised toward the hard limit and the pool is kept below it;
-- ranges are inclusive: ``1-65535`` probes 65535 ports.
+Plain data with no I/O, shared by the engine (:mod:`watchkeeper.scan.engine`), the output formats
+and the ports watcher.
 """
 
 from __future__ import annotations
 
-import socket
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -161,52 +143,3 @@ def port_ranges(ports: Iterable[int]) -> str:
 
 def _span(run: list[int]) -> str:
     return str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}"
-
-
-def resolve(host: str) -> tuple[socket.AddressFamily, str]:
-    """The address family and address to scan for ``host`` (a name, IPv4 or IPv6 address)."""
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise ScanError(f"cannot resolve host {host!r}: {exc}") from exc
-    infos.sort(key=lambda info: info[0] != socket.AF_INET)  # prefer IPv4, as nmap does
-    family, _, _, _, sockaddr = infos[0]
-    return family, str(sockaddr[0])
-
-
-def scan_host(
-    host: str,
-    ports: Sequence[int],
-    options: ScanOptions | None = None,
-    progress: Progress | None = None,
-) -> HostScan:
-    """Probe ``ports`` of ``host`` and return every port's state."""
-    opts = options or ScanOptions()
-    family, address = resolve(host)
-    report = HostScan(host=host, address=address, started=time.time())
-    began = time.monotonic()
-    from watchkeeper.scanloop import Run, pool_size  # the loop module needs this one's types
-
-    Run(family, address, ports, opts, pool_size(opts.concurrency), report, progress).run()
-    report.elapsed = time.monotonic() - began
-    return report
-
-
-def scan(
-    hosts: Sequence[str],
-    ports: Sequence[int],
-    options: ScanOptions | None = None,
-    progress: Progress | None = None,
-) -> list[HostScan]:
-    """Scan each host in turn; ``progress(done, total)`` counts probes over all hosts."""
-    total = len(hosts) * len(ports)
-    reports = []
-    for index, host in enumerate(hosts):
-        offset = index * len(ports)
-        step = None if progress is None else _offset(progress, offset, total)
-        reports.append(scan_host(host, ports, options, step))
-    return reports
-
-
-def _offset(progress: Progress, offset: int, total: int) -> Progress:
-    return lambda done, _total: progress(offset + done, total)

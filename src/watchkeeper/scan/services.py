@@ -11,12 +11,12 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
-from watchkeeper.scan import MAX_PORT, ScanError
+from watchkeeper.scan.model import MAX_PORT, ScanError
 
 
 @cache
 def _table() -> tuple[tuple[int, str], ...]:
-    text = resources.files("watchkeeper").joinpath("data/tcp-ports.txt").read_text("utf-8")
+    text = resources.files("watchkeeper.scan").joinpath("data/tcp-ports.txt").read_text("utf-8")
     rows = []
     for line in text.splitlines():
         if line and not line.startswith("#"):

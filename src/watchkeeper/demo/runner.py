@@ -19,10 +19,12 @@ from typing import Protocol
 from rich.console import Console
 
 from watchkeeper.alerts import Observation
-from watchkeeper.demoworld import FlappingPort, LogWriter, Shop
+from watchkeeper.demo.smtpsink import SmtpSink
+from watchkeeper.demo.world import FlappingPort, LogWriter, Shop
+from watchkeeper.foreground import run_until_signal
 from watchkeeper.keeper import Keeper
-from watchkeeper.smtpsink import SmtpSink
 from watchkeeper.store import Store
+from watchkeeper.web import serve_dashboard
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -111,8 +113,6 @@ def build_keeper(world: Path, sink: SmtpSink) -> tuple[Keeper, list[Stoppable]]:
 
 def run_demo(duration: float, open_browser: bool = True) -> None:
     """Run the demo for ``duration`` seconds (or until Ctrl-C) and print a summary."""
-    from watchkeeper.cli import run_until_signal
-
     world = Path(tempfile.mkdtemp(prefix="watchkeeper-demo-"))
     inbox = world / "inbox"
     sink = SmtpSink(inbox).start()
@@ -123,7 +123,7 @@ def run_demo(duration: float, open_browser: bool = True) -> None:
     console.print(f"  demo inbox (emails as .eml): {inbox}")
     console.print(f"  alerts as JSON lines: {world / 'alerts.jsonl'}")
     console.print(f"  running for {duration:.0f}s; Ctrl-C ends it sooner.")
-    dashboard = keeper.serve_dashboard("127.0.0.1:0")
+    dashboard = serve_dashboard(keeper, "127.0.0.1:0")
 
     def show_dashboard() -> None:
         console.print(f"  dashboard: {dashboard.url}  (watchkeeper follow --url {dashboard.url})\n")

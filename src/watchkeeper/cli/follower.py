@@ -1,4 +1,5 @@
-"""``watchkeeper follow``: print an agent's alerts as they happen, like ``journalctl -f``.
+"""The client behind ``watchkeeper follow``: print an agent's alerts as they happen, like
+``journalctl -f``.
 
 The daemon-thread pattern of a chat client: a reader thread holds the SSE connection (httpx +
 httpx-sse) and puts what arrives on a queue; the main thread prints, so Ctrl-C reaches it at once

@@ -20,8 +20,15 @@ from rich.table import Table
 from rich.text import Text
 
 from watchkeeper.quantities import iso_utc
-from watchkeeper.scan import HostScan, PortResult, PortState, ScanError, parse_ports, port_ranges
-from watchkeeper.services import service_name
+from watchkeeper.scan.model import (
+    HostScan,
+    PortResult,
+    PortState,
+    ScanError,
+    parse_ports,
+    port_ranges,
+)
+from watchkeeper.scan.services import service_name
 
 FORMAT = "watchkeeper-scan/1"
 

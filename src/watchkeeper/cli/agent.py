@@ -1,0 +1,242 @@
+"""The agent's commands: ``run``, ``check``, ``status``, ``alerts`` and ``notify-test``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from watchkeeper.cli.helpers import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    SeverityOption,
+    StateOption,
+    WatcherOption,
+    app,
+    err,
+    fail,
+    load,
+    open_store,
+    out,
+    parse_severity,
+    parse_since,
+    plural,
+    setup_logging,
+)
+from watchkeeper.errors import ConfigError, WatchkeeperError
+from watchkeeper.foreground import run_until_signal
+from watchkeeper.quantities import format_duration, iso_utc
+
+if TYPE_CHECKING:
+    from watchkeeper.config import KeeperSettings
+    from watchkeeper.keeper import Keeper
+
+
+@app.command()
+def run(
+    config: ConfigOption = DEFAULT_CONFIG,
+    state: StateOption = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 1,
+) -> None:
+    """Run the agent in the foreground until SIGTERM or Ctrl-C."""
+    from watchkeeper.keeper import Keeper
+
+    setup_logging(verbose)
+    cfg = load(config)
+    try:
+        keeper = Keeper.from_config(cfg, state=state)
+        if not keeper.watchers:
+            err.print(f"[yellow]{config}: no watchers configured; nothing to watch.[/]")
+        run_until_signal(keeper, started=attach_dashboard(keeper, cfg.keeper))
+    except WatchkeeperError as exc:
+        fail(str(exc))
+
+
+def attach_dashboard(keeper: Keeper, settings: KeeperSettings) -> Callable[[], None]:
+    """Serve the configured dashboard with the keeper; return what announces its URL."""
+    from watchkeeper.web import serve_dashboard
+
+    bind = settings.dashboard_bind()
+    if bind is None:
+        return lambda: None
+    token = settings.token.get_secret_value() if settings.token else None
+    # The default address may be taken (another agent): then run without a dashboard.
+    explicit = "dashboard" in settings.model_fields_set
+    dashboard = serve_dashboard(keeper, f"{bind.host}:{bind.port}", token, required=explicit)
+
+    def announce() -> None:
+        if dashboard.running:
+            # One plain line, so scripts (and tests) can find the real port after port 0.
+            err.print(f"dashboard: {dashboard.url}", markup=False, soft_wrap=True)
+
+    return announce
+
+
+@app.command()
+def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Validate a config file: exit 0 if it is good, 1 with every problem listed."""
+    from watchkeeper.config import default_state_path
+    from watchkeeper.keeper import build_from_config
+
+    cfg = load(config)
+    try:
+        notifiers, watchers = build_from_config(cfg)
+    except ConfigError as exc:
+        fail("\n".join(exc.errors))
+    for notifier in notifiers:
+        notifier.close()
+    for watcher in watchers:
+        watcher.close()
+    out.print(
+        f"{config}: OK — {plural(len(cfg.watchers), 'watcher')}, "
+        f"{plural(len(cfg.notify), 'notifier')}, "
+        f"state {cfg.keeper.state or default_state_path()}"
+    )
+
+
+def _ago(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    delta = time.time() - timestamp
+    return f"in {format_duration(-delta)}" if delta < 0 else f"{format_duration(delta)} ago"
+
+
+@app.command()
+def status(
+    config: ConfigOption = DEFAULT_CONFIG,
+    state: StateOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show watchers (health, last and next check) and the outbox per notifier."""
+    store = open_store(config, state)
+    watchers = store.watchers()
+    counts = store.delivery_counts()
+    errors = store.last_delivery_errors()
+    store.close()
+    if as_json:
+        doc = {
+            "watchers": [
+                {
+                    "name": w.name,
+                    "kind": w.kind,
+                    "state": _state(w.paused, w.failures),
+                    "last_check": iso_utc(w.last_check) if w.last_check else None,
+                    "next_check": iso_utc(w.next_check) if w.next_check else None,
+                    "failures": w.failures,
+                    "last_error": w.last_error,
+                    "checks": w.checks,
+                }
+                for w in watchers
+            ],
+            "notifiers": {
+                name: {**c, "last_error": errors.get(name)} for name, c in counts.items()
+            },
+        }
+        out.print_json(json.dumps(doc))
+        return
+    table = Table(title="watchers", title_justify="left")
+    for column in ("name", "kind", "state", "last check", "next check", "checks", "last error"):
+        table.add_column(column)
+    for w in watchers:
+        state_text = _state(w.paused, w.failures)
+        style = {"ok": "green", "failing": "red", "paused": "yellow"}[state_text]
+        table.add_row(
+            w.name,
+            w.kind,
+            Text(state_text, style=style),
+            _ago(w.last_check),
+            _ago(w.next_check),
+            str(w.checks),
+            Text((w.last_error or "")[:80]),
+        )
+    out.print(table)
+    notifiers = Table(title="outbox", title_justify="left")
+    for column in ("notifier", "pending", "sent", "failed", "last error"):
+        notifiers.add_column(column)
+    for name, c in sorted(counts.items()):
+        notifiers.add_row(
+            name,
+            str(c.get("pending", 0)),
+            str(c.get("sent", 0)),
+            str(c.get("failed", 0)),
+            Text((errors.get(name) or "")[:80]),
+        )
+    out.print(notifiers)
+
+
+def _state(paused: bool, failures: int) -> str:
+    return "paused" if paused else "failing" if failures else "ok"
+
+
+@app.command()
+def alerts(
+    config: ConfigOption = DEFAULT_CONFIG,
+    state: StateOption = None,
+    since: Annotated[str | None, typer.Option(help="e.g. 1h, 2d, or an ISO time.")] = None,
+    severity: SeverityOption = "debug",
+    watcher: WatcherOption = None,
+    limit: Annotated[int, typer.Option(help="At most this many (newest).")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+) -> None:
+    """Alert history from the state file, oldest first."""
+    from watchkeeper.notifiers.console import alert_text
+
+    min_severity = parse_severity(severity)
+    store = open_store(config, state)
+    found = store.alerts(
+        since_time=parse_since(since) if since else None,
+        min_severity=min_severity,
+        watcher=watcher,
+        limit=limit,
+        newest_first=True,
+    )
+    store.close()
+    for alert in reversed(found):
+        if as_json:
+            sys.stdout.write(json.dumps(alert.to_dict(), ensure_ascii=False) + "\n")
+        else:
+            out.print(alert_text(alert))
+
+
+@app.command("notify-test")
+def notify_test(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Send one test alert straight to every notifier and report each result."""
+    from watchkeeper.alerts import Alert, Severity
+    from watchkeeper.keeper import build_notifier
+
+    cfg = load(config)
+    if not cfg.notify:
+        fail(f"{config}: no [[notify]] tables")
+    failures = 0
+    for spec in cfg.notify:
+        alert = Alert(
+            watcher="notify-test",
+            kind="test",
+            severity=Severity.INFO,
+            title=f"watchkeeper test alert for notifier {spec.name!r}",
+            key="notify-test",
+            body="If you can read this, the notifier works.",
+        )
+        try:
+            notifier = build_notifier(spec)
+        except WatchkeeperError as exc:
+            failures += 1
+            out.print(Text(f"FAIL  {spec.name}: {exc}", style="red"))
+            continue
+        try:
+            notifier.send(alert)
+        except Exception as exc:  # report every notifier, whatever one of them raises
+            failures += 1
+            out.print(Text(f"FAIL  {spec.name} ({notifier.describe()}): {exc}", style="red"))
+        else:
+            out.print(Text(f"OK    {spec.name} ({notifier.describe()})", style="green"))
+        finally:
+            notifier.close()
+    if failures:
+        raise typer.Exit(1)
