@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FilePath,
     SecretStr,
     ValidationError,
     field_validator,
@@ -65,8 +66,13 @@ class KeeperSettings(BaseModel):
     )
     token: SecretStr | None = Field(
         default=None,
-        description="Required by the dashboard, API and stream when set; needed off loopback.",
+        description="Required by the dashboard, API and stream when set; needed off loopback "
+        "(at least 16 characters there: `watchkeeper token` makes one).",
     )
+    tls_cert: FilePath | None = Field(
+        default=None, description="Serve the dashboard over HTTPS with this certificate (PEM)."
+    )
+    tls_key: FilePath | None = Field(default=None, description="The private key (PEM) of tls_cert.")
 
     @field_validator("dashboard")
     @classmethod
@@ -79,7 +85,9 @@ class KeeperSettings(BaseModel):
     def _dashboard_is_safe(self) -> KeeperSettings:
         bind = self.dashboard_bind()
         if bind is not None:
-            check_exposure(bind, self.token is not None and bool(self.token.get_secret_value()))
+            check_exposure(bind, self.token.get_secret_value() if self.token else None)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both, or neither")
         return self
 
     def dashboard_bind(self) -> Bind | None:

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -68,7 +68,10 @@ def attach_dashboard(keeper: Keeper, settings: KeeperSettings) -> Callable[[], N
     token = settings.token.get_secret_value() if settings.token else None
     # The default address may be taken (another agent): then run without a dashboard.
     explicit = "dashboard" in settings.model_fields_set
-    dashboard = serve_dashboard(keeper, f"{bind.host}:{bind.port}", token, required=explicit)
+    tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
+    dashboard = serve_dashboard(
+        keeper, f"{bind.host}:{bind.port}", token, required=explicit, tls=tls
+    )
 
     def announce() -> None:
         if dashboard.running:
@@ -113,49 +116,60 @@ def status(
     state: StateOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show watchers (health, last and next check) and the outbox per notifier."""
+    """Show watchers (health, last and next check), the outbox per notifier, and the running
+    keeper's threads and state file when something is wrong with them."""
+    from watchkeeper.supervisor import read_health, watcher_health
+
     store = open_store(config, state)
-    watchers = store.watchers()
-    counts = store.delivery_counts()
-    errors = store.last_delivery_errors()
-    store.close()
+    try:
+        watchers = store.watchers()
+        counts = store.delivery_counts()
+        errors = store.last_delivery_errors()
+    except WatchkeeperError as exc:
+        fail(str(exc))
+    finally:
+        store.close()
+    health = read_health(store.path)
+    threads = watcher_health(health)
+    rows: list[dict[str, Any]] = [
+        {
+            "name": w.name,
+            "kind": w.kind,
+            "state": threads[w.name][0] if w.name in threads else _state(w.paused, w.failures),
+            "last_check": iso_utc(w.last_check) if w.last_check else None,
+            "next_check": iso_utc(w.next_check) if w.next_check else None,
+            "failures": w.failures,
+            "last_error": threads[w.name][1] if w.name in threads else w.last_error,
+            "checks": w.checks,
+        }
+        for w in watchers
+    ]
     if as_json:
         doc = {
-            "watchers": [
-                {
-                    "name": w.name,
-                    "kind": w.kind,
-                    "state": _state(w.paused, w.failures),
-                    "last_check": iso_utc(w.last_check) if w.last_check else None,
-                    "next_check": iso_utc(w.next_check) if w.next_check else None,
-                    "failures": w.failures,
-                    "last_error": w.last_error,
-                    "checks": w.checks,
-                }
-                for w in watchers
-            ],
+            "watchers": rows,
             "notifiers": {
                 name: {**c, "last_error": errors.get(name)} for name, c in counts.items()
             },
+            "keeper": health,
         }
         out.print_json(json.dumps(doc))
         return
     table = Table(title="watchers", title_justify="left")
     for column in ("name", "kind", "state", "last check", "next check", "checks", "last error"):
         table.add_column(column)
-    for w in watchers:
-        state_text = _state(w.paused, w.failures)
-        style = {"ok": "green", "failing": "red", "paused": "yellow"}[state_text]
+    for row, w in zip(rows, watchers, strict=True):
+        style = {"ok": "green", "paused": "yellow", "restarting": "yellow"}.get(row["state"], "red")
         table.add_row(
             w.name,
             w.kind,
-            Text(state_text, style=style),
+            Text(row["state"], style=style),
             _ago(w.last_check),
             _ago(w.next_check),
             str(w.checks),
-            Text((w.last_error or "")[:80]),
+            Text((row["last_error"] or "")[:80]),
         )
     out.print(table)
+    _print_health(health)
     notifiers = Table(title="outbox", title_justify="left")
     for column in ("notifier", "pending", "sent", "failed", "last error"):
         notifiers.add_column(column)
@@ -168,6 +182,20 @@ def status(
             Text((errors.get(name) or "")[:80]),
         )
     out.print(notifiers)
+
+
+def _print_health(health: dict[str, Any] | None) -> None:
+    """The running keeper's threads that crashed or restart, and a state file that fails."""
+    if health is None:
+        return
+    for unit in health.get("threads", []):
+        if unit["state"] != "running":
+            out.print(
+                Text(f"thread {unit['name']}: {unit['state']}: {unit['error'] or ''}", style="red")
+            )
+    store = health.get("store", {})
+    if store.get("state") == "failing":
+        out.print(Text(f"state file failing: {store.get('error')}", style="red"))
 
 
 def _state(paused: bool, failures: int) -> str:
@@ -189,14 +217,18 @@ def alerts(
 
     min_severity = parse_severity(severity)
     store = open_store(config, state)
-    found = store.alerts(
-        since_time=parse_since(since) if since else None,
-        min_severity=min_severity,
-        watcher=watcher,
-        limit=limit,
-        newest_first=True,
-    )
-    store.close()
+    try:
+        found = store.alerts(
+            since_time=parse_since(since) if since else None,
+            min_severity=min_severity,
+            watcher=watcher,
+            limit=limit,
+            newest_first=True,
+        )
+    except WatchkeeperError as exc:
+        fail(str(exc))
+    finally:
+        store.close()
     for alert in reversed(found):
         if as_json:
             sys.stdout.write(json.dumps(alert.to_dict(), ensure_ascii=False) + "\n")

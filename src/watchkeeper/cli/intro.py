@@ -1,4 +1,5 @@
-"""A newcomer's commands: ``init`` (a starter config) and ``demo`` (a world on loopback)."""
+"""A newcomer's commands: ``init`` (a starter config), ``token`` (a dashboard token) and ``demo``
+(a world on loopback)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ def init(
     starter = resources.files("watchkeeper").joinpath("starter.toml").read_text()
     config.write_text(starter)
     out.print(f"wrote {config}; next: watchkeeper check -c {config}, then watchkeeper run")
+
+
+@app.command()
+def token() -> None:
+    """Print a fresh random token for [keeper] token (32 characters, URL-safe)."""
+    import secrets
+
+    out.print(secrets.token_urlsafe(24), markup=False)
 
 
 @app.command()

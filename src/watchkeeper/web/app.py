@@ -8,6 +8,7 @@ keeper's threads do the real work; the dashboard only looks and asks.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -55,6 +56,7 @@ from watchkeeper.web.data import (
     watcher_names,
 )
 from watchkeeper.web.details import has_view, watcher_detail
+from watchkeeper.web.limits import BodyLimitMiddleware, LoginLimiter
 from watchkeeper.web.metrics import metrics_registry, render
 from watchkeeper.web.stream import Broadcaster, StreamFilter, alert_events
 
@@ -78,6 +80,7 @@ class Context:
     guard: Guard
     broadcaster: Broadcaster
     env: Environment
+    logins: LoginLimiter
 
 
 SQLITE_MAX = 2**63 - 1
@@ -92,7 +95,7 @@ def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> St
     env = Environment(loader=PackageLoader("watchkeeper.web", "templates"), autoescape=True)
     env.filters["rel"] = relative_time
     env.filters["duration"] = format_duration
-    ctx = Context(keeper, store, guard, broadcaster, env)
+    ctx = Context(keeper, store, guard, broadcaster, env, LoginLimiter())
     registry = metrics_registry(store, lambda: broadcaster.count, keeper.health)
 
     async def metrics(request: Request) -> Response:
@@ -104,7 +107,7 @@ def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> St
         target = request.query_params.get("next") if here == "/login" else here
         return page(request, "login.html", anonymous=True, next=safe_next(target))
 
-    middleware = [Middleware(SecurityHeadersMiddleware)]
+    middleware = [Middleware(SecurityHeadersMiddleware), Middleware(BodyLimitMiddleware)]
     if token is None:  # then loopback only: answer only to loopback names (DNS rebinding)
         hosts = [*LOOPBACK_HOSTS, bind.host, f"[{bind.host}]"]
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
@@ -298,16 +301,25 @@ async def form_data(request: Request) -> dict[str, str]:
 async def login(request: Request) -> Response:
     """Check the token from the form; set the session cookie."""
     ctx = wk(request)
+    client = request.client.host if request.client else "?"
+    wait = ctx.logins.wait(client)
+    if wait > 0:  # before reading the form: a guesser gets no answer about its guess
+        return PlainTextResponse(
+            "too many wrong tokens; try again later",
+            status_code=429,
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
     form = await form_data(request)
     target = safe_next(form.get("next"))
     if not ctx.guard.same_origin(request):
         return PlainTextResponse("cross-site login refused", status_code=403)
     if not ctx.guard.token_matches(form.get("token", "")):
+        ctx.logins.failed(client)
         return page(
             request, "login.html", status=401, anonymous=True, next=target, error="wrong token"
         )
     response = RedirectResponse(target, status_code=303)
-    ctx.guard.session_cookie(response)
+    ctx.guard.session_cookie(response, secure=request.url.scheme == "https")
     return response
 
 

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from watchkeeper.bind import Bind, check_exposure, parse_bind
@@ -38,18 +39,23 @@ class DashboardError(WatchkeeperError):
 
 
 def serve_dashboard(
-    keeper: Keeper, bind: str = "127.0.0.1:8470", token: str | None = None, required: bool = True
+    keeper: Keeper,
+    bind: str = "127.0.0.1:8470",
+    token: str | None = None,
+    required: bool = True,
+    tls: tuple[Path, Path] | None = None,
 ) -> Dashboard:
     """Serve the dashboard (pages, API, stream, /metrics) while ``keeper`` runs.
 
     Before ``keeper.start()`` it starts with the keeper; after, at once. ``bind`` may use port 0;
     the returned Dashboard's ``url`` has the real port once started. Off loopback a ``token`` is
-    required. ``required=False``: a busy address is a warning, not an error. The keeper only knows
+    required. ``required=False``: a busy address is a warning, not an error. ``tls``: (certificate,
+    key) PEM files to serve HTTPS with. The keeper only knows
     it as a :class:`~watchkeeper.keeper.Companion`: the core never imports the web stack.
     """
     if any(isinstance(c, Dashboard) for c in keeper.companions):
         raise RuntimeError("this keeper already serves a dashboard")
-    dashboard = Dashboard(keeper, bind, token, required=required)
+    dashboard = Dashboard(keeper, bind, token, required=required, tls=tls)
     keeper.attach(dashboard)
     return dashboard
 
@@ -63,12 +69,14 @@ class Dashboard:
         bind: str | Bind = "127.0.0.1:8470",
         token: str | None = None,
         required: bool = True,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         try:
             self.bind = parse_bind(bind) if isinstance(bind, str) else bind
-            check_exposure(self.bind, bool(token))
+            check_exposure(self.bind, token)
         except ValueError as exc:
             raise DashboardError(str(exc)) from exc
+        self.tls = tls
         self.keeper = keeper
         self.token = token or None
         self.required = required
@@ -108,7 +116,7 @@ class Dashboard:
     @property
     def url(self) -> str:
         """``http://host:port`` with the real port once started."""
-        return self.bind.url(self.port)
+        return self.bind.url(self.port, tls=self.tls is not None)
 
     @property
     def running(self) -> bool:
@@ -154,18 +162,33 @@ class Dashboard:
         import uvicorn
 
         from watchkeeper.web.app import build_app
+        from watchkeeper.web.limits import (
+            KEEP_ALIVE,
+            MAX_HEADER_BYTES,
+            GuardedH11Protocol,
+            accept_batch,
+            connection_limit,
+        )
 
         sock, store = self._sock, self.keeper.store
         if sock is None or store is None:
             raise DashboardError("dashboard: start the keeper (which binds the address) first")
         app = build_app(self.keeper, store, self.token, self.bind)
         self._broadcaster = app.state.wk.broadcaster
+        limit = connection_limit()
+        protocol = type("Protocol", (GuardedH11Protocol,), {"limit": limit})
         config = uvicorn.Config(
             app,
             log_level="warning",
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=2,
+            http=protocol,
+            backlog=accept_batch(limit),
+            timeout_keep_alive=int(KEEP_ALIVE),
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            ssl_certfile=self.tls[0] if self.tls else None,
+            ssl_keyfile=self.tls[1] if self.tls else None,
         )
         server = uvicorn.Server(config)
         self._server = server
