@@ -121,9 +121,13 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
     try:
         data = tomllib.loads(text)
+        return parse_config(data, source=str(path), base=path.parent)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_config(data, source=str(path), base=path.parent)
+    except RecursionError:  # tomllib and the checks below recurse once per nesting level
+        raise ConfigError(
+            f"{path}: arrays or tables are nested too deeply to be a watchkeeper config"
+        ) from None
 
 
 def parse_config(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from watchkeeper.cli.helpers import (
 from watchkeeper.errors import ConfigError, WatchkeeperError
 from watchkeeper.foreground import run_until_signal
 from watchkeeper.quantities import format_duration, iso_utc
+from watchkeeper.textsafe import safe_json, terminal_safe
 
 if TYPE_CHECKING:
     from watchkeeper.config import KeeperSettings
@@ -152,7 +152,7 @@ def status(
             },
             "keeper": health,
         }
-        out.print_json(json.dumps(doc))
+        sys.stdout.write(safe_json(doc, indent=2) + "\n")
         return
     table = Table(title="watchers", title_justify="left")
     for column in ("name", "kind", "state", "last check", "next check", "checks", "last error"):
@@ -160,13 +160,13 @@ def status(
     for row, w in zip(rows, watchers, strict=True):
         style = {"ok": "green", "paused": "yellow", "restarting": "yellow"}.get(row["state"], "red")
         table.add_row(
-            w.name,
-            w.kind,
+            Text(terminal_safe(w.name)),
+            Text(terminal_safe(w.kind)),
             Text(row["state"], style=style),
             _ago(w.last_check),
             _ago(w.next_check),
             str(w.checks),
-            Text((row["last_error"] or "")[:80]),
+            Text(terminal_safe((row["last_error"] or "")[:80])),
         )
     out.print(table)
     _print_health(health)
@@ -175,11 +175,11 @@ def status(
         notifiers.add_column(column)
     for name, c in sorted(counts.items()):
         notifiers.add_row(
-            name,
+            Text(terminal_safe(name)),
             str(c.get("pending", 0)),
             str(c.get("sent", 0)),
             str(c.get("failed", 0)),
-            Text((errors.get(name) or "")[:80]),
+            Text(terminal_safe((errors.get(name) or "")[:80])),
         )
     out.print(notifiers)
 
@@ -190,12 +190,11 @@ def _print_health(health: dict[str, Any] | None) -> None:
         return
     for unit in health.get("threads", []):
         if unit["state"] != "running":
-            out.print(
-                Text(f"thread {unit['name']}: {unit['state']}: {unit['error'] or ''}", style="red")
-            )
+            line = f"thread {unit['name']}: {unit['state']}: {unit['error'] or ''}"
+            out.print(Text(terminal_safe(line), style="red"))
     store = health.get("store", {})
     if store.get("state") == "failing":
-        out.print(Text(f"state file failing: {store.get('error')}", style="red"))
+        out.print(Text(terminal_safe(f"state file failing: {store.get('error')}"), style="red"))
 
 
 def _state(paused: bool, failures: int) -> str:
@@ -231,7 +230,7 @@ def alerts(
         store.close()
     for alert in reversed(found):
         if as_json:
-            sys.stdout.write(json.dumps(alert.to_dict(), ensure_ascii=False) + "\n")
+            sys.stdout.write(safe_json(alert.to_dict()) + "\n")
         else:
             out.print(alert_text(alert))
 
