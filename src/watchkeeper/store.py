@@ -321,7 +321,10 @@ class Store:
     def checkpoint(self, name: str) -> Any:
         """A watcher's last committed checkpoint (None if it has none)."""
         rows = self._read("SELECT checkpoint FROM watchers WHERE name = ?", (name,))
-        return json.loads(rows[0][0]) if rows and rows[0][0] else None
+        try:
+            return json.loads(rows[0][0]) if rows and rows[0][0] else None
+        except ValueError as exc:
+            raise StoreError(f"watcher {name!r}: its checkpoint cannot be read: {exc}") from exc
 
     def watchers(self) -> list[WatcherRecord]:
         """Every watcher that ever ran against this state, by name."""
@@ -575,7 +578,22 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 def alert_from_row(row: sqlite3.Row) -> Alert:
-    """An Alert from a row of the alerts table (also for reports using :meth:`Store.query`)."""
+    """An Alert from a row of the alerts table (also for reports using :meth:`Store.query`).
+
+    A row that does not read as one (edited by hand, a disk error) is a StoreError naming it.
+    """
+    try:
+        return _alert(row)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise StoreError(f"alert {_row_id(row)} in the state file cannot be read: {exc}") from exc
+
+
+def _row_id(row: sqlite3.Row) -> str:
+    keys = row.keys()
+    return f"#{row['id']}" if "id" in keys else repr(row["name"]) if "name" in keys else "?"
+
+
+def _alert(row: sqlite3.Row) -> Alert:
     return Alert(
         id=row["id"],
         uid=row["uid"],
@@ -592,6 +610,13 @@ def alert_from_row(row: sqlite3.Row) -> Alert:
 
 
 def _watcher_record(row: sqlite3.Row) -> WatcherRecord:
+    try:
+        return _record(row)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise StoreError(f"watcher {_row_id(row)} in the state file cannot be read: {exc}") from exc
+
+
+def _record(row: sqlite3.Row) -> WatcherRecord:
     return WatcherRecord(
         name=row["name"],
         kind=row["kind"],
