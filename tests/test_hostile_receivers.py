@@ -240,3 +240,41 @@ def test_smtp_declares_8bit_bodies_and_keeps_encoded_word_lookalikes_literal(
     for line in content.split(b"\r\n"):
         if line.lower().startswith(b"subject"):
             assert line.isascii()
+
+
+def test_smtp_sends_no_8bit_byte_to_a_server_that_does_not_offer_8bitmime(
+    raw_server: Any,
+) -> None:
+    """A plain RFC 5321 server (no extensions): the body goes quoted-printable, all 7-bit."""
+    got: dict[str, bytes] = {}
+
+    def plain_smtp(conn: socket.socket, server: RawServer) -> None:
+        reader = conn.makefile("rb")
+        conn.sendall(b"220 plain ESMTP\r\n")
+        while line := reader.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                conn.sendall(b"250 plain\r\n")
+            elif verb == b"MAIL":
+                got["mail"] = line
+                conn.sendall(b"250 ok\r\n")
+            elif verb == b"DATA":
+                conn.sendall(b"354 go on\r\n")
+                data = b""
+                while (part := reader.readline()) != b".\r\n":
+                    data += part
+                got["data"] = data
+                conn.sendall(b"250 queued\r\n")
+            elif verb == b"QUIT":
+                conn.sendall(b"221 bye\r\n")
+                return
+            else:
+                conn.sendall(b"250 ok\r\n")
+
+    server = raw_server(plain_smtp)
+    notifier = build_notifier(smtp_spec(server.port))
+    notifier.send(alert("café", body="naïve text"))
+    assert b"8BITMIME" not in got["mail"]
+    assert got["data"].isascii()
+    received = message_from_bytes(got["data"], policy=policy.default)
+    assert "naïve text" in received.get_body().get_content()  # type: ignore[union-attr]
