@@ -4,6 +4,7 @@ and must be logged, restarted, reported (a health alert, /api/health, /metrics) 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any, ClassVar
@@ -11,7 +12,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from tests.conftest import RecordingServer, wait_until
+from tests.conftest import RecordingServer, run_cli, wait_until
 from watchkeeper import CheckResult, Keeper, Observation, Watcher, WatcherConfig
 from watchkeeper.runtime import Dispatcher
 from watchkeeper.supervisor import read_health
@@ -233,3 +234,12 @@ def test_metrics_and_api_show_a_crash_while_it_waits_for_its_restart(
         assert 'watchkeeper_thread_crashed{kind="watcher",thread="watchkeeper:choker"} 1.0' in (
             metrics
         )
+        # And `watchkeeper status`, another process, through the health file.
+        wait_until(lambda: read_health(tmp_path / "wk.db"))
+        shown = run_cli("status", "--state", str(tmp_path / "wk.db"), cwd=tmp_path)
+        assert shown.returncode == 0
+        assert re.search(r"choker\W+choking\W+crashed", shown.stdout), shown.stdout
+        assert "thread watchkeeper:choker: crashed: SystemExit: choked in wait" in shown.stdout
+        as_json = run_cli("status", "--json", "--state", str(tmp_path / "wk.db"), cwd=tmp_path)
+        (row,) = json.loads(as_json.stdout)["watchers"]
+        assert row["state"] == "crashed"
