@@ -232,3 +232,34 @@ def test_two_keepers_asking_one_host_wait_for_slots_without_timing_out(
     for k in range(2):
         with Store(tmp_path / f"k{k}.db") as store:
             assert [w.failures_total for w in store.watchers()] == [0, 0, 0]
+
+
+def test_reload_restarts_the_page_pool_from_checkpoints(tmp_path: Path, site: Site) -> None:
+    from watchkeeper.config import parse_config
+
+    out = tmp_path / "alerts.jsonl"
+    first = site.html("/one", links("a"))
+    second = site.html("/two", links("x"))
+
+    def config(*urls: str) -> Any:
+        pages = [
+            {"name": u.rsplit("/", 1)[-1], "url": u, "items": "li.item", "every": "100ms"}
+            for u in urls
+        ]
+        notify = [{"kind": "jsonl", "name": "out", "path": str(out)}]
+        return parse_config({"notify": notify, "page": pages})
+
+    wk = Keeper.from_config(config(first), state=tmp_path / "wk.db")
+    with wk:
+        wait_until(lambda: site.hits["/one"] >= 2)
+        changes = wk.reload(config(first, second))
+        assert changes.describe() == ["added watcher 'two'"]
+        assert changes.pools == {"page"}  # the pool restarts whole, "one" from its checkpoint
+        wait_until(lambda: site.hits["/two"] >= 2)
+        site.html("/one", links("b", "a"))
+        site.html("/two", links("y", "x"))
+        wait_until(lambda: len(alerts(out)) >= 2)
+        assert wk.reload(config(first, second)).empty  # the same config changes nothing
+        hits = site.hits["/one"]
+        wait_until(lambda: site.hits["/one"] >= hits + 2)
+    assert sorted(a["title"] for a in alerts(out)) == ["one: B", "two: Y"]  # A and X: known

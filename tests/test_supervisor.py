@@ -243,3 +243,31 @@ def test_metrics_and_api_show_a_crash_while_it_waits_for_its_restart(
         as_json = run_cli("status", "--json", "--state", str(tmp_path / "wk.db"), cwd=tmp_path)
         (row,) = json.loads(as_json.stdout)["watchers"]
         assert row["state"] == "crashed"
+
+
+def test_a_reload_swaps_what_the_supervisor_watches_and_restarts_nothing(tmp_path: Path) -> None:
+    from watchkeeper.config import parse_config
+
+    def config(watchers: list[str], notifiers: list[str]) -> Any:
+        return parse_config(
+            {
+                "notify": [
+                    {"kind": "jsonl", "name": n, "path": str(tmp_path / f"{n}.jsonl")}
+                    for n in notifiers
+                ],
+                "custom": [{"name": w, "call": "os:getpid", "every": "0.05s"} for w in watchers],
+            }
+        )
+
+    keeper = Keeper.from_config(config(["a", "b"], ["n1"]), state=tmp_path / "wk.db")
+    with keeper:
+        keeper.reload(config(["a", "c"], ["n2"]))
+        health = keeper.health()
+        names = sorted(u["name"] for u in health["threads"])
+        assert names == ["watchkeeper:a", "watchkeeper:c", "watchkeeper:notify:n2"]
+        assert all(u["state"] == "running" and u["restarts"] == 0 for u in health["threads"])
+        assert keeper.healthy()
+        store = keeper.store
+        assert store is not None
+        wait_until(lambda: (r := store.watcher("c")) is not None and r.checks >= 3)
+        assert all(u["restarts"] == 0 for u in keeper.health()["threads"])

@@ -9,7 +9,8 @@ Layout::
 Every error names the file, the table (with its index and name), the key and what was wrong, and
 all errors of a file are reported together. A value from a secret field (passwords, tokens, URLs,
 headers) is never echoed. Relative paths are taken relative to the config file's folder, so a
-config means the same thing whatever the working directory.
+config means the same thing whatever the working directory; a relative ``state`` under systemd
+(``$STATE_DIRECTORY`` set) goes into the service's state directory instead.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class KeeperSettings(BaseModel):
 
     state: Path | None = Field(
         default=None,
-        description="The SQLite state file. Default: $XDG_STATE_HOME/watchkeeper/state.db.",
+        description="The SQLite state file. Default: $XDG_STATE_HOME/watchkeeper/state.db. "
+        "A relative path is taken under $STATE_DIRECTORY when set (systemd's StateDirectory=), "
+        "else under the config file's folder.",
     )
     shutdown_timeout: Duration = Field(
         default=5.0, description="How long stopping may take to flush pending alerts."
@@ -168,6 +171,11 @@ def parse_config(
     if errors:
         raise ConfigError(errors)
     if base is not None:
+        state = config.keeper.state
+        service_state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        if state is not None and not state.is_absolute() and service_state:
+            # Under systemd (StateDirectory=) the config folder is read-only: state goes there.
+            config.keeper.state = Path(service_state) / state
         for model in [config.keeper, *config.notify, *config.watchers]:
             resolve_paths(model, base)
     return config

@@ -29,7 +29,14 @@ from watchkeeper.config import (
 from watchkeeper.errors import ConfigError, StoreError
 from watchkeeper.notifiers import NOTIFIERS, Notifier, NotifierConfig
 from watchkeeper.quantities import parse_duration
-from watchkeeper.runtime import Dispatcher, WatcherPool, WatcherRun, WatcherThread
+from watchkeeper.reload import ReloadPlan, plan
+from watchkeeper.runtime import (
+    Dispatcher,
+    WatcherPool,
+    WatcherRun,
+    WatcherThread,
+    close_watcher,
+)
 from watchkeeper.store import Route, Store
 from watchkeeper.supervisor import Revivable, Supervised, Supervisor
 from watchkeeper.watchers import WATCHERS, Watcher, WatcherConfig
@@ -80,11 +87,16 @@ class Keeper:
         self.store: Store | None = None
         self._runs: dict[str, WatcherRun] = {}
         self._supervisor: Supervisor | None = None
+        self._retired: list[WatcherThread | WatcherPool | Dispatcher] = []
+        """Drivers a reload replaced that had not ended yet: stop still waits for them."""
         self._listeners: list[Callable[[list[Alert]], None]] = []
         self._lock = threading.Lock()
         self._started = False
         self._companions: list[Companion] = []
         self._stopped_clean = True
+        self._reload_lock = threading.Lock()
+        self.loaded_at = time.time()
+        """When the running config was loaded (start, or the last reload that applied)."""
 
     @classmethod
     def from_config(cls, path: str | Path | Config, state: str | Path | None = None) -> Keeper:
@@ -216,14 +228,7 @@ class Keeper:
                     w.name: WatcherRun(w, store, self.routes, self._committed)
                     for w in self.watchers
                 }
-                for driver in _drivers(list(self._runs.values())):
-                    if isinstance(driver, WatcherPool):
-                        names = [run.name for run in driver.runs]
-                        supervisor.watch("pool", driver, _renewed_pool, names)
-                    else:
-                        supervisor.watch(
-                            "watcher", driver, _new_watcher_thread, [driver.watcher_run.name]
-                        )
+                _watch_drivers(supervisor, _drivers(list(self._runs.values())))
                 # A companion that cannot start (a busy address) stops the start before checks.
                 serving = [c for c in self._companions if c.prepare()]
             except BaseException:
@@ -285,8 +290,11 @@ class Keeper:
         assert supervisor is not None
         if supervisor is not me:
             supervisor.join(max(0.0, deadline - time.monotonic()))
+        retired = self._retired
         watching: list[WatcherThread | WatcherPool] = supervisor.drivers("watcher", "pool")
+        watching += [d for d in retired if not isinstance(d, Dispatcher)]
         dispatchers: list[Dispatcher] = supervisor.drivers("dispatcher")
+        dispatchers += [d for d in retired if isinstance(d, Dispatcher)]
         for driver in watching:
             driver.stop()
         # Watchers get half the budget to finish a check in progress (and commit its alerts).
@@ -359,6 +367,117 @@ class Keeper:
         if self._supervisor is not None and isinstance(companion, Revivable):
             self._supervisor.watch(companion.kind, companion, _revived)
 
+    # -- reload ---------------------------------------------------------------------------------
+
+    def reload(self, config: Config, timeout: float = 30.0) -> ReloadPlan:
+        """Run ``config`` from now on, without a restart; return what changed.
+
+        The whole config is built first: if anything in it is wrong, ConfigError is raised and
+        nothing changed. Then watchers added start, removed ones stop (their stored state stays,
+        for history), changed ones stop and start again from their stored checkpoint, and
+        notifiers are swapped by name, their pending deliveries kept. A part stops before its
+        replacement starts, so no check runs twice at once and nothing is produced twice; a
+        watcher whose check does not end within ``timeout`` is left stopping and not replaced
+        (RuntimeError says which). The dashboard's address and token need a restart.
+        """
+        notifiers, watchers = build_from_config(config)
+        _unique([n.name for n in notifiers], "notifier")
+        with self._reload_lock:
+            store = self.store
+            if not self._started or store is None:
+                _close_all(notifiers, watchers)
+                raise RuntimeError("reload a running keeper; build a new one instead")
+            changes = plan((self.watchers, watchers), (self.notifiers, notifiers))
+            self.shutdown_timeout = config.keeper.shutdown_timeout
+            self.loaded_at = time.time()
+            if changes.empty:
+                _close_all(notifiers, watchers)
+                return changes
+            supervisor = self._supervisor
+            assert supervisor is not None
+            with supervisor.holding():  # no restart swaps a driver under the reload's feet
+                stuck = self._swap_watchers(changes, watchers, store, timeout)
+                self._swap_notifiers(changes, notifiers, store, timeout)
+        for line in changes.describe():
+            log.info("reload: %s", line)
+        if stuck:
+            raise RuntimeError(f"reload: still stopping, not restarted: {', '.join(stuck)}")
+        return changes
+
+    def _swap_watchers(
+        self, changes: ReloadPlan, watchers: list[Watcher], store: Store, timeout: float
+    ) -> list[str]:
+        """Stop the drivers the plan touches, start their replacements; return the stuck."""
+        pooled = changes.pools
+        restart = changes.watchers.stopping | {w.name for w in self.watchers if w.kind in pooled}
+        supervisor = self._supervisor
+        assert supervisor is not None
+        running: list[WatcherThread | WatcherPool] = supervisor.drivers("watcher", "pool")
+        ending = [d for d in running if any(r.name in restart for r in _runs_of(d))]
+        for driver in ending:
+            supervisor.unwatch(driver)  # ending on purpose: not a crash to restart
+            driver.stop()
+        deadline = time.monotonic() + timeout
+        for driver in ending:
+            driver.join(max(0.0, deadline - time.monotonic()))
+        stuck = {run.name for d in ending if d.is_alive() for run in _runs_of(d)}
+        keep = {w.name: w for w in self.watchers if w.name not in restart}
+        starting = changes.watchers.starting | {w.name for w in watchers if w.kind in pooled}
+        fresh = {w.name: w for w in watchers if w.name in starting - stuck}
+        for unused in watchers:
+            if unused.name not in fresh:
+                close_watcher(unused)
+        self.watchers = [
+            keep.get(w.name) or fresh[w.name] for w in watchers if w.name in keep | fresh
+        ]
+        runs = {n: WatcherRun(w, store, self.routes, self._committed) for n, w in fresh.items()}
+        self._runs = {n: r for n, r in self._runs.items() if n in keep} | runs
+        started = _drivers(list(runs.values()))
+        self._retired += [d for d in ending if d.is_alive()]
+        _watch_drivers(supervisor, started)
+        for driver in started:
+            driver.start()
+        return sorted(stuck)
+
+    def _swap_notifiers(
+        self, changes: ReloadPlan, notifiers: list[Notifier], store: Store, timeout: float
+    ) -> None:
+        """Replace the dispatchers of changed and removed notifiers; start the added ones."""
+        stopping = changes.notifiers.stopping
+        supervisor = self._supervisor
+        assert supervisor is not None
+        dispatchers: list[Dispatcher] = supervisor.drivers("dispatcher")
+        ending = [d for d in dispatchers if d.notifier.name in stopping]
+        for dispatcher in ending:
+            supervisor.unwatch(dispatcher)  # ending on purpose: not a crash to restart
+            dispatcher.flush(time.time())  # ends after the send in progress; the rest waits
+        deadline = time.monotonic() + timeout
+        for dispatcher in ending:
+            dispatcher.join(max(0.0, deadline - time.monotonic()))
+            dispatcher.notifier.close()
+        starting = changes.notifiers.starting
+        kept = {n.name: n for n in self.notifiers if n.name not in stopping}
+        for unused in notifiers:
+            if unused.name not in starting:
+                unused.close()
+        self.notifiers = [kept.get(n.name, n) for n in notifiers]
+        supervisor.notifiers = list(self.notifiers)
+        added = [Dispatcher(n, store) for n in self.notifiers if n.name in starting]
+        self._retired += [d for d in ending if d.is_alive()]
+        for dispatcher in added:
+            supervisor.watch("dispatcher", dispatcher, _new_dispatcher)
+            dispatcher.start()
+
+    def healthy(self) -> bool:
+        """The keeper runs, its supervisor too, and every thread it watches is alive, none of
+        them waiting for a restart (systemd's watchdog asks: a crash loop ends in a restart of
+        the whole process)."""
+        with self._lock:
+            supervisor = self._supervisor
+            if not self._started or supervisor is None:
+                return False
+        return supervisor.is_alive() and supervisor.all_running()
+
     # -- control (dashboard, CLI) -------------------------------------------------------------
 
     def routes(self) -> Sequence[Route]:
@@ -428,6 +547,16 @@ class Keeper:
                 log.exception("alert listener failed")
 
 
+def _watch_drivers(supervisor: Supervisor, drivers: list[WatcherThread | WatcherPool]) -> None:
+    """Have the supervisor watch watcher threads and pools (before or after they start)."""
+    for driver in drivers:
+        if isinstance(driver, WatcherPool):
+            names = [run.name for run in driver.runs]
+            supervisor.watch("pool", driver, _renewed_pool, names)
+        else:
+            supervisor.watch("watcher", driver, _new_watcher_thread, [driver.watcher_run.name])
+
+
 def _new_dispatcher(old: Supervised) -> Dispatcher:
     """A crashed dispatcher's replacement, started."""
     assert isinstance(old, Dispatcher)
@@ -464,6 +593,18 @@ def _close_crashed(thread: WatcherThread) -> None:
             thread.watcher_run.watcher.close()
         except Exception:
             log.exception("watcher %s: error while closing", thread.watcher_run.name)
+
+
+def _runs_of(driver: WatcherThread | WatcherPool) -> list[WatcherRun]:
+    return driver.runs if isinstance(driver, WatcherPool) else [driver.watcher_run]
+
+
+def _close_all(notifiers: Sequence[Notifier], watchers: Sequence[Watcher]) -> None:
+    """Close parts built for a reload that will not run."""
+    for notifier in notifiers:
+        notifier.close()
+    for watcher in watchers:
+        close_watcher(watcher)
 
 
 def _drivers(runs: list[WatcherRun]) -> list[WatcherThread | WatcherPool]:

@@ -315,7 +315,7 @@ class WatcherThread(GuardedThread):
                     self.wake.wait(delay)
         finally:
             if self.stopping.is_set():
-                _close(watcher)
+                close_watcher(watcher)
 
 
 class WatcherPool:
@@ -523,7 +523,7 @@ class WatcherPool:
                     self._threads.remove(me)
             if last:  # still listed, so join() and is_alive() wait for the closing too
                 for run in self.runs:
-                    _close(run.watcher)
+                    close_watcher(run.watcher)
                 with self._lock:
                     self._threads.remove(me)
             if me in self._roles and not self._stopping:
@@ -653,7 +653,7 @@ def _planned(plan: Callable[[], float], fallback: float, name: str) -> float:
     return min(delay, MAX_DURATION)
 
 
-def _close(watcher: Watcher) -> None:
+def close_watcher(watcher: Watcher) -> None:
     """Close a watcher, logging (never raising) what goes wrong: it runs on the way out."""
     try:
         watcher.close()

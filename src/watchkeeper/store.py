@@ -276,6 +276,27 @@ class Store:
         handle.flush()
         self._claim = handle
 
+    @staticmethod
+    def holder(path: str | Path) -> int | None:
+        """The pid of the keeper that has claimed the state file at ``path``, or None.
+
+        It asks the lock itself, not only the pid written in it: a pid left by a dead process
+        (the kernel dropped its lock) is not a holder.
+        """
+        lock_path = Path(path).with_name(Path(path).name + ".lock")
+        try:
+            handle = lock_path.open("r")
+        except OSError:
+            return None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = handle.read().strip()
+                return int(text) if text.isdigit() else None
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return None
+
     def close(self) -> None:
         """Close the connection (after any transaction in progress) and release the claim."""
         with self._lock:

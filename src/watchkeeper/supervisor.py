@@ -128,6 +128,7 @@ class Supervisor(GuardedThread):
         self.fault_alert_after = FAULT_ALERT_AFTER
         self._units: list[Unit] = []
         self._lock = threading.Lock()
+        self._restarts = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._fault_alerted: str | None = None  # the store fault a health alert went out for
@@ -148,6 +149,21 @@ class Supervisor(GuardedThread):
         with self._lock:
             self._units.append(Unit(kind, driver, restart, tuple(watchers)))
         self._wake.set()
+
+    def unwatch(self, driver: Supervised) -> None:
+        """Stop supervising ``driver``, which is about to be ended on purpose (a reload)."""
+        with self._lock:
+            self._units = [u for u in self._units if u.current is not driver]
+
+    def holding(self) -> threading.Lock:
+        """Held, no unit is restarted: a reload swapping drivers holds it while it does."""
+        return self._restarts
+
+    def all_running(self) -> bool:
+        """True when every unit runs (none crashed and waiting for its restart)."""
+        with self._lock:
+            units = list(self._units)
+        return all(u.current.healthy() for u in units)
 
     def drivers(self, *kinds: str) -> list[Any]:
         """The current drivers of these kinds (replacements included), in the order watched."""
@@ -198,9 +214,13 @@ class Supervisor(GuardedThread):
         with self._lock:
             units = list(self._units)
         for unit in units:
-            if self._stopping.is_set():
-                return 0.0
-            wait = self._look(unit, now)
+            with self._restarts:
+                if self._stopping.is_set():
+                    return 0.0
+                with self._lock:
+                    if unit not in self._units:  # a reload took it away meanwhile
+                        continue
+                wait = self._look(unit, now)
             if wait is not None:
                 timeout = min(timeout, wait)
         self._watch_store()
@@ -335,14 +355,16 @@ def health_path(state: Path) -> Path:
 def read_health(state: Path) -> dict[str, Any] | None:
     """The health report of the keeper running on ``state``, or None if none runs (or left one).
 
-    A report whose process is gone (killed before it could remove it) is ignored.
+    A report left by a process that no longer holds the state file (killed before it could
+    remove it) is ignored: the state file's lock says who runs (:meth:`Store.holder`).
     """
     try:
         report = json.loads(health_path(state).read_text())
-        os.kill(int(report["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
-    return report if isinstance(report, dict) else None
+    if not isinstance(report, dict) or Store.holder(state) != report.get("pid"):
+        return None
+    return report
 
 
 def watcher_health(report: dict[str, Any] | None) -> dict[str, tuple[str, str | None]]:

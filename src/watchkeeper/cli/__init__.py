@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from watchkeeper.cli import agent, follow, intro, page, scan
+from watchkeeper.cli import agent, follow, intro, page, scan, service
 from watchkeeper.cli.helpers import app
 
-__all__ = ["agent", "app", "follow", "intro", "main", "page", "scan"]
+__all__ = ["agent", "app", "follow", "intro", "main", "page", "scan", "service"]
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
+from watchkeeper.agentnote import AgentNote, read_note
 from watchkeeper.cli.helpers import (
     DEFAULT_CONFIG,
     ConfigOption,
@@ -28,6 +31,7 @@ from watchkeeper.cli.helpers import (
     plural,
     setup_logging,
 )
+from watchkeeper.cli.service import Reloader
 from watchkeeper.errors import ConfigError, WatchkeeperError
 from watchkeeper.foreground import run_until_signal
 from watchkeeper.quantities import format_duration, iso_utc
@@ -36,6 +40,7 @@ from watchkeeper.textsafe import safe_json, terminal_safe
 if TYPE_CHECKING:
     from watchkeeper.config import KeeperSettings
     from watchkeeper.keeper import Keeper
+    from watchkeeper.store import WatcherRecord
 
 
 @app.command()
@@ -44,7 +49,7 @@ def run(
     state: StateOption = None,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 1,
 ) -> None:
-    """Run the agent in the foreground until SIGTERM or Ctrl-C."""
+    """Run the agent in the foreground until SIGTERM or Ctrl-C; SIGHUP reloads the config."""
     from watchkeeper.keeper import Keeper
 
     setup_logging(verbose)
@@ -53,7 +58,14 @@ def run(
         keeper = Keeper.from_config(cfg, state=state)
         if not keeper.watchers:
             err.print(f"[yellow]{config}: no watchers configured; nothing to watch.[/]")
-        run_until_signal(keeper, started=attach_dashboard(keeper, cfg.keeper))
+        announce = attach_dashboard(keeper, cfg.keeper)
+        reloader = Reloader(keeper, config)
+
+        def started() -> None:
+            reloader.started()
+            announce()
+
+        run_until_signal(keeper, started=started, reload=reloader)
     except WatchkeeperError as exc:
         fail(str(exc))
 
@@ -129,13 +141,22 @@ def status(
         fail(str(exc))
     finally:
         store.close()
+    note = running_note(store.path)
+    configured = None if note is None else set(note.watchers)
     health = read_health(store.path)
     threads = watcher_health(health)
+
+    def state_of(w: WatcherRecord) -> str:
+        if w.name in threads:
+            return threads[w.name][0]
+        removed = configured is not None and w.name not in configured
+        return "removed" if removed else _state(w.paused, w.failures)
+
     rows: list[dict[str, Any]] = [
         {
             "name": w.name,
             "kind": w.kind,
-            "state": threads[w.name][0] if w.name in threads else _state(w.paused, w.failures),
+            "state": state_of(w),
             "last_check": iso_utc(w.last_check) if w.last_check else None,
             "next_check": iso_utc(w.next_check) if w.next_check else None,
             "failures": w.failures,
@@ -146,6 +167,7 @@ def status(
     ]
     if as_json:
         doc = {
+            "agent": None if note is None else asdict(note),
             "watchers": rows,
             "notifiers": {
                 name: {**c, "last_error": errors.get(name)} for name, c in counts.items()
@@ -157,8 +179,9 @@ def status(
     table = Table(title="watchers", title_justify="left")
     for column in ("name", "kind", "state", "last check", "next check", "checks", "last error"):
         table.add_column(column)
+    styles = {"ok": "green", "paused": "yellow", "restarting": "yellow", "removed": "dim"}
     for row, w in zip(rows, watchers, strict=True):
-        style = {"ok": "green", "paused": "yellow", "restarting": "yellow"}.get(row["state"], "red")
+        style = styles.get(row["state"], "red")
         table.add_row(
             Text(terminal_safe(w.name)),
             Text(terminal_safe(w.kind)),
@@ -182,6 +205,27 @@ def status(
             Text(terminal_safe((errors.get(name) or "")[:80])),
         )
     out.print(notifiers)
+    if note is not None:
+        out.print(agent_lines(note))
+
+
+def agent_lines(note: AgentNote) -> Text:
+    """The running agent, its config's load time, and the last reload's outcome."""
+    text = Text(f"agent: pid {note.pid}, {note.config}, loaded {_ago(note.loaded_at)}")
+    if note.reload_at is not None:
+        verdict = "applied" if note.reload_ok else "refused"
+        text.append(f"\nlast reload {_ago(note.reload_at)}: {verdict}")
+        for line in note.reload_lines:
+            text.append(f"\n  {line}", style=None if note.reload_ok else "red")
+    return text
+
+
+def running_note(path: Path) -> AgentNote | None:
+    """The note of the agent that holds the state file now; None when none runs."""
+    from watchkeeper.store import Store
+
+    note = read_note(path)
+    return note if note is not None and Store.holder(path) == note.pid else None
 
 
 def _print_health(health: dict[str, Any] | None) -> None:

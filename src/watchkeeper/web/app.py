@@ -38,7 +38,7 @@ from starlette.staticfiles import StaticFiles
 
 from watchkeeper.alerts import Severity
 from watchkeeper.bind import Bind
-from watchkeeper.quantities import format_duration, parse_duration
+from watchkeeper.quantities import format_duration, iso_utc, parse_duration
 from watchkeeper.store import Store
 from watchkeeper.supervisor import watcher_health
 from watchkeeper.watchers.base import WatcherConfig
@@ -218,6 +218,7 @@ async def overview(request: Request) -> Response:
         watchers=watcher_docs(store, threads(wk(request))),
         alerts=recent,
         running=running_names(wk(request)),
+        loaded_at=iso_utc(wk(request).keeper.loaded_at),
     )
 
 
