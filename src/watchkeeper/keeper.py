@@ -28,11 +28,11 @@ from watchkeeper.config import (
 )
 from watchkeeper.errors import ConfigError, StoreError
 from watchkeeper.notifiers import NOTIFIERS, Notifier, NotifierConfig
+from watchkeeper.pool import WatcherPool
 from watchkeeper.quantities import parse_duration
 from watchkeeper.reload import ReloadPlan, plan
 from watchkeeper.runtime import (
     Dispatcher,
-    WatcherPool,
     WatcherRun,
     WatcherThread,
     close_watcher,
