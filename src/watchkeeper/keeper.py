@@ -38,7 +38,7 @@ from watchkeeper.runtime import (
     close_watcher,
 )
 from watchkeeper.store import Route, Store
-from watchkeeper.supervisor import Revivable, Supervised, Supervisor
+from watchkeeper.supervisor import Revivable, Supervisor
 from watchkeeper.watchers import WATCHERS, Watcher, WatcherConfig
 from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
 
@@ -223,12 +223,13 @@ class Keeper:
                 store.claim()
                 supervisor = Supervisor(store, self.notifiers, self.routes, self._committed)
                 for notifier in self.notifiers:
-                    supervisor.watch("dispatcher", Dispatcher(notifier, store), _new_dispatcher)
+                    supervisor.watch_driver(Dispatcher(notifier, store))
                 self._runs = {
                     w.name: WatcherRun(w, store, self.routes, self._committed)
                     for w in self.watchers
                 }
-                _watch_drivers(supervisor, _drivers(list(self._runs.values())))
+                for driver in _drivers(list(self._runs.values())):
+                    supervisor.watch_driver(driver)
                 # A companion that cannot start (a busy address) stops the start before checks.
                 serving = [c for c in self._companions if c.prepare()]
             except BaseException:
@@ -365,7 +366,7 @@ class Keeper:
     def _supervise(self, companion: Companion) -> None:
         """Have the supervisor watch a served companion that can be revived."""
         if self._supervisor is not None and isinstance(companion, Revivable):
-            self._supervisor.watch(companion.kind, companion, _revived)
+            self._supervisor.watch_companion(companion)
 
     # -- reload ---------------------------------------------------------------------------------
 
@@ -434,7 +435,8 @@ class Keeper:
         self._runs = {n: r for n, r in self._runs.items() if n in keep} | runs
         started = _drivers(list(runs.values()))
         self._retired += [d for d in ending if d.is_alive()]
-        _watch_drivers(supervisor, started)
+        for driver in started:
+            supervisor.watch_driver(driver)
         for driver in started:
             driver.start()
         return sorted(stuck)
@@ -465,7 +467,7 @@ class Keeper:
         added = [Dispatcher(n, store) for n in self.notifiers if n.name in starting]
         self._retired += [d for d in ending if d.is_alive()]
         for dispatcher in added:
-            supervisor.watch("dispatcher", dispatcher, _new_dispatcher)
+            supervisor.watch_driver(dispatcher)
             dispatcher.start()
 
     def healthy(self) -> bool:
@@ -547,52 +549,10 @@ class Keeper:
                 log.exception("alert listener failed")
 
 
-def _watch_drivers(supervisor: Supervisor, drivers: list[WatcherThread | WatcherPool]) -> None:
-    """Have the supervisor watch watcher threads and pools (before or after they start)."""
-    for driver in drivers:
-        if isinstance(driver, WatcherPool):
-            names = [run.name for run in driver.runs]
-            supervisor.watch("pool", driver, _renewed_pool, names)
-        else:
-            supervisor.watch("watcher", driver, _new_watcher_thread, [driver.watcher_run.name])
-
-
-def _new_dispatcher(old: Supervised) -> Dispatcher:
-    """A crashed dispatcher's replacement, started."""
-    assert isinstance(old, Dispatcher)
-    dispatcher = Dispatcher(old.notifier, old.store, old.clock)
-    dispatcher.start()
-    return dispatcher
-
-
-def _new_watcher_thread(old: Supervised) -> WatcherThread:
-    """A crashed watcher thread's replacement, started; the watcher and its run are kept."""
-    assert isinstance(old, WatcherThread)
-    thread = WatcherThread(old.watcher_run)
-    thread.start()
-    return thread
-
-
-def _renewed_pool(old: Supervised) -> WatcherPool:
-    """A pool whose scheduler or processing thread crashed, renewed."""
-    assert isinstance(old, WatcherPool)
-    return old.renewed()
-
-
-def _revived(old: Supervised) -> Supervised:
-    """A companion (the dashboard), serving again."""
-    assert isinstance(old, Revivable)
-    old.revive()
-    return old
-
-
 def _close_crashed(thread: WatcherThread) -> None:
     """A watcher whose thread crashed is closed at stop (a stopped thread closes its own)."""
     if thread.failure is not None:
-        try:
-            thread.watcher_run.watcher.close()
-        except Exception:
-            log.exception("watcher %s: error while closing", thread.watcher_run.name)
+        close_watcher(thread.watcher_run.watcher)
 
 
 def _runs_of(driver: WatcherThread | WatcherPool) -> list[WatcherRun]:

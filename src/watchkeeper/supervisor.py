@@ -33,7 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.errors import StoreError
 from watchkeeper.notifiers.base import Notifier
-from watchkeeper.runtime import GuardedThread, backoff, error_text
+from watchkeeper.pool import WatcherPool
+from watchkeeper.runtime import Dispatcher, GuardedThread, WatcherThread, backoff, error_text
 from watchkeeper.store import Route, Store
 
 log = logging.getLogger("watchkeeper")
@@ -149,6 +150,19 @@ class Supervisor(GuardedThread):
         with self._lock:
             self._units.append(Unit(kind, driver, restart, tuple(watchers)))
         self._wake.set()
+
+    def watch_driver(self, driver: WatcherThread | WatcherPool | Dispatcher) -> None:
+        """Supervise one of the keeper's drivers, restarted as its kind needs."""
+        if isinstance(driver, WatcherPool):
+            self.watch("pool", driver, _renewed_pool, [run.name for run in driver.runs])
+        elif isinstance(driver, Dispatcher):
+            self.watch("dispatcher", driver, _new_dispatcher)
+        else:
+            self.watch("watcher", driver, _new_watcher_thread, [driver.watcher_run.name])
+
+    def watch_companion(self, companion: Revivable) -> None:
+        """Supervise a served companion (the dashboard): revived in place after a crash."""
+        self.watch(companion.kind, companion, _revived)
 
     def unwatch(self, driver: Supervised) -> None:
         """Stop supervising ``driver``, which is about to be ended on purpose (a reload)."""
@@ -316,6 +330,35 @@ class Supervisor(GuardedThread):
             return
         self._write_failed = False
         self._written = text
+
+
+def _new_dispatcher(old: Supervised) -> Dispatcher:
+    """A crashed dispatcher's replacement, started."""
+    assert isinstance(old, Dispatcher)
+    dispatcher = Dispatcher(old.notifier, old.store, old.clock)
+    dispatcher.start()
+    return dispatcher
+
+
+def _new_watcher_thread(old: Supervised) -> WatcherThread:
+    """A crashed watcher thread's replacement, started; the watcher and its run are kept."""
+    assert isinstance(old, WatcherThread)
+    thread = WatcherThread(old.watcher_run)
+    thread.start()
+    return thread
+
+
+def _renewed_pool(old: Supervised) -> WatcherPool:
+    """A pool whose scheduler or processing thread crashed, renewed."""
+    assert isinstance(old, WatcherPool)
+    return old.renewed()
+
+
+def _revived(old: Supervised) -> Supervised:
+    """A companion (the dashboard), serving again."""
+    assert isinstance(old, Revivable)
+    old.revive()
+    return old
 
 
 def crash_alert(unit: Unit) -> Alert:
