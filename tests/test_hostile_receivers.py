@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import RecordingServer, smtp_spec, wait_until
 from watchkeeper import Keeper, Observation
@@ -278,3 +280,71 @@ def test_smtp_sends_no_8bit_byte_to_a_server_that_does_not_offer_8bitmime(
     assert got["data"].isascii()
     received = message_from_bytes(got["data"], policy=policy.default)
     assert "naïve text" in received.get_body().get_content()  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def answering_smtp() -> Iterator[tuple[PerRecipient, int]]:
+    """One aiosmtpd server for many examples; its handler's answers are set per example."""
+    from aiosmtpd.controller import Controller
+
+    handler = PerRecipient({})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield handler, port
+    controller.stop()
+
+
+RECIPIENTS = [f"r{n}@example.com" for n in range(3)]
+ANSWERS = {"250": "250 OK", "450": "450 busy", "550": "550 no such user"}
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.lists(st.sampled_from(sorted(ANSWERS)), min_size=4, max_size=4), min_size=3, max_size=3
+    )
+)
+def test_smtp_per_recipient_outcomes_match_an_oracle(
+    answering_smtp: tuple[PerRecipient, int], plans: list[list[str]]
+) -> None:
+    """Random RCPT answers per recipient and attempt; each recipient gets the mail at most once,
+    exactly when the oracle says, and the delivery ends as the oracle says."""
+    handler, port = answering_smtp
+    handler.got.clear()
+    handler.answers = {
+        r: [ANSWERS[a] for a in plan] for r, plan in zip(RECIPIENTS, plans, strict=True)
+    }
+    # The oracle: a recipient is asked once per attempt until it got a 250 or a 550.
+    expected_sent, refused = set(), set()
+    for attempt in range(4):
+        for recipient, plan in zip(RECIPIENTS, plans, strict=True):
+            if recipient in expected_sent or recipient in refused:
+                continue
+            if plan[attempt] == "250":
+                expected_sent.add(recipient)
+            elif plan[attempt] == "550":
+                refused.add(recipient)
+        if len(expected_sent) + len(refused) == len(RECIPIENTS):
+            break
+    notifier = build_notifier(smtp_spec(port, to=RECIPIENTS))
+    one = alert()
+    outcome = "pending"
+    for _ in range(4):
+        try:
+            notifier.send(one)
+        except TransientDeliveryError:
+            continue
+        except PermanentDeliveryError:
+            outcome = "failed"
+            break
+        outcome = "sent"
+        break
+    got = [r for rcpts, _, _ in handler.got for r in rcpts]
+    assert sorted(got) == sorted(expected_sent)  # once each, and only those
+    done = len(expected_sent) + len(refused) == len(RECIPIENTS)
+    assert outcome == ("pending" if not done else "failed" if refused else "sent")
