@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -221,3 +222,30 @@ def _try_json(url: str) -> object:
         return httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}).json()
     except (httpx.HTTPError, json.JSONDecodeError):
         return None
+
+
+def test_a_body_trickled_too_slowly_is_answered_408(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from watchkeeper.web.limits import BodyLimitMiddleware
+
+    real_init = BodyLimitMiddleware.__init__
+
+    def quick(self: BodyLimitMiddleware, app: Any, limit: int = 65536) -> None:
+        real_init(self, app, limit)
+        self.timeout = 0.5
+
+    monkeypatch.setattr(BodyLimitMiddleware, "__init__", quick)
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.every(3600, lambda: None, name="idle")
+    served = serve_dashboard(keeper, "127.0.0.1:0", token=TOKEN)
+    with keeper, connect(served) as sock:
+        started = time.monotonic()
+        sock.sendall(
+            b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 100\r\n\r\ntoken=abc"  # and the other 91 bytes never come
+        )
+        reply = answer(sock)
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 5

@@ -2,7 +2,8 @@
 
 - **Bodies** are capped at :data:`MAX_BODY` (every POST, ``/login`` included): a declared
   ``Content-Length`` over it is answered 413 before a byte is read, and a chunked body is cut off
-  at the limit, so nothing is ever buffered past it.
+  at the limit, so nothing is ever buffered past it. A body must also arrive within
+  :data:`BODY_TIMEOUT` (408 otherwise), so a client cannot hold a request open by trickling it.
 - **Connections**: a client gets :data:`HEADER_TIMEOUT` to send a request's headers (uvicorn has
   no such timeout: a socket that never finishes its headers would be held for ever), an idle
   keep-alive connection :data:`KEEP_ALIVE` seconds, and at most :func:`connection_limit`
@@ -27,6 +28,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 MAX_BODY = 64 * 1024
 """Largest request body any route takes (forms are a few hundred bytes)."""
+BODY_TIMEOUT = 10.0
+"""Seconds a request's whole body may take to arrive."""
 HEADER_TIMEOUT = 10.0
 """Seconds a client has to send a request's headers, on a new or a kept-alive connection."""
 KEEP_ALIVE = 5.0
@@ -66,6 +69,7 @@ class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
         self.app = app
         self.limit = limit
+        self.timeout = BODY_TIMEOUT
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,18 +77,27 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._too_large(scope, receive, send)
+            await _refuse(413, f"request body over {self.limit} bytes", send)
             return
         seen = 0
         started = False
+        complete = False  # the body is in: later receives wait for a disconnect (streams)
+        deadline = asyncio.get_running_loop().time() + self.timeout
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:
+                return await receive()
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(remaining, 0.0))
+            except TimeoutError:
+                raise _TooSlow from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise _TooLarge
+                complete = not message.get("more_body", False)
             return message
 
         async def watched(message: Message) -> None:
@@ -96,19 +109,29 @@ class BodyLimitMiddleware:
             await self.app(scope, counted, watched)
         except _TooLarge:
             if not started:
-                await self._too_large(scope, receive, send)
+                await _refuse(413, f"request body over {self.limit} bytes", send)
+        except _TooSlow:
+            if not started:
+                await _refuse(408, f"request body not sent within {self.timeout:.0f}s", send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            {"error": f"request body over {self.limit} bytes"},
-            status_code=413,
-            headers={"Connection": "close"},
-        )
-        await response(scope, receive, send)
+
+async def _refuse(status: int, error: str, send: Send) -> None:
+    """Answer ``status`` with a JSON error and close the connection."""
+    response = JSONResponse({"error": error}, status_code=status, headers={"Connection": "close"})
+    await response({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> Message:
+    """A request whose body is not read (any more)."""
+    return {"type": "http.disconnect"}
 
 
 class _TooLarge(Exception):
     """A streamed body went over the limit."""
+
+
+class _TooSlow(Exception):
+    """A body did not arrive in time."""
 
 
 class LoginLimiter:
