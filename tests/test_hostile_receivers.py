@@ -113,7 +113,7 @@ def test_a_webhook_that_drips_its_answer_is_cut_off_at_the_deadline(raw_server: 
     started = time.monotonic()
     with pytest.raises(TransientDeliveryError, match=r"timed out|deadline"):
         notifier.send(alert())
-    assert time.monotonic() - started < 4  # not 60 s: every byte came within the step timeout
+    assert time.monotonic() - started < 10  # not 60 s: every byte came within the step timeout
     notifier.close()
 
 
@@ -163,7 +163,7 @@ def test_an_smtp_server_that_drips_its_greeting_is_cut_off_at_the_deadline(
     started = time.monotonic()
     with pytest.raises(TransientDeliveryError, match=r"timed out|deadline"):
         notifier.send(alert())
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < 10  # the deadline (1.5 s), with room for a loaded machine
 
 
 class PerRecipient:

@@ -90,7 +90,7 @@ def test_unfinished_headers_are_timed_out(
     with connect(dashboard) as sock:
         sock.sendall(b"GET /api/watchers HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
         assert answer(sock) == b""  # closed by the server
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10  # 0.5 s, with room for a loaded machine
     with connect(dashboard) as sock:  # a finished request is answered, then the next one waits
         sock.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert sock.recv(12) == b"HTTP/1.1 200"
@@ -248,4 +248,4 @@ def test_a_body_trickled_too_slowly_is_answered_408(
         )
         reply = answer(sock)
     assert reply.startswith(b"HTTP/1.1 408 ")
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10
