@@ -80,9 +80,9 @@ class Revivable(Supervised, Protocol):
         ...
 
 
-@dataclass
+@dataclass(eq=False)
 class Unit:
-    """One supervised unit and what the supervisor knows of it."""
+    """One supervised unit and what the supervisor knows of it (compared by identity)."""
 
     kind: str
     """``watcher``, ``pool``, ``dispatcher`` or ``dashboard``."""
