@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 from watchkeeper import Observation
@@ -48,3 +50,38 @@ def fire() -> list[Observation]:
 def steady() -> None:
     """A second watcher that is always fine."""
     return None
+
+
+# For the reload tests, in the test's own process: a check that holds until released, counting
+# how many run at once (a reload must never run one watcher's check twice at the same time).
+release = threading.Event()
+held_counts = {"running": 0, "most_at_once": 0}
+_running_lock = threading.Lock()
+
+
+def held() -> Observation:
+    """Wait for ``release`` (at most 30 s), then report a condition."""
+    with _running_lock:
+        held_counts["running"] += 1
+        held_counts["most_at_once"] = max(held_counts["most_at_once"], held_counts["running"])
+    try:
+        release.wait(30)
+    finally:
+        with _running_lock:
+            held_counts["running"] -= 1
+    return Observation("disk full", severity="error", key="disk")
+
+
+def slow_stop() -> None:
+    """A check that takes a second: an agent stopping during it waits for it."""
+    time.sleep(1.0)  # the work of a slow check, not synchronisation
+
+
+queue: list[str] = []
+"""Titles the ``queued`` check turns into event alerts, one check later."""
+
+
+def queued() -> list[Observation]:
+    found = [Observation(title, event=True) for title in queue]
+    queue.clear()
+    return found

@@ -109,6 +109,7 @@ class RecordingServer:
     requests: list[Recorded] = field(default_factory=list)
     status: int = 200
     delay: float = 0.0  # seconds the server takes to answer, like a slow receiver
+    arrived: int = 0  # requests whose body was read (recorded once answered)
     headers: dict[str, str] = field(default_factory=dict)  # sent with every answer
     changed: threading.Condition = field(default_factory=threading.Condition)
 
@@ -135,6 +136,9 @@ def http_receiver() -> Iterator[RecordingServer]:
             rec = holder["server"]
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
+            with rec.changed:
+                rec.arrived += 1
+                rec.changed.notify_all()
             if rec.delay:
                 time.sleep(rec.delay)  # the receiver's own slowness, not test synchronisation
             with rec.changed:

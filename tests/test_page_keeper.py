@@ -254,12 +254,12 @@ def test_reload_restarts_the_page_pool_from_checkpoints(tmp_path: Path, site: Si
         wait_until(lambda: site.hits["/one"] >= 2)
         changes = wk.reload(config(first, second))
         assert changes.describe() == ["added watcher 'two'"]
-        assert changes.pools == {"page"}  # the pool restarts whole, "one" from its checkpoint
+        assert changes.plan.pools == {"page"}  # the pool restarts whole, "one" from its checkpoint
         wait_until(lambda: site.hits["/two"] >= 2)
         site.html("/one", links("b", "a"))
         site.html("/two", links("y", "x"))
         wait_until(lambda: len(alerts(out)) >= 2)
-        assert wk.reload(config(first, second)).empty  # the same config changes nothing
+        assert wk.reload(config(first, second)).plan.empty  # the same config changes nothing
         hits = site.hits["/one"]
         wait_until(lambda: site.hits["/one"] >= hits + 2)
     assert sorted(a["title"] for a in alerts(out)) == ["one: B", "two: Y"]  # A and X: known

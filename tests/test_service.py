@@ -120,14 +120,11 @@ def test_reload_adds_changes_and_removes_under_a_stream_with_nothing_lost_or_rep
     assert "added notifier 'n2'" in added.stdout
     wait_until(lambda: a.written > 150)
 
-    # `watchkeeper reload` checks first and does not signal; SIGHUP (systemctl) is refused.
+    # The agent checks the config with its own environment, refuses it, and says why.
     refused = reload(tmp_path, config_text(["a", "b"], ["n1", "n2"], broken=True))
     assert refused.returncode == 1
-    assert "[[log]] #3 (name 'bad'): every:" in refused.stderr  # where and what
-    assert "not reloaded" in refused.stderr
-    agent.send_signal(signal.SIGHUP)
-    note = wait_until(lambda: (n := read_note(state)) and n.reload_ok is False and n)
-    assert any("(name 'bad'): every:" in line for line in note.reload_lines)
+    assert "refused; the running config stays" in refused.stdout
+    assert "[[log]] #3 (name 'bad'): every:" in refused.stdout  # where and what
     status = run_cli("status", "-c", "watchkeeper.toml", "--state", "state.db", cwd=tmp_path)
     assert "last reload" in status.stdout
     assert "refused" in status.stdout
@@ -200,22 +197,23 @@ def test_sd_notify_ready_watchdog_reload_and_stopping(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    received: list[str] = []
+    received: list[list[str]] = []  # one list of fields per datagram
 
-    def until(field: str) -> None:
-        while field not in received:
-            received.extend(listener.recv(4096).decode().split("\n"))
+    def until(field: str) -> list[str]:
+        while True:
+            datagram = listener.recv(4096).decode().split("\n")
+            received.append(datagram)
+            if field in datagram:
+                return datagram
 
     try:
         until("READY=1")
         until("WATCHDOG=1")
-        received.clear()
         until("WATCHDOG=1")  # again: a steady ping
         proc.send_signal(signal.SIGHUP)
-        received.clear()
-        until("RELOADING=1")
-        assert any(f.startswith("MONOTONIC_USEC=") for f in received)
-        received.clear()
+        reloading = until("RELOADING=1")
+        # systemd matches the READY=1 that ends a reload by this stamp, in the same datagram.
+        assert any(f.startswith("MONOTONIC_USEC=") for f in reloading)
         until("READY=1")
         proc.send_signal(signal.SIGTERM)
         until("STOPPING=1")
@@ -326,3 +324,34 @@ def test_reload_with_no_agent_running_says_so(tmp_path: Path) -> None:
     done = run_cli("reload", "-c", "watchkeeper.toml", cwd=tmp_path)
     assert done.returncode == 1
     assert "no agent is running with state file" in done.stderr
+
+
+def test_a_hangup_or_a_second_interrupt_during_the_stop_does_not_kill_the_agent(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "watchkeeper.toml").write_text(
+        '[keeper]\nstate = "state.db"\ndashboard = false\nshutdown_timeout = "5s"\n\n'
+        '[[custom]]\nname = "slow"\nevery = "10ms"\ncall = "tests.agent_checks:slow_stop"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "watchkeeper", "run", "-c", "watchkeeper.toml", "-vv"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: read_note(tmp_path / "state.db"), timeout=30)
+        proc.send_signal(signal.SIGTERM)  # the stop waits for the second-long check in progress
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the stop has begun once the agent says so
+            if "keeper stopping" in line:
+                break
+        proc.send_signal(signal.SIGHUP)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

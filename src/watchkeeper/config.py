@@ -114,6 +114,17 @@ class Config(BaseModel):
 def load_config(path: str | Path) -> Config:
     """Read, interpolate and validate a config file, or raise ConfigError listing every problem."""
     path = Path(path)
+    data = _read_toml(path)
+    try:
+        return parse_config(data, source=str(path), base=path.parent)
+    except RecursionError:  # interpolation and validation recurse once per nesting level too
+        raise ConfigError(f"{path}: {NESTED}") from None
+
+
+NESTED = "arrays or tables are nested too deeply to be a watchkeeper config"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -123,14 +134,36 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
     try:
-        data = tomllib.loads(text)
-        return parse_config(data, source=str(path), base=path.parent)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    except RecursionError:  # tomllib and the checks below recurse once per nesting level
-        raise ConfigError(
-            f"{path}: arrays or tables are nested too deeply to be a watchkeeper config"
-        ) from None
+    except RecursionError:  # tomllib recurses once per nesting level
+        raise ConfigError(f"{path}: {NESTED}") from None
+
+
+def state_location(path: str | Path) -> Path | None:
+    """The ``[keeper] state`` a config file names, resolved as :func:`load_config` would, without
+    validating the rest: an admin's shell may lack the service's secrets, which only the agent
+    needs (``watchkeeper status`` and ``reload`` only need to find the state)."""
+    path = Path(path)
+    keeper = _read_toml(path).get("keeper")
+    raw = keeper.get("state") if isinstance(keeper, dict) else None
+    if not isinstance(raw, str):
+        return None
+    errors: list[str] = []
+    state = Path(_interpolate(raw, str(path), ["keeper", "state"], errors))
+    if errors:
+        raise ConfigError(errors)
+    return _state_path(state, path.parent)
+
+
+def _state_path(state: Path, base: Path) -> Path:
+    """A relative state goes under $STATE_DIRECTORY (systemd's StateDirectory=) when it is set:
+    under the unit, the config's folder is read-only; else under the config's folder."""
+    if state.is_absolute():
+        return state
+    service_state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(service_state) / state if service_state else base / state
 
 
 def parse_config(
@@ -171,11 +204,8 @@ def parse_config(
     if errors:
         raise ConfigError(errors)
     if base is not None:
-        state = config.keeper.state
-        service_state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-        if state is not None and not state.is_absolute() and service_state:
-            # Under systemd (StateDirectory=) the config folder is read-only: state goes there.
-            config.keeper.state = Path(service_state) / state
+        if config.keeper.state is not None:
+            config.keeper.state = _state_path(config.keeper.state, base)
         for model in [config.keeper, *config.notify, *config.watchers]:
             resolve_paths(model, base)
     return config

@@ -84,10 +84,12 @@ def run_until_signal(
             tick = TICK if watchdog is None else min(TICK, watchdog)
             wake.wait(tick if remaining is None else min(tick, remaining))
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         sdnotify.notify("STOPPING=1")
-        keeper.stop()
+        try:
+            keeper.stop()  # our handlers stay: a SIGHUP or a second Ctrl-C now only sets a flag
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def _reload(reload: Callable[[], None] | None) -> None:

@@ -9,6 +9,7 @@ in the outbox and goes out at the next start against the same state file.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import sys
 import threading
@@ -30,7 +31,7 @@ from watchkeeper.errors import ConfigError, StoreError
 from watchkeeper.notifiers import NOTIFIERS, Notifier, NotifierConfig
 from watchkeeper.pool import WatcherPool
 from watchkeeper.quantities import parse_duration
-from watchkeeper.reload import ReloadPlan, plan
+from watchkeeper.reload import Handover, Handovers, Part, ReloadBusy, ReloadResult, plan
 from watchkeeper.runtime import (
     Dispatcher,
     WatcherRun,
@@ -87,14 +88,15 @@ class Keeper:
         self.store: Store | None = None
         self._runs: dict[str, WatcherRun] = {}
         self._supervisor: Supervisor | None = None
-        self._retired: list[WatcherThread | WatcherPool | Dispatcher] = []
-        """Drivers a reload replaced that had not ended yet: stop still waits for them."""
         self._listeners: list[Callable[[list[Alert]], None]] = []
         self._lock = threading.Lock()
         self._started = False
         self._companions: list[Companion] = []
         self._stopped_clean = True
         self._reload_lock = threading.Lock()
+        self._handovers: list[Handover] = []
+        self._retiring: list[Part] = []
+        self._reported_dead: set[str] = set()
         self.loaded_at = time.time()
         """When the running config was loaded (start, or the last reload that applied)."""
 
@@ -276,6 +278,7 @@ class Keeper:
                 return self._stopped_clean
             self._started = False
             atexit.unregister(self._at_exit)
+        log.info("keeper stopping: checks in progress end, then pending alerts are delivered")
         if self._supervisor is not None:
             self._supervisor.stop()  # no restarts from here on
         for companion in self._companions:
@@ -291,27 +294,27 @@ class Keeper:
         assert supervisor is not None
         if supervisor is not me:
             supervisor.join(max(0.0, deadline - time.monotonic()))
-        retired = self._retired
-        watching: list[WatcherThread | WatcherPool] = supervisor.drivers("watcher", "pool")
-        watching += [d for d in retired if not isinstance(d, Dispatcher)]
-        dispatchers: list[Dispatcher] = supervisor.drivers("dispatcher")
-        dispatchers += [d for d in retired if isinstance(d, Dispatcher)]
+        watching = self._drivers
+        dispatchers = self._dispatchers
         for driver in watching:
             driver.stop()
-        # Watchers get half the budget to finish a check in progress (and commit its alerts).
+        # Watchers get half the budget to finish a check in progress (and commit its alerts);
+        # parts a reload was replacing were told to stop already, and end within it too.
         half = time.monotonic() + budget / 2
-        for driver in watching:
-            if driver is not me:
-                driver.join(max(0.0, half - time.monotonic()))
-            if isinstance(driver, WatcherThread) and not driver.is_alive():
-                _close_crashed(driver)
+        for part in [*watching, *self._retiring]:
+            if part is not me:
+                part.join(max(0.0, half - time.monotonic()))
+            if isinstance(part, WatcherThread) and not part.is_alive():
+                _close_crashed(part)
         wall_deadline = time.time() + max(0.0, deadline - time.monotonic())
         for dispatcher in dispatchers:
             dispatcher.flush(wall_deadline, at_exit=at_exit)
         for dispatcher in dispatchers:
             if dispatcher.is_alive():
                 dispatcher.join(max(0.0, deadline - time.monotonic()))
-        drivers = [*watching, *dispatchers, supervisor]
+        for handover in self._handovers:
+            handover.join(max(0.0, deadline - time.monotonic()))
+        drivers = [*watching, *dispatchers, *self._retiring, supervisor]
         alive = [d.name for d in drivers if d.is_alive() and d is not me]
         unmarked = store.flush_marks()
         if unmarked:
@@ -370,110 +373,163 @@ class Keeper:
 
     # -- reload ---------------------------------------------------------------------------------
 
-    def reload(self, config: Config, timeout: float = 30.0) -> ReloadPlan:
+    def reload(self, config: Config, wait: float = 5.0) -> ReloadResult:
         """Run ``config`` from now on, without a restart; return what changed.
 
         The whole config is built first: if anything in it is wrong, ConfigError is raised and
-        nothing changed. Then watchers added start, removed ones stop (their stored state stays,
-        for history), changed ones stop and start again from their stored checkpoint, and
-        notifiers are swapped by name, their pending deliveries kept. A part stops before its
-        replacement starts, so no check runs twice at once and nothing is produced twice; a
-        watcher whose check does not end within ``timeout`` is left stopping and not replaced
-        (RuntimeError says which). The dashboard's address and token need a restart.
+        nothing changed. Then the new set of notifiers routes every alert committed from now on;
+        watchers and notifiers added start; removed ones stop (their stored state stays);
+        changed ones stop and their replacements start once they have ended, from the stored
+        checkpoint, so no check runs twice at once and nothing is produced or sent twice. An old
+        part ends after the check or send in progress: this waits up to ``wait`` seconds for the
+        handovers, and the result names the ones still waiting (they complete by themselves).
+        A reload while an earlier one still waits raises :class:`ReloadBusy`.
         """
         notifiers, watchers = build_from_config(config)
-        _unique([n.name for n in notifiers], "notifier")
-        with self._reload_lock:
-            store = self.store
-            if not self._started or store is None:
-                _close_all(notifiers, watchers)
+        try:
+            _unique([n.name for n in notifiers], "notifier")
+            with self._reload_lock, self._no_restarts():
+                handovers = self._begin_reload(config, notifiers, watchers)
+        except BaseException:
+            _close_all(notifiers, watchers)
+            raise
+        deadline = time.monotonic() + wait
+        for unit in handovers:
+            unit.join(max(0.0, deadline - time.monotonic()))
+        result = ReloadResult(handovers.plan, sorted(handovers.waiting()))
+        for line in result.describe():
+            log.info("reload: %s", line)
+        return result
+
+    def _begin_reload(
+        self, config: Config, notifiers: list[Notifier], watchers: list[Watcher]
+    ) -> Handovers:
+        """Switch routing and stop the old parts now; hand the new ones to handover threads."""
+        with self._lock:
+            if not self._started or self.store is None:
                 raise RuntimeError("reload a running keeper; build a new one instead")
+            busy = sorted({n for h in self._handovers if h.is_alive() for n in h.names})
+            if busy:
+                raise ReloadBusy(
+                    "an earlier reload still waits for the check or send in progress of "
+                    f"{', '.join(busy)}; reload again when it has ended"
+                )
             changes = plan((self.watchers, watchers), (self.notifiers, notifiers))
             self.shutdown_timeout = config.keeper.shutdown_timeout
             self.loaded_at = time.time()
-            if changes.empty:
-                _close_all(notifiers, watchers)
-                return changes
-            supervisor = self._supervisor
-            assert supervisor is not None
-            with supervisor.holding():  # no restart swaps a driver under the reload's feet
-                stuck = self._swap_watchers(changes, watchers, store, timeout)
-                self._swap_notifiers(changes, notifiers, store, timeout)
-        for line in changes.describe():
-            log.info("reload: %s", line)
-        if stuck:
-            raise RuntimeError(f"reload: still stopping, not restarted: {', '.join(stuck)}")
-        return changes
+            handovers = Handovers(changes)
+            # Watchers: a thread each, or a whole pool per kind the plan touches.
+            restart = changes.watchers.stopping | {
+                w.name for w in self.watchers if w.kind in changes.pools
+            }
+            starting = changes.watchers.starting | {
+                w.name for w in watchers if w.kind in changes.pools
+            }
+            new_watchers = {w.name: w for w in watchers}
+            for driver in [d for d in self._drivers if any(r.name in restart for r in _runs_of(d))]:
+                names = [r.name for r in _runs_of(driver)]
+                if isinstance(driver, WatcherPool):  # the pool's kind: every new member
+                    kind = driver.runs[0].watcher.kind
+                    fresh = [w for w in watchers if w.kind == kind]
+                else:
+                    fresh = [new_watchers[n] for n in names if n in starting]
+                label = f"driver:{driver.name}"
+                handovers.add(Handover(label, names, [driver], fresh, [], [], names))
+            started = {w.name for unit in handovers for w in unit.watchers}
+            groups: dict[str, list[Watcher]] = {}  # added: one pool per new pooled kind
+            for name in sorted(starting - started):
+                watcher = new_watchers[name]
+                groups.setdefault(watcher.kind if watcher.pool_size else name, []).append(watcher)
+            for key, group in groups.items():
+                names = [w.name for w in group]
+                handovers.add(Handover(f"start:{key}", names, [], group, [], [], []))
+            keep = {w.name: w for w in self.watchers if w.name not in restart}
+            for unused in watchers:
+                if unused.name in keep:
+                    close_watcher(unused)
+            self.watchers = [keep.get(w.name, w) for w in watchers]
+            # Notifiers: routing changes at once; a dispatcher is replaced once it has ended.
+            old_notifiers = {n.name: n for n in self.notifiers}
+            dispatchers = {d.notifier.name: d for d in self._dispatchers}
+            for name in changes.notifiers.stopping | changes.notifiers.starting:
+                new = [
+                    n for n in notifiers if n.name == name and name in changes.notifiers.starting
+                ]
+                old = dispatchers.get(name)
+                old_parts = [] if old is None or name not in changes.notifiers.stopping else [old]
+                closing = [old_notifiers[name]] if old_parts else []
+                label = f"notifier:{name}"
+                handovers.add(Handover(label, [name], old_parts, [], new, closing, []))
+            kept = {n.name: n for n in self.notifiers if n.name not in changes.notifiers.stopping}
+            for spare in notifiers:
+                if spare.name in kept:
+                    spare.close()
+            self.notifiers = [kept.get(n.name, n) for n in notifiers]
+            for unit in handovers:
+                for part in unit.ending:
+                    self._retire(part)
+            for unit in handovers:
+                thread = threading.Thread(
+                    target=self._hand_over, args=(unit,), name=f"watchkeeper:reload:{unit.label}"
+                )
+                thread.daemon = True
+                unit.thread = thread
+                self._handovers.append(unit)
+                thread.start()
+            return handovers
 
-    def _swap_watchers(
-        self, changes: ReloadPlan, watchers: list[Watcher], store: Store, timeout: float
-    ) -> list[str]:
-        """Stop the drivers the plan touches, start their replacements; return the stuck."""
-        pooled = changes.pools
-        restart = changes.watchers.stopping | {w.name for w in self.watchers if w.kind in pooled}
+    def _no_restarts(self) -> contextlib.AbstractContextManager[object]:
+        """Held while a reload picks and retires drivers: no restart swaps one meanwhile."""
         supervisor = self._supervisor
-        assert supervisor is not None
-        running: list[WatcherThread | WatcherPool] = supervisor.drivers("watcher", "pool")
-        ending = [d for d in running if any(r.name in restart for r in _runs_of(d))]
-        for driver in ending:
-            supervisor.unwatch(driver)  # ending on purpose: not a crash to restart
-            driver.stop()
-        deadline = time.monotonic() + timeout
-        for driver in ending:
-            driver.join(max(0.0, deadline - time.monotonic()))
-        stuck = {run.name for d in ending if d.is_alive() for run in _runs_of(d)}
-        keep = {w.name: w for w in self.watchers if w.name not in restart}
-        starting = changes.watchers.starting | {w.name for w in watchers if w.kind in pooled}
-        fresh = {w.name: w for w in watchers if w.name in starting - stuck}
-        for unused in watchers:
-            if unused.name not in fresh:
-                close_watcher(unused)
-        self.watchers = [
-            keep.get(w.name) or fresh[w.name] for w in watchers if w.name in keep | fresh
-        ]
-        runs = {n: WatcherRun(w, store, self.routes, self._committed) for n, w in fresh.items()}
-        self._runs = {n: r for n, r in self._runs.items() if n in keep} | runs
-        started = _drivers(list(runs.values()))
-        self._retired += [d for d in ending if d.is_alive()]
-        for driver in started:
-            supervisor.watch_driver(driver)
-        for driver in started:
-            driver.start()
-        return sorted(stuck)
+        return contextlib.nullcontext() if supervisor is None else supervisor.holding()
 
-    def _swap_notifiers(
-        self, changes: ReloadPlan, notifiers: list[Notifier], store: Store, timeout: float
-    ) -> None:
-        """Replace the dispatchers of changed and removed notifiers; start the added ones."""
-        stopping = changes.notifiers.stopping
-        supervisor = self._supervisor
-        assert supervisor is not None
-        dispatchers: list[Dispatcher] = supervisor.drivers("dispatcher")
-        ending = [d for d in dispatchers if d.notifier.name in stopping]
-        for dispatcher in ending:
-            supervisor.unwatch(dispatcher)  # ending on purpose: not a crash to restart
-            dispatcher.flush(time.time())  # ends after the send in progress; the rest waits
-        deadline = time.monotonic() + timeout
-        for dispatcher in ending:
-            dispatcher.join(max(0.0, deadline - time.monotonic()))
-            dispatcher.notifier.close()
-        starting = changes.notifiers.starting
-        kept = {n.name: n for n in self.notifiers if n.name not in stopping}
-        for unused in notifiers:
-            if unused.name not in starting:
-                unused.close()
-        self.notifiers = [kept.get(n.name, n) for n in notifiers]
-        supervisor.notifiers = list(self.notifiers)
-        added = [Dispatcher(n, store) for n in self.notifiers if n.name in starting]
-        self._retired += [d for d in ending if d.is_alive()]
-        for dispatcher in added:
-            supervisor.watch_driver(dispatcher)
-            dispatcher.start()
+    def _retire(self, part: Part) -> None:
+        """Ask an old part to end after the check or send in progress (call with the lock)."""
+        assert self._supervisor is not None
+        self._supervisor.unwatch(part)  # it ends on purpose: not a crash to restart
+        if isinstance(part, Dispatcher):
+            part.flush(time.time())  # nothing more is taken from the outbox
+        elif isinstance(part, WatcherThread | WatcherPool):
+            part.stop()
+        self._retiring.append(part)
+
+    def _hand_over(self, unit: Handover) -> None:
+        """Wait for a unit's old parts to end, then start its new ones (a handover thread)."""
+        for part in unit.ending:
+            part.join()
+        with self._lock:
+            self._retiring = [p for p in self._retiring if p.is_alive()]
+            for notifier in unit.closing:
+                notifier.close()
+            store = self.store
+            if not self._started or store is None:  # stopped meanwhile: start nothing
+                _close_all(unit.notifiers, unit.watchers)
+                return
+            for name in unit.replaces:
+                self._runs.pop(name, None)
+            runs = [WatcherRun(w, store, self.routes, self._committed) for w in unit.watchers]
+            self._runs.update((run.name, run) for run in runs)
+            drivers = _drivers(runs)
+            dispatchers = [Dispatcher(notifier, store) for notifier in unit.notifiers]
+            assert self._supervisor is not None
+            self._supervisor.notifiers = list(self.notifiers)
+            for part in [*dispatchers, *drivers]:
+                part.start()  # then watched: a part not started yet would look crashed
+                self._supervisor.watch_driver(part)
+
+    @property
+    def _drivers(self) -> list[WatcherThread | WatcherPool]:
+        """The watcher threads and pools running now (the supervisor's, replacements included)."""
+        return [] if self._supervisor is None else self._supervisor.drivers("watcher", "pool")
+
+    @property
+    def _dispatchers(self) -> list[Dispatcher]:
+        """The dispatchers running now (the supervisor's, replacements included)."""
+        return [] if self._supervisor is None else self._supervisor.drivers("dispatcher")
 
     def healthy(self) -> bool:
-        """The keeper runs, its supervisor too, and every thread it watches is alive, none of
-        them waiting for a restart (systemd's watchdog asks: a crash loop ends in a restart of
-        the whole process)."""
+        """The keeper runs and every thread it keeps running is alive (systemd's watchdog asks;
+        parts a reload is replacing do not count). A dead thread is logged once."""
         with self._lock:
             supervisor = self._supervisor
             if not self._started or supervisor is None:
@@ -499,28 +555,34 @@ class Keeper:
         """Run a watcher's next check at once."""
         self._run(name).wake()
 
+    # The controls hold the keeper's lock: a reload's handover makes a watcher's new run (which
+    # reads paused and muted from the store) under the same lock, so no pause falls between.
+
     def pause(self, name: str) -> None:
         """Pause a watcher (kept across restarts)."""
-        run = self._run(name)
-        assert self.store is not None
-        self.store.set_paused(name, True)
-        run.paused = True
+        with self._lock:
+            run = self._run(name)
+            assert self.store is not None
+            self.store.set_paused(name, True)
+            run.paused = True
 
     def resume(self, name: str) -> None:
         """Resume a paused watcher and check at once."""
-        run = self._run(name)
-        assert self.store is not None
-        self.store.set_paused(name, False)
-        run.paused = False
+        with self._lock:
+            run = self._run(name)
+            assert self.store is not None
+            self.store.set_paused(name, False)
+            run.paused = False
         run.wake()
 
     def mute(self, name: str, duration: float | str | None) -> None:
         """Record but do not deliver a watcher's alerts for a while (None: unmute)."""
-        run = self._run(name)
         until = None if duration is None else time.time() + parse_duration(duration)
-        assert self.store is not None
-        self.store.set_muted_until(name, until)
-        run.muted_until = until
+        with self._lock:
+            run = self._run(name)
+            assert self.store is not None
+            self.store.set_muted_until(name, until)
+            run.muted_until = until
 
     def _run(self, name: str) -> WatcherRun:
         try:

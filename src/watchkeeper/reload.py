@@ -13,11 +13,18 @@ runs, so any change among them restarts that kind's whole pool, every member fro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from watchkeeper.errors import WatchkeeperError
 from watchkeeper.notifiers import Notifier
 from watchkeeper.watchers import Watcher
+
+
+class ReloadBusy(WatchkeeperError):
+    """An earlier reload still waits for an old part to end; nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -92,3 +99,73 @@ def plan(
     touched = watcher_changes.stopping | watcher_changes.starting
     pools = {w.kind for side in watchers for w in side if w.pool_size and w.name in touched}
     return ReloadPlan(watcher_changes, compare(*notifiers), pools)
+
+
+class Part(Protocol):
+    """A running part a handover waits for: a watcher thread, a pool or a dispatcher."""
+
+    name: str
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+    def is_alive(self) -> bool: ...
+
+
+@dataclass
+class Handover:
+    """One swap: wait for the ``ending`` parts (told to stop), then start the new watchers and
+    notifiers, close the old notifiers in ``closing`` and drop the runs named in ``replaces``.
+    Each runs on a thread of its own, so one slow check delays only its own replacement."""
+
+    label: str
+    names: list[str]
+    ending: Sequence[Part]
+    watchers: list[Watcher]
+    notifiers: list[Notifier]
+    closing: list[Notifier]
+    replaces: list[str]
+    thread: threading.Thread | None = None
+
+    def is_alive(self) -> bool:
+        """Still waiting (or starting)."""
+        return self.thread is not None and self.thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the handover to end."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+
+@dataclass
+class Handovers:
+    """The handovers of one reload, and its plan."""
+
+    plan: ReloadPlan
+    units: list[Handover] = field(default_factory=list)
+
+    def add(self, unit: Handover) -> None:
+        """One more swap."""
+        self.units.append(unit)
+
+    def __iter__(self) -> Iterator[Handover]:
+        return iter(self.units)
+
+    def waiting(self) -> set[str]:
+        """Names whose handover has not ended."""
+        return {name for unit in self.units if unit.is_alive() for name in unit.names}
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What a reload changed, and the names still waiting for their old part to end."""
+
+    plan: ReloadPlan
+    waiting: list[str]
+
+    def describe(self) -> list[str]:
+        """One line per change, then what is still waiting (it completes by itself)."""
+        lines = self.plan.describe()
+        if self.waiting:
+            names = ", ".join(repr(name) for name in self.waiting)
+            lines.append(f"waiting for the check or send in progress to end: {names}")
+        return lines

@@ -31,6 +31,9 @@ from watchkeeper.errors import StoreError
 
 SCHEMA_VERSION = 2
 
+CLAIM_PATIENCE = 2.0
+"""Seconds a start waits for a lock held only by a brief probe (see :meth:`Store.holder`)."""
+
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE watchers (
@@ -260,16 +263,24 @@ class Store:
             handle = lock_path.open("a+")
         except OSError as exc:
             raise StoreError(f"cannot claim state file {self.path}: {exc}") from exc
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            handle.close()
-            raise StoreError(
-                f"state file {self.path} is in use by another running keeper (pid {holder}); "
-                "give each keeper its own state file"
-            ) from None
+        # `status` and `reload` probe the lock with a shared flock for an instant (holder()):
+        # a start that meets such a probe tries again for a moment instead of failing.
+        deadline = time.monotonic() + CLAIM_PATIENCE
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+                handle.seek(0)
+                holder = handle.read().strip() or "?"
+                handle.close()
+                raise StoreError(
+                    f"state file {self.path} is in use by another running keeper (pid {holder}); "
+                    "give each keeper its own state file"
+                ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -286,8 +297,12 @@ class Store:
         lock_path = Path(path).with_name(Path(path).name + ".lock")
         try:
             handle = lock_path.open("r")
-        except OSError:
+        except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read {lock_path}: {exc.strerror} (run this as the agent's user, or root)"
+            ) from exc
         with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -145,7 +145,8 @@ class Supervisor(GuardedThread):
         restart: Callable[[Supervised], Supervised],
         watchers: Sequence[str] = (),
     ) -> None:
-        """Supervise ``driver`` (started or about to be); ``restart`` replaces it after a crash."""
+        """Supervise ``driver``, started (or to be started before this supervisor starts);
+        ``restart`` replaces it after a crash."""
         driver.ended = self._wake.set
         with self._lock:
             self._units.append(Unit(kind, driver, restart, tuple(watchers)))
@@ -164,7 +165,7 @@ class Supervisor(GuardedThread):
         """Supervise a served companion (the dashboard): revived in place after a crash."""
         self.watch(companion.kind, companion, _revived)
 
-    def unwatch(self, driver: Supervised) -> None:
+    def unwatch(self, driver: object) -> None:
         """Stop supervising ``driver``, which is about to be ended on purpose (a reload)."""
         with self._lock:
             self._units = [u for u in self._units if u.current is not driver]

@@ -59,7 +59,7 @@ def run(
         if not keeper.watchers:
             err.print(f"[yellow]{config}: no watchers configured; nothing to watch.[/]")
         announce = attach_dashboard(keeper, cfg.keeper)
-        reloader = Reloader(keeper, config)
+        reloader = Reloader(keeper, config, cfg.keeper)
 
         def started() -> None:
             reloader.started()

@@ -78,13 +78,19 @@ def load(path: Path) -> Config:
 
 
 def state_path(config_path: Path, state: Path | None) -> Path:
-    """--state, else the config's [keeper] state, else the default; no config file is fine."""
-    from watchkeeper.config import default_state_path
+    """--state, else the config's [keeper] state, else the default; no config file is fine.
+
+    Only ``[keeper] state`` is read: the rest may name secrets this shell does not have.
+    """
+    from watchkeeper.config import default_state_path, state_location
 
     if state is not None:
         return state
     if config_path.exists():
-        configured = load(config_path).keeper.state
+        try:
+            configured = state_location(config_path)
+        except ConfigError as exc:
+            fail("\n".join(exc.errors))
         if configured is not None:
             return configured
     return default_state_path()

@@ -17,11 +17,21 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.text import Text
 
+from watchkeeper import sdnotify
 from watchkeeper.agentnote import AgentNote, read_note, write_note
-from watchkeeper.cli.helpers import DEFAULT_CONFIG, ConfigOption, StateOption, app, fail, out
-from watchkeeper.errors import ConfigError
+from watchkeeper.cli.helpers import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    StateOption,
+    app,
+    fail,
+    out,
+    state_path,
+)
+from watchkeeper.errors import ConfigError, WatchkeeperError
 
 if TYPE_CHECKING:
+    from watchkeeper.config import KeeperSettings
     from watchkeeper.keeper import Keeper
 
 log = logging.getLogger("watchkeeper")
@@ -30,9 +40,10 @@ log = logging.getLogger("watchkeeper")
 class Reloader:
     """Reloads a running agent's keeper from its config file, and keeps the note up to date."""
 
-    def __init__(self, keeper: Keeper, config: Path) -> None:
+    def __init__(self, keeper: Keeper, config: Path, settings: KeeperSettings) -> None:
         self.keeper = keeper
         self.config = config
+        self.settings = settings
         now = time.time()
         self.note = AgentNote(os.getpid(), str(config.absolute()), now, keeper.loaded_at)
 
@@ -44,23 +55,32 @@ class Reloader:
     def __call__(self) -> None:
         """Reload now (from the main loop, on SIGHUP)."""
         from watchkeeper.config import load_config
+        from watchkeeper.reload import ReloadBusy
 
         log.info("reload: reading %s", self.config)
         try:
-            changes = self.keeper.reload(load_config(self.config))
-        except ConfigError as exc:
-            lines = [f"refused; still running the config loaded before: {e}" for e in exc.errors]
+            config = load_config(self.config)
+            result = self.keeper.reload(config)
+        except (ConfigError, ReloadBusy) as exc:
+            errors = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
+            lines = [f"refused; the running config stays: {e}" for e in errors]
             self._record(False, lines)
             for line in lines:
                 log.error("reload %s", line)
             return
-        except RuntimeError as exc:  # a watcher that did not stop in time
-            self._record(False, [str(exc)])
-            log.error("%s", exc)
-            return
-        lines = changes.describe() or ["no change"]
+        lines = [*(result.describe() or ["no change"]), *self._needs_restart(config.keeper)]
         self._record(True, lines)
-        log.info("reload: done (%s)", "; ".join(lines))
+        log.info("reload: applied (%s)", "; ".join(lines))
+        sdnotify.notify(f"STATUS=watching: {len(self.keeper.watchers)} watchers (reloaded)")
+
+    def _needs_restart(self, settings: KeeperSettings) -> list[str]:
+        """What changed in ``[keeper]`` that only a restart applies."""
+        keys = [
+            key
+            for key in ("state", "dashboard", "token")
+            if getattr(settings, key) != getattr(self.settings, key)
+        ]
+        return [f"not applied until a restart: [keeper] {key}" for key in keys]
 
     def _record(self, ok: bool, lines: list[str]) -> None:
         self.note.reload_at = time.time()
@@ -81,20 +101,28 @@ class Reloader:
 def reload(
     config: ConfigOption = DEFAULT_CONFIG,
     state: StateOption = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the outcome.")] = 30.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the outcome.")] = 60.0,
 ) -> None:
-    """Check the config, make the running agent re-read it (SIGHUP), print what changed."""
-    from watchkeeper.config import default_state_path, load_config
+    """Make the running agent re-read its config (SIGHUP) and print what changed.
+
+    The agent checks the config itself, with its own environment (the service's secrets): an
+    invalid one is refused and its errors printed here (exit 1). systemd's ExecReload runs this.
+    """
     from watchkeeper.store import Store
 
+    path = state_path(config, state)
     try:
-        path = state or load_config(config).keeper.state or default_state_path()
-    except ConfigError as exc:
-        fail("\n".join([*exc.errors, "not reloaded: the agent keeps running its config"]))
-    pid = Store.holder(path)
+        pid = Store.holder(path)
+    except WatchkeeperError as exc:
+        fail(str(exc))
     if pid is None:
-        fail(f"no agent is running with state file {path}")
+        fail(
+            f"no agent is running with state file {path} (the config's [keeper] state, "
+            "under $STATE_DIRECTORY when relative and set; --state names another)"
+        )
     before = read_note(path)
+    if before is not None and before.pid == pid and Path(before.config) != config.absolute():
+        fail(f"the agent using {path} runs {before.config}, not {config.absolute()}")
     try:
         os.kill(pid, signal.SIGHUP)
     except OSError as exc:
