@@ -96,7 +96,6 @@ class Keeper:
         self._reload_lock = threading.Lock()
         self._handovers: list[Handover] = []
         self._retiring: list[Part] = []
-        self._reported_dead: set[str] = set()
         self.loaded_at = time.time()
         """When the running config was loaded (start, or the last reload that applied)."""
 
@@ -528,8 +527,9 @@ class Keeper:
         return [] if self._supervisor is None else self._supervisor.drivers("dispatcher")
 
     def healthy(self) -> bool:
-        """The keeper runs and every thread it keeps running is alive (systemd's watchdog asks;
-        parts a reload is replacing do not count). A dead thread is logged once."""
+        """The keeper runs, its supervisor too, and every thread the supervisor watches is alive,
+        none waiting for its restart (systemd's watchdog asks: a crash loop ends in a restart of
+        the process; parts a reload is replacing do not count). The supervisor logs each crash."""
         with self._lock:
             supervisor = self._supervisor
             if not self._started or supervisor is None:
