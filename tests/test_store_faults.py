@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RecordingServer, wait_until
+from tests.conftest import RecordingServer, run_cli, wait_until
 from watchkeeper import Keeper, Observation, StoreError
 from watchkeeper.store import Store
 
@@ -235,6 +235,18 @@ def test_a_full_disk_stops_nothing_and_everything_goes_out_once_after(
             lambda: any("cannot be recorded" in r.json()["title"] for r in http_receiver.requests)
         )
         assert all(u["state"] == "running" for u in keeper.health()["threads"])  # nothing died
+        # Another process sees it too, though the disk cannot take a byte more.
+        shown = wait_until(
+            lambda: (
+                (
+                    r := run_cli("status", "--state", str(small_disk / "wk.db"), cwd=tmp_path)
+                ).returncode
+                == 0
+                and "state file failing" in r.stdout
+                and r
+            )
+        )
+        assert "full" in shown.stdout
         resize(small_disk, "64m")
         wait_until(lambda: len(delivered(http_receiver)) >= total, timeout=60)
         wait_until(lambda: keeper.health()["store"]["state"] == "ok")

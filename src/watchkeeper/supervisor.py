@@ -13,8 +13,8 @@ is alerted straight through the notifiers, since the outbox cannot take the aler
 is alerted through the outbox. Sent marks the store could not take are retried here too.
 
 The health report is what ``/api/health``, ``/metrics`` and ``watchkeeper status`` show; the
-last two read it from ``<state>.health.json`` (another process cannot see this one's memory),
-which is rewritten when the report changes, and retried while the disk cannot take it.
+last reads it from ``<state>.health.json`` (another process cannot see this one's memory), which
+is rewritten in place when the report changes, so a full disk does not hide itself.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ STABLE_AFTER = 60.0
 """A restarted unit that has run this long is ``running`` again, its crash streak forgotten."""
 POLL = 1.0
 """The supervisor looks at every unit at least this often (a crash wakes it at once)."""
+HEALTH_SIZE = 64 * 1024
+"""Bytes of the health file, always: rewritten in place, it needs no new disk blocks."""
 FAULT_ALERT_AFTER = 10.0
 """A store fault lasting this long is alerted (a single busy moment is not)."""
 
@@ -313,24 +315,52 @@ class Supervisor(GuardedThread):
                 log.warning("notifier %s: cannot send the health alert: %s", notifier.name, exc)
 
     def _write_health(self) -> None:
-        """Rewrite ``<state>.health.json`` when the report changed (tried again while it fails)."""
+        """Rewrite ``<state>.health.json`` when the report changed (tried again while it fails).
+
+        The file has a fixed size (:data:`HEALTH_SIZE`, the JSON padded with spaces) and is
+        rewritten in place: that takes no new disk blocks, so a full disk, the very fault to
+        report, does not stop the report. Only its first writing makes a file (and renames it
+        into place, so no reader sees half of one).
+        """
         report = self.health()
         text = json.dumps(report, sort_keys=True)
+        if len(text) > HEALTH_SIZE:  # thousands of units: the ones in trouble are what matter
+            troubled = [u for u in report["threads"] if u["state"] != "running"]
+            text = json.dumps({**report, "threads": troubled[:100]}, sort_keys=True)
         if text == self._written:
             return
-        temporary = self.health_path.with_name(self.health_path.name + ".tmp")
+        padded = text.encode().ljust(HEALTH_SIZE)
         try:
-            temporary.write_text(text)
-            os.replace(temporary, self.health_path)
+            _overwrite(self.health_path, padded)
         except OSError as exc:
             if not self._write_failed:
                 log.warning("cannot write %s: %s", self.health_path, exc)
             self._write_failed = True
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
             return
         self._write_failed = False
         self._written = text
+
+
+def _overwrite(path: Path, data: bytes) -> None:
+    """Write ``data`` over a file of the same size in place, or make the file (atomically)."""
+    try:
+        if path.stat().st_size == len(data):
+            descriptor = os.open(path, os.O_WRONLY)
+            try:
+                os.pwrite(descriptor, data, 0)
+            finally:
+                os.close(descriptor)
+            return
+    except FileNotFoundError:
+        pass
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
 
 
 def _new_dispatcher(old: Supervised) -> Dispatcher:
@@ -402,9 +432,15 @@ def read_health(state: Path) -> dict[str, Any] | None:
     A report left by a process that no longer holds the state file (killed before it could
     remove it) is ignored: the state file's lock says who runs (:meth:`Store.holder`).
     """
-    try:
-        report = json.loads(health_path(state).read_text())
-    except (OSError, ValueError):
+    for _ in range(3):  # a read during an in-place rewrite may see half of each; read again
+        try:
+            report = json.loads(health_path(state).read_bytes())
+            break
+        except ValueError:
+            continue
+        except OSError:
+            return None
+    else:
         return None
     if not isinstance(report, dict) or Store.holder(state) != report.get("pid"):
         return None
