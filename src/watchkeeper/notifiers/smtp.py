@@ -53,6 +53,10 @@ time:     {{ created_at }}
 -- watchkeeper alert {{ uid }}
 """
 
+MAX_TRACKED = 10_000
+"""Alerts whose recipients are remembered between attempts, at most (a digest whose members
+change between attempts is a new alert, so old entries must age out)."""
+
 _ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+$")
 
 
@@ -158,7 +162,7 @@ class SmtpNotifier(Notifier):
             msg = self.message(alert)
         except (ValueError, TemplateProblem) as exc:
             raise PermanentDeliveryError(f"cannot build the email: {exc}") from exc
-        state = self._recipients.setdefault(alert.uid, Recipients())
+        state = self._recipients.pop(alert.uid, None) or Recipients()
         todo = [r for r in cfg.to if r not in state.sent and r not in state.refused]
         try:
             with attempt(cfg.deadline):
@@ -169,25 +173,30 @@ class SmtpNotifier(Notifier):
         except smtplib.SMTPRecipientsRefused as exc:
             state.record(exc.recipients)
         except smtplib.SMTPResponseException as exc:
-            text = f"SMTP {exc.smtp_code}: {_decode(exc.smtp_error)}"
+            text = f"SMTP {exc.smtp_code}: {_decode(exc.smtp_error)}{state.so_far()}"
             if 500 <= exc.smtp_code < 600:
-                self._recipients.pop(alert.uid, None)
                 raise PermanentDeliveryError(text) from exc
+            self._keep(alert.uid, state)
             raise TransientDeliveryError(text) from exc
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
+            self._keep(alert.uid, state)
             raise TransientDeliveryError(
                 f"{type(exc).__name__} talking to {cfg.host}:{cfg.effective_port}: {exc}"
             ) from exc
-        self._outcome(alert.uid, state)
-
-    def _outcome(self, uid: str, state: Recipients) -> None:
-        """Done, retry the recipients a 4xx put off, or fail for those a 5xx refused."""
-        sent = f" (sent to {', '.join(sorted(state.sent))})" if state.sent else ""
         if state.later:
-            raise TransientDeliveryError(f"{state.describe(state.later)}; retrying those{sent}")
-        self._recipients.pop(uid, None)
+            self._keep(alert.uid, state)
+            raise TransientDeliveryError(
+                f"{state.describe(state.later)}; retrying those{state.so_far()}"
+            )
         if state.refused:
-            raise PermanentDeliveryError(f"refused {state.describe(state.refused)}{sent}")
+            raise PermanentDeliveryError(f"refused {state.describe(state.refused)}{state.so_far()}")
+
+    def _keep(self, uid: str, state: Recipients) -> None:
+        """Remember an alert's recipients for its retry, if any is done (at most MAX_TRACKED)."""
+        if state.sent or state.refused:
+            self._recipients[uid] = state
+            while len(self._recipients) > MAX_TRACKED:  # the oldest first: a dict keeps order
+                del self._recipients[next(iter(self._recipients))]
 
     def _transmit(self, msg: EmailMessage, recipients: list[str]) -> dict[str, tuple[int, bytes]]:
         """One SMTP session: connect, authenticate, send to ``recipients``; the refused ones."""
@@ -229,6 +238,10 @@ class Recipients:
                 self.refused[recipient] = (code, text)
             else:
                 self.later[recipient] = (code, text)
+
+    def so_far(self) -> str:
+        """`` (sent to a@x, b@y)``, or nothing when nobody got it yet."""
+        return f" (sent to {', '.join(sorted(self.sent))})" if self.sent else ""
 
     @staticmethod
     def describe(answers: dict[str, tuple[int, bytes]]) -> str:
