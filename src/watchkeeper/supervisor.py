@@ -218,7 +218,7 @@ class Supervisor(GuardedThread):
             timeout = POLL
             try:
                 timeout = self._pass()
-            except Exception:  # a bug of ours must not end the supervision
+            except BaseException:  # a bug of ours (or a restart's) must not end the supervision
                 log.exception("supervisor: internal error")
             self._wake.wait(timeout)
         with contextlib.suppress(OSError):
@@ -267,7 +267,7 @@ class Supervisor(GuardedThread):
             return unit.due - now
         try:
             replacement = unit.restart(unit.current)
-        except Exception as exc:
+        except BaseException as exc:
             unit.crashes += 1
             unit.due = now + backoff(RESTART_BASE, unit.crashes, RESTART_CAP)
             log.exception("%s: cannot restart it; trying again", unit.current.name)
