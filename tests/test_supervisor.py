@@ -271,3 +271,31 @@ def test_a_reload_swaps_what_the_supervisor_watches_and_restarts_nothing(tmp_pat
         assert store is not None
         wait_until(lambda: (r := store.watcher("c")) is not None and r.checks >= 3)
         assert all(u["restarts"] == 0 for u in keeper.health()["threads"])
+
+
+def test_a_restart_that_fails_is_reported_and_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    monkeypatch.setattr("watchkeeper.supervisor.RESTART_BASE", 1.0)
+    keeper = Keeper(state=tmp_path / "wk.db")
+    keeper.every(3600, lambda: None, name="idle")
+    dashboard = serve_dashboard(keeper, "127.0.0.1:0")
+    with keeper:
+        server = dashboard._server
+        assert server is not None
+        server.should_exit = True
+        wait_until(lambda: unit(keeper, "dashboard")["state"] == "crashed")
+        squatter = socket.socket()  # someone else takes the address meanwhile
+        squatter.bind(("127.0.0.1", dashboard.port or 0))
+        try:
+            entry = wait_until(
+                lambda: "cannot restart" in ((u := unit(keeper, "dashboard"))["error"] or "") and u
+            )
+            assert entry["state"] == "crashed"
+            assert "cannot listen" in entry["error"]
+        finally:
+            squatter.close()
+        wait_until(lambda: unit(keeper, "dashboard")["state"] == "restarting", timeout=15)
+        assert _get(dashboard.url + "/api/health")
