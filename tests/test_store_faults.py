@@ -348,3 +348,89 @@ def test_the_agent_through_a_full_disk_a_busy_store_and_a_crashing_dispatcher(
     assert sorted(delivered(http_receiver)) == list(range(written))
     with Store(state, readonly=True) as store:
         assert store.count_alerts() - len(store.alerts(watcher="watchkeeper")) == written
+
+
+def test_the_real_agent_through_a_full_disk_and_a_crashing_dispatcher(
+    tmp_path: Path, small_disk: Path, http_receiver: RecordingServer
+) -> None:
+    """`watchkeeper run` in its own process, its state on the 2 MiB tmpfs: seen from outside
+    (`watchkeeper status`) while it lasts, every line delivered exactly once in the end."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    log = tmp_path / "app.log"
+    log.write_text("")
+    fire = tmp_path / "fire"
+    fire.mkdir()
+    state = small_disk / "wk.db"
+    (tmp_path / "wk.toml").write_text(
+        f"""
+[keeper]
+state = "{state}"
+dashboard = false
+
+[[notify]]
+kind = "webhook"
+url = "{http_receiver.url}"
+
+[[log]]
+name = "app"
+paths = ["{log}"]
+every = "0.2s"
+rules = [{{ match = "line", severity = "error" }}]
+
+[[custom]]
+name = "injector"
+call = "tests.agent_checks:crash_dispatcher_on_flag"
+every = "0.1s"
+"""
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "WK_FIRE_DIR": str(fire)}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "watchkeeper", "run", "-c", "wk.toml"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def status() -> dict[str, Any]:
+        shown = run_cli("status", "--json", "--state", str(state), cwd=tmp_path)
+        return json.loads(shown.stdout) if shown.returncode == 0 else {}
+
+    written = 0
+
+    def write(count: int, width: int) -> None:
+        nonlocal written
+        with log.open("a") as out:
+            out.write(numbered_lines(written, count, width))
+        written += count
+
+    try:
+        wait_until(lambda: (status().get("keeper") or {}).get("threads"), timeout=30)
+        # 1. The disk fills up: the agent says so (from outside), then gets space.
+        while not ((status().get("keeper") or {}).get("store") or {}).get("error"):
+            write(10, 20_000)
+        write(20, 20_000)
+        resize(small_disk, "64m")
+        wait_until(lambda: len(delivered(http_receiver)) >= written, timeout=60)
+        # 2. A dispatcher crashes from inside its loop with deliveries pending.
+        (fire / "crash-dispatcher").touch()
+        wait_until(lambda: not (fire / "crash-dispatcher").exists())
+        write(30, 100)
+
+        def dispatcher_restarted() -> bool:
+            threads = (status().get("keeper") or {}).get("threads", [])
+            return any(u["kind"] == "dispatcher" and u["restarts"] for u in threads)
+
+        wait_until(dispatcher_restarted, timeout=30)
+        wait_until(lambda: len(delivered(http_receiver)) >= written, timeout=30)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, errors = agent.communicate(timeout=30)
+    assert agent.returncode == 0, errors
+    assert "injected dispatcher crash" in errors  # logged with its traceback
+    assert sorted(delivered(http_receiver)) == list(range(written))  # none lost, none twice
