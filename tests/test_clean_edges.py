@@ -158,3 +158,37 @@ def test_terminal_safe_and_safe_json_leave_nothing_a_terminal_acts_on(text: str)
             for c in shown
         )
     assert json.loads(safe_json(text)) == text
+
+
+def test_page_output_escapes_what_a_web_page_carries(tmp_path: Path) -> None:
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from watchkeeper.demo.world import QuietHandler
+
+    html = f"<ul><li><a href='/1'>{NASTY}</a></li></ul>".encode()
+
+    class Page(QuietHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(html)))
+            self.end_headers()
+            self.wfile.write(html)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        for extra in ([], ["--json"]):
+            shown = run_cli("page", url, "--items", "li", "--title", "a", *extra, cwd=tmp_path)
+            assert shown.returncode == 0, shown.stderr
+            assert not any(c in shown.stdout for c in ("\u202e", "\x9b", "\x1b", "\x85"))
+            assert "\\u202e" in shown.stdout
+        (item,) = json.loads(shown.stdout)["items"]
+        assert item["title"].startswith("evil\u202egnp.exe \x9b31m \x1b[2J")  # read back
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
