@@ -52,6 +52,11 @@ def steady() -> None:
     return None
 
 
+def broken() -> None:
+    """A check that always raises: the agent logs its traceback."""
+    raise RuntimeError("no route to queue")
+
+
 # For the reload tests, in the test's own process: a check that holds until released, counting
 # how many run at once (a reload must never run one watcher's check twice at the same time).
 release = threading.Event()

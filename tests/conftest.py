@@ -39,11 +39,14 @@ def wait_until(
         time.sleep(interval)
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m watchkeeper ARGS`` as a user would, capturing its output."""
     return subprocess.run(
         [sys.executable, "-m", "watchkeeper", *args],
         cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,49 @@ def test_status_without_state_says_so(tmp_path: Path) -> None:
     assert "no state file" in result.stderr
 
 
+def test_status_in_a_folder_without_a_config_says_there_is_none(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}  # no default state either
+    for command in ("status", "alerts"):
+        result = cli(command, cwd=tmp_path, env=env)
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"no config file here ({tmp_path / 'watchkeeper.toml'})")
+    named = cli("status", "-c", "other.toml", cwd=tmp_path, env=env)
+    assert named.stderr.strip() == "other.toml: no such config file"
+
+
+COMMANDS = [
+    "reload",
+    "run",
+    "check",
+    "status",
+    "alerts",
+    "notify-test",
+    "follow",
+    "init",
+    "demo",
+    "scan",
+]
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "page", "tail"])
+def test_dash_h_is_help_everywhere(tmp_path: Path, command: str) -> None:
+    result = cli(command, "-h", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: ")
+    assert "-h, --help" in result.stdout
+
+
+def test_help_texts_render_literally(tmp_path: Path) -> None:
+    """``[keeper]`` is text, not rich markup to swallow; -v is a flag that counts, not <int>."""
+    result = cli("run", "-h", cwd=tmp_path)
+    text = " ".join(result.stdout.split())  # the help is wrapped to the width
+    assert "(overrides [keeper] state)" in text
+    assert "-v, --verbose More logs, repeatable: -v info, -vv debug" in text
+    assert "<int>" not in text
+    top = cli("-h", cwd=tmp_path)
+    assert all(command in top.stdout for command in COMMANDS)
+
+
 def test_notify_test_reports_each_notifier(
     tmp_path: Path, smtp_sink: SmtpSink, http_receiver: RecordingServer
 ) -> None:
@@ -112,13 +156,6 @@ def test_public_api_is_exported() -> None:
     for name in watchkeeper.__all__:
         assert hasattr(watchkeeper, name), name
     assert {"Keeper", "Observation", "Severity", "Alert", "ConfigError"} <= set(watchkeeper.__all__)
-
-
-def test_python_dash_m_and_help(tmp_path: Path) -> None:
-    result = cli("--help", cwd=tmp_path)
-    assert result.returncode == 0
-    for command in ("run", "check", "status", "alerts", "notify-test", "demo"):
-        assert command in result.stdout
 
 
 def test_init_writes_a_starter_config_that_checks(

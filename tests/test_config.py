@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import run_cli
 from watchkeeper import ConfigError, Keeper, load_config
-from watchkeeper.quantities import format_duration, parse_duration, parse_size
+from watchkeeper.quantities import format_duration, parse_duration, parse_since, parse_size
 
 GOOD = """
 [keeper]
@@ -168,6 +169,27 @@ def test_check_command(tmp_path: Path) -> None:
     assert "nope.toml: no such config file" in missing.stderr
 
 
+def test_check_lists_every_problem_in_one_pass(tmp_path: Path) -> None:
+    """Schema, duplicate names and what only building finds (imports, missing commands): one
+    run of ``check`` shows them all, so fixing a config is not a loop of run, fix, run."""
+    write(
+        tmp_path,
+        '[[custom]]\nname = "a"\nevery = "often"\ncall = "os:getpid"\n'
+        '[[custom]]\nname = "b"\ncall = "os:getpid"\n'
+        '[[custom]]\nname = "b"\ncall = "os:getcwd"\n'
+        '[[custom]]\nname = "c"\ncall = "no_such_module_xyz:f"\n'
+        '[[notify]]\nkind = "exec"\ncommand = ["/nonexistent/on-alert"]\n',
+    )
+    result = run_cli("check", cwd=tmp_path)
+    assert result.returncode == 1
+    problems = result.stderr.splitlines()
+    assert len(problems) == 4, result.stderr
+    assert "[[custom]] #1 (name 'a'): every" in problems[0]
+    assert "watcher name 'b' is used twice" in problems[1]
+    assert "(name 'exec'): command '/nonexistent/on-alert' is not an executable file" in problems[2]
+    assert "(name 'c'): call = 'no_such_module_xyz:f': cannot import" in problems[3]
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
@@ -189,6 +211,24 @@ def test_durations(text: str | int, seconds: float) -> None:
 @given(st.integers(min_value=1, max_value=10**7))
 def test_duration_format_round_trips(seconds: int) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1971, 1, 1),
+        max_value=datetime(2100, 1, 1),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]),
+    ),
+    st.integers(min_value=0, max_value=10**8),
+)
+def test_since_is_a_time_or_a_duration_before_now(moment: datetime, seconds: int) -> None:
+    """--since and ?since=: an ISO time (its zone kept, UTC when it has none) or a duration."""
+    assert parse_since(moment.isoformat()) == moment.timestamp()
+    naive = moment.replace(tzinfo=None).isoformat()
+    assert parse_since(naive) == moment.replace(tzinfo=UTC).timestamp()
+    assert parse_since(format_duration(seconds), now=1e9) == 1e9 - seconds
+    with pytest.raises(ValueError, match="use a duration like 1h or a time like"):
+        parse_since(f"{seconds} days")
 
 
 def test_sizes() -> None:

@@ -179,3 +179,39 @@ def test_sigkill_at_any_moment_loses_no_committed_alert(
     # At least once: a kill between the receiver's answer and the outbox's record of it repeats
     # that one alert at the next start (the idempotency key lets the receiver drop it).
     assert len(delivered) - len(set(delivered)) <= kills
+
+
+def test_exec_delivers_in_the_exit_path_and_a_hung_command_waits_for_the_next_run(
+    tmp_path: Path,
+) -> None:
+    """Popen and selectors need no thread: a command runs while the interpreter exits. One that
+    hangs past ``shutdown_timeout`` leaves its alert pending for the next run, which sends it."""
+    got, pid = tmp_path / "got.txt", tmp_path / "hung.pid"
+    hook = tmp_path / "hook"
+    hook.write_text(f'#!/bin/sh\necho "$WATCHKEEPER_TITLE" >> {got}\n')
+    hook.chmod(0o755)
+    hung = tmp_path / "hung"
+    hung.write_text(f"#!/bin/sh\necho $$ > {pid}\nexec sleep 60\n")
+    hung.chmod(0o755)
+    state = tmp_path / "wk.db"
+    # A long batch window keeps the dispatcher from sending before main returns: the exit flush
+    # closes it, so the command runs in the exit path.
+    run_script(state, 5.0, {"kind": "exec", "command": [str(hook)], "batch": "1h"})
+    assert got.read_text() == "last words\n"
+
+    state2 = tmp_path / "wk2.db"
+    try:
+        returned, ended, stderr = run_script(
+            state2, 1.5, {"kind": "exec", "command": [str(hung)], "timeout": "60s"}
+        )
+        assert ended - returned < 1.5 + 1.0
+        assert "deliveries pending" in stderr
+    finally:
+        wait_until(pid.exists)
+        os.killpg(int(pid.read_text()), signal.SIGKILL)  # the command leads its process group
+    with Store(state2) as store:
+        assert store.delivery_counts() == {"exec": {"pending": 1}}
+    run_script(state2, 5.0, {"kind": "exec", "command": [str(hook)]}, "drain")
+    assert got.read_text() == "last words\nlast words\n"  # one for each state file
+    with Store(state2) as store:
+        assert store.delivery_counts() == {"exec": {"sent": 1}}

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import run_cli, wait_until
 from tests.web_agent import ROOT, Agent
 
 
@@ -21,6 +21,7 @@ class Follow:
     """A ``watchkeeper follow`` child process writing to files."""
 
     def __init__(self, folder: Path, *args: str) -> None:
+        folder.mkdir(exist_ok=True)
         self.out = folder / "follow.out"
         self.err = folder / "follow.err"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -70,7 +71,7 @@ def test_follow_prints_every_alert_once_across_an_agent_restart(
     agent.fire("one")
     agent.fire("two", "error")
     wait_until(lambda: len(alert_titles(agent)) == 2)
-    follow = Follow(tmp_path, "--url", agent.url, "--since", "0", "--json")
+    follow = Follow(tmp_path, "--url", agent.url, "--after-id", "0", "--json")
     try:
         wait_until(lambda: len(follow.lines()) == 2)
         assert [r["title"] for r in follow.records()] == ["one", "two"]
@@ -96,6 +97,36 @@ def test_follow_prints_every_alert_once_across_an_agent_restart(
         assert len(follow.lines()) == 6
     finally:
         follow.kill()
+
+
+def test_follow_since_a_time_or_a_duration_like_alerts(agent: Agent, tmp_path: Path) -> None:
+    """``--since`` takes what it takes in ``alerts``: a duration or a time, never an id."""
+    agent.fire("old one")
+    agent.fire("old two")
+    wait_until(lambda: len(alert_titles(agent)) == 2)
+    agent.fire("new one")
+    wait_until(lambda: len(alert_titles(agent)) == 3)
+    moment = httpx.get(agent.url + "/api/alerts").json()[2]["created_at"]  # ISO 8601, UTC
+    since_time = Follow(tmp_path, "--url", agent.url, "--since", moment, "--json")
+    recent = Follow(tmp_path / "recent", "--url", agent.url, "--since", "1h", "--json")
+    now = Follow(tmp_path / "now", "--url", agent.url, "--since", "0s", "--json")
+    try:
+        wait_until(lambda: len(since_time.lines()) == 1)
+        wait_until(lambda: len(recent.lines()) == 3)
+        wait_until(lambda: "following" in now.stderr())
+        agent.fire("live")
+        wait_until(lambda: len(since_time.lines()) == 2)
+        wait_until(lambda: len(recent.lines()) == 4)
+        wait_until(lambda: len(now.lines()) == 1)
+        assert [r["title"] for r in since_time.records()] == ["new one", "live"]
+        assert [r["title"] for r in recent.records()] == ["old one", "old two", "new one", "live"]
+        assert [r["title"] for r in now.records()] == ["live"]  # none since then: live only
+    finally:
+        for follow in (since_time, recent, now):
+            follow.kill()
+    wrong = run_cli("follow", "--url", agent.url, "--since", "42x", cwd=tmp_path)
+    assert wrong.returncode == 2
+    assert "'42x': use a duration like 1h or a time like 2026-11-27T10:00" in wrong.stderr
 
 
 def test_follow_prints_readable_lines_that_cannot_drive_the_terminal(
@@ -173,7 +204,7 @@ def test_follow_into_a_pipe_that_closes_ends_quietly(agent: Agent) -> None:
             "follow",
             "--url",
             agent.url,
-            "--since",
+            "--after-id",
             "0",
             "--json",
         ],

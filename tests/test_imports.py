@@ -150,7 +150,7 @@ def test_a_config_imports_the_kinds_it_names_and_lists_all_without_importing(
         "except ConfigError as exc:\n    print(*exc.errors, sep='\\n')"
     )
     assert "known tables are keeper, notify, custom, log, page, ports" in out
-    assert "unknown notifier kind 'sms'; one of apprise, console, jsonl, smtp, webhook" in out
+    assert "unknown notifier kind 'sms'; one of apprise, console, exec, jsonl, smtp, webhook" in out
     kinds = ("custom", "log", "page", "ports")
     assert loaded(modules, OTHER_KINDS + tuple(f"watchkeeper.watchers.{k}" for k in kinds)) == []
 

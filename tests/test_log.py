@@ -298,7 +298,7 @@ def test_lines_after_makes_one_alert_per_traceback(follow: Any, tmp_path: Path) 
         'Traceback (most recent call last):\n  File "x.py", line 1\n    boom()\nValueError: bad',
         "other Error line",
     ]
-    assert f.seen[0].title.endswith(": Traceback (most recent call last): … ValueError: bad")
+    assert f.seen[0].title == "Traceback (most recent call last): … ValueError: bad"
     # The last block never completes: it goes out after the timeout.
     wait_until(lambda: f.check() is not None and len(f.seen) >= 3, timeout=5)
     assert f.lines()[2] == "Traceback (most recent call last):"
@@ -382,7 +382,7 @@ def test_literal_rules_alert_as_built_and_a_backlog_uses_the_read_buffer(
         if rule is not None:
             expected.append(
                 Observation(
-                    title=f"app: {text}",
+                    title=text,
                     severity=Severity.parse(rules[rule].get("severity", "error")),
                     key=rules[rule]["match"],
                     body=text,

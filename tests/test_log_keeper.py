@@ -201,7 +201,7 @@ def test_tail_command_alerts_on_a_matching_line(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
-    assert [(a["title"], a["severity"]) for a in alerts] == [("tail: FATAL disk full", "critical")]
+    assert [(a["title"], a["severity"]) for a in alerts] == [("FATAL disk full", "critical")]
     assert alerts[0]["data"]["path"] == str(log)
 
 

@@ -29,7 +29,7 @@ class Backend:
     titles: Callable[[], list[str]]
 
 
-@pytest.fixture(params=["smtp", "webhook", "jsonl", "apprise"])
+@pytest.fixture(params=["smtp", "webhook", "jsonl", "exec", "apprise"])
 def backend(
     request: pytest.FixtureRequest,
     tmp_path: Path,
@@ -63,6 +63,16 @@ def backend(
                 else []
             ),
         )
+    elif kind == "exec":  # a real script that appends the alert it reads on stdin to a file
+        path = tmp_path / "exec.jsonl"
+        yield Backend(
+            {"kind": "exec", "command": ["/bin/sh", "-c", f"cat >> {path}"]},
+            lambda: (
+                [json.loads(x)["title"] for x in path.read_text().splitlines()]
+                if path.exists()
+                else []
+            ),
+        )
     else:
         pytest.importorskip("apprise")
         yield Backend(
@@ -78,7 +88,7 @@ def test_each_alert_arrives_once_in_order(backend: Backend, tmp_path: Path) -> N
     with keeper:
         wait_until(lambda: sum("third" in t for t in backend.titles()) >= 1)
     # Each title is a condition of its own: it fires, and recovers when the next replaces it.
-    expected = ["first", "Recovered: first", "second", "Recovered: second", "third"]
+    expected = ["first", "first: recovered", "second", "second: recovered", "third"]
     got = backend.titles()
     assert len(got) == len(expected)
     assert all(title.endswith(want) for title, want in zip(got, expected, strict=True))
@@ -112,7 +122,8 @@ def test_batch_sends_one_digest(backend: Backend, tmp_path: Path) -> None:
         assert titles == [f"item {i}" for i in range(5)]
     else:
         assert len(titles) == 1
-        assert "5 alerts from w" in titles[0]
+        # The watcher is named once: the subject puts it before the title, as for one alert.
+        assert titles[0] == ("[WARNING] w: 5 alerts" if spec["kind"] == "smtp" else "5 alerts")
 
 
 def alert(title: str = "disk full", **kw: Any) -> Alert:
@@ -393,3 +404,17 @@ def test_webhook_urls_are_redacted_from_library_logs(
     notifier.close()
     assert "HTTP Request" in caplog.text
     assert "s3cr3t" not in caplog.text
+
+
+def test_subjects_name_the_watcher_once(smtp_sink: SmtpSink, tmp_path: Path) -> None:
+    """A log line's email: ``[ERROR] app-log: ERROR disk full``, not ``app-log: app-log: …``."""
+    log = tmp_path / "app.log"
+    log.write_text("INFO started\nERROR disk full on /var\n")
+    keeper = Keeper(state=tmp_path / "wk.db", notify=[smtp_spec(smtp_sink.port)])
+    rules = [{"match": "ERROR", "severity": "error"}]
+    keeper.log(str(log), rules=rules, name="app-log", start_at="beginning")
+    with keeper:
+        wait_until(lambda: smtp_sink.messages)
+    assert [str(m["Subject"]) for m in smtp_sink.messages] == [
+        "[ERROR] app-log: ERROR disk full on /var"
+    ]

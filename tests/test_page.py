@@ -74,7 +74,7 @@ def test_new_items_at_top_middle_and_bottom_alert_once_each(site: Site, make: Ma
     first = found[0]
     assert first.event
     assert first.key == f"item:{site.base}/p/a"
-    assert first.title == "p0: A"
+    assert first.title == "A"
     assert dict(first.data) == {
         "url": url,
         "item_key": f"{site.base}/p/a",
@@ -328,7 +328,7 @@ def test_digest_and_on_first_alert(site: Site, make: Make) -> None:
     site.html("/list", links("a", "b"))
     run = Run(make(site.url("/list"), items="li.item", alert="digest", on_first="alert"))
     [digest] = run.check()
-    assert digest.title == "p0: 2 new items"
+    assert digest.title == "2 new items"
     assert digest.key == "new-items"
     assert digest.data["count"] == 2
     assert [i["item_title"] for i in digest.data["items"]] == ["A", "B"]

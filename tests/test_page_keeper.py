@@ -52,7 +52,7 @@ def test_new_item_is_delivered_once_across_restarts(tmp_path: Path, site: Site) 
         hits = site.hits["/new"]
         wait_until(lambda: site.hits["/new"] >= hits + 2)
     [alert] = alerts(out)
-    assert alert["title"] == "shop: C"
+    assert alert["title"] == "C"
     assert alert["severity"] == "info"
     assert alert["kind"] == "page"
     assert alert["data"] == {
@@ -66,7 +66,7 @@ def test_new_item_is_delivered_once_across_restarts(tmp_path: Path, site: Site) 
         wait_until(lambda: len(alerts(out)) >= 2)
         hits = site.hits["/new"]
         wait_until(lambda: site.hits["/new"] >= hits + 2)
-    assert [a["title"] for a in alerts(out)] == ["shop: C", "shop: D"]
+    assert [a["title"] for a in alerts(out)] == ["C", "D"]
 
 
 def test_failures_alert_after_fail_after_then_recover(tmp_path: Path, site: Site) -> None:
@@ -262,4 +262,5 @@ def test_reload_restarts_the_page_pool_from_checkpoints(tmp_path: Path, site: Si
         assert wk.reload(config(first, second)).plan.empty  # the same config changes nothing
         hits = site.hits["/one"]
         wait_until(lambda: site.hits["/one"] >= hits + 2)
-    assert sorted(a["title"] for a in alerts(out)) == ["one: B", "two: Y"]  # A and X: known
+    titles = sorted((a["watcher"], a["title"]) for a in alerts(out))
+    assert titles == [("one", "B"), ("two", "Y")]  # A and X: known

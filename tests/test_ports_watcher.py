@@ -117,8 +117,8 @@ def test_expectations_are_conditions_and_suppress_change_events(ports: list[Port
     assert (c_opened.data["change"], c_opened.event) == ("opened", True)
     assert not a_missing.event
     assert str(a_missing.level) == "error"
-    assert a_missing.title == f"db-host: 127.0.0.1:{a.number} is closed, expected open"
-    assert b_open.title == f"db-host: 127.0.0.1:{b.number} is open, expected closed"
+    assert a_missing.title == f"127.0.0.1:{a.number} is closed, expected open"
+    assert b_open.title == f"127.0.0.1:{b.number} is open, expected closed"
 
 
 def test_opened_alert_carries_the_banner(ports: list[Port]) -> None:
@@ -208,7 +208,7 @@ def test_keeper_alerts_once_each_and_recovers_across_a_restart(
     by_change = {x["data"]["change"]: x for x in changes}
     assert by_change["opened"]["data"]["port"] == b.number
     assert by_change["closed"]["data"]["port"] == c.number
-    assert by_change["closed"]["title"] == f"db-host: 127.0.0.1:{c.number} closed"
+    assert by_change["closed"]["title"] == f"127.0.0.1:{c.number} closed"
     assert {x["severity"] for x in changes} == {"warning"}
 
     with keeper() as k:  # restart: the baseline is in the state file, nothing is repeated

@@ -29,20 +29,37 @@ class Clocked:
         return verdict.alerts
 
 
-HIGH = Observation("queue deep", severity="error", key="q")
+HIGH = Observation("queue depth 106 > 100", severity="error", key="queue")
 
 
 def test_condition_alerts_once_while_it_holds_then_recovers() -> None:
     rules = Clocked()
-    assert [a.title for a in rules.check(0, HIGH)] == ["queue deep"]
+    assert [a.title for a in rules.check(0, HIGH)] == ["queue depth 106 > 100"]
     assert rules.check(10, HIGH) == []
     assert rules.check(20, HIGH) == []
     (recovery,) = rules.check(30)
     assert recovery.status == "resolved"
     assert recovery.severity is Severity.ERROR
-    assert recovery.title == "Recovered: queue deep"
-    assert recovery.key == "q"
+    assert recovery.title == "queue: recovered (was: queue depth 106 > 100)"
+    assert recovery.key == "queue"
     assert rules.check(40) == []
+
+
+def test_a_recovery_is_titled_by_what_recovered() -> None:
+    """Not "Recovered: <the firing title>": what it is about, then what it last was."""
+    rules = Clocked()
+    disk = Observation("disk full")
+    later = Observation("queue depth 120 > 100", severity="error", key="queue")
+    port = Observation(
+        "127.0.0.1:22 (ssh) is closed, expected open", key="expect:22", subject="127.0.0.1:22 (ssh)"
+    )
+    alerts = rules.check(0, disk, HIGH, port) + rules.check(1, disk, later, port) + rules.check(2)
+    titles = sorted(a.title for a in alerts if a.status == "resolved")
+    assert titles == [
+        "127.0.0.1:22 (ssh): recovered (was: 127.0.0.1:22 (ssh) is closed, expected open)",
+        "disk full: recovered",
+        "queue: recovered (was: queue depth 120 > 100)",
+    ]
 
 
 def test_recovery_can_be_turned_off() -> None:
@@ -145,12 +162,13 @@ def test_fail_after_alerts_once_and_recovers() -> None:
     assert rules.fail(0) == []
     assert rules.fail(1) == []
     (alert,) = rules.fail(2, "ConnectionError: refused")
-    assert alert.title == "w: check failing: ConnectionError: refused"
+    assert alert.title == "check failing: ConnectionError: refused"
     assert alert.severity is Severity.ERROR
     assert rules.fail(3) == []
     assert rules.fail(4) == []
     (recovery,) = rules.check(5)
     assert recovery.status == "resolved"
+    assert recovery.title == "check passes again (was: boom)"
     assert recovery.key == alert.key
     assert rules.check(6) == []
 

@@ -157,8 +157,8 @@ def test_stream_resumes_after_disconnect_without_missing_or_repeating(
         stop.set()
         thread.join()
     assert second == list(range(6, 6 + 37))
-    # ?since= works the same way.
-    since, _ = read_alert_ids(dashboard.url, 2, path="/api/stream?since=40")
+    # ?since_id= works the same way.
+    since, _ = read_alert_ids(dashboard.url, 2, path="/api/stream?since_id=40")
     assert since == [41, 42]
     # Every stream that was closed by its client is gone from the server too.
     with httpx.Client(base_url=dashboard.url) as http:
@@ -195,7 +195,7 @@ def test_a_resume_id_ahead_of_the_store_starts_over_from_the_newest(
     wait_until(lambda: keeper.store is not None and keeper.store.alerts())
     with (
         httpx.Client(timeout=10) as http,
-        connect_sse(http, "GET", dashboard.url + "/api/stream?since=100") as source,
+        connect_sse(http, "GET", dashboard.url + "/api/stream?since_id=100") as source,
     ):
         events = source.iter_sse()
         ready = next(events)
@@ -716,4 +716,8 @@ def test_ids_beyond_what_sqlite_holds_are_a_400(served: tuple[Keeper, Dashboard]
     huge = "9" * 30
     with httpx.Client(base_url=dashboard.url, timeout=10) as http:
         assert http.get("/api/alerts", params={"since_id": huge}).status_code == 400
-        assert http.get("/api/stream", params={"since": huge}).status_code == 400
+        assert http.get("/api/stream", params={"since_id": huge}).status_code == 400
+        for path in ("/api/stream", "/api/alerts"):  # since: a duration or a time, never an id
+            bad = http.get(path, params={"since": "yesterday"})
+            assert bad.status_code == 400
+            assert "use a duration like 1h or a time like" in bad.json()["error"]

@@ -324,3 +324,69 @@ def test_detail_pages_of_log_page_and_ports_watchers(tmp_path: Path, watch: Watc
             sock.close()
         assert agent.stop() == 0
         shop.stop()
+
+
+PHONE = {"width": 390, "height": 844}  # an iPhone 12-14 in CSS pixels
+
+
+def test_the_dashboard_is_usable_on_a_phone(tmp_path: Path, browser: Any) -> None:
+    """At 390 px: cards instead of wide tables, nothing scrolls sideways, titles get the width.
+
+    Screenshots ``dashboard-phone-<page>.png`` in ``test-artifacts/``.
+    """
+    expect = playwright_api.expect
+    logs = tmp_path / "var-log-with-a-long-folder-name"
+    logs.mkdir()
+    (logs / "application-server.log").write_text("ERROR disk full on /var\n")
+    agent = Agent(
+        tmp_path,
+        extra=(
+            '\n[[log]]\nname = "application-server-errors"\n'
+            f'paths = ["{logs}/*.log"]\nstart_at = "beginning"\nrules = [{{ match = "ERROR" }}]\n'
+            '\n[[notify]]\nname = "pager-webhook"\nkind = "webhook"\n'
+            'url = "http://127.0.0.1:9/hooks/a-long-path/that-never-answers"\n'
+        ),
+    ).start()
+    context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        agent.fire("queue depth 106 > 100", "error", body="the queue grew for 5 minutes")
+        agent.fire("https://shop.example.com/products/a-very-long-unbroken-slug-" + "x" * 60)
+        for n in range(6):
+            agent.fire(f"disk {90 + n}% full on /var/lib/postgresql/data", "warning")
+        wait_until(lambda: len(httpx.get(agent.url + "/api/alerts").json()) >= 9, timeout=20)
+        for name, path in [
+            ("overview", "/"),
+            ("alerts", "/alerts"),
+            ("notifiers", "/notifiers"),
+            ("watcher", "/watchers/probe"),
+            ("log", "/watchers/application-server-errors"),
+        ]:
+            page.goto(agent.url + path)
+            if name != "notifiers":  # the one page without a stream
+                expect(page.locator("#live")).to_have_text("live")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"dashboard-phone-{name}.png"), full_page=True)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= PHONE["width"], f"{path}: {width} px wide, scrolls sideways"
+            titles = page.locator("td.title").evaluate_all(
+                "cells => cells.map(c => c.getBoundingClientRect().width)"
+            )
+            assert all(w >= 300 for w in titles), f"{path}: titles only {min(titles)} px wide"
+            if name == "overview":
+                assert page.evaluate("document.documentElement.scrollHeight") < 2500
+        # Live alerts arrive as cards too.
+        page.goto(agent.url + "/")
+        agent.fire("arrived live on a phone", "critical")
+        newest = page.locator("#alerts tbody tr").first
+        expect(newest.locator("td.title")).to_have_text("arrived live on a phone")
+        box = newest.locator("td.title").bounding_box()
+        assert box is not None
+        assert box["width"] >= 300
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        assert errors == []
+    finally:
+        context.close()
+        assert agent.stop() == 0

@@ -74,7 +74,7 @@ class Agent:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         if self.proc.poll() is not None:
             raise AssertionError(f"agent exited with {self.proc.returncode}:\n{text}")
-        match = re.search(r"^dashboard: (http://\S+)$", text, re.MULTILINE)
+        match = re.search(r"dashboard: (http://\S+)$", text, re.MULTILINE)
         return match.group(1) if match else None
 
     @property

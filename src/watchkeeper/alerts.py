@@ -71,7 +71,9 @@ class Observation:
 
     ``key`` identifies the thing observed (defaults to the title): it is what dedup, throttle and
     recovery track. ``event=True`` makes every occurrence its own alert; the default treats the
-    observation as a condition that holds while the check keeps returning it.
+    observation as a condition that holds while the check keeps returning it. ``subject`` names
+    what the condition is about for people, in its recovery's title (``"queue: recovered (was:
+    queue depth 106 > 100)"``); it defaults to the key when one is given, else the title.
     """
 
     title: str
@@ -80,6 +82,7 @@ class Observation:
     body: str = ""
     data: Mapping[str, Any] = field(default_factory=dict)
     event: bool = False
+    subject: str | None = None
 
     def __post_init__(self) -> None:
         Severity.parse(self.severity)  # fail in the check that made it, not later
@@ -88,6 +91,11 @@ class Observation:
     def identity(self) -> str:
         """The key rules track this observation by."""
         return self.key if self.key is not None else self.title
+
+    @property
+    def about(self) -> str:
+        """What a recovery says recovered: the subject, else the key, else the title."""
+        return self.subject or self.identity
 
     @property
     def level(self) -> Severity:
@@ -208,7 +216,12 @@ class RuleEngine:
                 self._alert(
                     HEALTH_KEY,
                     Severity.parse(health.get("severity", "error")),
-                    f"{self.watcher}: check passes again",
+                    "check passes again"
+                    + (
+                        f" (was: {first_line(health['last_error'])})"
+                        if health.get("last_error")
+                        else ""
+                    ),
                     f"The check passes again after {health.get('failures', 0)} failures.",
                     now,
                     status="resolved",
@@ -246,7 +259,7 @@ class RuleEngine:
                 self._alert(
                     HEALTH_KEY,
                     Severity.ERROR,
-                    f"{self.watcher}: check failing: {first_line(error)}",
+                    f"check failing: {first_line(error)}",
                     f"The check failed {health['failures']} times in a row.\n\n{detail or error}",
                     now,
                 )
@@ -318,6 +331,7 @@ class RuleEngine:
             cond["history"] = [*cond["history"], obs is not None][-window:]
             if obs is not None:
                 cond["title"] = obs.title
+                cond["about"] = obs.about
                 cond["severity"] = str(obs.level)
             if obs is not None and not cond["firing"]:
                 if sum(cond["history"]) >= rules.for_cycles:
@@ -346,7 +360,7 @@ class RuleEngine:
                         self._alert(
                             key,
                             Severity.parse(cond["severity"]),
-                            f"Recovered: {cond['title']}",
+                            recovery_title(cond.get("about", key), cond["title"]),
                             f"No longer true after {format_duration(now - cond['since'])}.",
                             now,
                             status="resolved",
@@ -382,6 +396,11 @@ class RuleEngine:
             data=data or {},
             created_at=now,
         )
+
+
+def recovery_title(about: str, title: str) -> str:
+    """``queue: recovered (was: queue depth 106 > 100)``, or ``disk full: recovered``."""
+    return f"{about}: recovered" if about == title else f"{about}: recovered (was: {title})"
 
 
 def first_line(text: str) -> str:

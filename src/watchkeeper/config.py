@@ -113,10 +113,23 @@ class Config(BaseModel):
 
 def load_config(path: str | Path) -> Config:
     """Read, interpolate and validate a config file, or raise ConfigError listing every problem."""
+    config, errors = validate_config(path)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def validate_config(path: str | Path) -> tuple[Config, list[str]]:
+    """The tables of a config file that are valid, and a problem per table that is not.
+
+    For ``watchkeeper check``, which builds what is valid to find its problems too (a ``call``
+    that does not import, a command that does not exist) and lists them all in one pass. A file
+    that cannot be read or is not TOML raises ConfigError: there is nothing to go on.
+    """
     path = Path(path)
     data = _read_toml(path)
     try:
-        return parse_config(data, source=str(path), base=path.parent)
+        return _parse(data, source=str(path), base=path.parent)
     except RecursionError:  # interpolation and validation recurse once per nesting level too
         raise ConfigError(f"{path}: {NESTED}") from None
 
@@ -169,12 +182,20 @@ def _state_path(state: Path, base: Path) -> Path:
 def parse_config(
     data: Mapping[str, Any], source: str = "<config>", base: Path | None = None
 ) -> Config:
-    """Validate an already-parsed TOML document."""
+    """Validate an already-parsed TOML document, or raise ConfigError listing every problem."""
+    config, errors = _parse(data, source, base)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def _parse(data: Mapping[str, Any], source: str, base: Path | None) -> tuple[Config, list[str]]:
+    """The valid part of a parsed TOML document (relative paths resolved), and the problems."""
     errors: list[str] = []
+    config = Config(source=source)
     data = _interpolate(data, source, [], errors)
     if errors:  # a missing variable would only cause confusing follow-on errors
-        raise ConfigError(errors)
-    config = Config(source=source)
+        return config, errors
     for section, value in data.items():
         if section == "keeper":
             where = f"{source}: [keeper]"
@@ -201,14 +222,12 @@ def parse_config(
             errors.append(f"{source}: unknown table [{section}]; known tables are {known}")
     _check_unique(source, "[[notify]]", [n.name for n in config.notify], errors)
     _check_unique(source, "watcher", [w.name for w in config.watchers], errors)
-    if errors:
-        raise ConfigError(errors)
     if base is not None:
         if config.keeper.state is not None:
             config.keeper.state = _state_path(config.keeper.state, base)
         for model in [config.keeper, *config.notify, *config.watchers]:
             resolve_paths(model, base)
-    return config
+    return config, errors
 
 
 def notifier_config(

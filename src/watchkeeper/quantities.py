@@ -80,6 +80,29 @@ def parse_size(value: Any) -> int:
     return size
 
 
+def parse_since(value: str, now: float | None = None) -> float:
+    """A moment from ``"1h"`` (that long before ``now``) or an ISO 8601 time (UTC if no zone).
+
+    What ``--since`` and ``?since=`` take everywhere, so a duration or a time mean the same thing
+    in every command and API.
+    """
+    try:
+        return (time.time() if now is None else now) - parse_duration(value)
+    except ValueError:
+        pass  # not a duration: try it as a time
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{value!r}: use a duration like 1h or a time like 2026-11-27T10:00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
 def format_duration(seconds: float) -> str:
     """The shortest readable form: ``90`` -> ``"1m30s"``, ``0.5`` -> ``"500ms"``."""
     if seconds < 1:

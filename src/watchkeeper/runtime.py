@@ -383,10 +383,11 @@ class Dispatcher(GuardedThread):
         if batch and len(due) > 1:
             self._deliver(due, digest=True)
         else:
-            for delivery in due:
+            width = max(1, self.notifier.concurrency)
+            for start in range(0, len(due), width):
                 if self._flush_by is not None and self.clock() >= self._flush_by:
                     return False
-                if not self._deliver([delivery], digest=False):
+                if not self._deliver_each(due[start : start + width]):
                     break  # the notifier is down: do not spend a timeout on every alert
         return True
 
@@ -396,34 +397,49 @@ class Dispatcher(GuardedThread):
 
     def _deliver(self, deliveries: list[Delivery], digest: bool) -> bool:
         """Send and record the outcome; False when the notifier failed in a way that may pass."""
-        ids = [d.id for d in deliveries]
         alerts = [d.alert for d in deliveries]
-        name = self.notifier.name
         try:
             if digest:
                 self.notifier.send_digest(alerts)
             else:
                 self.notifier.send(alerts[0])
-        except PermanentDeliveryError as exc:
-            log.error("notifier %s: giving up on alert %s: %s", name, alerts[0].id, exc)
-            self.store.mark_failed(ids, str(exc))
+        except BaseException as exc:  # sorted by _record: a bug must not lose alerts either
+            return self._record(deliveries, exc)
+        return self._record(deliveries, None)
+
+    def _deliver_each(self, deliveries: list[Delivery]) -> bool:
+        """Several alerts each on its own, at once (``concurrency``); False if any may pass."""
+        if len(deliveries) == 1:
+            return self._deliver(deliveries, digest=False)
+        outcomes = self.notifier.send_each([d.alert for d in deliveries])
+        recorded = [self._record([d], o) for d, o in zip(deliveries, outcomes, strict=True)]
+        return all(recorded)  # every outcome recorded, not only those up to the first retry
+
+    def _record(self, deliveries: list[Delivery], error: BaseException | None) -> bool:
+        """Mark sent, failed or due again; False when the failure may pass (a retry is set)."""
+        ids = [d.id for d in deliveries]
+        name = self.notifier.name
+        if error is None:
+            self.store.mark_sent(ids, self.clock())
             return True
-        except BaseException as exc:  # anything else is retried: a bug must not lose alerts
-            attempts = max(d.attempts for d in deliveries) + 1
-            delay = retry_delay(attempts)
-            if isinstance(exc, TransientDeliveryError) and exc.retry_after is not None:
-                delay = max(delay, exc.retry_after)  # the notifier capped it
-            text = str(exc) or type(exc).__name__
-            if isinstance(exc, TransientDeliveryError):
-                log.warning("notifier %s: %s; retry in %.0fs", name, text, delay)
-            else:
-                log.error(
-                    "notifier %s: unexpected error; retry in %.0fs",
-                    name,
-                    delay,
-                    exc_info=attempts == 1,
-                )
-            self.store.mark_retry(ids, text, self.clock() + delay)
-            return False
-        self.store.mark_sent(ids, self.clock())
-        return True
+        if isinstance(error, PermanentDeliveryError):
+            log.error("notifier %s: giving up on alert %s: %s", name, deliveries[0].alert.id, error)
+            self.store.mark_failed(ids, str(error))
+            return True
+        # Unexpected errors are retried too: a bug must not lose alerts.
+        attempts = max(d.attempts for d in deliveries) + 1
+        delay = retry_delay(attempts)
+        if isinstance(error, TransientDeliveryError) and error.retry_after is not None:
+            delay = max(delay, error.retry_after)  # the notifier capped it
+        text = str(error) or type(error).__name__
+        if isinstance(error, TransientDeliveryError):
+            log.warning("notifier %s: %s; retry in %.0fs", name, text, delay)
+        else:
+            log.error(
+                "notifier %s: unexpected error; retry in %.0fs",
+                name,
+                delay,
+                exc_info=error if attempts == 1 else None,
+            )
+        self.store.mark_retry(ids, text, self.clock() + delay)
+        return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -17,11 +18,12 @@ from watchkeeper.agentnote import AgentNote, read_note
 from watchkeeper.cli.helpers import (
     DEFAULT_CONFIG,
     ConfigOption,
+    LogFormatOption,
     SeverityOption,
     StateOption,
+    VerboseOption,
     WatcherOption,
     app,
-    err,
     fail,
     load,
     open_store,
@@ -29,6 +31,7 @@ from watchkeeper.cli.helpers import (
     parse_severity,
     parse_since,
     plural,
+    say,
     setup_logging,
 )
 from watchkeeper.cli.service import Reloader
@@ -47,17 +50,21 @@ if TYPE_CHECKING:
 def run(
     config: ConfigOption = DEFAULT_CONFIG,
     state: StateOption = None,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 1,
+    verbose: VerboseOption = 0,
+    log_format: LogFormatOption = "auto",
 ) -> None:
-    """Run the agent in the foreground until SIGTERM or Ctrl-C; SIGHUP reloads the config."""
+    """Run the agent in the foreground until SIGTERM or Ctrl-C; SIGHUP reloads the config.
+
+    It logs at info without -v.
+    """
     from watchkeeper.keeper import Keeper
 
-    setup_logging(verbose)
+    setup_logging(verbose, log_format, least=1)
     cfg = load(config)
     try:
         keeper = Keeper.from_config(cfg, state=state)
         if not keeper.watchers:
-            err.print(f"[yellow]{config}: no watchers configured; nothing to watch.[/]")
+            say(f"{config}: no watchers configured; nothing to watch.", logging.WARNING)
         announce = attach_dashboard(keeper, cfg.keeper)
         reloader = Reloader(keeper, config, cfg.keeper)
 
@@ -87,8 +94,8 @@ def attach_dashboard(keeper: Keeper, settings: KeeperSettings) -> Callable[[], N
 
     def announce() -> None:
         if dashboard.running:
-            # One plain line, so scripts (and tests) can find the real port after port 0.
-            err.print(f"dashboard: {dashboard.url}", markup=False, soft_wrap=True)
+            # A line that ends with it, so scripts (and tests) can find the port after port 0.
+            say(f"dashboard: {dashboard.url}")
 
     return announce
 
@@ -96,18 +103,24 @@ def attach_dashboard(keeper: Keeper, settings: KeeperSettings) -> Callable[[], N
 @app.command()
 def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Validate a config file: exit 0 if it is good, 1 with every problem listed."""
-    from watchkeeper.config import default_state_path
+    from watchkeeper.config import default_state_path, validate_config
     from watchkeeper.keeper import build_from_config
 
-    cfg = load(config)
     try:
-        notifiers, watchers = build_from_config(cfg)
+        cfg, problems = validate_config(config)
     except ConfigError as exc:
         fail("\n".join(exc.errors))
+    try:  # build what is valid too, so every problem shows in this one pass
+        notifiers, watchers = build_from_config(cfg)
+    except ConfigError as exc:
+        notifiers, watchers = [], []
+        problems += exc.errors
     for notifier in notifiers:
         notifier.close()
     for watcher in watchers:
         watcher.close()
+    if problems:
+        fail("\n".join(problems))
     out.print(
         f"{config}: OK — {plural(len(cfg.watchers), 'watcher')}, "
         f"{plural(len(cfg.notify), 'notifier')}, "

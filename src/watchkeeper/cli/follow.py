@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from watchkeeper.cli.helpers import SeverityOption, WatcherOption, app, err, out, parse_severity
+from watchkeeper.cli.helpers import (
+    SeverityOption,
+    WatcherOption,
+    app,
+    err,
+    out,
+    parse_severity,
+    parse_since,
+)
 
 
 @app.command()
@@ -18,7 +26,10 @@ def follow(
         str | None, typer.Option(help="[keeper] token, if set.", envvar="WATCHKEEPER_TOKEN")
     ] = None,
     since: Annotated[
-        int | None, typer.Option(help="Replay alerts after this id first (0: all).")
+        str | None, typer.Option(help="Replay alerts since then first: 10m, 2d, or an ISO time.")
+    ] = None,
+    after_id: Annotated[
+        int | None, typer.Option("--after-id", help="Replay alerts after this id first (0: all).")
     ] = None,
     severity: SeverityOption = "debug",
     watcher: WatcherOption = None,
@@ -28,5 +39,11 @@ def follow(
     from watchkeeper.cli.follower import Follower, print_alerts
 
     min_severity = parse_severity(severity)
-    follower = Follower(url, token=token, since=since, severity=min_severity, watcher=watcher)
+    if since is not None and after_id is not None:
+        raise typer.BadParameter("choose one of --since and --after-id")
+    if since is not None:
+        parse_since(since)  # a bad value is a usage error here, not a 400 from the agent
+    follower = Follower(
+        url, token=token, after_id=after_id, severity=min_severity, watcher=watcher, since=since
+    )
     raise typer.Exit(print_alerts(follower, out, err, as_json=as_json))

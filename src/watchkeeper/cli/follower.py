@@ -56,13 +56,16 @@ class Follower:
         self,
         url: str,
         token: str | None = None,
-        since: int | None = None,
+        after_id: int | None = None,
         severity: Severity = Severity.DEBUG,
         watcher: str | None = None,
+        since: str | None = None,
     ) -> None:
         self.url = url.rstrip("/") + "/api/stream"
         self.token = token
-        self.last_id = since
+        self.last_id = after_id
+        # Replay from this duration or time first; once connected, the agent's cursor rules.
+        self.since = since
         self.params = {"severity": str(severity)} | ({"watcher": watcher} if watcher else {})
         self.items: queue.Queue[dict[str, Any] | Notice] = queue.Queue()
         self.stopping = threading.Event()
@@ -103,9 +106,12 @@ class Follower:
         headers = {"Accept": "text/event-stream"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        params = dict(self.params)
         if self.last_id is not None:
             headers["Last-Event-ID"] = str(self.last_id)
-        with connect_sse(client, "GET", self.url, params=self.params, headers=headers) as source:
+        elif self.since is not None:
+            params["since"] = self.since
+        with connect_sse(client, "GET", self.url, params=params, headers=headers) as source:
             status = source.response.status_code
             if status == 401:
                 raise Fatal(f"{self.url}: 401 unauthorized; pass --token (or WATCHKEEPER_TOKEN)")

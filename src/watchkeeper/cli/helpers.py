@@ -9,11 +9,8 @@ for.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -22,7 +19,6 @@ from rich.console import Console
 from rich.text import Text
 
 from watchkeeper.errors import ConfigError, WatchkeeperError
-from watchkeeper.quantities import parse_duration
 
 if TYPE_CHECKING:
     from watchkeeper.alerts import Severity
@@ -36,6 +32,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    # Help texts are plain text: "[keeper] state" must not be read as rich markup and vanish.
+    rich_markup_mode=None,
 )
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # pipes: no wrap
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -48,6 +47,26 @@ StateOption = Annotated[
 ]
 SeverityOption = Annotated[str, typer.Option(help="Minimum severity.")]
 WatcherOption = Annotated[str | None, typer.Option(help="Only this watcher.")]
+VerboseOption = Annotated[
+    int,
+    typer.Option(
+        "--verbose",
+        "-v",
+        count=True,
+        metavar="",
+        show_default=False,
+        help="More logs, repeatable: -v info, -vv debug, -vvv debug with libraries' requests.",
+    ),
+]
+LogFormatOption = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        metavar="FORMAT",
+        help="auto (rich on a terminal, else text), text (one line per record, ISO 8601 "
+        "times), json (one object per line) or rich.",
+    ),
+]
 DEFAULT_CONFIG = Path("watchkeeper.toml")
 
 
@@ -78,9 +97,11 @@ def load(path: Path) -> Config:
 
 
 def state_path(config_path: Path, state: Path | None) -> Path:
-    """--state, else the config's [keeper] state, else the default; no config file is fine.
+    """--state, else the config's [keeper] state, else the default state file if it exists.
 
-    Only ``[keeper] state`` is read: the rest may name secrets this shell does not have.
+    Only ``[keeper] state`` is read: the rest may name secrets this shell does not have. Without
+    a config file and a state file to read, the message says that there is no config, not that
+    some state file the user never chose does not exist.
     """
     from watchkeeper.config import default_state_path, state_location
 
@@ -91,8 +112,14 @@ def state_path(config_path: Path, state: Path | None) -> Path:
             configured = state_location(config_path)
         except ConfigError as exc:
             fail("\n".join(exc.errors))
-        if configured is not None:
-            return configured
+        return configured if configured is not None else default_state_path()
+    if config_path != DEFAULT_CONFIG:
+        fail(f"{config_path}: no such config file")
+    if not default_state_path().exists():  # else: a program's keeper that uses the default
+        fail(
+            f"no config file here ({config_path.absolute()}): pass -c CONFIG, or --state FILE to "
+            "read a state file directly; `watchkeeper init` writes a starter config"
+        )
     return default_state_path()
 
 
@@ -109,16 +136,41 @@ def open_store(config_path: Path, state: Path | None) -> Store:
         fail(str(exc))
 
 
-def setup_logging(verbose: int) -> None:
-    """Log to stderr through rich: warnings by default, -v info, -vv debug."""
-    from rich.logging import RichHandler
+def setup_logging(verbose: int, log_format: str = "auto", least: int = 0) -> None:
+    """Log to stderr: warnings, or -v info, -vv debug, -vvv debug with libraries' requests.
 
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    handler = RichHandler(console=err, show_path=False, rich_tracebacks=False, markup=False)
-    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
-    # Libraries' request logs are noise at -v and may carry tokens (apprise URLs); -vv shows them.
+    ``least`` is the command's own default: the agent logs at info (1) without -v, as it says
+    what it starts and stops; ``tail`` only warns (0).
+    """
+    from watchkeeper.cli.logformat import LOG_FORMATS, log_handler
+
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(
+            f"{log_format!r}: choose one of {', '.join(LOG_FORMATS)}", param_hint="--log-format"
+        )
+    steps = max(verbose, least)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(steps, 2)]
+    handler = log_handler(log_format, sys.stderr)  # narrowed to a LogFormat just above
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Libraries' request logs are noise and may carry tokens (apprise URLs): -vvv shows them.
     for noisy in ("httpx", "httpcore", "apprise", "mail.log"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if steps >= 3 else logging.WARNING)
+
+
+def say(message: str, level: int = logging.INFO) -> None:
+    """A message of the agent's for people and scripts (``dashboard: URL``) on stderr.
+
+    A plain line beside rich's log; a log record like every other line when stderr is for a
+    machine, so a ``--log-format json`` stream stays JSON line by line. Either way the line ends
+    with the message, so ``dashboard: (http://\\S+)$`` finds the URL.
+    """
+    from watchkeeper.cli.logformat import for_machines
+
+    if for_machines(logging.getLogger()):
+        logging.getLogger("watchkeeper").log(level, "%s", message)
+    else:
+        style = "yellow" if level >= logging.WARNING else None
+        err.print(Text(message, style=style or ""), soft_wrap=True)
 
 
 def plural(count: int, noun: str) -> str:
@@ -127,15 +179,10 @@ def plural(count: int, noun: str) -> str:
 
 
 def parse_since(value: str) -> float:
-    """``1h`` (that long ago) or an ISO 8601 time."""
-    with contextlib.suppress(ValueError):  # not a duration: try it as a time
-        return time.time() - parse_duration(value)
+    """``1h`` (that long ago) or an ISO 8601 time, or a usage error saying which forms work."""
+    from watchkeeper.quantities import parse_since as moment
+
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise typer.BadParameter(
-            f"{value!r}: use a duration like 1h or a time like 2026-11-27T10:00"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+        return moment(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None

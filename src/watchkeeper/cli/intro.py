@@ -50,7 +50,8 @@ def init(
         target.write_text(system_starter(starter) if system else starter)
     except OSError as exc:
         fail(f"cannot write {target}: {exc.strerror or exc}")
-    out.print(f"wrote {target}; next: watchkeeper check -c {target}, then watchkeeper run")
+    then = "systemctl enable --now watchkeeper (docs/systemd.md)" if system else "watchkeeper run"
+    out.print(f"wrote {target}; next: watchkeeper check -c {target}, then {then}")
 
 
 def system_starter(starter: str) -> str:

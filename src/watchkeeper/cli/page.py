@@ -14,7 +14,9 @@ from rich.text import Text
 from watchkeeper.cli.helpers import (
     DEFAULT_CONFIG,
     ConfigOption,
+    LogFormatOption,
     StateOption,
+    VerboseOption,
     app,
     fail,
     load,
@@ -154,13 +156,14 @@ def tail(
     ] = None,
     start_at: Annotated[str, typer.Option(help="end or beginning, for files seen first.")] = "end",
     state: StateOption = None,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
+    verbose: VerboseOption = 0,
+    log_format: LogFormatOption = "auto",
 ) -> None:
     """Follow log files without a config file and alert on lines matching --match."""
     from watchkeeper.config import default_state_path
     from watchkeeper.keeper import Keeper
 
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     rules = [{"match": m, "severity": severity} for m in match]
     followed = sorted(str(p.absolute()) for p in paths)
     # One state per set of paths: tails of different files neither share offsets nor block

@@ -82,6 +82,26 @@ class Notifier(ABC):
         """Deliver several alerts as one message. The default folds them into one alert."""
         self.send(digest_alert(alerts))
 
+    @property
+    def concurrency(self) -> int:
+        """How many due alerts the dispatcher hands :meth:`send_each` at once (1: one by one)."""
+        return 1
+
+    def send_each(self, alerts: Sequence[Alert]) -> list[Exception | None]:
+        """Deliver each alert on its own, at once where the notifier can (``exec``'s
+        ``parallel``); one outcome per alert: None when sent, else the error. The default sends
+        them in turn.
+        """
+        outcomes: list[Exception | None] = []
+        for alert in alerts:
+            try:
+                self.send(alert)
+            except Exception as exc:  # each alert's outcome is recorded on its own
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
+
     def describe(self) -> str:
         """Where this notifier delivers, without secrets: for status and notify-test."""
         return self.kind
@@ -94,7 +114,7 @@ NOTIFIERS: Registry[type[Notifier]] = Registry(
     "notifier",
     {
         kind: f"watchkeeper.notifiers.{kind}"
-        for kind in ("apprise", "console", "jsonl", "smtp", "webhook")
+        for kind in ("apprise", "console", "exec", "jsonl", "smtp", "webhook")
     },
 )
 """Kind -> notifier class; a built-in kind's module is imported when the kind is looked up."""
@@ -125,7 +145,7 @@ def digest_alert(alerts: Sequence[Alert]) -> Alert:
         watcher=", ".join(watchers),
         kind="digest",
         severity=worst.severity,
-        title=f"{len(alerts)} alerts from {', '.join(watchers)}",
+        title=f"{len(alerts)} alerts",  # the watchers are its `watcher`: subjects show them
         key="digest",
         body="\n".join(lines),
         data={"alerts": [a.to_dict() for a in alerts]},

@@ -143,7 +143,6 @@ class Scanner:
         size = len(data) if size is None else size
         found: list[Observation] = []
         block_end = 0
-        name = self.config.name
         limit = self.config.max_line
         encoding = self.config.encoding
         by_mask = self.by_mask
@@ -170,7 +169,7 @@ class Scanner:
                         )
                     found.append(
                         rule.observation(
-                            f"{name}: {text[:TITLE_CHARS]}",
+                            text[:TITLE_CHARS],
                             text,
                             {
                                 "path": path,
@@ -238,7 +237,7 @@ class Scanner:
             # A traceback's first line says nothing; its exception line says most: show both.
             traceback = last != text and text.lstrip().startswith("Traceback")
             shown = f"{text} … {last}" if traceback else text
-            title = f"{self.config.name}: {shown[:TITLE_CHARS]}"
+            title = shown[:TITLE_CHARS]
         else:
             groups = {
                 k: (v.decode(self.config.encoding, "replace") if isinstance(v, bytes) else v or "")

@@ -349,7 +349,7 @@ class PageWatcher(Watcher):
         if cfg.alert == "each":
             return [
                 Observation(
-                    title=f"{cfg.name}: {item.title}",
+                    title=item.title,
                     severity=cfg.severity,
                     key=f"item:{item.key}",
                     body=f"New item on {cfg.url}:\n\n{item.title}"
@@ -366,7 +366,7 @@ class PageWatcher(Watcher):
         summary = new_items[0].title if count == 1 else f"{count} new items"
         return [
             Observation(
-                title=f"{cfg.name}: {summary}",
+                title=summary,
                 severity=cfg.severity,
                 key="new-items",
                 body=f"New on {cfg.url}:\n\n{listing}",

@@ -206,7 +206,7 @@ class PortsWatcher(Watcher):
         if banner:
             body += f"\n\nIt says: {banner}"
         return Observation(
-            title=f"{self.name}: {label} {change}",
+            title=f"{label} {change}",
             severity=self.config.severity,
             key=f"port:{port}:{change}",
             body=body,
@@ -218,7 +218,8 @@ class PortsWatcher(Watcher):
         service = service_name(port)
         label = f"{self.config.host}:{port}" + (f" ({service})" if service else "")
         return Observation(
-            title=f"{self.name}: {label} is {actual}, expected {expected}",
+            title=f"{label} is {actual}, expected {expected}",
+            subject=label,
             severity=Severity.ERROR,
             key=f"expect:{port}",
             body=f"Port {port} on {self.config.host} should be {expected} but is {actual}.",

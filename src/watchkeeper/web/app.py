@@ -38,7 +38,7 @@ from starlette.staticfiles import StaticFiles
 
 from watchkeeper.alerts import Severity
 from watchkeeper.bind import Bind
-from watchkeeper.quantities import format_duration, iso_utc, parse_duration
+from watchkeeper.quantities import format_duration, iso_utc, parse_duration, parse_since
 from watchkeeper.store import Store
 from watchkeeper.supervisor import watcher_health
 from watchkeeper.watchers.base import WatcherConfig
@@ -49,6 +49,7 @@ from watchkeeper.web.data import (
     alerts_per_watcher,
     checkpoint_json,
     find_alerts,
+    first_alert_since,
     last_alert_id,
     notifier_docs,
     watcher_doc,
@@ -413,7 +414,10 @@ async def api_watcher(request: Request) -> Response:
 
 
 async def api_alerts(request: Request) -> Response:
-    """``GET /api/alerts?since_id=&severity=&watcher=&since=&q=&limit=``: oldest first."""
+    """``GET /api/alerts?since_id=&severity=&watcher=&since=&q=&limit=``: oldest first.
+
+    ``since`` is a duration (``1h``) or an ISO 8601 time, as in every command and the stream.
+    """
     try:
         query = alert_query(request.query_params, limit=1000)
     except ValueError as exc:
@@ -435,14 +439,18 @@ async def api_health(request: Request) -> Response:
 
 
 async def stream(request: Request) -> Response:
-    """``GET /api/stream``: SSE; resume with ``Last-Event-ID`` or ``?since=ID``."""
+    """``GET /api/stream``: SSE; resume with ``Last-Event-ID`` or ``?since_id=ID``, or replay from
+    ``?since=`` a duration or time first (``Last-Event-ID`` wins: a reconnect resumes exactly).
+    """
     ctx = wk(request)
     params = request.query_params
-    raw = request.headers.get("last-event-id") or params.get("since")
+    raw = request.headers.get("last-event-id") or params.get("since_id")
     try:
         since = int(raw) if raw else None
         if since is not None and not 0 <= since <= SQLITE_MAX:
             raise ValueError(f"resume id {raw!r} is out of range")
+        if since is None and params.get("since"):
+            since = first_alert_since(ctx.store, parse_since(params["since"])) - 1
         selector = StreamFilter(
             Severity.parse(params.get("severity") or "debug"), params.get("watcher") or None
         )
@@ -477,7 +485,7 @@ def alert_query(params: Any, limit: int) -> AlertQuery:
     return AlertQuery(
         watcher=params.get("watcher") or None,
         min_severity=Severity.parse(params.get("severity") or "debug"),
-        since=time.time() - parse_duration(since) if since else None,
+        since=parse_since(since) if since else None,
         q=params.get("q") or None,
         before_id=number("before"),
         since_id=number("since_id") or 0,

@@ -122,6 +122,17 @@ def last_alert_id(store: Store) -> int:
     return int(value or 0)
 
 
+def first_alert_since(store: Store, moment: float) -> int:
+    """The id of the first alert made at or after ``moment``; past the newest when there is none.
+
+    The newest id is read first: an alert committed between the two reads is then either found
+    by the second or newer than the answer, so a stream that starts after it misses nothing.
+    """
+    newest = last_alert_id(store)
+    found = store.query("SELECT MIN(id) FROM alerts WHERE created_at >= ?", [moment])[0][0]
+    return int(found) if found is not None else newest + 1
+
+
 def watcher_names(store: Store) -> list[str]:
     """Names that appear in the alert history or the watchers table, for filter menus."""
     rows = store.query("SELECT name FROM watchers UNION SELECT DISTINCT watcher FROM alerts")
