@@ -143,7 +143,7 @@ def delivered(receiver: RecordingServer) -> list[int]:
     """The line numbers the receiver got, in arrival order."""
     found = []
     for request in receiver.requests:
-        match = re.match(r"app: line (\d+) ", request.json()["title"])
+        match = re.search(r"\bline (\d+) ", request.json()["title"])
         if match:
             found.append(int(match.group(1)))
     return found
