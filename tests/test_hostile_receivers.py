@@ -244,13 +244,10 @@ def test_smtp_declares_8bit_bodies_and_keeps_encoded_word_lookalikes_literal(
             assert line.isascii()
 
 
-def test_smtp_sends_no_8bit_byte_to_a_server_that_does_not_offer_8bitmime(
-    raw_server: Any,
-) -> None:
-    """A plain RFC 5321 server (no extensions): the body goes quoted-printable, all 7-bit."""
-    got: dict[str, bytes] = {}
+def plain_smtp(got: dict[str, bytes]) -> Callable[[socket.socket, RawServer], None]:
+    """An RFC 5321 server with no extensions, keeping the MAIL line and the DATA in ``got``."""
 
-    def plain_smtp(conn: socket.socket, server: RawServer) -> None:
+    def behave(conn: socket.socket, server: RawServer) -> None:
         reader = conn.makefile("rb")
         conn.sendall(b"220 plain ESMTP\r\n")
         while line := reader.readline():
@@ -273,13 +270,24 @@ def test_smtp_sends_no_8bit_byte_to_a_server_that_does_not_offer_8bitmime(
             else:
                 conn.sendall(b"250 ok\r\n")
 
-    server = raw_server(plain_smtp)
+    return behave
+
+
+def test_smtp_sends_no_8bit_byte_to_a_server_that_does_not_offer_8bitmime(
+    raw_server: Any,
+) -> None:
+    got: dict[str, bytes] = {}
+    server = raw_server(plain_smtp(got))
     notifier = build_notifier(smtp_spec(server.port))
     notifier.send(alert("café", body="naïve text"))
     assert b"8BITMIME" not in got["mail"]
     assert got["data"].isascii()
     received = message_from_bytes(got["data"], policy=policy.default)
     assert "naïve text" in received.get_body().get_content()  # type: ignore[union-attr]
+    # A non-ASCII address needs SMTPUTF8, which this server lacks: retrying cannot help.
+    international = build_notifier(smtp_spec(server.port, to=["jörg@example.com"]))
+    with pytest.raises(PermanentDeliveryError, match="cannot take this message"):
+        international.send(alert())
 
 
 @pytest.fixture(scope="module")

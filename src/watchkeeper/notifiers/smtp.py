@@ -172,6 +172,8 @@ class SmtpNotifier(Notifier):
                     state.record(refused)
         except smtplib.SMTPRecipientsRefused as exc:
             state.record(exc.recipients)
+        except smtplib.SMTPNotSupportedError as exc:  # e.g. a non-ASCII address, no SMTPUTF8
+            raise PermanentDeliveryError(f"the server cannot take this message: {exc}") from exc
         except smtplib.SMTPResponseException as exc:
             text = f"SMTP {exc.smtp_code}: {_decode(exc.smtp_error)}{state.so_far()}"
             if 500 <= exc.smtp_code < 600:
