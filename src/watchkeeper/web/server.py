@@ -49,9 +49,9 @@ def serve_dashboard(
 
     Before ``keeper.start()`` it starts with the keeper; after, at once. ``bind`` may use port 0;
     the returned Dashboard's ``url`` has the real port once started. Off loopback a ``token`` is
-    required. ``required=False``: a busy address is a warning, not an error. ``tls``: (certificate,
-    key) PEM files to serve HTTPS with. The keeper only knows
-    it as a :class:`~watchkeeper.keeper.Companion`: the core never imports the web stack.
+    required. ``required=False``: a busy address is a warning, not an error. ``tls``: the
+    (certificate, key) PEM files to serve HTTPS with. The keeper only knows it as a
+    :class:`~watchkeeper.keeper.Companion`: the core never imports the web stack.
     """
     if any(isinstance(c, Dashboard) for c in keeper.companions):
         raise RuntimeError("this keeper already serves a dashboard")
