@@ -6,12 +6,15 @@ one JSON object per line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from tests.conftest import wait_until
@@ -126,3 +129,49 @@ def test_journald_gets_priority_prefixes(tmp_path: Path) -> None:
     assert lines[at].startswith("<4>")
     assert lines[at + 1] == "<4>    Traceback (most recent call last):"
     assert any(re.match(r"<6>\S+ INFO watchkeeper: ", line) for line in lines)
+
+
+def test_the_dashboard_servers_records_are_json_lines_too(tmp_path: Path) -> None:
+    """uvicorn's own records (a request that is not HTTP) go through the agent's format."""
+    config = tmp_path / "watchkeeper.toml"
+    config.write_text(
+        '[keeper]\nstate = "wk.db"\ndashboard = "127.0.0.1:0"\n'
+        '[[notify]]\nkind = "jsonl"\npath = "alerts.jsonl"\n'
+        '[[custom]]\nname = "queue"\nevery = "1h"\ncall = "tests.agent_checks:broken"\n'
+    )
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "watchkeeper", "run", "-c", str(config), "--log-format", "json"],
+        cwd=tmp_path,
+        env=ENV,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert agent.stderr is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(agent.stderr.readline, "")))
+    reader.start()
+    try:
+        port = wait_until(
+            lambda: next(
+                (
+                    m[1]
+                    for line in list(lines)
+                    if (m := re.search(r"dashboard: http://[\d.]+:(\d+)", line))
+                ),
+                None,
+            ),
+            timeout=30,
+        )
+        with socket.create_connection(("127.0.0.1", int(port))) as sock:
+            sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+            sock.settimeout(5)
+            with contextlib.suppress(OSError):
+                sock.recv(1000)
+        wait_until(lambda: any("Invalid HTTP" in line for line in list(lines)), timeout=10)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=30)
+        reader.join()
+    for line in lines:
+        json.loads(line)  # every line, uvicorn's included

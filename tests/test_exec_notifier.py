@@ -6,8 +6,11 @@ end with exactly-once delivery across a temporary failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -165,10 +168,15 @@ def test_huge_output_is_bounded_in_the_error(tmp_path: Path) -> None:
 def test_a_command_that_ignores_stdin_or_leaves_a_process_behind(tmp_path: Path) -> None:
     """A megabyte body it never reads, and a background process holding its output open."""
     notifier([script(tmp_path, "exit 0", "quiet")]).send(an_alert(body="x" * 1_000_000))
-    lingering = script(tmp_path, "sleep 30 &\necho done", "lingering")
+    left = tmp_path / "left.pid"
+    lingering = script(tmp_path, f"sleep 30 &\necho $! > {left}\necho done", "lingering")
     started = time.monotonic()
-    notifier([lingering], timeout="20s").send(an_alert())
-    assert time.monotonic() - started < 10
+    try:
+        notifier([lingering], timeout="20s").send(an_alert())
+        assert time.monotonic() - started < 10
+    finally:
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError, ValueError):
+            os.kill(int(left.read_text()), signal.SIGKILL)
 
 
 def test_environment_values_are_safe_and_the_body_is_cut() -> None:
@@ -288,3 +296,56 @@ def test_each_command_of_a_parallel_run_has_its_own_outcome(tmp_path: Path) -> N
     assert "timed out after 1s and was killed" in str(outcomes[2])
     assert isinstance(outcomes[3], PermanentDeliveryError)
     assert str(outcomes[3]).endswith("exited with status 67: no such user")
+
+
+def test_each_alert_of_a_parallel_run_gets_its_own_outcome(tmp_path: Path) -> None:
+    hook = tmp_path / "hook"
+    hook.write_text('#!/bin/sh\ncase "$WATCHKEEPER_TITLE" in bad*) echo nope; exit 67;; esac\n')
+    hook.chmod(0o755)
+    keeper = Keeper(
+        state=tmp_path / "wk.db", notify=[{"kind": "exec", "command": [str(hook)], "parallel": 4}]
+    )
+    titles = ["ok 1", "bad 2", "ok 3", "ok 4"]
+    keeper.every(3600, lambda: [Observation(t, event=True) for t in titles], name="w")
+    with keeper:
+        store = keeper.store
+        assert store is not None
+        wait_until(lambda: store.delivery_counts().get("exec") == {"sent": 3, "failed": 1})
+        rows = store.query(
+            "SELECT a.title, d.status FROM deliveries d JOIN alerts a ON a.id = d.alert_id"
+        )
+    assert {r[0]: r[1] for r in rows} == {
+        "ok 1": "sent",
+        "bad 2": "failed",
+        "ok 3": "sent",
+        "ok 4": "sent",
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        ({"A=B": "1"}, "'A=B' is not a variable name"),
+        ({"A": "x\x00y"}, "A holds a NUL character"),
+    ],
+)
+def test_an_environment_no_command_can_take_is_a_config_error(
+    env: dict[str, str], error: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        build_notifier({"kind": "exec", "command": ["/bin/true"], "env": env})
+
+
+def test_long_alert_fields_still_start_the_command(tmp_path: Path) -> None:
+    got = tmp_path / "got"
+    hook = tmp_path / "hook"
+    hook.write_text(f'#!/bin/sh\nprintf %s "$WATCHKEEPER_TITLE" | wc -c > {got}\n')
+    hook.chmod(0o755)
+    notifier = build_notifier({"kind": "exec", "command": [str(hook)]})
+    notifier.send(an_alert(title="t" * 300_000))  # over Linux's 128 KiB per variable
+    assert 16_000 <= int(got.read_text()) <= 16_384
+
+
+def test_describe_shows_the_program_not_its_arguments() -> None:
+    notifier = build_notifier({"kind": "exec", "command": ["/bin/true", "--token", "s3cret"]})
+    assert notifier.describe() == "/bin/true (+2 arguments)"

@@ -123,7 +123,8 @@ def test_batch_sends_one_digest(backend: Backend, tmp_path: Path) -> None:
     else:
         assert len(titles) == 1
         # The watcher is named once: the subject puts it before the title, as for one alert.
-        assert titles[0] == ("[WARNING] w: 5 alerts" if spec["kind"] == "smtp" else "5 alerts")
+        named = {"smtp": "[WARNING] w: 5 alerts", "apprise": "w: 5 alerts"}
+        assert titles[0] == named.get(spec["kind"], "5 alerts")
 
 
 def alert(title: str = "disk full", **kw: Any) -> Alert:
@@ -298,7 +299,7 @@ def test_apprise_throttle_is_off_and_exit_is_unsafe(http_receiver: RecordingServ
     worker.start()
     assert done.wait(3.0), "apprise's 5.5 s per-target throttle is still on"
     worker.join()
-    assert [r.json()["title"] for r in http_receiver.requests] == ["one", "two"]
+    assert [r.json()["title"] for r in http_receiver.requests] == ["w: one", "w: two"]
 
 
 @pytest.mark.parametrize("mode", ["starttls", "ssl"])
@@ -418,3 +419,14 @@ def test_subjects_name_the_watcher_once(smtp_sink: SmtpSink, tmp_path: Path) -> 
     assert [str(m["Subject"]) for m in smtp_sink.messages] == [
         "[ERROR] app-log: ERROR disk full on /var"
     ]
+
+
+def test_apprise_titles_name_the_watcher(http_receiver: RecordingServer, tmp_path: Path) -> None:
+    """Alert titles leave out the watcher; a chat message must still say where it came from."""
+    pytest.importorskip("apprise")
+    url = "json://" + http_receiver.url.removeprefix("http://")
+    keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "apprise", "url": url}])
+    keeper.every(3600, lambda: Observation("replica lag 40s", severity="error"), name="db-primary")
+    with keeper:
+        (request,) = http_receiver.wait_for(1)
+    assert request.json()["title"] == "db-primary: replica lag 40s"

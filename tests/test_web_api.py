@@ -721,3 +721,7 @@ def test_ids_beyond_what_sqlite_holds_are_a_400(served: tuple[Keeper, Dashboard]
             bad = http.get(path, params={"since": "yesterday"})
             assert bad.status_code == 400
             assert "use a duration like 1h or a time like" in bad.json()["error"]
+        for path in ("/api/stream", "/api/alerts"):  # the old id form says where ids go now
+            old = http.get(path, params={"since": "0"})
+            assert old.status_code == 400
+            assert "?since_id=" in old.json()["error"]

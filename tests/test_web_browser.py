@@ -228,6 +228,17 @@ def bind_preferring(port: int) -> socket.socket:
     return sock
 
 
+def close_and_keep(held: list[socket.socket], index: int) -> None:
+    """Stop listening on ``held[index]`` but keep its port bound, so the port reads closed and
+    no other process (a parallel test binding port 0) can open it meanwhile."""
+    port = held[index].getsockname()[1]
+    held[index].close()
+    keeper = socket.socket()
+    keeper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    keeper.bind(("127.0.0.1", port))  # bound, never listening: connects are refused
+    held[index] = keeper
+
+
 def test_detail_pages_of_log_page_and_ports_watchers(tmp_path: Path, watch: Watch) -> None:
     """Each kind's own view, as a user sees it; screenshots dashboard-detail-<kind>.png."""
     expect = playwright_api.expect
@@ -272,13 +283,13 @@ def test_detail_pages_of_log_page_and_ports_watchers(tmp_path: Path, watch: Watc
         wait_until(lambda: len(detail("lan")["open"]) == 2)
         held[2].listen()
         wait_until(lambda: len(detail("lan")["history"]) == 1)
-        held[1].close()
+        close_and_keep(held, 1)
         wait_until(lambda: len(detail("lan")["history"]) == 2)
         with (logs / "app.log").open("a") as out:
             out.write("ERROR queue stuck <script>alert(1)</script>\n")
         wait_until(lambda: detail("applog")["files"][1]["size"] == 76)
         wait_until(lambda: detail("applog")["total_lag"] == 0)
-        held[0].close()  # the expected port goes away
+        close_and_keep(held, 0)  # the expected port goes away
         wait_until(lambda: detail("lan")["expectations"][0]["alerting_since"])
 
         page = watch.page

@@ -45,6 +45,9 @@ from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatch
 
 log = logging.getLogger("watchkeeper")
 
+ABORT_GRACE = 1.0
+"""Seconds a dispatcher has, after its notifier was told to abort, to record the retry."""
+
 NotifierSpec = Mapping[str, Any] | NotifierConfig | Notifier
 
 
@@ -311,6 +314,10 @@ class Keeper:
         for dispatcher in dispatchers:
             if dispatcher.is_alive():
                 dispatcher.join(max(0.0, deadline - time.monotonic()))
+        for sender in [*dispatchers, *self._retiring]:
+            if isinstance(sender, Dispatcher) and sender.is_alive():
+                sender.notifier.abort()  # out of time: the send in progress is retried later
+                sender.join(ABORT_GRACE)
         for handover in self._handovers:
             handover.join(max(0.0, deadline - time.monotonic()))
         drivers = [*watching, *dispatchers, *self._retiring, supervisor]

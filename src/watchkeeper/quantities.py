@@ -84,8 +84,14 @@ def parse_since(value: str, now: float | None = None) -> float:
     """A moment from ``"1h"`` (that long before ``now``) or an ISO 8601 time (UTC if no zone).
 
     What ``--since`` and ``?since=`` take everywhere, so a duration or a time mean the same thing
-    in every command and API.
+    in every command and API. A bare number is refused: it used to be an alert id in ``follow``
+    and ``/api/stream``, and reading it as seconds now would change what old scripts get.
     """
+    if re.fullmatch(r"\s*\d+(\.\d*)?\s*", value):
+        raise ValueError(
+            f"{value!r}: give a unit for a duration (e.g. {value.strip()}s), or a time; "
+            "an alert id goes in --after-id (?since_id= in the API)"
+        )
     try:
         return (time.time() if now is None else now) - parse_duration(value)
     except ValueError:

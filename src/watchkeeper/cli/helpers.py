@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -152,9 +153,20 @@ def setup_logging(verbose: int, log_format: str = "auto", least: int = 0) -> Non
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(steps, 2)]
     handler = log_handler(log_format, sys.stderr)  # narrowed to a LogFormat just above
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    threading.excepthook = _log_thread_exception  # a thread's death is a record like the rest
     # Libraries' request logs are noise and may carry tokens (apprise URLs): -vvv shows them.
     for noisy in ("httpx", "httpcore", "apprise", "mail.log"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if steps >= 3 else logging.WARNING)
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    logging.getLogger("watchkeeper").error(
+        "thread %s ended by an exception", name, exc_info=exc_info
+    )
 
 
 def say(message: str, level: int = logging.INFO) -> None:

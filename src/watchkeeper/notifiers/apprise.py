@@ -74,7 +74,11 @@ class AppriseNotifier(Notifier):
             # Each target's own notify() is synchronous; Apprise.notify() would hand the work to
             # its shared thread pool, a thread that outlives the call.
             ok = all(
-                server.notify(title=alert.title, body=alert.body or alert.title, notify_type=kind)
+                server.notify(  # titles leave out the watcher: name it, as email subjects do
+                    title=f"{alert.watcher}: {alert.title}",
+                    body=alert.body or alert.title,
+                    notify_type=kind,
+                )
                 for server in self._app
             )
         except RuntimeError as exc:  # "cannot schedule new futures after interpreter shutdown"

@@ -21,12 +21,15 @@ dispatcher hand it up to that many due alerts at once (:meth:`send_each`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import selectors
 import shlex
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -49,6 +52,12 @@ OUTPUT_LIMIT = 4096
 """Bytes of the command's output kept for the delivery's error: the first and last half."""
 BODY_LIMIT = 8192
 """Characters of the body in ``WATCHKEEPER_BODY``; stdin always has all of it."""
+VALUE_LIMIT = 16384
+"""Bytes of any other ``WATCHKEEPER_*`` value (Linux refuses one variable over 128 KiB)."""
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OURS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+"""systemd's channel to the agent: not for the commands it runs."""
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 EXIT_GRACE = 1.0
 """After the command exits, how long to read output that a process it left behind still holds."""
 
@@ -80,6 +89,14 @@ class ExecConfig(NotifierConfig):
 
     @model_validator(mode="after")
     def _command_form(self) -> ExecConfig:
+        for name, value in self.env.items():
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(f"env: {name!r} is not a variable name (letters, digits, _)")
+            if "\x00" in value:
+                raise ValueError(f"env: {name} holds a NUL character, which no variable can")
+        words = [self.command] if isinstance(self.command, str) else self.command
+        if any("\x00" in word for word in words):
+            raise ValueError("command: holds a NUL character, which no argument can")
         if self.shell and not isinstance(self.command, str):
             raise ValueError('command: with shell = true, write one string: "cmd --flag | tee x"')
         if not self.shell and isinstance(self.command, str):
@@ -112,8 +129,12 @@ def alert_environment(alert: Alert) -> dict[str, str]:
 
 
 def _env_safe(value: str) -> str:
-    """No NUL (an environment string ends there) and no lone surrogate (not encodable)."""
-    return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    """No NUL (an environment string ends there), no lone surrogate (not encodable), and at
+    most :data:`VALUE_LIMIT` bytes (a longer title or URL would make the command unstartable)."""
+    data = value.replace("\x00", "\ufffd").encode("utf-8", "replace")
+    if len(data) > VALUE_LIMIT:
+        data = data[: VALUE_LIMIT - 3] + "…".encode()
+    return data.decode("utf-8", "ignore")
 
 
 class Output:
@@ -138,7 +159,8 @@ class Output:
         """The kept output as one stripped text, with a marker where bytes were cut."""
         cut = self.total - len(self.head) - len(self.tail)
         middle = f"\n[… {cut} bytes cut …]\n".encode() if cut else b""
-        return bytes(self.head + middle + self.tail).decode(errors="replace").strip()
+        text = bytes(self.head + middle + self.tail).decode(errors="replace").strip()
+        return _CONTROLS.sub("\ufffd", text)  # it reaches logs, status and terminals
 
 
 @register
@@ -151,6 +173,8 @@ class ExecNotifier(Notifier):
 
     def __init__(self, config: ExecConfig) -> None:
         super().__init__(config)
+        self._running: set[Run] = set()
+        self._running_lock = threading.Lock()
         if isinstance(config.command, list):
             program = config.command[0]
             found = _executable(program)
@@ -161,11 +185,12 @@ class ExecNotifier(Notifier):
                 )
 
     def describe(self) -> str:
-        """The command as a shell would show it (arguments may be long: cut)."""
+        """The program, not its arguments: they may hold secrets, and this reaches status."""
         cfg = self.config
-        shown = cfg.command if isinstance(cfg.command, str) else shlex.join(cfg.command)
-        text = f"sh -c {shlex.quote(shown)}" if cfg.shell else shown
-        return text if len(text) <= 120 else text[:119] + "…"
+        if isinstance(cfg.command, str):
+            return "sh -c (a shell command)"
+        extra = len(cfg.command) - 1
+        return cfg.command[0] + (f" (+{extra} argument{'s' * (extra > 1)})" if extra else "")
 
     @property
     def concurrency(self) -> int:
@@ -182,22 +207,43 @@ class ExecNotifier(Notifier):
         """Run the command once per alert, all at once, and wait for them all (or the timeout)."""
         outcomes: list[Exception | None] = [None] * len(alerts)
         running: dict[int, Run] = {}
-        for index, alert in enumerate(alerts):
-            try:
-                running[index] = self._start(alert)
-            except DeliveryError as exc:
-                outcomes[index] = exc
-        _communicate(list(running.values()), self.config.timeout)
+        try:
+            for index, alert in enumerate(alerts):
+                try:
+                    running[index] = self._start(alert)
+                except DeliveryError as exc:
+                    outcomes[index] = exc
+            with self._running_lock:
+                self._running.update(running.values())
+            _communicate(list(running.values()), self.config.timeout)
+        finally:
+            with self._running_lock:
+                self._running.difference_update(running.values())
+            for run in running.values():  # what an error above left running does not outlive us
+                if run.child.poll() is None:
+                    run.close()
+                    _kill_group(run.child)
         for index, run in running.items():
             outcomes[index] = self._outcome(run)
         return outcomes
+
+    def abort(self) -> None:
+        """Kill the commands still running (and what they started): the program is ending, and a
+        command left behind would run beside its retry at the next start."""
+        with self._running_lock:
+            running = list(self._running)
+        for run in running:
+            run.aborted = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(run.child.pid, signal.SIGKILL)
 
     def _start(self, alert: Alert) -> Run:
         cfg = self.config
         stdin = (json.dumps(alert.to_dict(), ensure_ascii=False, default=str) + "\n").encode(
             errors="replace"
         )
-        env = {**os.environ, **cfg.env, **alert_environment(alert)}
+        inherited = {k: v for k, v in os.environ.items() if k not in _OURS}
+        env = {**inherited, **cfg.env, **alert_environment(alert)}
         try:
             child = subprocess.Popen(
                 cfg.command,
@@ -210,7 +256,10 @@ class ExecNotifier(Notifier):
             )
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise PermanentDeliveryError(f"cannot run {self.describe()}: {exc}") from exc
-        except OSError as exc:  # out of processes or memory: that may pass
+        except OSError as exc:
+            if exc.errno == errno.E2BIG:  # the same alert will never fit
+                raise PermanentDeliveryError(f"cannot start {self.describe()}: {exc}") from exc
+            # out of processes or memory: that may pass
             raise TransientDeliveryError(f"cannot start {self.describe()}: {exc}") from exc
         return Run(child, stdin)
 
@@ -218,6 +267,8 @@ class ExecNotifier(Notifier):
         """None when the command succeeded, else the error its end means."""
         shown = run.output.text()
         said = f": {shown}" if shown else " (no output)"
+        if run.aborted:
+            return TransientDeliveryError(f"{self.describe()} was stopped: the program ended")
         if run.timed_out:
             return TransientDeliveryError(
                 f"{self.describe()} timed out after {self.config.timeout:g}s and was killed{said}"
@@ -254,6 +305,7 @@ class Run:
         self.output = Output()
         self.ended: float | None = None
         self.timed_out = False
+        self.aborted = False
         self.exited = _exit_fd(child.pid)
         """Readable once the command has exited (a Linux pidfd): the loop wakes for its end."""
         os.set_blocking(self.stdin.fileno(), False)
@@ -281,6 +333,7 @@ class Run:
                 stream.close()
         if self.exited is not None:
             os.close(self.exited)
+            self.exited = None
 
 
 def _exit_fd(pid: int) -> int | None:

@@ -180,6 +180,7 @@ class Dashboard:
         config = uvicorn.Config(
             app,
             log_level="warning",
+            log_config=None,  # uvicorn's records go through the agent's handler and format
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=2,
