@@ -100,7 +100,7 @@ def test_apprise_deliveries_wait_at_exit_instead_of_failing(
     assert http_receiver.requests == []
     run_script(state, 5.0, target, "drain")
     (request,) = http_receiver.wait_for(1)
-    assert request.json()["title"] == "last words"
+    assert request.json()["title"] == "job: last words"  # apprise titles name the watcher
     with Store(state) as store:
         assert store.delivery_counts() == {"apprise": {"sent": 1}}
 

@@ -356,3 +356,57 @@ def test_smtp_per_recipient_outcomes_match_an_oracle(
     assert sorted(got) == sorted(expected_sent)  # once each, and only those
     done = len(expected_sent) + len(refused) == len(RECIPIENTS)
     assert outcome == ("pending" if not done else "failed" if refused else "sent")
+
+
+def test_an_smtp_send_waiting_on_a_silent_server_is_aborted_at_once(raw_server: Any) -> None:
+    """The keeper's stop ran out of time: abort() ends the session, the send fails now."""
+
+    def silent(conn: socket.socket, server: RawServer) -> None:
+        server.stop.wait(30)  # accepts, never says a word
+
+    server = raw_server(silent)
+    notifier = build_notifier(smtp_spec(server.port, timeout="60s"))
+    failed: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            notifier.send(alert())
+        except TransientDeliveryError as exc:
+            failed.append(exc)
+
+    sender = threading.Thread(target=send, name="sender")
+    sender.start()
+    wait_until(lambda: any(getattr(c, "sock", None) for c in notifier._sessions))  # connected
+    notifier.abort()
+    sender.join(5)
+    assert not sender.is_alive()
+    assert failed
+
+
+def test_a_webhook_send_waiting_on_a_silent_receiver_is_aborted_at_once(raw_server: Any) -> None:
+    """A receiver that takes the request and never answers; the stop ran out of time."""
+    asked = threading.Event()
+
+    def silent(conn: socket.socket, server: RawServer) -> None:
+        conn.recv(65536)
+        asked.set()
+        server.stop.wait(30)
+
+    server = raw_server(silent)
+    notifier = build_notifier({"kind": "webhook", "url": f"http://127.0.0.1:{server.port}/"})
+    failed: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            notifier.send(alert())
+        except TransientDeliveryError as exc:
+            failed.append(exc)
+
+    sender = threading.Thread(target=send, name="sender")
+    sender.start()
+    wait_until(asked.is_set)
+    notifier.abort()
+    sender.join(5)
+    assert not sender.is_alive()
+    assert failed
+    notifier.close()

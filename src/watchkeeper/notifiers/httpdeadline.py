@@ -9,6 +9,9 @@ the timeout it is. Imported with the webhook notifier, which already needs httpx
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,8 +32,10 @@ def _left(timeout: float | None, error: type[Exception]) -> float | None:
 class DeadlineStream(httpcore.NetworkStream):
     """A connection whose every read and write keeps the thread's deadline."""
 
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
+    def __init__(self, stream: httpcore.NetworkStream, backend: DeadlineBackend) -> None:
         self.stream = stream
+        self.backend = backend
+        backend.opened(self)
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         """Read, within what is left of the deadline."""
@@ -42,6 +47,7 @@ class DeadlineStream(httpcore.NetworkStream):
 
     def close(self) -> None:
         """Close the connection."""
+        self.backend.closed(self)
         self.stream.close()
 
     def start_tls(
@@ -54,7 +60,8 @@ class DeadlineStream(httpcore.NetworkStream):
         upgraded = self.stream.start_tls(
             ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)
         )
-        return DeadlineStream(upgraded)
+        self.backend.closed(self)
+        return DeadlineStream(upgraded, self.backend)
 
     def get_extra_info(self, info: str) -> Any:
         """As the wrapped stream."""
@@ -66,6 +73,29 @@ class DeadlineBackend(httpcore.NetworkBackend):
 
     def __init__(self) -> None:
         self.backend = httpcore.SyncBackend()
+        self._open: set[DeadlineStream] = set()
+        self._lock = threading.Lock()
+
+    def opened(self, stream: DeadlineStream) -> None:
+        """A connection was made (kept for :meth:`abort`)."""
+        with self._lock:
+            self._open.add(stream)
+
+    def closed(self, stream: DeadlineStream) -> None:
+        """A connection was closed."""
+        with self._lock:
+            self._open.discard(stream)
+
+    def abort(self) -> None:
+        """Shut every open connection down, from another thread: a request waiting on one
+        fails at once (the keeper's stop ran out of time)."""
+        with self._lock:
+            streams = list(self._open)
+        for stream in streams:
+            sock = stream.get_extra_info("socket")
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def connect_tcp(
         self,
@@ -79,18 +109,20 @@ class DeadlineBackend(httpcore.NetworkBackend):
         stream = self.backend.connect_tcp(
             host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options
         )
-        return DeadlineStream(stream)
+        return DeadlineStream(stream, self)
 
     def sleep(self, seconds: float) -> None:
         """As the wrapped backend."""
         self.backend.sleep(seconds)
 
 
-def bounded_transport() -> httpx.HTTPTransport:
-    """httpx's own transport, its connection pool using :class:`DeadlineBackend`.
+def bounded_transport() -> tuple[httpx.HTTPTransport, DeadlineBackend]:
+    """httpx's own transport, its connection pool using a :class:`DeadlineBackend` (returned
+    too, for :meth:`DeadlineBackend.abort`).
 
     httpx offers no setting for the network backend; its pool keeps it in one attribute.
     """
     transport = httpx.HTTPTransport()
-    transport._pool._network_backend = DeadlineBackend()
-    return transport
+    backend = DeadlineBackend()
+    transport._pool._network_backend = backend
+    return transport, backend

@@ -10,14 +10,17 @@ the config, passed to the server as the envelope.
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import smtplib
 import socket
 import ssl
+import threading
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, FilePath, SecretStr, model_validator
 
@@ -134,6 +137,21 @@ class SmtpNotifier(Notifier):
         self._body = template(config.body, "body")
         self._recipients: dict[str, Recipients] = {}
         """Alert uid -> what happened to its recipients so far, while some are still to do."""
+        self._sessions: set[smtplib.SMTP] = set()
+        self._sessions_lock = threading.Lock()
+
+    def abort(self) -> None:
+        """End the sessions in progress from another thread (the stop ran out of time): their
+        sockets are shut down, so a send blocked on a silent server fails at once and stays
+        pending for the next start."""
+        with self._sessions_lock:
+            sessions = list(self._sessions)
+        for client in sessions:
+            client.aborted = True  # type: ignore[attr-defined]  # one still connecting gives up
+            sock = getattr(client, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def describe(self) -> str:
         """``smtp://host:port -> a@x, b@y``."""
@@ -206,11 +224,35 @@ class SmtpNotifier(Notifier):
         context = ssl.create_default_context(cafile=cfg.ca_file)
         context.sslsocket_class = DeadlineSSLSocket
         timeout = left(cfg.timeout)
-        client: smtplib.SMTP
-        if cfg.tls == "ssl":
-            client = _SSLClient(cfg.host, cfg.effective_port, timeout=timeout, context=context)
-        else:
-            client = _Client(cfg.host, cfg.effective_port, timeout=timeout)
+        opened: list[smtplib.SMTP] = []  # the client, known before it connects (for abort)
+
+        def track(client: smtplib.SMTP) -> None:
+            opened.append(client)
+            with self._sessions_lock:
+                self._sessions.add(client)
+
+        try:
+            client: smtplib.SMTP
+            if cfg.tls == "ssl":
+                client = _SSLClient(
+                    track, cfg.host, cfg.effective_port, timeout=timeout, context=context
+                )
+            else:
+                client = _Client(track, cfg.host, cfg.effective_port, timeout=timeout)
+            return self._session(client, context, msg, recipients)
+        finally:
+            with self._sessions_lock:
+                self._sessions.difference_update(opened)
+
+    def _session(
+        self,
+        client: smtplib.SMTP,
+        context: ssl.SSLContext,
+        msg: EmailMessage,
+        recipients: list[str],
+    ) -> dict[str, tuple[int, bytes]]:
+        """Talk to the connected server on ``client`` and send ``msg``."""
+        cfg = self.config
         with client:
             if cfg.tls == "starttls":
                 client.starttls(context=context)
@@ -255,19 +297,36 @@ class Recipients:
 
 
 class _Client(smtplib.SMTP):
-    """smtplib.SMTP whose socket keeps the attempt's deadline."""
+    """smtplib.SMTP whose socket keeps the attempt's deadline; ``track`` learns of it before
+    it connects, so an abort can reach a connection still waiting for the greeting."""
+
+    def __init__(self, track: Callable[[smtplib.SMTP], None], *args: Any, **kwargs: Any) -> None:
+        track(self)
+        super().__init__(*args, **kwargs)
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         sock: socket.socket = super()._get_socket(host, port, left(timeout))  # type: ignore[misc]
-        return DeadlineSocket.adopt(sock)
+        return _unless_aborted(self, DeadlineSocket.adopt(sock))
 
 
 class _SSLClient(smtplib.SMTP_SSL):
     """smtplib.SMTP_SSL whose socket keeps the attempt's deadline (its context makes it so)."""
 
+    def __init__(self, track: Callable[[smtplib.SMTP], None], *args: Any, **kwargs: Any) -> None:
+        track(self)
+        super().__init__(*args, **kwargs)
+
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         sock: socket.socket = super()._get_socket(host, port, left(timeout))  # type: ignore[misc]
-        return sock
+        return _unless_aborted(self, sock)
+
+
+def _unless_aborted(client: smtplib.SMTP, sock: socket.socket) -> socket.socket:
+    """The new connection, or an error if :meth:`SmtpNotifier.abort` came while it was made."""
+    if getattr(client, "aborted", False):
+        sock.close()
+        raise ConnectionAbortedError("the send was aborted: the keeper is stopping")
+    return sock
 
 
 def _eight_bit(client: smtplib.SMTP, msg: EmailMessage) -> list[str]:

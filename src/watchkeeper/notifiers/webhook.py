@@ -114,8 +114,9 @@ class WebhookNotifier(Notifier):
         self._body = template(config.body, "body") if config.body else None
         from watchkeeper.notifiers.httpdeadline import bounded_transport
 
+        transport, self._connections = bounded_transport()
         self._client: httpx.Client = httpx.Client(
-            timeout=config.timeout, follow_redirects=False, transport=bounded_transport()
+            timeout=config.timeout, follow_redirects=False, transport=transport
         )
 
     def describe(self) -> str:
@@ -176,6 +177,10 @@ class WebhookNotifier(Notifier):
     def send_digest(self, alerts: Sequence[Alert]) -> None:
         """A digest: the default payload gains an ``alerts`` list; templates see it as ``data``."""
         self.send(digest_alert(alerts))
+
+    def abort(self) -> None:
+        """Shut the open connections down: a request waiting on its answer fails at once."""
+        self._connections.abort()
 
     def close(self) -> None:
         """Close the connection pool."""
