@@ -358,14 +358,8 @@ def test_smtp_per_recipient_outcomes_match_an_oracle(
     assert outcome == ("pending" if not done else "failed" if refused else "sent")
 
 
-def test_an_smtp_send_waiting_on_a_silent_server_is_aborted_at_once(raw_server: Any) -> None:
-    """The keeper's stop ran out of time: abort() ends the session, the send fails now."""
-
-    def silent(conn: socket.socket, server: RawServer) -> None:
-        server.stop.wait(30)  # accepts, never says a word
-
-    server = raw_server(silent)
-    notifier = build_notifier(smtp_spec(server.port, timeout="60s"))
+def send_in_thread(notifier: Any) -> tuple[threading.Thread, list[BaseException]]:
+    """Send one alert on a thread of its own; the list gets the TransientDeliveryError."""
     failed: list[BaseException] = []
 
     def send() -> None:
@@ -376,6 +370,18 @@ def test_an_smtp_send_waiting_on_a_silent_server_is_aborted_at_once(raw_server: 
 
     sender = threading.Thread(target=send, name="sender")
     sender.start()
+    return sender, failed
+
+
+def test_an_smtp_send_waiting_on_a_silent_server_is_aborted_at_once(raw_server: Any) -> None:
+    """The keeper's stop ran out of time: abort() ends the session, the send fails now."""
+
+    def silent(conn: socket.socket, server: RawServer) -> None:
+        server.stop.wait(30)  # accepts, never says a word
+
+    server = raw_server(silent)
+    notifier = build_notifier(smtp_spec(server.port, timeout="60s"))
+    sender, failed = send_in_thread(notifier)
     wait_until(lambda: any(getattr(c, "sock", None) for c in notifier._sessions))  # connected
     notifier.abort()
     sender.join(5)
@@ -394,16 +400,7 @@ def test_a_webhook_send_waiting_on_a_silent_receiver_is_aborted_at_once(raw_serv
 
     server = raw_server(silent)
     notifier = build_notifier({"kind": "webhook", "url": f"http://127.0.0.1:{server.port}/"})
-    failed: list[BaseException] = []
-
-    def send() -> None:
-        try:
-            notifier.send(alert())
-        except TransientDeliveryError as exc:
-            failed.append(exc)
-
-    sender = threading.Thread(target=send, name="sender")
-    sender.start()
+    sender, failed = send_in_thread(notifier)
     wait_until(asked.is_set)
     notifier.abort()
     sender.join(5)

@@ -139,6 +139,19 @@ def numbered_lines(start: int, count: int, width: int) -> str:
     return "".join(f"line {n} ".ljust(width, "x") + "\n" for n in range(start, start + count))
 
 
+class LineWriter:
+    """Appends numbered lines to a log, counting them (the next number is ``written``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.written = 0
+
+    def write(self, count: int, width: int) -> None:
+        with self.path.open("a") as out:
+            out.write(numbered_lines(self.written, count, width))
+        self.written += count
+
+
 def delivered(receiver: RecordingServer) -> list[int]:
     """The line numbers the receiver got, in arrival order."""
     found = []
@@ -313,41 +326,35 @@ def test_the_agent_through_a_full_disk_a_busy_store_and_a_crashing_dispatcher(
     log.write_text("")
     state = small_disk / "wk.db"
     keeper = log_keeper(state, log, http_receiver)
-    written = 0
-
-    def write(count: int, width: int) -> None:
-        nonlocal written
-        with log.open("a") as out:
-            out.write(numbered_lines(written, count, width))
-        written += count
+    writer = LineWriter(log)
 
     with keeper:
         # 1. The disk fills up, then gets space.
         while not keeper.health()["store"]["error"]:
-            write(10, 20_000)
+            writer.write(10, 20_000)
             wait_until(lambda: keeper.health()["store"]["error"], 0.5, must=False)
-        write(20, 20_000)
+        writer.write(20, 20_000)
         resize(small_disk, "64m")
-        wait_until(lambda: len(delivered(http_receiver)) >= written, timeout=60)
+        wait_until(lambda: len(delivered(http_receiver)) >= writer.written, timeout=60)
         # 2. Another writer holds the lock for a while.
         other = sqlite3.connect(state, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
-        write(30, 100)
+        writer.write(30, 100)
         wait_until(lambda: "locked" in (keeper.health()["store"]["error"] or ""))
         other.execute("ROLLBACK")
         other.close()
-        wait_until(lambda: len(delivered(http_receiver)) >= written, timeout=30)
+        wait_until(lambda: len(delivered(http_receiver)) >= writer.written, timeout=30)
         # 3. The dispatcher crashes with deliveries pending.
         crash.set()
-        write(30, 100)
+        writer.write(30, 100)
         wait_until(lambda: any(u["restarts"] for u in keeper.health()["threads"]))
-        wait_until(lambda: len(delivered(http_receiver)) >= written, timeout=30)
+        wait_until(lambda: len(delivered(http_receiver)) >= writer.written, timeout=30)
         store = keeper.store
         assert store is not None
         wait_until(lambda: not store.delivery_counts()["webhook"].get("pending"))
-    assert sorted(delivered(http_receiver)) == list(range(written))
+    assert sorted(delivered(http_receiver)) == list(range(writer.written))
     with Store(state, readonly=True) as store:
-        assert store.count_alerts() - len(store.alerts(watcher="watchkeeper")) == written
+        assert store.count_alerts() - len(store.alerts(watcher="watchkeeper")) == writer.written
 
 
 def test_the_real_agent_through_a_full_disk_and_a_crashing_dispatcher(
@@ -401,36 +408,30 @@ every = "0.1s"
         shown = run_cli("status", "--json", "--state", str(state), cwd=tmp_path)
         return json.loads(shown.stdout) if shown.returncode == 0 else {}
 
-    written = 0
-
-    def write(count: int, width: int) -> None:
-        nonlocal written
-        with log.open("a") as out:
-            out.write(numbered_lines(written, count, width))
-        written += count
+    writer = LineWriter(log)
 
     try:
         wait_until(lambda: (status().get("keeper") or {}).get("threads"), timeout=30)
         # 1. The disk fills up: the agent says so (from outside), then gets space.
         while not ((status().get("keeper") or {}).get("store") or {}).get("error"):
-            write(10, 20_000)
-        write(20, 20_000)
+            writer.write(10, 20_000)
+        writer.write(20, 20_000)
         resize(small_disk, "64m")
-        wait_until(lambda: len(delivered(http_receiver)) >= written, timeout=60)
+        wait_until(lambda: len(delivered(http_receiver)) >= writer.written, timeout=60)
         # 2. A dispatcher crashes from inside its loop with deliveries pending.
         (fire / "crash-dispatcher").touch()
         wait_until(lambda: not (fire / "crash-dispatcher").exists())
-        write(30, 100)
+        writer.write(30, 100)
 
         def dispatcher_restarted() -> bool:
             threads = (status().get("keeper") or {}).get("threads", [])
             return any(u["kind"] == "dispatcher" and u["restarts"] for u in threads)
 
         wait_until(dispatcher_restarted, timeout=30)
-        wait_until(lambda: len(delivered(http_receiver)) >= written, timeout=30)
+        wait_until(lambda: len(delivered(http_receiver)) >= writer.written, timeout=30)
     finally:
         agent.send_signal(signal.SIGTERM)
         _, errors = agent.communicate(timeout=30)
     assert agent.returncode == 0, errors
     assert "injected dispatcher crash" in errors  # logged with its traceback
-    assert sorted(delivered(http_receiver)) == list(range(written))  # none lost, none twice
+    assert sorted(delivered(http_receiver)) == list(range(writer.written))  # none lost, none twice
