@@ -315,8 +315,8 @@ class Keeper:
             if dispatcher.is_alive():
                 dispatcher.join(max(0.0, deadline - time.monotonic()))
         for sender in [*dispatchers, *self._retiring]:
-            if isinstance(sender, Dispatcher) and sender.is_alive():
-                sender.notifier.abort()  # out of time: the send in progress is retried later
+            # Out of time: a send that would outlive the program is ended, and retried later.
+            if isinstance(sender, Dispatcher) and sender.is_alive() and sender.notifier.abort():
                 sender.join(ABORT_GRACE)
         for handover in self._handovers:
             handover.join(max(0.0, deadline - time.monotonic()))

@@ -86,9 +86,9 @@ class DeadlineBackend(httpcore.NetworkBackend):
         with self._lock:
             self._open.discard(stream)
 
-    def abort(self) -> None:
+    def abort(self) -> bool:
         """Shut every open connection down, from another thread: a request waiting on one
-        fails at once (the keeper's stop ran out of time)."""
+        fails at once (the keeper's stop ran out of time). True when there was one."""
         with self._lock:
             streams = list(self._open)
         for stream in streams:
@@ -96,6 +96,7 @@ class DeadlineBackend(httpcore.NetworkBackend):
             if isinstance(sock, socket.socket):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+        return bool(streams)
 
     def connect_tcp(
         self,

@@ -140,10 +140,10 @@ class SmtpNotifier(Notifier):
         self._sessions: set[smtplib.SMTP] = set()
         self._sessions_lock = threading.Lock()
 
-    def abort(self) -> None:
+    def abort(self) -> bool:
         """End the sessions in progress from another thread (the stop ran out of time): their
         sockets are shut down, so a send blocked on a silent server fails at once and stays
-        pending for the next start."""
+        pending for the next start. True when there was one."""
         with self._sessions_lock:
             sessions = list(self._sessions)
         for client in sessions:
@@ -152,6 +152,7 @@ class SmtpNotifier(Notifier):
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+        return bool(sessions)
 
     def describe(self) -> str:
         """``smtp://host:port -> a@x, b@y``."""

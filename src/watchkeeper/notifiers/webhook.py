@@ -178,9 +178,9 @@ class WebhookNotifier(Notifier):
         """A digest: the default payload gains an ``alerts`` list; templates see it as ``data``."""
         self.send(digest_alert(alerts))
 
-    def abort(self) -> None:
+    def abort(self) -> bool:
         """Shut the open connections down: a request waiting on its answer fails at once."""
-        self._connections.abort()
+        return self._connections.abort()
 
     def close(self) -> None:
         """Close the connection pool."""

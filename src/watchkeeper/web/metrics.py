@@ -60,7 +60,14 @@ class StoreCollector(Collector):
             "Bytes written to a watched file beyond the committed offset.",
             labels=["watcher", "path"],
         )
+        slow = CounterMetricFamily(
+            "watchkeeper_log_slow_lines",
+            "Lines on which a log rule's pattern ran out of line_timeout (that rule skipped them).",
+            labels=["watcher"],
+        )
         for w in watchers:
+            if isinstance(w.checkpoint, dict) and isinstance(w.checkpoint.get("slow"), dict):
+                slow.add_metric([w.name], w.checkpoint["slow"].get("lines", 0))
             checks.add_metric([w.name, w.kind], w.checks)
             failures.add_metric([w.name], w.failures_total)
             failing.add_metric([w.name], w.failures)
@@ -69,7 +76,7 @@ class StoreCollector(Collector):
                 last.add_metric([w.name], w.last_check)
             for path, behind in file_lags(w.checkpoint):
                 lag.add_metric([w.name, path], behind)
-        yield from (checks, failures, failing, paused, last, lag)
+        yield from (checks, failures, failing, paused, last, lag, slow)
 
         alerts = CounterMetricFamily(
             "watchkeeper_alerts",
