@@ -27,7 +27,7 @@ class StoreCollector(Collector):
         self,
         store: Store,
         stream_clients: Callable[[], int],
-        health: Callable[[], dict[str, Any]],
+        health: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.store = store
         self.stream_clients = stream_clients
@@ -119,7 +119,8 @@ class StoreCollector(Collector):
         )
         clients.add_metric([], self.stream_clients())
         yield clients
-        yield from health_metrics(self.health())
+        if self.health is not None:  # a keeper's own threads: not for a state file alone
+            yield from health_metrics(self.health())
 
 
 def health_metrics(report: dict[str, Any]) -> Iterator[Metric]:
@@ -177,7 +178,9 @@ def file_lags(checkpoint: Any) -> Iterator[tuple[str, int]]:
 
 
 def metrics_registry(
-    store: Store, stream_clients: Callable[[], int], health: Callable[[], dict[str, Any]]
+    store: Store,
+    stream_clients: Callable[[], int],
+    health: Callable[[], dict[str, Any]] | None = None,
 ) -> CollectorRegistry:
     """A registry of our own (not the process-global one) holding the store collector."""
     registry = CollectorRegistry(auto_describe=False)
