@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from watchkeeper.errors import PermanentDeliveryError, StoreError, TransientDeliveryError
 from watchkeeper.grouping import Grouper, GroupPolicy
 from watchkeeper.notifiers.base import Notifier
-from watchkeeper.runtime import IDLE_POLL, retry_delay
+from watchkeeper.runtime import IDLE_POLL, STORE_RETRY, GuardedThread, backoff, retry_delay
 from watchkeeper.store import Delivery, Store
 
 log = logging.getLogger("watchkeeper")
@@ -25,17 +25,21 @@ BATCH = 1000
 """Deliveries a dispatcher reads from the outbox at once (and marks in one transaction)."""
 
 
-class Dispatcher(threading.Thread):
+class Dispatcher(GuardedThread):
     """Drains one notifier's deliveries from the outbox: in batches, or grouped into digests.
 
     A notifier that groups (see :mod:`watchkeeper.grouping`) reads each pending delivery once
     into its groups and sends a group when it is due; one that does not takes due deliveries from
     the outbox in order, :data:`BATCH` at a time, and when it takes batches (a file, a terminal)
     gives them to it in one call and marks them in one transaction.
+
+    A store error is retried with backoff while it lasts. A delivery sent whose ``sent`` mark
+    the store could not take is remembered by the store (:meth:`Store.mark_sent`) and never
+    handed out again by this process, also not to the dispatcher that replaces a crashed one.
     """
 
     def __init__(self, notifier: Notifier, store: Store, clock: Callable[[], float] = time.time):
-        super().__init__(name=f"watchkeeper:notify:{notifier.name}", daemon=True)
+        super().__init__(f"watchkeeper:notify:{notifier.name}")
         self.notifier = notifier
         self.store = store
         self.clock = clock
@@ -58,23 +62,26 @@ class Dispatcher(threading.Thread):
         self._flush_by = deadline
         self.wake.set()
 
-    def run(self) -> None:
-        """Loop until flushed; a store error is logged and retried, never fatal."""
+    def loop(self) -> None:
+        """Loop until flushed; a store error is logged and retried with backoff, never fatal."""
         name = self.notifier.name
         try:
             self.store.reschedule_pending(name, self.clock())
-        except StoreError:
-            log.exception("notifier %s: cannot read the outbox", name)
+        except StoreError as exc:
+            log.error("notifier %s: cannot reschedule the outbox: %s", name, exc)
+        errors = 0
         while True:
             try:
                 if not self._step():
                     return
-            except StoreError:
+                errors = 0
+            except StoreError as exc:
                 if self._flush_by is not None:
                     return
-                log.exception("notifier %s: outbox error; retrying", name)
-                self.wake.wait(IDLE_POLL)
-                self.wake.clear()
+                errors += 1
+                delay = backoff(STORE_RETRY, errors, IDLE_POLL)
+                log.warning("notifier %s: outbox error; retry in %.1fs: %s", name, delay, exc)
+                self._sleep(delay)
 
     def _out_of_time(self) -> bool:
         return self._flush_by is not None and self.clock() >= self._flush_by
@@ -186,12 +193,12 @@ class Dispatcher(threading.Thread):
         """Send, and sort the outcome (see :meth:`_outcome`)."""
         try:
             send()
-        except Exception as exc:  # sorted by _outcome: a bug must not lose alerts either
+        except BaseException as exc:  # sorted by _outcome: a bug must not lose alerts either
             return self._outcome(ids, attempts, exc)
         return self._outcome(ids, attempts, None)
 
     def _outcome(
-        self, ids: Sequence[int], attempts: int, error: Exception | None
+        self, ids: Sequence[int], attempts: int, error: BaseException | None
     ) -> tuple[str, float]:
         """Record a failure in the store (a success is the caller's to record, with others in
         one transaction): ``"sent"``, ``"failed"`` (for good, marked failed) or ``"retry"``
@@ -205,6 +212,8 @@ class Dispatcher(threading.Thread):
             return "failed", 0.0
         # Unexpected errors are retried too: a bug must not lose alerts.
         delay = retry_delay(attempts)
+        if isinstance(error, TransientDeliveryError) and error.retry_after is not None:
+            delay = max(delay, error.retry_after)  # the notifier capped it
         text = str(error) or type(error).__name__
         if isinstance(error, TransientDeliveryError):
             log.warning("notifier %s: %s; retry in %.0fs", name, text, delay)

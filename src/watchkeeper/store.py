@@ -13,6 +13,7 @@ why not one per thread); :meth:`Store.close` closes it and releases the writer's
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -95,6 +96,8 @@ _MIGRATIONS: dict[int, str] = {
 }
 WAL_LIMIT = 64 * 2**20
 """Bytes the write-ahead log is cut back to after a checkpoint."""
+_SENT = "status = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL"
+"""What :meth:`Store.mark_sent` sets."""
 MARK_CHUNK = 5000
 """Deliveries marked per transaction: a digest of 100,000 alerts never holds the writer long."""
 PRUNE_STEP = 500
@@ -144,6 +147,9 @@ class Store:
     ``alerts``, the dashboard) may open it at any time, also ``readonly``.
     """
 
+    busy_timeout = 30.0
+    """Seconds a statement waits for another writer's lock before SQLITE_BUSY."""
+
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
@@ -162,6 +168,11 @@ class Store:
         self._lock = threading.RLock()
         self._closed = False
         self._claim: TextIO | None = None
+        self.fault: str | None = None
+        """The last write error while writes keep failing (None when the last one worked)."""
+        self.fault_since: float | None = None
+        self._unmarked: dict[int, float] = {}
+        """Deliveries sent whose ``sent`` mark could not be written yet: id -> when sent."""
         if readonly:
             self._check_version()
         else:
@@ -180,13 +191,16 @@ class Store:
                     conn = sqlite3.connect(
                         f"{self.path.resolve().as_uri()}?mode=ro",
                         uri=True,
-                        timeout=30,
+                        timeout=self.busy_timeout,
                         isolation_level=None,
                         check_same_thread=False,
                     )
                 else:
                     conn = sqlite3.connect(
-                        self.path, timeout=30, isolation_level=None, check_same_thread=False
+                        self.path,
+                        timeout=self.busy_timeout,
+                        isolation_level=None,
+                        check_same_thread=False,
                     )
                     # Only takes effect on a new file (before the first table): deleted history
                     # is then given back to the file system by incremental_vacuum (see prune).
@@ -205,26 +219,46 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception.
+
+        Every sqlite3 error on the way (BEGIN, a statement, COMMIT, the ROLLBACK after them)
+        comes out as a StoreError. A failed COMMIT (disk full, I/O error) may already have
+        rolled the transaction back, so the ROLLBACK only runs while one is still open.
+        """
         with self._lock:
             conn = self._conn()
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot write state file {self.path}: {exc}") from exc
+                raise self._fault("cannot write", exc) from exc
             try:
                 yield conn
             except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
-                raise StoreError(f"cannot write state file {self.path}: {exc}") from exc
+                _rollback(conn)
+                raise self._fault("cannot write", exc) from exc
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
-                raise StoreError(f"cannot commit to state file {self.path}: {exc}") from exc
+                _rollback(conn)
+                raise self._fault("cannot commit to", exc) from exc
+            self._healthy()
+
+    def _fault(self, doing: str, exc: sqlite3.Error) -> StoreError:
+        """A StoreError for ``exc``, remembered (in memory) as the store's current fault."""
+        message = f"{doing} state file {self.path}: {exc}"
+        with self._lock:
+            if self.fault is None:
+                self.fault_since = time.time()
+            self.fault = message
+        return StoreError(message)
+
+    def _healthy(self) -> None:
+        """A write went through: the fault (if any) is over."""
+        self.fault = None
+        self.fault_since = None
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         try:
@@ -256,7 +290,10 @@ class Store:
         by SIGKILL, so a restart is never blocked by a stale lock.
         """
         lock_path = self.path.with_name(self.path.name + ".lock")
-        handle = lock_path.open("a+")
+        try:
+            handle = lock_path.open("a+")
+        except OSError as exc:
+            raise StoreError(f"cannot claim state file {self.path}: {exc}") from exc
         # `status` and `reload` probe the lock with a shared flock for an instant (holder()):
         # a start that meets such a probe tries again for a moment instead of failing.
         deadline = time.monotonic() + CLAIM_PATIENCE
@@ -328,23 +365,20 @@ class Store:
             )
 
     def _migrate(self) -> None:
-        try:
-            with self.transaction() as conn:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"state file {self.path} has schema version {version}, newer than this "
-                        f"watchkeeper understands ({SCHEMA_VERSION}); upgrade watchkeeper"
-                    )
-                for step in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS[step].split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {step}")
-            if 0 < version < 3:
-                self._convert_to_incremental_vacuum()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a watchkeeper state file: {exc}") from exc
+        with self.transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"state file {self.path} has schema version {version}, newer than this "
+                    f"watchkeeper understands ({SCHEMA_VERSION}); upgrade watchkeeper"
+                )
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {step}")
+        if 0 < version < 3:
+            self._convert_to_incremental_vacuum()
 
     def _convert_to_incremental_vacuum(self) -> None:
         """A file made before schema 3 is rewritten once so pruned history can shrink it: a full
@@ -365,7 +399,10 @@ class Store:
     def checkpoint(self, name: str) -> Any:
         """A watcher's last committed checkpoint (None if it has none)."""
         rows = self._read("SELECT checkpoint FROM watchers WHERE name = ?", (name,))
-        return json.loads(rows[0][0]) if rows and rows[0][0] else None
+        try:
+            return json.loads(rows[0][0]) if rows and rows[0][0] else None
+        except ValueError as exc:
+            raise StoreError(f"watcher {name!r}: its checkpoint cannot be read: {exc}") from exc
 
     def watchers(self) -> list[WatcherRecord]:
         """Every watcher that ever ran against this state, by name."""
@@ -440,6 +477,13 @@ class Store:
                 self._insert_alerts(conn, committed, routes, now)
         return committed
 
+    def add_alerts(self, alerts: Iterable[Alert], routes: Sequence[Route], now: float) -> None:
+        """Alerts no watcher made (the keeper's own health) and their deliveries, atomically."""
+        added = list(alerts)
+        if added:
+            with self.transaction() as conn:
+                self._insert_alerts(conn, added, routes, now)
+
     @staticmethod
     def _insert_alerts(
         conn: sqlite3.Connection, alerts: list[Alert], routes: Sequence[Route], now: float
@@ -492,15 +536,27 @@ class Store:
         """Pending deliveries to one notifier whose next try has come, in due order.
 
         They are read from the pending index in its order (next try, then id), so the cost is
-        that of ``limit`` rows however long the backlog is.
+        that of ``limit`` rows however long the backlog is. Deliveries sent but not yet marked
+        (the store could not take the mark) are not due: they are marked first if the store
+        takes it now, and never handed out again.
         """
-        rows = self._read(
-            "SELECT d.id AS delivery_id, d.notifier, d.attempts, a.* FROM deliveries d "
-            "JOIN alerts a ON a.id = d.alert_id WHERE d.notifier = ? AND d.status = 'pending' "
-            "AND d.next_try <= ? ORDER BY d.next_try, d.id LIMIT ?",
-            (notifier, now, limit),
-        )
-        return _deliveries(rows)
+        with self._lock:
+            unmarked = self._try_unmarked()
+            rows = self._read(
+                "SELECT d.id AS delivery_id, d.notifier, d.attempts, a.* FROM deliveries d "
+                "JOIN alerts a ON a.id = d.alert_id WHERE d.notifier = ? AND d.status = 'pending' "
+                "AND d.next_try <= ? ORDER BY d.next_try, d.id LIMIT ?",
+                (notifier, now, limit + len(unmarked)),
+            )
+        return [d for d in _deliveries(rows) if d.id not in unmarked][:limit]
+
+    def _try_unmarked(self) -> set[int]:
+        """Write the sent marks kept in memory if the store takes them now; the ids still kept
+        (call with the lock held)."""
+        if self._unmarked:
+            with contextlib.suppress(StoreError):
+                self._mark_unmarked()
+        return set(self._unmarked)
 
     def pending_after(
         self, notifier: str, cursor: int | None, limit: int = 1000
@@ -510,7 +566,8 @@ class Store:
         For a dispatcher that holds pending deliveries in memory (grouped notifiers) and so must
         see each one once, whatever its next try. ``cursor`` None starts from the oldest pending
         one. The cursor also moves past deliveries to other notifiers, so a notifier that gets
-        few alerts never reads the others' backlog twice.
+        few alerts never reads the others' backlog twice. Sent deliveries whose marks the store
+        could not take yet are left out, as by :meth:`due`.
         """
         if cursor is None:  # before the oldest pending one, or (none) after everything there is
             cursor = int(
@@ -520,7 +577,8 @@ class Store:
                     (notifier,),
                 )[0][0]
             )
-        with self._lock:  # the two reads see one state: nothing commits in between
+        with self._lock:  # the reads see one state: nothing commits in between
+            unmarked = self._try_unmarked()
             top = self._read("SELECT MAX(id) FROM deliveries")[0][0] or 0
             rows = self._read(
                 "SELECT d.id AS delivery_id, d.notifier, d.attempts, a.* FROM deliveries d "
@@ -529,7 +587,8 @@ class Store:
                 (cursor, top, notifier, limit),
             )
         found = _deliveries(rows)
-        return found, (found[-1].id if len(found) >= limit else int(top))
+        cursor = found[-1].id if len(found) >= limit else int(top)
+        return [d for d in found if d.id not in unmarked], cursor
 
     def next_try(self, notifier: str) -> float | None:
         """When the earliest pending delivery to this notifier is due, or None if none is."""
@@ -551,13 +610,33 @@ class Store:
             return cursor.rowcount
 
     def mark_sent(self, delivery_ids: Sequence[int], now: float) -> None:
-        """Record deliveries as done."""
-        self._mark(
-            "status = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL",
-            (now,),
-            delivery_ids,
-            "sent",
-        )
+        """Record deliveries as done.
+
+        If the store cannot take it (disk full, I/O error), the marks are kept in memory, the
+        deliveries are never due again in this process, and the marks are written with the
+        next :meth:`due`, :meth:`mark_sent` or :meth:`flush_marks` that gets through; then the
+        StoreError is raised, so the caller knows the store is in trouble.
+        """
+        with self._lock:
+            self._unmarked.update(dict.fromkeys(delivery_ids, now))
+            self._mark_unmarked()
+
+    def flush_marks(self) -> int:
+        """Write the sent marks kept in memory; how many are still waiting (StoreError kept)."""
+        with self._lock:
+            return len(self._try_unmarked())
+
+    def _mark_unmarked(self) -> None:
+        """Write the kept sent marks, a transaction per :data:`MARK_CHUNK` (counted as they go)."""
+        by_time: dict[float, list[int]] = {}
+        for delivery_id, sent_at in self._unmarked.items():
+            by_time.setdefault(sent_at, []).append(delivery_id)
+        for sent_at, ids in by_time.items():
+            for start in range(0, len(ids), MARK_CHUNK):
+                chunk = ids[start : start + MARK_CHUNK]
+                self._mark(_SENT, (sent_at,), chunk, "sent")
+                for delivery_id in chunk:
+                    self._unmarked.pop(delivery_id, None)
 
     def mark_retry(self, delivery_ids: Sequence[int], error: str, next_try: float) -> None:
         """Record a failed try; the deliveries stay pending until ``next_try``."""
@@ -765,8 +844,30 @@ def _deliveries(rows: Iterable[sqlite3.Row]) -> list[Delivery]:
     ]
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back what is still open; a failed COMMIT may have ended the transaction already."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
 def alert_from_row(row: sqlite3.Row) -> Alert:
-    """An Alert from a row of the alerts table (also for reports using :meth:`Store.query`)."""
+    """An Alert from a row of the alerts table (also for reports using :meth:`Store.query`).
+
+    A row that does not read as one (edited by hand, a disk error) is a StoreError naming it.
+    """
+    try:
+        return _alert(row)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise StoreError(f"alert {_row_id(row)} in the state file cannot be read: {exc}") from exc
+
+
+def _row_id(row: sqlite3.Row) -> str:
+    keys = row.keys()
+    return f"#{row['id']}" if "id" in keys else repr(row["name"]) if "name" in keys else "?"
+
+
+def _alert(row: sqlite3.Row) -> Alert:
     return Alert(
         id=row["id"],
         uid=row["uid"],
@@ -784,6 +885,13 @@ def alert_from_row(row: sqlite3.Row) -> Alert:
 
 
 def _watcher_record(row: sqlite3.Row) -> WatcherRecord:
+    try:
+        return _record(row)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise StoreError(f"watcher {_row_id(row)} in the state file cannot be read: {exc}") from exc
+
+
+def _record(row: sqlite3.Row) -> WatcherRecord:
     return WatcherRecord(
         name=row["name"],
         kind=row["kind"],
