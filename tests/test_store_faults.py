@@ -163,8 +163,10 @@ def delivered(receiver: RecordingServer) -> list[int]:
 
 
 def log_keeper(state: Path, log: Path, receiver: RecordingServer) -> Keeper:
-    """A keeper following ``log`` (every line alerts) and posting to ``receiver``."""
-    keeper = Keeper(state=state, notify=[{"kind": "webhook", "url": receiver.url}])
+    """A keeper following ``log`` (every line alerts) and posting each alert to ``receiver``
+    (no grouping: the tests count every line)."""
+    hook = {"kind": "webhook", "url": receiver.url, "group_interval": "0s"}
+    keeper = Keeper(state=state, notify=[hook])
     keeper.log(log, [{"match": "line", "severity": "error"}], name="app", every="0.2s")
     return keeper
 
@@ -381,6 +383,7 @@ dashboard = false
 [[notify]]
 kind = "webhook"
 url = "{http_receiver.url}"
+group_interval = "0s"
 
 [[log]]
 name = "app"

@@ -621,6 +621,10 @@ class Store:
             self._unmarked.update(dict.fromkeys(delivery_ids, now))
             self._mark_unmarked()
 
+    def unmarked_count(self) -> int:
+        """How many sent marks wait in memory, without waiting for the writer's lock."""
+        return len(self._unmarked)
+
     def flush_marks(self) -> int:
         """Write the sent marks kept in memory; how many are still waiting (StoreError kept)."""
         with self._lock:

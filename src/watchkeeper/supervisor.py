@@ -198,7 +198,9 @@ class Supervisor(GuardedThread):
         with self._lock:
             threads = [u.doc() for u in self._units]
         store = self.store
-        pending_marks = store.flush_marks() if not self._stopping.is_set() else 0
+        # Counted, not written: a page asking for health must not wait for the writer's lock
+        # (the supervisor's own pass writes the kept marks).
+        pending_marks = store.unmarked_count() if not self._stopping.is_set() else 0
         return {
             "pid": os.getpid(),
             "threads": threads,
