@@ -118,8 +118,8 @@ def test_a_crashed_dispatcher_is_restarted_and_delivers_everything_once(
     jsonl = tmp_path / "a.jsonl"
     keeper = Keeper(
         state=tmp_path / "wk.db",
-        notify=[
-            {"kind": "webhook", "url": http_receiver.url},
+        notify=[  # every alert on its own (no grouping): the test counts them
+            {"kind": "webhook", "url": http_receiver.url, "group_interval": "0s"},
             {"kind": "jsonl", "path": str(jsonl)},
         ],
     )
