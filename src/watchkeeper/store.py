@@ -621,14 +621,17 @@ class Store:
             self._unmarked.update(dict.fromkeys(delivery_ids, now))
             self._mark_unmarked()
 
-    def unmarked_count(self) -> int:
-        """How many sent marks wait in memory, without waiting for the writer's lock."""
-        return len(self._unmarked)
+    def flush_marks(self, wait: bool = True) -> int:
+        """Write the sent marks kept in memory; how many are still waiting (StoreError kept).
 
-    def flush_marks(self) -> int:
-        """Write the sent marks kept in memory; how many are still waiting (StoreError kept)."""
-        with self._lock:
+        ``wait=False``: while another thread holds the writer's lock, only count them.
+        """
+        if not self._lock.acquire(blocking=wait):
+            return len(self._unmarked)
+        try:
             return len(self._try_unmarked())
+        finally:
+            self._lock.release()
 
     def _mark_unmarked(self) -> None:
         """Write the kept sent marks, a transaction per :data:`MARK_CHUNK` (counted as they go)."""

@@ -198,9 +198,8 @@ class Supervisor(GuardedThread):
         with self._lock:
             threads = [u.doc() for u in self._units]
         store = self.store
-        # Counted, not written: a page asking for health must not wait for the writer's lock
-        # (the supervisor's own pass writes the kept marks).
-        pending_marks = store.unmarked_count() if not self._stopping.is_set() else 0
+        # Never waits for the writer's lock: a page asking for health must not hang on a write.
+        pending_marks = store.flush_marks(wait=False) if not self._stopping.is_set() else 0
         return {
             "pid": os.getpid(),
             "threads": threads,
