@@ -307,6 +307,7 @@ def test_record_start_lines_that_run_out_of_time_count_as_slow_lines(
         partial_timeout="0s",
     )
     append(log, b"".join(b"ERROR %d\n" % i + b"a" * 36 + b"X\n" for i in range(40)))
+
     def errors() -> list[str]:  # the rule's alerts (the slow-lines health alert aside)
         return [o.data["line"].split("\n")[0] for o in watcher.seen if o.key == "ERROR"]
 
