@@ -33,8 +33,10 @@ from watchkeeper.watchers.logfiles import (
     holds,
     members,
     remember,
+    resumes,
     rotated_siblings,
 )
+from watchkeeper.watchers.logrotated import Known, count_loss, done_record, known_from_done, loss
 from watchkeeper.watchers.logmatch import ALL, Pattern, Prefilter
 
 log = logging.getLogger("watchkeeper")
@@ -289,12 +291,14 @@ class LogWatcher(Watcher):
     def __init__(self, config: LogConfig, use_hyperscan: bool = True) -> None:
         super().__init__(config)
         self.scanner = Scanner(config, use_hyperscan)
-        self.files = Files()
+        self.files = Files(config.rotated)
         self.watch = FolderWatch() if config.inotify else None
         self.more = False
         self.due: float | None = None
         self.done: list[tuple[Any, ...]] = []
         self.buffer: bytearray | None = None
+        self.lost: dict[str, int] = {}
+        self.losses: list[Observation] = []
 
     @property
     def engine(self) -> str:
@@ -338,6 +342,7 @@ class LogWatcher(Watcher):
         queue = [Tracked.from_json(d) for d in state.get("files", [])]
         self.scanner.counts = {int(k): list(v) for k, v in state.get("counts", {}).items()}
         self.done = [tuple(d) for d in state.get("done", [])]
+        self.lost, self.losses = dict(state.get("lost") or {}), []
         current = members(self.config.paths)
         # The paths were changed since the checkpoint (an edited config, another `tail`): files
         # no longer named are dropped, and files newly named start where start_at says.
@@ -360,26 +365,37 @@ class LogWatcher(Watcher):
                 continue
             located = self.files.locate(entry, current)
             if located is None:
-                log.warning(
-                    "watcher %s: %s is gone; it was read up to byte %d",
-                    self.name,
-                    entry.path,
-                    entry.offset,
-                )
-                continue
+                # Moved out of sight (an olddir, a compressed archive): look for it by content.
+                copy = self.files.find_copy(entry, None)
+                if copy is None or copy[3] > copy[2].st_size:
+                    self._gone(entry, copy)
+                    continue
+                entry = replace(entry, path=copy[0], dev=copy[2].st_dev, ino=copy[2].st_ino)
+                entry.gone = entry.gone or now
+                located = copy[:3]
             path, fd, info = located
             if info.st_size < entry.offset or not holds(fd, entry):
                 # Truncated (copytruncate) or another file under the same inode: read the unread
-                # rest from the copy, if there is one in the folder, then this file from 0.
+                # rest from the copy, if there is one where rotated files go, then this file
+                # from 0.
                 i -= 1
                 queue[i] = Tracked(path, info.st_dev, info.st_ino)
-                copy = self.files.find_copy(entry, info.st_ino) if entry.offset else None
-                if copy is not None:
+                copy = self.files.find_copy(entry, (info.st_dev, info.st_ino))
+                if copy is not None and copy[3] <= copy[2].st_size:
+                    self._lost(entry, entry.size - copy[2].st_size, "truncated before the copy")
                     rest = replace(entry, path=copy[0], dev=copy[2].st_dev, ino=copy[2].st_ino)
                     known = {(copy[2].st_dev, copy[2].st_ino)}
                     later = self._unseen(entry.path, copy[2].st_mtime_ns, queue, current, known)
                     queue[i:i] = [replace(rest, gone=rest.gone or now), *later]
-                elif entry.mtime:
+                elif copy is not None:  # a copy of what was read already: nothing to read in it
+                    self._lost(entry, entry.size - entry.offset, "truncated")
+                    copied = replace(entry, dev=copy[2].st_dev, ino=copy[2].st_ino)
+                    self.done = [*self.done, tuple(done_record(copied, copy[2].st_mtime_ns))]
+                    self.done = self.done[-DONE:]
+                    self.files.release((copy[2].st_dev, copy[2].st_ino))
+                elif entry.offset or entry.size:
+                    self._lost(entry, entry.size - entry.offset, "truncated, and no copy found")
+                if copy is None and entry.mtime:
                     # The file was deleted and its inode reused by a newer one at this path: files
                     # rotated away in between are its siblings, newer than it was when last seen.
                     known = {(info.st_dev, info.st_ino)}
@@ -394,8 +410,7 @@ class LogWatcher(Watcher):
             remember(fd, entry, info.st_size)
             drained = entry.offset >= info.st_size and entry.wait is None
             if entry.gone is not None and drained and now - entry.gone >= self.config.rotate_wait:
-                finished = (entry.dev, entry.ino, info.st_mtime_ns, entry.origin)
-                self.done = [*self.done, finished][-DONE:]
+                self.done = [*self.done, tuple(done_record(entry, info.st_mtime_ns))][-DONE:]
                 continue
             kept.append(entry)
         for path, info in current.items():
@@ -424,9 +439,30 @@ class LogWatcher(Watcher):
             self.buffer = None  # caught up: no need to hold a chunk's memory while idle
         counts = {str(k): v for k, v in self.scanner.counts.items() if v}
         files = [e.to_json() for e in kept]
-        return CheckResult(
-            found, {"files": files, "counts": counts, "done": self.done, "paths": self.patterns}
+        checkpoint = {"files": files, "counts": counts, "done": self.done, "paths": self.patterns}
+        if self.lost:
+            checkpoint["lost"] = self.lost
+        return CheckResult(self.losses + found, checkpoint)
+
+    def _gone(self, entry: Tracked, copy: tuple[str, int, os.stat_result, int] | None) -> None:
+        """A followed file that is nowhere to be found: forget it, reporting what was unread."""
+        if copy is not None:  # only a copy of what was read is left
+            return
+        if entry.size > entry.offset:
+            self._lost(entry, entry.size - entry.offset, "the file is gone (deleted or moved "
+                       "out of the paths and the rotated globs)")
+            return
+        log.warning(
+            "watcher %s: %s is gone; it was read up to byte %d", self.name, entry.path, entry.offset
         )
+
+    def _lost(self, entry: Tracked, lost: int, reason: str) -> None:
+        """Report ``lost`` bytes of the entry's file (nothing when there are none)."""
+        if lost <= 0:
+            return
+        log.warning("watcher %s: %d bytes lost from %s: %s", self.name, lost, entry.path, reason)
+        self.losses.append(loss(self.name, entry.path, lost, reason))
+        self.lost = count_loss(self.lost, lost, None)
 
     @staticmethod
     def _first_seen(path: str, fd: int, info: os.stat_result, at_end: bool) -> Tracked:
@@ -499,12 +535,48 @@ class LogWatcher(Watcher):
         known = set(known or ()) | {(e.dev, e.ino) for e in queue}
         known |= {(s.st_dev, s.st_ino) for s in current.values()}
         finished = {tuple(d[:3]) for d in self.done}
-        now = time.time()
-        return [
-            Tracked(found, info.st_dev, info.st_ino, gone=now, origin=path)
-            for found, info in rotated_siblings(path, newer_than, known)
-            if (info.st_dev, info.st_ino, info.st_mtime_ns) not in finished
+        records = [
+            Known(e.fp, e.fp_len, e.offset, e.mark, live=e.gone is None) for e in queue if e.fp_len
         ]
+        records += known_from_done(self.done)
+        now = time.time()
+        found = []
+        for name, info in rotated_siblings(path, newer_than, known, self.config.rotated):
+            if (info.st_dev, info.st_ino, info.st_mtime_ns) in finished:
+                continue
+            entry = self._recognise(name, records)
+            if entry is not None:
+                found.append(replace(entry, gone=now, origin=path))
+        return found
+
+    def _recognise(self, path: str, records: list[Known]) -> Tracked | None:
+        """An entry for a rotated file found at ``path``: from 0, or where its content was read.
+
+        None when it holds nothing unread, or when it is a copy of a file still followed (a
+        copytruncate in progress: the copy is read from the offset once the truncate is seen).
+        """
+        held = set(self.files.fds)
+        opened = self.files.open(path)
+        if opened is None:
+            return None
+        fd, info = opened
+        entry = Tracked(path, info.st_dev, info.st_ino, mtime=info.st_mtime_ns)
+        for record in records:
+            at = resumes(fd, info.st_size, record)
+            if at is None:
+                continue
+            if record.live or at >= info.st_size:
+                if (info.st_dev, info.st_ino) not in held:
+                    self.files.release((info.st_dev, info.st_ino))
+                return None
+            entry.fp, entry.fp_len, entry.offset, entry.mark = (
+                record.fp,
+                record.fp_len,
+                at,
+                record.mark,
+            )
+            return entry
+        return entry
 
     def _read(
         self, entry: Tracked, fd: int, size: int, now: float, budget: list[int]

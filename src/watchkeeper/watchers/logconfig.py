@@ -139,6 +139,12 @@ class LogConfig(WatcherConfig):
         description="A last line without its newline (or lines_after context) is emitted after "
         "waiting this long.",
     )
+    rotated: list[str] | None = Field(
+        default=None,
+        description="Globs where rotated files are found ({path}: the followed file, {name}: "
+        "its name; a glob without them, such as an olddir's, stands as written). Default: "
+        "{path}.1, {path}-*, {path}.*.",
+    )
     rotate_wait: Duration = Field(
         default=5.0, description="Keep reading a rotated-away file this long after rotation."
     )

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from watchkeeper.watchers.logrotated import Known, is_archive, open_archive, rotated_files
+
 try:
     import inotify_simple
 except ImportError:  # pragma: no cover - not on Linux
@@ -72,6 +74,8 @@ class Tracked:
     """The glob member path it was last seen at (``app.log`` for a file now named ``app.log.1``)."""
     mtime: int = 0
     """Its modification time (ns) at the last look."""
+    size: int = 0
+    """Its size at the last look: what is known to have been written, for loss reports."""
 
     def to_json(self) -> dict[str, Any]:
         """The checkpoint form."""
@@ -99,18 +103,25 @@ def members(patterns: Iterable[Path]) -> dict[str, os.stat_result]:
 
 
 class Files:
-    """Open files by identity. Holding the descriptor lets a deleted file be read to its end."""
+    """Open files by identity. Holding the descriptor lets a deleted file be read to its end.
 
-    def __init__(self) -> None:
+    ``rotated`` are the globs (see :mod:`logrotated`) where a file moved away is looked for.
+    """
+
+    def __init__(self, rotated: Sequence[str] | None = None) -> None:
         self.fds: dict[tuple[int, int], int] = {}
         self.warned: set[tuple[str, int]] = set()
+        self.rotated = rotated
 
     def open(self, path: str) -> tuple[int, os.stat_result] | None:
         """Open (or reuse) the file at ``path``; None when it is gone or unreadable.
 
         An unreadable file (permissions) is logged once and skipped, so that one bad file does
-        not stop the watcher from following the others.
+        not stop the watcher from following the others. A ``.gz`` archive is opened as its
+        decompressed text, under the archive's device and inode.
         """
+        if is_archive(path):
+            return self._open_archive(path)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
@@ -129,6 +140,28 @@ class Files:
         self.fds[key] = fd
         return fd, info
 
+    def _open_archive(self, path: str) -> tuple[int, os.stat_result] | None:
+        with contextlib.suppress(OSError):
+            info = os.stat(path)
+            held = self.fds.get((info.st_dev, info.st_ino))
+            if held is not None:
+                fields = (*info[:6], os.fstat(held).st_size, *info[7:10])
+                return held, os.stat_result(fields, {"st_mtime_ns": info.st_mtime_ns})
+        opened = open_archive(path)
+        if opened is not None:
+            self.fds[(opened[1].st_dev, opened[1].st_ino)] = opened[0]
+        return opened
+
+    def candidates(self, entry: Tracked) -> list[tuple[str, os.stat_result]]:
+        """Files where the entry's file may be now: its folder and its rotated globs."""
+        found = dict(rotated_files(entry.origin or entry.path, self.rotated))
+        folder = Path(entry.path).parent
+        for path in folder_files(folder, lambda item: item.is_file(follow_symlinks=False)):
+            if path not in found:
+                with contextlib.suppress(OSError):
+                    found[path] = os.stat(path)
+        return sorted(found.items())
+
     def locate(
         self, entry: Tracked, current: dict[str, os.stat_result]
     ) -> tuple[str, int, os.stat_result] | None:
@@ -143,32 +176,39 @@ class Files:
                     opened = self.open(path)
                     if opened and (opened[1].st_dev, opened[1].st_ino) == key:
                         return path, opened[0], opened[1]
-        moved = find_in_folder(Path(entry.path).parent, lambda e: e.inode() == entry.ino)
-        if moved is not None:
-            opened = self.open(moved)
-            if opened and (opened[1].st_dev, opened[1].st_ino) == key:
-                return moved, opened[0], opened[1]
+        for moved, info in self.candidates(entry):
+            if (info.st_dev, info.st_ino) == key:
+                opened = self.open(moved)
+                if opened and (opened[1].st_dev, opened[1].st_ino) == key:
+                    return moved, opened[0], opened[1]
         held = self.fds.get(key)
         if held is not None:  # deleted, but still open here: its rest can be read
             return entry.path, held, os.fstat(held)
         return None
 
-    def find_copy(self, entry: Tracked, exclude: int) -> tuple[str, int, os.stat_result] | None:
-        """A copy (copytruncate's) of the entry's file holding its prefix and its offset marker."""
+    def find_copy(
+        self, entry: Tracked, exclude: tuple[int, int] | None
+    ) -> tuple[str, int, os.stat_result, int] | None:
+        """A copy of the entry's file (copytruncate's, a move, an archive) and where to go on.
 
-        def is_copy(item: os.DirEntry[str]) -> bool:
-            if item.inode() == exclude or not item.is_file():
-                return False
-            return item.stat().st_size >= entry.offset
-
-        for path in folder_files(Path(entry.path).parent, is_copy):
+        A copy goes on at the entry's offset (see :func:`resumes`: one shorter than that holds
+        nothing unread).
+        """
+        if not entry.fp_len:
+            return None
+        for path, listed in self.candidates(entry):
+            if (listed.st_dev, listed.st_ino) == exclude or path == entry.path:
+                continue
+            if listed.st_size < entry.fp_len and not is_archive(path):
+                continue
             held = set(self.fds)
             opened = self.open(path)
             if opened is None:
                 continue
             fd, info = opened
-            if holds(fd, entry):
-                return path, fd, info
+            at = resumes(fd, info.st_size, Known(entry.fp, entry.fp_len, entry.offset, entry.mark))
+            if at is not None:
+                return path, fd, info, at
             if (info.st_dev, info.st_ino) not in held:
                 self.release((info.st_dev, info.st_ino))
         return None
@@ -189,33 +229,44 @@ class Files:
         self.keep_only(set())
 
 
-COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
-
-
 def rotated_siblings(
-    path: str, newer_than: int, known: set[tuple[int, int]]
+    path: str, newer_than: int, known: set[tuple[int, int]], rotated: Sequence[str] | None
 ) -> list[tuple[str, os.stat_result]]:
     """Files rotated away from ``path`` that were never followed, oldest first.
 
     When a writer rotated more than once between two looks (or while watchkeeper was down), the
-    files in between were never seen at ``path``. They are in the same folder, named after it
-    (``app.log.1``, ``app.log-20261127``), modified no earlier than the rotated file we knew.
-    Compressed ones are skipped: their text is not readable as appended lines.
+    files in between were never seen at ``path``. They are where the ``rotated`` globs point
+    (``app.log.1``, ``app.log-20261127``, an olddir), modified no earlier than the rotated file
+    we knew. Whether one holds content already read is for the caller to tell (by content).
     """
-    folder, name = os.path.split(path)
-    found: list[tuple[str, os.stat_result]] = []
-
-    def accept(item: os.DirEntry[str]) -> bool:
-        if item.name == name or not item.name.startswith(name) or item.name.endswith(COMPRESSED):
-            return False
-        info = item.stat()
-        fresh = (info.st_dev, info.st_ino) not in known and info.st_mtime_ns >= newer_than
-        if fresh and stat.S_ISREG(info.st_mode):
-            found.append((item.path, info))
-        return False
-
-    folder_files(Path(folder or "."), accept)
+    found = [
+        (name, info)
+        for name, info in rotated_files(path, rotated)
+        if (info.st_dev, info.st_ino) not in known and info.st_mtime_ns >= newer_than
+    ]
     return sorted(found, key=lambda f: (f[1].st_mtime_ns, f[0]))
+
+
+def resumes(fd: int, size: int, known: Known) -> int | None:
+    """Where a file with ``known``'s content goes on (its offset), or None.
+
+    A file shorter than the offset that starts with the fingerprint is a copy taken before the
+    rest was written (and read): the offset is returned all the same, past its end, so that it
+    is read only if it ever grows past the offset. None: the file does not start with the
+    fingerprint, or it does but has other bytes before the offset (another file that began the
+    same way).
+    """
+    if not known.fp_len or size < known.fp_len:
+        return None
+    if digest(os.pread(fd, known.fp_len, 0)) != known.fp:
+        return None
+    if size < known.offset:
+        return known.offset
+    if known.offset and known.mark:
+        start = max(0, known.offset - MARKER)
+        if digest(os.pread(fd, known.offset - start, start)) != known.mark:
+            return None
+    return known.offset
 
 
 def holds(fd: int, entry: Tracked) -> bool:
@@ -233,7 +284,8 @@ def holds(fd: int, entry: Tracked) -> bool:
 
 
 def remember(fd: int, entry: Tracked, size: int) -> None:
-    """Refresh the fingerprint (it grows up to FINGERPRINT bytes) and the marker at the offset."""
+    """Refresh the fingerprint (it grows up to FINGERPRINT bytes), the marker and the size."""
+    entry.size = size
     if entry.fp_len < FINGERPRINT and size > entry.fp_len:
         head = os.pread(fd, min(size, FINGERPRINT), 0)
         entry.fp, entry.fp_len = digest(head), len(head)
@@ -253,12 +305,6 @@ def folder_files(folder: Path, accept: Any) -> list[str]:
     except OSError:
         return []
     return sorted(found)
-
-
-def find_in_folder(folder: Path, accept: Any) -> str | None:
-    """The first path in the folder whose entry ``accept`` takes."""
-    found = folder_files(folder, accept)
-    return found[0] if found else None
 
 
 def end_offset(fd: int, size: int) -> int:

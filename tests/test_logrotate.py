@@ -1,0 +1,241 @@
+"""The real ``logrotate`` against a live writer while ``watchkeeper run`` is SIGKILLed and restarted.
+
+A writer process appends numbered lines (every 5th CRITICAL) and, like ``WatchedFileHandler``,
+reopens its file when the inode at the path changes. The test runs ``logrotate -f -s STATE
+CONF`` at a steady pace with one of the configurations users write (create, copytruncate,
+compress + delaycompress, dateext, olddir, rotate 1) and kills the agent at seeded random
+moments. Afterwards every CRITICAL line must have exactly one alert, except lines the agent
+reported lost in a health alert: the lost count must equal the shortfall.
+
+The short variants (one seed, a few seconds each) always run; the long ones are marked slow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_until
+from watchkeeper.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+EVERY = 5  # every 5th line is CRITICAL
+
+pytestmark = pytest.mark.skipif(shutil.which("logrotate") is None, reason="needs logrotate")
+
+WRITER = """
+import os, sys, time
+path, lines, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+def reopen():
+    out = open(path, "a")
+    return out, os.fstat(out.fileno())
+out, held = reopen()
+start = time.monotonic()
+for i in range(1, lines + 1):
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        now = None
+    if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+        out.close()  # as logging.WatchedFileHandler does
+        out, held = reopen()
+    level = "CRITICAL" if i % 5 == 0 else "INFO"
+    out.write(f"{i} {level} payload {'x' * (i % 40)}\\n")
+    out.flush()
+    ahead = start + i / rate - time.monotonic()
+    if ahead > 0:
+        time.sleep(ahead)
+out.close()
+"""
+
+KINDS = {
+    "create": "create\nrotate 5",
+    "copytruncate": "copytruncate\nrotate 5",
+    "compress": "compress\ndelaycompress\nrotate 5",
+    "dateext": "dateext\ndateformat -%s\nrotate 5",
+    "olddir": "olddir {old}\nrotate 5",
+    "rotate1": "rotate 1",
+}
+
+
+@dataclass
+class Outcome:
+    alerted: Counter[int]
+    lost_lines: int
+    lost_bytes: int
+    lost_alerts: int
+    lines_unknown: bool
+    kills: int
+    check_failures: int
+
+
+def number(line: str) -> int:
+    """The number of a written CRITICAL line, checking it came through whole."""
+    n = int(line.split(" ", 1)[0])
+    assert line == f"{n} CRITICAL payload {'x' * (n % 40)}", line
+    return n
+
+
+def agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "watchkeeper", "run", "-c", str(config), "-v"],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+    )
+
+
+def checked(state: Path) -> bool:
+    if not state.exists():
+        return False
+    with Store(state) as store:
+        record = store.watcher("app")
+        return record is not None and record.checks >= 1
+
+
+def run(
+    tmp_path: Path, kind: str, seed: int, lines: int, rate: float, rotate_every: float, kills: bool
+) -> Outcome:
+    logs, old = tmp_path / "logs", tmp_path / "old"
+    logs.mkdir()
+    old.mkdir()
+    app = logs / "app.log"
+    app.touch()
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text(f"{app} {{\n  missingok\n  {KINDS[kind].format(old=old)}\n}}\n")
+    conf.chmod(0o644)
+    state = tmp_path / "wk.db"
+    rotated = f'rotated = ["{old}/app.log*"]' if kind == "olddir" else ""
+    config = tmp_path / "watchkeeper.toml"
+    config.write_text(
+        f"""
+[keeper]
+state = "{state}"
+dashboard = false
+
+[[notify]]
+kind = "jsonl"
+path = "{tmp_path / "alerts.jsonl"}"
+
+[[log]]
+name = "app"
+paths = ["{app}"]
+{rotated}
+start_at = "beginning"
+rules = [{{ match = "CRITICAL", severity = "critical" }}]
+"""
+    )
+    stderr = tmp_path / "agent.log"
+    rng = random.Random(seed)
+    proc = agent(config, stderr)
+    wait_until(lambda: checked(state), timeout=30)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(app), str(lines), str(rate)], env=ENV
+    )
+    if kind == "dateext":  # its names have a resolution of one second
+        rotate_every = max(rotate_every, 1.1)
+    rotations = [time.monotonic() + rotate_every]
+    next_kill = time.monotonic() + rng.uniform(0.2, 1.5)
+    killed = 0
+    try:
+        while writer.poll() is None:
+            now = time.monotonic()
+            if now >= rotations[-1]:
+                subprocess.run(
+                    ["logrotate", "-f", "-s", str(tmp_path / "logrotate.state"), str(conf)],
+                    check=True,
+                    capture_output=True,
+                )
+                rotations.append(now + rotate_every)
+            if kills and now >= next_kill:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                killed += 1
+                proc = agent(config, stderr)
+                next_kill = now + rng.uniform(0.2, 1.5)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                writer.wait(timeout=max(0.01, min(rotations[-1], next_kill) - time.monotonic()))
+        assert writer.returncode == 0
+        expected = lines // EVERY
+
+        def settled() -> bool:
+            got = outcome(state, killed)
+            return sum(got.alerted.values()) + got.lost_lines >= expected or got.lines_unknown
+
+        wait_until(settled, timeout=30, must=False)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    return outcome(state, killed)
+
+
+def outcome(state: Path, kills: int) -> Outcome:
+    with Store(state) as store:
+        alerts = store.alerts(limit=1_000_000)
+        record = store.watcher("app")
+        assert record is not None
+    lost = [a for a in alerts if a.data.get("lost")]
+    alerted = Counter(number(a.data["line"]) for a in alerts if "line" in a.data)
+    return Outcome(
+        alerted=alerted,
+        lost_lines=sum(int(a.data.get("lines") or 0) for a in lost),
+        lost_bytes=sum(int(a.data["bytes"]) for a in lost),
+        lost_alerts=len(lost),
+        lines_unknown=any(a.data.get("lines") is None for a in lost),
+        kills=kills,
+        check_failures=record.failures_total,
+    )
+
+
+def verify(got: Outcome, lines: int) -> None:
+    """Exactly once, except what a health alert reported lost, by the exact shortfall."""
+    assert got.check_failures == 0, "the watcher's checks failed (see agent.log)"
+    repeated = {n: c for n, c in got.alerted.items() if c > 1}
+    assert not repeated, f"alerted more than once: {sorted(repeated)[:10]}"
+    missing = sorted(set(range(EVERY, lines + 1, EVERY)) - set(got.alerted))
+    if got.lines_unknown:  # bytes only: the lines lost must fit in them
+        assert missing, "a loss was reported but nothing is missing"
+        assert got.lost_bytes >= sum(len(f"{n} CRITICAL payload {'x' * (n % 40)}\n") for n in missing)
+    else:
+        assert len(missing) * EVERY >= got.lost_lines >= len(missing), (
+            f"missing {len(missing)} alerts ({missing[:5]}...), reported lost {got.lost_lines} lines"
+        )
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_real_logrotate_with_restarts_short(tmp_path: Path, kind: str) -> None:
+    lines = 1500
+    got = run(tmp_path, kind, seed=1, lines=lines, rate=500, rotate_every=0.7, kills=True)
+    assert got.kills >= 1
+    verify(got, lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_real_logrotate_with_restarts_long(tmp_path: Path, kind: str, seed: int) -> None:
+    lines = 10_000
+    got = run(tmp_path, kind, seed=seed, lines=lines, rate=1000, rotate_every=3.0, kills=True)
+    assert got.kills >= 5
+    verify(got, lines)
+
+
+@pytest.mark.parametrize("kind", ["copytruncate", "create"])
+def test_real_logrotate_without_restarts_loses_nothing(tmp_path: Path, kind: str) -> None:
+    lines = 3000
+    got = run(tmp_path, kind, seed=0, lines=lines, rate=1000, rotate_every=0.5, kills=False)
+    verify(got, lines)
+    assert got.lost_alerts == 0
