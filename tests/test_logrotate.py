@@ -239,3 +239,61 @@ def test_real_logrotate_without_restarts_loses_nothing(tmp_path: Path, kind: str
     got = run(tmp_path, kind, seed=0, lines=lines, rate=1000, rotate_every=0.5, kills=False)
     verify(got, lines)
     assert got.lost_alerts == 0
+
+
+HANDLER = """
+import logging, logging.handlers, sys
+path, lines, size, backups = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+handler = logging.handlers.RotatingFileHandler(path, maxBytes=size, backupCount=backups)
+handler.setFormatter(logging.Formatter("%(message)s"))
+logger = logging.getLogger("burst")
+logger.addHandler(handler)
+logger.setLevel(logging.INFO)
+for i in range(1, lines + 1):
+    level = "CRITICAL" if i % 5 == 0 else "INFO"
+    logger.info(f"{i} {level} payload {'x' * (i % 40)}")
+"""
+
+
+def handler_burst(tmp_path: Path, lines: int) -> Outcome:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    app = logs / "app.log"
+    app.touch()
+    state = tmp_path / "wk.db"
+    config = tmp_path / "watchkeeper.toml"
+    config.write_text(
+        f"""
+[keeper]
+state = "{state}"
+dashboard = false
+
+[[log]]
+name = "app"
+paths = ["{app}"]
+start_at = "beginning"
+rules = [{{ match = "CRITICAL", severity = "critical" }}]
+"""
+    )
+    proc = agent(config, tmp_path / "agent.log")
+    try:
+        wait_until(lambda: checked(state), timeout=30)
+        subprocess.run(
+            [sys.executable, "-c", HANDLER, str(app), str(lines), "3000", "5"], env=ENV, check=True
+        )
+
+        def settled() -> bool:
+            got = outcome(state, 0)
+            return sum(got.alerted.values()) + got.lost_lines >= lines // EVERY or got.lost_alerts
+
+        wait_until(settled, timeout=30, must=False)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    return outcome(state, 0)
+
+
+def test_rotating_file_handler_burst_is_read_or_its_loss_reported(tmp_path: Path) -> None:
+    lines = 10_000
+    got = handler_burst(tmp_path, lines)
+    verify(got, lines)

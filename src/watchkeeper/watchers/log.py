@@ -27,7 +27,6 @@ from watchkeeper.watchers.base import CheckResult, Watcher, register
 from watchkeeper.watchers.logconfig import LogConfig, LogRule, parse_threshold
 from watchkeeper.watchers.logfiles import (
     Files,
-    FolderWatch,
     Tracked,
     end_offset,
     holds,
@@ -36,6 +35,7 @@ from watchkeeper.watchers.logfiles import (
     resumes,
     rotated_siblings,
 )
+from watchkeeper.watchers.loginotify import FolderWatch
 from watchkeeper.watchers.logrotated import Known, count_loss, done_record, known_from_done, loss
 from watchkeeper.watchers.logmatch import ALL, Pattern, Prefilter
 
@@ -292,7 +292,7 @@ class LogWatcher(Watcher):
         super().__init__(config)
         self.scanner = Scanner(config, use_hyperscan)
         self.files = Files(config.rotated)
-        self.watch = FolderWatch() if config.inotify else None
+        self.watch = FolderWatch(config.name) if config.inotify else None
         self.more = False
         self.due: float | None = None
         self.done: list[tuple[Any, ...]] = []
@@ -343,6 +343,7 @@ class LogWatcher(Watcher):
         self.scanner.counts = {int(k): list(v) for k, v in state.get("counts", {}).items()}
         self.done = [tuple(d) for d in state.get("done", [])]
         self.lost, self.losses = dict(state.get("lost") or {}), []
+        pinned = self._take_pinned()
         current = members(self.config.paths)
         # The paths were changed since the checkpoint (an edited config, another `tail`): files
         # no longer named are dropped, and files newly named start where start_at says.
@@ -413,6 +414,7 @@ class LogWatcher(Watcher):
                 self.done = [*self.done, tuple(done_record(entry, info.st_mtime_ns))][-DONE:]
                 continue
             kept.append(entry)
+        found += self._read_pinned(pinned, seen, kept, current, now, budget)
         for path, info in current.items():
             if (info.st_dev, info.st_ino) in seen:
                 continue
@@ -443,6 +445,56 @@ class LogWatcher(Watcher):
         if self.lost:
             checkpoint["lost"] = self.lost
         return CheckResult(self.losses + found, checkpoint)
+
+    def _take_pinned(self) -> dict[tuple[int, int], str]:
+        """The files inotify's thread held open as they appeared: now the check's to read."""
+        if self.watch is None:
+            return {}
+        pinned = {}
+        for key, (fd, path) in self.watch.take().items():
+            if key in self.files.fds:
+                os.close(fd)
+            else:
+                self.files.fds[key] = fd
+            pinned[key] = path
+        return pinned
+
+    def _read_pinned(
+        self,
+        pinned: dict[tuple[int, int], str],
+        seen: set[tuple[int, int]],
+        kept: list[Tracked],
+        current: dict[str, os.stat_result],
+        now: float,
+        budget: list[int],
+    ) -> list[Observation]:
+        """Read the pinned files no other way reached (rotated away and deleted since).
+
+        A pinned file still at a glob member's path is left to the members' loop; one whose
+        content was read already (a rename of a file followed, a copy) is dropped.
+        """
+        found: list[Observation] = []
+        records = [
+            Known(e.fp, e.fp_len, e.offset, e.mark, live=e.gone is None) for e in kept if e.fp_len
+        ]
+        records += known_from_done(self.done)
+        for key, path in pinned.items():
+            member = current.get(path)
+            if key in seen or (member is not None and (member.st_dev, member.st_ino) == key):
+                continue
+            fd = self.files.fds.get(key)
+            if fd is None:
+                continue
+            info = os.fstat(fd)
+            entry = self._recognise(path, fd, info, records)
+            if entry is None:
+                continue
+            seen.add(key)
+            entry.gone, entry.origin = now, path
+            found += self._read(entry, fd, info.st_size, now, budget)
+            remember(fd, entry, info.st_size)
+            kept.append(entry)
+        return found
 
     def _gone(self, entry: Tracked, copy: tuple[str, int, os.stat_result, int] | None) -> None:
         """A followed file that is nowhere to be found: forget it, reporting what was unread."""
@@ -544,30 +596,32 @@ class LogWatcher(Watcher):
         for name, info in rotated_siblings(path, newer_than, known, self.config.rotated):
             if (info.st_dev, info.st_ino, info.st_mtime_ns) in finished:
                 continue
-            entry = self._recognise(name, records)
+            held = set(self.files.fds)
+            opened = self.files.open(name)
+            if opened is None:
+                continue
+            entry = self._recognise(name, opened[0], opened[1], records)
+            if entry is None and (info.st_dev, info.st_ino) not in held:
+                self.files.release((info.st_dev, info.st_ino))
             if entry is not None:
                 found.append(replace(entry, gone=now, origin=path))
         return found
 
-    def _recognise(self, path: str, records: list[Known]) -> Tracked | None:
+    @staticmethod
+    def _recognise(
+        path: str, fd: int, info: os.stat_result, records: list[Known]
+    ) -> Tracked | None:
         """An entry for a rotated file found at ``path``: from 0, or where its content was read.
 
         None when it holds nothing unread, or when it is a copy of a file still followed (a
         copytruncate in progress: the copy is read from the offset once the truncate is seen).
         """
-        held = set(self.files.fds)
-        opened = self.files.open(path)
-        if opened is None:
-            return None
-        fd, info = opened
         entry = Tracked(path, info.st_dev, info.st_ino, mtime=info.st_mtime_ns)
         for record in records:
             at = resumes(fd, info.st_size, record)
             if at is None:
                 continue
             if record.live or at >= info.st_size:
-                if (info.st_dev, info.st_ino) not in held:
-                    self.files.release((info.st_dev, info.st_ino))
                 return None
             entry.fp, entry.fp_len, entry.offset, entry.mark = (
                 record.fp,

@@ -19,26 +19,17 @@ while watchkeeper was down loses nothing as long as the rotated file is still in
 from __future__ import annotations
 
 import contextlib
-import errno
-import fnmatch
 import glob
 import hashlib
 import logging
 import os
-import select
 import stat
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from watchkeeper.watchers.logrotated import Known, is_archive, open_archive, rotated_files
-
-try:
-    import inotify_simple
-except ImportError:  # pragma: no cover - not on Linux
-    inotify_simple = None
 
 log = logging.getLogger("watchkeeper")
 
@@ -313,92 +304,3 @@ def end_offset(fd: int, size: int) -> int:
     tail = os.pread(fd, size - start, start)
     cut = tail.rfind(b"\n")
     return start + cut + 1 if cut >= 0 else (size if start else 0)
-
-
-_EVENTS = 0
-if inotify_simple is not None:
-    _flags = inotify_simple.flags
-    _EVENTS = (
-        _flags.MODIFY
-        | _flags.CREATE
-        | _flags.MOVED_TO
-        | _flags.MOVED_FROM
-        | _flags.DELETE
-        | _flags.CLOSE_WRITE
-        | _flags.ATTRIB
-    )
-
-
-class FolderWatch:
-    """inotify on the folders of the followed files, filtered to the names that matter.
-
-    Waking only for relevant names matters: the state file may live in a watched folder, and its
-    own writes must not trigger checks. A queue overflow wakes unconditionally (the next check is
-    a full reconcile anyway). When inotify is missing or a watch limit is hit, ``usable`` turns
-    False and the watcher polls.
-    """
-
-    SLICE = 0.1
-    """How often a blocked wait looks at the wake event (stop, check-now): ~10 cheap wakeups/s."""
-
-    def __init__(self) -> None:
-        self.notify: Any = None
-        self.usable = inotify_simple is not None
-        self.watched: dict[str, int] = {}
-        self.names: set[str] = set()
-        self.globs: list[str] = []
-        if self.usable:
-            try:
-                self.notify = inotify_simple.INotify()
-            except OSError as exc:
-                log.warning("inotify unavailable (%s); polling instead", exc)
-                self.usable = False
-
-    def update(self, folders: Sequence[str], names: Iterable[str], globs: Iterable[str]) -> None:
-        """Watch these folders; wake for these file names and glob basenames."""
-        self.names = set(names)
-        self.globs = list(globs)
-        if not self.usable:
-            return
-        for folder in folders:
-            if folder in self.watched:
-                continue
-            try:
-                self.watched[folder] = self.notify.add_watch(folder, _EVENTS)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    log.warning("inotify watch limit reached at %s; polling instead", folder)
-                    self.close()
-                    self.usable = False
-                    return
-                # A folder that does not exist yet is found by the sweep later.
-
-    def wait(self, wake: Any, timeout: float) -> None:
-        """Block until a relevant event, ``wake`` is set, or ``timeout`` passes."""
-        deadline = time.monotonic() + timeout
-        fd = self.notify.fileno()
-        while not wake.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            ready, _, _ = select.select([fd], [], [], min(left, self.SLICE))
-            if ready and self._relevant(self.notify.read(timeout=0)):
-                return
-
-    def _relevant(self, events: Sequence[Any]) -> bool:
-        overflow = inotify_simple.flags.Q_OVERFLOW | inotify_simple.flags.IGNORED
-        for event in events:
-            if event.mask & overflow:
-                if event.mask & inotify_simple.flags.IGNORED:
-                    self.watched = {f: w for f, w in self.watched.items() if w != event.wd}
-                return True
-            if event.name in self.names or any(fnmatch.fnmatch(event.name, g) for g in self.globs):
-                return True
-        return False
-
-    def close(self) -> None:
-        """Release the inotify descriptor."""
-        if self.notify is not None:
-            self.notify.close()
-            self.notify = None
-        self.watched = {}

@@ -1,0 +1,185 @@
+"""inotify for the log watcher: wake on relevant names, and hold new files open the moment they
+appear.
+
+A writer that rotates fast (``RotatingFileHandler`` with small files, a burst) can create a file,
+rotate it away and delete it between two checks; once deleted, no tool can read it. What keeps it
+readable is a descriptor opened before the delete. So a small daemon thread reads the inotify
+events as they come and *pins* each file created (or moved in) under a followed name: it opens
+it at once, before the check that reads it has even started, and hands the descriptors to the
+next check (:meth:`FolderWatch.take`). The check reads a pinned file like any other, and drops it
+if its content was read already.
+
+Waking only for relevant names matters too: the state file may live in a watched folder, and its
+own writes must not trigger checks. A queue overflow wakes unconditionally (the next check is a
+full reconcile anyway). When inotify is missing or a watch limit is hit, ``usable`` turns False
+and the watcher polls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fnmatch
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+try:
+    import inotify_simple
+except ImportError:  # pragma: no cover - not on Linux
+    inotify_simple = None
+
+log = logging.getLogger("watchkeeper")
+
+_EVENTS = 0
+_ARRIVED = 0
+if inotify_simple is not None:
+    _flags = inotify_simple.flags
+    _ARRIVED = _flags.CREATE | _flags.MOVED_TO
+    _EVENTS = (
+        _ARRIVED
+        | _flags.MODIFY
+        | _flags.MOVED_FROM
+        | _flags.DELETE
+        | _flags.CLOSE_WRITE
+        | _flags.ATTRIB
+    )
+
+Key = tuple[int, int]
+
+
+class FolderWatch:
+    """inotify on the folders of the followed files, filtered to the names that matter."""
+
+    SLICE = 0.1
+    """How often a blocked wait looks at the wake event (stop, check-now): ~10 cheap wakeups/s."""
+
+    def __init__(self, name: str = "log") -> None:
+        self.name = name
+        self.notify: Any = None
+        self.usable = inotify_simple is not None
+        self.watched: dict[str, int] = {}
+        self.names: set[str] = set()
+        self.globs: list[str] = []
+        self.changed = threading.Event()
+        self.lock = threading.Lock()
+        self.pinned: dict[Key, tuple[int, str]] = {}
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        if self.usable:
+            try:
+                self.notify = inotify_simple.INotify()
+            except OSError as exc:
+                log.warning("inotify unavailable (%s); polling instead", exc)
+                self.usable = False
+
+    def update(self, folders: Sequence[str], names: Iterable[str], globs: Iterable[str]) -> None:
+        """Watch these folders; wake (and pin) for these file names and glob basenames."""
+        self.names = set(names)
+        self.globs = list(globs)
+        if not self.usable:
+            return
+        for folder in folders:
+            if folder in self.watched:
+                continue
+            try:
+                self.watched[folder] = self.notify.add_watch(folder, _EVENTS)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    log.warning("inotify watch limit reached at %s; polling instead", folder)
+                    self.close()
+                    self.usable = False
+                    return
+                # A folder that does not exist yet is found by the sweep later.
+        if self.thread is None:
+            self.thread = threading.Thread(
+                target=self._run, name=f"watchkeeper-inotify-{self.name}", daemon=True
+            )
+            self.thread.start()
+
+    def wait(self, wake: Any, timeout: float) -> None:
+        """Block until a relevant event, ``wake`` is set, or ``timeout`` passes."""
+        if self.thread is None:  # nothing watched yet: only the sweep can find files
+            wake.wait(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        while not wake.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self.changed.wait(min(left, self.SLICE)):
+                self.changed.clear()
+                return
+
+    def take(self) -> dict[Key, tuple[int, str]]:
+        """The files pinned since the last take, in the order they appeared: (fd, path) by key.
+
+        The caller owns the descriptors from now on.
+        """
+        with self.lock:
+            pinned, self.pinned = self.pinned, {}
+        return pinned
+
+    def _run(self) -> None:
+        """Read events as they come: pin arrivals, wake the watcher for relevant names."""
+        notify = self.notify
+        fd = notify.fileno()
+        folders = {wd: folder for folder, wd in self.watched.items()}
+        while not self.stopping.is_set():
+            try:
+                ready, _, _ = select.select([fd], [], [], self.SLICE)
+                events = notify.read(timeout=0) if ready else []
+            except (OSError, ValueError):  # closed under us: stopping
+                return
+            if len(folders) != len(self.watched):
+                folders = {wd: folder for folder, wd in self.watched.items()}
+            if events and self._relevant(events, folders):
+                self.changed.set()
+
+    def _relevant(self, events: Sequence[Any], folders: dict[int, str]) -> bool:
+        overflow = inotify_simple.flags.Q_OVERFLOW | inotify_simple.flags.IGNORED
+        relevant = False
+        for event in events:
+            if event.mask & overflow:
+                if event.mask & inotify_simple.flags.IGNORED:
+                    self.watched = {f: w for f, w in self.watched.items() if w != event.wd}
+                relevant = True
+                continue
+            if event.name in self.names or any(fnmatch.fnmatch(event.name, g) for g in self.globs):
+                relevant = True
+                folder = folders.get(event.wd)
+                if event.mask & _ARRIVED and folder is not None:
+                    self._pin(os.path.join(folder, event.name))
+        return relevant
+
+    def _pin(self, path: str) -> None:
+        """Hold the file now at ``path`` open (once per file), for the next check."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return  # gone already, or unreadable: the check says so
+        info = os.fstat(fd)
+        key = (info.st_dev, info.st_ino)
+        with self.lock:
+            if key in self.pinned or self.stopping.is_set():
+                os.close(fd)
+            else:
+                self.pinned[key] = (fd, path)
+
+    def close(self) -> None:
+        """Stop the thread, release the inotify descriptor and the files pinned but not taken."""
+        self.stopping.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout=5)
+        self.thread = None
+        if self.notify is not None:
+            with contextlib.suppress(OSError):
+                self.notify.close()
+            self.notify = None
+        self.watched = {}
+        for fd, _ in self.take().values():
+            os.close(fd)
