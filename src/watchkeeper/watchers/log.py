@@ -386,7 +386,10 @@ class LogWatcher(Watcher):
                     self._lost(entry, entry.size - copy[2].st_size, "truncated before the copy")
                     rest = replace(entry, path=copy[0], dev=copy[2].st_dev, ino=copy[2].st_ino)
                     known = {(copy[2].st_dev, copy[2].st_ino)}
-                    later = self._unseen(entry.path, copy[2].st_mtime_ns, queue, current, known)
+                    # Generations rotated after it were modified after the last look at it
+                    # (an archive's own time is when it was compressed: no bound).
+                    since = entry.mtime or copy[2].st_mtime_ns
+                    later = self._unseen(entry.path, since, queue, current, known)
                     queue[i:i] = [replace(rest, gone=rest.gone or now), *later]
                 elif copy is not None:  # a copy of what was read already: nothing to read in it
                     self._lost(entry, entry.size - entry.offset, "truncated")

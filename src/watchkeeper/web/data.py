@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.quantities import iso_utc
 from watchkeeper.store import Store, WatcherRecord, alert_from_row
+from watchkeeper.watchers.logrotated import lost_totals
 
 if TYPE_CHECKING:
     from watchkeeper.keeper import Keeper
@@ -51,6 +52,7 @@ def watcher_doc(record: WatcherRecord, alerts_24h: int, now: float) -> dict[str,
         "failures_total": record.failures_total,
         "last_error": record.last_error,
         "alerts_24h": alerts_24h,
+        "log_lost": lost_totals(record.checkpoint),
     }
 
 

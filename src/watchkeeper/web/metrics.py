@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from watchkeeper.alerts import Severity
 from watchkeeper.store import Store
+from watchkeeper.watchers.logrotated import lost_totals
 from watchkeeper.web.details import file_size, lag
 
 
@@ -54,7 +55,16 @@ class StoreCollector(Collector):
             "Bytes written to a watched file beyond the committed offset.",
             labels=["watcher", "path"],
         )
+        lost = CounterMetricFamily(
+            "watchkeeper_log_bytes_lost",
+            "Bytes of watched files that vanished before they were read (each episode is also "
+            "a health alert).",
+            labels=["watcher"],
+        )
         for w in watchers:
+            totals = lost_totals(w.checkpoint)
+            if totals is not None:
+                lost.add_metric([w.name], totals["bytes"])
             checks.add_metric([w.name, w.kind], w.checks)
             failures.add_metric([w.name], w.failures_total)
             failing.add_metric([w.name], w.failures)
@@ -63,7 +73,7 @@ class StoreCollector(Collector):
                 last.add_metric([w.name], w.last_check)
             for path, behind in file_lags(w.checkpoint):
                 lag.add_metric([w.name, path], behind)
-        yield from (checks, failures, failing, paused, last, lag)
+        yield from (checks, failures, failing, paused, last, lag, lost)
 
         alerts = CounterMetricFamily(
             "watchkeeper_alerts",

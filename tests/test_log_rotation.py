@@ -1,0 +1,280 @@
+"""Rotated files found where they went, recognised by content, and loss that is never silent.
+
+Each test drives ``LogWatcher.check`` by hand on real files (see tests/test_log.py's ``Follow``),
+"restarting" by handing the JSON checkpoint to a new watcher that holds no descriptor, which is
+what makes a rotation during downtime visible only by what is on disk.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_log import ENGINES, Follow, append, criticals, numbered
+from watchkeeper.alerts import RuleEngine
+from watchkeeper.store import Store
+from watchkeeper.watchers.logrotated import rotated_globs
+from watchkeeper.web.data import watcher_docs
+from watchkeeper.web.metrics import metrics_registry, render
+
+
+@pytest.fixture(params=ENGINES)
+def follow(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    made: list[Follow] = []
+
+    def make(*paths: Path, **options: Any) -> Follow:
+        f = Follow(str(request.param), list(paths) or [tmp_path / "app.log"], **options)
+        made.append(f)
+        return f
+
+    yield make
+    for f in made:
+        f.close()
+
+
+def restart(f: Follow, make: Any, *paths: Path, **options: Any) -> Follow:
+    """A new watcher (no descriptors held) from ``f``'s committed checkpoint."""
+    f.close()
+    again: Follow = make(*paths, **options)
+    again.checkpoint = f.checkpoint
+    return again
+
+
+def read(f: Follow) -> list[str]:
+    """The lines alerted (loss reports aside)."""
+    return [o.data["line"] for o in f.seen if "line" in o.data]
+
+
+def lost(f: Follow) -> list[dict[str, Any]]:
+    return [dict(o.data) for o in f.seen if o.data.get("lost")]
+
+
+def test_a_copy_found_after_a_restart_goes_on_at_the_offset(follow: Any, tmp_path: Path) -> None:
+    """copytruncate while watchkeeper was down: the copy holds lines read already and some not."""
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 30))
+    f = follow()
+    f.check()
+    append(log, numbered(31, 40))
+    shutil.copyfile(log, tmp_path / "app.log.1")
+    with log.open("r+b") as out:
+        out.truncate(0)
+    append(log, numbered(41, 45))
+    f = restart(f, follow)
+    f.check()
+    f.check()
+    assert read(f) == criticals(31, 45)
+    assert lost(f) == []
+
+
+def test_a_copy_taken_before_the_watcher_read_further_is_never_read(
+    follow: Any, tmp_path: Path
+) -> None:
+    """The watcher was ahead of logrotate's copy: the copy holds nothing unread, even after a
+    restart finds it as an unseen rotated file."""
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 30))
+    copy = log.read_bytes()
+    append(log, numbered(31, 36))
+    f = follow()
+    f.check()
+    (tmp_path / "app.log.1").write_bytes(copy)
+    with log.open("r+b") as out:
+        out.truncate(0)
+    append(log, numbered(37, 40))
+    f.check()
+    f = restart(f, follow)
+    os.utime(tmp_path / "app.log.1")  # newer than anything known: a sibling search candidate
+    append(log, numbered(41, 42))
+    f.check()
+    seen = read(f)
+    assert seen == criticals(41, 42)
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_olddir_while_down_is_found_through_the_rotated_globs(
+    follow: Any, tmp_path: Path, configured: bool
+) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 9))
+    options = {"rotated": [f"{old}/app.log*"]} if configured else {}
+    f = follow(**options)
+    f.check()
+    f.close()
+    append(log, numbered(10, 15))
+    log.rename(old / "app.log.1")  # logrotate's olddir, while watchkeeper is down
+    append(log, numbered(16, 18))
+    f = restart(f, follow, **options)
+    f.check()
+    f.check()
+    if configured:
+        assert read(f) == criticals(10, 18)
+        assert lost(f) == []
+    else:
+        # Nowhere to be found: nothing it had unread was known, so it is a warning, and the
+        # new file is read whole.
+        assert read(f) == criticals(16, 18)
+
+
+@pytest.mark.parametrize("delay", [False, True])
+def test_compressed_while_down_is_read_from_the_archive(
+    follow: Any, tmp_path: Path, delay: bool
+) -> None:
+    """compress (and compress + delaycompress, two rotations later): the plain file is gone and
+    its unread lines are only in the .gz."""
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 30))
+    f = follow()
+    f.check()
+    f.close()
+    append(log, numbered(31, 36))
+    log.rename(tmp_path / "app.log.1")
+    append(log, numbered(37, 39))
+    if delay:  # one more rotation: app.log.1 -> app.log.2.gz, app.log -> app.log.1
+        with (tmp_path / "app.log.1").open("rb") as src, gzip.open(
+            tmp_path / "app.log.2.gz", "wb"
+        ) as dst:
+            shutil.copyfileobj(src, dst)
+        (tmp_path / "app.log.1").unlink()
+        log.rename(tmp_path / "app.log.1")
+        append(log, numbered(40, 42))
+    else:
+        with (tmp_path / "app.log.1").open("rb") as src, gzip.open(
+            tmp_path / "app.log.1.gz", "wb"
+        ) as dst:
+            shutil.copyfileobj(src, dst)
+        (tmp_path / "app.log.1").unlink()
+    f = restart(f, follow)
+    f.check()
+    f.check()
+    last = 42 if delay else 39
+    assert sorted(read(f), key=lambda line: int(line.split()[0])) == criticals(31, last)
+    assert lost(f) == []
+
+
+def test_an_archive_of_lines_read_already_is_not_read_again(follow: Any, tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 30))
+    f = follow()
+    f.check()
+    log.rename(tmp_path / "app.log.1")
+    append(log, numbered(31, 33))
+    f.check()
+    f.check()
+    with (tmp_path / "app.log.1").open("rb") as src, gzip.open(
+        tmp_path / "app.log.1.gz", "wb"
+    ) as dst:
+        shutil.copyfileobj(src, dst)
+    (tmp_path / "app.log.1").unlink()
+    log.rename(tmp_path / "app.log.1")
+    append(log, numbered(34, 36))
+    f = restart(f, follow)
+    f.check()
+    f.check()
+    assert read(f) == criticals(34, 36)
+
+
+def test_a_reused_inode_with_other_content_is_a_new_file(follow: Any, tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 12))
+    f = follow()
+    f.check()
+    f.close()
+    log.unlink()
+    append(log, numbered(100, 130))  # longer than before: a size check alone would go on at 12
+    f = restart(f, follow)
+    f.check()
+    assert read(f) == criticals(100, 130)
+
+
+def backlog(follow: Any, tmp_path: Path) -> tuple[Follow, Path, int]:
+    """A watcher that read 2 KiB of a 20 KiB file (``read_limit``): the rest is known unread."""
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 800))
+    f = follow(read_limit="2KiB", max_line="1KiB")
+    f.check()
+    offset = f.checkpoint["files"][0]["offset"]
+    assert 0 < offset < log.stat().st_size
+    return f, log, log.stat().st_size - offset
+
+
+def test_a_deleted_file_with_unread_bytes_is_one_loss_alert_with_the_count(
+    follow: Any, tmp_path: Path
+) -> None:
+    f, log, unread = backlog(follow, tmp_path)
+    log.unlink()  # while watchkeeper is down: nobody holds it open
+    append(log, numbered(1000, 1003))
+    f = restart(f, follow, read_limit="2KiB", max_line="1KiB")
+    f.check()
+    f.check()
+    [report] = lost(f)
+    assert report["bytes"] == unread
+    assert report["path"] == str(log)
+    assert "gone" in report["reason"]
+    assert f.checkpoint["lost"] == {"bytes": unread, "lines": 0, "episodes": 1}
+    assert criticals(1000, 1003) == [x for x in read(f) if int(x.split()[0]) >= 1000]
+
+
+def test_a_truncated_file_with_unread_bytes_and_no_copy_is_a_loss(
+    follow: Any, tmp_path: Path
+) -> None:
+    f, log, unread = backlog(follow, tmp_path)
+    with log.open("r+b") as out:
+        out.truncate(0)
+    append(log, numbered(1000, 1003))
+    f.check()
+    [report] = lost(f)
+    assert report["bytes"] == unread
+    assert "truncated" in report["reason"]
+    assert read(f)[-1:] == criticals(1000, 1003)
+
+
+def test_loss_reaches_the_store_status_and_metrics(follow: Any, tmp_path: Path) -> None:
+    """The loss alert is a health alert like any other, and the total is in /metrics and the
+    API's watcher document."""
+    f, log, unread = backlog(follow, tmp_path)
+    log.unlink()
+    f = restart(f, follow, read_limit="2KiB", max_line="1KiB")
+    observations = f.check()
+    rules = RuleEngine("app", "log", f.watcher.config)
+    verdict = rules.evaluate(observations, None, 0.0)
+    with Store(tmp_path / "wk.db") as store:
+        store.register_watcher("app", "log")
+        store.commit_check(
+            "app",
+            checkpoint=f.checkpoint,
+            rule_state=verdict.state,
+            alerts=verdict.alerts,
+            routes=(),
+            now=1.0,
+            next_check=2.0,
+            error=None,
+        )
+        [alert] = [a for a in store.alerts() if a.data.get("lost")]
+        assert alert.severity.name == "ERROR"
+        assert f"{unread:,} bytes lost" in alert.title
+        [doc] = watcher_docs(store)
+        assert doc["log_lost"] == {"bytes": unread, "lines": 0, "episodes": 1}
+        text = render(metrics_registry(store, lambda: 0)).decode()
+    assert f'watchkeeper_log_bytes_lost_total{{watcher="app"}} {float(unread)}' in text
+
+
+def test_rotated_globs_fill_in_the_path_and_name() -> None:
+    assert rotated_globs("/var/log/app.log", None) == [
+        "/var/log/app.log.1",
+        "/var/log/app.log-*",
+        "/var/log/app.log.*",
+    ]
+    assert rotated_globs("/var/log/a[1].log", ["{path}.*", "old/{name}-*", "/arch/x*"]) == [
+        "/var/log/a[[]1].log.*",
+        "/var/log/old/a[[]1].log-*",
+        "/arch/x*",
+    ]
