@@ -36,7 +36,15 @@ from watchkeeper.watchers.logfiles import (
     rotated_siblings,
 )
 from watchkeeper.watchers.loginotify import FolderWatch
-from watchkeeper.watchers.logrotated import Known, count_loss, done_record, known_from_done, loss
+from watchkeeper.watchers.logrotated import (
+    Known,
+    count_loss,
+    done_record,
+    known_from_done,
+    loss,
+    rotated_folders,
+    rotated_globs,
+)
 from watchkeeper.watchers.logmatch import ALL, Pattern, Prefilter
 
 log = logging.getLogger("watchkeeper")
@@ -46,6 +54,8 @@ CHUNK = 4 * 1024 * 1024
 BUFFERED = 256 * 1024
 """Reads at least this large go to a reused buffer (see ``LogWatcher._pread``)."""
 TITLE_CHARS = 200
+PIN_WAIT = 3
+"""Checks a pinned file still on disk waits for the sibling search before it is read anyway."""
 DONE = 64
 """Rotated files read to their end that the checkpoint remembers, so that a sibling search
 (``_unseen``) never reads one again when its modification time ties with a newer rotation's."""
@@ -299,6 +309,8 @@ class LogWatcher(Watcher):
         self.buffer: bytearray | None = None
         self.lost: dict[str, int] = {}
         self.losses: list[Observation] = []
+        self.pins: dict[tuple[int, int], tuple[str, int]] = {}
+        """Files inotify's thread opened that no check has reached yet: path, checks waited."""
 
     @property
     def engine(self) -> str:
@@ -343,7 +355,7 @@ class LogWatcher(Watcher):
         self.scanner.counts = {int(k): list(v) for k, v in state.get("counts", {}).items()}
         self.done = [tuple(d) for d in state.get("done", [])]
         self.lost, self.losses = dict(state.get("lost") or {}), []
-        pinned = self._take_pinned()
+        self._take_pinned()
         current = members(self.config.paths)
         # The paths were changed since the checkpoint (an edited config, another `tail`): files
         # no longer named are dropped, and files newly named start where start_at says.
@@ -382,6 +394,8 @@ class LogWatcher(Watcher):
                 i -= 1
                 queue[i] = Tracked(path, info.st_dev, info.st_ino)
                 copy = self.files.find_copy(entry, (info.st_dev, info.st_ino))
+                if self.watch is not None:  # the size it had just before the truncate
+                    entry.size = max(entry.size, self.watch.shrunk_from((entry.dev, entry.ino)))
                 if copy is not None and copy[3] <= copy[2].st_size:
                     self._lost(entry, entry.size - copy[2].st_size, "truncated before the copy")
                     rest = replace(entry, path=copy[0], dev=copy[2].st_dev, ino=copy[2].st_ino)
@@ -417,7 +431,7 @@ class LogWatcher(Watcher):
                 self.done = [*self.done, tuple(done_record(entry, info.st_mtime_ns))][-DONE:]
                 continue
             kept.append(entry)
-        found += self._read_pinned(pinned, seen, kept, current, now, budget)
+        found += self._read_pinned(seen, kept, now, budget)
         for path, info in current.items():
             if (info.st_dev, info.st_ino) in seen:
                 continue
@@ -436,8 +450,13 @@ class LogWatcher(Watcher):
             found += self._read(entry, fd, info.st_size, now, budget)
             remember(fd, entry, info.st_size)
             kept.append(entry)
-        self.files.keep_only({(e.dev, e.ino) for e in kept})
+        self._carry_pins(seen, kept)
+        self.files.keep_only({(e.dev, e.ino) for e in kept} | set(self.pins))
         self._watch(kept)
+        if self.watch is not None:
+            self.watch.follow(
+                {e.path: (self.files.fds[(e.dev, e.ino)], (e.dev, e.ino)) for e in kept}
+            )
         if any(e.gone is not None for e in kept):
             self._due_at(now + self.config.rotate_wait)
         if not self.more:
@@ -449,46 +468,38 @@ class LogWatcher(Watcher):
             checkpoint["lost"] = self.lost
         return CheckResult(self.losses + found, checkpoint)
 
-    def _take_pinned(self) -> dict[tuple[int, int], str]:
+    def _take_pinned(self) -> None:
         """The files inotify's thread held open as they appeared: now the check's to read."""
         if self.watch is None:
-            return {}
-        pinned = {}
+            return
         for key, (fd, path) in self.watch.take().items():
             if key in self.files.fds:
                 os.close(fd)
             else:
                 self.files.fds[key] = fd
-            pinned[key] = path
-        return pinned
+            self.pins.setdefault(key, (path, 0))
 
     def _read_pinned(
-        self,
-        pinned: dict[tuple[int, int], str],
-        seen: set[tuple[int, int]],
-        kept: list[Tracked],
-        current: dict[str, os.stat_result],
-        now: float,
-        budget: list[int],
+        self, seen: set[tuple[int, int]], kept: list[Tracked], now: float, budget: list[int]
     ) -> list[Observation]:
-        """Read the pinned files no other way reached (rotated away and deleted since).
+        """Read the pinned files no other way can reach: rotated away and deleted since.
 
-        A pinned file still at a glob member's path is left to the members' loop; one whose
-        content was read already (a rename of a file followed, a copy) is dropped.
+        A pinned file still on disk is left to the members' loop and the sibling search, which
+        read each path's generations in order (and bound their search by the newest one read:
+        reading a later generation here first would hide the ones before it), for at most
+        ``PIN_WAIT`` checks. One whose content was read already (a copy) is dropped.
         """
         found: list[Observation] = []
-        records = [
-            Known(e.fp, e.fp_len, e.offset, e.mark, live=e.gone is None) for e in kept if e.fp_len
-        ]
-        records += known_from_done(self.done)
-        for key, path in pinned.items():
-            member = current.get(path)
-            if key in seen or (member is not None and (member.st_dev, member.st_ino) == key):
-                continue
+        records = self._known(kept)
+        for key, (path, waited) in list(self.pins.items()):
             fd = self.files.fds.get(key)
-            if fd is None:
+            if key in seen or fd is None:
+                del self.pins[key]
                 continue
             info = os.fstat(fd)
+            if info.st_nlink and waited < PIN_WAIT:
+                continue
+            del self.pins[key]
             entry = self._recognise(path, fd, info, records)
             if entry is None:
                 continue
@@ -498,6 +509,27 @@ class LogWatcher(Watcher):
             remember(fd, entry, info.st_size)
             kept.append(entry)
         return found
+
+    def _carry_pins(self, seen: set[tuple[int, int]], kept: list[Tracked]) -> None:
+        """Keep holding the pinned files no loop reached, unless their content is known."""
+        records = self._known(kept)
+        for key, (path, waited) in list(self.pins.items()):
+            fd = self.files.fds.get(key)
+            if key in seen or fd is None:
+                del self.pins[key]
+            elif self._recognise(path, fd, os.fstat(fd), records) is None:
+                del self.pins[key]
+            else:
+                self.pins[key] = (path, waited + 1)
+
+    def _known(self, entries: list[Tracked]) -> list[Known]:
+        """The content of these entries and of the rotated files finished, for recognition."""
+        records = [
+            Known(e.fp, e.fp_len, e.offset, e.mark, live=e.gone is None)
+            for e in entries
+            if e.fp_len
+        ]
+        return records + known_from_done(self.done)
 
     def _gone(self, entry: Tracked, copy: tuple[str, int, os.stat_result, int] | None) -> None:
         """A followed file that is nowhere to be found: forget it, reporting what was unread."""
@@ -590,10 +622,7 @@ class LogWatcher(Watcher):
         known = set(known or ()) | {(e.dev, e.ino) for e in queue}
         known |= {(s.st_dev, s.st_ino) for s in current.values()}
         finished = {tuple(d[:3]) for d in self.done}
-        records = [
-            Known(e.fp, e.fp_len, e.offset, e.mark, live=e.gone is None) for e in queue if e.fp_len
-        ]
-        records += known_from_done(self.done)
+        records = self._known(queue)
         now = time.time()
         found = []
         for name, info in rotated_siblings(path, newer_than, known, self.config.rotated):
@@ -722,16 +751,24 @@ class LogWatcher(Watcher):
         self.due = when if self.due is None else min(self.due, when)
 
     def _watch(self, entries: list[Tracked]) -> None:
-        """Keep inotify on the folders of the globs and of the followed files."""
+        """Keep inotify on the folders of the globs, of the followed files and rotated globs.
+
+        Rotated names count too: a generation is pinned under whichever name inotify's thread
+        meets it first (``app.log``, then ``app.log.1`` ... as a fast writer renames it along),
+        so a thread that falls behind a burst has several chances at each file.
+        """
         if self.watch is None or not self.watch.usable:
             return
-        folders = [os.path.dirname(str(p)) or "." for p in self.config.paths]
+        patterns = self.patterns
+        folders = [os.path.dirname(p) or "." for p in patterns]
+        folders += rotated_folders(patterns, self.config.rotated)
         folders = [f for f in folders if not glob.has_magic(f)]
         folders += [os.path.dirname(e.path) or "." for e in entries]
+        rotated = [g for p in patterns for g in rotated_globs(p, self.config.rotated)]
         self.watch.update(
             list(dict.fromkeys(folders)),
             {os.path.basename(e.path) for e in entries},
-            {Path(p).name for p in self.config.paths},
+            list(dict.fromkeys(os.path.basename(p) for p in [*patterns, *rotated])),
         )
 
     def wait(self, wake: Any, timeout: float) -> None:

@@ -37,9 +37,11 @@ log = logging.getLogger("watchkeeper")
 
 _EVENTS = 0
 _ARRIVED = 0
+_MODIFY = 0
 if inotify_simple is not None:
     _flags = inotify_simple.flags
     _ARRIVED = _flags.CREATE | _flags.MOVED_TO
+    _MODIFY = _flags.MODIFY
     _EVENTS = (
         _ARRIVED
         | _flags.MODIFY
@@ -68,6 +70,9 @@ class FolderWatch:
         self.changed = threading.Event()
         self.lock = threading.Lock()
         self.pinned: dict[Key, tuple[int, str]] = {}
+        self.followed: dict[str, tuple[int, Key]] = {}
+        self.sizes: dict[Key, tuple[int, int]] = {}
+        """Per followed file: (last size seen, largest size before it last shrank)."""
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         if self.usable:
@@ -115,6 +120,26 @@ class FolderWatch:
                 self.changed.clear()
                 return
 
+    def follow(self, files: dict[str, tuple[int, Key]]) -> None:
+        """The followed files by path: (descriptor, identity), whose sizes the thread tracks.
+
+        On every write the thread looks at the size (one ``fstat``); when the file shrinks
+        (copytruncate), the size it had just before is kept: bytes past what the copy holds
+        were written before the truncate and are lost, and this says how many.
+        """
+        self.followed = dict(files)
+        keys = {key for _, key in files.values()}
+        with self.lock:
+            self.sizes = {k: v for k, v in self.sizes.items() if k in keys}
+
+    def shrunk_from(self, key: Key) -> int:
+        """The largest size the file had before it last shrank (0: not seen to shrink), once."""
+        with self.lock:
+            last, peak = self.sizes.get(key, (0, 0))
+            if peak:
+                self.sizes[key] = (last, 0)
+            return peak
+
     def take(self) -> dict[Key, tuple[int, str]]:
         """The files pinned since the last take, in the order they appeared: (fd, path) by key.
 
@@ -152,9 +177,28 @@ class FolderWatch:
             if event.name in self.names or any(fnmatch.fnmatch(event.name, g) for g in self.globs):
                 relevant = True
                 folder = folders.get(event.wd)
-                if event.mask & _ARRIVED and folder is not None:
-                    self._pin(os.path.join(folder, event.name))
+                if folder is None:
+                    continue
+                path = os.path.join(folder, event.name)
+                if event.mask & _ARRIVED:
+                    self._pin(path)
+                elif event.mask & _MODIFY and path in self.followed:
+                    self._measure(*self.followed[path])
         return relevant
+
+    def _measure(self, fd: int, key: Key) -> None:
+        """Note a followed file's size now, and the size it had before it shrank."""
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            return  # closed by the check meanwhile
+        if (info.st_dev, info.st_ino) != key:
+            return  # the descriptor number was reused for another file
+        with self.lock:
+            last, peak = self.sizes.get(key, (0, 0))
+            if info.st_size < last:
+                peak = max(peak, last)
+            self.sizes[key] = (info.st_size, peak)
 
     def _pin(self, path: str) -> None:
         """Hold the file now at ``path`` open (once per file), for the next check."""
