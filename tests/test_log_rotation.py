@@ -219,7 +219,7 @@ def test_a_deleted_file_with_unread_bytes_is_one_loss_alert_with_the_count(
     assert report["bytes"] == unread
     assert report["path"] == str(log)
     assert "gone" in report["reason"]
-    assert f.checkpoint["lost"] == {"bytes": unread, "lines": 0, "episodes": 1}
+    assert f.checkpoint["lost"] == {"bytes": unread, "lines": 0, "files": 0, "episodes": 1}
     assert criticals(1000, 1003) == [x for x in read(f) if int(x.split()[0]) >= 1000]
 
 
@@ -262,7 +262,7 @@ def test_loss_reaches_the_store_status_and_metrics(follow: Any, tmp_path: Path) 
         assert alert.severity.name == "ERROR"
         assert f"{unread:,} bytes lost" in alert.title
         [doc] = watcher_docs(store)
-        assert doc["log_lost"] == {"bytes": unread, "lines": 0, "episodes": 1}
+        assert doc["log_lost"] == {"bytes": unread, "lines": 0, "files": 0, "episodes": 1}
         text = render(metrics_registry(store, lambda: 0)).decode()
     assert f'watchkeeper_log_bytes_lost_total{{watcher="app"}} {float(unread)}' in text
 

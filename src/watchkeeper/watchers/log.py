@@ -56,6 +56,8 @@ BUFFERED = 256 * 1024
 TITLE_CHARS = 200
 PIN_WAIT = 3
 """Checks a pinned file still on disk waits for the sibling search before it is read anyway."""
+PIN_RETRY = 0.2
+"""Seconds until the next check while pinned files wait."""
 DONE = 64
 """Rotated files read to their end that the checkpoint remembers, so that a sibling search
 (``_unseen``) never reads one again when its modification time ties with a newer rotation's."""
@@ -309,6 +311,13 @@ class LogWatcher(Watcher):
         self.buffer: bytearray | None = None
         self.lost: dict[str, int] = {}
         self.losses: list[Observation] = []
+        self.generations = 0
+        """New files met (not copies of content read already)."""
+        self.base: int | None = None
+        """Generations created less those met, at the end of the first check that counted."""
+        self.deficit = 0
+        self.reported = (0, 0)
+        """Generations missed and inotify overflows already reported (see ``_missed``)."""
         self.pins: dict[tuple[int, int], tuple[str, int]] = {}
         """Files inotify's thread opened that no check has reached yet: path, checks waited."""
 
@@ -356,6 +365,9 @@ class LogWatcher(Watcher):
         self.done = [tuple(d) for d in state.get("done", [])]
         self.lost, self.losses = dict(state.get("lost") or {}), []
         self._take_pinned()
+        held = set(self.files.fds)
+        if self.watch is not None:
+            self.watch.hold(held)
         current = members(self.config.paths)
         # The paths were changed since the checkpoint (an edited config, another `tail`): files
         # no longer named are dropped, and files newly named start where start_at says.
@@ -447,6 +459,7 @@ class LogWatcher(Watcher):
             seen.add((info.st_dev, info.st_ino))
             at_end = (checkpoint is None or reconfigured) and self.config.start_at == "end"
             entry = self._first_seen(path, fd, info, at_end)
+            self.generations += 1
             found += self._read(entry, fd, info.st_size, now, budget)
             remember(fd, entry, info.st_size)
             kept.append(entry)
@@ -454,11 +467,17 @@ class LogWatcher(Watcher):
         self.files.keep_only({(e.dev, e.ino) for e in kept} | set(self.pins))
         self._watch(kept)
         if self.watch is not None:
+            # Files opened by this check are said at the next one: by then inotify's thread
+            # has counted their creation (see FolderWatch._relevant).
+            self.watch.hold(held & set(self.files.fds))
             self.watch.follow(
                 {e.path: (self.files.fds[(e.dev, e.ino)], (e.dev, e.ino)) for e in kept}
             )
+            self._missed(now)
         if any(e.gone is not None for e in kept):
             self._due_at(now + self.config.rotate_wait)
+        if self.pins:  # held for the sibling search: look again soon, or read them anyway
+            self._due_at(now + PIN_RETRY)
         if not self.more:
             self.buffer = None  # caught up: no need to hold a chunk's memory while idle
         counts = {str(k): v for k, v in self.scanner.counts.items() if v}
@@ -503,6 +522,7 @@ class LogWatcher(Watcher):
             entry = self._recognise(path, fd, info, records)
             if entry is None:
                 continue
+            self.generations += not entry.fp_len
             seen.add(key)
             entry.gone, entry.origin = now, path
             found += self._read(entry, fd, info.st_size, now, budget)
@@ -531,6 +551,34 @@ class LogWatcher(Watcher):
         ]
         return records + known_from_done(self.done)
 
+    def _missed(self, now: float) -> None:
+        """Report generations created under a followed name that no one ever opened.
+
+        inotify's thread counts the files created; the checks count the new files they read,
+        plus those held and not read yet. A shortfall can be a file still on its way (renamed
+        while a check looked): only one that lasts two checks in a row is reported, and a
+        check is planned a second from now to confirm it.
+        """
+        assert self.watch is not None
+        created, untaken, overflows = self.watch.counts()
+        deficit = created - self.generations - len(self.pins) - untaken
+        if self.base is None:  # files there before inotify's thread began were not created
+            self.base = deficit
+        deficit -= self.base
+        missed, overflowed = self.reported
+        confirmed = min(deficit, self.deficit)
+        if confirmed > missed:
+            reason = "created, rotated away and deleted before they could be opened (size unknown)"
+            self._report(", ".join(self.patterns), None, reason, files=confirmed - missed)
+            missed = confirmed
+        elif deficit > missed:
+            self._due_at(now + 1.0)
+        if overflows > overflowed:
+            reason = "inotify's queue overflowed: files created meanwhile may be lost, uncounted"
+            self._report(", ".join(self.patterns), None, reason)
+        self.deficit = deficit
+        self.reported = (missed, overflows)
+
     def _gone(self, entry: Tracked, copy: tuple[str, int, os.stat_result, int] | None) -> None:
         """A followed file that is nowhere to be found: forget it, reporting what was unread."""
         if copy is not None:  # only a copy of what was read is left
@@ -545,11 +593,15 @@ class LogWatcher(Watcher):
 
     def _lost(self, entry: Tracked, lost: int, reason: str) -> None:
         """Report ``lost`` bytes of the entry's file (nothing when there are none)."""
-        if lost <= 0:
-            return
-        log.warning("watcher %s: %d bytes lost from %s: %s", self.name, lost, entry.path, reason)
-        self.losses.append(loss(self.name, entry.path, lost, reason))
-        self.lost = count_loss(self.lost, lost, None)
+        if lost > 0:
+            self._report(entry.path, lost, reason)
+
+    def _report(self, path: str, lost: int | None, reason: str, files: int | None = None) -> None:
+        """One loss episode: a health observation, and the totals the checkpoint keeps."""
+        what = f"{lost} bytes" if lost is not None else f"{files or 'some'} files"
+        log.warning("watcher %s: %s lost from %s: %s", self.name, what, path, reason)
+        self.losses.append(loss(self.name, path, lost, reason, files=files))
+        self.lost = count_loss(self.lost, lost, None, files)
 
     @staticmethod
     def _first_seen(path: str, fd: int, info: os.stat_result, at_end: bool) -> Tracked:
@@ -636,6 +688,7 @@ class LogWatcher(Watcher):
             if entry is None and (info.st_dev, info.st_ino) not in held:
                 self.files.release((info.st_dev, info.st_ino))
             if entry is not None:
+                self.generations += not entry.fp_len
                 found.append(replace(entry, gone=now, origin=path))
         return found
 
@@ -765,10 +818,13 @@ class LogWatcher(Watcher):
         folders = [f for f in folders if not glob.has_magic(f)]
         folders += [os.path.dirname(e.path) or "." for e in entries]
         rotated = [g for p in patterns for g in rotated_globs(p, self.config.rotated)]
+        members = [os.path.basename(p) for p in patterns]
         self.watch.update(
             list(dict.fromkeys(folders)),
             {os.path.basename(e.path) for e in entries},
-            list(dict.fromkeys(os.path.basename(p) for p in [*patterns, *rotated])),
+            list(dict.fromkeys([*members, *(os.path.basename(p) for p in rotated)])),
+            members,
+            rotated,
         )
 
     def wait(self, wake: Any, timeout: float) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import glob
 import logging
 import os
 import select
@@ -52,6 +53,8 @@ if inotify_simple is not None:
     )
 
 Key = tuple[int, int]
+MTIME_SLACK = 50_000_000
+"""Nanoseconds a file's modification time may lag the clock (timestamps are per tick)."""
 
 
 class FolderWatch:
@@ -73,6 +76,16 @@ class FolderWatch:
         self.followed: dict[str, tuple[int, Key]] = {}
         self.sizes: dict[Key, tuple[int, int]] = {}
         """Per followed file: (last size seen, largest size before it last shrank)."""
+        self.members: list[str] = []
+        """Glob basenames of the followed paths: a file created under one is a generation."""
+        self.rotated: list[str] = []
+        """Where rotated files go (full-path globs), swept when the thread fell behind."""
+        self.held: set[Key] = set()
+        """Files the check held open when it last said (see :meth:`hold`)."""
+        self.created = 0
+        """Files created under a followed name since the thread started: generations."""
+        self.overflows = 0
+        self.started = self.since = time.time_ns()
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         if self.usable:
@@ -82,10 +95,23 @@ class FolderWatch:
                 log.warning("inotify unavailable (%s); polling instead", exc)
                 self.usable = False
 
-    def update(self, folders: Sequence[str], names: Iterable[str], globs: Iterable[str]) -> None:
-        """Watch these folders; wake (and pin) for these file names and glob basenames."""
+    def update(
+        self,
+        folders: Sequence[str],
+        names: Iterable[str],
+        globs: Iterable[str],
+        members: Iterable[str] = (),
+        rotated: Iterable[str] = (),
+    ) -> None:
+        """Watch these folders; wake (and pin) for these file names and glob basenames.
+
+        ``members`` are the followed paths' glob basenames (a file created under one is a new
+        generation, counted), ``rotated`` the full globs where rotated files go.
+        """
         self.names = set(names)
         self.globs = list(globs)
+        self.members = list(members)
+        self.rotated = list(rotated)
         if not self.usable:
             return
         for folder in folders:
@@ -140,6 +166,16 @@ class FolderWatch:
                 self.sizes[key] = (last, 0)
             return peak
 
+    def hold(self, keys: set[Key]) -> None:
+        """The files the check holds open (and so has counted as generations already)."""
+        with self.lock:
+            self.held = set(keys)
+
+    def counts(self) -> tuple[int, int, int]:
+        """Generations created, files pinned and not yet taken, queue overflows (totals)."""
+        with self.lock:
+            return self.created, len(self.pinned), self.overflows
+
     def take(self) -> dict[Key, tuple[int, str]]:
         """The files pinned since the last take, in the order they appeared: (fd, path) by key.
 
@@ -157,6 +193,7 @@ class FolderWatch:
         while not self.stopping.is_set():
             try:
                 ready, _, _ = select.select([fd], [], [], self.SLICE)
+                mark = time.time_ns()
                 events = notify.read(timeout=0) if ready else []
             except (OSError, ValueError):  # closed under us: stopping
                 return
@@ -164,14 +201,30 @@ class FolderWatch:
                 folders = {wd: folder for folder, wd in self.watched.items()}
             if events and self._relevant(events, folders):
                 self.changed.set()
+            if events:  # what the next batch names was created after this read (less a tick)
+                self.since = mark - MTIME_SLACK
 
     def _relevant(self, events: Sequence[Any], folders: dict[int, str]) -> bool:
-        overflow = inotify_simple.flags.Q_OVERFLOW | inotify_simple.flags.IGNORED
+        """Handle one batch of events; whether any concerns a followed or rotated name.
+
+        Each file created under a followed name is a generation (counted: the check compares
+        the count with the generations it read). Each should be a file this batch opened that
+        nobody held before; when the thread fell behind (a later generation was already at the
+        name when it looked), the rotated globs are swept for the files it missed.
+        """
+        flags = inotify_simple.flags
         relevant = False
+        with self.lock:
+            before = self.held | set(self.pinned)
+        created = 0
+        got: set[Key] = set()
         for event in events:
-            if event.mask & overflow:
-                if event.mask & inotify_simple.flags.IGNORED:
+            if event.mask & (flags.Q_OVERFLOW | flags.IGNORED):
+                if event.mask & flags.IGNORED:
                     self.watched = {f: w for f, w in self.watched.items() if w != event.wd}
+                else:
+                    with self.lock:
+                        self.overflows += 1
                 relevant = True
                 continue
             if event.name in self.names or any(fnmatch.fnmatch(event.name, g) for g in self.globs):
@@ -181,10 +234,31 @@ class FolderWatch:
                     continue
                 path = os.path.join(folder, event.name)
                 if event.mask & _ARRIVED:
-                    self._pin(path)
-                elif event.mask & _MODIFY and path in self.followed:
-                    self._measure(*self.followed[path])
+                    key = self._pin(path)
+                    if key is not None and key not in before:
+                        got.add(key)
+                    if event.mask & flags.CREATE and any(
+                        fnmatch.fnmatch(event.name, g) for g in self.members
+                    ):
+                        created += 1
+                elif event.mask & _MODIFY:
+                    followed = self.followed.get(path)
+                    if followed is not None:
+                        self._measure(*followed)
+        if created > len(got):
+            self._sweep(before | got)
+        with self.lock:
+            self.created += created
         return relevant
+
+    def _sweep(self, known: set[Key]) -> None:
+        """Pin the files where rotated files go that appeared since the last batch."""
+        for pattern in self.rotated:
+            for path in glob.glob(pattern):
+                with contextlib.suppress(OSError):
+                    info = os.stat(path)
+                    if info.st_mtime_ns >= self.since and (info.st_dev, info.st_ino) not in known:
+                        self._pin(path)
 
     def _measure(self, fd: int, key: Key) -> None:
         """Note a followed file's size now, and the size it had before it shrank."""
@@ -200,19 +274,20 @@ class FolderWatch:
                 peak = max(peak, last)
             self.sizes[key] = (info.st_size, peak)
 
-    def _pin(self, path: str) -> None:
+    def _pin(self, path: str) -> Key | None:
         """Hold the file now at ``path`` open (once per file), for the next check."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
-            return  # gone already, or unreadable: the check says so
+            return None  # gone already, or unreadable: the check says so
         info = os.fstat(fd)
         key = (info.st_dev, info.st_ino)
         with self.lock:
-            if key in self.pinned or self.stopping.is_set():
+            if key in self.pinned or key in self.held or self.stopping.is_set():
                 os.close(fd)
             else:
                 self.pinned[key] = (fd, path)
+        return key
 
     def close(self) -> None:
         """Stop the thread, release the inotify descriptor and the files pinned but not taken."""

@@ -145,10 +145,22 @@ def known_from_done(records: Iterable[Sequence[Any]]) -> list[Known]:
 
 
 def loss(
-    watcher: str, path: str, lost: int, reason: str, lines: int | None = None
+    watcher: str,
+    path: str,
+    lost: int | None,
+    reason: str,
+    lines: int | None = None,
+    files: int | None = None,
 ) -> Observation:
-    """The health alert for one episode of bytes that vanished before they were read."""
-    counted = f"{lost:,} bytes" + (f" ({lines:,} lines)" if lines is not None else "")
+    """The health alert for one episode of bytes that vanished before they were read.
+
+    ``lost`` is None when the size is unknown (files deleted before anyone could open them);
+    ``files`` then says how many, when that is known.
+    """
+    if lost is None:
+        counted = f"{files:,} files" if files else "an unknown amount"
+    else:
+        counted = f"{lost:,} bytes" + (f" ({lines:,} lines)" if lines is not None else "")
     return Observation(
         title=f"{watcher}: {counted} lost from {path}: {reason}",
         severity=Severity.ERROR,
@@ -157,17 +169,27 @@ def loss(
             f"{counted} of {path} were gone before they could be read: {reason}. "
             "See docs/log.md (Rotation) for the settings that prevent this."
         ),
-        data={"lost": True, "path": path, "bytes": lost, "lines": lines, "reason": reason},
+        data={
+            "lost": True,
+            "path": path,
+            "bytes": lost,
+            "lines": lines,
+            "files": files,
+            "reason": reason,
+        },
         event=True,
     )
 
 
-def count_loss(totals: Mapping[str, Any] | None, lost: int, lines: int | None) -> dict[str, int]:
+def count_loss(
+    totals: Mapping[str, Any] | None, lost: int | None, lines: int | None, files: int | None = None
+) -> dict[str, int]:
     """The checkpoint's running totals of loss, with one more episode."""
     now = dict(totals or {})
     return {
-        "bytes": int(now.get("bytes", 0)) + lost,
+        "bytes": int(now.get("bytes", 0)) + (lost or 0),
         "lines": int(now.get("lines", 0)) + (lines or 0),
+        "files": int(now.get("files", 0)) + (files or 0),
         "episodes": int(now.get("episodes", 0)) + 1,
     }
 
@@ -177,4 +199,4 @@ def lost_totals(checkpoint: Any) -> dict[str, int] | None:
     if not isinstance(checkpoint, dict) or "files" not in checkpoint:
         return None
     totals = checkpoint.get("lost") or {}
-    return {k: int(totals.get(k, 0)) for k in ("bytes", "lines", "episodes")}
+    return {k: int(totals.get(k, 0)) for k in ("bytes", "lines", "files", "episodes")}
