@@ -139,17 +139,19 @@ def test_compressed_while_down_is_read_from_the_archive(
     log.rename(tmp_path / "app.log.1")
     append(log, numbered(37, 39))
     if delay:  # one more rotation: app.log.1 -> app.log.2.gz, app.log -> app.log.1
-        with (tmp_path / "app.log.1").open("rb") as src, gzip.open(
-            tmp_path / "app.log.2.gz", "wb"
-        ) as dst:
+        with (
+            (tmp_path / "app.log.1").open("rb") as src,
+            gzip.open(tmp_path / "app.log.2.gz", "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst)
         (tmp_path / "app.log.1").unlink()
         log.rename(tmp_path / "app.log.1")
         append(log, numbered(40, 42))
     else:
-        with (tmp_path / "app.log.1").open("rb") as src, gzip.open(
-            tmp_path / "app.log.1.gz", "wb"
-        ) as dst:
+        with (
+            (tmp_path / "app.log.1").open("rb") as src,
+            gzip.open(tmp_path / "app.log.1.gz", "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst)
         (tmp_path / "app.log.1").unlink()
     f = restart(f, follow)
@@ -169,9 +171,10 @@ def test_an_archive_of_lines_read_already_is_not_read_again(follow: Any, tmp_pat
     append(log, numbered(31, 33))
     f.check()
     f.check()
-    with (tmp_path / "app.log.1").open("rb") as src, gzip.open(
-        tmp_path / "app.log.1.gz", "wb"
-    ) as dst:
+    with (
+        (tmp_path / "app.log.1").open("rb") as src,
+        gzip.open(tmp_path / "app.log.1.gz", "wb") as dst,
+    ):
         shutil.copyfileobj(src, dst)
     (tmp_path / "app.log.1").unlink()
     log.rename(tmp_path / "app.log.1")

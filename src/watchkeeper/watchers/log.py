@@ -19,7 +19,6 @@ import os
 import re
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from watchkeeper.alerts import Observation, Severity
@@ -36,6 +35,7 @@ from watchkeeper.watchers.logfiles import (
     rotated_siblings,
 )
 from watchkeeper.watchers.loginotify import FolderWatch
+from watchkeeper.watchers.logmatch import ALL, Pattern, Prefilter
 from watchkeeper.watchers.logrotated import (
     Known,
     count_loss,
@@ -45,7 +45,6 @@ from watchkeeper.watchers.logrotated import (
     rotated_folders,
     rotated_globs,
 )
-from watchkeeper.watchers.logmatch import ALL, Pattern, Prefilter
 
 log = logging.getLogger("watchkeeper")
 
@@ -535,9 +534,7 @@ class LogWatcher(Watcher):
         records = self._known(kept)
         for key, (path, waited) in list(self.pins.items()):
             fd = self.files.fds.get(key)
-            if key in seen or fd is None:
-                del self.pins[key]
-            elif self._recognise(path, fd, os.fstat(fd), records) is None:
+            if key in seen or fd is None or not self._recognise(path, fd, os.fstat(fd), records):
                 del self.pins[key]
             else:
                 self.pins[key] = (path, waited + 1)
@@ -584,8 +581,11 @@ class LogWatcher(Watcher):
         if copy is not None:  # only a copy of what was read is left
             return
         if entry.size > entry.offset:
-            self._lost(entry, entry.size - entry.offset, "the file is gone (deleted or moved "
-                       "out of the paths and the rotated globs)")
+            self._lost(
+                entry,
+                entry.size - entry.offset,
+                "the file is gone (deleted or moved out of the paths and the rotated globs)",
+            )
             return
         log.warning(
             "watcher %s: %s is gone; it was read up to byte %d", self.name, entry.path, entry.offset

@@ -22,8 +22,8 @@ from typing import Any
 from watchkeeper.quantities import iso_utc
 from watchkeeper.scan import ScanError, parse_ports, service_name
 from watchkeeper.store import Store, WatcherRecord
-from watchkeeper.watchers.logrotated import lost_totals
 from watchkeeper.watchers.base import WatcherConfig
+from watchkeeper.watchers.logrotated import lost_totals
 
 log = logging.getLogger("watchkeeper")
 
