@@ -229,22 +229,18 @@ def verify(got: Outcome, lines: int, kind: str = "", max_per_file: int = 0) -> N
     repeated = {n: c for n, c in got.alerted.items() if c > 1}
     assert not repeated, f"alerted more than once: {sorted(repeated)[:10]}"
     missing = sorted(set(range(EVERY, lines + 1, EVERY)) - set(got.alerted))
-    if got.lost_files:  # whole files deleted unopened: the lines lost must fit in them
+    if kind == "copytruncate":
+        unreadable = [n for n in missing if n not in got.on_disk]
+        assert missing == unreadable, f"never alerted: {sorted(set(missing) - set(unreadable))}"
+        if missing:
+            print(f"copytruncate window: {len(missing)} alerts' lines were in no file")
+    elif got.lost_files:  # whole files deleted unopened: the lines lost must fit in them
         assert missing, "a loss was reported but nothing is missing"
         assert not set(missing) & got.on_disk, "lines still on disk were reported lost"
         assert len(missing) <= got.lost_files * max_per_file
     elif got.lines_unknown:  # bytes only: the lines lost must fit in them
         assert missing, "a loss was reported but nothing is missing"
-        assert got.lost_bytes >= sum(
-            len(f"{n} CRITICAL payload {'x' * (n % 40)}\n") for n in missing
-        )
-    elif kind == "copytruncate":
-        unreadable = [n for n in missing if n not in got.on_disk]
-        assert missing == unreadable, (
-            f"lines on disk never alerted: {sorted(set(missing) - set(unreadable))[:10]}"
-        )
-        if missing:
-            print(f"copytruncate window: {len(missing)} alerts' lines were in no file")
+        assert got.lost_bytes >= sum(len(f"{n} CRITICAL payload {'x' * (n % 40)}\n") for n in missing)
     else:
         assert len(missing) * EVERY >= got.lost_lines >= len(missing), (
             f"missing {len(missing)} alerts ({missing[:5]}...), {got.lost_lines} lines reported"

@@ -12,8 +12,6 @@ larger than ``read_limit`` is read in several checks without waiting, each commi
 
 from __future__ import annotations
 
-import fnmatch
-import glob
 import logging
 import os
 import re
@@ -24,27 +22,11 @@ from typing import Any
 from watchkeeper.alerts import Observation, Severity
 from watchkeeper.watchers.base import CheckResult, Watcher, register
 from watchkeeper.watchers.logconfig import LogConfig, LogRule, parse_threshold
-from watchkeeper.watchers.logfiles import (
-    Files,
-    Tracked,
-    end_offset,
-    holds,
-    members,
-    remember,
-    resumes,
-    rotated_siblings,
-)
+from watchkeeper.watchers.logfiles import Files, Tracked, end_offset, holds, members, remember
 from watchkeeper.watchers.loginotify import FolderWatch
 from watchkeeper.watchers.logmatch import ALL, Pattern, Prefilter
-from watchkeeper.watchers.logrotated import (
-    Known,
-    count_loss,
-    done_record,
-    known_from_done,
-    loss,
-    rotated_folders,
-    rotated_globs,
-)
+from watchkeeper.watchers.logrotated import done_record
+from watchkeeper.watchers.logtrack import Rotations
 
 log = logging.getLogger("watchkeeper")
 
@@ -292,7 +274,7 @@ def _context(data: bytes | bytearray, end: int, size: int, lines: int) -> tuple[
 
 
 @register
-class LogWatcher(Watcher):
+class LogWatcher(Rotations, Watcher):
     """Follows log files and alerts on the lines its rules match."""
 
     kind = "log"
@@ -486,17 +468,6 @@ class LogWatcher(Watcher):
             checkpoint["lost"] = self.lost
         return CheckResult(self.losses + found, checkpoint)
 
-    def _take_pinned(self) -> None:
-        """The files inotify's thread held open as they appeared: now the check's to read."""
-        if self.watch is None:
-            return
-        for key, (fd, path) in self.watch.take().items():
-            if key in self.files.fds:
-                os.close(fd)
-            else:
-                self.files.fds[key] = fd
-            self.pins.setdefault(key, (path, 0))
-
     def _read_pinned(
         self, seen: set[tuple[int, int]], kept: list[Tracked], now: float, budget: list[int]
     ) -> list[Observation]:
@@ -529,192 +500,12 @@ class LogWatcher(Watcher):
             kept.append(entry)
         return found
 
-    def _carry_pins(self, seen: set[tuple[int, int]], kept: list[Tracked]) -> None:
-        """Keep holding the pinned files no loop reached, unless their content is known."""
-        records = self._known(kept)
-        for key, (path, waited) in list(self.pins.items()):
-            fd = self.files.fds.get(key)
-            if key in seen or fd is None or not self._recognise(path, fd, os.fstat(fd), records):
-                del self.pins[key]
-            else:
-                self.pins[key] = (path, waited + 1)
-
-    def _known(self, entries: list[Tracked]) -> list[Known]:
-        """The content of these entries and of the rotated files finished, for recognition."""
-        records = [
-            Known(e.fp, e.fp_len, e.offset, e.mark, live=e.gone is None)
-            for e in entries
-            if e.fp_len
-        ]
-        return records + known_from_done(self.done)
-
-    def _missed(self, now: float) -> None:
-        """Report generations created under a followed name that no one ever opened.
-
-        inotify's thread counts the files created; the checks count the new files they read,
-        plus those held and not read yet. A shortfall can be a file still on its way (renamed
-        while a check looked): only one that lasts two checks in a row is reported, and a
-        check is planned a second from now to confirm it.
-        """
-        assert self.watch is not None
-        created, untaken, overflows = self.watch.counts()
-        deficit = created - self.generations - len(self.pins) - untaken
-        if self.base is None:  # files there before inotify's thread began were not created
-            self.base = deficit
-        deficit -= self.base
-        missed, overflowed = self.reported
-        confirmed = min(deficit, self.deficit)
-        if confirmed > missed:
-            reason = "created, rotated away and deleted before they could be opened (size unknown)"
-            self._report(", ".join(self.patterns), None, reason, files=confirmed - missed)
-            missed = confirmed
-        elif deficit > missed:
-            self._due_at(now + 1.0)
-        if overflows > overflowed:
-            reason = "inotify's queue overflowed: files created meanwhile may be lost, uncounted"
-            self._report(", ".join(self.patterns), None, reason)
-        self.deficit = deficit
-        self.reported = (missed, overflows)
-
-    def _gone(self, entry: Tracked, copy: tuple[str, int, os.stat_result, int] | None) -> None:
-        """A followed file that is nowhere to be found: forget it, reporting what was unread."""
-        if copy is not None:  # only a copy of what was read is left
-            return
-        if entry.size > entry.offset:
-            self._lost(
-                entry,
-                entry.size - entry.offset,
-                "the file is gone (deleted or moved out of the paths and the rotated globs)",
-            )
-            return
-        log.warning(
-            "watcher %s: %s is gone; it was read up to byte %d", self.name, entry.path, entry.offset
-        )
-
-    def _lost(self, entry: Tracked, lost: int, reason: str) -> None:
-        """Report ``lost`` bytes of the entry's file (nothing when there are none)."""
-        if lost > 0:
-            self._report(entry.path, lost, reason)
-
-    def _report(self, path: str, lost: int | None, reason: str, files: int | None = None) -> None:
-        """One loss episode: a health observation, and the totals the checkpoint keeps."""
-        what = f"{lost} bytes" if lost is not None else f"{files or 'some'} files"
-        log.warning("watcher %s: %s lost from %s: %s", self.name, what, path, reason)
-        self.losses.append(loss(self.name, path, lost, reason, files=files))
-        self.lost = count_loss(self.lost, lost, None, files)
-
     @staticmethod
     def _first_seen(path: str, fd: int, info: os.stat_result, at_end: bool) -> Tracked:
         """A file met for the first time: read from its start, or after its last full line."""
         entry = Tracked(path, info.st_dev, info.st_ino, origin=path, mtime=info.st_mtime_ns)
         if at_end:
             entry.offset = end_offset(fd, info.st_size)
-        return entry
-
-    @property
-    def patterns(self) -> list[str]:
-        """The configured paths and globs, as the checkpoint records them."""
-        return [str(p) for p in self.config.paths]
-
-    def _named(self, origin: str | None, current: dict[str, os.stat_result]) -> bool:
-        """Whether the configured paths still name this file's path."""
-        if origin is None:
-            return False
-        return origin in current or any(fnmatch.fnmatchcase(origin, p) for p in self.patterns)
-
-    @staticmethod
-    def _in_order(
-        queue: list[Tracked], unseen: list[Tracked], current: dict[str, os.stat_result]
-    ) -> list[Tracked]:
-        """Queue the unseen rotated files so that each path's files are read oldest first.
-
-        They follow the file we knew at their path, unless that file's inode now belongs to the
-        newest file there (it was empty, deleted, and its inode reused): then they precede it.
-        """
-        members = {(s.st_dev, s.st_ino) for s in current.values()}
-        ordered: list[Tracked] = []
-        for entry in queue:
-            if not entry.fp_len and (entry.dev, entry.ino) in members:
-                ordered += [u for u in unseen if u.origin == entry.origin]
-                unseen = [u for u in unseen if u.origin != entry.origin]
-            ordered.append(entry)
-        return ordered + unseen
-
-    def _rotated_unseen(
-        self, queue: list[Tracked], current: dict[str, os.stat_result]
-    ) -> list[Tracked]:
-        """Files rotated away from a glob member's path that no look ever saw at that path.
-
-        A new file at a path we followed means the path rotated. If the writer rotated more than
-        once since the last look (or while watchkeeper was down), the files in between were
-        never members; they are the path's siblings modified after the newest file we knew there.
-        """
-        # A file that was empty when last seen has no fingerprint: if its inode was freed and
-        # reused by a newer file at the same path, only its siblings can tell it rotated.
-        proven = {(e.dev, e.ino) for e in queue if e.fp_len}
-        found: list[Tracked] = []
-        for path, info in current.items():
-            if (info.st_dev, info.st_ino) in proven:
-                continue
-            known = [e.mtime for e in queue if e.origin == path]
-            known += [int(d[2]) for d in self.done if len(d) > 3 and d[3] == path]
-            if known:
-                found += self._unseen(path, max(known), [*queue, *found], current)
-        return found
-
-    def _unseen(
-        self,
-        path: str,
-        newer_than: int,
-        queue: list[Tracked],
-        current: dict[str, os.stat_result],
-        known: set[tuple[int, int]] | None = None,
-    ) -> list[Tracked]:
-        """Entries for files rotated away from ``path``, modified since ``newer_than``, unread."""
-        known = set(known or ()) | {(e.dev, e.ino) for e in queue}
-        known |= {(s.st_dev, s.st_ino) for s in current.values()}
-        finished = {tuple(d[:3]) for d in self.done}
-        records = self._known(queue)
-        now = time.time()
-        found = []
-        for name, info in rotated_siblings(path, newer_than, known, self.config.rotated):
-            if (info.st_dev, info.st_ino, info.st_mtime_ns) in finished:
-                continue
-            held = set(self.files.fds)
-            opened = self.files.open(name)
-            if opened is None:
-                continue
-            entry = self._recognise(name, opened[0], opened[1], records)
-            if entry is None and (info.st_dev, info.st_ino) not in held:
-                self.files.release((info.st_dev, info.st_ino))
-            if entry is not None:
-                self.generations += not entry.fp_len
-                found.append(replace(entry, gone=now, origin=path))
-        return found
-
-    @staticmethod
-    def _recognise(
-        path: str, fd: int, info: os.stat_result, records: list[Known]
-    ) -> Tracked | None:
-        """An entry for a rotated file found at ``path``: from 0, or where its content was read.
-
-        None when it holds nothing unread, or when it is a copy of a file still followed (a
-        copytruncate in progress: the copy is read from the offset once the truncate is seen).
-        """
-        entry = Tracked(path, info.st_dev, info.st_ino, mtime=info.st_mtime_ns)
-        for record in records:
-            at = resumes(fd, info.st_size, record)
-            if at is None:
-                continue
-            if record.live or at >= info.st_size:
-                return None
-            entry.fp, entry.fp_len, entry.offset, entry.mark = (
-                record.fp,
-                record.fp_len,
-                at,
-                record.mark,
-            )
-            return entry
         return entry
 
     def _read(
@@ -799,33 +590,6 @@ class LogWatcher(Watcher):
         """Wait at the entry's offset (partial line or missing context), from now if not yet."""
         if entry.wait is None or entry.wait[0] != entry.offset:
             entry.wait = (entry.offset, now)
-
-    def _due_at(self, when: float) -> None:
-        self.due = when if self.due is None else min(self.due, when)
-
-    def _watch(self, entries: list[Tracked]) -> None:
-        """Keep inotify on the folders of the globs, of the followed files and rotated globs.
-
-        Rotated names count too: a generation is pinned under whichever name inotify's thread
-        meets it first (``app.log``, then ``app.log.1`` ... as a fast writer renames it along),
-        so a thread that falls behind a burst has several chances at each file.
-        """
-        if self.watch is None or not self.watch.usable:
-            return
-        patterns = self.patterns
-        folders = [os.path.dirname(p) or "." for p in patterns]
-        folders += rotated_folders(patterns, self.config.rotated)
-        folders = [f for f in folders if not glob.has_magic(f)]
-        folders += [os.path.dirname(e.path) or "." for e in entries]
-        rotated = [g for p in patterns for g in rotated_globs(p, self.config.rotated)]
-        members = [os.path.basename(p) for p in patterns]
-        self.watch.update(
-            list(dict.fromkeys(folders)),
-            {os.path.basename(e.path) for e in entries},
-            list(dict.fromkeys([*members, *(os.path.basename(p) for p in rotated)])),
-            members,
-            rotated,
-        )
 
     def wait(self, wake: Any, timeout: float) -> None:
         """Return at once with a backlog; else block on inotify (or poll) until work or wake."""

@@ -159,12 +159,13 @@ class FolderWatch:
             self.sizes = {k: v for k, v in self.sizes.items() if k in keys}
 
     def shrunk_from(self, key: Key) -> int:
-        """The largest size the file had before it last shrank (0: not seen to shrink), once."""
+        """The largest size the file had before it last shrank (0: not seen to shrink).
+
+        The history starts afresh: the caller has dealt with the truncate, and a size noted
+        before it must not count again as a drop from the new content.
+        """
         with self.lock:
-            last, peak = self.sizes.get(key, (0, 0))
-            if peak:
-                self.sizes[key] = (last, 0)
-            return peak
+            return self.sizes.pop(key, (0, 0))[1]
 
     def hold(self, keys: set[Key]) -> None:
         """The files the check holds open (and so has counted as generations already)."""
