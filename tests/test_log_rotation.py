@@ -8,6 +8,7 @@ what makes a rotation during downtime visible only by what is on disk.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import run_cli
 from tests.test_log import ENGINES, Follow, append, criticals, numbered
 from watchkeeper.alerts import RuleEngine
 from watchkeeper.store import Store
@@ -268,6 +270,12 @@ def test_loss_reaches_the_store_status_and_metrics(follow: Any, tmp_path: Path) 
         assert doc["log_lost"] == {"bytes": unread, "lines": 0, "files": 0, "episodes": 1}
         text = render(metrics_registry(store, lambda: 0)).decode()
     assert f'watchkeeper_log_bytes_lost_total{{watcher="app"}} {float(unread)}' in text
+    shown = run_cli("status", "--state", str(tmp_path / "wk.db"), "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    [row] = json.loads(shown.stdout)["watchers"]
+    assert row["log_lost"] == {"bytes": unread, "lines": 0, "files": 0, "episodes": 1}
+    table = run_cli("status", "--state", str(tmp_path / "wk.db"), cwd=tmp_path).stdout
+    assert f"app: {unread:,} bytes (and 0 whole files) lost" in " ".join(table.split())
 
 
 def test_rotated_globs_fill_in_the_path_and_name() -> None:

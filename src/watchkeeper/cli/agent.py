@@ -39,6 +39,7 @@ from watchkeeper.cli.service import Reloader
 from watchkeeper.errors import ConfigError, WatchkeeperError
 from watchkeeper.foreground import run_until_signal
 from watchkeeper.quantities import format_duration, iso_utc
+from watchkeeper.watchers.logrotated import lost_totals
 
 if TYPE_CHECKING:
     from watchkeeper.config import KeeperSettings
@@ -164,6 +165,7 @@ def status(
                     "failures": w.failures,
                     "last_error": w.last_error,
                     "checks": w.checks,
+                    "log_lost": lost_totals(w.checkpoint),
                 }
                 for w in watchers
             ],
@@ -189,6 +191,17 @@ def status(
             Text((w.last_error or "")[:80]),
         )
     out.print(table)
+    for w in watchers:
+        lost = lost_totals(w.checkpoint)
+        if lost and lost["episodes"]:
+            out.print(
+                Text(
+                    f"{w.name}: {lost['bytes']:,} bytes (and {lost['files']:,} whole files) lost "
+                    f"before they could be read, in {lost['episodes']} episodes: "
+                    "see its health alerts",
+                    style="red",
+                )
+            )
     notifiers = Table(title="outbox", title_justify="left")
     for column in ("notifier", "pending", "sent", "failed", "last error"):
         notifiers.add_column(column)
