@@ -289,3 +289,43 @@ def test_rotated_globs_fill_in_the_path_and_name() -> None:
         "/var/log/old/a[[]1].log-*",
         "/arch/x*",
     ]
+
+
+def test_idle_files_are_closed_and_reopened_by_identity_when_they_change(
+    follow: Any, tmp_path: Path
+) -> None:
+    logs = [tmp_path / f"app{n}.log" for n in range(40)]
+    for n, log in enumerate(logs):
+        append(log, numbered(n * 10 + 1, n * 10 + 3))
+    old = os.stat(logs[0]).st_mtime - 3600
+    for log in logs:
+        os.utime(log, (old, old))  # written an hour ago: idle
+    f = follow(tmp_path / "*.log", max_open_files=16, close_inactive="5m")
+    f.check()
+    assert f.watcher.files.fds == {}  # all read to their end and idle: none held
+    append(logs[3], numbered(1000, 1003))  # a change: reopened by identity
+    logs[7].rename(tmp_path / "app7.log.1")  # rotated while closed: found by inode
+    append(tmp_path / "app7.log.1", numbered(2000, 2003))
+    append(logs[7], numbered(3000, 3003))
+    f.check()
+    f.check()
+    expected = [line for n in range(40) for line in criticals(n * 10 + 1, n * 10 + 3)]
+    expected += criticals(1000, 1003) + criticals(2000, 2003) + criticals(3000, 3003)
+    assert sorted(read(f)) == sorted(expected)
+    assert len(f.watcher.files.fds) <= 16
+
+
+def test_at_most_max_open_files_are_held(follow: Any, tmp_path: Path) -> None:
+    logs = [tmp_path / f"app{n}.log" for n in range(100)]
+    for n, log in enumerate(logs):
+        append(log, numbered(n * 10 + 1, n * 10 + 3))
+    f = follow(tmp_path / "*.log", max_open_files=16)
+    f.check()
+    assert len(f.watcher.files.fds) <= 16
+    for n, log in enumerate(logs):
+        append(log, numbered(5000 + n * 10, 5000 + n * 10 + 2))
+    f.check()
+    assert len(f.watcher.files.fds) <= 16
+    expected = [line for n in range(100) for line in criticals(n * 10 + 1, n * 10 + 3)]
+    expected += [line for n in range(100) for line in criticals(5000 + n * 10, 5000 + n * 10 + 2)]
+    assert sorted(read(f)) == sorted(expected)

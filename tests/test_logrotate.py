@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import os
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import RecordingServer, wait_until
 from watchkeeper.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -334,3 +336,76 @@ def test_rotating_file_handler_burst_is_read_or_its_loss_reported(tmp_path: Path
     verify(got, lines, max_per_file=3000 // 20 // EVERY + 1)
     if got.lost_files:
         print(f"burst: {got.lost_files} files deleted before they could be opened, reported")
+
+
+def test_ulimit_1024_with_2000_files_every_line_alerts_and_notifiers_work(
+    tmp_path: Path, http_receiver: RecordingServer
+) -> None:
+    """Two thousand files under one glob, the agent limited to 1,024 descriptors: the watcher
+    holds at most ``max_open_files`` of them, so the jsonl notifier (a file), the webhook (a
+    socket) and SQLite keep working, and every line alerts once."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    files = 2000
+    for n in range(files):
+        (logs / f"f{n}.log").write_text(f"{n} CRITICAL payload {'x' * (n % 40)}\n")
+    state, out = tmp_path / "wk.db", tmp_path / "alerts.jsonl"
+    config = tmp_path / "watchkeeper.toml"
+    config.write_text(
+        f"""
+[keeper]
+state = "{state}"
+dashboard = false
+
+[[notify]]
+kind = "jsonl"
+path = "{out}"
+
+[[notify]]
+kind = "webhook"
+url = "{http_receiver.url}/hook"
+
+[[log]]
+name = "app"
+paths = ["{logs}/*.log"]
+start_at = "beginning"
+rules = [{{ match = "CRITICAL", severity = "critical" }}]
+"""
+    )
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    stderr = tmp_path / "agent.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "watchkeeper", "run", "-c", str(config)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr.open("ab"),
+        preexec_fn=limited,  # noqa: PLW1509 - only sets a limit, before exec
+    )
+
+    peak = [0]
+
+    def delivered() -> list[int]:
+        with contextlib.suppress(OSError):  # the agent's descriptors, watched as it works
+            peak[0] = max(peak[0], len(os.listdir(f"/proc/{proc.pid}/fd")))
+        if not out.exists():
+            return []
+        lines = [line for line in out.read_text().splitlines() if line.endswith("}")]
+        return [number(json.loads(line)["data"]["line"]) for line in lines]
+
+    try:
+        wait_until(lambda: len(delivered()) >= files, timeout=60, must=False)
+        for n in range(0, files, 10):  # then 200 of them grow
+            with (logs / f"f{n}.log").open("a") as grow:
+                m = 10_000 + n
+                grow.write(f"{m} CRITICAL payload {'x' * (m % 40)}\n")
+        wait_until(lambda: len(delivered()) >= files + files // 10, timeout=60, must=False)
+        http_receiver.wait_for(1, timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert sorted(delivered()) == sorted([*range(files), *range(10_000, 10_000 + files, 10)])
+    assert "Too many open files" not in stderr.read_text()
+    assert 0 < peak[0] <= 256 + 64, f"{peak[0]} descriptors: max_open_files is 256"

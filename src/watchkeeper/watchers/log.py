@@ -284,7 +284,7 @@ class LogWatcher(Rotations, Watcher):
     def __init__(self, config: LogConfig, use_hyperscan: bool = True) -> None:
         super().__init__(config)
         self.scanner = Scanner(config, use_hyperscan)
-        self.files = Files(config.rotated)
+        self.files = Files(config.rotated, config.max_open_files)
         self.watch = FolderWatch(config.name) if config.inotify else None
         self.more = False
         self.due: float | None = None
@@ -346,6 +346,7 @@ class LogWatcher(Rotations, Watcher):
         self.done = [tuple(d) for d in state.get("done", [])]
         self.lost, self.losses = dict(state.get("lost") or {}), []
         self._take_pinned()
+        self.files.protected = set(self.pins) | {(e.dev, e.ino) for e in queue if e.gone}
         held = set(self.files.fds)
         if self.watch is not None:
             self.watch.hold(held)
@@ -368,6 +369,10 @@ class LogWatcher(Rotations, Watcher):
             entry = queue[i]
             i += 1
             if (entry.dev, entry.ino) in seen:
+                continue
+            if self._unchanged(entry, current):  # closed while idle, and still idle
+                seen.add((entry.dev, entry.ino))
+                kept.append(entry)
                 continue
             located = self.files.locate(entry, current)
             if located is None:
@@ -416,6 +421,8 @@ class LogWatcher(Rotations, Watcher):
             member = current.get(path)
             here = member is not None and (member.st_dev, member.st_ino) == (entry.dev, entry.ino)
             entry.path, entry.gone = path, (None if here else entry.gone or now)
+            if entry.gone is not None:  # it cannot be opened again by path: hold it
+                self.files.protected.add((entry.dev, entry.ino))
             entry.origin, entry.mtime = (path if here else entry.origin), info.st_mtime_ns
             found += self._read(entry, fd, info.st_size, now, budget)
             remember(fd, entry, info.st_size)
@@ -446,13 +453,18 @@ class LogWatcher(Rotations, Watcher):
             kept.append(entry)
         self._carry_pins(seen, kept)
         self.files.keep_only({(e.dev, e.ino) for e in kept} | set(self.pins))
+        self._close_inactive(kept, now)
         self._watch(kept)
         if self.watch is not None:
             # Files opened by this check are said at the next one: by then inotify's thread
             # has counted their creation (see FolderWatch._relevant).
             self.watch.hold(held & set(self.files.fds))
             self.watch.follow(
-                {e.path: (self.files.fds[(e.dev, e.ino)], (e.dev, e.ino)) for e in kept}
+                {
+                    e.path: (self.files.fds[(e.dev, e.ino)], (e.dev, e.ino))
+                    for e in kept
+                    if (e.dev, e.ino) in self.files.fds
+                }
             )
             self._missed(now)
         if any(e.gone is not None for e in kept):
@@ -467,6 +479,28 @@ class LogWatcher(Rotations, Watcher):
         if self.lost:
             checkpoint["lost"] = self.lost
         return CheckResult(self.losses + found, checkpoint)
+
+    def _unchanged(self, entry: Tracked, current: dict[str, os.stat_result]) -> bool:
+        """Whether a followed file closed while idle is still as it was (one ``stat``)."""
+        key = (entry.dev, entry.ino)
+        if key in self.files.fds or entry.gone is not None or entry.wait is not None:
+            return False
+        info = current.get(entry.path)
+        return (
+            info is not None
+            and (info.st_dev, info.st_ino) == key
+            and info.st_size == entry.size == entry.offset
+            and info.st_mtime_ns == entry.mtime
+        )
+
+    def _close_inactive(self, kept: list[Tracked], now: float) -> None:
+        """Close the files read to their end and not written for ``close_inactive``."""
+        idle = now - self.config.close_inactive
+        for entry in kept:
+            key = (entry.dev, entry.ino)
+            quiet = entry.mtime / 1e9 < idle and entry.offset == entry.size
+            if quiet and entry.gone is None and entry.wait is None and key in self.files.fds:
+                self.files.release(key)
 
     def _read_pinned(
         self, seen: set[tuple[int, int]], kept: list[Tracked], now: float, budget: list[int]

@@ -19,6 +19,7 @@ while watchkeeper was down loses nothing as long as the rotated file is still in
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import logging
@@ -97,12 +98,33 @@ class Files:
     """Open files by identity. Holding the descriptor lets a deleted file be read to its end.
 
     ``rotated`` are the globs (see :mod:`logrotated`) where a file moved away is looked for.
+    At most ``limit`` descriptors are held: past it, the one used longest ago among the files
+    that can be opened again by path (not ``protected``: rotated away, pinned) is closed, so
+    that thousands of files never starve the rest of the program (notifiers, SQLite, sockets).
     """
 
-    def __init__(self, rotated: Sequence[str] | None = None) -> None:
+    def __init__(self, rotated: Sequence[str] | None = None, limit: int = 1 << 30) -> None:
         self.fds: dict[tuple[int, int], int] = {}
+        """By identity, the least recently used first."""
         self.warned: set[tuple[str, int]] = set()
         self.rotated = rotated
+        self.limit = limit
+        self.protected: set[tuple[int, int]] = set()
+
+    def touch(self, key: tuple[int, int]) -> None:
+        """Mark a held file as just used (the last to be closed for room)."""
+        fd = self.fds.pop(key, None)
+        if fd is not None:
+            self.fds[key] = fd
+
+    def _room(self) -> None:
+        """Close the least recently used reopenable files until one more fits."""
+        self.shed(len(self.fds) + 1 - self.limit)
+
+    def shed(self, count: int) -> None:
+        """Close up to ``count`` of the least recently used files that can be reopened."""
+        for key in [k for k in self.fds if k not in self.protected][: max(0, count)]:
+            self.release(key)
 
     def open(self, path: str) -> tuple[int, os.stat_result] | None:
         """Open (or reuse) the file at ``path``; None when it is gone or unreadable.
@@ -113,8 +135,17 @@ class Files:
         """
         if is_archive(path):
             return self._open_archive(path)
+        self._room()
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                    raise
+                # The process is out of descriptors (a lower ulimit than max_open_files):
+                # give half of ours back and try once more.
+                self.shed(len(self.fds) // 2 + 1)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -127,6 +158,7 @@ class Files:
         held = self.fds.get(key)
         if held is not None:
             os.close(fd)
+            self.touch(key)
             return held, info
         self.fds[key] = fd
         return fd, info

@@ -59,6 +59,7 @@ class Rotations:
             else:
                 self.files.fds[key] = fd
             self.pins.setdefault(key, (path, 0))
+            self.files.protected.add(key)
 
     def _carry_pins(self, seen: set[tuple[int, int]], kept: list[Tracked]) -> None:
         """Keep holding the pinned files no loop reached, unless their content is known."""
