@@ -34,6 +34,8 @@ try:
 except ImportError:  # pragma: no cover - not on Linux
     inotify_simple = None
 
+from watchkeeper.watchers.logrotated import COMPRESSED
+
 log = logging.getLogger("watchkeeper")
 
 _EVENTS = 0
@@ -276,7 +278,13 @@ class FolderWatch:
             self.sizes[key] = (info.st_size, peak)
 
     def _pin(self, path: str) -> Key | None:
-        """Hold the file now at ``path`` open (once per file), for the next check."""
+        """Hold the file now at ``path`` open (once per file), for the next check.
+
+        Compressed files are not: their text is read from the archive (decompressed), which
+        outlives any descriptor held on it.
+        """
+        if path.endswith(COMPRESSED):
+            return None
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:

@@ -39,6 +39,7 @@ ARCHIVES = (".gz",)
 """Compressed rotated files that are read (decompressed) when they hold unread lines."""
 UNREADABLE = (".bz2", ".xz", ".zst", ".lz4", ".zip")
 """Compressed files that are never taken for text."""
+COMPRESSED = ARCHIVES + UNREADABLE
 LOST_KEY = f"{HEALTH_KEY}:lost"
 """The rule key of loss reports: one alert per episode, told apart from line alerts."""
 
