@@ -297,8 +297,9 @@ class LogWatcher(Rotations, Watcher):
         self.base: int | None = None
         """Generations created less those met, at the end of the first check that counted."""
         self.deficit = 0
-        self.reported = (0, 0)
-        """Generations missed and inotify overflows already reported (see ``_missed``)."""
+        self.reported = (0, 0, 0, 0)
+        """Generations missed and inotify overflows reported, the thread's lateness seen, and
+        checks since it last grew (see ``_missed``)."""
         self.pins: dict[tuple[int, int], tuple[str, int]] = {}
         """Files inotify's thread opened that no check has reached yet: path, checks waited."""
 

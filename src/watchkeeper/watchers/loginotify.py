@@ -87,6 +87,8 @@ class FolderWatch:
         self.created = 0
         """Files created under a followed name since the thread started: generations."""
         self.overflows = 0
+        self.late = 0
+        """Files created under a followed name that the thread found replaced when it looked."""
         self.started = self.since = time.time_ns()
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
@@ -174,10 +176,10 @@ class FolderWatch:
         with self.lock:
             self.held = set(keys)
 
-    def counts(self) -> tuple[int, int, int]:
-        """Generations created, files pinned and not yet taken, queue overflows (totals)."""
+    def counts(self) -> tuple[int, int, int, int]:
+        """Generations created, files pinned not yet taken, queue overflows, lateness."""
         with self.lock:
-            return self.created, len(self.pinned), self.overflows
+            return self.created, len(self.pinned), self.overflows, self.late
 
     def take(self) -> dict[Key, tuple[int, str]]:
         """The files pinned since the last take, in the order they appeared: (fd, path) by key.
@@ -219,7 +221,7 @@ class FolderWatch:
         relevant = False
         with self.lock:
             before = self.held | set(self.pinned)
-        created = 0
+        created = late = 0
         got: set[Key] = set()
         for event in events:
             if event.mask & (flags.Q_OVERFLOW | flags.IGNORED):
@@ -238,12 +240,14 @@ class FolderWatch:
                 path = os.path.join(folder, event.name)
                 if event.mask & _ARRIVED:
                     key = self._pin(path)
-                    if key is not None and key not in before:
+                    fresh = key is not None and key not in before and key not in got
+                    if key is not None and fresh:
                         got.add(key)
                     if event.mask & flags.CREATE and any(
                         fnmatch.fnmatch(event.name, g) for g in self.members
                     ):
                         created += 1
+                        late += not fresh
                 elif event.mask & _MODIFY:
                     followed = self.followed.get(path)
                     if followed is not None:
@@ -252,6 +256,7 @@ class FolderWatch:
             self._sweep(before | got)
         with self.lock:
             self.created += created
+            self.late += late
         return relevant
 
     def _sweep(self, known: set[Key]) -> None:

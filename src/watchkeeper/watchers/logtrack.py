@@ -44,7 +44,7 @@ class Rotations:
     generations: int
     base: int | None
     deficit: int
-    reported: tuple[int, int]
+    reported: tuple[int, int, int, int]
     lost: dict[str, int]
     losses: list[Observation]
     due: float | None
@@ -83,18 +83,22 @@ class Rotations:
     def _missed(self, now: float) -> None:
         """Report generations created under a followed name that no one ever opened.
 
-        inotify's thread counts the files created; the checks count the new files they read,
-        plus those held and not read yet. A shortfall can be a file still on its way (renamed
-        while a check looked): only one that lasts two checks in a row is reported, and a
-        check is planned a second from now to confirm it.
+        inotify's thread counts the files created; the checks count the new files they met,
+        plus those held and not met yet. The difference only means loss while the thread has
+        fallen behind (it found a later file at the name than the one created): otherwise
+        it is drift (an inode reused by the next file, met as the old one truncated) and is
+        absorbed. A shortfall can also be a file still on its way (renamed while a check
+        looked): only one that lasts two checks in a row is reported, and a check is planned
+        a second from now to confirm it.
         """
         assert self.watch is not None
-        created, untaken, overflows = self.watch.counts()
-        deficit = created - self.generations - len(self.pins) - untaken
-        if self.base is None:  # files there before inotify's thread began were not created
-            self.base = deficit
-        deficit -= self.base
-        missed, overflowed = self.reported
+        created, untaken, overflows, late = self.watch.counts()
+        raw = created - self.generations - len(self.pins) - untaken
+        missed, overflowed, late_seen, calm = self.reported
+        calm = 0 if late > late_seen else calm + 1
+        if self.base is None or calm > 2:  # before the thread began, or no lateness: drift
+            self.base = raw - missed
+        deficit = raw - self.base
         confirmed = min(deficit, self.deficit)
         if confirmed > missed:
             reason = "created, rotated away and deleted before they could be opened (size unknown)"
@@ -106,7 +110,7 @@ class Rotations:
             reason = "inotify's queue overflowed: files created meanwhile may be lost, uncounted"
             self._report(", ".join(self.patterns), None, reason)
         self.deficit = deficit
-        self.reported = (missed, overflows)
+        self.reported = (missed, overflows, late, calm)
 
     def _gone(self, entry: Tracked, copy: tuple[str, int, os.stat_result, int] | None) -> None:
         """A followed file that is nowhere to be found: forget it, reporting what was unread."""
