@@ -12,6 +12,7 @@ larger than ``read_limit`` is read in several checks without waiting, each commi
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -301,6 +302,10 @@ class LogWatcher(Rotations, Watcher):
         """Generations missed and inotify overflows reported, the thread's lateness seen, and
         checks since it last grew (see ``_missed``)."""
         self.pins: dict[tuple[int, int], tuple[str, int]] = {}
+        self.watching: set[str] = set()
+        self.listing: dict[str, os.stat_result] | None = None
+        """The glob members at the last full listing, kept up to date from inotify's events."""
+        self.relist = 0.0
         """Files inotify's thread opened that no check has reached yet: path, checks waited."""
 
     @property
@@ -342,7 +347,11 @@ class LogWatcher(Rotations, Watcher):
         """Reconcile files with the globs, read what is new, return alerts and offsets."""
         now = time.time()
         state = checkpoint or {}
-        queue = [Tracked.from_json(d) for d in state.get("files", [])]
+        stored = state.get("files", [])
+        queue = [Tracked.from_json(d) for d in stored]
+        # Each entry's checkpoint form as it came: an idle entry goes back out unchanged.
+        as_stored = {id(e): d for e, d in zip(queue, stored, strict=True)}
+        idle: set[int] = set()
         self.scanner.counts = {int(k): list(v) for k, v in state.get("counts", {}).items()}
         self.done = [tuple(d) for d in state.get("done", [])]
         self.lost, self.losses = dict(state.get("lost") or {}), []
@@ -351,7 +360,7 @@ class LogWatcher(Rotations, Watcher):
         held = set(self.files.fds)
         if self.watch is not None:
             self.watch.hold(held)
-        current = members(self.config.paths)
+        current = self._members(now)
         # The paths were changed since the checkpoint (an edited config, another `tail`): files
         # no longer named are dropped, and files newly named start where start_at says.
         reconfigured = "paths" in state and state["paths"] != self.patterns
@@ -361,6 +370,7 @@ class LogWatcher(Rotations, Watcher):
         if checkpoint is not None:
             queue = self._in_order(queue, self._rotated_unseen(queue, current), current)
         self.more, self.due = False, None
+        by_key = {(info.st_dev, info.st_ino): path for path, info in current.items()}
         budget = [self.config.read_limit]
         found: list[Observation] = []
         kept: list[Tracked] = []
@@ -371,11 +381,12 @@ class LogWatcher(Rotations, Watcher):
             i += 1
             if (entry.dev, entry.ino) in seen:
                 continue
-            if self._unchanged(entry, current):  # closed while idle, and still idle
+            if self._unchanged(entry, current):  # idle since the last look
                 seen.add((entry.dev, entry.ino))
                 kept.append(entry)
+                idle.add(id(entry))
                 continue
-            located = self.files.locate(entry, current)
+            located = self.files.locate(entry, current, by_key)
             if located is None:
                 # Moved out of sight (an olddir, a compressed archive): look for it by content.
                 copy = self.files.find_copy(entry, None)
@@ -475,16 +486,48 @@ class LogWatcher(Rotations, Watcher):
         if not self.more:
             self.buffer = None  # caught up: no need to hold a chunk's memory while idle
         counts = {str(k): v for k, v in self.scanner.counts.items() if v}
-        files = [e.to_json() for e in kept]
+        files = [as_stored[id(e)] if id(e) in idle else e.to_json() for e in kept]
         checkpoint = {"files": files, "counts": counts, "done": self.done, "paths": self.patterns}
         if self.lost:
             checkpoint["lost"] = self.lost
         return CheckResult(self.losses + found, checkpoint)
 
+    def _members(self, now: float) -> dict[str, os.stat_result]:
+        """The glob members now: listed again, or the last listing and what inotify named.
+
+        A full listing costs a ``stat`` per file; with thousands of files and nothing but
+        writes since the last check (no file created, moved or deleted, no event lost), only
+        the files written to are looked at. The globs are listed again every ``every`` in any
+        case, and always when a folder part of a glob has wildcards (such folders are not
+        watched).
+        """
+        watch = self.watch
+        if watch is None or not watch.usable or any(
+            glob.has_magic(os.path.dirname(p)) for p in self.patterns
+        ):
+            return members(self.config.paths)
+        structural, touched = watch.changes()
+        if structural or self.listing is None or now >= self.relist:
+            self.listing = members(self.config.paths)
+            self.relist = now + self.config.every
+            return dict(self.listing)
+        for path in touched & self.listing.keys():
+            try:
+                self.listing[path] = os.stat(path)
+            except OSError:
+                del self.listing[path]
+        return dict(self.listing)
+
     def _unchanged(self, entry: Tracked, current: dict[str, os.stat_result]) -> bool:
-        """Whether a followed file closed while idle is still as it was (one ``stat``)."""
+        """Whether a followed file read to its end is still as it was at the last look.
+
+        Same identity at its path, same size, same modification time: nothing to read, nothing
+        to check (its descriptor, if held, is not even touched). This is what keeps a check
+        over thousands of idle files cheap: one dictionary lookup each, on the listing the
+        check made anyway.
+        """
         key = (entry.dev, entry.ino)
-        if key in self.files.fds or entry.gone is not None or entry.wait is not None:
+        if entry.gone is not None or entry.wait is not None or entry.skip:
             return False
         info = current.get(entry.path)
         return (
@@ -514,6 +557,8 @@ class LogWatcher(Rotations, Watcher):
         ``PIN_WAIT`` checks. One whose content was read already (a copy) is dropped.
         """
         found: list[Observation] = []
+        if not self.pins:
+            return found
         records = self._known(kept)
         for key, (path, waited) in list(self.pins.items()):
             fd = self.files.fds.get(key)

@@ -26,7 +26,7 @@ import logging
 import os
 import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +70,17 @@ class Tracked:
     """Its size at the last look: what is known to have been written, for loss reports."""
 
     def to_json(self) -> dict[str, Any]:
-        """The checkpoint form."""
-        return asdict(self)
+        """The checkpoint form (``asdict`` without its deep copies: a check makes thousands)."""
+        return {name: getattr(self, name) for name in _FIELDS}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Tracked:
         """Back from the checkpoint form."""
         wait = data.get("wait")
         return cls(**{**data, "wait": (int(wait[0]), float(wait[1])) if wait else None})
+
+
+_FIELDS = tuple(f.name for f in fields(Tracked))
 
 
 def members(patterns: Iterable[Path]) -> dict[str, os.stat_result]:
@@ -186,12 +189,22 @@ class Files:
         return sorted(found.items())
 
     def locate(
-        self, entry: Tracked, current: dict[str, os.stat_result]
+        self,
+        entry: Tracked,
+        current: dict[str, os.stat_result],
+        by_key: dict[tuple[int, int], str],
     ) -> tuple[str, int, os.stat_result] | None:
-        """Where the entry's inode is now: its path, a glob member, a held fd, or its folder."""
+        """Where the entry's inode is now: its path, a glob member, a held fd, or its folder.
+
+        ``current`` are the glob members just listed, and ``by_key`` the same by identity.
+        """
         key = (entry.dev, entry.ino)
-        candidates = [entry.path]
-        candidates += [p for p, s in current.items() if (s.st_dev, s.st_ino) == key]
+        member = by_key.get(key)
+        held = self.fds.get(key)
+        if member is not None and held is not None:  # the usual case: one dict lookup
+            self.touch(key)
+            return member, held, current[member]
+        candidates = [entry.path] if member is None else [entry.path, member]
         for path in candidates:
             with contextlib.suppress(OSError):
                 info = os.stat(path)

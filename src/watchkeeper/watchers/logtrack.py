@@ -48,6 +48,8 @@ class Rotations:
     lost: dict[str, int]
     losses: list[Observation]
     due: float | None
+    watching: set[str]
+    """The paths inotify was last told about (see ``_watch``)."""
 
     def _take_pinned(self) -> None:
         """The files inotify's thread held open as they appeared: now the check's to read."""
@@ -63,6 +65,8 @@ class Rotations:
 
     def _carry_pins(self, seen: set[tuple[int, int]], kept: list[Tracked]) -> None:
         """Keep holding the pinned files no loop reached, unless their content is known."""
+        if not self.pins:
+            return
         records = self._known(kept)
         for key, (path, waited) in list(self.pins.items()):
             fd = self.files.fds.get(key)
@@ -260,16 +264,20 @@ class Rotations:
         """
         if self.watch is None or not self.watch.usable:
             return
+        paths = {e.path for e in entries}
+        if paths == self.watching:  # the usual check: nothing new to watch
+            return
+        self.watching = paths
         patterns = self.patterns
         folders = [os.path.dirname(p) or "." for p in patterns]
         folders += rotated_folders(patterns, self.config.rotated)
         folders = [f for f in folders if not glob.has_magic(f)]
-        folders += [os.path.dirname(e.path) or "." for e in entries]
+        folders += [os.path.dirname(path) or "." for path in paths]
         rotated = [g for p in patterns for g in rotated_globs(p, self.config.rotated)]
         members = [os.path.basename(p) for p in patterns]
         self.watch.update(
             list(dict.fromkeys(folders)),
-            {os.path.basename(e.path) for e in entries},
+            {os.path.basename(path) for path in paths},
             list(dict.fromkeys([*members, *(os.path.basename(p) for p in rotated)])),
             members,
             rotated,
