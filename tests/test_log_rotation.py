@@ -48,6 +48,13 @@ def restart(f: Follow, make: Any, *paths: Path, **options: Any) -> Follow:
     return again
 
 
+def compress(plain: Path, archive: Path) -> None:
+    """As logrotate's ``compress`` does: the archive written, then the plain file removed."""
+    with plain.open("rb") as src, gzip.open(archive, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    plain.unlink()
+
+
 def read(f: Follow) -> list[str]:
     """The lines alerted (loss reports aside)."""
     return [o.data["line"] for o in f.seen if "line" in o.data]
@@ -141,21 +148,11 @@ def test_compressed_while_down_is_read_from_the_archive(
     log.rename(tmp_path / "app.log.1")
     append(log, numbered(37, 39))
     if delay:  # one more rotation: app.log.1 -> app.log.2.gz, app.log -> app.log.1
-        with (
-            (tmp_path / "app.log.1").open("rb") as src,
-            gzip.open(tmp_path / "app.log.2.gz", "wb") as dst,
-        ):
-            shutil.copyfileobj(src, dst)
-        (tmp_path / "app.log.1").unlink()
+        compress(tmp_path / "app.log.1", tmp_path / "app.log.2.gz")
         log.rename(tmp_path / "app.log.1")
         append(log, numbered(40, 42))
     else:
-        with (
-            (tmp_path / "app.log.1").open("rb") as src,
-            gzip.open(tmp_path / "app.log.1.gz", "wb") as dst,
-        ):
-            shutil.copyfileobj(src, dst)
-        (tmp_path / "app.log.1").unlink()
+        compress(tmp_path / "app.log.1", tmp_path / "app.log.1.gz")
     f = restart(f, follow)
     f.check()
     f.check()
@@ -173,12 +170,7 @@ def test_an_archive_of_lines_read_already_is_not_read_again(follow: Any, tmp_pat
     append(log, numbered(31, 33))
     f.check()
     f.check()
-    with (
-        (tmp_path / "app.log.1").open("rb") as src,
-        gzip.open(tmp_path / "app.log.1.gz", "wb") as dst,
-    ):
-        shutil.copyfileobj(src, dst)
-    (tmp_path / "app.log.1").unlink()
+    compress(tmp_path / "app.log.1", tmp_path / "app.log.1.gz")
     log.rename(tmp_path / "app.log.1")
     append(log, numbered(34, 36))
     f = restart(f, follow)

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RecordingServer, wait_until
+from tests.test_log_crash import checked
 from watchkeeper.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,12 +105,28 @@ def agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def checked(state: Path) -> bool:
-    if not state.exists():
-        return False
-    with Store(state) as store:
-        record = store.watcher("app")
-        return record is not None and record.checks >= 1
+def agent_config(tmp_path: Path, paths: str, log: str = "", notify: str = "") -> Path:
+    """A config for ``watchkeeper run``: jsonl alerts, one log watcher named app."""
+    config = tmp_path / "watchkeeper.toml"
+    config.write_text(
+        f"""
+[keeper]
+state = "{tmp_path / "wk.db"}"
+dashboard = false
+
+[[notify]]
+kind = "jsonl"
+path = "{tmp_path / "alerts.jsonl"}"
+{notify}
+[[log]]
+name = "app"
+paths = ["{paths}"]
+start_at = "beginning"
+rules = [{{ match = "CRITICAL", severity = "critical" }}]
+{log}
+"""
+    )
+    return config
 
 
 def run(
@@ -125,25 +142,7 @@ def run(
     conf.chmod(0o644)
     state = tmp_path / "wk.db"
     rotated = f'rotated = ["{old}/app.log*"]' if kind == "olddir" else ""
-    config = tmp_path / "watchkeeper.toml"
-    config.write_text(
-        f"""
-[keeper]
-state = "{state}"
-dashboard = false
-
-[[notify]]
-kind = "jsonl"
-path = "{tmp_path / "alerts.jsonl"}"
-
-[[log]]
-name = "app"
-paths = ["{app}"]
-{rotated}
-start_at = "beginning"
-rules = [{{ match = "CRITICAL", severity = "critical" }}]
-"""
-    )
+    config = agent_config(tmp_path, str(app), log=rotated)
     stderr = tmp_path / "agent.log"
     rng = random.Random(seed)
     proc = agent(config, stderr)
@@ -310,20 +309,7 @@ def handler_burst(tmp_path: Path, lines: int) -> Outcome:
     app = logs / "app.log"
     app.touch()
     state = tmp_path / "wk.db"
-    config = tmp_path / "watchkeeper.toml"
-    config.write_text(
-        f"""
-[keeper]
-state = "{state}"
-dashboard = false
-
-[[log]]
-name = "app"
-paths = ["{app}"]
-start_at = "beginning"
-rules = [{{ match = "CRITICAL", severity = "critical" }}]
-"""
-    )
+    config = agent_config(tmp_path, str(app))
     proc = agent(config, tmp_path / "agent.log")
     try:
         wait_until(lambda: checked(state), timeout=30)
@@ -364,29 +350,9 @@ def test_ulimit_1024_with_2000_files_every_line_alerts_and_notifiers_work(
     files = 2000
     for n in range(files):
         (logs / f"f{n}.log").write_text(f"{n} CRITICAL payload {'x' * (n % 40)}\n")
-    state, out = tmp_path / "wk.db", tmp_path / "alerts.jsonl"
-    config = tmp_path / "watchkeeper.toml"
-    config.write_text(
-        f"""
-[keeper]
-state = "{state}"
-dashboard = false
-
-[[notify]]
-kind = "jsonl"
-path = "{out}"
-
-[[notify]]
-kind = "webhook"
-url = "{http_receiver.url}/hook"
-
-[[log]]
-name = "app"
-paths = ["{logs}/*.log"]
-start_at = "beginning"
-rules = [{{ match = "CRITICAL", severity = "critical" }}]
-"""
-    )
+    out = tmp_path / "alerts.jsonl"
+    webhook = f'[[notify]]\nkind = "webhook"\nurl = "{http_receiver.url}/hook"\n'
+    config = agent_config(tmp_path, f"{logs}/*.log", notify=webhook)
 
     def limited() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
