@@ -402,7 +402,15 @@ class LogWatcher(Rotations, Watcher):
                 # rest from the copy, if there is one where rotated files go, then this file
                 # from 0.
                 i -= 1
-                queue[i] = Tracked(path, info.st_dev, info.st_ino)
+                fresh: Tracked | None = Tracked(path, info.st_dev, info.st_ino)
+                if entry.gone is not None or path not in current:
+                    # Not a followed path: the inode was freed and reused by a file rotated
+                    # here, perhaps one whose content was read already.
+                    fresh = self._recognise(path, fd, info, self._known(queue))
+                if fresh is None:
+                    del queue[i]
+                else:
+                    queue[i] = fresh
                 copy = self.files.find_copy(entry, (info.st_dev, info.st_ino))
                 if self.watch is not None:  # the size it had just before the truncate
                     entry.size = max(entry.size, self.watch.shrunk_from((entry.dev, entry.ino)))
@@ -502,8 +510,10 @@ class LogWatcher(Rotations, Watcher):
         watched).
         """
         watch = self.watch
-        if watch is None or not watch.usable or any(
-            glob.has_magic(os.path.dirname(p)) for p in self.patterns
+        if (
+            watch is None
+            or not watch.usable
+            or any(glob.has_magic(os.path.dirname(p)) for p in self.patterns)
         ):
             return members(self.config.paths)
         structural, touched = watch.changes()

@@ -213,7 +213,8 @@ class Files:
                     if opened and (opened[1].st_dev, opened[1].st_ino) == key:
                         return path, opened[0], opened[1]
         for moved, info in self.candidates(entry):
-            if (info.st_dev, info.st_ino) == key:
+            # An archive is a new inode: one with the same number is another file (reused).
+            if (info.st_dev, info.st_ino) == key and is_archive(moved) == is_archive(entry.path):
                 opened = self.open(moved)
                 if opened and (opened[1].st_dev, opened[1].st_ino) == key:
                     return moved, opened[0], opened[1]
