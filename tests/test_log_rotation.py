@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, wait_until
 from tests.test_log import ENGINES, Follow, append, criticals, numbered
+from watchkeeper import Keeper
 from watchkeeper.alerts import RuleEngine
 from watchkeeper.store import Store
 from watchkeeper.watchers.logrotated import rotated_globs
@@ -321,3 +322,19 @@ def test_at_most_max_open_files_are_held(follow: Any, tmp_path: Path) -> None:
     expected = [line for n in range(100) for line in criticals(n * 10 + 1, n * 10 + 3)]
     expected += [line for n in range(100) for line in criticals(5000 + n * 10, 5000 + n * 10 + 2)]
     assert sorted(read(f)) == sorted(expected)
+
+
+def test_a_file_that_appears_after_the_start_is_read_at_once(tmp_path: Path) -> None:
+    """No file at start: inotify must still watch the folder, or the new file's lines would
+    wait for the sweep (``every``, 30 s here)."""
+    out = tmp_path / "alerts.jsonl"
+    keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": str(out)}])
+    keeper.log(tmp_path / "later.log", rules=[{"match": "CRITICAL"}], name="app", every="30s")
+    with keeper:
+        wait_until(lambda: (run := keeper.store.watcher("app")) is not None and run.checks >= 1)
+        append(tmp_path / "later.log", numbered(1, 6))
+        wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= 2, timeout=10)
+        append(tmp_path / "later.log", numbered(7, 9))
+        wait_until(lambda: len(out.read_text().splitlines()) >= 3, timeout=10)
+    lines = [json.loads(line)["data"]["line"] for line in out.read_text().splitlines()]
+    assert lines == criticals(1, 9)

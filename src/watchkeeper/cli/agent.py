@@ -39,7 +39,6 @@ from watchkeeper.cli.service import Reloader
 from watchkeeper.errors import ConfigError, WatchkeeperError
 from watchkeeper.foreground import run_until_signal
 from watchkeeper.quantities import format_duration, iso_utc
-from watchkeeper.watchers.logrotated import lost_totals
 
 if TYPE_CHECKING:
     from watchkeeper.config import KeeperSettings
@@ -140,6 +139,9 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show watchers (health, last and next check) and the outbox per notifier."""
+    # Imported here: the scan command, in this package too, loads no config layer.
+    from watchkeeper.watchers.logrotated import lost_totals
+
     store = open_store(config, state)
     watchers = store.watchers()
     counts = store.delivery_counts()

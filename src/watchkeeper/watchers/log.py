@@ -521,7 +521,8 @@ class LogWatcher(Rotations, Watcher):
             self.listing = members(self.config.paths)
             self.relist = now + self.config.every
             return dict(self.listing)
-        for path in touched & self.listing.keys():
+        named = {os.path.normpath(path) for path in touched}  # as inotify's thread names them
+        for path in [p for p in self.listing if os.path.normpath(p) in named]:
             try:
                 self.listing[path] = os.stat(path)
             except OSError:

@@ -94,6 +94,8 @@ class FolderWatch:
         self.late = 0
         """Files created under a followed name that the thread found replaced when it looked."""
         self.started = self.since = time.time_ns()
+        self.complete = False
+        """Every folder asked for at the last :meth:`update` is watched."""
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         if self.usable:
@@ -122,6 +124,7 @@ class FolderWatch:
         self.rotated = list(rotated)
         if not self.usable:
             return
+        self.complete = True
         for folder in folders:
             if folder in self.watched:
                 continue
@@ -133,7 +136,7 @@ class FolderWatch:
                     self.close()
                     self.usable = False
                     return
-                # A folder that does not exist yet is found by the sweep later.
+                self.complete = False  # a folder that does not exist yet: tried again later
         if self.thread is None:
             self.thread = threading.Thread(
                 target=self._run, name=f"watchkeeper-inotify-{self.name}", daemon=True
@@ -161,7 +164,7 @@ class FolderWatch:
         (copytruncate), the size it had just before is kept: bytes past what the copy holds
         were written before the truncate and are lost, and this says how many.
         """
-        self.followed = dict(files)
+        self.followed = {os.path.normpath(path): held for path, held in files.items()}
         keys = {key for _, key in files.values()}
         with self.lock:
             self.sizes = {k: v for k, v in self.sizes.items() if k in keys}
@@ -254,7 +257,7 @@ class FolderWatch:
                 folder = folders.get(event.wd)
                 if folder is None:
                     continue
-                path = os.path.join(folder, event.name)
+                path = os.path.normpath(os.path.join(folder, event.name))
                 with self.lock:
                     self.touched.add(path)
                     self.structural |= not event.mask & (_MODIFY | flags.CLOSE_WRITE)

@@ -265,7 +265,7 @@ class Rotations:
         if self.watch is None or not self.watch.usable:
             return
         paths = {e.path for e in entries}
-        if paths == self.watching:  # the usual check: nothing new to watch
+        if paths == self.watching and self.watch.complete:  # the usual check: nothing new
             return
         self.watching = paths
         patterns = self.patterns
