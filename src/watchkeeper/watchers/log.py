@@ -12,7 +12,6 @@ larger than ``read_limit`` is read in several checks without waiting, each commi
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
@@ -303,9 +302,6 @@ class LogWatcher(Rotations, Watcher):
         checks since it last grew (see ``_missed``)."""
         self.pins: dict[tuple[int, int], tuple[str, int]] = {}
         self.watching: set[str] = set()
-        self.listing: dict[str, os.stat_result] | None = None
-        """The glob members at the last full listing, kept up to date from inotify's events."""
-        self.relist = 0.0
         """Files inotify's thread opened that no check has reached yet: path, checks waited."""
 
     @property
@@ -360,7 +356,7 @@ class LogWatcher(Rotations, Watcher):
         held = set(self.files.fds)
         if self.watch is not None:
             self.watch.hold(held)
-        current = self._members(now)
+        current = members(self.config.paths)
         # The paths were changed since the checkpoint (an edited config, another `tail`): files
         # no longer named are dropped, and files newly named start where start_at says.
         reconfigured = "paths" in state and state["paths"] != self.patterns
@@ -499,35 +495,6 @@ class LogWatcher(Rotations, Watcher):
         if self.lost:
             checkpoint["lost"] = self.lost
         return CheckResult(self.losses + found, checkpoint)
-
-    def _members(self, now: float) -> dict[str, os.stat_result]:
-        """The glob members now: listed again, or the last listing and what inotify named.
-
-        A full listing costs a ``stat`` per file; with thousands of files and nothing but
-        writes since the last check (no file created, moved or deleted, no event lost), only
-        the files written to are looked at. The globs are listed again every ``every`` in any
-        case, and always when a folder part of a glob has wildcards (such folders are not
-        watched).
-        """
-        watch = self.watch
-        if (
-            watch is None
-            or not watch.usable
-            or any(glob.has_magic(os.path.dirname(p)) for p in self.patterns)
-        ):
-            return members(self.config.paths)
-        structural, touched = watch.changes()
-        if structural or self.listing is None or now >= self.relist:
-            self.listing = members(self.config.paths)
-            self.relist = now + self.config.every
-            return dict(self.listing)
-        named = {os.path.normpath(path) for path in touched}  # as inotify's thread names them
-        for path in [p for p in self.listing if os.path.normpath(p) in named]:
-            try:
-                self.listing[path] = os.stat(path)
-            except OSError:
-                del self.listing[path]
-        return dict(self.listing)
 
     def _unchanged(self, entry: Tracked, current: dict[str, os.stat_result]) -> bool:
         """Whether a followed file read to its end is still as it was at the last look.

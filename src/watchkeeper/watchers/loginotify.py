@@ -87,10 +87,6 @@ class FolderWatch:
         self.created = 0
         """Files created under a followed name since the thread started: generations."""
         self.overflows = 0
-        self.touched: set[str] = set()
-        """Paths of relevant events since the last :meth:`changes`."""
-        self.structural = True
-        """Whether a file may have appeared, moved or gone since then (or events were lost)."""
         self.late = 0
         """Files created under a followed name that the thread found replaced when it looked."""
         self.started = self.since = time.time_ns()
@@ -188,17 +184,6 @@ class FolderWatch:
         with self.lock:
             return self.created, len(self.pinned), self.overflows, self.late
 
-    def changes(self) -> tuple[bool, set[str]]:
-        """(files may have come or gone, the paths written to) since the last call.
-
-        With nothing structural, a check need not list the globs again: the files inotify
-        named are all that can have changed. Until the thread runs, everything may have.
-        """
-        with self.lock:
-            found = (self.structural or self.thread is None, self.touched)
-            self.structural, self.touched = False, set()
-        return found
-
     def take(self) -> dict[Key, tuple[int, str]]:
         """The files pinned since the last take, in the order they appeared: (fd, path) by key.
 
@@ -243,8 +228,6 @@ class FolderWatch:
         got: set[Key] = set()
         for event in events:
             if event.mask & (flags.Q_OVERFLOW | flags.IGNORED):
-                with self.lock:
-                    self.structural = True
                 if event.mask & flags.IGNORED:
                     self.watched = {f: w for f, w in self.watched.items() if w != event.wd}
                 else:
@@ -258,9 +241,6 @@ class FolderWatch:
                 if folder is None:
                     continue
                 path = os.path.normpath(os.path.join(folder, event.name))
-                with self.lock:
-                    self.touched.add(path)
-                    self.structural |= not event.mask & (_MODIFY | flags.CLOSE_WRITE)
                 if event.mask & _ARRIVED:
                     key = self._pin(path)
                     fresh = key is not None and key not in before and key not in got
