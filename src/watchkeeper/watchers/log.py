@@ -296,7 +296,7 @@ class LogWatcher(Rotations, Watcher):
         """New files met (not copies of content read already)."""
         self.base: int | None = None
         """Generations created less those met, at the end of the first check that counted."""
-        self.deficit = 0
+        self.deficit: float | None = None
         self.reported = (0, 0, 0, 0)
         """Generations missed and inotify overflows reported, the thread's lateness seen, and
         checks since it last grew (see ``_missed``)."""

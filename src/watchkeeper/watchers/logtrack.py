@@ -32,6 +32,9 @@ from watchkeeper.watchers.logrotated import (
 
 log = logging.getLogger("watchkeeper")
 
+CONFIRM = 2.0
+"""Seconds a shortfall of generations must last before it is reported as loss."""
+
 
 class Rotations:
     """File search and loss accounting; the state lives on the watcher (set in its __init__)."""
@@ -43,7 +46,9 @@ class Rotations:
     pins: dict[tuple[int, int], tuple[str, int]]
     generations: int
     base: int | None
-    deficit: int
+    deficit: float | None
+    """Since when generations have been missing (not yet reported)."""
+    more: bool
     reported: tuple[int, int, int, int]
     lost: dict[str, int]
     losses: list[Observation]
@@ -92,8 +97,8 @@ class Rotations:
         fallen behind (it found a later file at the name than the one created): otherwise
         it is drift (an inode reused by the next file, met as the old one truncated) and is
         absorbed. A shortfall can also be a file still on its way (renamed while a check
-        looked): only one that lasts two checks in a row is reported, and a check is planned
-        a second from now to confirm it.
+        looked, not met yet): only one that lasts ``CONFIRM`` seconds, over checks with
+        nothing left to look at, is reported; checks are planned meanwhile to confirm it.
         """
         assert self.watch is not None
         created, untaken, overflows, late = self.watch.counts()
@@ -103,17 +108,20 @@ class Rotations:
         if self.base is None or calm > 2:  # before the thread began, or no lateness: drift
             self.base = raw - missed
         deficit = raw - self.base
-        confirmed = min(deficit, self.deficit)
-        if confirmed > missed:
+        if deficit <= missed:
+            self.deficit = None
+        elif self.deficit is None:
+            self.deficit = now
+        settled = not (self.more or self.pins or untaken)
+        if self.deficit is not None and settled and now - self.deficit >= CONFIRM:
             reason = "created, rotated away and deleted before they could be opened (size unknown)"
-            self._report(", ".join(self.patterns), None, reason, files=confirmed - missed)
-            missed = confirmed
-        elif deficit > missed:
-            self._due_at(now + 1.0)
+            self._report(", ".join(self.patterns), None, reason, files=deficit - missed)
+            missed, self.deficit = deficit, None
+        elif self.deficit is not None:
+            self._due_at(now + CONFIRM / 2)
         if overflows > overflowed:
             reason = "inotify's queue overflowed: files created meanwhile may be lost, uncounted"
             self._report(", ".join(self.patterns), None, reason)
-        self.deficit = deficit
         self.reported = (missed, overflows, late, calm)
 
     def _gone(self, entry: Tracked, copy: tuple[str, int, os.stat_result, int] | None) -> None:
