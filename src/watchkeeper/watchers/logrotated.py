@@ -146,7 +146,6 @@ def known_from_done(records: Iterable[Sequence[Any]]) -> list[Known]:
 
 
 def loss(
-    watcher: str,
     path: str,
     lost: int | None,
     reason: str,
@@ -163,7 +162,7 @@ def loss(
     else:
         counted = f"{lost:,} bytes" + (f" ({lines:,} lines)" if lines is not None else "")
     return Observation(
-        title=f"{watcher}: {counted} lost from {path}: {reason}",
+        title=f"{counted} lost from {path}: {reason}",
         severity=Severity.ERROR,
         key=LOST_KEY,
         body=(

@@ -151,7 +151,7 @@ class Rotations:
         """One loss episode: a health observation, and the totals the checkpoint keeps."""
         what = f"{lost} bytes" if lost is not None else f"{files or 'some'} files"
         log.warning("watcher %s: %s lost from %s: %s", self.config.name, what, path, reason)
-        self.losses.append(loss(self.config.name, path, lost, reason, files=files))
+        self.losses.append(loss(path, lost, reason, files=files))
         self.lost = count_loss(self.lost, lost, None, files)
 
     @property
