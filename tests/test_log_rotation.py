@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import run_cli, wait_until
 from tests.test_log import ENGINES, Follow, append, criticals, numbered
@@ -338,3 +340,80 @@ def test_a_file_that_appears_after_the_start_is_read_at_once(tmp_path: Path) -> 
         wait_until(lambda: len(out.read_text().splitlines()) >= 3, timeout=10)
     lines = [json.loads(line)["data"]["line"] for line in out.read_text().splitlines()]
     assert lines == criticals(1, 9)
+
+
+ROTATIONS = st.lists(
+    st.sampled_from(["write", "write", "write", "rename", "copytruncate", "compress", "olddir"])
+    | st.sampled_from(["check", "check", "restart"]),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=ROTATIONS)
+# Found by hypothesis: a file empty at the last look, renamed and compressed before the next.
+@example(ops=["write", "rename", "compress"])
+def test_any_rotation_into_archives_and_olddirs_alerts_each_line_once(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[str]
+) -> None:
+    """Property: whatever the order of writes, renames, copytruncates, compressions of the
+    newest rotated file, moves into an olddir, restarts and checks, every CRITICAL line alerts
+    exactly once (the oracle: the lines written) and nothing is reported lost."""
+    folder = tmp_path_factory.mktemp("rot")
+    old = folder / "old"
+    old.mkdir()
+    log = folder / "app.log"
+    log.touch()
+    options = {"rotated": ["{path}.*", f"{old}/app.log*"]}
+    f = Follow(ENGINES[-1], [log], **options)
+    f.check()
+    seen: list[str] = []
+    reports: list[Any] = []
+    line = generation = 0
+    checked = True
+    rotated: list[Path] = []  # plain rotated files, newest last
+    try:
+        for op in ops:
+            if op == "write":
+                append(log, numbered(line + 1, line + 5))
+                line += 5
+            elif op == "check":
+                f.check()
+                checked = True
+            elif op == "restart":
+                seen += read(f)
+                reports += lost(f)
+                f.close()
+                restarted = Follow(f.watcher.engine, [log], **options)
+                restarted.checkpoint = f.checkpoint
+                f = restarted
+            elif op == "rename":
+                generation += 1
+                rotated.append(folder / f"app.log.{generation}")
+                log.rename(rotated[-1])
+                log.touch()
+                checked = False
+            elif op == "copytruncate" and checked:
+                generation += 1
+                rotated.append(folder / f"app.log.{generation}")
+                rotated[-1].write_bytes(log.read_bytes())
+                with log.open("r+b") as out:
+                    out.truncate(0)
+                checked = False
+            elif op == "compress" and rotated:
+                plain = rotated.pop()
+                compress(plain, plain.with_name(plain.name + ".gz"))
+            elif op == "olddir" and rotated:
+                plain = rotated.pop()
+                plain.rename(old / plain.name)
+        f.check()
+        f.check()
+        seen += read(f)
+        reports += lost(f)
+    finally:
+        f.close()
+    assert sorted(seen, key=lambda text: int(text.split()[0])) == criticals(1, line)
+    assert reports == []

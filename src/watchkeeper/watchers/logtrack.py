@@ -19,7 +19,14 @@ from typing import Any
 
 from watchkeeper.alerts import Observation
 from watchkeeper.watchers.logconfig import LogConfig
-from watchkeeper.watchers.logfiles import Files, Tracked, resumes, rotated_siblings
+from watchkeeper.watchers.logfiles import (
+    FINGERPRINT,
+    Files,
+    Tracked,
+    digest,
+    resumes,
+    rotated_siblings,
+)
 from watchkeeper.watchers.loginotify import FolderWatch
 from watchkeeper.watchers.logrotated import (
     Known,
@@ -81,12 +88,21 @@ class Rotations:
                 self.pins[key] = (path, waited + 1)
 
     def _known(self, entries: list[Tracked]) -> list[Known]:
-        """The content of these entries and of the rotated files finished, for recognition."""
-        records = [
-            Known(e.fp, e.fp_len, e.offset, e.mark, live=e.gone is None)
-            for e in entries
-            if e.fp_len
-        ]
+        """The content of these entries and of the rotated files finished, for recognition.
+
+        An entry whose file is still at its path or held open is *live*: its own file will be
+        read, so a copy of it (an archive made meanwhile, copytruncate's copy in progress) is
+        not. One that had no fingerprint yet (it was empty at the last look) gets one now from
+        its held file, or a copy of its first lines would not be known as one.
+        """
+        records = []
+        for e in entries:
+            held = self.files.fds.get((e.dev, e.ino))
+            live = e.gone is None or held is not None
+            if e.fp_len:
+                records.append(Known(e.fp, e.fp_len, e.offset, e.mark, live=live))
+            elif held is not None and (head := os.pread(held, FINGERPRINT, 0)):
+                records.append(Known(digest(head), len(head), e.offset, "", live=live))
         return records + known_from_done(self.done)
 
     def _missed(self, now: float) -> None:
