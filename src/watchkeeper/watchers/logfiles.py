@@ -5,15 +5,17 @@ A followed file is known by device + inode + a fingerprint (a hash of its first 
 before the offset (Fluent Bit's offset marker). Together they tell apart:
 
 - the same file, grown: identity and marker hold -> continue at the offset;
-- rename rotation (logrotate's default): the inode is elsewhere in the folder (or still open
-  here) -> read it to its end, then the new file at the path from its start;
+- rename rotation (logrotate's default): the inode is in its folder or where the ``rotated``
+  globs point (or still open here) -> read it to its end, then the new file at the path from 0;
 - copytruncate: same inode, but the marker no longer matches (or the file is shorter than the
-  offset, which catches truncated-and-rewritten-past-the-offset too) -> the copy is found in the
-  folder by fingerprint + marker, its unread rest is read, then the file from its start;
+  offset, which catches truncated-and-rewritten-past-the-offset too) -> the copy is found by
+  fingerprint + marker (:func:`resumes`), its unread rest is read, then the file from 0;
+- compressed or moved away while nothing held it: found the same way, by content, in a ``.gz``
+  archive or an olddir (see :mod:`logrotated`);
 - delete-and-recreate, inode reuse: the fingerprint differs -> a new file, from its start.
 
-The search by identity in the folder also works after a restart, so a rotation that happened
-while watchkeeper was down loses nothing as long as the rotated file is still in the folder.
+The search by identity also works after a restart, so a rotation that happened while
+watchkeeper was down loses nothing as long as the rotated file (or its archive) is still there.
 """
 
 from __future__ import annotations
