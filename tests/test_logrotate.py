@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RecordingServer, wait_until
-from tests.test_log_crash import checked
+from tests.test_log_crash import agent_config, checked
 from watchkeeper.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,30 +103,6 @@ def agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=log.open("ab"),
     )
-
-
-def agent_config(tmp_path: Path, paths: str, log: str = "", notify: str = "") -> Path:
-    """A config for ``watchkeeper run``: jsonl alerts, one log watcher named app."""
-    config = tmp_path / "watchkeeper.toml"
-    config.write_text(
-        f"""
-[keeper]
-state = "{tmp_path / "wk.db"}"
-dashboard = false
-
-[[notify]]
-kind = "jsonl"
-path = "{tmp_path / "alerts.jsonl"}"
-{notify}
-[[log]]
-name = "app"
-paths = ["{paths}"]
-start_at = "beginning"
-rules = [{{ match = "CRITICAL", severity = "critical" }}]
-{log}
-"""
-    )
-    return config
 
 
 def run(
