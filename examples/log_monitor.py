@@ -43,7 +43,7 @@ def main() -> None:
             {
                 "match": r"Traceback \(most recent call last\)",
                 "severity": "error",
-                "lines_after": 20,
+                "block": "python",
             },
         ],
         name="app-log",

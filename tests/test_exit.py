@@ -29,15 +29,14 @@ def run_script(
     state: Path, shutdown_timeout: float, notifier: dict[str, object], *flags: str
 ) -> tuple[float, float, str]:
     """Run the embedded script; return (main-returned time, exit time, stderr)."""
+    script = str(ROOT / "tests" / "embedded_script.py")
+    return run_program(script, str(state), str(shutdown_timeout), json.dumps(notifier), *flags)
+
+
+def run_program(*args: str) -> tuple[float, float, str]:
+    """Run a Python program that prints "main returns <time>"; (that time, exit time, stderr)."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "embedded_script.py"),
-            str(state),
-            str(shutdown_timeout),
-            json.dumps(notifier),
-            *flags,
-        ],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -100,7 +99,7 @@ def test_apprise_deliveries_wait_at_exit_instead_of_failing(
     assert http_receiver.requests == []
     run_script(state, 5.0, target, "drain")
     (request,) = http_receiver.wait_for(1)
-    assert request.json()["title"] == "last words"
+    assert request.json()["title"] == "job: last words"  # apprise names the watcher
     with Store(state) as store:
         assert store.delivery_counts() == {"apprise": {"sent": 1}}
 

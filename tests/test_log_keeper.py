@@ -178,14 +178,15 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     assert [str(p) for p in loaded.watchers[0].paths] == [str(tmp_path / "logs" / "*.log")]  # type: ignore[attr-defined]
 
 
-def test_tail_command_alerts_on_a_matching_line(tmp_path: Path) -> None:
+def tail_alerts(tmp_path: Path, written: str, *options: str) -> list[dict[str, Any]]:
+    """Run ``watchkeeper tail app.log OPTIONS``; once it has looked, append ``written``; return
+    the alerts of the jsonl notifier."""
     log = tmp_path / "app.log"
-    log.write_text("old CRITICAL line\n")
     out = tmp_path / "alerts.jsonl"
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "watchkeeper", "tail", "app.log", "--match", "CRIT|FATAL"),
-            *("--severity", "critical", "--notify", f"jsonl:{out}", "--state", "wk.db", "-v"),
+            *(sys.executable, "-m", "watchkeeper", "tail", "app.log", *options),
+            *("--notify", f"jsonl:{out}", "--state", "wk.db", "-v"),
         ],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -196,13 +197,30 @@ def test_tail_command_alerts_on_a_matching_line(tmp_path: Path) -> None:
         wait_until((tmp_path / "wk.db").exists, timeout=20)
         wait_until(lambda: first_check_done(tmp_path / "wk.db", "tail"), timeout=20)
         with log.open("a") as f:
-            f.write("FATAL disk full\n")
-        alerts = wait_until(lambda: jsonl_alerts(out), timeout=20)
+            f.write(written)
+        return list(wait_until(lambda: jsonl_alerts(out), timeout=20))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+def test_tail_command_alerts_on_a_matching_line(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("old CRITICAL line\n")
+    written = "FATAL disk full\n"
+    alerts = tail_alerts(tmp_path, written, "--match", "CRIT|FATAL", "--severity", "critical")
     assert [(a["title"], a["severity"]) for a in alerts] == [("FATAL disk full", "critical")]
     assert alerts[0]["data"]["path"] == str(log)
+
+
+def test_tail_command_sends_a_traceback_as_one_alert(tmp_path: Path) -> None:
+    (tmp_path / "app.log").touch()
+    trace = "Traceback (most recent call last):\n  File \"x.py\", line 1\nKeyError: 'k'\n"
+    alerts = tail_alerts(
+        tmp_path, trace + "INFO next\n", "--match", "^Traceback", "--block", "python"
+    )
+    assert [a["title"] for a in alerts] == ["Traceback (most recent call last): … KeyError: 'k'"]
+    assert alerts[0]["data"]["line"] == trace.rstrip("\n")
 
 
 def test_tail_command_rejects_a_bad_regex(tmp_path: Path) -> None:

@@ -299,8 +299,8 @@ class Keeper:
         for dispatcher in self._dispatchers:
             dispatcher.join(max(0.0, deadline - time.monotonic()))
         for sender in [*self._dispatchers, *self._retiring]:
-            if isinstance(sender, Dispatcher) and sender.is_alive():
-                sender.notifier.abort()  # out of time: the send in progress is retried later
+            # Out of time: a send that would outlive the program is ended, and retried later.
+            if isinstance(sender, Dispatcher) and sender.is_alive() and sender.notifier.abort():
                 sender.join(ABORT_GRACE)
         for handover in self._handovers:
             handover.join(max(0.0, deadline - time.monotonic()))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -115,6 +116,8 @@ def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     for notifier in notifiers:
         notifier.close()
     for watcher in watchers:
+        for warning in watcher.warnings():
+            out.print(f"[yellow]warning[/]: {escape(warning)}")
         watcher.close()
     if problems:
         fail("\n".join(problems))

@@ -153,6 +153,13 @@ def tail(
         typer.Option(help="console (default), a webhook URL, or jsonl:PATH. Repeatable."),
     ] = None,
     start_at: Annotated[str, typer.Option(help="end or beginning, for files seen first.")] = "end",
+    block: Annotated[
+        str | None,
+        typer.Option(
+            help="python, java or go: a matched line starts an error of that format, "
+            "sent as one alert."
+        ),
+    ] = None,
     state: StateOption = None,
     verbose: VerboseOption = 0,
     log_format: LogFormatOption = "auto",
@@ -162,7 +169,9 @@ def tail(
     from watchkeeper.keeper import Keeper
 
     setup_logging(verbose, log_format)
-    rules = [{"match": m, "severity": severity} for m in match]
+    rules = [
+        {"match": m, "severity": severity, **({"block": block} if block else {})} for m in match
+    ]
     followed = sorted(str(p.absolute()) for p in paths)
     # One state per set of paths: tails of different files neither share offsets nor block
     # each other; the same tail run again continues where it stopped.

@@ -90,7 +90,7 @@ def build_keeper(world: Path, sink: SmtpSink) -> tuple[Keeper, list[Stoppable]]:
             {
                 "match": r"Traceback \(most recent call last\)",
                 "severity": "error",
-                "lines_after": 10,
+                "block": "python",
             },
         ],
         name="app-log",

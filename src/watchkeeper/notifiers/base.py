@@ -106,14 +106,15 @@ class Notifier(ABC):
         """Where this notifier delivers, without secrets: for status and notify-test."""
         return self.kind
 
-    def abort(self) -> None:
+    def abort(self) -> bool:
         """Give up the send in progress, from another thread: the keeper's stop ran out of time.
 
         The keeper calls it on a notifier whose dispatcher is still sending at the end of
         ``shutdown_timeout``; the delivery stays pending and goes out at the next start. Most
-        sends end by themselves with their own deadline; one that can leave something running
-        past the program (a command) ends it here.
+        sends end by themselves with their own deadline (False: nothing was done); one that can
+        leave something running past the program (a command) ends it here and returns True.
         """
+        return False
 
     def close(self) -> None:
         """Release connections. Called once when the keeper stops."""

@@ -227,7 +227,7 @@ class ExecNotifier(Notifier):
             outcomes[index] = self._outcome(run)
         return outcomes
 
-    def abort(self) -> None:
+    def abort(self) -> bool:
         """Kill the commands still running (and what they started): the program is ending, and a
         command left behind would run beside its retry at the next start."""
         with self._running_lock:
@@ -236,6 +236,7 @@ class ExecNotifier(Notifier):
             run.aborted = True
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(run.child.pid, signal.SIGKILL)
+        return bool(running)
 
     def _start(self, alert: Alert) -> Run:
         cfg = self.config

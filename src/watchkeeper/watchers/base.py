@@ -76,6 +76,10 @@ class Watcher(ABC):
     def __init__(self, config: WatcherConfig) -> None:
         self.config = config
 
+    def warnings(self) -> list[str]:
+        """Settings that load but deserve a second look; ``watchkeeper check`` prints them."""
+        return []
+
     @property
     def name(self) -> str:
         """The configured name."""

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from watchkeeper.alerts import Observation, Severity
 from watchkeeper.watchers.base import CheckResult, Watcher, register
-from watchkeeper.watchers.logconfig import LogConfig, LogRule, parse_threshold
+from watchkeeper.watchers.logconfig import LogConfig
 from watchkeeper.watchers.logfiles import Files, Tracked, end_offset, holds, members, remember
 from watchkeeper.watchers.loginotify import FolderWatch
-from watchkeeper.watchers.logmatch import ALL, Pattern, Prefilter
+from watchkeeper.watchers.logrisk import catastrophic
 from watchkeeper.watchers.logrotated import done_record
+from watchkeeper.watchers.logscan import Scanner
 from watchkeeper.watchers.logtrack import Rotations
 
 log = logging.getLogger("watchkeeper")
@@ -34,7 +34,8 @@ CHUNK = 4 * 1024 * 1024
 """Bytes read and searched at once (at least twice ``max_line``)."""
 BUFFERED = 256 * 1024
 """Reads at least this large go to a reused buffer (see ``LogWatcher._pread``)."""
-TITLE_CHARS = 200
+SLOW_EPISODE = 600.0
+"""Seconds without a line running out of ``line_timeout`` that end a slow-pattern episode."""
 PIN_WAIT = 3
 """Checks a pinned file still on disk waits for the sibling search before it is read anyway."""
 PIN_RETRY = 0.2
@@ -42,235 +43,6 @@ PIN_RETRY = 0.2
 DONE = 64
 """Rotated files read to their end that the checkpoint remembers, so that a sibling search
 (``_unseen``) never reads one again when its modification time ties with a newer rotation's."""
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A rule with its patterns compiled."""
-
-    index: int
-    config: LogRule
-    match: Pattern
-    unless: Pattern | None
-    threshold: tuple[int, float] | None
-    severity: Severity
-    plain: bool
-    """No title template, context or threshold: the observation is the line itself."""
-    exact: bool
-    """Plain, no ``unless`` and a literal ``match``: a hyperscan report needs no ``re`` check."""
-    shared: tuple[tuple[str, Any], ...]
-    """The fields every observation of a plain rule shares (see ``observation``)."""
-
-    @classmethod
-    def build(cls, index: int, config: LogRule) -> Rule:
-        """Compile one validated rule."""
-        match = Pattern.compile(config.match)
-        unless = Pattern.compile(config.unless) if config.unless else None
-        threshold = parse_threshold(config.threshold) if config.threshold else None
-        severity = Severity.parse(config.severity)
-        plain = not (config.title or config.lines_after or threshold)
-        sample = Observation(title="", severity=severity, key=config.match, event=True)
-        exact = plain and unless is None and match.literal
-        shared = tuple((k, v) for k, v in vars(sample).items() if k not in _OWN)
-        return cls(index, config, match, unless, threshold, severity, plain, exact, shared)
-
-    def accepts(self, raw: bytes | bytearray, text: str) -> re.Match[Any] | None:
-        """The match when this rule takes the line."""
-        found = self.match.search(raw, text)
-        if found is None or (self.unless is not None and self.unless.search(raw, text)):
-            return None
-        return found
-
-    def observation(self, title: str, line: str, data: dict[str, Any]) -> Observation:
-        """A plain rule's observation of one line, without ``Observation()``'s per-call checks.
-
-        On a backlog, building observations was a third of a matched line's cost. The shared
-        fields were validated once, in ``build``, by making a real ``Observation``, and are copied
-        from it, so the result equals one built the slow way. Fields are set one by one, as the
-        dataclass's ``__init__`` does: filling ``__dict__`` instead would give each observation a
-        second object for the cyclic GC, whose full passes took a quarter of a 1 GB scan.
-        """
-        made = _new(Observation)
-        for name, value in self.shared:
-            _set(made, name, value)
-        _set(made, "title", title)
-        _set(made, "body", line)
-        _set(made, "data", data)
-        return made
-
-
-_new = object.__new__
-_set = object.__setattr__  # as the dataclass's own __init__ does (the class itself is frozen)
-_OWN = ("title", "body", "data")
-"""The fields each line's observation has of its own."""
-
-
-class Scanner:
-    """Turns a chunk of complete lines into observations, all rules searched at once."""
-
-    def __init__(self, config: LogConfig, use_hyperscan: bool = True) -> None:
-        self.config = config
-        self.rules = [Rule.build(i, r) for i, r in enumerate(config.line_rules)]
-        self.prefilter = Prefilter([r.match for r in self.rules], use_hyperscan)
-        self.needs_text = any(
-            p.raw is None for r in self.rules for p in (r.match, r.unless) if p is not None
-        )
-        self.counts: dict[int, list[float]] = {}
-        self.by_mask: dict[int, list[Rule]] = {}
-        """The rules a prefilter mask names, in order: computed once per mask seen."""
-
-    def scan(
-        self,
-        data: bytes | bytearray,
-        path: str,
-        base: int,
-        release: int | None,
-        now: float,
-        cut: bool = False,
-        size: int | None = None,
-    ) -> tuple[int, list[Observation]]:
-        """Observations of ``data[:size]`` (ending with a newline) and the bytes consumed.
-
-        Fewer bytes than ``len(data)`` are consumed when a ``lines_after`` rule matched and its
-        context has not all arrived: the caller holds at that line, unless ``release`` (an offset
-        within ``data``) says the wait there is over. ``cut`` marks a truncated over-long line.
-        """
-        size = len(data) if size is None else size
-        found: list[Observation] = []
-        block_end = 0
-        limit = self.config.max_line
-        encoding = self.config.encoding
-        by_mask = self.by_mask
-        for start, end, mask in self.prefilter.lines(data, size):
-            if start < block_end:
-                continue  # inside the context block of an alert already made
-            raw = data[start:end].rstrip(b"\r")
-            text = self.decode(raw) if self.needs_text else ""
-            rules = by_mask.get(mask)
-            if rules is None:
-                rules = by_mask[mask] = [r for r in self.rules if (mask >> r.index) & 1]
-            for rule in rules:
-                match = None
-                if not (rule.exact and mask != ALL and not cut):  # a literal's report is exact
-                    match = rule.accepts(raw, text)
-                    if match is None:
-                        continue
-                if rule.plain and not cut:  # the common case, without the general path's cost
-                    if not text:
-                        text = (
-                            raw.decode(encoding, "replace").replace("\x00", "\ufffd")
-                            if len(raw) <= limit
-                            else self.decode(raw)
-                        )
-                    found.append(
-                        rule.observation(
-                            text[:TITLE_CHARS],
-                            text,
-                            {
-                                "path": path,
-                                "line": text,
-                                "offset": base + start,
-                                "rule": rule.index,
-                            },
-                        )
-                    )
-                    break
-                assert match is not None  # only exact rules skip the check, and they are plain
-                text = text or self.decode(raw)
-                stop = end
-                if rule.config.lines_after:
-                    stop, got = _context(data, end, size, rule.config.lines_after)
-                    if got < rule.config.lines_after and release != start:
-                        return start, found
-                    block_end = stop + 1
-                observation = self.observe(
-                    rule, match, path, base + start, text, data[start:stop], now, cut
-                )
-                if observation is not None:
-                    found.append(observation)
-                break
-        return size, found
-
-    def decode(self, raw: bytes | bytearray) -> str:
-        """Text of a line: invalid bytes replaced, NULs made visible, long lines cut."""
-        limit = self.config.max_line
-        text = raw[:limit].decode(self.config.encoding, "replace").replace("\x00", "\ufffd")
-        if len(raw) > limit:
-            text += f" [... {len(raw) - limit} more bytes]"
-        return text
-
-    def observe(
-        self,
-        rule: Rule,
-        match: re.Match[Any],
-        path: str,
-        offset: int,
-        text: str,
-        block: bytes | bytearray,
-        now: float,
-        cut: bool,
-    ) -> Observation | None:
-        """The observation for a matched line, or None while its threshold is not reached."""
-        count = 1
-        if rule.threshold is not None:
-            needed, window = rule.threshold
-            times = [t for t in self.counts.get(rule.index, []) if now - t < window] + [now]
-            if len(times) < needed:
-                self.counts[rule.index] = times
-                return None
-            self.counts[rule.index] = []
-            count = needed
-        if cut:
-            text += " [line truncated]"
-        body = text
-        last = text
-        if rule.config.lines_after and not cut:
-            lines = [self.decode(ln.rstrip(b"\r")) for ln in block.split(b"\n")]
-            body = "\n".join(lines)
-            last = block_summary(lines) or text
-        if rule.config.title is None:
-            # A traceback's first line says nothing; its exception line says most: show both.
-            traceback = last != text and text.lstrip().startswith("Traceback")
-            shown = f"{text} … {last}" if traceback else text
-            title = shown[:TITLE_CHARS]
-        else:
-            groups = {
-                k: (v.decode(self.config.encoding, "replace") if isinstance(v, bytes) else v or "")
-                for k, v in match.groupdict().items()
-            }
-            fields = {
-                "name": self.config.name,
-                "path": path,
-                "line": text[:TITLE_CHARS],
-                "last": last[:TITLE_CHARS],
-                "severity": rule.config.severity,
-                "match": rule.config.match,
-                "count": count,
-                **groups,
-            }
-            title = rule.config.title.format_map(fields)
-        data: dict[str, Any] = {"path": path, "line": body, "offset": offset, "rule": rule.index}
-        if rule.threshold is not None:
-            data["count"] = count
-        return Observation(
-            title=title,
-            severity=rule.severity,
-            key=rule.config.match,
-            body=body,
-            data=data,
-            event=True,
-        )
-
-
-def _context(data: bytes | bytearray, end: int, size: int, lines: int) -> tuple[int, int]:
-    """End of the ``lines`` lines after the one ending at ``end``, and how many there were."""
-    got = 0
-    while got < lines:
-        nxt = data.find(b"\n", end + 1, size)
-        if nxt < 0:
-            break
-        end, got = nxt, got + 1
-    return end, got
 
 
 @register
@@ -304,9 +76,31 @@ class LogWatcher(Rotations, Watcher):
         self.watching: set[str] = set()
         """Files inotify's thread opened that no check has reached yet: path, checks waited."""
 
+    def warnings(self) -> list[str]:
+        """Patterns prone to catastrophic backtracking, and where they run here."""
+        found = []
+        for rule in self.scanner.rules:
+            for key, pattern in (("match", rule.match), ("unless", rule.unless)):
+                shape = None if pattern is None else catastrophic(pattern.source)
+                if pattern is None or shape is None:
+                    continue
+                where = f"[[log]] {self.name!r}: rules.{rule.index}.{key} {pattern.source!r}"
+                if pattern.linear:
+                    found.append(
+                        f"{where} has {shape}: catastrophic in a backtracking engine (Python's "
+                        "re); here it runs on RE2, in linear time"
+                    )
+                else:
+                    found.append(
+                        f"{where} has {shape} and needs a backtracking engine: lines that take "
+                        f"longer than line_timeout ({self.config.line_timeout}s) are skipped "
+                        "by this rule and reported"
+                    )
+        return found
+
     @property
     def engine(self) -> str:
-        """The prefilter in use: "hyperscan" or "re"."""
+        """The prefilter in use: "hyperscan" or "re2"."""
         return self.scanner.prefilter.engine
 
     def initial_checkpoint(self) -> Any:
@@ -349,6 +143,9 @@ class LogWatcher(Rotations, Watcher):
         as_stored = {id(e): d for e, d in zip(queue, stored, strict=True)}
         idle: set[int] = set()
         self.scanner.counts = {int(k): list(v) for k, v in state.get("counts", {}).items()}
+        self.scanner.slow = dict(state.get("slow", {}))
+        self.scanner.slow_spent, self.scanner.yielded = 0.0, False
+        slow_before = self.scanner.slow.get("lines", 0)
         self.done = [tuple(d) for d in state.get("done", [])]
         self.lost, self.losses = dict(state.get("lost") or {}), []
         self._take_pinned()
@@ -491,10 +288,50 @@ class LogWatcher(Rotations, Watcher):
             self.buffer = None  # caught up: no need to hold a chunk's memory while idle
         counts = {str(k): v for k, v in self.scanner.counts.items() if v}
         files = [as_stored[id(e)] if id(e) in idle else e.to_json() for e in kept]
+        found += self._slow_lines(now, slow_before)
         checkpoint = {"files": files, "counts": counts, "done": self.done, "paths": self.patterns}
+        if self.scanner.slow:
+            checkpoint["slow"] = self.scanner.slow
         if self.lost:
             checkpoint["lost"] = self.lost
         return CheckResult(self.losses + found, checkpoint)
+
+    def _slow_lines(self, now: float, before: int) -> list[Observation]:
+        """While lines keep running out of ``line_timeout``, one condition says so.
+
+        It holds until ``SLOW_EPISODE`` passes without another such line, so an episode is one
+        alert (and one recovery), however many lines it had; the count is in the checkpoint.
+        """
+        slow = self.scanner.slow
+        if not slow or now - float(slow["last"]) >= SLOW_EPISODE:
+            return []
+        rules = self.config.line_rules
+        index = int(slow["rule"])
+        pattern = rules[index].match if index < len(rules) else "(a rule since removed)"
+        if slow["lines"] != before:
+            log.warning(
+                "watcher %s: %d line(s) took longer than line_timeout (%ss) for rule %d (%r); "
+                "that rule skipped them; the last at byte %d of %s",
+                self.name,
+                slow["lines"] - before,
+                self.config.line_timeout,
+                slow["rule"],
+                pattern,
+                slow["byte"],
+                slow["file"],
+            )
+        return [
+            Observation(
+                title="a rule's pattern is too slow on some lines",
+                severity=Severity.WARNING,
+                key="__slow_pattern__",
+                body=f"{slow['lines']} line(s) so far took longer than line_timeout "
+                f"({self.config.line_timeout}s) for rule {slow['rule']} ({pattern!r}) and "
+                f"were skipped by it; the last at byte {slow['byte']} of {slow['file']}. "
+                "A pattern without backreferences or lookarounds runs in linear time.",
+                data={"slow_lines": slow["lines"], "rule": slow["rule"], "path": slow["file"]},
+            )
+        ]
 
     def _unchanged(self, entry: Tracked, current: dict[str, os.stat_result]) -> bool:
         """Whether a followed file read to its end is still as it was at the last look.
@@ -593,7 +430,10 @@ class LogWatcher(Rotations, Watcher):
                 continue
             cut = data.rfind(b"\n", 0, got)
             if cut < 0:
-                if got >= config.max_line:
+                # No newline in as much as one read can hold (a chunk, or read_limit): a giant
+                # line, matched on its head. Shorter lines wait for their newline and are matched
+                # whole, however their writes were split.
+                if got >= min(chunk, config.read_limit):
                     head = data[: config.max_line] + b"\n"
                     found += self.scanner.scan(head, entry.path, entry.offset, 0, now, cut=True)[1]
                     entry.offset += got
@@ -612,11 +452,19 @@ class LogWatcher(Rotations, Watcher):
             complete = cut + 1
             rel = None if release is None else release - entry.offset
             scan = self.scanner.scan
-            consumed, seen = scan(data, entry.path, entry.offset, rel, now, size=complete)
-            if consumed == 0 and not at_end and want == chunk:  # context larger than a chunk
-                consumed, seen = scan(data, entry.path, entry.offset, 0, now, size=complete)
+            gone = entry.gone is not None
+            consumed, seen = scan(
+                data, entry.path, entry.offset, rel, now, size=complete, gone=gone
+            )
+            if consumed == 0 and not at_end and want == chunk:  # a block larger than a chunk
+                consumed, seen = scan(
+                    data, entry.path, entry.offset, 0, now, size=complete, gone=gone
+                )
             found += seen
             entry.offset += consumed
+            if self.scanner.yielded:  # slow lines took this check's share: commit, go on
+                self.more, budget[0] = True, 0
+                break
             if consumed < complete:
                 if at_end:
                     self._hold(entry, now)
@@ -665,17 +513,3 @@ class LogWatcher(Rotations, Watcher):
         self.files.close()
         if self.watch is not None:
             self.watch.close()
-
-
-def block_summary(lines: list[str]) -> str | None:
-    """The line that sums up a block: for a Python traceback, its exception line.
-
-    A traceback's frames are indented; the first unindented line after them is the exception
-    (``KeyError: 'missing'``). Other blocks have no such line; their summary is their last line.
-    """
-    if "Traceback (most recent call last)" in lines[0]:
-        for line in lines[1:]:
-            if line.strip() and not line[:1].isspace():
-                return line.strip()
-        return None
-    return next((ln.strip() for ln in reversed(lines[1:]) if ln.strip()), None)

@@ -19,8 +19,12 @@ from watchkeeper.alerts import Severity
 from watchkeeper.quantities import parse_duration
 from watchkeeper.units import Duration, Size
 from watchkeeper.watchers.base import WatcherConfig
+from watchkeeper.watchers.logregex import Untranslatable, translate
 
 _THRESHOLD = re.compile(r"^\s*(\d+)\s+in\s+(.+?)\s*$")
+BLOCK_CAP = 200
+"""The default longest block, in lines after the matched one, of a ``block`` or
+``record_start`` rule."""
 TITLE_FIELDS = frozenset({"name", "path", "line", "last", "severity", "match", "count"})
 """Fields a rule's ``title`` template may use, besides the named groups of its ``match``."""
 
@@ -41,8 +45,11 @@ def parse_threshold(value: str) -> tuple[int, float]:
 def _regex(value: str) -> str:
     try:
         re.compile(value)
+        translate(value.encode("ascii") if value.isascii() else value)
     except re.error as exc:
         raise ValueError(f"invalid regex {value!r}: {exc}") from None
+    except Untranslatable as exc:
+        raise ValueError(f"regex {value!r} is not supported: {exc}") from None
     return value
 
 
@@ -58,21 +65,45 @@ class LogRule(BaseModel):
     severity: str = Field(default="error", description="debug, info, warning, error, critical.")
     title: str | None = Field(
         default=None,
-        description="Template: {name} {path} {line} {severity} {match} {count} and the named "
-        "groups of `match`. Default: '{name}: {line}'.",
+        description="Template: {name} {path} {line} {last} {severity} {match} {count} and the "
+        "named groups of `match`. Default: '{line}'; for a block '{line} … {last}'.",
     )
-    lines_after: int = Field(
-        default=0,
+    block: Literal["python", "java", "go"] | None = Field(
+        default=None,
+        description="The matched line starts a multi-line error of this format: the alert is "
+        "the whole block, which ends at the first line that does not continue it.",
+    )
+    record_start: str | None = Field(
+        default=None,
+        description="Regex; with it, a block runs from the matched line up to the next line "
+        "this regex matches (the start of the next record).",
+    )
+    lines_after: int | None = Field(
+        default=None,
         ge=0,
         le=1000,
-        description="Lines after the match that belong to the same alert (a traceback).",
+        description=f"With `block` or `record_start`: the most lines a block takes after the "
+        f"match (default {BLOCK_CAP}). Without: exactly this many lines after the match belong "
+        "to the alert, whatever they are.",
     )
     threshold: str | None = Field(
         default=None,
         description="'N in DURATION': alert only when N lines matched within DURATION.",
     )
 
-    @field_validator("match", "unless")
+    @property
+    def structured(self) -> bool:
+        """Blocks end by structure (``block`` or ``record_start``), not by a count."""
+        return self.block is not None or self.record_start is not None
+
+    @property
+    def cap(self) -> int:
+        """The lines after the match a block takes at most (0: no block)."""
+        if self.lines_after is not None:
+            return self.lines_after
+        return BLOCK_CAP if self.structured else 0
+
+    @field_validator("match", "unless", "record_start")
     @classmethod
     def _valid_regex(cls, value: str | None) -> str | None:
         return value if value is None else _regex(value)
@@ -136,8 +167,16 @@ class LogConfig(WatcherConfig):
     )
     partial_timeout: Duration = Field(
         default=5.0,
-        description="A last line without its newline (or lines_after context) is emitted after "
-        "waiting this long.",
+        description="A last line without its newline, or a block that may still grow, is "
+        "emitted after waiting this long.",
+    )
+    line_timeout: Duration = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description="The most time a pattern that needs backtracking (backreferences, "
+        "lookarounds) may take on one line; a line that takes longer is counted, reported "
+        "and skipped by that rule.",
     )
     rotated: list[str] | None = Field(
         default=None,
@@ -160,7 +199,9 @@ class LogConfig(WatcherConfig):
         default=5.0, description="Keep reading a rotated-away file this long after rotation."
     )
     max_line: Size = Field(
-        default=64 * 1024, description="Longer lines are truncated with a marker."
+        default=64 * 1024,
+        description="Longer lines are shown truncated with a marker (rules match the whole "
+        "line, up to 4 MiB or read_limit; beyond that, its first max_line bytes).",
     )
     read_limit: Size = Field(
         default=32 * 1024 * 1024,

@@ -61,7 +61,7 @@ class Tracked:
     skip: bool = False
     """Inside an over-long line whose head was emitted: discard up to the next newline."""
     wait: tuple[int, float] | None = None
-    """(offset, since): held there for a partial line or for lines_after context."""
+    """(offset, since): held there for a partial line or for a block that may still grow."""
     gone: float | None = None
     """When the file stopped being a member of the globs (rotated away): read it, then drop it."""
     origin: str = ""

@@ -61,10 +61,17 @@ class StoreCollector(Collector):
             "a health alert).",
             labels=["watcher"],
         )
+        slow = CounterMetricFamily(
+            "watchkeeper_log_slow_lines",
+            "Lines on which a log rule's pattern ran out of line_timeout (that rule skipped them).",
+            labels=["watcher"],
+        )
         for w in watchers:
             totals = lost_totals(w.checkpoint)
             if totals is not None:
                 lost.add_metric([w.name], totals["bytes"])
+            if isinstance(w.checkpoint, dict) and isinstance(w.checkpoint.get("slow"), dict):
+                slow.add_metric([w.name], w.checkpoint["slow"].get("lines", 0))
             checks.add_metric([w.name, w.kind], w.checks)
             failures.add_metric([w.name], w.failures_total)
             failing.add_metric([w.name], w.failures)
@@ -73,7 +80,7 @@ class StoreCollector(Collector):
                 last.add_metric([w.name], w.last_check)
             for path, behind in file_lags(w.checkpoint):
                 lag.add_metric([w.name, path], behind)
-        yield from (checks, failures, failing, paused, last, lag, lost)
+        yield from (checks, failures, failing, paused, last, lag, lost, slow)
 
         alerts = CounterMetricFamily(
             "watchkeeper_alerts",
