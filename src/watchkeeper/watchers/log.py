@@ -36,6 +36,8 @@ BUFFERED = 256 * 1024
 """Reads at least this large go to a reused buffer (see ``LogWatcher._pread``)."""
 SLOW_EPISODE = 600.0
 """Seconds without a line running out of ``line_timeout`` that end a slow-pattern episode."""
+PIN_WAIT = 3
+"""Checks a pinned file still on disk waits for the sibling search before it is read anyway."""
 PIN_RETRY = 0.2
 """Seconds until the next check while pinned files wait."""
 DONE = 64
@@ -366,20 +368,20 @@ class LogWatcher(Rotations, Watcher):
 
         A pinned file still on disk is left to the members' loop and the sibling search, which
         read each path's generations in order (and bound their search by the newest one read:
-        reading a later generation here first would hide the ones before it), and held for a few
-        checks meanwhile. One whose content was read already (a copy) is dropped.
+        reading a later generation here first would hide the ones before it), for at most
+        ``PIN_WAIT`` checks. One whose content was read already (a copy) is dropped.
         """
         found: list[Observation] = []
         if not self.pins:
             return found
         records = self._known(kept)
-        for key, (path, _) in list(self.pins.items()):
+        for key, (path, waited) in list(self.pins.items()):
             fd = self.files.fds.get(key)
             if key in seen or fd is None:
                 del self.pins[key]
                 continue
             info = os.fstat(fd)
-            if info.st_nlink:  # still on disk: left to the sibling search, which keeps order
+            if info.st_nlink and waited < PIN_WAIT:
                 continue
             del self.pins[key]
             entry = self._recognise(path, fd, info, records)

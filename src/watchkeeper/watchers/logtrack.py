@@ -39,8 +39,6 @@ from watchkeeper.watchers.logrotated import (
 
 log = logging.getLogger("watchkeeper")
 
-PIN_WAIT = 3
-"""Checks a pinned file still on disk is held for the sibling search (then left to it)."""
 CONFIRM = 2.0
 """Seconds a shortfall of generations must last before it is reported as loss."""
 
@@ -84,9 +82,8 @@ class Rotations:
         records = self._known(kept)
         for key, (path, waited) in list(self.pins.items()):
             fd = self.files.fds.get(key)
-            known = fd is None or not self._recognise(path, fd, os.fstat(fd), records)
-            if key in seen or known or waited + 1 >= PIN_WAIT:
-                del self.pins[key]  # read, known, or left to the searches (it is on disk)
+            if key in seen or fd is None or not self._recognise(path, fd, os.fstat(fd), records):
+                del self.pins[key]
             else:
                 self.pins[key] = (path, waited + 1)
 
@@ -101,12 +98,11 @@ class Rotations:
         records = []
         for e in entries:
             held = self.files.fds.get((e.dev, e.ino))
+            live = e.gone is None or held is not None
             if e.fp_len:
-                live = e.gone is None
-                fd = held if live else None
-                records.append(Known(e.fp, e.fp_len, e.offset, e.mark, live=live, fd=fd))
+                records.append(Known(e.fp, e.fp_len, e.offset, e.mark, live=live))
             elif held is not None and (head := os.pread(held, FINGERPRINT, 0)):
-                records.append(Known(digest(head), len(head), e.offset, "", live=True, fd=held))
+                records.append(Known(digest(head), len(head), e.offset, "", live=live))
         return records + known_from_done(self.done)
 
     def _missed(self, now: float) -> None:
@@ -261,19 +257,11 @@ class Rotations:
     ) -> Tracked | None:
         """An entry for a rotated file found at ``path``: from 0, or where its content was read.
 
-        None when it holds nothing unread (nothing at all yet: a copy may be starting), or when
-        it is a copy of a file still followed (a copytruncate in progress, even one still
-        shorter than the fingerprint: its bytes are the followed file's first ones; the copy is
-        read from the offset once the truncate is seen).
+        None when it holds nothing unread, or when it is a copy of a file still followed (a
+        copytruncate in progress: the copy is read from the offset once the truncate is seen).
         """
-        if not info.st_size:
-            return None
         entry = Tracked(path, info.st_dev, info.st_ino, mtime=info.st_mtime_ns)
         for record in records:
-            if record.fd is not None and info.st_size < record.fp_len:
-                head = os.pread(fd, info.st_size, 0)
-                if head == os.pread(record.fd, info.st_size, 0):
-                    return None  # the start of a copy of a followed file
             at = resumes(fd, info.st_size, record)
             if at is None:
                 continue
