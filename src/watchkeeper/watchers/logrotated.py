@@ -124,6 +124,8 @@ class Known:
     mark: str
     live: bool = False
     """Its file is still followed where it was: a copy of it is a copy in progress."""
+    fd: int | None = None
+    """A live file's descriptor, to tell a copy still shorter than the fingerprint by its bytes."""
 
 
 def done_record(entry: Any, mtime: int) -> list[Any]:

@@ -39,6 +39,8 @@ from watchkeeper.watchers.logrotated import (
 
 log = logging.getLogger("watchkeeper")
 
+EMPTY_WAIT = 50
+"""Checks an empty pinned file is held before it is let go (it may never be written)."""
 CONFIRM = 2.0
 """Seconds a shortfall of generations must last before it is reported as loss."""
 
@@ -82,7 +84,14 @@ class Rotations:
         records = self._known(kept)
         for key, (path, waited) in list(self.pins.items()):
             fd = self.files.fds.get(key)
-            if key in seen or fd is None or not self._recognise(path, fd, os.fstat(fd), records):
+            keep = False
+            if fd is not None and key not in seen:
+                info = os.fstat(fd)
+                # An empty file is nothing to tell by yet (a copy just begun, a new
+                # generation): held a while longer.
+                empty = not info.st_size and waited < EMPTY_WAIT
+                keep = empty or self._recognise(path, fd, info, records) is not None
+            if not keep:
                 del self.pins[key]
             else:
                 self.pins[key] = (path, waited + 1)
@@ -99,10 +108,11 @@ class Rotations:
         for e in entries:
             held = self.files.fds.get((e.dev, e.ino))
             live = e.gone is None or held is not None
+            fd = held if live else None
             if e.fp_len:
-                records.append(Known(e.fp, e.fp_len, e.offset, e.mark, live=live))
+                records.append(Known(e.fp, e.fp_len, e.offset, e.mark, live=live, fd=fd))
             elif held is not None and (head := os.pread(held, FINGERPRINT, 0)):
-                records.append(Known(digest(head), len(head), e.offset, "", live=live))
+                records.append(Known(digest(head), len(head), e.offset, "", live=live, fd=fd))
         return records + known_from_done(self.done)
 
     def _missed(self, now: float) -> None:
@@ -121,12 +131,14 @@ class Rotations:
         raw = created - self.generations - len(self.pins) - untaken
         missed, overflowed, late_seen, calm = self.reported
         calm = 0 if late > late_seen else calm + 1
-        if self.base is None or calm > 2:  # before the thread began, or no lateness: drift
+        if self.base is None:  # files there before the thread began were not created
             self.base = raw - missed
         deficit = raw - self.base
         if deficit <= missed:
             self.deficit = None
-        elif self.deficit is None:
+        elif self.deficit is None and calm > 2:  # a shortfall without lateness: drift
+            self.base, deficit = raw - missed, missed
+        elif self.deficit is None:  # one that began while the thread was behind: suspect
             self.deficit = now
         settled = not (self.more or self.pins or untaken)
         if self.deficit is not None and settled and now - self.deficit >= CONFIRM:
@@ -258,10 +270,20 @@ class Rotations:
         """An entry for a rotated file found at ``path``: from 0, or where its content was read.
 
         None when it holds nothing unread, or when it is a copy of a file still followed (a
-        copytruncate in progress: the copy is read from the offset once the truncate is seen).
+        copytruncate in progress, even one still shorter than the fingerprint: its bytes are
+        the followed file's first ones; the copy is read from the offset once the truncate is
+        seen).
         """
+        if not info.st_size:  # nothing to read, nothing to tell it by: not an entry yet
+            return None
         entry = Tracked(path, info.st_dev, info.st_ino, mtime=info.st_mtime_ns)
         for record in records:
+            if record.fd is not None and 0 < info.st_size < record.fp_len:
+                other = os.fstat(record.fd)
+                head = os.pread(fd, info.st_size, 0)
+                copying = (other.st_dev, other.st_ino) != (info.st_dev, info.st_ino)
+                if copying and head == os.pread(record.fd, info.st_size, 0):
+                    return None  # the start of a copy of a followed file, still being written
             at = resumes(fd, info.st_size, record)
             if at is None:
                 continue
