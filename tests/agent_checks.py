@@ -90,3 +90,21 @@ def queued() -> list[Observation]:
     found = [Observation(title, event=True) for title in queue]
     queue.clear()
     return found
+
+
+def crash_dispatcher_on_flag() -> None:
+    """Fault injection in a real agent: when ``$WK_FIRE_DIR/crash-dispatcher`` appears, the
+    next pass of a dispatcher's loop raises (once), as a bug in it would."""
+    flag = Path(os.environ["WK_FIRE_DIR"]) / "crash-dispatcher"
+    if not flag.exists():
+        return
+    flag.unlink()
+    from watchkeeper.runtime import Dispatcher
+
+    real_step = Dispatcher._step
+
+    def step(self: Dispatcher) -> bool:
+        Dispatcher._step = real_step  # type: ignore[method-assign]
+        raise RuntimeError("injected dispatcher crash")
+
+    Dispatcher._step = step  # type: ignore[method-assign]

@@ -113,6 +113,7 @@ class RecordingServer:
     status: int = 200
     delay: float = 0.0  # seconds the server takes to answer, like a slow receiver
     arrived: int = 0  # requests whose body was read (recorded once answered)
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every answer
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     @property
@@ -149,6 +150,8 @@ def http_receiver() -> Iterator[RecordingServer]:
                 )
                 rec.changed.notify_all()
             self.send_response(rec.status)
+            for name, value in rec.headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -166,3 +169,38 @@ def http_receiver() -> Iterator[RecordingServer]:
     server.shutdown()
     server.server_close()
     thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

@@ -225,3 +225,95 @@ def test_any_mix_of_traces_written_in_any_pieces_alerts_each_record_once(
     finally:
         f.close()
     check_alerts(f.seen, written)
+
+
+def test_a_block_longer_than_read_limit_is_cut_and_the_file_goes_on(
+    follow: Any, tmp_path: Path
+) -> None:
+    """A block no read can hold (here over read_limit) is cut where the read ends: the lines
+    after it are still read and matched, instead of every check re-reading the same bytes."""
+    log = tmp_path / "app.log"
+    log.touch()
+    watcher = follow(
+        log,
+        rules=[{"match": "ERROR", "block": "python"}, {"match": "CRITICAL"}],
+        read_limit="8KiB",
+        max_line="1KiB",
+        partial_timeout="0s",
+    )
+    frames = "".join(
+        f'  File "/srv/app/module_{i:03}.py", line {i}, in handler_{i:03}\n'
+        f"    do_something_long_{i:03}(argument_one, argument_two)\n"
+        for i in range(80)
+    )
+    text = "ERROR request failed\nTraceback (most recent call last):\n" + frames
+    text += "ValueError: boom\nCRITICAL disk full\n"
+    assert len(text) > 8 * 1024
+    assert text.count("\n") < 200  # within the block's cap of lines: only the read is too small
+    append(log, text.encode())
+    for _ in range(10):
+        watcher.check()
+    titles = [o.title for o in watcher.seen]
+    assert len(titles) == 2
+    assert "CRITICAL disk full" in titles[1]
+
+
+GROUP_TRACE = (  # logging.exception() of an ExceptionGroup (Python 3.11+), as printed
+    b"2026-11-30 17:40:12,023 ERROR task group failed\n"
+    b"  + Exception Group Traceback (most recent call last):\n"
+    b'  |   File "<stdin>", line 4, in <module>\n'
+    b"  | ExceptionGroup: two failed (2 sub-exceptions)\n"
+    b"  +-+---------------- 1 ----------------\n"
+    b"    | ValueError: x\n"
+    b"    +---------------- 2 ----------------\n"
+    b"    | KeyError: 'y'\n"
+    b"    +------------------------------------\n"
+    b"2026-11-30 17:40:12,024 CRITICAL disk full\n"
+    b"2026-11-30 17:40:13,000 INFO next\n"
+)
+
+
+@pytest.mark.parametrize("match", ["ERROR", "Traceback"])
+def test_an_exception_group_is_one_block_and_the_next_record_alerts(
+    follow: Any, tmp_path: Path, match: str
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    watcher = follow(
+        log,
+        rules=[{"match": match, "block": "python"}, {"match": "CRITICAL"}],
+        partial_timeout="0s",
+    )
+    append(log, GROUP_TRACE)
+    watcher.check()
+    block, critical = (o.data["line"] for o in watcher.seen)
+    assert "ExceptionGroup: two failed" in block
+    assert "KeyError: 'y'" in block
+    assert "CRITICAL" not in block
+    assert critical == "2026-11-30 17:40:12,024 CRITICAL disk full"
+
+
+def test_record_start_lines_that_run_out_of_time_count_as_slow_lines(
+    follow: Any, tmp_path: Path
+) -> None:
+    """A record_start test that times out is a slow line like a rule's: counted, and charged to
+    the check's share, so a check yields (commits, sees a stop) instead of running on."""
+    log = tmp_path / "app.log"
+    log.touch()
+    watcher = follow(
+        log,
+        rules=[{"match": "ERROR", "record_start": r"^(a|a)+(?=b)"}],
+        line_timeout="50ms",
+        partial_timeout="0s",
+    )
+    append(log, b"".join(b"ERROR %d\n" % i + b"a" * 36 + b"X\n" for i in range(40)))
+
+    def errors() -> list[str]:  # the rule's alerts (the slow-lines health alert aside)
+        return [o.data["line"].split("\n")[0] for o in watcher.seen if o.key == "ERROR"]
+
+    watcher.check()
+    assert watcher.watcher.scanner.slow["lines"] > 0
+    assert len(errors()) < 40  # it yielded after about a second of slow lines
+    for _ in range(10):
+        watcher.check()
+    assert errors() == [f"ERROR {i}" for i in range(40)]

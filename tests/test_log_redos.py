@@ -77,10 +77,11 @@ def test_catastrophic_patterns_freeze_nothing_in_a_real_agent(tmp_path: Path) ->
         before = ticks(jsonl)
         written = time.monotonic()
         append(log, "next ab\n")
-        wait_until(lambda: "next ab" in titles(jsonl), timeout=10)
-        latency = time.monotonic() - written
+        # The acceptance is 1 s; the second is slack for a loaded machine. A freeze fails it.
+        assert wait_until(lambda: "next ab" in titles(jsonl), timeout=2.0, must=False), (
+            f"no alert for the next line {time.monotonic() - written:.1f}s after it was written"
+        )
         wait_until(lambda: ticks(jsonl) >= before + 5, timeout=10)
-        print(f"alert latency after the catastrophic lines: {latency:.3f}s")
     finally:
         stderr = stop(agent, within=2.0 + 1.5)
     assert "took longer than line_timeout" in " ".join(stderr.split())  # rich wraps lines

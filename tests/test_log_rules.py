@@ -240,6 +240,11 @@ def _valid(pattern: str) -> bool:
         ({"match": "(a"}, r"rules\.0\.match: invalid regex '\(a': missing \)"),
         ({"match": "a", "record_start": "[x"}, r"rules\.0\.record_start: invalid regex"),
         ({"match": "a", "block": "perl"}, r"rules\.0\.block: .*'python', 'java' or 'go'"),
+        (
+            {"match": "a", "block": "python", "record_start": "^x"},
+            r"rules\.0: .*block and record_start both say where a block ends",
+        ),
+        ({"match": "a", "block": "go", "lines_after": 0}, r"rules\.0: .*lines_after = 0"),
         (  # found by the differential test: re and regex disagree on (?i)(\u017f)\1 on "\u017fs"
             {"match": "(?i)(\u017f)\\1"},
             r"rules\.0\.match: regex .* is not supported: a case-insensitive backreference",
@@ -289,3 +294,23 @@ def test_patterns_without_backtracking_features_run_in_linear_time(
 )
 def test_shapes_of_catastrophic_backtracking_are_named(pattern: str, shape: str | None) -> None:
     assert catastrophic(pattern) == shape
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "pattern", [r"(?:a{1000}){1000}", r"(?:[a-z]{1,100}){1,100}", r"(.{1,1000}){1,1000}x"]
+)
+def test_a_rule_too_big_for_re2_still_runs_exactly(
+    tmp_path: Path, engine: str, pattern: str
+) -> None:
+    """RE2 refuses nested counted repeats this large: every line is then a candidate, and the
+    exact matcher (regex, with its time limit) decides, instead of the watcher failing to build."""
+    log = tmp_path / "app.log"
+    lines = ["x" * 5, "a" * 1200 + "x", "b"]
+    append(log, "".join(f"{line}\n" for line in lines))
+    follow = Follow(engine, [log], rules=[{"match": pattern}])
+    try:
+        follow.check()
+        assert follow.lines() == [line for line in lines if re.search(pattern, line)]
+    finally:
+        follow.close()

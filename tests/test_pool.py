@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import pytest
 
 from tests.conftest import wait_until
-from watchkeeper import Keeper, runtime
+from watchkeeper import Keeper, pool
 from watchkeeper.alerts import Observation
 from watchkeeper.store import Store
 from watchkeeper.watchers.base import CheckResult, Watcher, WatcherConfig
@@ -172,7 +172,7 @@ def test_paused_watchers_are_parked_and_resume_at_once(tmp_path: Path) -> None:
 def test_idle_workers_end_and_new_work_starts_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime, "POOL_IDLE", 0.2)
+    monkeypatch.setattr(pool, "POOL_IDLE", 0.2)
     gate = Gate()
     keeper = make_keeper(tmp_path, gate, 6)
     with keeper:
@@ -187,7 +187,7 @@ def test_idle_workers_end_and_new_work_starts_one(
 def test_the_pool_shrinks_under_a_light_steady_load(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime, "POOL_IDLE", 0.3)
+    monkeypatch.setattr(pool, "POOL_IDLE", 0.3)
     gate = Gate()
     keeper = Keeper(state=tmp_path / "wk.db")
     for n in range(5):

@@ -332,7 +332,13 @@ def test_off_loopback_needs_a_token(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"dashboard: 'localhost' is not HOST:PORT"):
         parse_config({"keeper": {"dashboard": "localhost"}}, source="wk.toml")
     assert parse_config({"keeper": {"dashboard": False}}).keeper.dashboard_bind() is None
-    settings = parse_config({"keeper": {"dashboard": "0.0.0.0:8470", "token": "t"}}).keeper
+    for weak in (" ", "a", " " * 20, "fifteen-chars-x"):  # guessable in a day at 23 tries/s
+        with pytest.raises(ConfigError, match="at least 16 characters"):
+            parse_config({"keeper": {"dashboard": "0.0.0.0:8470", "token": weak}})
+        with pytest.raises(DashboardError, match="at least 16 characters"):
+            serve_dashboard(keeper, "0.0.0.0:0", token=weak)
+    strong = "sixteen-chars-ok"
+    settings = parse_config({"keeper": {"dashboard": "0.0.0.0:8470", "token": strong}}).keeper
     assert settings.dashboard_bind() is not None
 
 

@@ -1,4 +1,4 @@
-"""``HOST:PORT`` for the dashboard, and the rule that only loopback may go without a token.
+"""``HOST:PORT`` for the dashboard, and the rule that only loopback may go without a good token.
 
 Kept free of web imports: the config loader validates ``[keeper] dashboard`` with it, so that
 ``watchkeeper check`` reports a non-loopback bind without a token before anything starts.
@@ -10,6 +10,8 @@ import ipaddress
 from dataclasses import dataclass
 
 DEFAULT_BIND = "127.0.0.1:8470"
+MIN_TOKEN = 16
+"""Characters a token needs off loopback (``watchkeeper token`` prints a 32-character one)."""
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,10 @@ class Bind:
         except ValueError:
             return False
 
-    def url(self, port: int | None = None) -> str:
+    def url(self, port: int | None = None, tls: bool = False) -> str:
         """``http://host:port`` (IPv6 hosts in brackets); ``port`` overrides, e.g. after port 0."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port if port is None else port}"
+        return f"{'https' if tls else 'http'}://{host}:{self.port if port is None else port}"
 
 
 def parse_bind(value: str) -> Bind:
@@ -50,11 +52,18 @@ def parse_bind(value: str) -> Bind:
     return Bind(host, port)
 
 
-def check_exposure(bind: Bind, has_token: bool) -> None:
-    """Refuse a dashboard reachable from other machines without a token."""
-    if not bind.loopback and not has_token:
+def check_exposure(bind: Bind, token: str | None) -> None:
+    """Refuse a dashboard reachable from other machines without a token that resists guessing."""
+    if bind.loopback:
+        return
+    where = f"dashboard = '{bind.host}:{bind.port}' is reachable beyond this machine, so it needs"
+    if not token:
         raise ValueError(
-            f"dashboard = '{bind.host}:{bind.port}' is reachable beyond this machine, so it needs "
-            'a token: set [keeper] token (for example token = "${WATCHKEEPER_TOKEN}"), or bind '
-            "to 127.0.0.1"
+            f"{where} a token: set [keeper] token (for example token = "
+            '"${WATCHKEEPER_TOKEN}"; `watchkeeper token` makes one), or bind to 127.0.0.1'
+        )
+    if len(token.strip()) < MIN_TOKEN:
+        raise ValueError(
+            f"{where} a token of at least {MIN_TOKEN} characters, not {len(token.strip())}: "
+            "`watchkeeper token` makes one"
         )

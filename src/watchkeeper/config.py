@@ -26,6 +26,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FilePath,
     SecretStr,
     ValidationError,
     field_validator,
@@ -68,8 +69,13 @@ class KeeperSettings(BaseModel):
     )
     token: SecretStr | None = Field(
         default=None,
-        description="Required by the dashboard, API and stream when set; needed off loopback.",
+        description="Required by the dashboard, API and stream when set; needed off loopback "
+        "(at least 16 characters there: `watchkeeper token` makes one).",
     )
+    tls_cert: FilePath | None = Field(
+        default=None, description="Serve the dashboard over HTTPS with this certificate (PEM)."
+    )
+    tls_key: FilePath | None = Field(default=None, description="The private key (PEM) of tls_cert.")
 
     @field_validator("dashboard")
     @classmethod
@@ -82,7 +88,9 @@ class KeeperSettings(BaseModel):
     def _dashboard_is_safe(self) -> KeeperSettings:
         bind = self.dashboard_bind()
         if bind is not None:
-            check_exposure(bind, self.token is not None and bool(self.token.get_secret_value()))
+            check_exposure(bind, self.token.get_secret_value() if self.token else None)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both, or neither")
         return self
 
     def dashboard_bind(self) -> Bind | None:
@@ -119,7 +127,14 @@ def validate_config(path: str | Path) -> tuple[Config, list[str]]:
     that cannot be read or is not TOML raises ConfigError: there is nothing to go on.
     """
     path = Path(path)
-    return _parse(_read_toml(path), source=str(path), base=path.parent)
+    data = _read_toml(path)
+    try:
+        return _parse(data, source=str(path), base=path.parent)
+    except RecursionError:  # interpolation and validation recurse once per nesting level too
+        raise ConfigError(f"{path}: {NESTED}") from None
+
+
+NESTED = "arrays or tables are nested too deeply to be a watchkeeper config"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -135,6 +150,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib recurses once per nesting level
+        raise ConfigError(f"{path}: {NESTED}") from None
 
 
 def state_location(path: str | Path) -> Path | None:

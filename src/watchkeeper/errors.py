@@ -35,7 +35,15 @@ class DeliveryError(WatchkeeperError):
 
 
 class TransientDeliveryError(DeliveryError):
-    """Delivery failed in a way that may pass: the outbox keeps it and retries with backoff."""
+    """Delivery failed in a way that may pass: the outbox keeps it and retries with backoff.
+
+    ``retry_after``: the receiver asked not to be tried again for this many seconds (HTTP
+    Retry-After); the retry waits at least that long.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -9,6 +9,7 @@ in the outbox and goes out at the next start against the same state file.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import sys
 import threading
@@ -26,18 +27,19 @@ from watchkeeper.config import (
     notifier_config,
     watcher_config,
 )
-from watchkeeper.errors import ConfigError
+from watchkeeper.errors import ConfigError, StoreError
 from watchkeeper.notifiers import NOTIFIERS, Notifier, NotifierConfig
+from watchkeeper.pool import WatcherPool
 from watchkeeper.quantities import parse_duration
 from watchkeeper.reload import Handover, Handovers, Part, ReloadBusy, ReloadResult, plan
 from watchkeeper.runtime import (
     Dispatcher,
-    WatcherPool,
     WatcherRun,
     WatcherThread,
     close_watcher,
 )
 from watchkeeper.store import Route, Store
+from watchkeeper.supervisor import Revivable, Supervisor
 from watchkeeper.watchers import WATCHERS, Watcher, WatcherConfig
 from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
 
@@ -88,8 +90,7 @@ class Keeper:
             self.add(watcher)
         self.store: Store | None = None
         self._runs: dict[str, WatcherRun] = {}
-        self._drivers: list[WatcherThread | WatcherPool] = []
-        self._dispatchers: list[Dispatcher] = []
+        self._supervisor: Supervisor | None = None
         self._listeners: list[Callable[[list[Alert]], None]] = []
         self._lock = threading.Lock()
         self._started = False
@@ -98,7 +99,6 @@ class Keeper:
         self._reload_lock = threading.Lock()
         self._handovers: list[Handover] = []
         self._retiring: list[Part] = []
-        self._reported_dead: set[str] = set()
         self.loaded_at = time.time()
         """When the running config was loaded (start, or the last reload that applied)."""
 
@@ -225,12 +225,15 @@ class Keeper:
             store = Store(self.state_path)
             try:
                 store.claim()
-                self._dispatchers = [Dispatcher(notifier, store) for notifier in self.notifiers]
+                supervisor = Supervisor(store, self.notifiers, self.routes, self._committed)
+                for notifier in self.notifiers:
+                    supervisor.watch_driver(Dispatcher(notifier, store))
                 self._runs = {
                     w.name: WatcherRun(w, store, self.routes, self._committed)
                     for w in self.watchers
                 }
-                self._drivers = _drivers(list(self._runs.values()))
+                for driver in _drivers(list(self._runs.values())):
+                    supervisor.watch_driver(driver)
                 # A companion that cannot start (a busy address) stops the start before checks.
                 serving = [c for c in self._companions if c.prepare()]
             except BaseException:
@@ -239,13 +242,16 @@ class Keeper:
                 store.close()
                 raise
             self.store = store
+            self._supervisor = supervisor
             self._started = True
-            for driver in [*self._dispatchers, *self._drivers]:
+            for driver in supervisor.drivers("dispatcher", "watcher", "pool"):
                 driver.start()
+            supervisor.start()
             atexit.register(self._at_exit)
         try:
             for companion in serving:
                 companion.serve()
+                self._supervise(companion)
         except BaseException:
             self.stop()
             raise
@@ -275,6 +281,8 @@ class Keeper:
             self._started = False
             atexit.unregister(self._at_exit)
         log.info("keeper stopping: checks in progress end, then pending alerts are delivered")
+        if self._supervisor is not None:
+            self._supervisor.stop()  # no restarts from here on
         for companion in self._companions:
             companion.stop()
         self._stopped_clean = self._shutdown(timeout, at_exit, self.store)
@@ -284,29 +292,48 @@ class Keeper:
         me = threading.current_thread()  # stop() may be called from inside a check
         budget = self.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
-        for driver in self._drivers:
+        supervisor = self._supervisor
+        assert supervisor is not None
+        if supervisor is not me:
+            supervisor.join(max(0.0, deadline - time.monotonic()))
+        watching = self._drivers
+        dispatchers = self._dispatchers
+        for driver in watching:
             driver.stop()
         # Watchers get half the budget to finish a check in progress (and commit its alerts);
         # parts a reload was replacing were told to stop already, and end within it too.
         half = time.monotonic() + budget / 2
-        parts: list[Part] = [*self._drivers, *self._retiring]
-        for part in parts:
+        for part in [*watching, *self._retiring]:
             if part is not me:
                 part.join(max(0.0, half - time.monotonic()))
+            if isinstance(part, WatcherThread) and not part.is_alive():
+                _close_crashed(part)
         wall_deadline = time.time() + max(0.0, deadline - time.monotonic())
-        for dispatcher in self._dispatchers:
+        for dispatcher in dispatchers:
             dispatcher.flush(wall_deadline, at_exit=at_exit)
-        for dispatcher in self._dispatchers:
-            dispatcher.join(max(0.0, deadline - time.monotonic()))
-        for sender in [*self._dispatchers, *self._retiring]:
+        for dispatcher in dispatchers:
+            if dispatcher.is_alive():
+                dispatcher.join(max(0.0, deadline - time.monotonic()))
+        for sender in [*dispatchers, *self._retiring]:
             # Out of time: a send that would outlive the program is ended, and retried later.
             if isinstance(sender, Dispatcher) and sender.is_alive() and sender.notifier.abort():
                 sender.join(ABORT_GRACE)
         for handover in self._handovers:
             handover.join(max(0.0, deadline - time.monotonic()))
-        drivers = [*self._drivers, *self._dispatchers, *self._retiring]
+        drivers = [*watching, *dispatchers, *self._retiring, supervisor]
         alive = [d.name for d in drivers if d.is_alive() and d is not me]
-        counts = store.delivery_counts()
+        unmarked = store.flush_marks()
+        if unmarked:
+            log.warning(
+                "%d deliveries were sent but the state file could not record it; "
+                "they may be sent again at the next start",
+                unmarked,
+            )
+        try:
+            counts = store.delivery_counts()
+        except StoreError as exc:
+            log.warning("cannot count the deliveries left: %s", exc)
+            counts = {}
         pending = sum(counts.get(n.name, {}).get("pending", 0) for n in self.notifiers)
         if alive:
             # A stuck thread may still write: keep the store (and its claim) open for it.
@@ -343,6 +370,12 @@ class Keeper:
             running = self._started
         if running and companion.prepare():
             companion.serve()
+            self._supervise(companion)
+
+    def _supervise(self, companion: Companion) -> None:
+        """Have the supervisor watch a served companion that can be revived."""
+        if self._supervisor is not None and isinstance(companion, Revivable):
+            self._supervisor.watch_companion(companion)
 
     # -- reload ---------------------------------------------------------------------------------
 
@@ -361,7 +394,7 @@ class Keeper:
         notifiers, watchers = build_from_config(config)
         try:
             _unique([n.name for n in notifiers], "notifier")
-            with self._reload_lock:
+            with self._reload_lock, self._no_restarts():
                 handovers = self._begin_reload(config, notifiers, watchers)
         except BaseException:
             _close_all(notifiers, watchers)
@@ -451,13 +484,18 @@ class Keeper:
                 thread.start()
             return handovers
 
+    def _no_restarts(self) -> contextlib.AbstractContextManager[object]:
+        """Held while a reload picks and retires drivers: no restart swaps one meanwhile."""
+        supervisor = self._supervisor
+        return contextlib.nullcontext() if supervisor is None else supervisor.holding()
+
     def _retire(self, part: Part) -> None:
         """Ask an old part to end after the check or send in progress (call with the lock)."""
+        assert self._supervisor is not None
+        self._supervisor.unwatch(part)  # it ends on purpose: not a crash to restart
         if isinstance(part, Dispatcher):
-            self._dispatchers.remove(part)
             part.flush(time.time())  # nothing more is taken from the outbox
         elif isinstance(part, WatcherThread | WatcherPool):
-            self._drivers.remove(part)
             part.stop()
         self._retiring.append(part)
 
@@ -479,22 +517,31 @@ class Keeper:
             self._runs.update((run.name, run) for run in runs)
             drivers = _drivers(runs)
             dispatchers = [Dispatcher(notifier, store) for notifier in unit.notifiers]
-            self._drivers += drivers
-            self._dispatchers += dispatchers
+            assert self._supervisor is not None
+            self._supervisor.notifiers = list(self.notifiers)
             for part in [*dispatchers, *drivers]:
-                part.start()
+                part.start()  # then watched: a part not started yet would look crashed
+                self._supervisor.watch_driver(part)
+
+    @property
+    def _drivers(self) -> list[WatcherThread | WatcherPool]:
+        """The watcher threads and pools running now (the supervisor's, replacements included)."""
+        return [] if self._supervisor is None else self._supervisor.drivers("watcher", "pool")
+
+    @property
+    def _dispatchers(self) -> list[Dispatcher]:
+        """The dispatchers running now (the supervisor's, replacements included)."""
+        return [] if self._supervisor is None else self._supervisor.drivers("dispatcher")
 
     def healthy(self) -> bool:
-        """The keeper runs and every thread it keeps running is alive (systemd's watchdog asks;
-        parts a reload is replacing do not count). A dead thread is logged once."""
+        """The keeper runs, its supervisor too, and every thread the supervisor watches is alive,
+        none waiting for its restart (systemd's watchdog asks: a crash loop ends in a restart of
+        the process; parts a reload is replacing do not count). The supervisor logs each crash."""
         with self._lock:
-            if not self._started:
+            supervisor = self._supervisor
+            if not self._started or supervisor is None:
                 return False
-            dead = [d.name for d in [*self._drivers, *self._dispatchers] if not d.is_alive()]
-        for name in set(dead) - self._reported_dead:
-            log.error("thread %s has ended: the keeper is not healthy", name)
-        self._reported_dead.update(dead)
-        return not dead
+        return supervisor.is_alive() and supervisor.all_running()
 
     # -- control (dashboard, CLI) -------------------------------------------------------------
 
@@ -550,14 +597,31 @@ class Keeper:
         except KeyError:
             raise KeyError(f"no running watcher named {name!r}") from None
 
+    def health(self) -> dict[str, Any]:
+        """The supervisor's report: each thread's state and the store's (see docs/dashboard.md).
+
+        Empty lists while the keeper is not running.
+        """
+        if self._supervisor is None:
+            return {"threads": [], "store": {"state": "ok", "error": None}}
+        return self._supervisor.health()
+
     def _committed(self, alerts: list[Alert]) -> None:
-        for dispatcher in self._dispatchers:
+        if self._supervisor is None:
+            return
+        for dispatcher in self._supervisor.drivers("dispatcher"):
             dispatcher.wake.set()
         for listener in self._listeners:
             try:
                 listener(alerts)
             except Exception:
                 log.exception("alert listener failed")
+
+
+def _close_crashed(thread: WatcherThread) -> None:
+    """A watcher whose thread crashed is closed at stop (a stopped thread closes its own)."""
+    if thread.failure is not None:
+        close_watcher(thread.watcher_run.watcher)
 
 
 def _runs_of(driver: WatcherThread | WatcherPool) -> list[WatcherRun]:

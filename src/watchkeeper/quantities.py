@@ -6,6 +6,7 @@ only needs the text forms, such as ``watchkeeper scan``, does not import pydanti
 
 from __future__ import annotations
 
+import email.utils
 import math
 import re
 import time
@@ -13,6 +14,8 @@ from typing import Any
 
 MAX_DURATION = 10 * 365 * 86400.0
 """Longer than any sane interval or timeout; also keeps nan and inf out."""
+RETRY_AFTER_CAP = 86400.0
+"""A Retry-After longer than this (a day) is taken as this."""
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _DURATION = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)\s*)+$")
@@ -123,3 +126,19 @@ def iso_utc(timestamp: float) -> str:
     """ISO 8601 in UTC with milliseconds and a ``Z``: ``2026-11-27T21:45:07.123Z``."""
     whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
     return f"{whole}.{int(timestamp % 1 * 1000):03d}Z"
+
+
+def retry_after_seconds(
+    value: str | None, now: float, cap: float = RETRY_AFTER_CAP
+) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), capped at ``cap``."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), cap)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max(moment.timestamp() - now, 0.0), cap)

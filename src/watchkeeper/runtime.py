@@ -1,4 +1,6 @@
-"""The daemon threads: watcher threads and pools, one dispatcher per notifier, and how they stop.
+"""The daemon threads: one per watcher, one dispatcher per notifier, and how they stop.
+
+Kinds whose checks mostly wait share a pool of threads instead (:mod:`watchkeeper.pool`).
 
 Every thread here is a daemon thread (it never holds the interpreter open) that sleeps on an
 event or a condition with a timeout, never ``time.sleep``, so stop, "check now" and new work all
@@ -9,12 +11,7 @@ still alive, so it only signals them and joins them against a deadline.
 
 from __future__ import annotations
 
-import collections
-import functools
-import heapq
-import itertools
 import logging
-import math
 import random
 import threading
 import time
@@ -25,7 +22,6 @@ from typing import Any
 from watchkeeper.alerts import Alert, RuleEngine, Verdict
 from watchkeeper.errors import PermanentDeliveryError, StoreError, TransientDeliveryError
 from watchkeeper.notifiers.base import Notifier
-from watchkeeper.quantities import MAX_DURATION
 from watchkeeper.store import Delivery, Route, Store
 from watchkeeper.watchers.base import Watcher
 
@@ -39,14 +35,8 @@ CHECK_BACKOFF_CAP = 300.0
 """A failing check is retried at least this often, however long its interval."""
 IDLE_POLL = 5.0
 """A dispatcher looks at the outbox at least this often (other processes may add to it)."""
-POOL_IDLE = 60.0
-"""A pool worker with nothing to do for this long ends."""
-POOL_BACKLOG = 8
-"""Prepared checks (fetched pages) queued for a pool's processing thread: enough to keep it busy.
-A worker with a reply waits for room, so at most ``size`` + 8 replies are held at once, not one
-per worker plus a queue as long as the workers fill it while the processing thread parses."""
-POOL_RETRY = 1.0
-"""A pool that could not start a worker (out of threads) tries again this often."""
+STORE_RETRY = 0.2
+"""A store error is retried after this long, doubling while it lasts, up to IDLE_POLL."""
 
 
 def backoff(base: float, attempts: int, cap: float) -> float:
@@ -107,6 +97,8 @@ class WatcherRun:
         self.failures = record.failures
         self.paused = record.paused
         self.muted_until = record.muted_until
+        self.store_errors = 0
+        """Commits that failed in a row: the redo backs off while the store is in trouble."""
 
     @property
     def name(self) -> str:
@@ -116,8 +108,9 @@ class WatcherRun:
     def cycle(self) -> float:
         """One check and its commit; returns the delay before the next.
 
-        Anything the check raises, and anything wrong with what it returned (an unknown
-        severity, a checkpoint that is not JSON), counts as a failed check: recorded, alerted
+        Anything the check raises (``SystemExit`` and other BaseExceptions included), and
+        anything wrong with what it returned (an unknown severity, a checkpoint that is not
+        JSON), counts as a failed check: recorded, alerted
         after ``fail_after``, retried with backoff. Only a store error is different: nothing
         was committed, so the same work is redone from the old checkpoint.
         """
@@ -135,8 +128,8 @@ class WatcherRun:
                 return self._commit(now, verdict, result.checkpoint, None, 0, every)
             except StoreError:
                 raise
-            except Exception as exc:
-                error = "".join(traceback.format_exception_only(exc)).strip()
+            except BaseException as exc:  # SystemExit from a check too: only stop ends a watcher
+                error = error_text(exc)
                 failures = self.failures + 1
                 log.warning(
                     "watcher %s: check failed (%d in a row): %s",
@@ -150,9 +143,16 @@ class WatcherRun:
                 )
                 delay = backoff(every, failures, max(every, CHECK_BACKOFF_CAP))
                 return self._commit(now, verdict, checkpoint, error, failures, delay)
-        except StoreError:
-            log.exception("watcher %s: cannot commit the check; will redo it", self.watcher.name)
-            return min(every, CHECK_BACKOFF_CAP)
+        except StoreError as exc:
+            self.store_errors += 1
+            delay = min(every, backoff(STORE_RETRY, self.store_errors, CHECK_BACKOFF_CAP))
+            log.warning(
+                "watcher %s: cannot commit the check; will redo it in %.1fs: %s",
+                self.watcher.name,
+                delay,
+                exc,
+            )
+            return delay
 
     def prepare(self) -> None:
         """The waiting part of the next check (a pooled kind's fetch), on a pool worker.
@@ -206,6 +206,7 @@ class WatcherRun:
             error=error,
         )
         self._stored = True
+        self.store_errors = 0
         self.checkpoint = checkpoint if self.keeps_checkpoint else None
         self.rule_state = verdict.state
         self.failures = failures
@@ -218,11 +219,52 @@ def _no_driver() -> None:
     """A run's ``wake`` before a driver takes it: nothing to wake yet."""
 
 
-class WatcherThread(threading.Thread):
+class GuardedThread(threading.Thread):
+    """A daemon thread whose loop only ``stop`` should end: whatever else ends it is kept.
+
+    What it raised is logged with its traceback and kept in :attr:`failure`, and ``ended`` is
+    called (the supervisor's wake-up), so the supervisor restarts it and reports it at once.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.failure: str | None = None
+        """What ended the loop when nothing asked it to (None while it runs, or after a stop)."""
+        self.ended: Callable[[], None] = nothing
+
+    def loop(self) -> None:
+        """The thread's work; returns only when asked to stop."""
+        raise NotImplementedError
+
+    def run(self) -> None:
+        """:meth:`loop`, with a crash kept for the supervisor."""
+        try:
+            self.loop()
+        except BaseException as exc:
+            self.failure = error_text(exc)
+            log.error("thread %s crashed: %s", self.name, self.failure, exc_info=True)
+        finally:
+            self.ended()
+
+    def healthy(self) -> bool:
+        """True while the loop runs."""
+        return self.is_alive()
+
+
+def error_text(exc: BaseException) -> str:
+    """``TypeError: bad thing``: an exception's one-line description."""
+    return "".join(traceback.format_exception_only(exc)).strip()
+
+
+def nothing() -> None:
+    """A hook nobody set yet."""
+
+
+class WatcherThread(GuardedThread):
     """Drives one watcher run on a daemon thread of its own: check, commit, wait, again."""
 
     def __init__(self, run: WatcherRun) -> None:
-        super().__init__(name=f"watchkeeper:{run.name}", daemon=True)
+        super().__init__(f"watchkeeper:{run.name}")
         self.watcher_run = run
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -233,8 +275,12 @@ class WatcherThread(threading.Thread):
         self.stopping.set()
         self.wake.set()
 
-    def run(self) -> None:
-        """The loop: check, apply rules, commit, wait. Nothing may end it but ``stop()``."""
+    def loop(self) -> None:
+        """Check, apply rules, commit, wait. Nothing may end it but ``stop()``.
+
+        The watcher is closed when the loop is stopped, not when it crashed: the supervisor
+        starts a new thread for the same watcher.
+        """
         watcher_run = self.watcher_run
         watcher = watcher_run.watcher
         try:
@@ -256,303 +302,8 @@ class WatcherThread(threading.Thread):
                     log.exception("watcher %s: waiting for changes failed; polling", watcher.name)
                     self.wake.wait(delay)
         finally:
-            close_watcher(watcher)
-
-
-class WatcherPool:
-    """Drives many watcher runs on a few daemon threads: the waiting on workers, the rest on one.
-
-    A check of a pooled kind has two parts: :meth:`Watcher.prepare` waits on the network (many
-    at once, on up to ``size`` worker threads), then :meth:`Watcher.check` parses what came back
-    and the run commits it, always on the pool's one processing thread. That second part holds
-    the GIL anyway, so one thread does it as fast as many, with no lock contention; and since
-    glibc gives each thread that allocates its own malloc arena, keeping parse trees and SQLite
-    work on one thread keeps a hundred arenas' worth of freed memory (~18 MiB for 1,000 pages)
-    out of the process.
-
-    A scheduler thread sleeps until the earliest due time, then hands each due run to the idle
-    worker that went idle last, starting a worker when none is idle (up to ``size``). Workers
-    idle for :data:`POOL_IDLE` end, so a burst (the first cycle, everything checked now) runs on
-    many and a steady trickle of staggered checks on a few. Runs that share a
-    :meth:`Watcher.pool_slot` key (pages on one host) take at most its limit of workers; the
-    others wait in line without holding a worker, so one slow host cannot hold up the rest.
-    A check-now during a check runs it again right after, as a thread of its own would.
-    """
-
-    def __init__(self, kind: str, runs: Sequence[WatcherRun], size: int) -> None:
-        self.name = f"watchkeeper:pool:{kind}"
-        self.runs = list(runs)
-        self.size = max(1, size)
-        lock = threading.Lock()
-        self._lock = lock
-        self._tick = threading.Condition(lock)  # the scheduler: the earliest due time changed
-        self._ready = threading.Condition(lock)  # the processing thread: a check is prepared
-        self._room = threading.Condition(lock)  # workers: the prepared queue has room
-        self._heap: list[tuple[float, int, WatcherRun]] = []
-        self._entry: dict[str, int] = {}  # run name -> the live heap entry's sequence number
-        self._sequence = itertools.count()
-        self._slots = {run.name: _slot(run.watcher) for run in self.runs}
-        self._in_slot: collections.Counter[str] = collections.Counter()  # prepares per key
-        self._queued: dict[str, collections.deque[WatcherRun]] = {}  # due, their key is full
-        self._todo: collections.deque[WatcherRun] = collections.deque()  # due, for a worker
-        self._prepared: collections.deque[WatcherRun] = collections.deque()
-        self._running: set[str] = set()  # due and not yet committed
-        self._again: set[str] = set()
-        self._threads: list[threading.Thread] = []  # scheduler, processing thread, workers
-        self._workers = 0
-        self._idle: list[threading.Event] = []  # idle workers' wake-ups, the latest idle last
-        self._numbers = itertools.count(1)
-        self._start_failed = False  # a worker could not be started: warned once, retried
-        self._stopping = False
-        for run in self.runs:
-            run.wake = functools.partial(self._check_now, run)
-
-    def start(self) -> None:
-        """Schedule every run's first check; start the scheduler and the processing thread."""
-        now = time.monotonic()
-        with self._lock:
-            for run in self.runs:
-                self._schedule(run, now + _planned(run.watcher.first_delay, 0.0, run.name))
-            for target, role in ((self._process, "process"), (self._plan, "schedule")):
-                thread = threading.Thread(
-                    target=self._guard, args=(target,), name=f"{self.name}:{role}", daemon=True
-                )
-                thread.start()
-                self._threads.append(thread)
-
-    def stop(self) -> None:
-        """Ask every thread to end after the check it is in (prepared checks are dropped)."""
-        with self._lock:
-            self._stopping = True
-            for condition in (self._tick, self._ready, self._room):
-                condition.notify_all()
-            for idle in self._idle:
-                idle.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        """Wait for the threads to end, at most ``timeout`` seconds in all."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        me = threading.current_thread()  # stop() may be called from inside a check
-        while True:
-            with self._lock:
-                threads = [t for t in self._threads if t is not me]
-            if not threads:
-                return
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return
-            threads[0].join(remaining)
-
-    def is_alive(self) -> bool:
-        """True while any thread (other than the calling one) still runs."""
-        me = threading.current_thread()
-        with self._lock:
-            return any(t is not me for t in self._threads)
-
-    # -- scheduling (callers hold the lock) -----------------------------------------------------
-
-    def _schedule(self, run: WatcherRun, due: float) -> None:
-        """(Re)place ``run``'s heap entry (a replaced one stays until popped or compacted)."""
-        if len(self._heap) > 2 * len(self.runs) + 64:  # many check-nows of a long interval
-            self._heap = [e for e in self._heap if self._entry.get(e[2].name) == e[1]]
-            heapq.heapify(self._heap)
-        number = next(self._sequence)
-        self._entry[run.name] = number
-        heapq.heappush(self._heap, (due, number, run))
-        if self._heap[0][1] == number:  # a new earliest: the scheduler must look again
-            self._tick.notify()
-
-    def _check_now(self, run: WatcherRun) -> None:
-        with self._lock:
-            if self._stopping:
-                return
-            if run.name in self._running:
-                self._again.add(run.name)
-            else:
-                self._schedule(run, time.monotonic())
-
-    def _admit(self, run: WatcherRun) -> None:
-        """A due run goes to the workers, waits in line while its slot key is full, or goes back
-        on the heap while its source asked to be left alone (Retry-After)."""
-        rest = _planned(run.watcher.rest, 0.0, run.name)
-        if rest > 0:
-            self._running.discard(run.name)
-            self._again.discard(run.name)
-            self._schedule(run, time.monotonic() + rest)
-            return
-        slot = self._slots[run.name]
-        if slot is None or self._in_slot[slot[0]] < slot[1]:
-            if slot is not None:
-                self._in_slot[slot[0]] += 1
-            self._todo.append(run)
-        else:
-            self._queued.setdefault(slot[0], collections.deque()).append(run)
-
-    def _staff(self) -> bool:
-        """Wake an idle worker per run to do, or start one; False if a start failed."""
-        if self._stopping:  # nothing in the stop path starts a thread
-            return True
-        waiting = len(self._todo) - len(self._idle)
-        for _ in range(min(len(self._todo), len(self._idle))):
-            self._idle.pop().set()
-        while waiting > 0 and self._workers < self.size:
-            number = next(self._numbers)
-            thread = threading.Thread(
-                target=self._guard, args=(self._work,), name=f"{self.name}:{number}", daemon=True
-            )
-            try:
-                thread.start()
-            except RuntimeError as exc:  # out of threads, or the interpreter is going down
-                if not self._start_failed:
-                    log.warning("%s: cannot start a worker (%s); retrying", self.name, exc)
-                self._start_failed = True
-                return False
-            self._start_failed = False
-            self._threads.append(thread)
-            self._workers += 1
-            waiting -= 1
-        return True
-
-    # -- the threads ------------------------------------------------------------------------------
-
-    def _guard(self, target: Callable[[], None]) -> None:
-        """Run a pool thread; the last one to end after stop() closes the watchers first."""
-        me = threading.current_thread()
-        try:
-            target()
-        finally:
-            with self._lock:
-                last = self._stopping and all(t is me for t in self._threads)
-                if not last:
-                    self._threads.remove(me)
-            if last:  # still listed, so join() and is_alive() wait for the closing too
-                for run in self.runs:
-                    close_watcher(run.watcher)
-                with self._lock:
-                    self._threads.remove(me)
-
-    def _plan(self) -> None:
-        """The scheduler: release due runs to the workers, sleep until the next is due."""
-        with self._lock:
-            while not self._stopping:
-                now = time.monotonic()
-                while self._heap and self._heap[0][0] <= now:
-                    _, number, run = heapq.heappop(self._heap)
-                    if self._entry.get(run.name) != number:
-                        continue  # replaced by a later (re)schedule
-                    del self._entry[run.name]
-                    if run.paused:
-                        continue  # parked until resumed (its wake schedules it again)
-                    self._running.add(run.name)
-                    self._admit(run)
-                timeout = self._heap[0][0] - now if self._heap else None
-                if not self._staff():
-                    timeout = min(timeout or POOL_RETRY, POOL_RETRY)
-                self._tick.wait(timeout)
-
-    def _work(self) -> None:
-        """A worker: prepare runs from the to-do queue and pass them on; end when idle too long."""
-        idle = threading.Event()
-        try:
-            while True:
-                with self._lock:
-                    run = self._next(idle)
-                    if run is None:
-                        return
-                run.prepare()  # never raises
-                with self._lock:
-                    self._leave_slot(run)
-                    while len(self._prepared) >= POOL_BACKLOG and not self._stopping:
-                        self._room.wait()
-                    if self._stopping:
-                        return
-                    self._prepared.append(run)
-                    self._ready.notify()
-        finally:
-            with self._lock:
-                self._workers -= 1
-                if idle in self._idle:
-                    self._idle.remove(idle)
-
-    def _leave_slot(self, run: WatcherRun) -> None:
-        """A prepare is done: its slot key has room for the next run in line."""
-        slot = self._slots[run.name]
-        if slot is None:
-            return
-        self._in_slot[slot[0]] -= 1
-        line = self._queued.get(slot[0])
-        if line and not self._stopping:
-            self._admit(line.popleft())
-            self._staff()
-
-    def _next(self, idle: threading.Event) -> WatcherRun | None:
-        """The next run to prepare, waiting idle for one; None when stopping or idle too long.
-
-        Called and returning with the lock held. Idle workers are woken latest-idle first, so
-        in a light load the same few do the work and the rest time out and end.
-        """
-        while not self._stopping:
-            if self._todo:
-                return self._todo.popleft()
-            idle.clear()
-            self._idle.append(idle)
-            self._lock.release()
-            try:
-                idle.wait(POOL_IDLE)
-            finally:
-                self._lock.acquire()
-            if idle in self._idle:  # nobody woke it: idle for POOL_IDLE
-                self._idle.remove(idle)
-                if not self._todo:
-                    return None
-        return None
-
-    def _process(self) -> None:
-        """The processing thread: finish prepared checks one by one, schedule their next."""
-        while True:
-            with self._lock:
-                while not self._prepared and not self._stopping:
-                    self._ready.wait()
-                if self._stopping:
-                    return
-                run = self._prepared.popleft()
-                self._room.notify()
-            try:
-                delay = run.safe_cycle()
-            except BaseException:  # even a CancelledError: this thread serves every watcher
-                log.exception("watcher %s: internal error; retrying", run.name)
-                delay = min(run.watcher.config.every, CHECK_BACKOFF_CAP)
-            delay = _planned(functools.partial(run.watcher.next_delay, delay), delay, run.name)
-            with self._lock:
-                self._running.discard(run.name)
-                if run.name in self._again:
-                    self._again.discard(run.name)
-                    delay = 0.0
-                if not self._stopping:
-                    self._schedule(run, time.monotonic() + delay)
-
-
-def _slot(watcher: Watcher) -> tuple[str, int] | None:
-    """A watcher's pool slot, with a limit of at least one (a 0 would keep its line forever)."""
-    slot = watcher.pool_slot()
-    return None if slot is None else (slot[0], max(1, slot[1]))
-
-
-def _planned(plan: Callable[[], float], fallback: float, name: str) -> float:
-    """A delay from a watcher's hook that a heap and a timed wait can take.
-
-    The hook may raise, or return inf or nan (which would stop or spin the pool's scheduler):
-    then ``fallback``, logged. A pool's threads are shared, so one watcher's bug must stay its own.
-    """
-    try:
-        delay = float(plan())
-    except Exception:
-        log.exception("watcher %s: cannot plan its next check", name)
-        return fallback
-    if not math.isfinite(delay) or delay < 0:
-        log.error("watcher %s: planned a delay of %r; using %.0fs", name, delay, fallback)
-        return fallback
-    return min(delay, MAX_DURATION)
+            if self.stopping.is_set():
+                close_watcher(watcher)
 
 
 def close_watcher(watcher: Watcher) -> None:
@@ -563,11 +314,16 @@ def close_watcher(watcher: Watcher) -> None:
         log.exception("watcher %s: error while closing", watcher.name)
 
 
-class Dispatcher(threading.Thread):
-    """Drains one notifier's deliveries from the outbox, with retries and optional digests."""
+class Dispatcher(GuardedThread):
+    """Drains one notifier's deliveries from the outbox, with retries and optional digests.
+
+    A store error is retried with backoff while it lasts. A delivery sent whose ``sent`` mark
+    the store could not take is remembered by the store (:meth:`Store.mark_sent`) and never
+    handed out again by this process, also not to the dispatcher that replaces a crashed one.
+    """
 
     def __init__(self, notifier: Notifier, store: Store, clock: Callable[[], float] = time.time):
-        super().__init__(name=f"watchkeeper:notify:{notifier.name}", daemon=True)
+        super().__init__(f"watchkeeper:notify:{notifier.name}")
         self.notifier = notifier
         self.store = store
         self.clock = clock
@@ -581,23 +337,26 @@ class Dispatcher(threading.Thread):
         self._flush_by = deadline
         self.wake.set()
 
-    def run(self) -> None:
-        """Loop until flushed; a store error is logged and retried, never fatal."""
+    def loop(self) -> None:
+        """Loop until flushed; a store error is logged and retried with backoff, never fatal."""
         name = self.notifier.name
         try:
             self.store.reschedule_pending(name, self.clock())
-        except StoreError:
-            log.exception("notifier %s: cannot read the outbox", name)
+        except StoreError as exc:
+            log.error("notifier %s: cannot reschedule the outbox: %s", name, exc)
+        errors = 0
         while True:
             try:
                 if not self._step():
                     return
-            except StoreError:
+                errors = 0
+            except StoreError as exc:
                 if self._flush_by is not None:
                     return
-                log.exception("notifier %s: outbox error; retrying", name)
-                self.wake.wait(IDLE_POLL)
-                self.wake.clear()
+                errors += 1
+                delay = backoff(STORE_RETRY, errors, IDLE_POLL)
+                log.warning("notifier %s: outbox error; retry in %.1fs: %s", name, delay, exc)
+                self._sleep(delay)
 
     def _step(self) -> bool:
         """One pass over the outbox; False when the thread should end."""
@@ -644,7 +403,7 @@ class Dispatcher(threading.Thread):
                 self.notifier.send_digest(alerts)
             else:
                 self.notifier.send(alerts[0])
-        except Exception as exc:  # sorted by _record: a bug must not lose alerts either
+        except BaseException as exc:  # sorted by _record: a bug must not lose alerts either
             return self._record(deliveries, exc)
         return self._record(deliveries, None)
 
@@ -656,7 +415,7 @@ class Dispatcher(threading.Thread):
         recorded = [self._record([d], o) for d, o in zip(deliveries, outcomes, strict=True)]
         return all(recorded)  # every outcome recorded, not only those up to the first retry
 
-    def _record(self, deliveries: list[Delivery], error: Exception | None) -> bool:
+    def _record(self, deliveries: list[Delivery], error: BaseException | None) -> bool:
         """Mark sent, failed or due again; False when the failure may pass (a retry is set)."""
         ids = [d.id for d in deliveries]
         name = self.notifier.name
@@ -670,6 +429,8 @@ class Dispatcher(threading.Thread):
         # Unexpected errors are retried too: a bug must not lose alerts.
         attempts = max(d.attempts for d in deliveries) + 1
         delay = retry_delay(attempts)
+        if isinstance(error, TransientDeliveryError) and error.retry_after is not None:
+            delay = max(delay, error.retry_after)  # the notifier capped it
         text = str(error) or type(error).__name__
         if isinstance(error, TransientDeliveryError):
             log.warning("notifier %s: %s; retry in %.0fs", name, text, delay)

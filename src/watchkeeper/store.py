@@ -13,6 +13,7 @@ why not one per thread); :meth:`Store.close` closes it and releases the writer's
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -126,6 +127,9 @@ class Store:
     ``alerts``, the dashboard) may open it at any time, also ``readonly``.
     """
 
+    busy_timeout = 30.0
+    """Seconds a statement waits for another writer's lock before SQLITE_BUSY."""
+
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
@@ -144,6 +148,11 @@ class Store:
         self._lock = threading.RLock()
         self._closed = False
         self._claim: TextIO | None = None
+        self.fault: str | None = None
+        """The last write error while writes keep failing (None when the last one worked)."""
+        self.fault_since: float | None = None
+        self._unmarked: dict[int, float] = {}
+        """Deliveries sent whose ``sent`` mark could not be written yet: id -> when sent."""
         if readonly:
             self._check_version()
         else:
@@ -162,13 +171,16 @@ class Store:
                     conn = sqlite3.connect(
                         f"{self.path.resolve().as_uri()}?mode=ro",
                         uri=True,
-                        timeout=30,
+                        timeout=self.busy_timeout,
                         isolation_level=None,
                         check_same_thread=False,
                     )
                 else:
                     conn = sqlite3.connect(
-                        self.path, timeout=30, isolation_level=None, check_same_thread=False
+                        self.path,
+                        timeout=self.busy_timeout,
+                        isolation_level=None,
+                        check_same_thread=False,
                     )
                     conn.execute("PRAGMA journal_mode=WAL")
                     conn.execute("PRAGMA synchronous=NORMAL")
@@ -181,26 +193,46 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception.
+
+        Every sqlite3 error on the way (BEGIN, a statement, COMMIT, the ROLLBACK after them)
+        comes out as a StoreError. A failed COMMIT (disk full, I/O error) may already have
+        rolled the transaction back, so the ROLLBACK only runs while one is still open.
+        """
         with self._lock:
             conn = self._conn()
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot write state file {self.path}: {exc}") from exc
+                raise self._fault("cannot write", exc) from exc
             try:
                 yield conn
             except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
-                raise StoreError(f"cannot write state file {self.path}: {exc}") from exc
+                _rollback(conn)
+                raise self._fault("cannot write", exc) from exc
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
-                raise StoreError(f"cannot commit to state file {self.path}: {exc}") from exc
+                _rollback(conn)
+                raise self._fault("cannot commit to", exc) from exc
+            self._healthy()
+
+    def _fault(self, doing: str, exc: sqlite3.Error) -> StoreError:
+        """A StoreError for ``exc``, remembered (in memory) as the store's current fault."""
+        message = f"{doing} state file {self.path}: {exc}"
+        with self._lock:
+            if self.fault is None:
+                self.fault_since = time.time()
+            self.fault = message
+        return StoreError(message)
+
+    def _healthy(self) -> None:
+        """A write went through: the fault (if any) is over."""
+        self.fault = None
+        self.fault_since = None
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         try:
@@ -227,7 +259,10 @@ class Store:
         by SIGKILL, so a restart is never blocked by a stale lock.
         """
         lock_path = self.path.with_name(self.path.name + ".lock")
-        handle = lock_path.open("a+")
+        try:
+            handle = lock_path.open("a+")
+        except OSError as exc:
+            raise StoreError(f"cannot claim state file {self.path}: {exc}") from exc
         # `status` and `reload` probe the lock with a shared flock for an instant (holder()):
         # a start that meets such a probe tries again for a moment instead of failing.
         deadline = time.monotonic() + CLAIM_PATIENCE
@@ -299,21 +334,18 @@ class Store:
             )
 
     def _migrate(self) -> None:
-        try:
-            with self.transaction() as conn:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"state file {self.path} has schema version {version}, newer than this "
-                        f"watchkeeper understands ({SCHEMA_VERSION}); upgrade watchkeeper"
-                    )
-                for step in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS[step].split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {step}")
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a watchkeeper state file: {exc}") from exc
+        with self.transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"state file {self.path} has schema version {version}, newer than this "
+                    f"watchkeeper understands ({SCHEMA_VERSION}); upgrade watchkeeper"
+                )
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {step}")
 
     # -- watchers ---------------------------------------------------------------------------
 
@@ -325,7 +357,10 @@ class Store:
     def checkpoint(self, name: str) -> Any:
         """A watcher's last committed checkpoint (None if it has none)."""
         rows = self._read("SELECT checkpoint FROM watchers WHERE name = ?", (name,))
-        return json.loads(rows[0][0]) if rows and rows[0][0] else None
+        try:
+            return json.loads(rows[0][0]) if rows and rows[0][0] else None
+        except ValueError as exc:
+            raise StoreError(f"watcher {name!r}: its checkpoint cannot be read: {exc}") from exc
 
     def watchers(self) -> list[WatcherRecord]:
         """Every watcher that ever ran against this state, by name."""
@@ -393,6 +428,12 @@ class Store:
                 committed.append(alert)
         return committed
 
+    def add_alerts(self, alerts: Iterable[Alert], routes: Sequence[Route], now: float) -> None:
+        """Alerts no watcher made (the keeper's own health) and their deliveries, atomically."""
+        with self.transaction() as conn:
+            for alert in alerts:
+                self._insert_alert(conn, alert, routes, now)
+
     @staticmethod
     def _insert_alert(
         conn: sqlite3.Connection, alert: Alert, routes: Sequence[Route], now: float
@@ -422,17 +463,27 @@ class Store:
     # -- outbox -----------------------------------------------------------------------------
 
     def due(self, notifier: str, now: float, limit: int = 100) -> list[Delivery]:
-        """Pending deliveries to one notifier whose next try has come, oldest first."""
-        rows = self._read(
-            "SELECT d.id AS delivery_id, d.notifier, d.attempts, a.* FROM deliveries d "
-            "JOIN alerts a ON a.id = d.alert_id WHERE d.notifier = ? AND d.status = 'pending' "
-            "AND d.next_try <= ? ORDER BY d.id LIMIT ?",
-            (notifier, now, limit),
-        )
+        """Pending deliveries to one notifier whose next try has come, oldest first.
+
+        Deliveries sent but not yet marked (the store could not take the mark) are not due:
+        they are marked first if the store takes it now, and never handed out again.
+        """
+        with self._lock:
+            if self._unmarked:
+                with contextlib.suppress(StoreError):
+                    self._mark_unmarked()
+            unmarked = set(self._unmarked)
+            rows = self._read(
+                "SELECT d.id AS delivery_id, d.notifier, d.attempts, a.* FROM deliveries d "
+                "JOIN alerts a ON a.id = d.alert_id WHERE d.notifier = ? "
+                "AND d.status = 'pending' AND d.next_try <= ? ORDER BY d.id LIMIT ?",
+                (notifier, now, limit + len(unmarked)),
+            )
         return [
             Delivery(r["delivery_id"], r["notifier"], r["attempts"], alert_from_row(r))
             for r in rows
-        ]
+            if r["delivery_id"] not in unmarked
+        ][:limit]
 
     def next_try(self, notifier: str) -> float | None:
         """When the earliest pending delivery to this notifier is due, or None if none is."""
@@ -454,13 +505,35 @@ class Store:
             return cursor.rowcount
 
     def mark_sent(self, delivery_ids: Sequence[int], now: float) -> None:
-        """Record deliveries as done."""
+        """Record deliveries as done.
+
+        If the store cannot take it (disk full, I/O error), the marks are kept in memory, the
+        deliveries are never due again in this process, and the marks are written with the
+        next :meth:`due`, :meth:`mark_sent` or :meth:`flush_marks` that gets through; then the
+        StoreError is raised, so the caller knows the store is in trouble.
+        """
+        with self._lock:
+            self._unmarked.update(dict.fromkeys(delivery_ids, now))
+            self._mark_unmarked()
+
+    def flush_marks(self) -> int:
+        """Write the sent marks kept in memory; how many are still waiting (StoreError kept)."""
+        with self._lock:
+            if self._unmarked:
+                with contextlib.suppress(StoreError):
+                    self._mark_unmarked()
+            return len(self._unmarked)
+
+    def _mark_unmarked(self) -> None:
+        marks = dict(self._unmarked)
         with self.transaction() as conn:
             conn.executemany(
                 "UPDATE deliveries SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
-                "last_error = NULL WHERE id = ?",
-                [(now, i) for i in delivery_ids],
+                "last_error = NULL WHERE id = ? AND status = 'pending'",
+                [(sent_at, i) for i, sent_at in marks.items()],
             )
+        for delivery_id in marks:
+            self._unmarked.pop(delivery_id, None)
 
     def mark_retry(self, delivery_ids: Sequence[int], error: str, next_try: float) -> None:
         """Record a failed try; the deliveries stay pending until ``next_try``."""
@@ -533,8 +606,30 @@ class Store:
         return [alert_from_row(r) for r in rows]
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back what is still open; a failed COMMIT may have ended the transaction already."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
 def alert_from_row(row: sqlite3.Row) -> Alert:
-    """An Alert from a row of the alerts table (also for reports using :meth:`Store.query`)."""
+    """An Alert from a row of the alerts table (also for reports using :meth:`Store.query`).
+
+    A row that does not read as one (edited by hand, a disk error) is a StoreError naming it.
+    """
+    try:
+        return _alert(row)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise StoreError(f"alert {_row_id(row)} in the state file cannot be read: {exc}") from exc
+
+
+def _row_id(row: sqlite3.Row) -> str:
+    keys = row.keys()
+    return f"#{row['id']}" if "id" in keys else repr(row["name"]) if "name" in keys else "?"
+
+
+def _alert(row: sqlite3.Row) -> Alert:
     return Alert(
         id=row["id"],
         uid=row["uid"],
@@ -551,6 +646,13 @@ def alert_from_row(row: sqlite3.Row) -> Alert:
 
 
 def _watcher_record(row: sqlite3.Row) -> WatcherRecord:
+    try:
+        return _record(row)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise StoreError(f"watcher {_row_id(row)} in the state file cannot be read: {exc}") from exc
+
+
+def _record(row: sqlite3.Row) -> WatcherRecord:
     return WatcherRecord(
         name=row["name"],
         kind=row["kind"],

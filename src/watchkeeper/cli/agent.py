@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -40,6 +39,7 @@ from watchkeeper.cli.service import Reloader
 from watchkeeper.errors import ConfigError, WatchkeeperError
 from watchkeeper.foreground import run_until_signal
 from watchkeeper.quantities import format_duration, iso_utc
+from watchkeeper.textsafe import safe_json, terminal_safe
 
 if TYPE_CHECKING:
     from watchkeeper.config import KeeperSettings
@@ -88,7 +88,10 @@ def attach_dashboard(keeper: Keeper, settings: KeeperSettings) -> Callable[[], N
     token = settings.token.get_secret_value() if settings.token else None
     # The default address may be taken (another agent): then run without a dashboard.
     explicit = "dashboard" in settings.model_fields_set
-    dashboard = serve_dashboard(keeper, f"{bind.host}:{bind.port}", token, required=explicit)
+    tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
+    dashboard = serve_dashboard(
+        keeper, f"{bind.host}:{bind.port}", token, required=explicit, tls=tls
+    )
 
     def announce() -> None:
         if dashboard.running:
@@ -141,82 +144,94 @@ def status(
     state: StateOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show watchers (health, last and next check) and the outbox per notifier."""
-    # Imported here: the scan command, in this package too, loads no config layer.
+    """Show watchers (health, last and next check), the outbox per notifier, and the running
+    keeper's threads and state file when something is wrong with them."""
+    from watchkeeper.supervisor import read_health, watcher_health
     from watchkeeper.watchers.logrotated import lost_totals
 
     store = open_store(config, state)
-    watchers = store.watchers()
-    counts = store.delivery_counts()
-    errors = store.last_delivery_errors()
-    store.close()
+    try:
+        watchers = store.watchers()
+        counts = store.delivery_counts()
+        errors = store.last_delivery_errors()
+    except WatchkeeperError as exc:
+        fail(str(exc))
+    finally:
+        store.close()
     note = running_note(store.path)
     configured = None if note is None else set(note.watchers)
+    health = read_health(store.path)
+    threads = watcher_health(health)
 
     def state_of(w: WatcherRecord) -> str:
+        if w.name in threads:
+            return threads[w.name][0]
         removed = configured is not None and w.name not in configured
         return "removed" if removed else _state(w.paused, w.failures)
 
+    rows: list[dict[str, Any]] = [
+        {
+            "name": w.name,
+            "kind": w.kind,
+            "state": state_of(w),
+            "last_check": iso_utc(w.last_check) if w.last_check else None,
+            "next_check": iso_utc(w.next_check) if w.next_check else None,
+            "failures": w.failures,
+            "last_error": threads[w.name][1] if w.name in threads else w.last_error,
+            "checks": w.checks,
+            "log_lost": lost_totals(w.checkpoint),
+        }
+        for w in watchers
+    ]
     if as_json:
         doc = {
             "agent": None if note is None else asdict(note),
-            "watchers": [
-                {
-                    "name": w.name,
-                    "kind": w.kind,
-                    "state": state_of(w),
-                    "last_check": iso_utc(w.last_check) if w.last_check else None,
-                    "next_check": iso_utc(w.next_check) if w.next_check else None,
-                    "failures": w.failures,
-                    "last_error": w.last_error,
-                    "checks": w.checks,
-                    "log_lost": lost_totals(w.checkpoint),
-                }
-                for w in watchers
-            ],
+            "watchers": rows,
             "notifiers": {
                 name: {**c, "last_error": errors.get(name)} for name, c in counts.items()
             },
+            "keeper": health,
         }
-        out.print_json(json.dumps(doc))
+        sys.stdout.write(safe_json(doc, indent=2) + "\n")
         return
     table = Table(title="watchers", title_justify="left")
     for column in ("name", "kind", "state", "last check", "next check", "checks", "last error"):
         table.add_column(column)
-    for w in watchers:
-        state_text = state_of(w)
-        style = {"ok": "green", "failing": "red", "paused": "yellow", "removed": "dim"}[state_text]
+    styles = {"ok": "green", "paused": "yellow", "restarting": "yellow", "removed": "dim"}
+    for row, w in zip(rows, watchers, strict=True):
+        style = styles.get(row["state"], "red")
         table.add_row(
-            w.name,
-            w.kind,
-            Text(state_text, style=style),
+            Text(terminal_safe(w.name)),
+            Text(terminal_safe(w.kind)),
+            Text(row["state"], style=style),
             _ago(w.last_check),
             _ago(w.next_check),
             str(w.checks),
-            Text((w.last_error or "")[:80]),
+            Text(terminal_safe((row["last_error"] or "")[:80])),
         )
     out.print(table)
-    for w in watchers:
-        lost = lost_totals(w.checkpoint)
+    for row in rows:
+        lost = row["log_lost"]
         if lost and lost["episodes"]:
             out.print(
                 Text(
-                    f"{w.name}: {lost['bytes']:,} bytes (and {lost['files']:,} whole files) lost "
-                    f"before they could be read, in {lost['episodes']} episodes: "
-                    "see its health alerts",
+                    f"{terminal_safe(row['name'])}: {lost['bytes']:,} bytes (and "
+                    f"{lost['files']:,} whole files) lost before they could be read, in "
+                    f"{lost['episodes']} episodes: see its health alerts",
                     style="red",
                 )
             )
+    _print_health(health)
     notifiers = Table(title="outbox", title_justify="left")
     for column in ("notifier", "pending", "sent", "failed", "last error"):
         notifiers.add_column(column)
     for name, c in sorted(counts.items()):
         notifiers.add_row(
-            name,
+            Text(terminal_safe(name)),
             str(c.get("pending", 0)),
             str(c.get("sent", 0)),
             str(c.get("failed", 0)),
-            Text((errors.get(name) or "")[:80]),
+            Text(terminal_safe((errors.get(name) or "")[:80])),
         )
     out.print(notifiers)
     if note is not None:
@@ -242,6 +257,19 @@ def running_note(path: Path) -> AgentNote | None:
     return note if note is not None and Store.holder(path) == note.pid else None
 
 
+def _print_health(health: dict[str, Any] | None) -> None:
+    """The running keeper's threads that crashed or restart, and a state file that fails."""
+    if health is None:
+        return
+    for unit in health.get("threads", []):
+        if unit["state"] != "running":
+            line = f"thread {unit['name']}: {unit['state']}: {unit['error'] or ''}"
+            out.print(Text(terminal_safe(line), style="red"))
+    store = health.get("store", {})
+    if store.get("state") == "failing":
+        out.print(Text(terminal_safe(f"state file failing: {store.get('error')}"), style="red"))
+
+
 def _state(paused: bool, failures: int) -> str:
     return "paused" if paused else "failing" if failures else "ok"
 
@@ -261,17 +289,21 @@ def alerts(
 
     min_severity = parse_severity(severity)
     store = open_store(config, state)
-    found = store.alerts(
-        since_time=parse_since(since) if since else None,
-        min_severity=min_severity,
-        watcher=watcher,
-        limit=limit,
-        newest_first=True,
-    )
-    store.close()
+    try:
+        found = store.alerts(
+            since_time=parse_since(since) if since else None,
+            min_severity=min_severity,
+            watcher=watcher,
+            limit=limit,
+            newest_first=True,
+        )
+    except WatchkeeperError as exc:
+        fail(str(exc))
+    finally:
+        store.close()
     for alert in reversed(found):
         if as_json:
-            sys.stdout.write(json.dumps(alert.to_dict(), ensure_ascii=False) + "\n")
+            sys.stdout.write(safe_json(alert.to_dict()) + "\n")
         else:
             out.print(alert_text(alert))
 

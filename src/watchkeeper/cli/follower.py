@@ -8,7 +8,7 @@ connection drops, the reader reconnects with exponential backoff and sends ``Las
 the agent replays exactly the alerts missed in between: none lost, none printed twice.
 
 Alert text comes from logs and scraped pages: it is printed through rich ``Text`` with control
-characters replaced (:func:`~watchkeeper.notifiers.console.strip_controls`), so it cannot move the
+characters escaped (:func:`~watchkeeper.textsafe.terminal_safe`), so it cannot move the
 cursor or recolour the terminal; ``--json`` output escapes them.
 """
 
@@ -29,7 +29,8 @@ from rich.console import Console
 from rich.text import Text
 
 from watchkeeper.alerts import Alert, Severity
-from watchkeeper.notifiers.console import alert_text, strip_controls
+from watchkeeper.notifiers.console import alert_text
+from watchkeeper.textsafe import terminal_safe
 
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 15.0
@@ -174,7 +175,7 @@ def print_alerts(follower: Follower, out: Console, err: Console, as_json: bool =
                 continue
             if isinstance(item, Notice):
                 style = "red" if item.fatal else "dim"
-                err.print(Text(strip_controls(item.message), style=style))
+                err.print(Text(terminal_safe(item.message), style=style))
                 if item.fatal:
                     return 1
             elif as_json:

@@ -1,4 +1,5 @@
-"""A newcomer's commands: ``init`` (a starter config) and ``demo`` (a world on loopback)."""
+"""A newcomer's commands: ``init`` (a starter config), ``token`` (a dashboard token) and ``demo``
+(a world on loopback)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,14 @@ def system_starter(starter: str) -> str:
         "# systemd unit (docs/systemd.md): `systemctl reload watchkeeper` applies changes.\n#",
         1,
     )
+
+
+@app.command()
+def token() -> None:
+    """Print a fresh random token for [keeper] token (32 characters, URL-safe)."""
+    import secrets
+
+    out.print(secrets.token_urlsafe(24), markup=False)
 
 
 @app.command()

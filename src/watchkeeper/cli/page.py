@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +27,7 @@ from watchkeeper.cli.helpers import (
 from watchkeeper.errors import ConfigError, WatchkeeperError
 from watchkeeper.foreground import run_until_signal
 from watchkeeper.quantities import parse_duration
+from watchkeeper.textsafe import safe_json, terminal_safe
 
 
 @app.command()
@@ -83,13 +84,14 @@ def page(
             {"key": i.key, "title": i.title, "url": i.url} | ({"new": i.key in new} if diff else {})
             for i in found.items
         ]
-        out.print_json(json.dumps({"url": reply.url, "format": found.format, "items": rows}))
+        doc = {"url": reply.url, "format": found.format, "items": rows}
+        sys.stdout.write(safe_json(doc, indent=2) + "\n")
         return
     listing = Table(title=f"{len(found.items)} items ({found.format}) at {reply.url}")
     for column in ["", "key", "title", "url"] if diff else ["key", "title", "url"]:
         listing.add_column(column, overflow="fold")
     for i in found.items:
-        cells = [Text(i.key), Text(i.title), Text(i.url or "")]
+        cells = [Text(terminal_safe(text)) for text in (i.key, i.title, i.url or "")]
         if diff:
             cells.insert(0, Text("NEW", style="green") if i.key in new else Text(""))
         listing.add_row(*cells)

@@ -15,6 +15,7 @@ from watchkeeper.notifiers.base import Notifier, NotifierConfig, register
 if TYPE_CHECKING:
     from rich.text import Text
 from watchkeeper.quantities import iso_utc
+from watchkeeper.textsafe import terminal_safe
 
 SEVERITY_STYLES = {
     Severity.DEBUG: "dim",
@@ -34,8 +35,9 @@ class ConsoleConfig(NotifierConfig):
 def alert_text(alert: Alert) -> Text:
     """``2026-11-27T21:45:07.123Z  CRITICAL  app  disk full``, styled, escape sequences inert.
 
-    rich's Text never interprets markup or ANSI codes in its content, so alert text from logs or
-    pages cannot drive the terminal. Shared by the console notifier and ``follow``.
+    rich's Text never interprets markup in its content, and :func:`terminal_safe` shows control
+    and bidi characters as escapes, so alert text from logs or pages cannot drive or reorder the
+    terminal. Shared by the console notifier, ``follow`` and ``alerts``.
     """
     from rich.text import Text
 
@@ -46,15 +48,10 @@ def alert_text(alert: Alert) -> Text:
     line.append("  ")
     line.append(f"{status:<8}", style=style)
     line.append("  ")
-    line.append(strip_controls(alert.watcher), style="bold")
+    line.append(terminal_safe(alert.watcher), style="bold")
     line.append("  ")
-    line.append(strip_controls(alert.title))
+    line.append(terminal_safe(alert.title))
     return line
-
-
-def strip_controls(text: str) -> str:
-    """Replace C0/C1 control characters (ESC included) so text cannot move or recolour a TTY."""
-    return "".join(" " if (ord(c) < 32 and c != "\t") or 0x7F <= ord(c) < 0xA0 else c for c in text)
 
 
 @register

@@ -20,7 +20,6 @@ Failures are raised as :class:`PageError` with the URL and what happened.
 
 from __future__ import annotations
 
-import email.utils
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import urllib3
 
 from watchkeeper import __version__
 from watchkeeper.errors import WatchkeeperError
-from watchkeeper.quantities import format_duration
+from watchkeeper.quantities import format_duration, retry_after_seconds
 
 
 class PageError(WatchkeeperError):
@@ -49,8 +48,6 @@ MAX_PER_HOST_CAP = 16
 POOLS = 1024
 """Hosts whose connections are kept open at once (least recently used go first)."""
 CHUNK = 65536
-RETRY_AFTER_CAP = 86400.0
-"""A Retry-After longer than this (a day) is taken as this."""
 _RETRIES = urllib3.Retry(
     total=None,
     connect=0,
@@ -149,20 +146,6 @@ def host_of(url: str) -> str:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{(parts.hostname or '').lower()}:{port}"
-
-
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), capped at a day."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), RETRY_AFTER_CAP)
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return min(max(moment.timestamp() - now, 0.0), RETRY_AFTER_CAP)
 
 
 class Fetcher:

@@ -25,7 +25,7 @@ from watchkeeper.watchers.logfiles import Files, Tracked, end_offset, holds, mem
 from watchkeeper.watchers.loginotify import FolderWatch
 from watchkeeper.watchers.logrisk import catastrophic
 from watchkeeper.watchers.logrotated import done_record
-from watchkeeper.watchers.logscan import Scanner
+from watchkeeper.watchers.logscan import RecordStart, Scanner
 from watchkeeper.watchers.logtrack import Rotations
 
 log = logging.getLogger("watchkeeper")
@@ -80,7 +80,10 @@ class LogWatcher(Rotations, Watcher):
         """Patterns prone to catastrophic backtracking, and where they run here."""
         found = []
         for rule in self.scanner.rules:
-            for key, pattern in (("match", rule.match), ("unless", rule.unless)):
+            starts = rule.shape.record_start if rule.shape is not None else None
+            record = starts.pattern if isinstance(starts, RecordStart) else None
+            patterns = (("match", rule.match), ("unless", rule.unless), ("record_start", record))
+            for key, pattern in patterns:
                 shape = None if pattern is None else catastrophic(pattern.source)
                 if pattern is None or shape is None:
                     continue
@@ -456,7 +459,9 @@ class LogWatcher(Rotations, Watcher):
             consumed, seen = scan(
                 data, entry.path, entry.offset, rel, now, size=complete, gone=gone
             )
-            if consumed == 0 and not at_end and want == chunk:  # a block larger than a chunk
+            # A block larger than one read can hold (a chunk, or all of read_limit): cut it here,
+            # or the file would stall on it for good.
+            if consumed == 0 and not at_end and want >= min(chunk, config.read_limit):
                 consumed, seen = scan(
                     data, entry.path, entry.offset, 0, now, size=complete, gone=gone
                 )

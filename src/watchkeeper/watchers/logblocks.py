@@ -38,6 +38,11 @@ def _compile(pattern: bytes) -> Any:
 
 
 _PY_HEADER = _compile(rb"Traceback \(most recent call last\):")
+_PY_GROUP = _compile(rb"[ \t]+\+ Exception Group Traceback \(most recent call last\):")
+"""An exception group (Python 3.11+): printed all indented, ``+``/``|``-ruled, to its end."""
+_PY_EXCEPTION = _compile(rb"[A-Za-z_][\w.]*(?::|$)")
+"""What may end a traceback: ``ValueError: boom``, ``pkg.Error``, ``KeyboardInterrupt``; not a
+log record's timestamp, which begins the next record."""
 _PY_CHAIN = (
     b"During handling of the above exception, another exception occurred:",
     b"The above exception was the direct cause of the following exception:",
@@ -56,15 +61,26 @@ Step = Callable[[bytes, str], tuple[bool, str]]
 
 
 def _python(line: bytes, state: str) -> tuple[bool, str]:
-    if line[:1] in (b" ", b"\t"):
+    indented = line[:1] in (b" ", b"\t")
+    if state == "group":  # a group ends at the first line that is not indented
+        return indented, state
+    if indented:
+        if state in ("head", "chain") and _PY_GROUP.match(line):
+            return True, "group"
         return state != "head", "frames" if state == "chain" else state
     if _PY_HEADER.match(line):
         return state in ("head", "chain"), "frames"
     if line in _PY_CHAIN:
         return state in ("exception", "chain"), "chain"
-    if state == "frames":
+    if state == "frames" and _PY_EXCEPTION.match(line):
         return True, "exception"
     return False, state
+
+
+def _python_start(first: bytes) -> str:
+    if _PY_GROUP.search(first):
+        return "group"
+    return "frames" if _PY_HEADER.search(first) else "head"
 
 
 def _java(line: bytes, state: str) -> tuple[bool, str]:
@@ -89,11 +105,7 @@ def _go(line: bytes, state: str) -> tuple[bool, str]:
 
 _STEPS: dict[str, tuple[Step, Callable[[bytes], str], frozenset[str]]] = {
     # (step, the state after the matched line, the states in which the block is whole)
-    "python": (
-        _python,
-        lambda first: "frames" if _PY_HEADER.search(first) else "head",
-        frozenset({"exception"}),
-    ),
+    "python": (_python, _python_start, frozenset({"exception", "group"})),
     "java": (
         _java,
         lambda first: "trace" if _JAVA_EXCEPTION.search(first) else "head",

@@ -121,6 +121,20 @@ class LogRule(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _one_block_shape(self) -> LogRule:
+        if self.block is not None and self.record_start is not None:
+            raise ValueError(
+                "block and record_start both say where a block ends: keep one (block for a "
+                "known format, record_start for your own)"
+            )
+        if self.structured and self.lines_after == 0:
+            raise ValueError(
+                "lines_after = 0 leaves a block rule no lines: remove it (the default caps a "
+                "block at 200) or give the most lines a block may take"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _title_fields(self) -> LogRule:
         if self.title is not None:
             allowed = TITLE_FIELDS | set(re.compile(self.match).groupindex)

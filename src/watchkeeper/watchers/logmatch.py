@@ -161,7 +161,10 @@ class Prefilter:
                 literal = pattern.source.encode("ascii")
                 fallback += [re.compile(branch) for branch in alternatives(literal)]
             else:
-                fallback.append(re2.compile(b"(?m)" + pattern.candidates, RE2_BYTES))
+                try:
+                    fallback.append(re2.compile(b"(?m)" + pattern.candidates, RE2_BYTES))
+                except re2.error:  # too big for RE2 (nested counted repeats): every line is
+                    fallback.append(_EVERY_LINE)  # a candidate; the exact matcher confirms
         if compiled:
             self.database = hyperscan.Database()
             self.database.compile(

@@ -61,7 +61,7 @@ class Rule:
         if config.structured:
             starts = None
             if config.record_start is not None:
-                starts = _starts(Pattern.compile(config.record_start, timeout), encoding)
+                starts = RecordStart(Pattern.compile(config.record_start, timeout), encoding)
             shape = BlockShape(config.block, starts)
         return cls(index, config, match, unless, threshold, severity, plain, exact, shared, shape)
 
@@ -96,16 +96,21 @@ _OWN = ("title", "body", "data")
 """The fields each line's observation has of its own."""
 
 
-def _starts(pattern: Pattern, encoding: str) -> Any:
-    """A record-start test on a line's bytes; a line too slow to tell starts a record."""
+class RecordStart:
+    """A record-start test on a line's bytes. A line too slow to tell starts a record, and its
+    time is kept in ``timeouts`` for the scanner to count as a slow line, like a rule's."""
 
-    def starts(line: bytes) -> bool:
+    def __init__(self, pattern: Pattern, encoding: str) -> None:
+        self.pattern = pattern
+        self.encoding = encoding
+        self.timeouts: list[float] = []
+
+    def __call__(self, line: bytes) -> bool:
         try:
-            return pattern.search(line, line.decode(encoding, "replace")) is not None
-        except LineTimeout:
+            return self.pattern.search(line, line.decode(self.encoding, "replace")) is not None
+        except LineTimeout as exc:
+            self.timeouts.append(exc.elapsed)
             return True
-
-    return starts
 
 
 class Scanner:
@@ -204,6 +209,13 @@ class Scanner:
                 stop, note = end, None
                 if rule.config.cap and not cut:
                     held, stop, note = self._block(rule, data, start, end, size, release, gone)
+                    starts = rule.shape.record_start if rule.shape is not None else None
+                    if isinstance(starts, RecordStart) and starts.timeouts:
+                        for elapsed in starts.timeouts:  # record_start's slow lines count too
+                            self._too_slow(rule, path, base + start, now)
+                            self.slow_spent += elapsed
+                        starts.timeouts.clear()
+                        over = over or self.slow_spent >= SLOW_SHARE
                     if held:
                         return start, found
                     block_end = stop + 1

@@ -8,6 +8,7 @@ keeper's threads do the real work; the dashboard only looks and asks.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -39,6 +40,7 @@ from watchkeeper.alerts import Severity
 from watchkeeper.bind import Bind
 from watchkeeper.quantities import format_duration, iso_utc, parse_duration, parse_since
 from watchkeeper.store import Store
+from watchkeeper.supervisor import watcher_health
 from watchkeeper.watchers.base import WatcherConfig
 from watchkeeper.web.auth import LOOPBACK_HOSTS, AuthMiddleware, Guard, SecurityHeadersMiddleware
 from watchkeeper.web.data import (
@@ -55,6 +57,7 @@ from watchkeeper.web.data import (
     watcher_names,
 )
 from watchkeeper.web.details import has_view, watcher_detail
+from watchkeeper.web.limits import BodyLimitMiddleware, LoginLimiter
 from watchkeeper.web.metrics import metrics_registry, render
 from watchkeeper.web.stream import Broadcaster, StreamFilter, alert_events
 
@@ -78,6 +81,7 @@ class Context:
     guard: Guard
     broadcaster: Broadcaster
     env: Environment
+    logins: LoginLimiter
 
 
 SQLITE_MAX = 2**63 - 1
@@ -92,8 +96,8 @@ def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> St
     env = Environment(loader=PackageLoader("watchkeeper.web", "templates"), autoescape=True)
     env.filters["rel"] = relative_time
     env.filters["duration"] = format_duration
-    ctx = Context(keeper, store, guard, broadcaster, env)
-    registry = metrics_registry(store, lambda: broadcaster.count)
+    ctx = Context(keeper, store, guard, broadcaster, env, LoginLimiter())
+    registry = metrics_registry(store, lambda: broadcaster.count, keeper.health)
 
     async def metrics(request: Request) -> Response:
         body = await anyio.to_thread.run_sync(render, registry)
@@ -104,7 +108,7 @@ def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> St
         target = request.query_params.get("next") if here == "/login" else here
         return page(request, "login.html", anonymous=True, next=safe_next(target))
 
-    middleware = [Middleware(SecurityHeadersMiddleware)]
+    middleware = [Middleware(SecurityHeadersMiddleware), Middleware(BodyLimitMiddleware)]
     if token is None:  # then loopback only: answer only to loopback names (DNS rebinding)
         hosts = [*LOOPBACK_HOSTS, bind.host, f"[{bind.host}]"]
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
@@ -123,6 +127,7 @@ def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> St
         Route("/api/watchers/{name:str}/{action:str}", action, methods=["POST"]),
         Route("/api/alerts", api_alerts),
         Route("/api/notifiers", api_notifiers),
+        Route("/api/health", api_health),
         Route("/api/stream", stream),
         Route("/metrics", metrics),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
@@ -139,6 +144,11 @@ def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> St
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.wk = ctx
     return app
+
+
+def threads(ctx: Context) -> dict[str, tuple[str, str | None]]:
+    """{watcher: (state, error)} for watchers whose thread crashed or is restarting."""
+    return watcher_health(ctx.keeper.health())
 
 
 def wk(request: Request) -> Context:
@@ -182,7 +192,7 @@ async def push_changes(ctx: Context) -> None:
     while True:
         await asyncio.sleep(POLL)
         try:
-            docs = watcher_docs(ctx.store)
+            docs = watcher_docs(ctx.store, threads(ctx))
             newest = last_alert_id(ctx.store)
         except Exception:  # the store is closing; the task is about to be cancelled
             continue
@@ -206,7 +216,7 @@ async def overview(request: Request) -> Response:
         request,
         "overview.html",
         cursor=cursor,
-        watchers=watcher_docs(store),
+        watchers=watcher_docs(store, threads(wk(request))),
         alerts=recent,
         running=running_names(wk(request)),
         loaded_at=iso_utc(wk(request).keeper.loaded_at),
@@ -265,7 +275,7 @@ async def watcher_page(request: Request) -> Response:
         request,
         "watcher.html",
         cursor=cursor,
-        watcher=watcher_doc(record, count, now),
+        watcher=watcher_doc(record, count, now, threads(ctx).get(record.name)),
         record=record,
         detail=detail,
         info=info,
@@ -293,16 +303,25 @@ async def form_data(request: Request) -> dict[str, str]:
 async def login(request: Request) -> Response:
     """Check the token from the form; set the session cookie."""
     ctx = wk(request)
+    client = request.client.host if request.client else "?"
+    wait = ctx.logins.wait(client)
+    if wait > 0:  # before reading the form: a guesser gets no answer about its guess
+        return PlainTextResponse(
+            "too many wrong tokens; try again later",
+            status_code=429,
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
     form = await form_data(request)
     target = safe_next(form.get("next"))
     if not ctx.guard.same_origin(request):
         return PlainTextResponse("cross-site login refused", status_code=403)
     if not ctx.guard.token_matches(form.get("token", "")):
+        ctx.logins.failed(client)
         return page(
             request, "login.html", status=401, anonymous=True, next=target, error="wrong token"
         )
     response = RedirectResponse(target, status_code=303)
-    ctx.guard.session_cookie(response)
+    ctx.guard.session_cookie(response, secure=request.url.scheme == "https")
     return response
 
 
@@ -352,7 +371,7 @@ async def action(request: Request) -> Response:
         "mute": lambda: keeper.mute(name, duration),
     }[verb]
     await anyio.to_thread.run_sync(run)
-    doc = next(d for d in watcher_docs(ctx.store) if d["name"] == name)
+    doc = next(d for d in watcher_docs(ctx.store, threads(ctx)) if d["name"] == name)
     ctx.broadcaster.publish(doc)
     if api:
         return JSONResponse({"ok": True, "action": verb, "watcher": doc})
@@ -371,7 +390,7 @@ def reply(api: bool, status: int, message: str) -> Response:
 
 async def api_watchers(request: Request) -> Response:
     """``GET /api/watchers``: every watcher's row."""
-    return JSONResponse(watcher_docs(wk(request).store))
+    return JSONResponse(watcher_docs(wk(request).store, threads(wk(request))))
 
 
 async def api_watcher(request: Request) -> Response:
@@ -382,7 +401,7 @@ async def api_watcher(request: Request) -> Response:
     record = store.watcher(name)
     if record is None:
         return JSONResponse({"error": f"no watcher named {name!r}"}, status_code=404)
-    docs = {d["name"]: d for d in watcher_docs(store)}
+    docs = {d["name"]: d for d in watcher_docs(store, threads(ctx))}
     detail = watcher_detail(record, running_config(ctx, name), store)
     return JSONResponse(
         {
@@ -411,6 +430,12 @@ async def api_notifiers(request: Request) -> Response:
     """``GET /api/notifiers``: each notifier's outbox."""
     ctx = wk(request)
     return JSONResponse(notifier_docs(ctx.store, ctx.keeper))
+
+
+async def api_health(request: Request) -> Response:
+    """``GET /api/health``: every thread's state and the store's, from the supervisor."""
+    health = await anyio.to_thread.run_sync(wk(request).keeper.health)
+    return JSONResponse(health)
 
 
 async def stream(request: Request) -> Response:

@@ -4,7 +4,9 @@
   ``Authorization: Bearer TOKEN`` (API clients, ``follow``, Prometheus) or as the session cookie
   the login form sets. Both are compared in constant time. Without it: 401 (HTML clients get the
   login form with that status, others JSON and ``WWW-Authenticate: Bearer``).
-- The cookie holds an HMAC of the token, not the token, and is HttpOnly and SameSite=Strict.
+- The cookie holds an HMAC of the token, not the token, and is HttpOnly and SameSite=Strict;
+  ``Secure`` when the request came over HTTPS (served with TLS, or from a proxy on loopback that
+  says so with ``X-Forwarded-Proto: https``: uvicorn trusts 127.0.0.1's forwarded headers).
 - Every POST from a browser must carry the page's CSRF token (a synchronizer token: other sites
   cannot read our pages, so they cannot learn it) and must not come from another origin. A
   request authenticated by the Bearer header needs none: browsers never add that header on their
@@ -93,10 +95,15 @@ class Guard:
             return True
         return origin.split("://", 1)[-1] == request.headers.get("host", "")
 
-    def session_cookie(self, response: Response) -> None:
-        """Set the login cookie on ``response``."""
+    def session_cookie(self, response: Response, secure: bool) -> None:
+        """Set the login cookie on ``response``; ``secure`` (served over HTTPS): HTTPS only."""
         response.set_cookie(
-            SESSION_COOKIE, self.session, httponly=True, samesite="strict", path="/"
+            SESSION_COOKIE,
+            self.session,
+            httponly=True,
+            samesite="strict",
+            path="/",
+            secure=secure,
         )
 
 

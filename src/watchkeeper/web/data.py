@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,13 +37,22 @@ def alerts_per_watcher(store: Store, since: float) -> dict[str, int]:
     return {r[0]: r[1] for r in rows}
 
 
-def watcher_doc(record: WatcherRecord, alerts_24h: int, now: float) -> dict[str, Any]:
-    """A watcher as JSON: the API's row and the stream's ``watcher`` event."""
+def watcher_doc(
+    record: WatcherRecord,
+    alerts_24h: int,
+    now: float,
+    thread: tuple[str, str | None] | None = None,
+) -> dict[str, Any]:
+    """A watcher as JSON: the API's row and the stream's ``watcher`` event.
+
+    ``thread`` is the supervisor's word on its thread when that is ``crashed`` or
+    ``restarting``: then it is the state, and its error the last error.
+    """
     muted = record.muted_until if record.muted_until and record.muted_until > now else None
     return {
         "name": record.name,
         "kind": record.kind,
-        "state": watcher_state(record),
+        "state": thread[0] if thread else watcher_state(record),
         "paused": record.paused,
         "muted_until": iso_utc(muted) if muted else None,
         "last_check": iso_utc(record.last_check) if record.last_check else None,
@@ -50,17 +60,22 @@ def watcher_doc(record: WatcherRecord, alerts_24h: int, now: float) -> dict[str,
         "checks": record.checks,
         "failures": record.failures,
         "failures_total": record.failures_total,
-        "last_error": record.last_error,
+        "last_error": thread[1] if thread else record.last_error,
         "alerts_24h": alerts_24h,
         "log_lost": lost_totals(record.checkpoint),
     }
 
 
-def watcher_docs(store: Store, now: float | None = None) -> list[dict[str, Any]]:
-    """Every watcher in the store, by name."""
-    now = time.time() if now is None else now
+def watcher_docs(
+    store: Store, threads: Mapping[str, tuple[str, str | None]] | None = None
+) -> list[dict[str, Any]]:
+    """Every watcher in the store, by name; ``threads`` as :func:`supervisor.watcher_health`."""
+    now = time.time()
     counts = alerts_per_watcher(store, now - DAY)
-    return [watcher_doc(r, counts.get(r.name, 0), now) for r in store.watchers()]
+    threads = threads or {}
+    return [
+        watcher_doc(r, counts.get(r.name, 0), now, threads.get(r.name)) for r in store.watchers()
+    ]
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,15 @@ from watchkeeper.web.details import file_size, lag
 class StoreCollector(Collector):
     """Collects watchkeeper's numbers from the state file on every scrape."""
 
-    def __init__(self, store: Store, stream_clients: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        stream_clients: Callable[[], int],
+        health: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.store = store
         self.stream_clients = stream_clients
+        self.health = health
 
     def collect(self) -> Iterator[Metric]:
         """One family per number; see docs/dashboard.md for the list."""
@@ -123,6 +129,41 @@ class StoreCollector(Collector):
         )
         clients.add_metric([], self.stream_clients())
         yield clients
+        if self.health is not None:  # a keeper's own threads: not for a state file alone
+            yield from health_metrics(self.health())
+
+
+def health_metrics(report: dict[str, Any]) -> Iterator[Metric]:
+    """The supervisor's report: thread states and restarts, the store's write fault."""
+    crashed = GaugeMetricFamily(
+        "watchkeeper_thread_crashed",
+        "1 while a thread is crashed (waiting to be restarted).",
+        labels=["thread", "kind"],
+    )
+    restarting = GaugeMetricFamily(
+        "watchkeeper_thread_restarting",
+        "1 while a restarted thread has not yet run for a minute.",
+        labels=["thread", "kind"],
+    )
+    restarts = CounterMetricFamily(
+        "watchkeeper_thread_restarts", "Restarts after a crash.", labels=["thread", "kind"]
+    )
+    for unit in report.get("threads", []):
+        labels = [unit["name"], unit["kind"]]
+        crashed.add_metric(labels, int(unit["state"] == "crashed"))
+        restarting.add_metric(labels, int(unit["state"] == "restarting"))
+        restarts.add_metric(labels, unit["restarts"])
+    store = report.get("store", {})
+    failing = GaugeMetricFamily(
+        "watchkeeper_store_write_failing", "1 while writes to the state file fail."
+    )
+    failing.add_metric([], int(store.get("state") == "failing"))
+    unmarked = GaugeMetricFamily(
+        "watchkeeper_unmarked_sends",
+        "Deliveries sent whose mark the state file could not take yet (kept in memory).",
+    )
+    unmarked.add_metric([], store.get("unmarked_sends", 0))
+    yield from (crashed, restarting, restarts, failing, unmarked)
 
 
 def file_lags(checkpoint: Any) -> Iterator[tuple[str, int]]:
@@ -146,10 +187,14 @@ def file_lags(checkpoint: Any) -> Iterator[tuple[str, int]]:
             yield from file_lags(value)
 
 
-def metrics_registry(store: Store, stream_clients: Callable[[], int]) -> CollectorRegistry:
+def metrics_registry(
+    store: Store,
+    stream_clients: Callable[[], int],
+    health: Callable[[], dict[str, Any]] | None = None,
+) -> CollectorRegistry:
     """A registry of our own (not the process-global one) holding the store collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store, stream_clients))
+    registry.register(StoreCollector(store, stream_clients, health))
     return registry
 
 

@@ -13,10 +13,13 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from watchkeeper.bind import Bind, check_exposure, parse_bind
 from watchkeeper.errors import WatchkeeperError
+from watchkeeper.runtime import error_text
 from watchkeeper.web.stream import Broadcaster
 
 if TYPE_CHECKING:
@@ -27,23 +30,32 @@ if TYPE_CHECKING:
 log = logging.getLogger("watchkeeper")
 
 
+def _nothing() -> None:
+    """No supervisor told yet."""
+
+
 class DashboardError(WatchkeeperError):
     """The dashboard cannot start (address in use, no token off loopback, ...)."""
 
 
 def serve_dashboard(
-    keeper: Keeper, bind: str = "127.0.0.1:8470", token: str | None = None, required: bool = True
+    keeper: Keeper,
+    bind: str = "127.0.0.1:8470",
+    token: str | None = None,
+    required: bool = True,
+    tls: tuple[Path, Path] | None = None,
 ) -> Dashboard:
     """Serve the dashboard (pages, API, stream, /metrics) while ``keeper`` runs.
 
     Before ``keeper.start()`` it starts with the keeper; after, at once. ``bind`` may use port 0;
     the returned Dashboard's ``url`` has the real port once started. Off loopback a ``token`` is
-    required. ``required=False``: a busy address is a warning, not an error. The keeper only knows
-    it as a :class:`~watchkeeper.keeper.Companion`: the core never imports the web stack.
+    required. ``required=False``: a busy address is a warning, not an error. ``tls``: the
+    (certificate, key) PEM files to serve HTTPS with. The keeper only knows it as a
+    :class:`~watchkeeper.keeper.Companion`: the core never imports the web stack.
     """
     if any(isinstance(c, Dashboard) for c in keeper.companions):
         raise RuntimeError("this keeper already serves a dashboard")
-    dashboard = Dashboard(keeper, bind, token, required=required)
+    dashboard = Dashboard(keeper, bind, token, required=required, tls=tls)
     keeper.attach(dashboard)
     return dashboard
 
@@ -57,12 +69,14 @@ class Dashboard:
         bind: str | Bind = "127.0.0.1:8470",
         token: str | None = None,
         required: bool = True,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         try:
             self.bind = parse_bind(bind) if isinstance(bind, str) else bind
-            check_exposure(self.bind, bool(token))
+            check_exposure(self.bind, token)
         except ValueError as exc:
             raise DashboardError(str(exc)) from exc
+        self.tls = tls
         self.keeper = keeper
         self.token = token or None
         self.required = required
@@ -71,11 +85,38 @@ class Dashboard:
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self._broadcaster: Broadcaster | None = None
+        self.failure: str | None = None
+        """Why the server thread ended when nothing asked it to (for the supervisor)."""
+        self.ended: Callable[[], None] = _nothing
+        self._stopped = False
+
+    kind = "dashboard"
+    """What the supervisor's health report calls it."""
+
+    @property
+    def name(self) -> str:
+        """The server thread's name, as the supervisor reports it."""
+        return "watchkeeper:dashboard"
+
+    def healthy(self) -> bool:
+        """True while it serves, or after it was stopped on purpose."""
+        return self._stopped or self.running
+
+    def revive(self) -> None:
+        """Serve again on the same address after the server thread ended by itself."""
+        self.stop()
+        self._stopped = False
+        self.failure = None
+        if self.port is not None:
+            self.bind = Bind(self.bind.host, self.port)
+        if not self.prepare():
+            raise DashboardError(f"dashboard: cannot listen on {self.url} again")
+        self.serve()
 
     @property
     def url(self) -> str:
         """``http://host:port`` with the real port once started."""
-        return self.bind.url(self.port)
+        return self.bind.url(self.port, tls=self.tls is not None)
 
     @property
     def running(self) -> bool:
@@ -121,12 +162,21 @@ class Dashboard:
         import uvicorn
 
         from watchkeeper.web.app import build_app
+        from watchkeeper.web.limits import (
+            KEEP_ALIVE,
+            MAX_HEADER_BYTES,
+            GuardedH11Protocol,
+            accept_batch,
+            connection_limit,
+        )
 
         sock, store = self._sock, self.keeper.store
         if sock is None or store is None:
             raise DashboardError("dashboard: start the keeper (which binds the address) first")
         app = build_app(self.keeper, store, self.token, self.bind)
         self._broadcaster = app.state.wk.broadcaster
+        limit = connection_limit()
+        protocol = type("Protocol", (GuardedH11Protocol,), {"limit": limit})
         config = uvicorn.Config(
             app,
             log_level="warning",
@@ -134,6 +184,12 @@ class Dashboard:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=2,
+            http=protocol,
+            backlog=accept_batch(limit),
+            timeout_keep_alive=int(KEEP_ALIVE),
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            ssl_certfile=self.tls[0] if self.tls else None,
+            ssl_keyfile=self.tls[1] if self.tls else None,
         )
         server = uvicorn.Server(config)
         self._server = server
@@ -141,12 +197,16 @@ class Dashboard:
         def run() -> None:
             try:
                 asyncio.run(server.serve(sockets=[sock]))
-            except Exception:
+                if not server.should_exit:
+                    self.failure = "the server ended by itself"
+            except BaseException as exc:
+                self.failure = error_text(exc)
                 log.exception("dashboard server failed")
             finally:
                 sock.close()
+                self.ended()
 
-        self._thread = threading.Thread(target=run, name="watchkeeper:dashboard", daemon=True)
+        self._thread = threading.Thread(target=run, name=self.name, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not server.started:
@@ -159,6 +219,7 @@ class Dashboard:
 
     def stop(self, timeout: float = 5.0) -> None:
         """End open streams, stop uvicorn, join its thread."""
+        self._stopped = True
         if self._broadcaster is not None:
             self._broadcaster.close_all()
         if self._server is not None:
