@@ -67,11 +67,8 @@ def agent(config: Path, log: Path | None = None) -> subprocess.Popen[bytes]:
     )
 
 
-def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    (logs / "app.log").touch()
-    out = tmp_path / "alerts.jsonl"
+def agent_config(tmp_path: Path, paths: str, log: str = "", notify: str = "") -> Path:
+    """A config for ``watchkeeper run``: jsonl alerts, one log watcher named app."""
     config = tmp_path / "watchkeeper.toml"
     config.write_text(
         f"""
@@ -81,15 +78,25 @@ dashboard = false
 
 [[notify]]
 kind = "jsonl"
-path = "{out}"
-
+path = "{tmp_path / "alerts.jsonl"}"
+{notify}
 [[log]]
 name = "app"
-paths = ["{logs / "app.log"}"]
+paths = ["{paths}"]
 start_at = "beginning"
 rules = [{{ match = "CRITICAL", severity = "critical" }}]
+{log}
 """
     )
+    return config
+
+
+def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "app.log").touch()
+    out = tmp_path / "alerts.jsonl"
+    config = agent_config(tmp_path, str(logs / "app.log"))
     rng = random.Random(3)
     first = agent(config)
     try:  # the first check sets where reading starts; from then on nothing may be missed

@@ -22,7 +22,7 @@ from watchkeeper.config import load_config
 from watchkeeper.errors import ConfigError
 from watchkeeper.store import Store
 from watchkeeper.watchers.log import LogWatcher
-from watchkeeper.watchers.logfiles import FolderWatch
+from watchkeeper.watchers.loginotify import FolderWatch
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -147,6 +147,7 @@ def status(
     """Show watchers (health, last and next check), the outbox per notifier, and the running
     keeper's threads and state file when something is wrong with them."""
     from watchkeeper.supervisor import read_health, watcher_health
+    from watchkeeper.watchers.logrotated import lost_totals
 
     store = open_store(config, state)
     try:
@@ -179,6 +180,7 @@ def status(
             "failures": w.failures,
             "last_error": threads[w.name][1] if w.name in threads else w.last_error,
             "checks": w.checks,
+            "log_lost": lost_totals(w.checkpoint),
         }
         for w in watchers
     ]
@@ -213,6 +215,17 @@ def status(
             Text(terminal_safe((row["last_error"] or "")[:80])),
         )
     out.print(table)
+    for row in rows:
+        lost = row["log_lost"]
+        if lost and lost["episodes"]:
+            out.print(
+                Text(
+                    f"{terminal_safe(row['name'])}: {lost['bytes']:,} bytes (and "
+                    f"{lost['files']:,} whole files) lost before they could be read, in "
+                    f"{lost['episodes']} episodes: see its health alerts",
+                    style="red",
+                )
+            )
     _print_health(health)
     notifiers = Table(title="outbox", title_justify="left")
     for column in ("notifier", "pending", "sent", "failed", "last error"):

@@ -12,30 +12,21 @@ larger than ``read_limit`` is read in several checks without waiting, each commi
 
 from __future__ import annotations
 
-import fnmatch
-import glob
 import logging
 import os
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from watchkeeper.alerts import Observation, Severity
 from watchkeeper.watchers.base import CheckResult, Watcher, register
 from watchkeeper.watchers.logconfig import LogConfig
-from watchkeeper.watchers.logfiles import (
-    Files,
-    FolderWatch,
-    Tracked,
-    end_offset,
-    holds,
-    members,
-    remember,
-    rotated_siblings,
-)
+from watchkeeper.watchers.logfiles import Files, Tracked, end_offset, holds, members, remember
+from watchkeeper.watchers.loginotify import FolderWatch
 from watchkeeper.watchers.logrisk import catastrophic
+from watchkeeper.watchers.logrotated import done_record
 from watchkeeper.watchers.logscan import RecordStart, Scanner
+from watchkeeper.watchers.logtrack import Rotations
 
 log = logging.getLogger("watchkeeper")
 
@@ -45,13 +36,17 @@ BUFFERED = 256 * 1024
 """Reads at least this large go to a reused buffer (see ``LogWatcher._pread``)."""
 SLOW_EPISODE = 600.0
 """Seconds without a line running out of ``line_timeout`` that end a slow-pattern episode."""
+PIN_WAIT = 3
+"""Checks a pinned file still on disk waits for the sibling search before it is read anyway."""
+PIN_RETRY = 0.2
+"""Seconds until the next check while pinned files wait."""
 DONE = 64
 """Rotated files read to their end that the checkpoint remembers, so that a sibling search
 (``_unseen``) never reads one again when its modification time ties with a newer rotation's."""
 
 
 @register
-class LogWatcher(Watcher):
+class LogWatcher(Rotations, Watcher):
     """Follows log files and alerts on the lines its rules match."""
 
     kind = "log"
@@ -62,12 +57,25 @@ class LogWatcher(Watcher):
     def __init__(self, config: LogConfig, use_hyperscan: bool = True) -> None:
         super().__init__(config)
         self.scanner = Scanner(config, use_hyperscan)
-        self.files = Files()
-        self.watch = FolderWatch() if config.inotify else None
+        self.files = Files(config.rotated, config.max_open_files)
+        self.watch = FolderWatch(config.name) if config.inotify else None
         self.more = False
         self.due: float | None = None
         self.done: list[tuple[Any, ...]] = []
         self.buffer: bytearray | None = None
+        self.lost: dict[str, int] = {}
+        self.losses: list[Observation] = []
+        self.generations = 0
+        """New files met (not copies of content read already)."""
+        self.base: int | None = None
+        """Generations created less those met, at the end of the first check that counted."""
+        self.deficit: float | None = None
+        self.reported = (0, 0, 0, 0)
+        """Generations missed and inotify overflows reported, the thread's lateness seen, and
+        checks since it last grew (see ``_missed``)."""
+        self.pins: dict[tuple[int, int], tuple[str, int]] = {}
+        self.watching: set[str] = set()
+        """Files inotify's thread opened that no check has reached yet: path, checks waited."""
 
     def warnings(self) -> list[str]:
         """Patterns prone to catastrophic backtracking, and where they run here."""
@@ -133,12 +141,22 @@ class LogWatcher(Watcher):
         """Reconcile files with the globs, read what is new, return alerts and offsets."""
         now = time.time()
         state = checkpoint or {}
-        queue = [Tracked.from_json(d) for d in state.get("files", [])]
+        stored = state.get("files", [])
+        queue = [Tracked.from_json(d) for d in stored]
+        # Each entry's checkpoint form as it came: an idle entry goes back out unchanged.
+        as_stored = {id(e): d for e, d in zip(queue, stored, strict=True)}
+        idle: set[int] = set()
         self.scanner.counts = {int(k): list(v) for k, v in state.get("counts", {}).items()}
         self.scanner.slow = dict(state.get("slow", {}))
         self.scanner.slow_spent, self.scanner.yielded = 0.0, False
         slow_before = self.scanner.slow.get("lines", 0)
         self.done = [tuple(d) for d in state.get("done", [])]
+        self.lost, self.losses = dict(state.get("lost") or {}), []
+        self._take_pinned()
+        self.files.protected = set(self.pins) | {(e.dev, e.ino) for e in queue if e.gone}
+        held = set(self.files.fds)
+        if self.watch is not None:
+            self.watch.hold(held)
         current = members(self.config.paths)
         # The paths were changed since the checkpoint (an edited config, another `tail`): files
         # no longer named are dropped, and files newly named start where start_at says.
@@ -149,6 +167,7 @@ class LogWatcher(Watcher):
         if checkpoint is not None:
             queue = self._in_order(queue, self._rotated_unseen(queue, current), current)
         self.more, self.due = False, None
+        by_key = {(info.st_dev, info.st_ino): path for path, info in current.items()}
         budget = [self.config.read_limit]
         found: list[Observation] = []
         kept: list[Tracked] = []
@@ -159,28 +178,57 @@ class LogWatcher(Watcher):
             i += 1
             if (entry.dev, entry.ino) in seen:
                 continue
-            located = self.files.locate(entry, current)
-            if located is None:
-                log.warning(
-                    "watcher %s: %s is gone; it was read up to byte %d",
-                    self.name,
-                    entry.path,
-                    entry.offset,
-                )
+            if self._unchanged(entry, current):  # idle since the last look
+                seen.add((entry.dev, entry.ino))
+                kept.append(entry)
+                idle.add(id(entry))
                 continue
+            located = self.files.locate(entry, current, by_key)
+            if located is None:
+                # Moved out of sight (an olddir, a compressed archive): look for it by content.
+                copy = self.files.find_copy(entry, None)
+                if copy is None or copy[3] > copy[2].st_size:
+                    self._gone(entry, copy)
+                    continue
+                entry = replace(entry, path=copy[0], dev=copy[2].st_dev, ino=copy[2].st_ino)
+                entry.gone = entry.gone or now
+                located = copy[:3]
             path, fd, info = located
             if info.st_size < entry.offset or not holds(fd, entry):
                 # Truncated (copytruncate) or another file under the same inode: read the unread
-                # rest from the copy, if there is one in the folder, then this file from 0.
+                # rest from the copy, if there is one where rotated files go, then this file
+                # from 0.
                 i -= 1
-                queue[i] = Tracked(path, info.st_dev, info.st_ino)
-                copy = self.files.find_copy(entry, info.st_ino) if entry.offset else None
-                if copy is not None:
+                fresh: Tracked | None = Tracked(path, info.st_dev, info.st_ino)
+                if entry.gone is not None or path not in current:
+                    # Not a followed path: the inode was freed and reused by a file rotated
+                    # here, perhaps one whose content was read already.
+                    fresh = self._recognise(path, fd, info, self._known(queue))
+                if fresh is None:
+                    del queue[i]
+                else:
+                    queue[i] = fresh
+                copy = self.files.find_copy(entry, (info.st_dev, info.st_ino))
+                if self.watch is not None:  # the size it had just before the truncate
+                    entry.size = max(entry.size, self.watch.shrunk_from((entry.dev, entry.ino)))
+                if copy is not None and copy[3] <= copy[2].st_size:
+                    self._lost(entry, entry.size - copy[2].st_size, "truncated before the copy")
                     rest = replace(entry, path=copy[0], dev=copy[2].st_dev, ino=copy[2].st_ino)
                     known = {(copy[2].st_dev, copy[2].st_ino)}
-                    later = self._unseen(entry.path, copy[2].st_mtime_ns, queue, current, known)
+                    # Generations rotated after it were modified after the last look at it
+                    # (an archive's own time is when it was compressed: no bound).
+                    since = entry.mtime or copy[2].st_mtime_ns
+                    later = self._unseen(entry.path, since, queue, current, known)
                     queue[i:i] = [replace(rest, gone=rest.gone or now), *later]
-                elif entry.mtime:
+                elif copy is not None:  # a copy of what was read already: nothing to read in it
+                    self._lost(entry, entry.size - entry.offset, "truncated")
+                    copied = replace(entry, dev=copy[2].st_dev, ino=copy[2].st_ino)
+                    self.done = [*self.done, tuple(done_record(copied, copy[2].st_mtime_ns))]
+                    self.done = self.done[-DONE:]
+                    self.files.release((copy[2].st_dev, copy[2].st_ino))
+                elif entry.offset or entry.size:
+                    self._lost(entry, entry.size - entry.offset, "truncated, and no copy found")
+                if copy is None and entry.mtime:
                     # The file was deleted and its inode reused by a newer one at this path: files
                     # rotated away in between are its siblings, newer than it was when last seen.
                     known = {(info.st_dev, info.st_ino)}
@@ -190,15 +238,17 @@ class LogWatcher(Watcher):
             member = current.get(path)
             here = member is not None and (member.st_dev, member.st_ino) == (entry.dev, entry.ino)
             entry.path, entry.gone = path, (None if here else entry.gone or now)
+            if entry.gone is not None:  # it cannot be opened again by path: hold it
+                self.files.protected.add((entry.dev, entry.ino))
             entry.origin, entry.mtime = (path if here else entry.origin), info.st_mtime_ns
             found += self._read(entry, fd, info.st_size, now, budget)
             remember(fd, entry, info.st_size)
             drained = entry.offset >= info.st_size and entry.wait is None
             if entry.gone is not None and drained and now - entry.gone >= self.config.rotate_wait:
-                finished = (entry.dev, entry.ino, info.st_mtime_ns, entry.origin)
-                self.done = [*self.done, finished][-DONE:]
+                self.done = [*self.done, tuple(done_record(entry, info.st_mtime_ns))][-DONE:]
                 continue
             kept.append(entry)
+        found += self._read_pinned(seen, kept, now, budget)
         for path, info in current.items():
             if (info.st_dev, info.st_ino) in seen:
                 continue
@@ -214,22 +264,41 @@ class LogWatcher(Watcher):
             seen.add((info.st_dev, info.st_ino))
             at_end = (checkpoint is None or reconfigured) and self.config.start_at == "end"
             entry = self._first_seen(path, fd, info, at_end)
+            self.generations += 1
             found += self._read(entry, fd, info.st_size, now, budget)
             remember(fd, entry, info.st_size)
             kept.append(entry)
-        self.files.keep_only({(e.dev, e.ino) for e in kept})
+        self._carry_pins(seen, kept)
+        self.files.keep_only({(e.dev, e.ino) for e in kept} | set(self.pins))
+        self._close_inactive(kept, now)
         self._watch(kept)
+        if self.watch is not None:
+            # Files opened by this check are said at the next one: by then inotify's thread
+            # has counted their creation (see FolderWatch._relevant).
+            self.watch.hold(held & set(self.files.fds))
+            self.watch.follow(
+                {
+                    e.path: (self.files.fds[(e.dev, e.ino)], (e.dev, e.ino))
+                    for e in kept
+                    if (e.dev, e.ino) in self.files.fds
+                }
+            )
+            self._missed(now)
         if any(e.gone is not None for e in kept):
             self._due_at(now + self.config.rotate_wait)
+        if self.pins:  # held for the sibling search: look again soon, or read them anyway
+            self._due_at(now + PIN_RETRY)
         if not self.more:
             self.buffer = None  # caught up: no need to hold a chunk's memory while idle
         counts = {str(k): v for k, v in self.scanner.counts.items() if v}
-        files = [e.to_json() for e in kept]
+        files = [as_stored[id(e)] if id(e) in idle else e.to_json() for e in kept]
         found += self._slow_lines(now, slow_before)
         checkpoint = {"files": files, "counts": counts, "done": self.done, "paths": self.patterns}
         if self.scanner.slow:
             checkpoint["slow"] = self.scanner.slow
-        return CheckResult(found, checkpoint)
+        if self.lost:
+            checkpoint["lost"] = self.lost
+        return CheckResult(self.losses + found, checkpoint)
 
     def _slow_lines(self, now: float, before: int) -> list[Observation]:
         """While lines keep running out of ``line_timeout``, one condition says so.
@@ -268,6 +337,68 @@ class LogWatcher(Watcher):
             )
         ]
 
+    def _unchanged(self, entry: Tracked, current: dict[str, os.stat_result]) -> bool:
+        """Whether a followed file read to its end is still as it was at the last look.
+
+        Same identity at its path, same size, same modification time: nothing to read, nothing
+        to check (its descriptor, if held, is not even touched). This is what keeps a check
+        over thousands of idle files cheap: one dictionary lookup each, on the listing the
+        check made anyway.
+        """
+        key = (entry.dev, entry.ino)
+        if entry.gone is not None or entry.wait is not None or entry.skip:
+            return False
+        info = current.get(entry.path)
+        return (
+            info is not None
+            and (info.st_dev, info.st_ino) == key
+            and info.st_size == entry.size == entry.offset
+            and info.st_mtime_ns == entry.mtime
+        )
+
+    def _close_inactive(self, kept: list[Tracked], now: float) -> None:
+        """Close the files read to their end and not written for ``close_inactive``."""
+        idle = now - self.config.close_inactive
+        for entry in kept:
+            key = (entry.dev, entry.ino)
+            quiet = entry.mtime / 1e9 < idle and entry.offset == entry.size
+            if quiet and entry.gone is None and entry.wait is None and key in self.files.fds:
+                self.files.release(key)
+
+    def _read_pinned(
+        self, seen: set[tuple[int, int]], kept: list[Tracked], now: float, budget: list[int]
+    ) -> list[Observation]:
+        """Read the pinned files no other way can reach: rotated away and deleted since.
+
+        A pinned file still on disk is left to the members' loop and the sibling search, which
+        read each path's generations in order (and bound their search by the newest one read:
+        reading a later generation here first would hide the ones before it), for at most
+        ``PIN_WAIT`` checks. One whose content was read already (a copy) is dropped.
+        """
+        found: list[Observation] = []
+        if not self.pins:
+            return found
+        records = self._known(kept)
+        for key, (path, waited) in list(self.pins.items()):
+            fd = self.files.fds.get(key)
+            if key in seen or fd is None:
+                del self.pins[key]
+                continue
+            info = os.fstat(fd)
+            if info.st_nlink and waited < PIN_WAIT:
+                continue
+            del self.pins[key]
+            entry = self._recognise(path, fd, info, records)
+            if entry is None:
+                continue
+            self.generations += not entry.fp_len
+            seen.add(key)
+            entry.gone, entry.origin = now, path
+            found += self._read(entry, fd, info.st_size, now, budget)
+            remember(fd, entry, info.st_size)
+            kept.append(entry)
+        return found
+
     @staticmethod
     def _first_seen(path: str, fd: int, info: os.stat_result, at_end: bool) -> Tracked:
         """A file met for the first time: read from its start, or after its last full line."""
@@ -275,76 +406,6 @@ class LogWatcher(Watcher):
         if at_end:
             entry.offset = end_offset(fd, info.st_size)
         return entry
-
-    @property
-    def patterns(self) -> list[str]:
-        """The configured paths and globs, as the checkpoint records them."""
-        return [str(p) for p in self.config.paths]
-
-    def _named(self, origin: str | None, current: dict[str, os.stat_result]) -> bool:
-        """Whether the configured paths still name this file's path."""
-        if origin is None:
-            return False
-        return origin in current or any(fnmatch.fnmatchcase(origin, p) for p in self.patterns)
-
-    @staticmethod
-    def _in_order(
-        queue: list[Tracked], unseen: list[Tracked], current: dict[str, os.stat_result]
-    ) -> list[Tracked]:
-        """Queue the unseen rotated files so that each path's files are read oldest first.
-
-        They follow the file we knew at their path, unless that file's inode now belongs to the
-        newest file there (it was empty, deleted, and its inode reused): then they precede it.
-        """
-        members = {(s.st_dev, s.st_ino) for s in current.values()}
-        ordered: list[Tracked] = []
-        for entry in queue:
-            if not entry.fp_len and (entry.dev, entry.ino) in members:
-                ordered += [u for u in unseen if u.origin == entry.origin]
-                unseen = [u for u in unseen if u.origin != entry.origin]
-            ordered.append(entry)
-        return ordered + unseen
-
-    def _rotated_unseen(
-        self, queue: list[Tracked], current: dict[str, os.stat_result]
-    ) -> list[Tracked]:
-        """Files rotated away from a glob member's path that no look ever saw at that path.
-
-        A new file at a path we followed means the path rotated. If the writer rotated more than
-        once since the last look (or while watchkeeper was down), the files in between were
-        never members; they are the path's siblings modified after the newest file we knew there.
-        """
-        # A file that was empty when last seen has no fingerprint: if its inode was freed and
-        # reused by a newer file at the same path, only its siblings can tell it rotated.
-        proven = {(e.dev, e.ino) for e in queue if e.fp_len}
-        found: list[Tracked] = []
-        for path, info in current.items():
-            if (info.st_dev, info.st_ino) in proven:
-                continue
-            known = [e.mtime for e in queue if e.origin == path]
-            known += [int(d[2]) for d in self.done if len(d) > 3 and d[3] == path]
-            if known:
-                found += self._unseen(path, max(known), [*queue, *found], current)
-        return found
-
-    def _unseen(
-        self,
-        path: str,
-        newer_than: int,
-        queue: list[Tracked],
-        current: dict[str, os.stat_result],
-        known: set[tuple[int, int]] | None = None,
-    ) -> list[Tracked]:
-        """Entries for files rotated away from ``path``, modified since ``newer_than``, unread."""
-        known = set(known or ()) | {(e.dev, e.ino) for e in queue}
-        known |= {(s.st_dev, s.st_ino) for s in current.values()}
-        finished = {tuple(d[:3]) for d in self.done}
-        now = time.time()
-        return [
-            Tracked(found, info.st_dev, info.st_ino, gone=now, origin=path)
-            for found, info in rotated_siblings(path, newer_than, known)
-            if (info.st_dev, info.st_ino, info.st_mtime_ns) not in finished
-        ]
 
     def _read(
         self, entry: Tracked, fd: int, size: int, now: float, budget: list[int]
@@ -441,22 +502,6 @@ class LogWatcher(Watcher):
         """Wait at the entry's offset (partial line or missing context), from now if not yet."""
         if entry.wait is None or entry.wait[0] != entry.offset:
             entry.wait = (entry.offset, now)
-
-    def _due_at(self, when: float) -> None:
-        self.due = when if self.due is None else min(self.due, when)
-
-    def _watch(self, entries: list[Tracked]) -> None:
-        """Keep inotify on the folders of the globs and of the followed files."""
-        if self.watch is None or not self.watch.usable:
-            return
-        folders = [os.path.dirname(str(p)) or "." for p in self.config.paths]
-        folders = [f for f in folders if not glob.has_magic(f)]
-        folders += [os.path.dirname(e.path) or "." for e in entries]
-        self.watch.update(
-            list(dict.fromkeys(folders)),
-            {os.path.basename(e.path) for e in entries},
-            {Path(p).name for p in self.config.paths},
-        )
 
     def wait(self, wake: Any, timeout: float) -> None:
         """Return at once with a backlog; else block on inotify (or poll) until work or wake."""

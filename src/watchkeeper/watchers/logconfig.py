@@ -192,6 +192,23 @@ class LogConfig(WatcherConfig):
         "lookarounds) may take on one line; a line that takes longer is counted, reported "
         "and skipped by that rule.",
     )
+    rotated: list[str] | None = Field(
+        default=None,
+        description="Globs where rotated files are found ({path}: the followed file, {name}: "
+        "its name; a glob without them, such as an olddir's, stands as written). Default: "
+        "{path}.1, {path}-*, {path}.*.",
+    )
+    max_open_files: int = Field(
+        default=256,
+        ge=8,
+        description="At most this many files are held open; past it, the ones used longest "
+        "ago are closed and reopened by identity when they change.",
+    )
+    close_inactive: Duration = Field(
+        default=300.0,
+        description="A file read to its end and not written for this long is closed (and "
+        "reopened by identity when it changes).",
+    )
     rotate_wait: Duration = Field(
         default=5.0, description="Keep reading a rotated-away file this long after rotation."
     )

@@ -5,38 +5,34 @@ A followed file is known by device + inode + a fingerprint (a hash of its first 
 before the offset (Fluent Bit's offset marker). Together they tell apart:
 
 - the same file, grown: identity and marker hold -> continue at the offset;
-- rename rotation (logrotate's default): the inode is elsewhere in the folder (or still open
-  here) -> read it to its end, then the new file at the path from its start;
+- rename rotation (logrotate's default): the inode is in its folder or where the ``rotated``
+  globs point (or still open here) -> read it to its end, then the new file at the path from 0;
 - copytruncate: same inode, but the marker no longer matches (or the file is shorter than the
-  offset, which catches truncated-and-rewritten-past-the-offset too) -> the copy is found in the
-  folder by fingerprint + marker, its unread rest is read, then the file from its start;
+  offset, which catches truncated-and-rewritten-past-the-offset too) -> the copy is found by
+  fingerprint + marker (:func:`resumes`), its unread rest is read, then the file from 0;
+- compressed or moved away while nothing held it: found the same way, by content, in a ``.gz``
+  archive or an olddir (see :mod:`logrotated`);
 - delete-and-recreate, inode reuse: the fingerprint differs -> a new file, from its start.
 
-The search by identity in the folder also works after a restart, so a rotation that happened
-while watchkeeper was down loses nothing as long as the rotated file is still in the folder.
+The search by identity also works after a restart, so a rotation that happened while
+watchkeeper was down loses nothing as long as the rotated file (or its archive) is still there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fnmatch
 import glob
 import hashlib
 import logging
 import os
-import select
 import stat
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-try:
-    import inotify_simple
-except ImportError:  # pragma: no cover - not on Linux
-    inotify_simple = None
+from watchkeeper.watchers.logrotated import Known, is_archive, open_archive, rotated_files
 
 log = logging.getLogger("watchkeeper")
 
@@ -72,16 +68,21 @@ class Tracked:
     """The glob member path it was last seen at (``app.log`` for a file now named ``app.log.1``)."""
     mtime: int = 0
     """Its modification time (ns) at the last look."""
+    size: int = 0
+    """Its size at the last look: what is known to have been written, for loss reports."""
 
     def to_json(self) -> dict[str, Any]:
-        """The checkpoint form."""
-        return asdict(self)
+        """The checkpoint form (``asdict`` without its deep copies: a check makes thousands)."""
+        return {name: getattr(self, name) for name in _FIELDS}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Tracked:
         """Back from the checkpoint form."""
         wait = data.get("wait")
         return cls(**{**data, "wait": (int(wait[0]), float(wait[1])) if wait else None})
+
+
+_FIELDS = tuple(f.name for f in fields(Tracked))
 
 
 def members(patterns: Iterable[Path]) -> dict[str, os.stat_result]:
@@ -99,20 +100,57 @@ def members(patterns: Iterable[Path]) -> dict[str, os.stat_result]:
 
 
 class Files:
-    """Open files by identity. Holding the descriptor lets a deleted file be read to its end."""
+    """Open files by identity. Holding the descriptor lets a deleted file be read to its end.
 
-    def __init__(self) -> None:
+    ``rotated`` are the globs (see :mod:`logrotated`) where a file moved away is looked for.
+    At most ``limit`` descriptors are held: past it, the one used longest ago among the files
+    that can be opened again by path (not ``protected``: rotated away, pinned) is closed, so
+    that thousands of files never starve the rest of the program (notifiers, SQLite, sockets).
+    """
+
+    def __init__(self, rotated: Sequence[str] | None = None, limit: int = 1 << 30) -> None:
         self.fds: dict[tuple[int, int], int] = {}
+        """By identity, the least recently used first."""
         self.warned: set[tuple[str, int]] = set()
+        self.rotated = rotated
+        self.limit = limit
+        self.protected: set[tuple[int, int]] = set()
+
+    def touch(self, key: tuple[int, int]) -> None:
+        """Mark a held file as just used (the last to be closed for room)."""
+        fd = self.fds.pop(key, None)
+        if fd is not None:
+            self.fds[key] = fd
+
+    def _room(self) -> None:
+        """Close the least recently used reopenable files until one more fits."""
+        self.shed(len(self.fds) + 1 - self.limit)
+
+    def shed(self, count: int) -> None:
+        """Close up to ``count`` of the least recently used files that can be reopened."""
+        for key in [k for k in self.fds if k not in self.protected][: max(0, count)]:
+            self.release(key)
 
     def open(self, path: str) -> tuple[int, os.stat_result] | None:
         """Open (or reuse) the file at ``path``; None when it is gone or unreadable.
 
         An unreadable file (permissions) is logged once and skipped, so that one bad file does
-        not stop the watcher from following the others.
+        not stop the watcher from following the others. A ``.gz`` archive is opened as its
+        decompressed text, under the archive's device and inode.
         """
+        if is_archive(path):
+            return self._open_archive(path)
+        self._room()
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                    raise
+                # The process is out of descriptors (a lower ulimit than max_open_files):
+                # give half of ours back and try once more.
+                self.shed(len(self.fds) // 2 + 1)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -125,17 +163,50 @@ class Files:
         held = self.fds.get(key)
         if held is not None:
             os.close(fd)
+            self.touch(key)
             return held, info
         self.fds[key] = fd
         return fd, info
 
+    def _open_archive(self, path: str) -> tuple[int, os.stat_result] | None:
+        with contextlib.suppress(OSError):
+            info = os.stat(path)
+            held = self.fds.get((info.st_dev, info.st_ino))
+            if held is not None:
+                fields = (*info[:6], os.fstat(held).st_size, *info[7:10])
+                return held, os.stat_result(fields, {"st_mtime_ns": info.st_mtime_ns})
+        opened = open_archive(path)
+        if opened is not None:
+            self.fds[(opened[1].st_dev, opened[1].st_ino)] = opened[0]
+        return opened
+
+    def candidates(self, entry: Tracked) -> list[tuple[str, os.stat_result]]:
+        """Files where the entry's file may be now: its folder and its rotated globs."""
+        found = dict(rotated_files(entry.origin or entry.path, self.rotated))
+        folder = Path(entry.path).parent
+        for path in folder_files(folder, lambda item: item.is_file(follow_symlinks=False)):
+            if path not in found:
+                with contextlib.suppress(OSError):
+                    found[path] = os.stat(path)
+        return sorted(found.items())
+
     def locate(
-        self, entry: Tracked, current: dict[str, os.stat_result]
+        self,
+        entry: Tracked,
+        current: dict[str, os.stat_result],
+        by_key: dict[tuple[int, int], str],
     ) -> tuple[str, int, os.stat_result] | None:
-        """Where the entry's inode is now: its path, a glob member, a held fd, or its folder."""
+        """Where the entry's inode is now: its path, a glob member, a held fd, or its folder.
+
+        ``current`` are the glob members just listed, and ``by_key`` the same by identity.
+        """
         key = (entry.dev, entry.ino)
-        candidates = [entry.path]
-        candidates += [p for p, s in current.items() if (s.st_dev, s.st_ino) == key]
+        member = by_key.get(key)
+        held = self.fds.get(key)
+        if member is not None and held is not None:  # the usual case: one dict lookup
+            self.touch(key)
+            return member, held, current[member]
+        candidates = [entry.path] if member is None else [entry.path, member]
         for path in candidates:
             with contextlib.suppress(OSError):
                 info = os.stat(path)
@@ -143,32 +214,40 @@ class Files:
                     opened = self.open(path)
                     if opened and (opened[1].st_dev, opened[1].st_ino) == key:
                         return path, opened[0], opened[1]
-        moved = find_in_folder(Path(entry.path).parent, lambda e: e.inode() == entry.ino)
-        if moved is not None:
-            opened = self.open(moved)
-            if opened and (opened[1].st_dev, opened[1].st_ino) == key:
-                return moved, opened[0], opened[1]
+        for moved, info in self.candidates(entry):
+            # An archive is a new inode: one with the same number is another file (reused).
+            if (info.st_dev, info.st_ino) == key and is_archive(moved) == is_archive(entry.path):
+                opened = self.open(moved)
+                if opened and (opened[1].st_dev, opened[1].st_ino) == key:
+                    return moved, opened[0], opened[1]
         held = self.fds.get(key)
         if held is not None:  # deleted, but still open here: its rest can be read
             return entry.path, held, os.fstat(held)
         return None
 
-    def find_copy(self, entry: Tracked, exclude: int) -> tuple[str, int, os.stat_result] | None:
-        """A copy (copytruncate's) of the entry's file holding its prefix and its offset marker."""
+    def find_copy(
+        self, entry: Tracked, exclude: tuple[int, int] | None
+    ) -> tuple[str, int, os.stat_result, int] | None:
+        """A copy of the entry's file (copytruncate's, a move, an archive) and where to go on.
 
-        def is_copy(item: os.DirEntry[str]) -> bool:
-            if item.inode() == exclude or not item.is_file():
-                return False
-            return item.stat().st_size >= entry.offset
-
-        for path in folder_files(Path(entry.path).parent, is_copy):
+        A copy goes on at the entry's offset (see :func:`resumes`: one shorter than that holds
+        nothing unread).
+        """
+        if not entry.fp_len:
+            return None
+        for path, listed in self.candidates(entry):
+            if (listed.st_dev, listed.st_ino) == exclude or path == entry.path:
+                continue
+            if listed.st_size < entry.fp_len and not is_archive(path):
+                continue
             held = set(self.fds)
             opened = self.open(path)
             if opened is None:
                 continue
             fd, info = opened
-            if holds(fd, entry):
-                return path, fd, info
+            at = resumes(fd, info.st_size, Known(entry.fp, entry.fp_len, entry.offset, entry.mark))
+            if at is not None:
+                return path, fd, info, at
             if (info.st_dev, info.st_ino) not in held:
                 self.release((info.st_dev, info.st_ino))
         return None
@@ -189,33 +268,44 @@ class Files:
         self.keep_only(set())
 
 
-COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
-
-
 def rotated_siblings(
-    path: str, newer_than: int, known: set[tuple[int, int]]
+    path: str, newer_than: int, known: set[tuple[int, int]], rotated: Sequence[str] | None
 ) -> list[tuple[str, os.stat_result]]:
     """Files rotated away from ``path`` that were never followed, oldest first.
 
     When a writer rotated more than once between two looks (or while watchkeeper was down), the
-    files in between were never seen at ``path``. They are in the same folder, named after it
-    (``app.log.1``, ``app.log-20261127``), modified no earlier than the rotated file we knew.
-    Compressed ones are skipped: their text is not readable as appended lines.
+    files in between were never seen at ``path``. They are where the ``rotated`` globs point
+    (``app.log.1``, ``app.log-20261127``, an olddir), modified no earlier than the rotated file
+    we knew. Whether one holds content already read is for the caller to tell (by content).
     """
-    folder, name = os.path.split(path)
-    found: list[tuple[str, os.stat_result]] = []
-
-    def accept(item: os.DirEntry[str]) -> bool:
-        if item.name == name or not item.name.startswith(name) or item.name.endswith(COMPRESSED):
-            return False
-        info = item.stat()
-        fresh = (info.st_dev, info.st_ino) not in known and info.st_mtime_ns >= newer_than
-        if fresh and stat.S_ISREG(info.st_mode):
-            found.append((item.path, info))
-        return False
-
-    folder_files(Path(folder or "."), accept)
+    found = [
+        (name, info)
+        for name, info in rotated_files(path, rotated)
+        if (info.st_dev, info.st_ino) not in known and info.st_mtime_ns >= newer_than
+    ]
     return sorted(found, key=lambda f: (f[1].st_mtime_ns, f[0]))
+
+
+def resumes(fd: int, size: int, known: Known) -> int | None:
+    """Where a file with ``known``'s content goes on (its offset), or None.
+
+    A file shorter than the offset that starts with the fingerprint is a copy taken before the
+    rest was written (and read): the offset is returned all the same, past its end, so that it
+    is read only if it ever grows past the offset. None: the file does not start with the
+    fingerprint, or it does but has other bytes before the offset (another file that began the
+    same way).
+    """
+    if not known.fp_len or size < known.fp_len:
+        return None
+    if digest(os.pread(fd, known.fp_len, 0)) != known.fp:
+        return None
+    if size < known.offset:
+        return known.offset
+    if known.offset and known.mark:
+        start = max(0, known.offset - MARKER)
+        if digest(os.pread(fd, known.offset - start, start)) != known.mark:
+            return None
+    return known.offset
 
 
 def holds(fd: int, entry: Tracked) -> bool:
@@ -233,7 +323,8 @@ def holds(fd: int, entry: Tracked) -> bool:
 
 
 def remember(fd: int, entry: Tracked, size: int) -> None:
-    """Refresh the fingerprint (it grows up to FINGERPRINT bytes) and the marker at the offset."""
+    """Refresh the fingerprint (it grows up to FINGERPRINT bytes), the marker and the size."""
+    entry.size = size
     if entry.fp_len < FINGERPRINT and size > entry.fp_len:
         head = os.pread(fd, min(size, FINGERPRINT), 0)
         entry.fp, entry.fp_len = digest(head), len(head)
@@ -255,104 +346,9 @@ def folder_files(folder: Path, accept: Any) -> list[str]:
     return sorted(found)
 
 
-def find_in_folder(folder: Path, accept: Any) -> str | None:
-    """The first path in the folder whose entry ``accept`` takes."""
-    found = folder_files(folder, accept)
-    return found[0] if found else None
-
-
 def end_offset(fd: int, size: int) -> int:
     """Where "start at the end" starts: after the last complete line, so a partial one is new."""
     start = max(0, size - 65536)
     tail = os.pread(fd, size - start, start)
     cut = tail.rfind(b"\n")
     return start + cut + 1 if cut >= 0 else (size if start else 0)
-
-
-_EVENTS = 0
-if inotify_simple is not None:
-    _flags = inotify_simple.flags
-    _EVENTS = (
-        _flags.MODIFY
-        | _flags.CREATE
-        | _flags.MOVED_TO
-        | _flags.MOVED_FROM
-        | _flags.DELETE
-        | _flags.CLOSE_WRITE
-        | _flags.ATTRIB
-    )
-
-
-class FolderWatch:
-    """inotify on the folders of the followed files, filtered to the names that matter.
-
-    Waking only for relevant names matters: the state file may live in a watched folder, and its
-    own writes must not trigger checks. A queue overflow wakes unconditionally (the next check is
-    a full reconcile anyway). When inotify is missing or a watch limit is hit, ``usable`` turns
-    False and the watcher polls.
-    """
-
-    SLICE = 0.1
-    """How often a blocked wait looks at the wake event (stop, check-now): ~10 cheap wakeups/s."""
-
-    def __init__(self) -> None:
-        self.notify: Any = None
-        self.usable = inotify_simple is not None
-        self.watched: dict[str, int] = {}
-        self.names: set[str] = set()
-        self.globs: list[str] = []
-        if self.usable:
-            try:
-                self.notify = inotify_simple.INotify()
-            except OSError as exc:
-                log.warning("inotify unavailable (%s); polling instead", exc)
-                self.usable = False
-
-    def update(self, folders: Sequence[str], names: Iterable[str], globs: Iterable[str]) -> None:
-        """Watch these folders; wake for these file names and glob basenames."""
-        self.names = set(names)
-        self.globs = list(globs)
-        if not self.usable:
-            return
-        for folder in folders:
-            if folder in self.watched:
-                continue
-            try:
-                self.watched[folder] = self.notify.add_watch(folder, _EVENTS)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    log.warning("inotify watch limit reached at %s; polling instead", folder)
-                    self.close()
-                    self.usable = False
-                    return
-                # A folder that does not exist yet is found by the sweep later.
-
-    def wait(self, wake: Any, timeout: float) -> None:
-        """Block until a relevant event, ``wake`` is set, or ``timeout`` passes."""
-        deadline = time.monotonic() + timeout
-        fd = self.notify.fileno()
-        while not wake.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            ready, _, _ = select.select([fd], [], [], min(left, self.SLICE))
-            if ready and self._relevant(self.notify.read(timeout=0)):
-                return
-
-    def _relevant(self, events: Sequence[Any]) -> bool:
-        overflow = inotify_simple.flags.Q_OVERFLOW | inotify_simple.flags.IGNORED
-        for event in events:
-            if event.mask & overflow:
-                if event.mask & inotify_simple.flags.IGNORED:
-                    self.watched = {f: w for f, w in self.watched.items() if w != event.wd}
-                return True
-            if event.name in self.names or any(fnmatch.fnmatch(event.name, g) for g in self.globs):
-                return True
-        return False
-
-    def close(self) -> None:
-        """Release the inotify descriptor."""
-        if self.notify is not None:
-            self.notify.close()
-            self.notify = None
-        self.watched = {}

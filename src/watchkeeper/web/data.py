@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.quantities import iso_utc
 from watchkeeper.store import Store, WatcherRecord, alert_from_row
+from watchkeeper.watchers.logrotated import lost_totals
 
 if TYPE_CHECKING:
     from watchkeeper.keeper import Keeper
@@ -58,6 +59,7 @@ def watcher_doc(
         "failures_total": record.failures_total,
         "last_error": thread[1] if thread else record.last_error,
         "alerts_24h": alerts_24h,
+        "log_lost": lost_totals(record.checkpoint),
     }
 
 

@@ -23,6 +23,7 @@ from watchkeeper.quantities import iso_utc
 from watchkeeper.scan import ScanError, parse_ports, service_name
 from watchkeeper.store import Store, WatcherRecord
 from watchkeeper.watchers.base import WatcherConfig
+from watchkeeper.watchers.logrotated import lost_totals
 
 log = logging.getLogger("watchkeeper")
 
@@ -105,7 +106,7 @@ def log_detail(record: WatcherRecord, config: WatcherConfig | None) -> dict[str,
     done = [
         {"origin": d[3], "dev": d[0], "ino": d[1], "mtime": iso(d[2] / 1e9)}
         for d in reversed(cp.get("done", []))
-        if isinstance(d, list) and len(d) == 4 and isinstance(d[2], int | float)
+        if isinstance(d, list) and len(d) >= 4 and isinstance(d[2], int | float)
     ]
     known = [f["lag"] for f in files if f["lag"] is not None]
     return {
@@ -114,6 +115,7 @@ def log_detail(record: WatcherRecord, config: WatcherConfig | None) -> dict[str,
         "total_lag": sum(known) if known else None,
         "window_hits": hits,
         "done": done,
+        "lost": lost_totals(cp),
     }
 
 

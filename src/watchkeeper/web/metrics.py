@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from watchkeeper.store import Store
+from watchkeeper.watchers.logrotated import lost_totals
 from watchkeeper.web.details import file_size, lag
 
 
@@ -59,12 +60,21 @@ class StoreCollector(Collector):
             "Bytes written to a watched file beyond the committed offset.",
             labels=["watcher", "path"],
         )
+        lost = CounterMetricFamily(
+            "watchkeeper_log_bytes_lost",
+            "Bytes of watched files that vanished before they were read (each episode is also "
+            "a health alert).",
+            labels=["watcher"],
+        )
         slow = CounterMetricFamily(
             "watchkeeper_log_slow_lines",
             "Lines on which a log rule's pattern ran out of line_timeout (that rule skipped them).",
             labels=["watcher"],
         )
         for w in watchers:
+            totals = lost_totals(w.checkpoint)
+            if totals is not None:
+                lost.add_metric([w.name], totals["bytes"])
             if isinstance(w.checkpoint, dict) and isinstance(w.checkpoint.get("slow"), dict):
                 slow.add_metric([w.name], w.checkpoint["slow"].get("lines", 0))
             checks.add_metric([w.name, w.kind], w.checks)
@@ -75,7 +85,7 @@ class StoreCollector(Collector):
                 last.add_metric([w.name], w.last_check)
             for path, behind in file_lags(w.checkpoint):
                 lag.add_metric([w.name, path], behind)
-        yield from (checks, failures, failing, paused, last, lag, slow)
+        yield from (checks, failures, failing, paused, last, lag, lost, slow)
 
         alerts = CounterMetricFamily(
             "watchkeeper_alerts",

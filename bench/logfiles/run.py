@@ -1,0 +1,160 @@
+"""Many files benchmark: ``watchkeeper run`` following N files under one glob, next to ``tail -F``.
+
+A writer appends 10 lines a second, each to a random one of the N files (every line matches the
+rule), for ``--seconds``. Measured, for N = 1,000 and 10,000 by default:
+
+- the agent's CPU (user + system, all threads, from /proc) over the writing window, in % of a
+  core, and the same for ``tail -q -n0 -F`` on the same files (the peer: it only prints);
+- per-check CPU: that CPU divided by the checks the agent committed meanwhile (from the store);
+- lag: from ``write()`` of a line to its alert in the jsonl notifier's file (polled every 5 ms),
+  p50 and p99.
+
+Usage: ``python bench/logfiles/run.py [--files 1000 10000] [--seconds 30]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+
+from watchkeeper.store import Store
+
+RATE = 10.0
+
+
+def _logscan() -> ModuleType:
+    """bench/logscan/run.py, whose CPU accounting this benchmark shares."""
+    path = Path(__file__).resolve().parent.parent / "logscan" / "run.py"
+    spec = importlib.util.spec_from_file_location("logscan_run", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cpu_seconds = _logscan().cpu_seconds
+
+
+def checks(state: Path) -> int:
+    with Store(state) as store:
+        record = store.watcher("bench")
+        return 0 if record is None else record.checks
+
+
+def start(folder: Path, out: Path) -> subprocess.Popen[bytes]:
+    config = folder / "watchkeeper.toml"
+    config.write_text(
+        f'[keeper]\nstate = "{folder / "wk.db"}"\ndashboard = false\n\n'
+        f'[[notify]]\nkind = "jsonl"\npath = "{out}"\n\n'
+        f'[[log]]\nname = "bench"\npaths = ["{folder / "logs" / "*.log"}"]\n'
+        'rules = [{match = "CRITICAL"}]\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "watchkeeper", "run", "-c", str(config)], stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 600
+    while not (folder / "wk.db").exists() or checks(folder / "wk.db") < 1:
+        if time.monotonic() > deadline:
+            raise TimeoutError("watchkeeper did not start")
+        time.sleep(0.1)
+    return proc
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def run(files: int, seconds: float) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="wk-logfiles-"))
+    try:
+        logs = folder / "logs"
+        logs.mkdir()
+        paths = [logs / f"f{i:05d}.log" for i in range(files)]
+        for path in paths:
+            path.write_text("start\n")
+        out = folder / "alerts.jsonl"
+        out.touch()
+        agent = start(folder, out)
+        tail = subprocess.Popen(
+            ["tail", "-q", "-n0", "-F", *map(str, paths)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(2)  # both settle (tail -F has no readiness signal)
+            rng = random.Random(files)
+            written: dict[int, float] = {}
+            arrived: dict[int, float] = {}
+            seen = 0
+            checks0 = checks(folder / "wk.db")
+            ours0, tail0, t0 = cpu_seconds(agent.pid), cpu_seconds(tail.pid), time.monotonic()
+            n = 0
+            while time.monotonic() - t0 < seconds:
+                due = t0 + n / RATE
+                while time.monotonic() < due:
+                    seen = collect(out, seen, arrived)
+                    time.sleep(0.005)
+                with rng.choice(paths).open("a") as log:
+                    written[n] = time.monotonic()
+                    log.write(f"{n} CRITICAL probe\n")
+                n += 1
+            ours1, tail1, t1 = cpu_seconds(agent.pid), cpu_seconds(tail.pid), time.monotonic()
+            checks1 = checks(folder / "wk.db")
+            deadline = time.monotonic() + 60
+            while len(arrived) < n and time.monotonic() < deadline:
+                seen = collect(out, seen, arrived)
+                time.sleep(0.005)
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=30)
+            tail.terminate()
+            tail.wait()
+        lags = [arrived[i] - written[i] for i in written if i in arrived]
+        span = t1 - t0
+        ran = max(1, checks1 - checks0)
+        print(f"{files:,} files, {n} lines at {RATE:.0f}/s over {span:.0f}s:")
+        print(f"  watchkeeper run  {100 * (ours1 - ours0) / span:6.2f}% of a core")
+        print(f"  tail -F          {100 * (tail1 - tail0) / span:6.2f}% of a core")
+        print(f"  checks {ran}, {1000 * (ours1 - ours0) / ran:.1f} ms CPU per check")
+        print(f"  lag p50 {pct(lags, 0.5):.0f} ms, p99 {pct(lags, 0.99):.0f} ms", end="")
+        print(f", {n - len(lags)} lines never alerted")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def collect(out: Path, seen: int, arrived: dict[int, float]) -> int:
+    """Note the arrival time of the alerts appended to ``out`` since byte ``seen``."""
+    with out.open("rb") as alerts:
+        alerts.seek(seen)
+        data = alerts.read()
+    end = data.rfind(b"\n") + 1
+    now = time.monotonic()
+    for line in data[:end].splitlines():
+        alert = json.loads(line)
+        arrived.setdefault(int(alert["data"]["line"].split()[0]), now)
+    return seen + end
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    for files in args.files:
+        run(files, args.seconds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+"""inotify for the log watcher: wake on relevant names, and hold new files open the moment they
+appear.
+
+A writer that rotates fast (``RotatingFileHandler`` with small files, a burst) can create a file,
+rotate it away and delete it between two checks; once deleted, no tool can read it. What keeps it
+readable is a descriptor opened before the delete. So a small daemon thread reads the inotify
+events as they come and *pins* each file created (or moved in) under a followed name: it opens
+it at once, before the check that reads it has even started, and hands the descriptors to the
+next check (:meth:`FolderWatch.take`). The check reads a pinned file like any other, and drops it
+if its content was read already.
+
+Waking only for relevant names matters too: the state file may live in a watched folder, and its
+own writes must not trigger checks. A queue overflow wakes unconditionally (the next check is a
+full reconcile anyway). When inotify is missing or a watch limit is hit, ``usable`` turns False
+and the watcher polls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fnmatch
+import glob
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+try:
+    import inotify_simple
+except ImportError:  # pragma: no cover - not on Linux
+    inotify_simple = None
+
+from watchkeeper.watchers.logrotated import COMPRESSED
+
+log = logging.getLogger("watchkeeper")
+
+_EVENTS = 0
+_ARRIVED = 0
+_MODIFY = 0
+if inotify_simple is not None:
+    _flags = inotify_simple.flags
+    _ARRIVED = _flags.CREATE | _flags.MOVED_TO
+    _MODIFY = _flags.MODIFY
+    _EVENTS = (
+        _ARRIVED
+        | _flags.MODIFY
+        | _flags.MOVED_FROM
+        | _flags.DELETE
+        | _flags.CLOSE_WRITE
+        | _flags.ATTRIB
+    )
+
+Key = tuple[int, int]
+MTIME_SLACK = 50_000_000
+"""Nanoseconds a file's modification time may lag the clock (timestamps are per tick)."""
+
+
+class FolderWatch:
+    """inotify on the folders of the followed files, filtered to the names that matter."""
+
+    SLICE = 0.1
+    """How often a blocked wait looks at the wake event (stop, check-now): ~10 cheap wakeups/s."""
+
+    def __init__(self, name: str = "log") -> None:
+        self.name = name
+        self.notify: Any = None
+        self.usable = inotify_simple is not None
+        self.watched: dict[str, int] = {}
+        self.names: set[str] = set()
+        self.globs: list[str] = []
+        self.changed = threading.Event()
+        self.lock = threading.Lock()
+        self.pinned: dict[Key, tuple[int, str]] = {}
+        self.followed: dict[str, tuple[int, Key]] = {}
+        self.sizes: dict[Key, tuple[int, int]] = {}
+        """Per followed file: (last size seen, largest size before it last shrank)."""
+        self.members: list[str] = []
+        """Glob basenames of the followed paths: a file created under one is a generation."""
+        self.rotated: list[str] = []
+        """Where rotated files go (full-path globs), swept when the thread fell behind."""
+        self.held: set[Key] = set()
+        """Files the check held open when it last said (see :meth:`hold`)."""
+        self.created = 0
+        """Files created under a followed name since the thread started: generations."""
+        self.overflows = 0
+        self.late = 0
+        """Files created under a followed name that the thread found replaced when it looked."""
+        self.started = self.since = time.time_ns()
+        self.complete = False
+        """Every folder asked for at the last :meth:`update` is watched."""
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        if self.usable:
+            try:
+                self.notify = inotify_simple.INotify()
+            except OSError as exc:
+                log.warning("inotify unavailable (%s); polling instead", exc)
+                self.usable = False
+
+    def update(
+        self,
+        folders: Sequence[str],
+        names: Iterable[str],
+        globs: Iterable[str],
+        members: Iterable[str] = (),
+        rotated: Iterable[str] = (),
+    ) -> None:
+        """Watch these folders; wake (and pin) for these file names and glob basenames.
+
+        ``members`` are the followed paths' glob basenames (a file created under one is a new
+        generation, counted), ``rotated`` the full globs where rotated files go.
+        """
+        self.names = set(names)
+        self.globs = list(globs)
+        self.members = list(members)
+        self.rotated = list(rotated)
+        if not self.usable:
+            return
+        self.complete = True
+        for folder in folders:
+            if folder in self.watched:
+                continue
+            try:
+                self.watched[folder] = self.notify.add_watch(folder, _EVENTS)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    log.warning("inotify watch limit reached at %s; polling instead", folder)
+                    self.close()
+                    self.usable = False
+                    return
+                self.complete = False  # a folder that does not exist yet: tried again later
+        if self.thread is None:
+            self.thread = threading.Thread(
+                target=self._run, name=f"watchkeeper-inotify-{self.name}", daemon=True
+            )
+            self.thread.start()
+
+    def wait(self, wake: Any, timeout: float) -> None:
+        """Block until a relevant event, ``wake`` is set, or ``timeout`` passes."""
+        if self.thread is None:  # nothing watched yet: only the sweep can find files
+            wake.wait(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        while not wake.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self.changed.wait(min(left, self.SLICE)):
+                self.changed.clear()
+                return
+
+    def follow(self, files: dict[str, tuple[int, Key]]) -> None:
+        """The followed files by path: (descriptor, identity), whose sizes the thread tracks.
+
+        On every write the thread looks at the size (one ``fstat``); when the file shrinks
+        (copytruncate), the size it had just before is kept: bytes past what the copy holds
+        were written before the truncate and are lost, and this says how many.
+        """
+        self.followed = {os.path.normpath(path): held for path, held in files.items()}
+        keys = {key for _, key in files.values()}
+        with self.lock:
+            self.sizes = {k: v for k, v in self.sizes.items() if k in keys}
+
+    def shrunk_from(self, key: Key) -> int:
+        """The largest size the file had before it last shrank (0: not seen to shrink).
+
+        The history starts afresh: the caller has dealt with the truncate, and a size noted
+        before it must not count again as a drop from the new content.
+        """
+        with self.lock:
+            return self.sizes.pop(key, (0, 0))[1]
+
+    def hold(self, keys: set[Key]) -> None:
+        """The files the check holds open (and so has counted as generations already)."""
+        with self.lock:
+            self.held = set(keys)
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """Generations created, files pinned not yet taken, queue overflows, lateness."""
+        with self.lock:
+            return self.created, len(self.pinned), self.overflows, self.late
+
+    def take(self) -> dict[Key, tuple[int, str]]:
+        """The files pinned since the last take, in the order they appeared: (fd, path) by key.
+
+        The caller owns the descriptors from now on.
+        """
+        with self.lock:
+            pinned, self.pinned = self.pinned, {}
+        return pinned
+
+    def _run(self) -> None:
+        """Read events as they come: pin arrivals, wake the watcher for relevant names."""
+        notify = self.notify
+        fd = notify.fileno()
+        folders = {wd: folder for folder, wd in self.watched.items()}
+        while not self.stopping.is_set():
+            try:
+                ready, _, _ = select.select([fd], [], [], self.SLICE)
+                mark = time.time_ns()
+                events = notify.read(timeout=0) if ready else []
+            except (OSError, ValueError):  # closed under us: stopping
+                return
+            if len(folders) != len(self.watched):
+                folders = {wd: folder for folder, wd in self.watched.items()}
+            if events and self._relevant(events, folders):
+                self.changed.set()
+            if events:  # what the next batch names was created after this read (less a tick)
+                self.since = mark - MTIME_SLACK
+
+    def _relevant(self, events: Sequence[Any], folders: dict[int, str]) -> bool:
+        """Handle one batch of events; whether any concerns a followed or rotated name.
+
+        Each file created under a followed name is a generation (counted: the check compares
+        the count with the generations it read). Each should be a file this batch opened that
+        nobody held before; when the thread fell behind (a later generation was already at the
+        name when it looked), the rotated globs are swept for the files it missed.
+        """
+        flags = inotify_simple.flags
+        relevant = False
+        with self.lock:
+            before = self.held | set(self.pinned)
+        created = late = 0
+        got: set[Key] = set()
+        for event in events:
+            if event.mask & (flags.Q_OVERFLOW | flags.IGNORED):
+                if event.mask & flags.IGNORED:
+                    self.watched = {f: w for f, w in self.watched.items() if w != event.wd}
+                else:
+                    with self.lock:
+                        self.overflows += 1
+                relevant = True
+                continue
+            if event.name in self.names or any(fnmatch.fnmatch(event.name, g) for g in self.globs):
+                relevant = True
+                folder = folders.get(event.wd)
+                if folder is None:
+                    continue
+                path = os.path.normpath(os.path.join(folder, event.name))
+                if event.mask & _ARRIVED:
+                    key = self._pin(path)
+                    fresh = key is not None and key not in before and key not in got
+                    if key is not None and fresh:
+                        got.add(key)
+                    if event.mask & flags.CREATE and any(
+                        fnmatch.fnmatch(event.name, g) for g in self.members
+                    ):
+                        created += 1
+                        late += not fresh
+                elif event.mask & _MODIFY:
+                    followed = self.followed.get(path)
+                    if followed is not None:
+                        self._measure(*followed)
+        if created > len(got):
+            self._sweep(before | got)
+        with self.lock:
+            self.created += created
+            self.late += late
+        return relevant
+
+    def _sweep(self, known: set[Key]) -> None:
+        """Pin the files where rotated files go that appeared since the last batch."""
+        for pattern in self.rotated:
+            for path in glob.glob(pattern):
+                with contextlib.suppress(OSError):
+                    info = os.stat(path)
+                    if info.st_mtime_ns >= self.since and (info.st_dev, info.st_ino) not in known:
+                        self._pin(path)
+
+    def _measure(self, fd: int, key: Key) -> None:
+        """Note a followed file's size now, and the size it had before it shrank."""
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            return  # closed by the check meanwhile
+        if (info.st_dev, info.st_ino) != key:
+            return  # the descriptor number was reused for another file
+        with self.lock:
+            last, peak = self.sizes.get(key, (0, 0))
+            if info.st_size < last:
+                peak = max(peak, last)
+            self.sizes[key] = (info.st_size, peak)
+
+    def _pin(self, path: str) -> Key | None:
+        """Hold the file now at ``path`` open (once per file), for the next check.
+
+        Compressed files are not: their text is read from the archive (decompressed), which
+        outlives any descriptor held on it.
+        """
+        if path.endswith(COMPRESSED):
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return None  # gone already, or unreadable: the check says so
+        info = os.fstat(fd)
+        key = (info.st_dev, info.st_ino)
+        with self.lock:
+            if key in self.pinned or key in self.held or self.stopping.is_set():
+                os.close(fd)
+            else:
+                self.pinned[key] = (fd, path)
+        return key
+
+    def close(self) -> None:
+        """Stop the thread, release the inotify descriptor and the files pinned but not taken."""
+        self.stopping.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout=5)
+        self.thread = None
+        if self.notify is not None:
+            with contextlib.suppress(OSError):
+                self.notify.close()
+            self.notify = None
+        self.watched = {}
+        for fd, _ in self.take().values():
+            os.close(fd)

@@ -1,0 +1,330 @@
+"""The log watcher's search for its files after rotation, and its accounting of what was lost.
+
+A mixin of :class:`~watchkeeper.watchers.log.LogWatcher`, kept apart from the reading and the
+matching: where the files of a path went (the sibling search bounded by modification time, the
+``rotated`` globs, files recognised by content, see :mod:`logrotated`), the files inotify's
+thread pinned (see :mod:`loginotify`), and loss reports — bytes known unread that vanished, and
+generations created under a followed name that were deleted before anyone could open them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import logging
+import os
+import time
+from dataclasses import replace
+from typing import Any
+
+from watchkeeper.alerts import Observation
+from watchkeeper.watchers.logconfig import LogConfig
+from watchkeeper.watchers.logfiles import (
+    FINGERPRINT,
+    Files,
+    Tracked,
+    digest,
+    resumes,
+    rotated_siblings,
+)
+from watchkeeper.watchers.loginotify import FolderWatch
+from watchkeeper.watchers.logrotated import (
+    Known,
+    count_loss,
+    known_from_done,
+    loss,
+    rotated_folders,
+    rotated_globs,
+)
+
+log = logging.getLogger("watchkeeper")
+
+EMPTY_WAIT = 50
+"""Checks an empty pinned file is held before it is let go (it may never be written)."""
+CONFIRM = 2.0
+"""Seconds a shortfall of generations must last before it is reported as loss."""
+
+
+class Rotations:
+    """File search and loss accounting; the state lives on the watcher (set in its __init__)."""
+
+    config: LogConfig
+    files: Files
+    watch: FolderWatch | None
+    done: list[tuple[Any, ...]]
+    pins: dict[tuple[int, int], tuple[str, int]]
+    generations: int
+    base: int | None
+    deficit: float | None
+    """Since when generations have been missing (not yet reported)."""
+    more: bool
+    reported: tuple[int, int, int, int]
+    lost: dict[str, int]
+    losses: list[Observation]
+    due: float | None
+    watching: set[str]
+    """The paths inotify was last told about (see ``_watch``)."""
+
+    def _take_pinned(self) -> None:
+        """The files inotify's thread held open as they appeared: now the check's to read."""
+        if self.watch is None:
+            return
+        for key, (fd, path) in self.watch.take().items():
+            if key in self.files.fds:
+                os.close(fd)
+            else:
+                self.files.fds[key] = fd
+            self.pins.setdefault(key, (path, 0))
+            self.files.protected.add(key)
+
+    def _carry_pins(self, seen: set[tuple[int, int]], kept: list[Tracked]) -> None:
+        """Keep holding the pinned files no loop reached, unless their content is known."""
+        if not self.pins:
+            return
+        records = self._known(kept)
+        for key, (path, waited) in list(self.pins.items()):
+            fd = self.files.fds.get(key)
+            keep = False
+            if fd is not None and key not in seen:
+                info = os.fstat(fd)
+                # An empty file is nothing to tell by yet (a copy just begun, a new
+                # generation): held a while longer.
+                empty = not info.st_size and waited < EMPTY_WAIT
+                keep = empty or self._recognise(path, fd, info, records) is not None
+            if not keep:
+                del self.pins[key]
+            else:
+                self.pins[key] = (path, waited + 1)
+
+    def _known(self, entries: list[Tracked]) -> list[Known]:
+        """The content of these entries and of the rotated files finished, for recognition.
+
+        An entry whose file is still at its path or held open is *live*: its own file will be
+        read, so a copy of it (an archive made meanwhile, copytruncate's copy in progress) is
+        not. One that had no fingerprint yet (it was empty at the last look) gets one now from
+        its held file, or a copy of its first lines would not be known as one.
+        """
+        records = []
+        for e in entries:
+            held = self.files.fds.get((e.dev, e.ino))
+            live = e.gone is None or held is not None
+            fd = held if live else None
+            if e.fp_len:
+                records.append(Known(e.fp, e.fp_len, e.offset, e.mark, live=live, fd=fd))
+            elif held is not None and (head := os.pread(held, FINGERPRINT, 0)):
+                records.append(Known(digest(head), len(head), e.offset, "", live=live, fd=fd))
+        return records + known_from_done(self.done)
+
+    def _missed(self, now: float) -> None:
+        """Report generations created under a followed name that no one ever opened.
+
+        inotify's thread counts the files created; the checks count the new files they met,
+        plus those held and not met yet. The difference only means loss while the thread has
+        fallen behind (it found a later file at the name than the one created): otherwise
+        it is drift (an inode reused by the next file, met as the old one truncated) and is
+        absorbed. A shortfall can also be a file still on its way (renamed while a check
+        looked, not met yet): only one that lasts ``CONFIRM`` seconds, over checks with
+        nothing left to look at, is reported; checks are planned meanwhile to confirm it.
+        """
+        assert self.watch is not None
+        created, untaken, overflows, late = self.watch.counts()
+        raw = created - self.generations - len(self.pins) - untaken
+        missed, overflowed, late_seen, calm = self.reported
+        calm = 0 if late > late_seen else calm + 1
+        if self.base is None:  # files there before the thread began were not created
+            self.base = raw - missed
+        deficit = raw - self.base
+        if deficit <= missed:
+            self.deficit = None
+        elif self.deficit is None and calm > 2:  # a shortfall without lateness: drift
+            self.base, deficit = raw - missed, missed
+        elif self.deficit is None:  # one that began while the thread was behind: suspect
+            self.deficit = now
+        settled = not (self.more or self.pins or untaken)
+        if self.deficit is not None and settled and now - self.deficit >= CONFIRM:
+            reason = "created, rotated away and deleted before they could be opened (size unknown)"
+            self._report(", ".join(self.patterns), None, reason, files=deficit - missed)
+            missed, self.deficit = deficit, None
+        elif self.deficit is not None:
+            self._due_at(now + CONFIRM / 2)
+        if overflows > overflowed:
+            reason = "inotify's queue overflowed: files created meanwhile may be lost, uncounted"
+            self._report(", ".join(self.patterns), None, reason)
+        self.reported = (missed, overflows, late, calm)
+
+    def _gone(self, entry: Tracked, copy: tuple[str, int, os.stat_result, int] | None) -> None:
+        """A followed file that is nowhere to be found: forget it, reporting what was unread."""
+        if copy is not None:  # only a copy of what was read is left
+            return
+        if entry.size > entry.offset:
+            self._lost(
+                entry,
+                entry.size - entry.offset,
+                "the file is gone (deleted or moved out of the paths and the rotated globs)",
+            )
+            return
+        log.warning(
+            "watcher %s: %s is gone; it was read up to byte %d",
+            self.config.name,
+            entry.path,
+            entry.offset,
+        )
+
+    def _lost(self, entry: Tracked, lost: int, reason: str) -> None:
+        """Report ``lost`` bytes of the entry's file (nothing when there are none)."""
+        if lost > 0:
+            self._report(entry.path, lost, reason)
+
+    def _report(self, path: str, lost: int | None, reason: str, files: int | None = None) -> None:
+        """One loss episode: a health observation, and the totals the checkpoint keeps."""
+        what = f"{lost} bytes" if lost is not None else f"{files or 'some'} files"
+        log.warning("watcher %s: %s lost from %s: %s", self.config.name, what, path, reason)
+        self.losses.append(loss(path, lost, reason, files=files))
+        self.lost = count_loss(self.lost, lost, None, files)
+
+    @property
+    def patterns(self) -> list[str]:
+        """The configured paths and globs, as the checkpoint records them."""
+        return [str(p) for p in self.config.paths]
+
+    def _named(self, origin: str | None, current: dict[str, os.stat_result]) -> bool:
+        """Whether the configured paths still name this file's path."""
+        if origin is None:
+            return False
+        return origin in current or any(fnmatch.fnmatchcase(origin, p) for p in self.patterns)
+
+    @staticmethod
+    def _in_order(
+        queue: list[Tracked], unseen: list[Tracked], current: dict[str, os.stat_result]
+    ) -> list[Tracked]:
+        """Queue the unseen rotated files so that each path's files are read oldest first.
+
+        They follow the file we knew at their path, unless that file's inode now belongs to the
+        newest file there (it was empty, deleted, and its inode reused): then they precede it.
+        """
+        members = {(s.st_dev, s.st_ino) for s in current.values()}
+        ordered: list[Tracked] = []
+        for entry in queue:
+            if not entry.fp_len and (entry.dev, entry.ino) in members:
+                ordered += [u for u in unseen if u.origin == entry.origin]
+                unseen = [u for u in unseen if u.origin != entry.origin]
+            ordered.append(entry)
+        return ordered + unseen
+
+    def _rotated_unseen(
+        self, queue: list[Tracked], current: dict[str, os.stat_result]
+    ) -> list[Tracked]:
+        """Files rotated away from a glob member's path that no look ever saw at that path.
+
+        A new file at a path we followed means the path rotated. If the writer rotated more than
+        once since the last look (or while watchkeeper was down), the files in between were
+        never members; they are the path's siblings modified after the newest file we knew there.
+        """
+        # A file that was empty when last seen has no fingerprint: if its inode was freed and
+        # reused by a newer file at the same path, only its siblings can tell it rotated.
+        proven = {(e.dev, e.ino) for e in queue if e.fp_len}
+        found: list[Tracked] = []
+        for path, info in current.items():
+            if (info.st_dev, info.st_ino) in proven:
+                continue
+            known = [e.mtime for e in queue if e.origin == path]
+            known += [int(d[2]) for d in self.done if len(d) > 3 and d[3] == path]
+            if known:
+                found += self._unseen(path, max(known), [*queue, *found], current)
+        return found
+
+    def _unseen(
+        self,
+        path: str,
+        newer_than: int,
+        queue: list[Tracked],
+        current: dict[str, os.stat_result],
+        known: set[tuple[int, int]] | None = None,
+    ) -> list[Tracked]:
+        """Entries for files rotated away from ``path``, modified since ``newer_than``, unread."""
+        known = set(known or ()) | {(e.dev, e.ino) for e in queue}
+        known |= {(s.st_dev, s.st_ino) for s in current.values()}
+        finished = {tuple(d[:3]) for d in self.done}
+        records = self._known(queue)
+        now = time.time()
+        found = []
+        for name, info in rotated_siblings(path, newer_than, known, self.config.rotated):
+            if (info.st_dev, info.st_ino, info.st_mtime_ns) in finished:
+                continue
+            held = set(self.files.fds)
+            opened = self.files.open(name)
+            if opened is None:
+                continue
+            entry = self._recognise(name, opened[0], opened[1], records)
+            if entry is None and (info.st_dev, info.st_ino) not in held:
+                self.files.release((info.st_dev, info.st_ino))
+            if entry is not None:
+                self.generations += not entry.fp_len
+                found.append(replace(entry, gone=now, origin=path))
+        return found
+
+    @staticmethod
+    def _recognise(
+        path: str, fd: int, info: os.stat_result, records: list[Known]
+    ) -> Tracked | None:
+        """An entry for a rotated file found at ``path``: from 0, or where its content was read.
+
+        None when it holds nothing unread, or when it is a copy of a file still followed (a
+        copytruncate in progress, even one still shorter than the fingerprint: its bytes are
+        the followed file's first ones; the copy is read from the offset once the truncate is
+        seen).
+        """
+        if not info.st_size:  # nothing to read, nothing to tell it by: not an entry yet
+            return None
+        entry = Tracked(path, info.st_dev, info.st_ino, mtime=info.st_mtime_ns)
+        for record in records:
+            if record.fd is not None and 0 < info.st_size < record.fp_len:
+                other = os.fstat(record.fd)
+                head = os.pread(fd, info.st_size, 0)
+                copying = (other.st_dev, other.st_ino) != (info.st_dev, info.st_ino)
+                if copying and head == os.pread(record.fd, info.st_size, 0):
+                    return None  # the start of a copy of a followed file, still being written
+            at = resumes(fd, info.st_size, record)
+            if at is None:
+                continue
+            if record.live or at >= info.st_size:
+                return None
+            entry.fp, entry.fp_len, entry.offset, entry.mark = (
+                record.fp,
+                record.fp_len,
+                at,
+                record.mark,
+            )
+            return entry
+        return entry
+
+    def _due_at(self, when: float) -> None:
+        self.due = when if self.due is None else min(self.due, when)
+
+    def _watch(self, entries: list[Tracked]) -> None:
+        """Keep inotify on the folders of the globs, of the followed files and rotated globs.
+
+        Rotated names count too: a generation is pinned under whichever name inotify's thread
+        meets it first (``app.log``, then ``app.log.1`` ... as a fast writer renames it along),
+        so a thread that falls behind a burst has several chances at each file.
+        """
+        if self.watch is None or not self.watch.usable:
+            return
+        paths = {e.path for e in entries}
+        if paths == self.watching and self.watch.complete:  # the usual check: nothing new
+            return
+        self.watching = paths
+        patterns = self.patterns
+        folders = [os.path.dirname(p) or "." for p in patterns]
+        folders += rotated_folders(patterns, self.config.rotated)
+        folders = [f for f in folders if not glob.has_magic(f)]
+        folders += [os.path.dirname(path) or "." for path in paths]
+        rotated = [g for p in patterns for g in rotated_globs(p, self.config.rotated)]
+        members = [os.path.basename(p) for p in patterns]
+        self.watch.update(
+            list(dict.fromkeys(folders)),
+            {os.path.basename(path) for path in paths},
+            list(dict.fromkeys([*members, *(os.path.basename(p) for p in rotated)])),
+            members,
+            rotated,
+        )

@@ -1,0 +1,419 @@
+"""Rotated files found where they went, recognised by content, and loss that is never silent.
+
+Each test drives ``LogWatcher.check`` by hand on real files (see tests/test_log.py's ``Follow``),
+"restarting" by handing the JSON checkpoint to a new watcher that holds no descriptor, which is
+what makes a rotation during downtime visible only by what is on disk.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import run_cli, wait_until
+from tests.test_log import ENGINES, Follow, append, criticals, numbered
+from watchkeeper import Keeper
+from watchkeeper.alerts import RuleEngine
+from watchkeeper.store import Store
+from watchkeeper.watchers.logrotated import rotated_globs
+from watchkeeper.web.data import watcher_docs
+from watchkeeper.web.metrics import metrics_registry, render
+
+
+@pytest.fixture(params=ENGINES)
+def follow(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    made: list[Follow] = []
+
+    def make(*paths: Path, **options: Any) -> Follow:
+        f = Follow(str(request.param), list(paths) or [tmp_path / "app.log"], **options)
+        made.append(f)
+        return f
+
+    yield make
+    for f in made:
+        f.close()
+
+
+def restart(f: Follow, make: Any, *paths: Path, **options: Any) -> Follow:
+    """A new watcher (no descriptors held) from ``f``'s committed checkpoint."""
+    f.close()
+    again: Follow = make(*paths, **options)
+    again.checkpoint = f.checkpoint
+    return again
+
+
+def compress(plain: Path, archive: Path) -> None:
+    """As logrotate's ``compress`` does: the archive written, then the plain file removed."""
+    with plain.open("rb") as src, gzip.open(archive, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    plain.unlink()
+
+
+def read(f: Follow) -> list[str]:
+    """The lines alerted (loss reports aside)."""
+    return [o.data["line"] for o in f.seen if "line" in o.data]
+
+
+def lost(f: Follow) -> list[dict[str, Any]]:
+    return [dict(o.data) for o in f.seen if o.data.get("lost")]
+
+
+def test_a_copy_found_after_a_restart_goes_on_at_the_offset(follow: Any, tmp_path: Path) -> None:
+    """copytruncate while watchkeeper was down: the copy holds lines read already and some not."""
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 30))
+    f = follow()
+    f.check()
+    append(log, numbered(31, 40))
+    shutil.copyfile(log, tmp_path / "app.log.1")
+    with log.open("r+b") as out:
+        out.truncate(0)
+    append(log, numbered(41, 45))
+    f = restart(f, follow)
+    f.check()
+    f.check()
+    assert read(f) == criticals(31, 45)
+    assert lost(f) == []
+
+
+def test_a_copy_taken_before_the_watcher_read_further_is_never_read(
+    follow: Any, tmp_path: Path
+) -> None:
+    """The watcher was ahead of logrotate's copy: the copy holds nothing unread, even after a
+    restart finds it as an unseen rotated file."""
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 30))
+    copy = log.read_bytes()
+    append(log, numbered(31, 36))
+    f = follow()
+    f.check()
+    (tmp_path / "app.log.1").write_bytes(copy)
+    with log.open("r+b") as out:
+        out.truncate(0)
+    append(log, numbered(37, 40))
+    f.check()
+    f = restart(f, follow)
+    os.utime(tmp_path / "app.log.1")  # newer than anything known: a sibling search candidate
+    append(log, numbered(41, 42))
+    f.check()
+    seen = read(f)
+    assert seen == criticals(41, 42)
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_olddir_while_down_is_found_through_the_rotated_globs(
+    follow: Any, tmp_path: Path, configured: bool
+) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 9))
+    options = {"rotated": [f"{old}/app.log*"]} if configured else {}
+    f = follow(**options)
+    f.check()
+    f.close()
+    append(log, numbered(10, 15))
+    log.rename(old / "app.log.1")  # logrotate's olddir, while watchkeeper is down
+    append(log, numbered(16, 18))
+    f = restart(f, follow, **options)
+    f.check()
+    f.check()
+    if configured:
+        assert read(f) == criticals(10, 18)
+        assert lost(f) == []
+    else:
+        # Nowhere to be found: nothing it had unread was known, so it is a warning, and the
+        # new file is read whole.
+        assert read(f) == criticals(16, 18)
+
+
+@pytest.mark.parametrize("delay", [False, True])
+def test_compressed_while_down_is_read_from_the_archive(
+    follow: Any, tmp_path: Path, delay: bool
+) -> None:
+    """compress (and compress + delaycompress, two rotations later): the plain file is gone and
+    its unread lines are only in the .gz."""
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 30))
+    f = follow()
+    f.check()
+    f.close()
+    append(log, numbered(31, 36))
+    log.rename(tmp_path / "app.log.1")
+    append(log, numbered(37, 39))
+    if delay:  # one more rotation: app.log.1 -> app.log.2.gz, app.log -> app.log.1
+        compress(tmp_path / "app.log.1", tmp_path / "app.log.2.gz")
+        log.rename(tmp_path / "app.log.1")
+        append(log, numbered(40, 42))
+    else:
+        compress(tmp_path / "app.log.1", tmp_path / "app.log.1.gz")
+    f = restart(f, follow)
+    f.check()
+    f.check()
+    last = 42 if delay else 39
+    assert sorted(read(f), key=lambda line: int(line.split()[0])) == criticals(31, last)
+    assert lost(f) == []
+
+
+def test_an_archive_of_lines_read_already_is_not_read_again(follow: Any, tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 30))
+    f = follow()
+    f.check()
+    log.rename(tmp_path / "app.log.1")
+    append(log, numbered(31, 33))
+    f.check()
+    f.check()
+    compress(tmp_path / "app.log.1", tmp_path / "app.log.1.gz")
+    log.rename(tmp_path / "app.log.1")
+    append(log, numbered(34, 36))
+    f = restart(f, follow)
+    f.check()
+    f.check()
+    assert read(f) == criticals(34, 36)
+
+
+def test_a_reused_inode_with_other_content_is_a_new_file(follow: Any, tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 12))
+    f = follow()
+    f.check()
+    f.close()
+    log.unlink()
+    append(log, numbered(100, 130))  # longer than before: a size check alone would go on at 12
+    f = restart(f, follow)
+    f.check()
+    assert read(f) == criticals(100, 130)
+
+
+def backlog(follow: Any, tmp_path: Path) -> tuple[Follow, Path, int]:
+    """A watcher that read 2 KiB of a 20 KiB file (``read_limit``): the rest is known unread."""
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 800))
+    f = follow(read_limit="2KiB", max_line="1KiB")
+    f.check()
+    offset = f.checkpoint["files"][0]["offset"]
+    assert 0 < offset < log.stat().st_size
+    return f, log, log.stat().st_size - offset
+
+
+def test_a_deleted_file_with_unread_bytes_is_one_loss_alert_with_the_count(
+    follow: Any, tmp_path: Path
+) -> None:
+    f, log, unread = backlog(follow, tmp_path)
+    log.unlink()  # while watchkeeper is down: nobody holds it open
+    append(log, numbered(1000, 1003))
+    f = restart(f, follow, read_limit="2KiB", max_line="1KiB")
+    f.check()
+    f.check()
+    [report] = lost(f)
+    assert report["bytes"] == unread
+    assert report["path"] == str(log)
+    assert "gone" in report["reason"]
+    assert f.checkpoint["lost"] == {"bytes": unread, "lines": 0, "files": 0, "episodes": 1}
+    assert criticals(1000, 1003) == [x for x in read(f) if int(x.split()[0]) >= 1000]
+
+
+def test_a_truncated_file_with_unread_bytes_and_no_copy_is_a_loss(
+    follow: Any, tmp_path: Path
+) -> None:
+    f, log, unread = backlog(follow, tmp_path)
+    with log.open("r+b") as out:
+        out.truncate(0)
+    append(log, numbered(1000, 1003))
+    f.check()
+    [report] = lost(f)
+    assert report["bytes"] == unread
+    assert "truncated" in report["reason"]
+    assert read(f)[-1:] == criticals(1000, 1003)
+
+
+def test_loss_reaches_the_store_status_and_metrics(follow: Any, tmp_path: Path) -> None:
+    """The loss alert is a health alert like any other, and the total is in /metrics and the
+    API's watcher document."""
+    f, log, unread = backlog(follow, tmp_path)
+    log.unlink()
+    f = restart(f, follow, read_limit="2KiB", max_line="1KiB")
+    observations = f.check()
+    rules = RuleEngine("app", "log", f.watcher.config)
+    verdict = rules.evaluate(observations, None, 0.0)
+    with Store(tmp_path / "wk.db") as store:
+        store.register_watcher("app", "log")
+        store.commit_check(
+            "app",
+            checkpoint=f.checkpoint,
+            rule_state=verdict.state,
+            alerts=verdict.alerts,
+            routes=(),
+            now=1.0,
+            next_check=2.0,
+            error=None,
+        )
+        [alert] = [a for a in store.alerts() if a.data.get("lost")]
+        assert alert.severity.name == "ERROR"
+        assert f"{unread:,} bytes lost" in alert.title
+        [doc] = watcher_docs(store)
+        assert doc["log_lost"] == {"bytes": unread, "lines": 0, "files": 0, "episodes": 1}
+        text = render(metrics_registry(store, lambda: 0)).decode()
+    assert f'watchkeeper_log_bytes_lost_total{{watcher="app"}} {float(unread)}' in text
+    shown = run_cli("status", "--state", str(tmp_path / "wk.db"), "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    [row] = json.loads(shown.stdout)["watchers"]
+    assert row["log_lost"] == {"bytes": unread, "lines": 0, "files": 0, "episodes": 1}
+    table = run_cli("status", "--state", str(tmp_path / "wk.db"), cwd=tmp_path).stdout
+    assert f"app: {unread:,} bytes (and 0 whole files) lost" in " ".join(table.split())
+
+
+def test_rotated_globs_fill_in_the_path_and_name() -> None:
+    assert rotated_globs("/var/log/app.log", None) == [
+        "/var/log/app.log.1",
+        "/var/log/app.log-*",
+        "/var/log/app.log.*",
+    ]
+    assert rotated_globs("/var/log/a[1].log", ["{path}.*", "old/{name}-*", "/arch/x*"]) == [
+        "/var/log/a[[]1].log.*",
+        "/var/log/old/a[[]1].log-*",
+        "/arch/x*",
+    ]
+
+
+def test_idle_files_are_closed_and_reopened_by_identity_when_they_change(
+    follow: Any, tmp_path: Path
+) -> None:
+    logs = [tmp_path / f"app{n}.log" for n in range(40)]
+    for n, log in enumerate(logs):
+        append(log, numbered(n * 10 + 1, n * 10 + 3))
+    old = os.stat(logs[0]).st_mtime - 3600
+    for log in logs:
+        os.utime(log, (old, old))  # written an hour ago: idle
+    f = follow(tmp_path / "*.log", max_open_files=16, close_inactive="5m")
+    f.check()
+    assert f.watcher.files.fds == {}  # all read to their end and idle: none held
+    append(logs[3], numbered(1000, 1003))  # a change: reopened by identity
+    logs[7].rename(tmp_path / "app7.log.1")  # rotated while closed: found by inode
+    append(tmp_path / "app7.log.1", numbered(2000, 2003))
+    append(logs[7], numbered(3000, 3003))
+    f.check()
+    f.check()
+    expected = [line for n in range(40) for line in criticals(n * 10 + 1, n * 10 + 3)]
+    expected += criticals(1000, 1003) + criticals(2000, 2003) + criticals(3000, 3003)
+    assert sorted(read(f)) == sorted(expected)
+    assert len(f.watcher.files.fds) <= 16
+
+
+def test_at_most_max_open_files_are_held(follow: Any, tmp_path: Path) -> None:
+    logs = [tmp_path / f"app{n}.log" for n in range(100)]
+    for n, log in enumerate(logs):
+        append(log, numbered(n * 10 + 1, n * 10 + 3))
+    f = follow(tmp_path / "*.log", max_open_files=16)
+    f.check()
+    assert len(f.watcher.files.fds) <= 16
+    for n, log in enumerate(logs):
+        append(log, numbered(5000 + n * 10, 5000 + n * 10 + 2))
+    f.check()
+    assert len(f.watcher.files.fds) <= 16
+    expected = [line for n in range(100) for line in criticals(n * 10 + 1, n * 10 + 3)]
+    expected += [line for n in range(100) for line in criticals(5000 + n * 10, 5000 + n * 10 + 2)]
+    assert sorted(read(f)) == sorted(expected)
+
+
+def test_a_file_that_appears_after_the_start_is_read_at_once(tmp_path: Path) -> None:
+    """No file at start: inotify must still watch the folder, or the new file's lines would
+    wait for the sweep (``every``, 30 s here)."""
+    out = tmp_path / "alerts.jsonl"
+    keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": str(out)}])
+    keeper.log(tmp_path / "later.log", rules=[{"match": "CRITICAL"}], name="app", every="30s")
+    with keeper:
+        wait_until(lambda: (run := keeper.store.watcher("app")) is not None and run.checks >= 1)
+        append(tmp_path / "later.log", numbered(1, 6))
+        wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= 2, timeout=10)
+        append(tmp_path / "later.log", numbered(7, 9))
+        wait_until(lambda: len(out.read_text().splitlines()) >= 3, timeout=10)
+    lines = [json.loads(line)["data"]["line"] for line in out.read_text().splitlines()]
+    assert lines == criticals(1, 9)
+
+
+ROTATIONS = st.lists(
+    st.sampled_from(["write", "write", "write", "rename", "copytruncate", "compress", "olddir"])
+    | st.sampled_from(["check", "check", "restart"]),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=ROTATIONS)
+# Found by hypothesis: a file empty at the last look, renamed and compressed before the next.
+@example(ops=["write", "rename", "compress"])
+def test_any_rotation_into_archives_and_olddirs_alerts_each_line_once(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[str]
+) -> None:
+    """Property: whatever the order of writes, renames, copytruncates, compressions of the
+    newest rotated file, moves into an olddir, restarts and checks, every CRITICAL line alerts
+    exactly once (the oracle: the lines written) and nothing is reported lost."""
+    folder = tmp_path_factory.mktemp("rot")
+    old = folder / "old"
+    old.mkdir()
+    log = folder / "app.log"
+    log.touch()
+    options = {"rotated": ["{path}.*", f"{old}/app.log*"]}
+    f = Follow(ENGINES[-1], [log], **options)
+    f.check()
+    seen: list[str] = []
+    reports: list[Any] = []
+    line = generation = 0
+    checked = True
+    rotated: list[Path] = []  # plain rotated files, newest last
+    try:
+        for op in ops:
+            if op == "write":
+                append(log, numbered(line + 1, line + 5))
+                line += 5
+            elif op == "check":
+                f.check()
+                checked = True
+            elif op == "restart":
+                seen += read(f)
+                reports += lost(f)
+                f.close()
+                restarted = Follow(f.watcher.engine, [log], **options)
+                restarted.checkpoint = f.checkpoint
+                f = restarted
+            elif op == "rename":
+                generation += 1
+                rotated.append(folder / f"app.log.{generation}")
+                log.rename(rotated[-1])
+                log.touch()
+                checked = False
+            elif op == "copytruncate" and checked:
+                generation += 1
+                rotated.append(folder / f"app.log.{generation}")
+                rotated[-1].write_bytes(log.read_bytes())
+                with log.open("r+b") as out:
+                    out.truncate(0)
+                checked = False
+            elif op == "compress" and rotated:
+                plain = rotated.pop()
+                compress(plain, plain.with_name(plain.name + ".gz"))
+            elif op == "olddir" and rotated:
+                plain = rotated.pop()
+                plain.rename(old / plain.name)
+        f.check()
+        f.check()
+        seen += read(f)
+        reports += lost(f)
+    finally:
+        f.close()
+    assert sorted(seen, key=lambda text: int(text.split()[0])) == criticals(1, line)
+    assert reports == []
