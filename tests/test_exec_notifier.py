@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,13 @@ from watchkeeper.alerts import Alert, Severity
 from watchkeeper.config import load_config
 from watchkeeper.errors import ConfigError
 from watchkeeper.keeper import build_from_config, build_notifier
-from watchkeeper.notifiers.exec import OUTPUT_LIMIT, Output, alert_environment
+from watchkeeper.notifiers.exec import (
+    OUTPUT_LIMIT,
+    ExecConfig,
+    ExecNotifier,
+    Output,
+    alert_environment,
+)
 
 
 def script(tmp_path: Path, body: str, name: str = "hook") -> str:
@@ -349,3 +356,40 @@ def test_long_alert_fields_still_start_the_command(tmp_path: Path) -> None:
 def test_describe_shows_the_program_not_its_arguments() -> None:
     notifier = build_notifier({"kind": "exec", "command": ["/bin/true", "--token", "s3cret"]})
     assert notifier.describe() == "/bin/true (+2 arguments)"
+
+
+def test_a_down_command_is_not_run_for_every_due_alert(tmp_path: Path) -> None:
+    """After a failure that may pass, the other due alerts wait for its retry time: a hung
+    command would otherwise cost a whole timeout per alert."""
+    runs = tmp_path / "runs"
+    hook = script(tmp_path, f"echo x >> {runs}\nexit 75", "down")
+    keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "exec", "command": [str(hook)]}])
+    keeper.every(3600, lambda: [Observation(f"e{i}", event=True) for i in range(8)], name="w")
+    with keeper:
+        wait_until(runs.exists)
+        # The first retry is about 2 s away: the other seven alerts wait for it.
+        wait_until(lambda: len(runs.read_text().splitlines()) >= 2, timeout=1.0, must=False)
+        count = len(runs.read_text().splitlines())
+    assert count == 1
+
+
+def test_an_exception_from_send_each_is_every_alerts_retry(tmp_path: Path) -> None:
+    """A notifier's bug in send_each ends neither the dispatcher nor any alert."""
+
+    class Flaky(ExecNotifier):
+        calls = 0
+
+        def send_each(self, alerts: Sequence[Alert]) -> list[Exception | None]:
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("a plugin's bug")
+            return super().send_each(alerts)
+
+    config = ExecConfig(name="flaky", command=["/bin/true"], parallel=2)
+    keeper = Keeper(state=tmp_path / "wk.db", notify=[Flaky(config)])
+    keeper.every(3600, lambda: [Observation(f"e{i}", event=True) for i in range(2)], name="w")
+    with keeper:
+        store = keeper.store
+        assert store is not None
+        wait_until(lambda: store.delivery_counts().get("flaky") == {"sent": 2}, timeout=20)
+        assert keeper.healthy()

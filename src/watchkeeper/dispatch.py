@@ -55,6 +55,9 @@ class Dispatcher(GuardedThread):
         )
         self._cursor: int | None = None  # grouped: the last delivery read into the groups
         self._failures = 0  # grouped: messages failed in a row, for the backoff
+        self._down_until = 0.0
+        """After a send failed in a way that may pass: no other alert is tried before this
+        (the notifier is down; each try could cost a whole timeout), unless flushing."""
 
     def flush(self, deadline: float, at_exit: bool = False) -> None:
         """Deliver what is due now, send every group held, then end the thread."""
@@ -99,6 +102,9 @@ class Dispatcher(GuardedThread):
         if self.grouper is not None:
             return self._grouped_step(self.grouper, flushing)
         now = self.clock()
+        if now < self._down_until and not flushing:
+            self._sleep(min(self._down_until - now, IDLE_POLL))
+            return True
         due = self.store.due(self.notifier.name, now, limit=BATCH)
         if not due:
             if flushing:
@@ -117,13 +123,15 @@ class Dispatcher(GuardedThread):
         for start in range(0, len(due), width):
             if self._out_of_time():
                 return False
-            if not self._deliver_each(due[start : start + width]):
-                break  # the notifier is down: do not spend a timeout on every alert
+            retry_at = self._deliver_each(due[start : start + width])
+            if retry_at is not None:  # the notifier is down: do not spend a timeout on every
+                self._down_until = retry_at  # alert; the next pass waits for its retry time
+                break
         return True
 
-    def _deliver_each(self, deliveries: list[Delivery]) -> bool:
+    def _deliver_each(self, deliveries: list[Delivery]) -> float | None:
         """Each alert on its own, several at once where the notifier can (``concurrency``);
-        False if any failed in a way that may pass.
+        the earliest retry time if any failed in a way that may pass, else None.
 
         Marked as soon as they are sent, not with the rest of the batch: a message takes far
         longer than a mark, and a crash then repeats only those in flight.
@@ -133,7 +141,7 @@ class Dispatcher(GuardedThread):
             send = functools.partial(self.notifier.send, one.alert)
             outcomes = [self._attempt(send, [one.id], one.attempts + 1)]
         else:
-            errors = self.notifier.send_each([d.alert for d in deliveries])
+            errors = self._send_each(deliveries)
             outcomes = [  # every outcome recorded, not only those up to the first retry
                 self._outcome([d.id], d.attempts + 1, e)
                 for d, e in zip(deliveries, errors, strict=True)
@@ -141,7 +149,22 @@ class Dispatcher(GuardedThread):
         sent = [d.id for d, (o, _) in zip(deliveries, outcomes, strict=True) if o == "sent"]
         if sent:
             self.store.mark_sent(sent, self.clock())
-        return all(o != "retry" for o, _ in outcomes)
+        retries = [at for o, at in outcomes if o == "retry"]
+        return min(retries) if retries else None
+
+    def _send_each(self, deliveries: list[Delivery]) -> Sequence[BaseException | None]:
+        """The notifier's outcome per alert; anything it raises, or an answer of the wrong
+        length, is every alert's outcome (retried): a plugin's bug must not end this thread."""
+        try:
+            errors = self.notifier.send_each([d.alert for d in deliveries])
+        except BaseException as exc:  # sorted by _outcome like a send's own error
+            return [exc] * len(deliveries)
+        if len(errors) != len(deliveries):
+            wrong = RuntimeError(
+                f"send_each answered {len(errors)} outcomes for {len(deliveries)} alerts"
+            )
+            return [wrong] * len(deliveries)
+        return errors
 
     def _grouped_step(self, grouper: Grouper, flushing: bool) -> bool:
         """Read new pending deliveries into the groups; send the groups that are due."""
