@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from tests.conftest import run_cli, wait_until
 from watchkeeper import Keeper, Observation, PermanentDeliveryError, TransientDeliveryError
 from watchkeeper.alerts import Alert, Severity
+from watchkeeper.build import build_from_config, build_notifier
 from watchkeeper.config import load_config
 from watchkeeper.errors import ConfigError
-from watchkeeper.keeper import build_from_config, build_notifier
 from watchkeeper.notifiers.exec import (
     OUTPUT_LIMIT,
     ExecConfig,

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from tests.conftest import RecordingServer, wait_until
 from watchkeeper import Keeper, Observation
 from watchkeeper.alerts import Alert, Severity
+from watchkeeper.build import build_notifier
 from watchkeeper.demo.smtpsink import SmtpSink
 from watchkeeper.grouping import ALIGN, Grouper, GroupPolicy
-from watchkeeper.keeper import build_notifier
 from watchkeeper.notifiers.digest import Digest
 from watchkeeper.store import Delivery, Store
 

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from tests.conftest import RecordingServer, smtp_spec, wait_until
 from watchkeeper import Keeper, Observation
 from watchkeeper.alerts import Alert, Severity
+from watchkeeper.build import build_notifier
 from watchkeeper.demo.smtpsink import SmtpSink
 from watchkeeper.errors import PermanentDeliveryError, TransientDeliveryError
-from watchkeeper.keeper import build_notifier
 
 
 def alert(title: str = "disk full", body: str = "") -> Alert:

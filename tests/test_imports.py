@@ -68,7 +68,7 @@ def test_loading_a_config_leaves_notifier_libraries_until_a_notifier_is_built(
     )
     assert loaded(modules, ("httpx", "rich", "jinja2", "feedparser")) == []
     modules, _ = imported_after(
-        "from watchkeeper.keeper import build_from_config\n"
+        "from watchkeeper.build import build_from_config\n"
         "from watchkeeper import load_config\n"
         f"notifiers, _ = build_from_config(load_config({str(config)!r}))\n"
         "[n.close() for n in notifiers]"
@@ -160,7 +160,7 @@ def test_a_kind_registered_at_run_time_is_known_like_a_built_in() -> None:
     _, out = imported_after(
         "from watchkeeper import CheckResult, Watcher, WatcherConfig\n"
         "from watchkeeper.config import parse_config\n"
-        "from watchkeeper.keeper import build_from_config, build_watcher\n"
+        "from watchkeeper.build import build_from_config, build_watcher\n"
         "from watchkeeper.watchers import WATCHERS, register\n"
         "from watchkeeper.watchers.logconfig import LogConfig\n"
         "class ProbeConfig(WatcherConfig):\n    target: str\n"

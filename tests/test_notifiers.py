@@ -15,8 +15,8 @@ import pytest
 from tests.conftest import RecordingServer, smtp_spec, wait_until
 from watchkeeper import Keeper, Observation, PermanentDeliveryError, TransientDeliveryError
 from watchkeeper.alerts import Alert, Severity
+from watchkeeper.build import build_notifier
 from watchkeeper.demo.smtpsink import SmtpSink
-from watchkeeper.keeper import build_notifier
 from watchkeeper.notifiers.console import ConsoleNotifier
 from watchkeeper.store import Store
 

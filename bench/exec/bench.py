@@ -27,7 +27,7 @@ from pathlib import Path
 
 from watchkeeper import Keeper, Observation
 from watchkeeper.alerts import Alert, Severity
-from watchkeeper.keeper import build_notifier
+from watchkeeper.build import build_notifier
 from watchkeeper.notifiers.exec import alert_environment
 
 CHUNK = 40

@@ -100,7 +100,7 @@ def content_length(head: bytes) -> int:
 
 CHILD = {
     ("flood", "watchkeeper"): """
-from watchkeeper.keeper import build_notifier
+from watchkeeper.build import build_notifier
 from watchkeeper.alerts import Alert, Severity
 n = build_notifier({"kind": "webhook", "url": URL})
 n.send(Alert(watcher="w", kind="custom", severity=Severity.ERROR, title="t", key="k"))
@@ -110,7 +110,7 @@ import httpx
 httpx.Client(timeout=10).post(URL, json={"title": "t"})
 """,
     ("drip", "watchkeeper"): """
-from watchkeeper.keeper import build_notifier
+from watchkeeper.build import build_notifier
 from watchkeeper.alerts import Alert, Severity
 n = build_notifier({"kind": "webhook", "url": URL, "timeout": "10s"})
 try:
@@ -126,7 +126,7 @@ except Exception as exc:
     print(type(exc).__name__, exc)
 """,
     ("smtp-drip", "watchkeeper"): """
-from watchkeeper.keeper import build_notifier
+from watchkeeper.build import build_notifier
 from watchkeeper.alerts import Alert, Severity
 n = build_notifier(
     {"kind": "smtp", "host": "127.0.0.1", "port": PORT, "sender": "a@b.c", "to": ["d@e.f"],
@@ -146,7 +146,7 @@ except Exception as exc:
     print(type(exc).__name__, exc)
 """,
     ("quick", "watchkeeper"): """
-from watchkeeper.keeper import build_notifier
+from watchkeeper.build import build_notifier
 from watchkeeper.alerts import Alert, Severity
 n = build_notifier({"kind": "webhook", "url": URL})
 a = Alert(watcher="w", kind="custom", severity=Severity.ERROR, title="t", key="k")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,16 +19,18 @@ from types import TracebackType
 from typing import Any, Protocol, Self, overload
 
 from watchkeeper.alerts import Alert
-from watchkeeper.config import (
-    Config,
-    default_state_path,
-    load_config,
-    notifier_config,
-    watcher_config,
+from watchkeeper.build import (
+    NotifierSpec,
+    build_from_config,
+    build_notifier,
+    build_watcher,
+    close_all,
+    unique_names,
 )
+from watchkeeper.config import Config, default_state_path, load_config, watcher_config
 from watchkeeper.dispatch import Dispatcher
 from watchkeeper.errors import ConfigError, StoreError
-from watchkeeper.notifiers import NOTIFIERS, Notifier, NotifierConfig
+from watchkeeper.notifiers import Notifier
 from watchkeeper.pool import WatcherPool
 from watchkeeper.quantities import parse_duration
 from watchkeeper.reload import Handover, Handovers, Part, ReloadBusy, ReloadResult, plan
@@ -37,15 +38,13 @@ from watchkeeper.retention import Pruner
 from watchkeeper.runtime import WatcherRun, WatcherThread, close_watcher
 from watchkeeper.store import Route, Store
 from watchkeeper.supervisor import Revivable, Supervisor
-from watchkeeper.watchers import WATCHERS, Watcher, WatcherConfig
+from watchkeeper.watchers import Watcher, WatcherConfig
 from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
 
 log = logging.getLogger("watchkeeper")
 
 ABORT_GRACE = 1.0
 """Seconds a dispatcher has, after its notifier was told to abort, to record the retry."""
-
-NotifierSpec = Mapping[str, Any] | NotifierConfig | Notifier
 
 
 class Companion(Protocol):
@@ -85,7 +84,7 @@ class Keeper:
         self.notifiers: list[Notifier] = [
             build_notifier(spec, f"notify[{i}]") for i, spec in enumerate(notify)
         ]
-        _unique([n.name for n in self.notifiers], "notifier")
+        unique_names([n.name for n in self.notifiers], "notifier")
         self.watchers: list[Watcher] = []
         self._names: set[str] = set()  # of the watchers added: checking a list was quadratic
         for watcher in watchers:
@@ -408,11 +407,11 @@ class Keeper:
         """
         notifiers, watchers = build_from_config(config)
         try:
-            _unique([n.name for n in notifiers], "notifier")
+            unique_names([n.name for n in notifiers], "notifier")
             with self._reload_lock, self._no_restarts():
                 handovers = self._begin_reload(config, notifiers, watchers)
         except BaseException:
-            _close_all(notifiers, watchers)
+            close_all(notifiers, watchers)
             raise
         deadline = time.monotonic() + wait
         for unit in handovers:
@@ -524,7 +523,7 @@ class Keeper:
                 notifier.close()
             store = self.store
             if not self._started or store is None:  # stopped meanwhile: start nothing
-                _close_all(unit.notifiers, unit.watchers)
+                close_all(unit.notifiers, unit.watchers)
                 return
             for name in unit.replaces:
                 self._runs.pop(name, None)
@@ -643,14 +642,6 @@ def _runs_of(driver: WatcherThread | WatcherPool) -> list[WatcherRun]:
     return driver.runs if isinstance(driver, WatcherPool) else [driver.watcher_run]
 
 
-def _close_all(notifiers: Sequence[Notifier], watchers: Sequence[Watcher]) -> None:
-    """Close parts built for a reload that will not run."""
-    for notifier in notifiers:
-        notifier.close()
-    for watcher in watchers:
-        close_watcher(watcher)
-
-
 def _drivers(runs: list[WatcherRun]) -> list[WatcherThread | WatcherPool]:
     """A thread for each run, except kinds that share a pool (one pool per such kind)."""
     drivers: list[WatcherThread | WatcherPool] = []
@@ -666,64 +657,3 @@ def _drivers(runs: list[WatcherRun]) -> list[WatcherThread | WatcherPool]:
         size = min(len(members), members[0].watcher.pool_size)
         drivers.append(WatcherPool(kind, members, size))
     return drivers
-
-
-def build_notifier(spec: NotifierSpec, where: str = "notify") -> Notifier:
-    """A notifier from a dict (as in TOML), a validated config, or a ready instance."""
-    if isinstance(spec, Notifier):
-        return spec
-    config = spec if isinstance(spec, NotifierConfig) else notifier_config(spec, where)
-    assert config is not None
-    return NOTIFIERS[config.kind](config)
-
-
-def build_from_config(config: Config) -> tuple[list[Notifier], list[Watcher]]:
-    """Every notifier and watcher of a config, or one ConfigError listing every problem.
-
-    Building can fail beyond validation (a ``call`` that does not import, a notifier's library
-    missing); each message names the file and the table, like validation errors do.
-    """
-    problems: list[str] = []
-    notifiers: list[Notifier] = []
-    watchers: list[Watcher] = []
-    source = Path(config.source)
-    if source.is_file():  # `call = "checks:fn"` may name a module next to the config file
-        folder = str(source.resolve().parent)
-        if folder not in sys.path:
-            sys.path.append(folder)
-    for spec in config.notify:
-        try:
-            notifiers.append(build_notifier(spec))
-        except ConfigError as exc:
-            problems += [
-                f"{config.source}: [[notify]] (name {spec.name!r}): {e}" for e in exc.errors
-            ]
-    for table in config.watchers:
-        kind = table.table_kind or getattr(WATCHERS.for_model(type(table)), "kind", "?")
-        try:
-            watchers.append(build_watcher(table))
-        except ConfigError as exc:
-            where = f"{config.source}: [[{kind}]] (name {table.name!r})"
-            problems += [f"{where}: {e}" for e in exc.errors]
-    if problems:
-        for built in notifiers:
-            built.close()
-        raise ConfigError(problems)
-    return notifiers, watchers
-
-
-def build_watcher(config: WatcherConfig) -> Watcher:
-    """A watcher from its validated config: the class of its table's kind, else of its model."""
-    kind = config.table_kind
-    cls = WATCHERS[kind] if kind is not None else WATCHERS.for_model(type(config))
-    if cls is None:
-        raise ConfigError(f"no watcher kind takes a {type(config).__name__}")
-    return cls(config)
-
-
-def _unique(names: Sequence[str], what: str) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise ConfigError(f"{what} name {name!r} is used twice; give each a distinct name")
-        seen.add(name)

@@ -104,8 +104,8 @@ def attach_dashboard(keeper: Keeper, settings: KeeperSettings) -> Callable[[], N
 @app.command()
 def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Validate a config file: exit 0 if it is good, 1 with every problem listed."""
+    from watchkeeper.build import build_from_config
     from watchkeeper.config import default_state_path, validate_config
-    from watchkeeper.keeper import build_from_config
 
     try:
         cfg, problems = validate_config(config)
@@ -319,7 +319,7 @@ def alerts(
 def notify_test(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Send one test alert straight to every notifier and report each result."""
     from watchkeeper.alerts import Alert, Severity
-    from watchkeeper.keeper import build_notifier
+    from watchkeeper.build import build_notifier
 
     cfg = load(config)
     if not cfg.notify:
