@@ -43,7 +43,7 @@ CASES = [
 ]
 
 
-@pytest.mark.skipif(shutil.which("grep") is None, reason="needs GNU grep")
+@pytest.mark.skipif(shutil.which("grep") is None, reason="GNU grep is the oracle here")
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize(("pattern", "flags", "grep_pattern"), CASES)
 def test_matched_lines_are_what_grep_prints(

@@ -109,7 +109,7 @@ keeper.log([sys.argv[3]], rules=[{"match": "(a+)+b"}, {"match": "(a|a)+(?=b)"}],
            start_at="beginning", line_timeout="50ms", name="app")
 keeper.start()
 while not keeper.store.watcher("app") or not keeper.store.watcher("app").checks:
-    time.sleep(0.01)
+    time.sleep(0.01)  # the program's own work, polling until the first check committed
 print(f"main returns {time.time()}", flush=True)
 """
 

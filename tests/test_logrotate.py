@@ -37,7 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 EVERY = 5  # every 5th line is CRITICAL
 
-pytestmark = pytest.mark.skipif(shutil.which("logrotate") is None, reason="needs logrotate")
+pytestmark = pytest.mark.skipif(
+    shutil.which("logrotate") is None,
+    reason="needs the real logrotate (scripts/setup.sh installs it as root)",
+)
 
 WRITER = """
 import os, sys, time

@@ -6,6 +6,7 @@ only needs the text forms, such as ``watchkeeper scan``, does not import pydanti
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import math
 import re
@@ -92,10 +93,8 @@ def parse_since(value: str, now: float | None = None) -> float:
             f"{value!r}: give a unit for a duration (e.g. {value.strip()}s), or a time; "
             "an alert id goes in --after-id (?since_id= in the API)"
         )
-    try:
+    with contextlib.suppress(ValueError):  # not a duration: try it as a time
         return (time.time() if now is None else now) - parse_duration(value)
-    except ValueError:
-        pass  # not a duration: try it as a time
     from datetime import UTC, datetime
 
     try:

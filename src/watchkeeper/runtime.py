@@ -16,6 +16,7 @@ import random
 import threading
 import time
 import traceback
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -224,7 +225,7 @@ def _no_driver() -> None:
     """A run's ``wake`` before a driver takes it: nothing to wake yet."""
 
 
-class GuardedThread(threading.Thread):
+class GuardedThread(threading.Thread, metaclass=ABCMeta):
     """A daemon thread whose loop only ``stop`` should end: whatever else ends it is kept.
 
     What it raised is logged with its traceback and kept in :attr:`failure`, and ``ended`` is
@@ -237,9 +238,9 @@ class GuardedThread(threading.Thread):
         """What ended the loop when nothing asked it to (None while it runs, or after a stop)."""
         self.ended: Callable[[], None] = nothing
 
+    @abstractmethod
     def loop(self) -> None:
         """The thread's work; returns only when asked to stop."""
-        raise NotImplementedError
 
     def run(self) -> None:
         """:meth:`loop`, with a crash kept for the supervisor."""

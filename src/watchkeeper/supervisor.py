@@ -345,7 +345,7 @@ class Supervisor(GuardedThread):
 
 def _overwrite(path: Path, data: bytes) -> None:
     """Write ``data`` over a file of the same size in place, or make the file (atomically)."""
-    try:
+    with contextlib.suppress(FileNotFoundError):  # no file yet: made below
         if path.stat().st_size == len(data):
             descriptor = os.open(path, os.O_WRONLY)
             try:
@@ -353,8 +353,6 @@ def _overwrite(path: Path, data: bytes) -> None:
             finally:
                 os.close(descriptor)
             return
-    except FileNotFoundError:
-        pass
     temporary = path.with_name(path.name + ".tmp")
     try:
         temporary.write_bytes(data)

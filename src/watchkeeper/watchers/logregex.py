@@ -24,6 +24,7 @@ A construct this module does not know is refused when the config loads, never ap
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,7 +246,7 @@ def _quantifier(low: int, high: Any) -> str:
     return f"{{{low},}}" if high is sre.MAXREPEAT else f"{{{low},{high}}}"
 
 
-class _Writer:
+class _Writer(ABC):
     """Writes a parse tree out again; the parts every dialect writes alike are here.
 
     ``ignore`` (IGNORECASE in force) is passed down the tree and applied by each subclass to
@@ -279,8 +280,9 @@ class _Writer:
             return self.backtracking(op, av, ignore)
         raise Untranslatable(f"unknown construct {op}")
 
+    @abstractmethod
     def atom(self, op: Any, av: Any, ignore: bool) -> str:
-        raise NotImplementedError
+        """A character, set, ``.`` or anchor, in this dialect (case folded by hand)."""
 
     def scoped(self, add: int, remove: int, sub: Any, ignore: bool) -> str:
         """The inside of a group that may set flags of its own."""
