@@ -393,3 +393,9 @@ def test_an_exception_from_send_each_is_every_alerts_retry(tmp_path: Path) -> No
         assert store is not None
         wait_until(lambda: store.delivery_counts().get("flaky") == {"sent": 2}, timeout=20)
         assert keeper.healthy()
+
+
+def test_output_reaches_the_error_with_its_controls_shown_not_obeyed() -> None:
+    output = Output()
+    output.add(b"line one\x1b[2J\nnul\x00 and \xe2\x80\xae here\n")
+    assert output.text() == "line one\\x1b[2J\nnul\\x00 and \\u202e here"

@@ -44,6 +44,7 @@ from watchkeeper.errors import (
     TransientDeliveryError,
 )
 from watchkeeper.notifiers.base import Notifier, NotifierConfig, register
+from watchkeeper.textsafe import terminal_safe
 from watchkeeper.units import Duration
 
 EX_TEMPFAIL = 75
@@ -57,7 +58,6 @@ VALUE_LIMIT = 16384
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OURS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 """systemd's channel to the agent: not for the commands it runs."""
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 EXIT_GRACE = 1.0
 """After the command exits, how long to read output that a process it left behind still holds."""
 
@@ -160,7 +160,8 @@ class Output:
         cut = self.total - len(self.head) - len(self.tail)
         middle = f"\n[… {cut} bytes cut …]\n".encode() if cut else b""
         text = bytes(self.head + middle + self.tail).decode(errors="replace").strip()
-        return _CONTROLS.sub("\ufffd", text)  # it reaches logs, status and terminals
+        # It reaches logs, status and terminals: controls shown, not obeyed (lines kept).
+        return "\n".join(terminal_safe(line) for line in text.split("\n"))
 
 
 @register
