@@ -304,3 +304,26 @@ def test_a_large_history_drains_in_order_prunes_to_its_bound_and_counts_right(
         assert titles == ["alert 0"] + [f"alert {i}" for i in range(total - 100_000, total)]
         assert store.path.stat().st_size < size * 0.5
         assert store.alert_totals() == [("w", Severity.ERROR, total)]
+
+
+def test_a_start_waits_out_a_status_probe_of_the_lock(tmp_path: Path) -> None:
+    """``status`` and ``reload`` ask the lock who holds it with a brief shared flock; a keeper
+    starting in that instant must wait it out, not report another keeper (a fault on purpose:
+    the probe's lock is held here while the start runs)."""
+    import fcntl
+    import threading
+
+    state = tmp_path / "wk.db"
+    Store(state).close()
+    probe = state.with_name("wk.db.lock").open("a+")
+    fcntl.flock(probe, fcntl.LOCK_SH)
+    release = threading.Timer(0.3, probe.close)  # the probe's instant, stretched
+    release.start()
+    try:
+        store = Store(state)
+        store.claim()  # waits for the probe instead of failing
+        assert Store.holder(state) is not None
+        store.close()
+    finally:
+        release.join()
+    assert Store.holder(state) is None  # no holder once the claim is released
