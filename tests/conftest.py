@@ -39,6 +39,19 @@ def wait_until(
         time.sleep(interval)
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The complete records of a JSON-lines file that may be being appended to right now.
+
+    A reader polling while the jsonl notifier writes can see the head of a record before its
+    tail; like ``tail -F`` piped into ``jq``, only lines ending in a newline are records yet.
+    """
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
 def run_cli(
     *args: str, cwd: Path, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RecordingServer, wait_until
+from tests.conftest import RecordingServer, read_jsonl, wait_until
 from watchkeeper import (
     CheckResult,
     ConfigError,
@@ -240,7 +240,7 @@ def test_control_pause_resume_mute_check_now_and_subscribe(tmp_path: Path) -> No
         keeper.resume("w")  # resuming checks at once
         wait_until(lambda: len(calls) == 4)
         wait_until(lambda: len(seen) == 4)
-        wait_until(lambda: jsonl.exists() and len(jsonl.read_text().splitlines()) == 3)
+        wait_until(lambda: len(read_jsonl(jsonl)) == 3)
         store = keeper.store
         assert store is not None
         record = store.watcher("w")

@@ -6,7 +6,6 @@ line has one."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -14,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import wait_until
+from tests.conftest import read_jsonl, wait_until
 from watchkeeper.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,10 +122,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> 
     expected = list(range(EVERY, LINES + 1, EVERY))
 
     def delivered() -> dict[str, str]:
-        if not out.exists():
-            return {}
-        alerts = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-        return {a["uid"]: a["data"]["line"] for a in alerts}
+        return {a["uid"]: a["data"]["line"] for a in read_jsonl(out)}
 
     def stored() -> list[int]:
         with Store(tmp_path / "wk.db") as store:

@@ -3,7 +3,6 @@ config errors, and the ``watchkeeper tail`` command."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_cli, wait_until
+from tests.conftest import read_jsonl, run_cli, wait_until
 from watchkeeper import Keeper
 from watchkeeper.config import load_config
 from watchkeeper.errors import ConfigError
@@ -25,12 +24,6 @@ from watchkeeper.watchers.log import LogWatcher
 from watchkeeper.watchers.loginotify import FolderWatch
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def jsonl_alerts(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def checked(keeper: Keeper, name: str) -> bool:
@@ -48,7 +41,7 @@ def first_check_done(state: Path, name: str) -> bool:
 
 def caught_up(out: Path, line: int) -> None:
     """Wait until the alerts of every CRITICAL line up to ``line`` are out."""
-    wait_until(lambda: len(jsonl_alerts(out)) >= line // 7, timeout=20)
+    wait_until(lambda: len(read_jsonl(out)) >= line // 7, timeout=20)
 
 
 def writer(
@@ -122,11 +115,11 @@ def test_live_writer_with_rotations_no_line_lost_or_repeated(
         thread.start()
         thread.join()
         expected = [f"{i} CRITICAL line {i}" for i in range(7, 3001, 7)]
-        wait_until(lambda: len(jsonl_alerts(out)) >= len(expected), timeout=20, must=False)
+        wait_until(lambda: len(read_jsonl(out)) >= len(expected), timeout=20, must=False)
         if inotify:
             assert watcher.watch is not None
             assert watcher.watch.usable
-    got = [a["data"]["line"] for a in jsonl_alerts(out)]
+    got = [a["data"]["line"] for a in read_jsonl(out)]
     missing = sorted(set(expected) - set(got), key=lambda line: int(line.split()[0]))
     assert got == expected, f"missing {len(missing)}: {missing[:1]} ... {missing[-1:]}"
 
@@ -143,8 +136,8 @@ def test_copytruncate_with_a_live_writer(tmp_path: Path) -> None:
         wait_until(lambda: checked(keeper, "app"))
         writer(logs, 1500, 300, "copytruncate", done, lambda line: caught_up(out, line))
         expected = [f"{i} CRITICAL line {i}" for i in range(7, 1501, 7)]
-        wait_until(lambda: len(jsonl_alerts(out)) >= len(expected), timeout=20, must=False)
-    assert [a["data"]["line"] for a in jsonl_alerts(out)] == expected
+        wait_until(lambda: len(read_jsonl(out)) >= len(expected), timeout=20, must=False)
+    assert [a["data"]["line"] for a in read_jsonl(out)] == expected
 
 
 def test_bad_regex_and_bad_rule_keys_are_config_errors(tmp_path: Path) -> None:
@@ -198,7 +191,7 @@ def tail_alerts(tmp_path: Path, written: str, *options: str) -> list[dict[str, A
         wait_until(lambda: first_check_done(tmp_path / "wk.db", "tail"), timeout=20)
         with log.open("a") as f:
             f.write(written)
-        return list(wait_until(lambda: jsonl_alerts(out), timeout=20))
+        return list(wait_until(lambda: read_jsonl(out), timeout=20))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)

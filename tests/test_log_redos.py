@@ -8,14 +8,12 @@ time limit, and a line that hits it is skipped by that rule and reported once.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
-from tests.conftest import run_cli, wait_until
+from tests.conftest import read_jsonl, run_cli, wait_until
 from tests.test_exit import run_program, start_agent
 from tests.test_log import Follow, append
 from watchkeeper.store import Store
@@ -31,14 +29,8 @@ line_timeout = "50ms"
 """
 
 
-def alerts(jsonl: Path) -> list[dict[str, Any]]:
-    if not jsonl.exists():
-        return []
-    return [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-
-
 def titles(jsonl: Path, watcher: str = "app") -> list[str]:
-    return [a["title"] for a in alerts(jsonl) if a["watcher"] == watcher]
+    return [a["title"] for a in read_jsonl(jsonl) if a["watcher"] == watcher]
 
 
 def ticks(jsonl: Path) -> int:

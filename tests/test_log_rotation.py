@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import run_cli, wait_until
+from tests.conftest import read_jsonl, run_cli, wait_until
 from tests.test_log import ENGINES, Follow, append, criticals, numbered
 from watchkeeper import Keeper
 from watchkeeper.alerts import RuleEngine
@@ -335,9 +335,9 @@ def test_a_file_that_appears_after_the_start_is_read_at_once(tmp_path: Path) -> 
     with keeper:
         wait_until(lambda: (run := keeper.store.watcher("app")) is not None and run.checks >= 1)
         append(tmp_path / "later.log", numbered(1, 6))
-        wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= 2, timeout=10)
+        wait_until(lambda: len(read_jsonl(out)) >= 2, timeout=10)
         append(tmp_path / "later.log", numbered(7, 9))
-        wait_until(lambda: len(out.read_text().splitlines()) >= 3, timeout=10)
+        wait_until(lambda: len(read_jsonl(out)) >= 3, timeout=10)
     lines = [json.loads(line)["data"]["line"] for line in out.read_text().splitlines()]
     assert lines == criticals(1, 9)
 

@@ -10,18 +10,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_cli, wait_until
+from tests.conftest import read_jsonl, run_cli, wait_until
 from tests.pagesite import Page, Site, site
 from watchkeeper import Keeper
 from watchkeeper.store import Store
 
 __all__ = ["site"]
-
-
-def alerts(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 def checks(state: Path, name: str) -> int:
@@ -47,11 +41,11 @@ def test_new_item_is_delivered_once_across_restarts(tmp_path: Path, site: Site) 
     with keeper(tmp_path, url) as wk:
         wait_until(lambda: site.hits["/new"] >= 2)  # the baseline and a check after it
         site.html("/new", links("c", "a", "b"))
-        wait_until(lambda: alerts(out))
+        wait_until(lambda: read_jsonl(out))
         wk.check_now("shop")
         hits = site.hits["/new"]
         wait_until(lambda: site.hits["/new"] >= hits + 2)
-    [alert] = alerts(out)
+    [alert] = read_jsonl(out)
     assert alert["title"] == "C"
     assert alert["severity"] == "info"
     assert alert["kind"] == "page"
@@ -63,10 +57,10 @@ def test_new_item_is_delivered_once_across_restarts(tmp_path: Path, site: Site) 
     }
     site.html("/new", links("d", "c", "a", "b"))  # appears while nothing is watching
     with keeper(tmp_path, url):
-        wait_until(lambda: len(alerts(out)) >= 2)
+        wait_until(lambda: len(read_jsonl(out)) >= 2)
         hits = site.hits["/new"]
         wait_until(lambda: site.hits["/new"] >= hits + 2)
-    assert [a["title"] for a in alerts(out)] == ["C", "D"]
+    assert [a["title"] for a in read_jsonl(out)] == ["C", "D"]
 
 
 def test_failures_alert_after_fail_after_then_recover(tmp_path: Path, site: Site) -> None:
@@ -77,21 +71,21 @@ def test_failures_alert_after_fail_after_then_recover(tmp_path: Path, site: Site
         wait_until(lambda: checks(state, "shop") >= 1)
         site.pages["/new"] = Page("boom", status=500)
         wait_until(lambda: site.hits["/new"] >= 3)
-        wait_until(lambda: alerts(out), timeout=15)
+        wait_until(lambda: read_jsonl(out), timeout=15)
         with Store(state) as store:
             record = store.watcher("shop")
             assert record is not None
             assert record.failures >= 3
             assert f"{site.base}/p/a" in record.checkpoint["items"]  # the old checkpoint stays
         site.html("/new", links("a"))
-        wait_until(lambda: len(alerts(out)) >= 2, timeout=15)
-    failing, recovered = alerts(out)
+        wait_until(lambda: len(read_jsonl(out)) >= 2, timeout=15)
+    failing, recovered = read_jsonl(out)
     assert failing["status"] == "firing"
     assert failing["severity"] == "error"
     assert "HTTP 500" in failing["title"]
     assert failing["key"] == recovered["key"]
     assert recovered["status"] == "resolved"
-    assert len(alerts(out)) == 2  # "a" was never reported as new: the checkpoint survived
+    assert len(read_jsonl(out)) == 2  # "a" was never reported as new: the checkpoint survived
 
 
 JS_PAGE = """<html><body><ul id="list"></ul><script>
@@ -258,9 +252,9 @@ def test_reload_restarts_the_page_pool_from_checkpoints(tmp_path: Path, site: Si
         wait_until(lambda: site.hits["/two"] >= 2)
         site.html("/one", links("b", "a"))
         site.html("/two", links("y", "x"))
-        wait_until(lambda: len(alerts(out)) >= 2)
+        wait_until(lambda: len(read_jsonl(out)) >= 2)
         assert wk.reload(config(first, second)).plan.empty  # the same config changes nothing
         hits = site.hits["/one"]
         wait_until(lambda: site.hits["/one"] >= hits + 2)
-    titles = sorted((a["watcher"], a["title"]) for a in alerts(out))
+    titles = sorted((a["watcher"], a["title"]) for a in read_jsonl(out))
     assert titles == [("one", "B"), ("two", "Y")]  # A and X: known

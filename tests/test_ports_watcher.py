@@ -4,7 +4,6 @@ end (jsonl notifier, SQLite state, restart)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import read_jsonl, wait_until
 from watchkeeper import ConfigError, Keeper, load_config
 from watchkeeper.scan import parse_ports
 from watchkeeper.watchers.ports import PortsConfig, PortsWatcher
@@ -166,12 +165,6 @@ def test_config_table_validates_ports_with_clear_errors(tmp_path: Path) -> None:
     assert "both expect_open and expect_closed" in text
 
 
-def alerts_in(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def test_keeper_alerts_once_each_and_recovers_across_a_restart(
     tmp_path: Path, ports: list[Port]
 ) -> None:
@@ -201,10 +194,10 @@ def test_keeper_alerts_once_each_and_recovers_across_a_restart(
         wait_until(lambda: checks(k) >= 2)
         b.open()
         c.close()
-        changes = wait_until(lambda: len(alerts_in(out)) >= 2 and alerts_in(out))
+        changes = wait_until(lambda: len(read_jsonl(out)) >= 2 and read_jsonl(out))
         seen = checks(k)
         wait_until(lambda: checks(k) >= seen + 5)
-    assert len(alerts_in(out)) == 2
+    assert len(read_jsonl(out)) == 2
     by_change = {x["data"]["change"]: x for x in changes}
     assert by_change["opened"]["data"]["port"] == b.number
     assert by_change["closed"]["data"]["port"] == c.number
@@ -214,16 +207,16 @@ def test_keeper_alerts_once_each_and_recovers_across_a_restart(
     with keeper() as k:  # restart: the baseline is in the state file, nothing is repeated
         start = checks(k)
         wait_until(lambda: checks(k) >= start + 4)
-        assert len(alerts_in(out)) == 2
+        assert len(read_jsonl(out)) == 2
         a.close()
-        down = wait_until(lambda: len(alerts_in(out)) >= 3 and alerts_in(out)[2])
+        down = wait_until(lambda: len(read_jsonl(out)) >= 3 and read_jsonl(out)[2])
         assert down["severity"] == "error"
         assert down["status"] == "firing"
         assert down["data"]["port"] == a.number
         a.open()
-        up = wait_until(lambda: len(alerts_in(out)) >= 4 and alerts_in(out)[3])
+        up = wait_until(lambda: len(read_jsonl(out)) >= 4 and read_jsonl(out)[3])
         seen = checks(k)
         wait_until(lambda: checks(k) >= seen + 5)
     assert up["status"] == "resolved"
     assert up["key"] == down["key"]
-    assert len(alerts_in(out)) == 4
+    assert len(read_jsonl(out)) == 4

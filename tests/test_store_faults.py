@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RecordingServer, run_cli, wait_until
-from watchkeeper import Keeper, Observation, StoreError
+from tests.conftest import RecordingServer, read_jsonl, run_cli, wait_until
+from watchkeeper import Alert, Keeper, Observation, Severity, StoreError
+from watchkeeper.build import build_notifier
+from watchkeeper.errors import TransientDeliveryError
 from watchkeeper.store import Store
 
 
@@ -438,3 +440,38 @@ every = "0.1s"
     assert agent.returncode == 0, errors
     assert "injected dispatcher crash" in errors  # logged with its traceback
     assert sorted(delivered(http_receiver)) == list(range(writer.written))  # none lost, none twice
+
+
+def test_a_jsonl_batch_torn_by_a_full_disk_leaves_no_half_record(small_disk: Path) -> None:
+    """The disk takes the head of a batch and then refuses: the file keeps whole records only,
+    and once there is room the retry appends the batch exactly once."""
+    out = small_disk / "alerts.jsonl"
+    notifier = build_notifier({"kind": "jsonl", "path": str(out)})
+    notifier.send(
+        Alert(watcher="w", kind="custom", severity=Severity.ERROR, title="first", key="0")
+    )
+    ballast = small_disk / "ballast"
+    with contextlib.suppress(OSError), ballast.open("wb") as fill:
+        while True:  # leave less room than the batch needs
+            fill.write(b"\0" * 4096)
+            fill.flush()
+    body = "x" * 3000
+    batch = [
+        Alert(
+            watcher="w",
+            kind="custom",
+            severity=Severity.ERROR,
+            title=f"t{i}",
+            key=str(i),
+            body=body,
+        )
+        for i in range(1, 40)
+    ]
+    before = out.read_bytes()
+    with pytest.raises(TransientDeliveryError, match="cannot append"):
+        notifier.send_batch(batch)
+    assert out.read_bytes() == before  # not a torn head ending mid-record
+    ballast.unlink()
+    notifier.send_batch(batch)
+    assert [a["title"] for a in read_jsonl(out)] == ["first"] + [f"t{i}" for i in range(1, 40)]
+    assert out.read_bytes().endswith(b"\n")

@@ -12,18 +12,11 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from tests.conftest import RecordingServer, run_cli, wait_until
+from tests.conftest import RecordingServer, read_jsonl, run_cli, wait_until
 from watchkeeper import CheckResult, Keeper, Observation, Watcher, WatcherConfig
 from watchkeeper.dispatch import Dispatcher
 from watchkeeper.supervisor import read_health
 from watchkeeper.web import serve_dashboard
-
-
-def jsonl_alerts(path: Path) -> list[dict[str, Any]]:
-    """Every alert the jsonl notifier wrote."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def unit(keeper: Keeper, kind: str) -> dict[str, Any]:
@@ -55,7 +48,7 @@ def test_a_check_raising_system_exit_is_a_failed_check_and_the_watcher_lives(
         record = wait_until(lambda: (r := store.watcher("quitter")) and r.failures == 0 and r)
         assert record.failures_total == 3
         assert unit(keeper, "watcher")["state"] == "running"
-    titles = [a["title"] for a in jsonl_alerts(jsonl)]
+    titles = [a["title"] for a in read_jsonl(jsonl)]
     assert any("SystemExit: 3" in t for t in titles), titles
 
 
@@ -91,7 +84,7 @@ def test_a_crashed_watcher_thread_is_restarted_and_reported(tmp_path: Path) -> N
         assert "SystemExit: choked in wait" in entry["error"]
         before = Choking.checks
         wait_until(lambda: Choking.checks > before + 3)  # it checks again
-        health = wait_until(lambda: [a for a in jsonl_alerts(jsonl) if a["kind"] == "health"])
+        health = wait_until(lambda: [a for a in read_jsonl(jsonl) if a["kind"] == "health"])
         assert "watchkeeper:choker crashed" in health[0]["title"]
         # Other processes see it too: `watchkeeper status` reads the health file.
         report = wait_until(lambda: read_health(tmp_path / "wk.db"))

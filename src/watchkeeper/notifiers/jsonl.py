@@ -1,6 +1,6 @@
 """Append one JSON object per alert to a file: the simplest durable feed for other tools.
 
-Each batch of alerts is written with a single ``write()`` on a file opened with O_APPEND, so
+Each batch of alerts is appended with one ``write()`` on a file opened with O_APPEND, so
 concurrent writers never interleave within a line. Fields: id, uid, watcher, kind, severity,
 status, key, title, body, created_at (ISO 8601 UTC), fingerprint and data (kind-specific).
 """
@@ -63,8 +63,26 @@ class JsonlNotifier(Notifier):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, data)
+                _append_whole(fd, data)
             finally:
                 os.close(fd)
         except OSError as exc:
             raise TransientDeliveryError(f"cannot append to {path}: {exc}") from exc
+
+
+def _append_whole(fd: int, data: bytes) -> None:
+    """Append all of ``data`` or nothing of it.
+
+    A full disk can take part of a batch before failing; the retry then writes the batch again,
+    so the torn head is cut off first (when no one else appended since) lest readers meet half
+    a record followed by its whole copy.
+    """
+    start = os.fstat(fd).st_size
+    written = 0
+    try:
+        while written < len(data):
+            written += os.write(fd, data[written:])
+    except OSError:
+        if written and os.fstat(fd).st_size == start + written:
+            os.ftruncate(fd, start)
+        raise
