@@ -115,7 +115,18 @@ def start_cluster(folder: Path) -> Cluster:
     )
     log = folder / "server.log"
     steps = [
-        [str(where / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"],
+        [
+            str(where / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        ],
         [
             str(where / "pg_ctl"),
             "-D",
