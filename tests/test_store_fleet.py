@@ -3,15 +3,22 @@ fencing, agents, NOTIFY, and the database going away; the same calls on SQLite a
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import read_jsonl, run_cli, wait_until
 from tests.postgres import Cluster
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.store import LeaseLost, Route, Store, StoreError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def alerts(count: int, prefix: str = "a") -> list[Alert]:
@@ -186,3 +193,44 @@ def test_the_database_going_away_is_a_transient_error_and_nothing_is_lost_or_rep
         titles = [a.title for a in store.alerts(limit=100)]
         assert len(titles) == len(set(titles)) == 11
         assert store.delivery_counts() == {"mail": {"pending": 11}}
+
+
+def test_an_agent_runs_on_postgres_end_to_end(tmp_path: Path, postgres_url: str) -> None:
+    """``watchkeeper run`` with a PostgreSQL state (its password part from ${VAR}): a log line
+    becomes a jsonl alert, and ``watchkeeper status`` reads the database."""
+    user, rest = postgres_url.split("@", 1)
+    log = tmp_path / "app.log"
+    log.write_text("")
+    config = tmp_path / "watchkeeper.toml"
+    config.write_text(
+        f'[keeper]\nstate = "{user}:${{WK_TEST_PGPASSWORD}}@{rest}"\n'
+        '[[notify]]\nkind = "jsonl"\npath = "alerts.jsonl"\n'
+        f'[[log]]\nname = "app"\npaths = ["{log}"]\nstart_at = "beginning"\n'
+        'rules = [{ match = "CRITICAL", severity = "critical" }]\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WK_TEST_PGPASSWORD": "unused-by-trust"}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "watchkeeper", "run", "-c", str(config)],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        log.write_text("12:00 CRITICAL disk on fire\n")
+        jsonl = tmp_path / "alerts.jsonl"
+        wait_until(lambda: read_jsonl(jsonl), timeout=30)
+        (record,) = read_jsonl(jsonl)
+        assert "disk on fire" in json.dumps(record)
+        status = run_cli("status", "-c", str(config), cwd=tmp_path, env=env)
+        assert status.returncode == 0, status.stderr
+        assert "app" in status.stdout
+        assert "unused-by-trust" not in status.stdout + status.stderr
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=30)
+    assert agent.returncode == 0, stderr
+    assert "unused-by-trust" not in stderr  # the password never reaches the log
+    with Store(postgres_url) as store:
+        assert [a.title for a in store.alerts()] == [record["title"]]
