@@ -35,8 +35,6 @@ def default_agent() -> str:
 class Fleet(StoreCore):
     """The agents table and the leases table; see the module docstring."""
 
-    agent: str | None = None
-    """The agent this store was claimed for (:meth:`claim`), if any."""
     _instance = ""
 
     def claim(self, agent: str | None = None, lease: float = LEASE) -> None:
