@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -141,6 +142,24 @@ def test_agents_heartbeat_and_a_live_name_is_refused(postgres_url: str) -> None:
             second.claim("web-3")
     with Store(postgres_url) as again:  # a clean stop freed the name
         again.claim("web-3")
+
+
+def test_a_crashed_run_whose_pid_this_run_has_again_does_not_refuse_it(
+    postgres_url: str,
+) -> None:
+    """An agent in a container of its own is pid 1 every run: after a crash, its row names
+    this run's own host and pid, fresh, as if it were still running."""
+    with Store(postgres_url) as store:
+        crashed = {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": 1}
+        with store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO agents (name, instance, started_at, last_seen, info) "
+                "VALUES ('web-1', 'crashed-run', ?, ?, ?)",
+                (store.db_now(), store.db_now(), json.dumps(crashed)),
+            )
+        store.claim("web-1")
+        (agent,) = store.agents()
+        assert agent.info["pid_started"] != 1  # this run's row now
 
 
 def test_notify_wakes_a_listener_on_another_connection(postgres_url: str) -> None:

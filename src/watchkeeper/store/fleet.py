@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import uuid
+from pathlib import Path
 from typing import Any
 
 from watchkeeper.errors import StoreError
@@ -49,7 +50,7 @@ class Fleet(StoreCore):
         name = agent or default_agent()
         self._db.claim()
         instance = uuid.uuid4().hex
-        info = {"host": socket.gethostname(), "pid": os.getpid()}
+        info = _this_process()
         now = self._db.dialect.now
         with self.transaction() as conn:
             conn.execute(
@@ -89,7 +90,7 @@ class Fleet(StoreCore):
         """Raise StoreError if the agent row's holder may still be running."""
         if last_seen <= now - lease:
             return
-        if info.get("host") == socket.gethostname() and not _pid_alive(info.get("pid")):
+        if info.get("host") == socket.gethostname() and not _same_process_alive(info):
             return
         raise StoreError(
             f"agent {name!r} is already running on {self.where} (host {info.get('host', '?')}, "
@@ -99,8 +100,8 @@ class Fleet(StoreCore):
 
     def heartbeat(self, agent: str, info: dict[str, Any]) -> None:
         """Record that ``agent`` is alive now (the database's clock), with what it runs (this
-        process's host and pid are added unless ``info`` has them)."""
-        info = {"host": socket.gethostname(), "pid": os.getpid(), **info}
+        process's host, pid and its start are added unless ``info`` has them)."""
+        info = {**_this_process(), **info}
         now = self._db.dialect.now
         with self.transaction() as conn:
             conn.execute(
@@ -179,6 +180,37 @@ def _json(text: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _this_process() -> dict[str, Any]:
+    """What an agent row says of the process that runs it: enough to tell later whether it
+    still runs (see :func:`_same_process_alive`)."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "pid_started": _started(pid)}
+
+
+def _same_process_alive(info: dict[str, Any]) -> bool:
+    """Whether the process an agent row of this host names still runs.
+
+    Its pid alone does not say: a restarted agent in a container of its own (its own pid
+    namespace) is pid 1 every run, so the crashed run's pid is the new run's own; and pids
+    are reused. A process is the same only if its pid also started at the recorded time.
+    """
+    pid, started = info.get("pid"), info.get("pid_started")
+    if not _pid_alive(pid):
+        return False
+    return started is None or not isinstance(pid, int) or _started(pid) in (started, None)
+
+
+def _started(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux's /proc), or None where
+    that cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # the name, in parentheses, may hold spaces
+    return int(fields[19])  # field 22 of stat(5); the first after the name is field 3
 
 
 def _pid_alive(pid: object) -> bool:
