@@ -90,6 +90,19 @@ def _rows(cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], PgRow]:
     return lambda values: PgRow(index, values)
 
 
+def text_safe(params: Sequence[Any]) -> list[Any]:
+    """Parameters PostgreSQL takes: NUL in a string becomes U+FFFD.
+
+    PostgreSQL's text cannot hold NUL and refuses the whole statement, so one NUL in a log
+    line or a check's output would make its commit fail on every redo, wedging the watcher;
+    SQLite keeps NUL as it is. (JSON text holds none: json.dumps writes it as ``\\u0000``.)
+    """
+    return [
+        value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
+        for value in params
+    ]
+
+
 class PgTx:
     """A transaction on one pooled connection, speaking the shared SQL's placeholders."""
 
@@ -98,11 +111,11 @@ class PgTx:
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
         cursor = self.conn.cursor(row_factory=_rows)
-        return cursor.execute(placeholders(sql), params)
+        return cursor.execute(placeholders(sql), text_safe(params))
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> object:
         with self.conn.cursor() as cursor:
-            cursor.executemany(placeholders(sql), list(rows))
+            cursor.executemany(placeholders(sql), [text_safe(row) for row in rows])
         return None
 
 
@@ -179,7 +192,11 @@ class PostgresBackend(Backend):
         tx.execute("SELECT pg_advisory_xact_lock(?)", (ALERTS_LOCK,))
         ids: list[int] = []
         with tx.conn.cursor() as cursor:
-            cursor.executemany(placeholders(sql) + " RETURNING id", rows, returning=True)
+            cursor.executemany(
+                placeholders(sql) + " RETURNING id",
+                [text_safe(row) for row in rows],
+                returning=True,
+            )
             while True:
                 ids.append(int(cursor.fetchone()[0]))  # type: ignore[index]
                 if not cursor.nextset():
