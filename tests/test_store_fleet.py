@@ -51,7 +51,7 @@ def test_two_agents_claiming_at_once_get_disjoint_rows(postgres_url: str) -> Non
         second = two.due("mail", now=200.0, limit=25, agent="two")
         assert (len(first), len(second)) == (25, 15)
         assert not {d.id for d in first} & {d.id for d in second}
-        assert two.due("mail", now=200.0, agent="two") == []  # everything is claimed
+        assert two.due("mail", now=200.0, agent="three") == []  # everything is claimed
 
 
 def test_ten_thousand_deliveries_claimed_by_three_connections_each_exactly_once(
@@ -90,6 +90,16 @@ def test_a_claim_never_marked_is_due_again_after_its_timeout(postgres_url: str) 
         assert sorted(d.id for d in again) == sorted(d.id for d in claimed)
         alive.mark_retry([again[0].id], "down", next_try=150.0)  # a mark ends the claim
         assert [d.id for d in dead.due("mail", now=200.0, agent="dead")] == [again[0].id]
+
+
+def test_a_clean_stop_hands_its_claims_to_the_other_agents_at_once(postgres_url: str) -> None:
+    with Store(postgres_url) as staying:
+        fill(staying, 3)
+        with Store(postgres_url) as leaving:
+            leaving.claim("leaving")
+            assert len(leaving.due("mail", now=200.0)) == 3
+            assert staying.due("mail", now=200.0, agent="staying") == []
+        assert len(staying.due("mail", now=200.0, agent="staying")) == 3
 
 
 def test_leases_take_renew_expire_and_take_over(postgres_url: str) -> None:

@@ -4,10 +4,15 @@ comes, the server away and back. Where SQLite meets the same input, the same bod
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from tests.conftest import read_jsonl, wait_until
+from tests.conftest import RecordingServer, read_jsonl, wait_until
 from watchkeeper import Keeper
+from watchkeeper.alerts import Alert, Severity
+from watchkeeper.build import build_notifier
+from watchkeeper.dispatch import Dispatcher
+from watchkeeper.store import Route, Store
 
 
 def test_nul_in_a_checks_output_or_error_neither_wedges_it_nor_loses_the_alert(
@@ -35,3 +40,47 @@ def test_nul_in_a_checks_output_or_error_neither_wedges_it_nor_loses_the_alert(
     assert "in name" in by_watcher["said"]
     assert "command printed" in by_watcher["broken"]
     assert len(read_jsonl(jsonl)) == 2  # each once
+
+
+def five_alerts(store: Store, notifier: str) -> None:
+    """Five alerts, each with a delivery to ``notifier`` due now."""
+    store.register_watchers([("w", "custom")])
+    store.commit_check(
+        "w",
+        checkpoint={"n": 1},
+        rule_state={},
+        alerts=[
+            Alert(watcher="w", kind="custom", severity=Severity.ERROR, key=f"k{i}", title=f"a{i}")
+            for i in range(5)
+        ],
+        routes=[Route(notifier)],
+        now=time.time(),
+        next_check=None,
+    )
+
+
+def stop(dispatcher: Dispatcher) -> None:
+    dispatcher.flush(time.time() + 5)
+    dispatcher.join(10)
+
+
+def test_a_batch_cut_short_by_a_notifier_that_is_down_goes_out_when_it_is_back(
+    postgres_url: str, http_receiver: RecordingServer
+) -> None:
+    """Only the first of a batch is tried while the notifier is down; the rest stayed claimed
+    by this very agent, skipped by its own next pass, for the whole 5-minute claim."""
+    with Store(postgres_url) as store:
+        store.claim("a")
+        five_alerts(store, "hook")
+        http_receiver.status = 503
+        hook = {"kind": "webhook", "name": "hook", "url": http_receiver.url, "group_wait": 0}
+        dispatcher = Dispatcher(build_notifier({**hook, "group_interval": 0}), store)
+        dispatcher.start()
+        try:
+            wait_until(lambda: "hook" in store.last_delivery_errors())  # one tried: 503
+            http_receiver.status = 200
+            wait_until(lambda: store.delivery_counts()["hook"] == {"sent": 5}, timeout=20)
+        finally:
+            stop(dispatcher)
+    titles = [r.json()["title"] for r in http_receiver.requests[1:]]
+    assert sorted(titles) == [f"a{i}" for i in range(5)]  # each once after the failed try

@@ -49,25 +49,36 @@ class Outbox(StoreCore):
         ``claim_for`` seconds of the database's clock, in the transaction that picks them with
         ``FOR UPDATE SKIP LOCKED``: two agents never get the same row; a mark ends the claim,
         and a claim never marked (its agent died) makes the row due again when it runs out.
+        Rows ``agent`` itself claimed and never marked are due to it again at once, as on
+        SQLite: a pass cut short (the notifier is down: only the first of a batch was tried),
+        a dispatcher restarted, or the agent restarted after a crash must not leave them
+        waiting out the claim.
         """
         with self._lock:
             unmarked = self._try_unmarked()
-            wanted = limit + len(unmarked)
             if self._db.claims_deliveries:
                 claimer = agent or self.agent or "?"
-                rows = self._claim_due(notifier, now, wanted, claimer, claim_for)
+                rows = self._claim_due(notifier, now, limit, claimer, claim_for, unmarked)
             else:
                 rows = self._read(
                     f"SELECT {_DELIVERY} WHERE d.notifier = ? AND d.status = 'pending' "
                     "AND d.next_try <= ? ORDER BY d.next_try, d.id LIMIT ?",
-                    (notifier, now, wanted),
+                    (notifier, now, limit + len(unmarked)),
                 )
         return [d for d in deliveries(rows) if d.id not in unmarked][:limit]
 
     def _claim_due(
-        self, notifier: str, now: float, limit: int, agent: str, claim_for: float
+        self,
+        notifier: str,
+        now: float,
+        limit: int,
+        agent: str,
+        claim_for: float,
+        unmarked: set[int],
     ) -> list[Row]:
-        """Claim up to ``limit`` due, unclaimed (or claim-expired) rows; them with their alerts."""
+        """Claim up to ``limit`` due rows that are unclaimed, claim-expired or ``agent``'s
+        already, leaving out ``unmarked`` ones (sent: never claimed again, so the claim always
+        covers just what is handed out); them with their alerts."""
         clock = self._db.dialect.now
         with self.transaction() as conn:
             ids = [
@@ -75,11 +86,12 @@ class Outbox(StoreCore):
                 for r in conn.execute(
                     "WITH picked AS (SELECT id FROM deliveries WHERE notifier = ? "
                     "AND status = 'pending' AND next_try <= ? "
-                    f"AND (claim_until IS NULL OR claim_until < {clock}) "
+                    f"AND (claim_until IS NULL OR claim_until < {clock} OR claimed_by = ?) "
+                    "AND NOT id = ANY(?) "
                     "ORDER BY next_try, id LIMIT ? FOR UPDATE SKIP LOCKED) "
                     f"UPDATE deliveries SET claimed_by = ?, claim_until = {clock} + ? "
                     "FROM picked WHERE deliveries.id = picked.id RETURNING deliveries.id",
-                    (notifier, now, limit, agent, claim_for),
+                    (notifier, now, agent, sorted(unmarked), limit, agent, claim_for),
                 ).fetchall()
             ]
             if not ids:
@@ -140,6 +152,20 @@ class Outbox(StoreCore):
         )
         value = rows[0][0]
         return float(value) if value is not None else None
+
+    def close(self) -> None:
+        """Close the store; where agents claim deliveries, first hand back those the agent
+        this store was claimed for still holds (a clean stop), so another agent takes them
+        now, not when the claims run out. Sent ones whose marks still wait keep theirs:
+        handed back, they would be sent again."""
+        if self.agent is not None and self._db.claims_deliveries:
+            with contextlib.suppress(StoreError), self._lock, self.transaction() as conn:
+                conn.execute(
+                    "UPDATE deliveries SET claimed_by = NULL, claim_until = NULL "
+                    "WHERE claimed_by = ? AND status = 'pending' AND NOT id = ANY(?)",
+                    (self.agent, sorted(self._unmarked)),
+                )
+        super().close()
 
     def reschedule_pending(self, notifier: str, now: float) -> int:
         """Make every pending delivery to a notifier due now: a new start retries at once."""
