@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import RecordingServer, read_jsonl, wait_until
 from watchkeeper import Keeper
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.build import build_notifier
 from watchkeeper.dispatch import Dispatcher
-from watchkeeper.store import Route, Store
+from watchkeeper.store import Delivery, Route, Store
 
 
 def test_nul_in_a_checks_output_or_error_neither_wedges_it_nor_loses_the_alert(
@@ -84,3 +85,32 @@ def test_a_batch_cut_short_by_a_notifier_that_is_down_goes_out_when_it_is_back(
             stop(dispatcher)
     titles = [r.json()["title"] for r in http_receiver.requests[1:]]
     assert sorted(titles) == [f"a{i}" for i in range(5)]  # each once after the failed try
+
+
+def test_a_dispatcher_waits_out_another_agents_claims_without_spinning(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Every due row claimed by another agent (sending slowly, or killed holding them): the
+    outbox said "due now" while due() gave nothing, so the dispatcher asked again at once,
+    thousands of times a second, until the claims ran out."""
+    jsonl = tmp_path / "out.jsonl"
+    with Store(postgres_url) as holder, Store(postgres_url) as store:
+        store.claim("b")
+        five_alerts(store, "out")
+        assert len(holder.due("out", time.time(), agent="a", claim_for=1.5)) == 5
+        asked: list[float] = []
+        due = store.due
+
+        def counted(*args: Any, **kwargs: Any) -> list[Delivery]:
+            asked.append(time.monotonic())
+            return due(*args, **kwargs)
+
+        store.due = counted  # type: ignore[method-assign]
+        notifier = build_notifier({"kind": "jsonl", "name": "out", "path": str(jsonl)})
+        dispatcher = Dispatcher(notifier, store)
+        dispatcher.start()
+        try:
+            wait_until(lambda: len(read_jsonl(jsonl)) == 5)  # once the claims ran out
+        finally:
+            stop(dispatcher)
+    assert len(asked) < 10, f"due() asked {len(asked)} times in {asked[-1] - asked[0]:.1f} s"

@@ -145,13 +145,33 @@ class Outbox(StoreCore):
         return [d for d in found if d.id not in unmarked], cursor
 
     def next_try(self, notifier: str) -> float | None:
-        """When the earliest pending delivery to this notifier is due, or None if none is."""
-        rows = self._read(
-            "SELECT MIN(next_try) FROM deliveries WHERE notifier = ? AND status = 'pending'",
-            (notifier,),
-        )
-        value = rows[0][0]
-        return float(value) if value is not None else None
+        """When the earliest pending delivery to this notifier is due, or None if none is.
+
+        Where agents claim deliveries, a row under a live claim (another agent's, or one this
+        agent sent but could not mark yet) is due only when the claim runs out: its time on the
+        database's clock, told here on this host's. Counting it as due now made a dispatcher
+        with nothing to take ask again at once, in a tight loop, for as long as the claim
+        lasted (5 minutes when its agent was killed holding it).
+        """
+        if not self._db.claims_deliveries:
+            rows = self._read(
+                "SELECT MIN(next_try) FROM deliveries WHERE notifier = ? AND status = 'pending'",
+                (notifier,),
+            )
+            value = rows[0][0]
+            return float(value) if value is not None else None
+        clock = self._db.dialect.now
+        here = time.time()
+        unclaimed, claimed = self._read(  # claimed rows were due when claimed: next_try <= now
+            "SELECT (SELECT next_try FROM deliveries WHERE notifier = ? AND status = 'pending' "
+            f"AND (claim_until IS NULL OR claim_until < {clock}) ORDER BY next_try, id LIMIT 1), "
+            f"(SELECT MIN(claim_until) - {clock} FROM deliveries WHERE notifier = ? "
+            f"AND status = 'pending' AND next_try <= ? AND claim_until >= {clock})",
+            (notifier, notifier, here),
+        )[0]
+        times = [float(unclaimed)] if unclaimed is not None else []
+        times += [here + float(claimed)] if claimed is not None else []
+        return min(times, default=None)
 
     def close(self) -> None:
         """Close the store; where agents claim deliveries, first hand back those the agent
