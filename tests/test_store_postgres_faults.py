@@ -4,16 +4,23 @@ comes, the server away and back. Where SQLite meets the same input, the same bod
 
 from __future__ import annotations
 
+import contextlib
+import selectors
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import RecordingServer, read_jsonl, wait_until
+from tests.postgres import Cluster
 from watchkeeper import Keeper
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.build import build_notifier
 from watchkeeper.dispatch import Dispatcher
-from watchkeeper.store import Delivery, Route, Store
+from watchkeeper.store import Delivery, Route, Store, StoreError
 
 
 def test_nul_in_a_checks_output_or_error_neither_wedges_it_nor_loses_the_alert(
@@ -114,3 +121,113 @@ def test_a_dispatcher_waits_out_another_agents_claims_without_spinning(
         finally:
             stop(dispatcher)
     assert len(asked) < 10, f"due() asked {len(asked)} times in {asked[-1] - asked[0]:.1f} s"
+
+
+class CommitCutter:
+    """A TCP proxy to the PostgreSQL server that, once armed, loses one COMMIT's answer: it
+    forwards the COMMIT and drops the connection instead of the server's answer (the commit
+    happened), or drops the connection instead of forwarding the COMMIT (it did not)."""
+
+    def __init__(self, server_port: int, forward_commit: bool) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.server_port = server_port
+        self.forward_commit = forward_commit
+        self.armed = threading.Event()
+        self.cut = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, name="cutter", daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed by stop()
+                return
+            server = socket.create_connection(("127.0.0.1", self.server_port))
+            self.sockets += [client, server]
+            pump = threading.Thread(target=self._pump, args=(client, server), daemon=True)
+            self.threads.append(pump)
+            pump.start()
+
+    def _pump(self, client: socket.socket, server: socket.socket) -> None:
+        committing = False
+        with selectors.DefaultSelector() as selector:
+            selector.register(client, selectors.EVENT_READ, server)
+            selector.register(server, selectors.EVENT_READ, client)
+            while True:
+                for key, _ in selector.select():
+                    source, target = key.fileobj, key.data
+                    assert isinstance(source, socket.socket)
+                    try:
+                        data = source.recv(65536)
+                    except OSError:
+                        data = b""
+                    if source is client and self.armed.is_set() and b"COMMIT\x00" in data:
+                        self.armed.clear()
+                        committing = True
+                        if not self.forward_commit:
+                            data = b""
+                    elif source is server and committing:  # the server's answer to COMMIT
+                        data = b""
+                    try:
+                        if not data:
+                            raise ConnectionResetError
+                        target.sendall(data)
+                    except OSError:  # either side gone, or cut here: both ends closed
+                        if committing:
+                            self.cut.set()
+                        client.close()
+                        server.close()
+                        return
+
+    def __enter__(self) -> CommitCutter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sock in [self.listener, *self.sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked on them
+        for thread in self.threads:
+            thread.join(5)
+        self.listener.close()
+
+
+@pytest.mark.parametrize("cut", ["after", "before"])
+def test_a_commit_whose_answer_is_lost_is_neither_lost_nor_repeated(
+    postgres_cluster: Cluster, postgres_url: str, cut: str
+) -> None:
+    """The connection drops once COMMIT is sent (a network blip, a proxy restarting): the
+    store said "nothing committed, redo" even when the server had committed, and the redone
+    check committed its alert a second time."""
+    port = postgres_cluster.port
+    with (
+        CommitCutter(port, forward_commit=cut == "after") as proxy,
+        Store(postgres_url.replace(f":{port}/", f":{proxy.port}/")) as store,
+    ):
+        store.register_watchers([("disk", "custom")])
+
+        def check() -> None:  # the same observation each time, like a redone check
+            alert = Alert(
+                watcher="disk", kind="custom", severity=Severity.CRITICAL, key="d", title="full"
+            )
+            store.commit_check(
+                "disk",
+                checkpoint={"n": 1},
+                rule_state={"firing": True},
+                alerts=[alert],
+                routes=[Route("mail")],
+                now=time.time(),
+                next_check=None,
+            )
+
+        proxy.armed.set()
+        if cut == "before":  # nothing committed: a transient error, and the runtime redoes it
+            with pytest.raises(StoreError) as failed:
+                check()
+            assert failed.value.transient
+        check()
+        assert proxy.cut.is_set()
+        assert len(store.alerts()) == 1
+        assert store.delivery_counts() == {"mail": {"pending": 1}}

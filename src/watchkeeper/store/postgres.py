@@ -161,15 +161,47 @@ class PostgresBackend(Backend):
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """BEGIN ... COMMIT on a pooled connection; database errors as WriteFault (transient when
-        the connection was lost or the transaction lost a conflict)."""
+        the connection was lost or the transaction lost a conflict).
+
+        A connection lost while COMMIT was under way leaves its outcome unknown: the server may
+        have committed and its answer been lost. A transient error would have the caller redo
+        the work (a check, from its old checkpoint) and commit its alerts a second time, so the
+        outcome is asked of the server instead (:meth:`_committed`): committed is a success.
+        """
         self._check_open()
+        xid: int | None = None
         try:
             with self.pool.connection() as conn, conn.transaction():
                 yield PgTx(conn)
+                row = conn.execute("SELECT txid_current_if_assigned()").fetchone()
+                xid = None if row is None or row[0] is None else int(row[0])
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            lost = isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+            if xid is not None and lost and self._committed(xid, exc):
+                return
             raise WriteFault(
                 f"cannot write {self.where}: {_reason(exc)}", transient=isinstance(exc, TRANSIENT)
             ) from exc
+
+    def _committed(self, xid: int, lost: BaseException) -> bool:
+        """Whether transaction ``xid``, whose COMMIT's answer was lost, committed: asked on
+        another connection until the server says (while it is away, the caller waits, as
+        commits wait in an outage). A store closed meanwhile raises a StoreError that says the
+        outcome is unknown, marked not transient: redoing the work blindly could repeat it."""
+        while True:
+            try:
+                with self.pool.connection() as conn:
+                    row = conn.execute("SELECT txid_status(%s)", (xid,)).fetchone()
+                status: object = None if row is None else row[0]
+            except (psycopg.Error, psycopg_pool.PoolTimeout):
+                status = None
+            if status in ("committed", "aborted"):
+                return status == "committed"
+            if self._stop.wait(LISTEN_POLL):  # unreachable, or still in progress
+                raise StoreError(
+                    f"cannot tell whether a commit to {self.where} went through (transaction "
+                    f"{xid}): {_reason(lost)}; the store closed before the server answered"
+                ) from lost
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         self._check_open()
