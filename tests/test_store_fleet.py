@@ -3,6 +3,7 @@ fencing, agents, NOTIFY, and the database going away; the same calls on SQLite a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -117,6 +118,33 @@ def test_leases_take_renew_expire_and_take_over(postgres_url: str) -> None:
         (lease,) = one.leases()
         assert (lease.watcher, lease.agent, lease.token) == ("page", "one", 3)
         assert lease.expires_at > one.db_now() + 20
+
+
+def test_a_new_run_of_an_agent_fences_out_the_old_one(postgres_url: str) -> None:
+    """A run of web-1 pauses (SIGSTOP) holding a lease; once its heartbeat is stale a new run
+    takes the name and the lease. The paused run, when it wakes, must not renew or commit."""
+    with Store(postgres_url) as paused, Store(postgres_url) as restarted:
+        paused.claim("web-1")
+        paused.register_watchers([("page", "page")])
+        stale = paused.take_lease("page", "web-1", ttl=30)
+        assert stale is not None
+
+        def took_the_name() -> bool:
+            with contextlib.suppress(StoreError):
+                restarted.claim("web-1", lease=0.3)
+                return True
+            return False
+
+        wait_until(took_the_name)
+        token = restarted.take_lease("page", "web-1", ttl=30)  # at once, though unexpired
+        assert token is not None
+        assert token > stale
+        commit = {"rule_state": {}, "alerts": [], "routes": [], "now": 1.0, "next_check": None}
+        restarted.commit_check("page", checkpoint={"by": "new"}, fence=("web-1", token), **commit)
+        assert not paused.renew_lease("page", "web-1", stale, ttl=30)
+        with pytest.raises(LeaseLost):
+            paused.commit_check("page", checkpoint={"by": "old"}, fence=("web-1", stale), **commit)
+        assert paused.checkpoint("page") == {"by": "new"}
 
 
 def test_a_stale_fence_commits_nothing(state: str | Path) -> None:

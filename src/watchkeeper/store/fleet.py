@@ -3,10 +3,13 @@
 Every time here is the database's clock (:meth:`StoreCore.db_now`), never an agent's: agents
 whose clocks disagree still agree on whose heartbeat is fresh and whose lease has run out.
 
-A lease row per shared watcher holds its agent, a fencing token and an expiry. The token grows
-each time the lease changes hands (never on a renewal by its holder), so a check that ran under
-an older token cannot commit (:meth:`WatcherStore.commit_check` with ``fence``). On SQLite (one
-agent per file) the same calls work and always grant: the keeper has one code path.
+A lease row per shared watcher holds its agent, the agent's run (``instance``, from
+:meth:`Fleet.claim`), a fencing token and an expiry. The token grows each time the lease changes
+hands, also between two runs of one agent name (never on a renewal by its holder), so a check
+that ran under an older token cannot commit (:meth:`WatcherStore.commit_check` with ``fence``):
+not even one of a paused run whose name a new run took over once its heartbeat was stale.
+On SQLite (one agent per file) the same calls work and always grant: the keeper has one code
+path.
 """
 
 from __future__ import annotations
@@ -120,16 +123,19 @@ class Fleet(StoreCore):
 
     def take_lease(self, watcher: str, agent: str, ttl: float) -> int | None:
         """Take ``watcher``'s lease for ``ttl`` seconds if it is free, expired or already
-        ``agent``'s; its fencing token, or None while another agent holds it."""
+        ``agent``'s; its fencing token, or None while another agent holds it. Held by another
+        run of ``agent`` (a restart; a paused run whose name was taken), it is taken at once
+        with a new token."""
         with self.transaction() as conn:
-            holder, token, expires, now = self._lease_row(conn, watcher)
-            if holder != agent:
-                if holder is not None and expires > now:
+            holder, token, expires, now, run = self._lease_row(conn, watcher)
+            if (holder, run) != (agent, self._instance):  # changes hands, maybe between runs
+                if holder not in (None, agent) and expires > now:
                     return None
                 token += 1
             conn.execute(
-                "UPDATE leases SET agent = ?, token = ?, expires_at = ? WHERE watcher = ?",
-                (agent, token, now + ttl, watcher),
+                "UPDATE leases SET agent = ?, instance = ?, token = ?, expires_at = ? "
+                "WHERE watcher = ?",
+                (agent, self._instance, token, now + ttl, watcher),
             )
             return token
 
@@ -137,7 +143,7 @@ class Fleet(StoreCore):
         """Extend a lease ``agent`` holds with ``token`` by ``ttl`` seconds from now; False if it
         went to another agent (an expired lease nobody took is still ours to renew)."""
         with self.transaction() as conn:
-            holder, held, _, now = self._lease_row(conn, watcher)
+            holder, held, _, now, _ = self._lease_row(conn, watcher)
             if holder != agent or held != token:
                 return False
             conn.execute("UPDATE leases SET expires_at = ? WHERE watcher = ?", (now + ttl, watcher))
@@ -157,8 +163,9 @@ class Fleet(StoreCore):
         rows = self._read("SELECT watcher, agent, token, expires_at FROM leases ORDER BY watcher")
         return [LeaseRecord(r[0], r[1], int(r[2]), float(r[3])) for r in rows]
 
-    def _lease_row(self, conn: Tx, watcher: str) -> tuple[str | None, int, float, float]:
-        """(agent, token, expires_at, now) of a watcher's lease, row-locked (made if missing)."""
+    def _lease_row(self, conn: Tx, watcher: str) -> tuple[str | None, int, float, float, str]:
+        """(agent, token, expires_at, now, instance: the agent's run) of a watcher's lease,
+        row-locked (made if missing)."""
         dialect = self._db.dialect
         conn.execute(
             "INSERT INTO leases (watcher, agent, token, expires_at) VALUES (?, NULL, 0, 0) "
@@ -166,11 +173,11 @@ class Fleet(StoreCore):
             (watcher,),
         )
         row = conn.execute(
-            f"SELECT agent, token, expires_at, {dialect.now} FROM leases WHERE watcher = ?"
-            f"{dialect.for_update}",
+            f"SELECT agent, token, expires_at, {dialect.now}, instance FROM leases "
+            f"WHERE watcher = ?{dialect.for_update}",
             (watcher,),
         ).fetchone()
-        return row[0], int(row[1]), float(row[2]), float(row[3])
+        return row[0], int(row[1]), float(row[2]), float(row[3]), row[4]
 
 
 def _json(text: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from watchkeeper import tallies
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 FLEET_TABLES = """;
@@ -32,6 +32,11 @@ CREATE TABLE leases (
 )
 """
 """Agents and leases (schema 4), with the backend's type for times."""
+LEASE_RUNS = """
+ALTER TABLE leases ADD COLUMN instance TEXT NOT NULL DEFAULT ''
+"""
+"""Schema 5, both backends: which run of its agent holds a lease (``agents.instance``), so a
+new run of the same name takes it with a new fencing token."""
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -99,6 +104,7 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE deliveries ADD COLUMN claim_until REAL;
     """
     + FLEET_TABLES.format(time="REAL"),
+    5: LEASE_RUNS,
 }
 
 POSTGRES_BASE = 4
@@ -167,4 +173,5 @@ POSTGRES_MIGRATIONS: dict[int, str] = {
     )
     """
     + FLEET_TABLES.format(time="DOUBLE PRECISION"),
+    5: LEASE_RUNS,
 }
