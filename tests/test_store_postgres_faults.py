@@ -231,3 +231,49 @@ def test_a_commit_whose_answer_is_lost_is_neither_lost_nor_repeated(
         assert proxy.cut.is_set()
         assert len(store.alerts()) == 1
         assert store.delivery_counts() == {"mail": {"pending": 1}}
+
+
+def test_the_store_commits_again_soon_after_the_database_is_back(
+    postgres_cluster: Cluster, postgres_url: str
+) -> None:
+    """The pool's reconnection attempts back off (1, 2, 4, 8 s...): after an outage the store
+    kept failing for seconds, up to minutes, after the server was back."""
+    with Store(postgres_url) as store:
+        store.register_watchers([("w", "custom")])
+        committed: list[float] = []
+        stopping = threading.Event()
+
+        def watcher() -> None:  # commits as a watcher's runtime does: redone until it works
+            while not stopping.is_set():
+                try:
+                    store.commit_check(
+                        "w",
+                        checkpoint={},
+                        rule_state={},
+                        alerts=[],
+                        routes=[],
+                        now=1.0,
+                        next_check=None,
+                    )
+                except StoreError:
+                    stopping.wait(0.2)  # the runtime's STORE_RETRY
+                    continue
+                committed.append(time.monotonic())
+                return
+
+        postgres_cluster.psql("CHECKPOINT")  # the schema survives the crash stop (fsync off)
+        postgres_cluster.stop()
+        since = time.monotonic()
+        thread = threading.Thread(target=watcher, name="watcher")
+        thread.start()
+        try:  # an outage of 8 s, long enough for the pool's backoff to grow
+            wait_until(lambda: store.fault and time.monotonic() - since > 8, timeout=30)
+        finally:
+            postgres_cluster.start()
+        back = time.monotonic()
+        try:
+            wait_until(lambda: committed, timeout=30)
+        finally:
+            stopping.set()
+            thread.join(30)
+        assert committed[0] - back < 3.5

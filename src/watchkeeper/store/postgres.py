@@ -39,6 +39,11 @@ POOL_SIZE = 8
 READER_POOL_SIZE = 3
 CONNECT_TIMEOUT = 10.0
 """Seconds to wait for a connection (the server is down: a transient StoreError after this)."""
+RECONNECT_WITHIN = 5.0
+"""Seconds the pool keeps trying to reconnect, backing off, before it gives up until a caller
+next asks. Its default (5 minutes, the delay doubling from 1 s) left the store failing 17 s
+after a 44 s outage had ended; bounded, a new round starts at the next commit and its first
+try comes at once."""
 LISTEN_POLL = 0.5
 """Seconds the listener thread waits for notices before it checks whether it must stop."""
 DIALECT = Dialect(
@@ -147,6 +152,7 @@ class PostgresBackend(Backend):
                 max_size=READER_POOL_SIZE if readonly else POOL_SIZE,
                 kwargs=self._connect_args,
                 timeout=CONNECT_TIMEOUT,
+                reconnect_timeout=RECONNECT_WITHIN,
                 open=False,
                 name="watchkeeper",
             )
