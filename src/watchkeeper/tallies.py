@@ -79,11 +79,15 @@ def committed(conn: Tx, alerts: Iterable[Alert], routed: Sequence[str]) -> None:
 
 
 def moved(conn: Tx, notifier: str, before: str, after: str, count: int) -> None:
-    """``count`` deliveries to ``notifier`` went from status ``before`` to ``after``."""
+    """``count`` deliveries to ``notifier`` went from status ``before`` to ``after``.
+
+    The two counter rows are updated in status order whichever way the deliveries went, so
+    two transactions moving them opposite ways (a retry of failed ones, a failure marked) lock
+    them in the same order: on PostgreSQL they wait for each other instead of deadlocking.
+    """
     if count:
-        conn.executemany(
-            _ADD["delivery_totals"], [(notifier, before, -count), (notifier, after, count)]
-        )
+        rows = sorted([(notifier, before, -count), (notifier, after, count)], key=lambda r: r[1])
+        conn.executemany(_ADD["delivery_totals"], rows)
 
 
 def tried(conn: Tx, notifier: str, count: int) -> None:
