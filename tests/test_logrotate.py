@@ -138,11 +138,17 @@ def run(
         while writer.poll() is None:
             now = time.monotonic()
             if now >= rotations[-1]:
-                subprocess.run(
+                done = subprocess.run(
                     ["logrotate", "-f", "-s", str(tmp_path / "logrotate.state"), str(conf)],
-                    check=True,
+                    check=False,
                     capture_output=True,
+                    text=True,
                 )
+                # The writer reopening app.log (as WatchedFileHandler does) may create it between
+                # logrotate's rename and its O_EXCL create: logrotate then says so and exits 1,
+                # the rotation itself done. Anything else is a failure of the test's setup.
+                raced = "error creating output file" in done.stderr and "File exists" in done.stderr
+                assert done.returncode == 0 or raced, f"logrotate failed: {done.stderr}"
                 rotations.append(now + rotate_every)
             if kills and now >= next_kill:
                 proc.send_signal(signal.SIGKILL)
