@@ -201,7 +201,7 @@ def backlog(follow: Any, tmp_path: Path) -> tuple[Follow, Path, int]:
     append(log, numbered(1, 800))
     f = follow(read_limit="2KiB", max_line="1KiB")
     f.check()
-    offset = f.checkpoint["files"][0]["offset"]
+    offset = f.files[0]["offset"]
     assert 0 < offset < log.stat().st_size
     return f, log, log.stat().st_size - offset
 

@@ -30,7 +30,7 @@ from watchkeeper import tallies
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 CLAIM_PATIENCE = 2.0
 """Seconds a start waits for a lock held only by a brief probe (see :meth:`Store.holder`)."""
@@ -93,6 +93,16 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX deliveries_failed ON deliveries (notifier, id) WHERE status = 'failed';
     """
     + tallies.SCHEMA,
+    # 4: a checkpoint's parts (see watchers.base.CheckResult.parts), one row each, so that a
+    # check commits the parts it changed, not all of them.
+    4: """
+    CREATE TABLE checkpoint_parts (
+        watcher         TEXT NOT NULL,
+        part            TEXT NOT NULL,
+        value           TEXT NOT NULL,      -- JSON
+        PRIMARY KEY (watcher, part)
+    ) WITHOUT ROWID;
+    """,
 }
 WAL_LIMIT = 64 * 2**20
 """Bytes the write-ahead log is cut back to after a checkpoint."""
@@ -404,6 +414,14 @@ class Store:
         except ValueError as exc:
             raise StoreError(f"watcher {name!r}: its checkpoint cannot be read: {exc}") from exc
 
+    def checkpoint_parts(self, name: str) -> dict[str, Any]:
+        """A watcher's checkpoint parts, by key (see :meth:`commit_check`)."""
+        rows = self._read("SELECT part, value FROM checkpoint_parts WHERE watcher = ?", (name,))
+        try:
+            return {row[0]: json.loads(row[1]) for row in rows}
+        except ValueError as exc:
+            raise StoreError(f"watcher {name!r}: its checkpoint cannot be read: {exc}") from exc
+
     def watchers(self) -> list[WatcherRecord]:
         """Every watcher that ever ran against this state, by name."""
         return [_watcher_record(r) for r in self._read("SELECT * FROM watchers ORDER BY name")]
@@ -449,11 +467,13 @@ class Store:
         now: float,
         next_check: float | None,
         error: str | None = None,
+        parts: dict[str, Any] | None = None,
     ) -> list[Alert]:
         """Commit one check: checkpoint, rule state, alerts and their deliveries, atomically.
 
         Returns the alerts with their store ids set. ``error`` is the check's failure (None when
-        it passed); ``failures`` counts consecutive ones.
+        it passed); ``failures`` counts consecutive ones. ``parts`` are the checkpoint's parts
+        the check changed: key -> new value, or None to delete it (the others stay).
         """
         committed = list(alerts)
         with self.transaction() as conn:
@@ -473,9 +493,23 @@ class Store:
                     name,
                 ),
             )
+            if parts:
+                self._write_parts(conn, name, parts)
             if committed:
                 self._insert_alerts(conn, committed, routes, now)
         return committed
+
+    @staticmethod
+    def _write_parts(conn: sqlite3.Connection, name: str, parts: dict[str, Any]) -> None:
+        conn.executemany(
+            "INSERT INTO checkpoint_parts (watcher, part, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (watcher, part) DO UPDATE SET value = excluded.value",
+            [(name, key, json.dumps(value)) for key, value in parts.items() if value is not None],
+        )
+        conn.executemany(
+            "DELETE FROM checkpoint_parts WHERE watcher = ? AND part = ?",
+            [(name, key) for key, value in parts.items() if value is None],
+        )
 
     def add_alerts(self, alerts: Iterable[Alert], routes: Sequence[Route], now: float) -> None:
         """Alerts no watcher made (the keeper's own health) and their deliveries, atomically."""

@@ -19,9 +19,18 @@ from dataclasses import replace
 from typing import Any
 
 from watchkeeper.alerts import Observation, Severity
-from watchkeeper.watchers.base import CheckResult, Watcher, register
+from watchkeeper.watchers.base import PARTS, CheckResult, Watcher, register
 from watchkeeper.watchers.logconfig import LogConfig
-from watchkeeper.watchers.logfiles import Files, Tracked, end_offset, holds, members, remember
+from watchkeeper.watchers.logfiles import (
+    Files,
+    Tracked,
+    end_offset,
+    holds,
+    members,
+    order,
+    part_key,
+    remember,
+)
 from watchkeeper.watchers.loginotify import FolderWatch
 from watchkeeper.watchers.logrisk import catastrophic
 from watchkeeper.watchers.logrotated import done_record
@@ -53,6 +62,7 @@ class LogWatcher(Rotations, Watcher):
     config_model = LogConfig
     config: LogConfig
     shape_titles = True
+    parted = True
 
     def __init__(self, config: LogConfig, use_hyperscan: bool = True) -> None:
         super().__init__(config)
@@ -76,6 +86,11 @@ class LogWatcher(Rotations, Watcher):
         self.pins: dict[tuple[int, int], tuple[str, int]] = {}
         self.watching: set[str] = set()
         """Files inotify's thread opened that no check has reached yet: path, checks waited."""
+        self.settled = False
+        """The last check left nothing pending (no backlog, pinned or rotated-away file, partial
+        line, loss to confirm): the next may look only at the files written (``_written``)."""
+        self.swept = 0.0
+        """When the last full check ran: one runs at least every ``every`` (the sweep)."""
 
     def warnings(self) -> list[str]:
         """Patterns prone to catastrophic backtracking, and where they run here."""
@@ -138,20 +153,125 @@ class LogWatcher(Rotations, Watcher):
         }
 
     def check(self, checkpoint: Any) -> CheckResult:
-        """Reconcile files with the globs, read what is new, return alerts and offsets."""
+        """Read what is new and return alerts and offsets: in the files written, or in all.
+
+        Each followed file is a part of the checkpoint, under its identity (see
+        :attr:`Watcher.parted`), and only the parts a check changed are returned, so a commit
+        writes what changed however many files are followed. The checkpoint the keeper takes
+        at start (and one from before parts) lists the files instead: they all become parts.
+        """
         now = time.time()
         state = checkpoint or {}
-        stored = state.get("files", [])
+        parts: dict[str, Any] = state.get(PARTS) or {}
+        self._restore(state)
+        if "files" not in state and state.get("paths") == self.patterns:
+            written = self._written(now)
+            if written is not None:
+                focused = self._focused(state, parts, written, now)
+                if focused is not None:
+                    return focused
+                self._restore(state)  # it read nothing: start again from the checkpoint
+        return self._full(checkpoint, state, parts, now)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """The checkpoint's watcher-wide state (rule windows, slow lines, rotated files done,
+        loss totals), to start a check from."""
+        self.scanner.counts = {int(k): list(v) for k, v in state.get("counts", {}).items()}
+        self.scanner.slow = dict(state.get("slow", {}))
+        self.scanner.slow_spent, self.scanner.yielded = 0.0, False
+        self.done = [tuple(d) for d in state.get("done", [])]
+        self.lost, self.losses = dict(state.get("lost") or {}), []
+        self.more, self.due = False, None
+
+    def _written(self, now: float) -> set[str] | None:
+        """The paths inotify saw written since the last check, when that is all that happened.
+
+        None asks for a full check: inotify off or not yet complete, the last check left work
+        pending, the sweep is due, or anything but writes happened (see
+        :meth:`FolderWatch.take_written`).
+        """
+        if self.watch is None or not self.watch.usable or not self.watch.complete:
+            return None
+        written = self.watch.take_written()
+        if not self.settled or now - self.swept >= self.config.every:
+            return None
+        return written
+
+    def _focused(
+        self, state: dict[str, Any], parts: dict[str, Any], written: set[str], now: float
+    ) -> CheckResult | None:
+        """Read the files inotify saw written, each found by its identity; None: check all.
+
+        Each path is stat'ed now, and its file must be one followed under that very path, not
+        rotated away, read up to an offset it still holds (same fingerprint and marker). Only
+        then is it read here. Anything else (an unknown file, a followed one at another name,
+        a truncation, a path gone) is a full check's to sort out: a name says where a write
+        happened, never which file it was (inotify's thread may lag a burst by then).
+        """
+        ready: list[tuple[Tracked, int, os.stat_result]] = []
+        for path in sorted(written):
+            try:
+                info = os.stat(path)
+            except OSError:
+                return None
+            stored = parts.get(part_key(info.st_dev, info.st_ino))
+            if stored is None or os.path.normpath(stored["path"]) != path:
+                return None
+            entry = Tracked.from_json(stored)
+            if entry.gone is not None or entry.wait is not None or entry.skip:
+                return None
+            if info.st_size == entry.size == entry.offset and info.st_mtime_ns == entry.mtime:
+                continue  # written before the last check read it
+            opened = self.files.open(entry.path)
+            if opened is None:
+                return None
+            fd, info = opened
+            key = (info.st_dev, info.st_ino)
+            if key != (entry.dev, entry.ino) or info.st_size < entry.offset or not holds(fd, entry):
+                return None
+            ready.append((entry, fd, info))
+        slow_before = self.scanner.slow.get("lines", 0)
+        budget = [self.config.read_limit]
+        found: list[Observation] = []
+        changes: dict[str, Any] = {}
+        followed: dict[str, tuple[int, tuple[int, int]]] = {}
+        for entry, fd, info in ready:
+            entry.mtime = info.st_mtime_ns
+            found += self._read(entry, fd, info.st_size, now, budget)
+            remember(fd, entry, info.st_size)
+            changes[entry.key] = entry.to_json()
+            followed[entry.path] = (fd, (entry.dev, entry.ino))
+            if entry.wait is not None or entry.skip:
+                self.settled = False  # a partial line: the full check keeps its time
+        assert self.watch is not None
+        self.watch.follow(followed, merge=True)
+        self.settled = self.settled and not self.more
+        found += self._slow_lines(now, slow_before)
+        return CheckResult(self.losses + found, self._main(), changes)
+
+    def _main(self) -> dict[str, Any]:
+        """The checkpoint but its parts: what is watcher-wide."""
+        counts = {str(k): v for k, v in self.scanner.counts.items() if v}
+        main = {"counts": counts, "done": self.done, "paths": self.patterns}
+        if self.scanner.slow:
+            main["slow"] = self.scanner.slow
+        if self.lost:
+            main["lost"] = self.lost
+        return main
+
+    def _full(
+        self, checkpoint: Any, state: dict[str, Any], parts: dict[str, Any], now: float
+    ) -> CheckResult:
+        """Reconcile every followed file with the globs, read what is new in each."""
+        if self.watch is not None:
+            self.watch.take_written()  # what it names, this check looks at anyway
+        self.swept = now
+        stored = state["files"] if "files" in state else sorted(parts.values(), key=_place)
         queue = [Tracked.from_json(d) for d in stored]
         # Each entry's checkpoint form as it came: an idle entry goes back out unchanged.
         as_stored = {id(e): d for e, d in zip(queue, stored, strict=True)}
         idle: set[int] = set()
-        self.scanner.counts = {int(k): list(v) for k, v in state.get("counts", {}).items()}
-        self.scanner.slow = dict(state.get("slow", {}))
-        self.scanner.slow_spent, self.scanner.yielded = 0.0, False
         slow_before = self.scanner.slow.get("lines", 0)
-        self.done = [tuple(d) for d in state.get("done", [])]
-        self.lost, self.losses = dict(state.get("lost") or {}), []
         self._take_pinned()
         self.files.protected = set(self.pins) | {(e.dev, e.ino) for e in queue if e.gone}
         held = set(self.files.fds)
@@ -166,7 +286,6 @@ class LogWatcher(Rotations, Watcher):
         self._watch(queue)
         if checkpoint is not None:
             queue = self._in_order(queue, self._rotated_unseen(queue, current), current)
-        self.more, self.due = False, None
         by_key = {(info.st_dev, info.st_ino): path for path, info in current.items()}
         budget = [self.config.read_limit]
         found: list[Observation] = []
@@ -290,15 +409,10 @@ class LogWatcher(Rotations, Watcher):
             self._due_at(now + PIN_RETRY)
         if not self.more:
             self.buffer = None  # caught up: no need to hold a chunk's memory while idle
-        counts = {str(k): v for k, v in self.scanner.counts.items() if v}
-        files = [as_stored[id(e)] if id(e) in idle else e.to_json() for e in kept]
         found += self._slow_lines(now, slow_before)
-        checkpoint = {"files": files, "counts": counts, "done": self.done, "paths": self.patterns}
-        if self.scanner.slow:
-            checkpoint["slow"] = self.scanner.slow
-        if self.lost:
-            checkpoint["lost"] = self.lost
-        return CheckResult(self.losses + found, checkpoint)
+        self.settled = not (self.more or self.pins or self.due is not None)
+        changes = _changes(kept, as_stored, idle, parts)
+        return CheckResult(self.losses + found, self._main(), changes)
 
     def _slow_lines(self, now: float, before: int) -> list[Observation]:
         """While lines keep running out of ``line_timeout``, one condition says so.
@@ -519,3 +633,31 @@ class LogWatcher(Rotations, Watcher):
         self.files.close()
         if self.watch is not None:
             self.watch.close()
+
+
+def _place(stored: dict[str, Any]) -> float:
+    return float(stored.get("seq", 0.0))
+
+
+def _changes(
+    kept: list[Tracked], as_stored: dict[int, Any], idle: set[int], parts: dict[str, Any]
+) -> dict[str, Any]:
+    """The parts a full check changed: files whose entry differs from its part, new files, and
+    None for each file no longer followed."""
+    order(kept)
+    changes: dict[str, Any] = {}
+    keys: set[str] = set()
+    for entry in kept:
+        key = entry.key
+        while key in keys:  # one inode twice (never seen): neither entry may be lost
+            key += "+"
+        keys.add(key)
+        stored = parts.get(key)
+        as_was = id(entry) in idle and stored is not None and as_stored[id(entry)] is stored
+        if as_was and stored is not None and stored.get("seq") == entry.seq:
+            continue  # idle: its part is as it was (the common case, no dict built)
+        data = entry.to_json()
+        if data != stored:
+            changes[key] = data
+    changes.update({key: None for key in parts if key not in keys})
+    return changes

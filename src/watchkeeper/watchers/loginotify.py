@@ -41,10 +41,13 @@ log = logging.getLogger("watchkeeper")
 _EVENTS = 0
 _ARRIVED = 0
 _MODIFY = 0
+_WRITTEN = 0
+"""Events that only say a file was written: the rest change which file a name holds."""
 if inotify_simple is not None:
     _flags = inotify_simple.flags
     _ARRIVED = _flags.CREATE | _flags.MOVED_TO
     _MODIFY = _flags.MODIFY
+    _WRITTEN = _flags.MODIFY | _flags.CLOSE_WRITE
     _EVENTS = (
         _ARRIVED
         | _flags.MODIFY
@@ -84,6 +87,11 @@ class FolderWatch:
         """Where rotated files go (full-path globs), swept when the thread fell behind."""
         self.held: set[Key] = set()
         """Files the check held open when it last said (see :meth:`hold`)."""
+        self.written: set[str] = set()
+        """Paths of relevant names written to since the last :meth:`take_written`."""
+        self.moved = True
+        """Anything but a write happened since then (a name created, moved, deleted, its
+        attributes changed, the queue overflowed): only a full look can tell what it did."""
         self.created = 0
         """Files created under a followed name since the thread started: generations."""
         self.overflows = 0
@@ -153,14 +161,20 @@ class FolderWatch:
                 self.changed.clear()
                 return
 
-    def follow(self, files: dict[str, tuple[int, Key]]) -> None:
+    def follow(self, files: dict[str, tuple[int, Key]], merge: bool = False) -> None:
         """The followed files by path: (descriptor, identity), whose sizes the thread tracks.
+
+        ``merge``: these are only the files a check that looked at a few read; the rest stay.
 
         On every write the thread looks at the size (one ``fstat``); when the file shrinks
         (copytruncate), the size it had just before is kept: bytes past what the copy holds
         were written before the truncate and are lost, and this says how many.
         """
-        self.followed = {os.path.normpath(path): held for path, held in files.items()}
+        named = {os.path.normpath(path): held for path, held in files.items()}
+        if merge:
+            self.followed = {**self.followed, **named}
+            return
+        self.followed = named
         keys = {key for _, key in files.values()}
         with self.lock:
             self.sizes = {k: v for k, v in self.sizes.items() if k in keys}
@@ -192,6 +206,19 @@ class FolderWatch:
         with self.lock:
             pinned, self.pinned = self.pinned, {}
         return pinned
+
+    def take_written(self) -> set[str] | None:
+        """The paths written to since the last call; None if anything else happened meanwhile.
+
+        A write names the path, not the file: the caller stats each path again to learn which
+        file is there now (the thread may lag a burst, and by the time the check looks, the name
+        may belong to another file). None (a creation, move, delete, overflow, or the thread
+        not running) asks for a full look.
+        """
+        with self.lock:
+            written, moved = self.written, self.moved
+            self.written, self.moved = set(), self.thread is None
+        return None if moved else written
 
     def _run(self) -> None:
         """Read events as they come: pin arrivals, wake the watcher for relevant names."""
@@ -228,6 +255,8 @@ class FolderWatch:
         got: set[Key] = set()
         for event in events:
             if event.mask & (flags.Q_OVERFLOW | flags.IGNORED):
+                with self.lock:
+                    self.moved = True
                 if event.mask & flags.IGNORED:
                     self.watched = {f: w for f, w in self.watched.items() if w != event.wd}
                 else:
@@ -241,6 +270,11 @@ class FolderWatch:
                 if folder is None:
                     continue
                 path = os.path.normpath(os.path.join(folder, event.name))
+                with self.lock:
+                    if event.mask & ~_WRITTEN:
+                        self.moved = True
+                    else:
+                        self.written.add(path)
                 if event.mask & _ARRIVED:
                     key = self._pin(path)
                     fresh = key is not None and key not in before and key not in got
