@@ -47,7 +47,7 @@ if inotify_simple is not None:
     _flags = inotify_simple.flags
     _ARRIVED = _flags.CREATE | _flags.MOVED_TO
     _MODIFY = _flags.MODIFY
-    _WRITTEN = _flags.MODIFY | _flags.CLOSE_WRITE
+    _WRITTEN = _flags.MODIFY
     _EVENTS = (
         _ARRIVED
         | _flags.MODIFY
@@ -265,6 +265,8 @@ class FolderWatch:
                 relevant = True
                 continue
             if event.name in self.names or any(fnmatch.fnmatch(event.name, g) for g in self.globs):
+                if event.mask == flags.CLOSE_WRITE:
+                    continue  # its writes woke the watcher already: one check, not two per line
                 relevant = True
                 folder = folders.get(event.wd)
                 if folder is None:
