@@ -43,6 +43,8 @@ class Follow:
         assert self.watcher.engine == engine or not self.watcher.scanner.prefilter.database
         self.checkpoint: Any = None
         self.seen: list[Observation] = []
+        self.changed: dict[str, Any] | None = None
+        """The parts the last check changed."""
 
     def check(self) -> list[Observation]:
         """One check, its parts merged as the runtime does (a copy: an old checkpoint, kept
@@ -50,6 +52,7 @@ class Follow:
         result = self.watcher.check(self.checkpoint)
         parts = dict((self.checkpoint or {}).get(PARTS, {}))
         apply_parts(parts, result.parts)
+        self.changed = result.parts
         self.checkpoint = json.loads(json.dumps({**result.checkpoint, PARTS: parts}))
         self.seen += result.observations
         return result.observations
