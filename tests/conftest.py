@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.postgres import Cluster, start_cluster
 from watchkeeper.demo.smtpsink import SmtpSink
 from watchkeeper.demo.world import QuietHandler
 
@@ -217,3 +220,28 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         capture_output=True,
     )
     return cert, key
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """A real PostgreSQL server for this session (see tests/postgres.py); skipped, saying why,
+    where PostgreSQL cannot run. Its folder is outside pytest's (mode 0700 under root), where
+    the server's owner can reach it."""
+    folder = Path(tempfile.mkdtemp(prefix="watchkeeper-pg-"))
+    try:
+        try:
+            cluster = start_cluster(folder)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            pytest.skip(f"no PostgreSQL server: {exc}")
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: Cluster) -> str:
+    """The URL of a new, empty database on the session's server."""
+    return postgres_cluster.database()
