@@ -171,12 +171,13 @@ class WatcherStore(StoreCore):
 
 def _write_parts(conn: sqlite3.Connection, name: str, parts: dict[str, Any]) -> None:
     """Upsert the changed parts and delete the ones set to None, in the caller's transaction."""
-    conn.executemany(
-        "INSERT INTO checkpoint_parts (watcher, part, value) VALUES (?, ?, ?) "
-        "ON CONFLICT (watcher, part) DO UPDATE SET value = excluded.value",
-        [(name, key, json.dumps(value)) for key, value in parts.items() if value is not None],
-    )
-    conn.executemany(
-        "DELETE FROM checkpoint_parts WHERE watcher = ? AND part = ?",
-        [(name, key) for key, value in parts.items() if value is None],
-    )
+    changed = [(name, key, json.dumps(value)) for key, value in parts.items() if value is not None]
+    if changed:
+        conn.executemany(
+            "INSERT INTO checkpoint_parts (watcher, part, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (watcher, part) DO UPDATE SET value = excluded.value",
+            changed,
+        )
+    deleted = [(name, key) for key, value in parts.items() if value is None]
+    if deleted:
+        conn.executemany("DELETE FROM checkpoint_parts WHERE watcher = ? AND part = ?", deleted)

@@ -171,8 +171,8 @@ class FolderWatch:
         were written before the truncate and are lost, and this says how many.
         """
         named = {os.path.normpath(path): held for path, held in files.items()}
-        if merge:
-            self.followed = {**self.followed, **named}
+        if merge:  # in place: a copy per check would cost as much as the files followed
+            self.followed.update(named)
             return
         self.followed = named
         keys = {key for _, key in files.values()}
