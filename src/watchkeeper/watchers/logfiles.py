@@ -24,6 +24,7 @@ import contextlib
 import errno
 import glob
 import hashlib
+import itertools
 import logging
 import os
 import stat
@@ -169,8 +170,10 @@ class Files:
     def shed(self, count: int) -> None:
         """Close up to ``count`` of the least recently used files that can be reopened."""
         if count <= 0:
-            return  # the usual case: no list of every held file built per open
-        for key in [k for k in self.fds if k not in self.protected][:count]:
+            return
+        # Only as many as needed, from the least recently used end: an open past the limit
+        # (each open, with thousands of files) must not walk every held file.
+        for key in list(itertools.islice((k for k in self.fds if k not in self.protected), count)):
             self.release(key)
 
     def open(self, path: str) -> tuple[int, os.stat_result] | None:
