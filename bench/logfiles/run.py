@@ -127,7 +127,8 @@ def run(files: int, seconds: float, rate: float, batch: int) -> None:
         print(f"{files:,} files, {n} lines at {rate:g}/s ({batch} at once) over {span:.0f}s:")
         print(f"  watchkeeper run  {100 * (ours1 - ours0) / span:6.2f}% of a core")
         print(f"  tail -F          {100 * (tail1 - tail0) / span:6.2f}% of a core")
-        print(f"  checks {ran}, {1000 * (ours1 - ours0) / ran:.1f} ms CPU per check")
+        print(f"  checks {ran}, {1000 * (ours1 - ours0) / ran:.1f} ms CPU per check", end="")
+        print(f", {1000 * (ours1 - ours0) / (n / batch):.1f} ms per {batch} file(s) written")
         print(f"  lag p50 {pct(lags, 0.5):.0f} ms, p99 {pct(lags, 0.99):.0f} ms", end="")
         print(f", {n - len(lags)} lines never alerted")
     finally:
