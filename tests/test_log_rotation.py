@@ -479,3 +479,29 @@ def test_a_lagging_inotify_naming_a_rotated_path_never_reads_a_file_twice(
     assert len(got) == len(set(got))
     expected = criticals(1, 12) + (criticals(100, 109) if swap else criticals(20, 24))
     assert sorted(got) == sorted(expected)
+
+
+def test_copytruncate_lines_the_copy_missed_are_read_from_inotifys_read_ahead(
+    follow: Any, tmp_path: Path
+) -> None:
+    """Lines written after logrotate's copy and before its truncate are in no file: inotify's
+    thread read them as they were written, so the check that meets the truncate has them."""
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 9))
+    f = follow(log, inotify=True)
+    f.check()
+    f.check()
+    copied = log.read_bytes()
+    append(log, numbered(10, 15))  # after the copy, not read by any check yet
+    watch = f.watcher.watch
+    key = (log.stat().st_dev, log.stat().st_ino)
+    wait_until(lambda: watch.sizes.get(key, (0, 0))[0] == log.stat().st_size)
+    (tmp_path / "app.log.1").write_bytes(copied)
+    with log.open("r+b") as truncate:
+        truncate.truncate(0)
+    append(log, numbered(16, 18))
+    wait_until(lambda: key in watch.cut)
+    f.check()
+    f.check()
+    assert read(f) == criticals(1, 18)
+    assert "lost" not in f.checkpoint

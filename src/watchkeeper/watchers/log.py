@@ -22,8 +22,10 @@ from watchkeeper.alerts import Observation, Severity
 from watchkeeper.watchers.base import PARTS, CheckResult, Watcher, register
 from watchkeeper.watchers.logconfig import LogConfig
 from watchkeeper.watchers.logfiles import (
+    MARKER,
     Files,
     Tracked,
+    digest,
     end_offset,
     holds,
     members,
@@ -327,9 +329,11 @@ class LogWatcher(Rotations, Watcher):
                     del queue[i]
                 else:
                     queue[i] = fresh
-                copy = self.files.find_copy(entry, (info.st_dev, info.st_ino))
                 if self.watch is not None:  # the size it had just before the truncate
-                    entry.size = max(entry.size, self.watch.shrunk_from((entry.dev, entry.ino)))
+                    peak, cut = self.watch.shrunk_from((entry.dev, entry.ino))
+                    entry.size = max(entry.size, peak)
+                    found += self._read_cut(entry, cut, now)
+                copy = self.files.find_copy(entry, (info.st_dev, info.st_ino))
                 if copy is not None and copy[3] <= copy[2].st_size:
                     self._lost(entry, entry.size - copy[2].st_size, "truncated before the copy")
                     rest = replace(entry, path=copy[0], dev=copy[2].st_dev, ino=copy[2].st_ino)
@@ -413,6 +417,33 @@ class LogWatcher(Rotations, Watcher):
         self.settled = not (self.more or self.pins or self.due is not None)
         changes = _changes(kept, as_stored, idle, parts)
         return CheckResult(self.losses + found, self._main(), changes)
+
+    def _read_cut(
+        self, entry: Tracked, cut: tuple[int, bytes] | None, now: float
+    ) -> list[Observation]:
+        """Read from memory what a truncate took before this check could read it.
+
+        With copytruncate, lines written between logrotate's copy and its truncate are in no
+        file; ``tail -F`` has them because it reads each write at once. inotify's thread keeps
+        each followed file's newest bytes as they are written (see ``FolderWatch._measure``):
+        when those cover the entry's offset, its complete lines are read here, the offset moves
+        on, and the copy then holds nothing unread (or only what a block rule still waits for).
+        """
+        if cut is None or entry.skip or entry.wait is not None:
+            return []
+        start, data = cut
+        if not start <= entry.offset < start + len(data):
+            return []
+        rest = data[entry.offset - start :]
+        complete = rest.rfind(b"\n") + 1
+        if not complete:
+            return []
+        scan = self.scanner.scan
+        consumed, found = scan(rest, entry.path, entry.offset, None, now, size=complete)
+        entry.offset += consumed
+        before = data[max(0, entry.offset - MARKER - start) : entry.offset - start]
+        entry.mark = digest(before) if len(before) == min(MARKER, entry.offset) else ""
+        return found
 
     def _slow_lines(self, now: float, before: int) -> list[Observation]:
         """While lines keep running out of ``line_timeout``, one condition says so.
