@@ -434,6 +434,13 @@ class LogWatcher(Rotations, Watcher):
         start, data = cut
         if not start <= entry.offset < start + len(data):
             return []
+        # The bytes just before the offset must be the ones read (the marker): after two
+        # truncates between checks, what was kept is another generation's, at other offsets.
+        before = data[max(0, entry.offset - MARKER - start) : entry.offset - start]
+        if not entry.offset or len(before) != min(MARKER, entry.offset):
+            return []
+        if digest(before) != entry.mark:
+            return []
         rest = data[entry.offset - start :]
         complete = rest.rfind(b"\n") + 1
         if not complete:
