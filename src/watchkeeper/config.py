@@ -43,6 +43,10 @@ _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_WORDS = ("password", "token", "secret", "url", "headers", "key")
 
 
+STATE_URLS = ("sqlite://", "postgresql://", "postgres://")
+"""How a ``state`` that is a URL, not a path, begins."""
+
+
 def default_state_path() -> Path:
     """``$XDG_STATE_HOME/watchkeeper/state.db`` (``~/.local/state/...`` when unset)."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -54,12 +58,24 @@ class KeeperSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    state: Path | None = Field(
+    state: Path | str | None = Field(
         default=None,
-        description="The SQLite state file. Default: $XDG_STATE_HOME/watchkeeper/state.db. "
-        "A relative path is taken under $STATE_DIRECTORY when set (systemd's StateDirectory=), "
-        "else under the config file's folder.",
+        description="The state: a SQLite file (a path, or sqlite:///absolute/path) or a "
+        "PostgreSQL database shared by a fleet (postgresql://user:${PGPASSWORD}@host/db). "
+        "Default: $XDG_STATE_HOME/watchkeeper/state.db. A relative path is taken under "
+        "$STATE_DIRECTORY when set (systemd's StateDirectory=), else under the config file's "
+        "folder.",
     )
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _state(cls, value: object) -> object:
+        """A database URL stays a string (a Path would fold its ``//``); anything else is a
+        path."""
+        if isinstance(value, str) and not value.startswith(STATE_URLS):
+            return Path(value)
+        return value
+
     shutdown_timeout: Duration = Field(
         default=5.0, description="How long stopping may take to flush pending alerts."
     )
@@ -164,7 +180,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {NESTED}") from None
 
 
-def state_location(path: str | Path) -> Path | None:
+def state_location(path: str | Path) -> Path | str | None:
     """The ``[keeper] state`` a config file names, resolved as :func:`load_config` would, without
     validating the rest: an admin's shell may lack the service's secrets, which only the agent
     needs (``watchkeeper status`` and ``reload`` only need to find the state)."""
@@ -174,15 +190,20 @@ def state_location(path: str | Path) -> Path | None:
     if not isinstance(raw, str):
         return None
     errors: list[str] = []
-    state = Path(_interpolate(raw, str(path), ["keeper", "state"], errors))
+    state = _interpolate(raw, str(path), ["keeper", "state"], errors)
     if errors:
         raise ConfigError(errors)
     return _state_path(state, path.parent)
 
 
-def _state_path(state: Path, base: Path) -> Path:
+def _state_path(state: Path | str, base: Path) -> Path | str:
     """A relative state goes under $STATE_DIRECTORY (systemd's StateDirectory=) when it is set:
-    under the unit, the config's folder is read-only; else under the config's folder."""
+    under the unit, the config's folder is read-only; else under the config's folder. A URL
+    stays as it is."""
+    if isinstance(state, str):
+        if state.startswith(STATE_URLS):
+            return state
+        state = Path(state)
     if state.is_absolute():
         return state
     service_state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]

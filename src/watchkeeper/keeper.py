@@ -37,6 +37,7 @@ from watchkeeper.reload import Handover, Handovers, Part, ReloadBusy, ReloadResu
 from watchkeeper.retention import Pruner
 from watchkeeper.runtime import WatcherRun, WatcherThread, close_watcher
 from watchkeeper.store import Route, Store
+from watchkeeper.store.backend import local_path
 from watchkeeper.supervisor import Revivable, Supervisor
 from watchkeeper.watchers import Watcher, WatcherConfig
 from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
@@ -77,7 +78,10 @@ class Keeper:
         retention: float | str = "30d",
         max_alerts: int = 1_000_000,
     ) -> None:
-        self.state_path = Path(state) if state is not None else default_state_path()
+        self.state: str | Path = state if state is not None else default_state_path()
+        """A path, ``sqlite:///path`` or ``postgresql://…`` (see :class:`Store`)."""
+        self.state_path = local_path(self.state)
+        """The state file, or (for a database) the local file this agent's notes go beside."""
         self.shutdown_timeout = parse_duration(shutdown_timeout)
         self.retention = parse_duration(retention)
         self.max_alerts = max_alerts
@@ -227,7 +231,7 @@ class Keeper:
         with self._lock:
             if self._started or self.store is not None:
                 raise RuntimeError("a keeper starts once; build a new one to start again")
-            store = Store(self.state_path)
+            store = Store(self.state)
             try:
                 store.claim()
                 supervisor = Supervisor(store, self.notifiers, self.routes, self._committed)
@@ -259,10 +263,10 @@ class Keeper:
             self.stop()
             raise
         log.info(
-            "keeper started: %d watchers, %d notifiers, state %s",
+            "keeper started: %d watchers, %d notifiers, %s",
             len(self.watchers),
             len(self.notifiers),
-            self.state_path,
+            store.where,
         )
         return self
 
