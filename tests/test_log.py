@@ -20,9 +20,10 @@ from tests.conftest import wait_until
 from watchkeeper.alerts import Observation, Severity
 from watchkeeper.config import watcher_config
 from watchkeeper.watchers.base import PARTS, apply_parts
-from watchkeeper.watchers.log import BUFFERED, LogWatcher
+from watchkeeper.watchers.log import LogWatcher
 from watchkeeper.watchers.logconfig import LogConfig
 from watchkeeper.watchers.logmatch import hyperscan_available
+from watchkeeper.watchers.logread import BUFFERED
 
 ENGINES = ["re2", *(["hyperscan"] if hyperscan_available() else [])]
 

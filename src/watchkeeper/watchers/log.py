@@ -22,29 +22,24 @@ from watchkeeper.alerts import Observation, Severity
 from watchkeeper.watchers.base import PARTS, CheckResult, Watcher, register
 from watchkeeper.watchers.logconfig import LogConfig
 from watchkeeper.watchers.logfiles import (
-    MARKER,
     Files,
     Tracked,
-    digest,
     end_offset,
     holds,
     members,
-    order,
+    part_changes,
     part_key,
+    place,
     remember,
 )
 from watchkeeper.watchers.loginotify import FolderWatch
+from watchkeeper.watchers.logread import Reading
 from watchkeeper.watchers.logrisk import catastrophic
 from watchkeeper.watchers.logrotated import done_record
 from watchkeeper.watchers.logscan import RecordStart, Scanner
-from watchkeeper.watchers.logtrack import Rotations
 
 log = logging.getLogger("watchkeeper")
 
-CHUNK = 4 * 1024 * 1024
-"""Bytes read and searched at once (at least twice ``max_line``)."""
-BUFFERED = 256 * 1024
-"""Reads at least this large go to a reused buffer (see ``LogWatcher._pread``)."""
 SLOW_EPISODE = 600.0
 """Seconds without a line running out of ``line_timeout`` that end a slow-pattern episode."""
 PIN_WAIT = 3
@@ -57,7 +52,7 @@ DONE = 64
 
 
 @register
-class LogWatcher(Rotations, Watcher):
+class LogWatcher(Reading, Watcher):
     """Follows log files and alerts on the lines its rules match."""
 
     kind = "log"
@@ -268,7 +263,7 @@ class LogWatcher(Rotations, Watcher):
         if self.watch is not None:
             self.watch.take_written()  # what it names, this check looks at anyway
         self.swept = now
-        stored = state["files"] if "files" in state else sorted(parts.values(), key=_place)
+        stored = state["files"] if "files" in state else sorted(parts.values(), key=place)
         queue = [Tracked.from_json(d) for d in stored]
         # Each entry's checkpoint form as it came: an idle entry goes back out unchanged.
         as_stored = {id(e): d for e, d in zip(queue, stored, strict=True)}
@@ -415,42 +410,8 @@ class LogWatcher(Rotations, Watcher):
             self.buffer = None  # caught up: no need to hold a chunk's memory while idle
         found += self._slow_lines(now, slow_before)
         self.settled = not (self.more or self.pins or self.due is not None)
-        changes = _changes(kept, as_stored, idle, parts)
+        changes = part_changes(kept, as_stored, idle, parts)
         return CheckResult(self.losses + found, self._main(), changes)
-
-    def _read_cut(
-        self, entry: Tracked, cut: tuple[int, bytes] | None, now: float
-    ) -> list[Observation]:
-        """Read from memory what a truncate took before this check could read it.
-
-        With copytruncate, lines written between logrotate's copy and its truncate are in no
-        file; ``tail -F`` has them because it reads each write at once. inotify's thread keeps
-        each followed file's newest bytes as they are written (see ``FolderWatch._measure``):
-        when those cover the entry's offset, its complete lines are read here, the offset moves
-        on, and the copy then holds nothing unread (or only what a block rule still waits for).
-        """
-        if cut is None or entry.skip or entry.wait is not None:
-            return []
-        start, data = cut
-        if not start <= entry.offset < start + len(data):
-            return []
-        # The bytes just before the offset must be the ones read (the marker): after two
-        # truncates between checks, what was kept is another generation's, at other offsets.
-        before = data[max(0, entry.offset - MARKER - start) : entry.offset - start]
-        if not entry.offset or len(before) != min(MARKER, entry.offset):
-            return []
-        if digest(before) != entry.mark:
-            return []
-        rest = data[entry.offset - start :]
-        complete = rest.rfind(b"\n") + 1
-        if not complete:
-            return []
-        scan = self.scanner.scan
-        consumed, found = scan(rest, entry.path, entry.offset, None, now, size=complete)
-        entry.offset += consumed
-        before = data[max(0, entry.offset - MARKER - start) : entry.offset - start]
-        entry.mark = digest(before) if len(before) == min(MARKER, entry.offset) else ""
-        return found
 
     def _slow_lines(self, now: float, before: int) -> list[Observation]:
         """While lines keep running out of ``line_timeout``, one condition says so.
@@ -559,102 +520,6 @@ class LogWatcher(Rotations, Watcher):
             entry.offset = end_offset(fd, info.st_size)
         return entry
 
-    def _read(
-        self, entry: Tracked, fd: int, size: int, now: float, budget: list[int]
-    ) -> list[Observation]:
-        """Read and scan the entry's new complete lines, within the check's byte budget."""
-        config = self.config
-        chunk = max(CHUNK, 2 * config.max_line)
-        found: list[Observation] = []
-        release = None
-        if entry.wait is not None and now - entry.wait[1] >= config.partial_timeout:
-            release = entry.wait[0]
-        while entry.offset < size:
-            if budget[0] <= 0:
-                self.more = True
-                break
-            want = min(chunk, budget[0], size - entry.offset)
-            data, got = self._pread(fd, want, entry.offset, chunk)
-            if not got:
-                break
-            budget[0] -= got
-            at_end = entry.offset + got >= size
-            if entry.skip:  # the rest of an over-long line
-                newline = data.find(b"\n", 0, got)
-                entry.offset += got if newline < 0 else newline + 1
-                entry.skip = newline < 0
-                continue
-            cut = data.rfind(b"\n", 0, got)
-            if cut < 0:
-                # No newline in as much as one read can hold (a chunk, or read_limit): a giant
-                # line, matched on its head. Shorter lines wait for their newline and are matched
-                # whole, however their writes were split.
-                if got >= min(chunk, config.read_limit):
-                    head = data[: config.max_line] + b"\n"
-                    found += self.scanner.scan(head, entry.path, entry.offset, 0, now, cut=True)[1]
-                    entry.offset += got
-                    entry.skip = True
-                elif not at_end:
-                    self.more = True
-                    break
-                elif release == entry.offset:  # a partial last line that never got its newline
-                    line = data[:got] + b"\n"
-                    found += self.scanner.scan(line, entry.path, entry.offset, 0, now)[1]
-                    entry.offset += got
-                else:
-                    self._hold(entry, now)
-                    break
-                continue
-            complete = cut + 1
-            rel = None if release is None else release - entry.offset
-            scan = self.scanner.scan
-            gone = entry.gone is not None
-            consumed, seen = scan(
-                data, entry.path, entry.offset, rel, now, size=complete, gone=gone
-            )
-            # A block larger than one read can hold (a chunk, or all of read_limit): cut it here,
-            # or the file would stall on it for good.
-            if consumed == 0 and not at_end and want >= min(chunk, config.read_limit):
-                consumed, seen = scan(
-                    data, entry.path, entry.offset, 0, now, size=complete, gone=gone
-                )
-            found += seen
-            entry.offset += consumed
-            if self.scanner.yielded:  # slow lines took this check's share: commit, go on
-                self.more, budget[0] = True, 0
-                break
-            if consumed < complete:
-                if at_end:
-                    self._hold(entry, now)
-                    break
-                if consumed == 0:
-                    self.more = True
-                    break
-        if entry.wait is not None and entry.wait[0] != entry.offset:
-            entry.wait = None
-        if entry.wait is not None:
-            self._due_at(entry.wait[1] + config.partial_timeout)
-        return found
-
-    def _pread(self, fd: int, want: int, offset: int, chunk: int) -> tuple[bytes | bytearray, int]:
-        """Up to ``want`` bytes at ``offset``, and how many came (the data may be longer).
-
-        A large read lands in one buffer kept while a backlog lasts: a fresh 4 MiB ``bytes``
-        per read measured 2-3x the cost of the copy itself (new pages to fault in and zero),
-        a fifth of a backlog's whole scan time.
-        """
-        if want < BUFFERED:
-            data = os.pread(fd, want, offset)
-            return data, len(data)
-        if self.buffer is None or len(self.buffer) < chunk:
-            self.buffer = bytearray(chunk)
-        return self.buffer, os.preadv(fd, [memoryview(self.buffer)[:want]], offset)
-
-    def _hold(self, entry: Tracked, now: float) -> None:
-        """Wait at the entry's offset (partial line or missing context), from now if not yet."""
-        if entry.wait is None or entry.wait[0] != entry.offset:
-            entry.wait = (entry.offset, now)
-
     def wait(self, wake: Any, timeout: float) -> None:
         """Return at once with a backlog; else block on inotify (or poll) until work or wake."""
         if self.more:
@@ -671,31 +536,3 @@ class LogWatcher(Rotations, Watcher):
         self.files.close()
         if self.watch is not None:
             self.watch.close()
-
-
-def _place(stored: dict[str, Any]) -> float:
-    return float(stored.get("seq", 0.0))
-
-
-def _changes(
-    kept: list[Tracked], as_stored: dict[int, Any], idle: set[int], parts: dict[str, Any]
-) -> dict[str, Any]:
-    """The parts a full check changed: files whose entry differs from its part, new files, and
-    None for each file no longer followed."""
-    order(kept)
-    changes: dict[str, Any] = {}
-    keys: set[str] = set()
-    for entry in kept:
-        key = entry.key
-        while key in keys:  # one inode twice (never seen): neither entry may be lost
-            key += "+"
-        keys.add(key)
-        stored = parts.get(key)
-        as_was = id(entry) in idle and stored is not None and as_stored[id(entry)] is stored
-        if as_was and stored is not None and stored.get("seq") == entry.seq:
-            continue  # idle: its part is as it was (the common case, no dict built)
-        data = entry.to_json()
-        if data != stored:
-            changes[key] = data
-    changes.update({key: None for key in parts if key not in keys})
-    return changes

@@ -386,6 +386,35 @@ def remember(fd: int, entry: Tracked, size: int) -> None:
     entry.mark = digest(before) if entry.offset and len(before) == entry.offset - start else ""
 
 
+def place(stored: dict[str, Any]) -> float:
+    """A part's place in the reading order (see :func:`order`)."""
+    return float(stored.get("seq", 0.0))
+
+
+def part_changes(
+    kept: list[Tracked], as_stored: dict[int, Any], idle: set[int], parts: dict[str, Any]
+) -> dict[str, Any]:
+    """The parts a full check changed: files whose entry differs from its part, new files, and
+    None for each file no longer followed."""
+    order(kept)
+    changes: dict[str, Any] = {}
+    keys: set[str] = set()
+    for entry in kept:
+        key = entry.key
+        while key in keys:  # one inode twice (never seen): neither entry may be lost
+            key += "+"
+        keys.add(key)
+        stored = parts.get(key)
+        as_was = id(entry) in idle and stored is not None and as_stored[id(entry)] is stored
+        if as_was and stored is not None and stored.get("seq") == entry.seq:
+            continue  # idle: its part is as it was (the common case, no dict built)
+        data = entry.to_json()
+        if data != stored:
+            changes[key] = data
+    changes.update({key: None for key in parts if key not in keys})
+    return changes
+
+
 def folder_files(folder: Path, accept: Any) -> list[str]:
     """Paths of the folder's entries that ``accept(dir_entry)``, sorted; [] if unreadable."""
     found: list[str] = []
