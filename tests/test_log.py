@@ -19,9 +19,11 @@ from hypothesis import strategies as st
 from tests.conftest import wait_until
 from watchkeeper.alerts import Observation, Severity
 from watchkeeper.config import watcher_config
-from watchkeeper.watchers.log import BUFFERED, LogWatcher
+from watchkeeper.watchers.base import PARTS, apply_parts
+from watchkeeper.watchers.log import LogWatcher
 from watchkeeper.watchers.logconfig import LogConfig
 from watchkeeper.watchers.logmatch import hyperscan_available
+from watchkeeper.watchers.logread import BUFFERED
 
 ENGINES = ["re2", *(["hyperscan"] if hyperscan_available() else [])]
 
@@ -42,12 +44,24 @@ class Follow:
         assert self.watcher.engine == engine or not self.watcher.scanner.prefilter.database
         self.checkpoint: Any = None
         self.seen: list[Observation] = []
+        self.changed: dict[str, Any] | None = None
+        """The parts the last check changed."""
 
     def check(self) -> list[Observation]:
+        """One check, its parts merged as the runtime does (a copy: an old checkpoint, kept
+        to replay a crash, stays as it was)."""
         result = self.watcher.check(self.checkpoint)
-        self.checkpoint = json.loads(json.dumps(result.checkpoint))
+        parts = dict((self.checkpoint or {}).get(PARTS, {}))
+        apply_parts(parts, result.parts)
+        self.changed = result.parts
+        self.checkpoint = json.loads(json.dumps({**result.checkpoint, PARTS: parts}))
         self.seen += result.observations
         return result.observations
+
+    @property
+    def files(self) -> list[dict[str, Any]]:
+        """The followed files' entries, in the order the checks read them."""
+        return sorted(self.checkpoint[PARTS].values(), key=lambda d: d["seq"])
 
     def lines(self) -> list[str]:
         return [o.data["line"] for o in self.seen]
@@ -234,7 +248,7 @@ def test_glob_gains_and_loses_files(follow: Any, tmp_path: Path) -> None:
     append(tmp_path / "c.log", "CRITICAL c again\n")
     f.check()
     assert f.lines() == ["CRITICAL a", "CRITICAL b", "CRITICAL c", "CRITICAL c again"]
-    assert [e["path"] for e in f.checkpoint["files"]] == [
+    assert [e["path"] for e in f.files] == [
         str(tmp_path / "a.log"),
         str(tmp_path / "c.log"),
     ]
@@ -518,7 +532,7 @@ def test_changing_the_paths_drops_old_files_and_starts_new_ones_per_start_at(
     append(a, "CRITICAL a2\n")
     second.check()
     assert second.lines() == ["CRITICAL b1"]
-    assert [f["path"] for f in second.checkpoint["files"]] == [str(b)]
+    assert [f["path"] for f in second.files] == [str(b)]
     second.close()
 
 

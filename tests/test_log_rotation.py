@@ -201,7 +201,7 @@ def backlog(follow: Any, tmp_path: Path) -> tuple[Follow, Path, int]:
     append(log, numbered(1, 800))
     f = follow(read_limit="2KiB", max_line="1KiB")
     f.check()
-    offset = f.checkpoint["files"][0]["offset"]
+    offset = f.files[0]["offset"]
     assert 0 < offset < log.stat().st_size
     return f, log, log.stat().st_size - offset
 
@@ -417,3 +417,91 @@ def test_any_rotation_into_archives_and_olddirs_alerts_each_line_once(
         f.close()
     assert sorted(seen, key=lambda text: int(text.split()[0])) == criticals(1, line)
     assert reports == []
+
+
+def test_under_inotify_a_check_reads_only_the_files_written_and_commits_only_their_parts(
+    follow: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs = [tmp_path / f"app{n}.log" for n in range(50)]
+    for n, log in enumerate(logs):
+        append(log, numbered(n * 10 + 1, n * 10 + 3))
+    f = follow(tmp_path / "*.log", inotify=True)
+    f.check()
+    assert len(f.changed or {}) == 50  # the first: every file a new part
+    f.check()  # full too: inotify's thread began during the first, which saw nothing by it
+    listings = []
+    monkeypatch.setattr(
+        "watchkeeper.watchers.log.members", lambda paths: listings.append(paths) or {}
+    )
+    append(logs[3], numbered(1000, 1003))
+    append(logs[40], numbered(2000, 2003))
+    watch = f.watcher.watch
+    wait_until(lambda: watch.written == {str(logs[3]), str(logs[40])})
+    f.check()
+    assert not listings  # no listing of the glob: the two files, found by identity
+    assert f.changed is not None
+    keys = [f"{log.stat().st_dev}:{log.stat().st_ino}" for log in (logs[3], logs[40])]
+    assert sorted(f.changed) == sorted(keys)
+    expected = [line for n in range(50) for line in criticals(n * 10 + 1, n * 10 + 3)]
+    assert sorted(read(f)) == sorted(expected + criticals(1000, 1003) + criticals(2000, 2003))
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_a_lagging_inotify_naming_a_rotated_path_never_reads_a_file_twice(
+    follow: Any, tmp_path: Path, swap: bool
+) -> None:
+    """inotify's thread may lag a burst: it says "app.log was written" when app.log is
+    already another file (a new generation, or a file followed under another name). The name
+    is never trusted: the file there is found by identity, and an unknown or moved one makes
+    the check a full one, which reads each generation once."""
+    log, other = tmp_path / "app.log", tmp_path / "app.log.1"
+    append(log, numbered(1, 9))
+    if swap:
+        append(other, numbered(100, 109))
+    f = follow(tmp_path / "app.log*", inotify=True)
+    f.check()
+    f.check()
+    append(log, numbered(10, 12))
+    if swap:  # the two files trade names: each is known, under the other's
+        log.rename(tmp_path / "tmp")
+        other.rename(log)
+        (tmp_path / "tmp").rename(other)
+    else:  # rotated, and a new generation at the name
+        log.rename(other)
+        append(log, numbered(20, 24))
+    watch = f.watcher.watch
+    wait_until(lambda: watch.moved)
+    with watch.lock:  # what a lagging thread would have said: only a write to app.log
+        watch.written, watch.moved = {str(log)}, False
+    f.check()
+    f.check()
+    got = read(f)
+    assert len(got) == len(set(got))
+    expected = criticals(1, 12) + (criticals(100, 109) if swap else criticals(20, 24))
+    assert sorted(got) == sorted(expected)
+
+
+def test_copytruncate_lines_the_copy_missed_are_read_from_inotifys_read_ahead(
+    follow: Any, tmp_path: Path
+) -> None:
+    """Lines written after logrotate's copy and before its truncate are in no file: inotify's
+    thread read them as they were written, so the check that meets the truncate has them."""
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 9))
+    f = follow(log, inotify=True)
+    f.check()
+    f.check()
+    copied = log.read_bytes()
+    append(log, numbered(10, 15))  # after the copy, not read by any check yet
+    watch = f.watcher.watch
+    key = (log.stat().st_dev, log.stat().st_ino)
+    wait_until(lambda: watch.sizes.get(key, (0, 0))[0] == log.stat().st_size)
+    (tmp_path / "app.log.1").write_bytes(copied)
+    with log.open("r+b") as truncate:
+        truncate.truncate(0)
+    append(log, numbered(16, 18))
+    wait_until(lambda: key in watch.cut)
+    f.check()
+    f.check()
+    assert read(f) == criticals(1, 18)
+    assert "lost" not in f.checkpoint

@@ -177,8 +177,7 @@ def run(
 def read_to_the_end(state: Path) -> bool:
     """Whether the committed checkpoint is at the end of every file it follows."""
     with Store(state) as store:
-        record = store.watcher("app")
-        files = record.checkpoint["files"] if record and record.checkpoint else []
+        files = list(store.checkpoint_parts("app").values())
     for entry in files:
         with contextlib.suppress(OSError):
             if os.stat(entry["path"]).st_size != entry["offset"]:

@@ -57,6 +57,41 @@ def test_checkpoint_alerts_and_deliveries_commit_together(state: str | Path) -> 
         assert store.delivery_counts() == {"mail": {"pending": 1}}
 
 
+def test_checkpoint_parts_commit_with_the_check_and_only_those_changed(state: str | Path) -> None:
+    def commit(parts: dict[str, object], *alerts: Alert) -> None:
+        store.commit_check(
+            "w",
+            checkpoint={"main": 1},
+            rule_state={},
+            alerts=alerts,
+            routes=ROUTES,
+            now=1.0,
+            next_check=2.0,
+            parts=parts,
+        )
+
+    with Store(state) as store:
+        store.register_watcher("w", "custom")
+        store.register_watcher("other", "custom")
+        commit({"a": {"offset": 1}, "b": [2]})
+        commit({"b": None, "c": 3})
+        assert store.checkpoint_parts("w") == {"a": {"offset": 1}, "c": 3}
+        assert store.checkpoint_parts("other") == {}
+        store.commit_check(
+            "w",
+            checkpoint={},
+            rule_state={},
+            alerts=[alert("x")],
+            routes=ROUTES,
+            now=3.0,
+            next_check=None,
+        )
+        uid = store.alerts()[0].uid
+        with pytest.raises(StoreError, match=r"(?i)unique"):  # the alerts fail: no part changes
+            commit({"a": None, "d": 4}, alert("again", uid=uid))
+        assert store.checkpoint_parts("w") == {"a": {"offset": 1}, "c": 3}
+
+
 def test_outbox_retry_and_failure_bookkeeping(state: str | Path) -> None:
     with Store(state) as store:
         store.register_watcher("w", "custom")

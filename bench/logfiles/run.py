@@ -1,7 +1,8 @@
 """Many files benchmark: ``watchkeeper run`` following N files under one glob, next to ``tail -F``.
 
-A writer appends 10 lines a second, each to a random one of the N files (every line matches the
-rule), for ``--seconds``. Measured, for N = 1,000 and 10,000 by default:
+A writer appends 10 lines a second (``--rate``), each to a random one of the N files (every line
+matches the rule), for ``--seconds``; with ``--batch K`` it writes K lines at once, to K different
+files, so a check has K files to read. Measured, for N = 1,000 and 10,000 by default:
 
 - the agent's CPU (user + system, all threads, from /proc) over the writing window, in % of a
   core, and the same for ``tail -q -n0 -F`` on the same files (the peer: it only prints);
@@ -9,7 +10,7 @@ rule), for ``--seconds``. Measured, for N = 1,000 and 10,000 by default:
 - lag: from ``write()`` of a line to its alert in the jsonl notifier's file (polled every 5 ms),
   p50 and p99.
 
-Usage: ``python bench/logfiles/run.py [--files 1000 10000] [--seconds 30]``
+Usage: ``python bench/logfiles/run.py [--files 1000 10000] [--seconds 30] [--rate 10] [--batch 1]``
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from pathlib import Path
 from types import ModuleType
 
 from watchkeeper.store import Store
-
-RATE = 10.0
 
 
 def _logscan() -> ModuleType:
@@ -76,7 +75,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def run(files: int, seconds: float) -> None:
+def run(files: int, seconds: float, rate: float, batch: int) -> None:
     folder = Path(tempfile.mkdtemp(prefix="wk-logfiles-"))
     try:
         logs = folder / "logs"
@@ -102,14 +101,15 @@ def run(files: int, seconds: float) -> None:
             ours0, tail0, t0 = cpu_seconds(agent.pid), cpu_seconds(tail.pid), time.monotonic()
             n = 0
             while time.monotonic() - t0 < seconds:
-                due = t0 + n / RATE
+                due = t0 + n / rate
                 while time.monotonic() < due:
                     seen = collect(out, seen, arrived)
                     time.sleep(0.005)
-                with rng.choice(paths).open("a") as log:
-                    written[n] = time.monotonic()
-                    log.write(f"{n} CRITICAL probe\n")
-                n += 1
+                for path in rng.sample(paths, batch):
+                    with path.open("a") as log:
+                        written[n] = time.monotonic()
+                        log.write(f"{n} CRITICAL probe\n")
+                    n += 1
             ours1, tail1, t1 = cpu_seconds(agent.pid), cpu_seconds(tail.pid), time.monotonic()
             checks1 = checks(folder / "wk.db")
             deadline = time.monotonic() + 60
@@ -124,10 +124,11 @@ def run(files: int, seconds: float) -> None:
         lags = [arrived[i] - written[i] for i in written if i in arrived]
         span = t1 - t0
         ran = max(1, checks1 - checks0)
-        print(f"{files:,} files, {n} lines at {RATE:.0f}/s over {span:.0f}s:")
+        print(f"{files:,} files, {n} lines at {rate:g}/s ({batch} at once) over {span:.0f}s:")
         print(f"  watchkeeper run  {100 * (ours1 - ours0) / span:6.2f}% of a core")
         print(f"  tail -F          {100 * (tail1 - tail0) / span:6.2f}% of a core")
-        print(f"  checks {ran}, {1000 * (ours1 - ours0) / ran:.1f} ms CPU per check")
+        print(f"  checks {ran}, {1000 * (ours1 - ours0) / ran:.1f} ms CPU per check", end="")
+        print(f", {1000 * (ours1 - ours0) / (n / batch):.1f} ms per {batch} file(s) written")
         print(f"  lag p50 {pct(lags, 0.5):.0f} ms, p99 {pct(lags, 0.99):.0f} ms", end="")
         print(f", {n - len(lags)} lines never alerted")
     finally:
@@ -151,9 +152,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--rate", type=float, default=10.0, help="lines a second")
+    parser.add_argument("--batch", type=int, default=1, help="lines written at once")
     args = parser.parse_args()
     for files in args.files:
-        run(files, args.seconds)
+        run(files, args.seconds, args.rate, args.batch)
 
 
 if __name__ == "__main__":

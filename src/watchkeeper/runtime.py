@@ -23,7 +23,7 @@ from typing import Any
 from watchkeeper.alerts import Alert, RuleEngine, Verdict
 from watchkeeper.errors import StoreError
 from watchkeeper.store import Route, Store, WatcherRecord
-from watchkeeper.watchers.base import Watcher
+from watchkeeper.watchers.base import PARTS, Watcher, apply_parts
 
 log = logging.getLogger("watchkeeper")
 
@@ -98,6 +98,10 @@ class WatcherRun:
         elif not self.keeps_checkpoint:
             self.checkpoint = None
         self._stored = record.checkpoint is not None
+        self.parts: dict[str, Any] = {}
+        """A parted watcher's checkpoint parts as committed (see ``Watcher.parted``)."""
+        if watcher.parted and self._stored and self.keeps_checkpoint:
+            self.parts = store.checkpoint_parts(watcher.name)
         self._prepared_from: Any = _NOTHING  # the checkpoint prepare() read, for the check
         self.rule_state: dict[str, Any] = record.rule_state
         self.failures = record.failures
@@ -129,9 +133,9 @@ class WatcherRun:
             if checkpoint is _NOTHING:
                 checkpoint = self._checkpoint()
             try:
-                result = self.watcher.check(checkpoint)
+                result = self.watcher.check(self._with_parts(checkpoint))
                 verdict = self.engine.evaluate(result.observations, self.rule_state, now)
-                return self._commit(now, verdict, result.checkpoint, None, 0, every)
+                return self._commit(now, verdict, result.checkpoint, None, 0, every, result.parts)
             except StoreError:
                 raise
             except BaseException as exc:  # SystemExit from a check too: only stop ends a watcher
@@ -189,7 +193,15 @@ class WatcherRun:
         """The checkpoint the next check starts from: in memory, or read back from the store."""
         if self.keeps_checkpoint or not self._stored:
             return self.checkpoint
+        if self.watcher.parted:
+            self.parts = self.store.checkpoint_parts(self.watcher.name)
         return self.store.checkpoint(self.watcher.name)
+
+    def _with_parts(self, checkpoint: Any) -> Any:
+        """What a parted watcher's check is given: its checkpoint with all its parts."""
+        if not self.watcher.parted or not isinstance(checkpoint, dict):
+            return checkpoint
+        return {**checkpoint, PARTS: self.parts}
 
     def _commit(
         self,
@@ -199,6 +211,7 @@ class WatcherRun:
         error: str | None,
         failures: int,
         delay: float,
+        parts: dict[str, Any] | None = None,
     ) -> float:
         muted = self.muted_until is not None and self.muted_until > now
         committed = self.store.commit_check(
@@ -210,7 +223,9 @@ class WatcherRun:
             now=now,
             next_check=now + delay,
             error=error,
+            parts=parts,
         )
+        apply_parts(self.parts, parts)
         self._stored = True
         self.store_errors = 0
         self.checkpoint = checkpoint if self.keeps_checkpoint else None

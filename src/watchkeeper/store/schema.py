@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from watchkeeper import tallies
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 FLEET_TABLES = """;
@@ -105,6 +105,16 @@ MIGRATIONS: dict[int, str] = {
     """
     + FLEET_TABLES.format(time="REAL"),
     5: LEASE_RUNS,
+    # 6: a checkpoint's parts (see watchers.base.CheckResult.parts), one row each, so that a
+    # check commits the parts it changed, not all of them.
+    6: """
+    CREATE TABLE checkpoint_parts (
+        watcher         TEXT NOT NULL,
+        part            TEXT NOT NULL,
+        value           TEXT NOT NULL,      -- JSON
+        PRIMARY KEY (watcher, part)
+    ) WITHOUT ROWID;
+    """,
 }
 
 POSTGRES_BASE = 4
@@ -174,4 +184,12 @@ POSTGRES_MIGRATIONS: dict[int, str] = {
     """
     + FLEET_TABLES.format(time="DOUBLE PRECISION"),
     5: LEASE_RUNS,
+    6: """
+    CREATE TABLE checkpoint_parts (
+        watcher         TEXT NOT NULL,
+        part            TEXT NOT NULL,
+        value           TEXT NOT NULL,      -- JSON
+        PRIMARY KEY (watcher, part)
+    );
+    """,
 }

@@ -30,6 +30,14 @@ class WatcherStore(StoreCore):
         except ValueError as exc:
             raise StoreError(f"watcher {name!r}: its checkpoint cannot be read: {exc}") from exc
 
+    def checkpoint_parts(self, name: str) -> dict[str, Any]:
+        """A watcher's checkpoint parts, by key (see :meth:`commit_check`)."""
+        rows = self._read("SELECT part, value FROM checkpoint_parts WHERE watcher = ?", (name,))
+        try:
+            return {row[0]: json.loads(row[1]) for row in rows}
+        except ValueError as exc:
+            raise StoreError(f"watcher {name!r}: its checkpoint cannot be read: {exc}") from exc
+
     def watchers(self) -> list[WatcherRecord]:
         """Every watcher that ever ran against this state, by name."""
         return [watcher_record(r) for r in self._read("SELECT * FROM watchers ORDER BY name")]
@@ -82,6 +90,7 @@ class WatcherStore(StoreCore):
         next_check: float | None,
         error: str | None = None,
         fence: tuple[str, int] | None = None,
+        parts: dict[str, Any] | None = None,
     ) -> list[Alert]:
         """Commit one check: checkpoint, rule state, alerts and their deliveries, atomically.
 
@@ -89,6 +98,8 @@ class WatcherStore(StoreCore):
         it passed); ``failures`` counts consecutive ones. ``fence`` (agent, token): the check ran
         under that lease of this watcher; unless it is still held so (row-locked until this
         commits, unexpired on the database's clock) LeaseLost is raised and nothing commits.
+        ``parts`` are the checkpoint's parts the check changed: key -> new value, or None to
+        delete it (the others stay).
         """
         committed = list(alerts)
         failed = int(error is not None)
@@ -111,6 +122,8 @@ class WatcherStore(StoreCore):
                     name,
                 ),
             )
+            if parts:
+                _write_parts(conn, name, parts)
             notices = self._insert_alerts(conn, committed, routes, now) if committed else []
         self._heard(notices)
         return committed
@@ -184,3 +197,17 @@ class WatcherStore(StoreCore):
         )
         tallies.committed(conn, alerts, [d[1] for d in deliveries])
         return self._announce(conn, ["alerts", *(d[1] for d in deliveries)])
+
+
+def _write_parts(conn: Tx, name: str, parts: dict[str, Any]) -> None:
+    """Upsert the changed parts and delete the ones set to None, in the caller's transaction."""
+    changed = [(name, key, json.dumps(value)) for key, value in parts.items() if value is not None]
+    if changed:
+        conn.executemany(
+            "INSERT INTO checkpoint_parts (watcher, part, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (watcher, part) DO UPDATE SET value = excluded.value",
+            changed,
+        )
+    deleted = [(name, key) for key, value in parts.items() if value is None]
+    if deleted:
+        conn.executemany("DELETE FROM checkpoint_parts WHERE watcher = ? AND part = ?", deleted)

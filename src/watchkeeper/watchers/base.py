@@ -6,6 +6,9 @@ covers them; the runtime commits both, with the alerts the rules make, in one tr
 watcher therefore keeps no state of its own that the store does not also hold, which is what lets
 a restart continue exactly where the last committed check ended.
 
+A checkpoint may also have *parts* (see :attr:`Watcher.parted`): many small entries, one per
+followed file say, committed one by one, so that a check that changed two of 10,000 writes two.
+
 Watchers that learn about work from the OS (inotify for logs) override :meth:`Watcher.wait`.
 """
 
@@ -67,6 +70,23 @@ class CheckResult:
 
     observations: list[Observation] = field(default_factory=list)
     checkpoint: Any = None
+    parts: dict[str, Any] | None = None
+    """A parted watcher's changes to its parts: key -> new JSON value, or None to delete it."""
+
+
+PARTS = "parts"
+"""The key under which a parted watcher's check finds all its parts (read-only) in the
+checkpoint it is given; its own checkpoint never holds that key."""
+
+
+def apply_parts(parts: dict[str, Any], changes: dict[str, Any] | None) -> None:
+    """Apply a check's changes to ``parts``, in place: only once they are committed (a commit
+    that fails redoes the check from the parts as they were)."""
+    for key, value in (changes or {}).items():
+        if value is None:
+            parts.pop(key, None)
+        else:
+            parts[key] = value
 
 
 class Watcher(ABC):
@@ -79,6 +99,10 @@ class Watcher(ABC):
     at most N threads, for kinds that come in hundreds and whose checks are short waits on the
     network. Such a kind must not override :meth:`wait`; it plans with :meth:`next_delay`."""
     shape_titles: ClassVar[bool] = False
+    parted: ClassVar[bool] = False
+    """The checkpoint has parts (see :class:`CheckResult`): the runtime loads them at start,
+    hands them to each check under :data:`PARTS`, and commits only the parts a check changed,
+    so that the cost of a commit follows what changed, not how much is kept."""
     """True when titles are free text with variable parts (log lines): alerts are then grouped
     and throttled by the title's shape (see :mod:`watchkeeper.fingerprint`), not by the key."""
 

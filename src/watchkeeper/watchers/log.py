@@ -19,21 +19,27 @@ from dataclasses import replace
 from typing import Any
 
 from watchkeeper.alerts import Observation, Severity
-from watchkeeper.watchers.base import CheckResult, Watcher, register
+from watchkeeper.watchers.base import PARTS, CheckResult, Watcher, register
 from watchkeeper.watchers.logconfig import LogConfig
-from watchkeeper.watchers.logfiles import Files, Tracked, end_offset, holds, members, remember
+from watchkeeper.watchers.logfiles import (
+    Files,
+    Tracked,
+    end_offset,
+    holds,
+    members,
+    part_changes,
+    part_key,
+    place,
+    remember,
+)
 from watchkeeper.watchers.loginotify import FolderWatch
+from watchkeeper.watchers.logread import Reading
 from watchkeeper.watchers.logrisk import catastrophic
 from watchkeeper.watchers.logrotated import done_record
 from watchkeeper.watchers.logscan import RecordStart, Scanner
-from watchkeeper.watchers.logtrack import Rotations
 
 log = logging.getLogger("watchkeeper")
 
-CHUNK = 4 * 1024 * 1024
-"""Bytes read and searched at once (at least twice ``max_line``)."""
-BUFFERED = 256 * 1024
-"""Reads at least this large go to a reused buffer (see ``LogWatcher._pread``)."""
 SLOW_EPISODE = 600.0
 """Seconds without a line running out of ``line_timeout`` that end a slow-pattern episode."""
 PIN_WAIT = 3
@@ -46,13 +52,14 @@ DONE = 64
 
 
 @register
-class LogWatcher(Rotations, Watcher):
+class LogWatcher(Reading, Watcher):
     """Follows log files and alerts on the lines its rules match."""
 
     kind = "log"
     config_model = LogConfig
     config: LogConfig
     shape_titles = True
+    parted = True
 
     def __init__(self, config: LogConfig, use_hyperscan: bool = True) -> None:
         super().__init__(config)
@@ -76,6 +83,11 @@ class LogWatcher(Rotations, Watcher):
         self.pins: dict[tuple[int, int], tuple[str, int]] = {}
         self.watching: set[str] = set()
         """Files inotify's thread opened that no check has reached yet: path, checks waited."""
+        self.settled = False
+        """The last check left nothing pending (no backlog, pinned or rotated-away file, partial
+        line, loss to confirm): the next may look only at the files written (``_written``)."""
+        self.swept = 0.0
+        """When the last full check ran: one runs at least every ``every`` (the sweep)."""
 
     def warnings(self) -> list[str]:
         """Patterns prone to catastrophic backtracking, and where they run here."""
@@ -138,20 +150,125 @@ class LogWatcher(Rotations, Watcher):
         }
 
     def check(self, checkpoint: Any) -> CheckResult:
-        """Reconcile files with the globs, read what is new, return alerts and offsets."""
+        """Read what is new and return alerts and offsets: in the files written, or in all.
+
+        Each followed file is a part of the checkpoint, under its identity (see
+        :attr:`Watcher.parted`), and only the parts a check changed are returned, so a commit
+        writes what changed however many files are followed. The checkpoint the keeper takes
+        at start (and one from before parts) lists the files instead: they all become parts.
+        """
         now = time.time()
         state = checkpoint or {}
-        stored = state.get("files", [])
+        parts: dict[str, Any] = state.get(PARTS) or {}
+        self._restore(state)
+        if "files" not in state and state.get("paths") == self.patterns:
+            written = self._written(now)
+            if written is not None:
+                focused = self._focused(state, parts, written, now)
+                if focused is not None:
+                    return focused
+                self._restore(state)  # it read nothing: start again from the checkpoint
+        return self._full(checkpoint, state, parts, now)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """The checkpoint's watcher-wide state (rule windows, slow lines, rotated files done,
+        loss totals), to start a check from."""
+        self.scanner.counts = {int(k): list(v) for k, v in state.get("counts", {}).items()}
+        self.scanner.slow = dict(state.get("slow", {}))
+        self.scanner.slow_spent, self.scanner.yielded = 0.0, False
+        self.done = [tuple(d) for d in state.get("done", [])]
+        self.lost, self.losses = dict(state.get("lost") or {}), []
+        self.more, self.due = False, None
+
+    def _written(self, now: float) -> set[str] | None:
+        """The paths inotify saw written since the last check, when that is all that happened.
+
+        None asks for a full check: inotify off or not yet complete, the last check left work
+        pending, the sweep is due, or anything but writes happened (see
+        :meth:`FolderWatch.take_written`).
+        """
+        if self.watch is None or not self.watch.usable or not self.watch.complete:
+            return None
+        written = self.watch.take_written()
+        if not self.settled or now - self.swept >= self.config.every:
+            return None
+        return written
+
+    def _focused(
+        self, state: dict[str, Any], parts: dict[str, Any], written: set[str], now: float
+    ) -> CheckResult | None:
+        """Read the files inotify saw written, each found by its identity; None: check all.
+
+        Each path is stat'ed now, and its file must be one followed under that very path, not
+        rotated away, read up to an offset it still holds (same fingerprint and marker). Only
+        then is it read here. Anything else (an unknown file, a followed one at another name,
+        a truncation, a path gone) is a full check's to sort out: a name says where a write
+        happened, never which file it was (inotify's thread may lag a burst by then).
+        """
+        ready: list[tuple[Tracked, int, os.stat_result]] = []
+        for path in sorted(written):
+            try:
+                info = os.stat(path)
+            except OSError:
+                return None
+            stored = parts.get(part_key(info.st_dev, info.st_ino))
+            if stored is None or os.path.normpath(stored["path"]) != path:
+                return None
+            entry = Tracked.from_json(stored)
+            if entry.gone is not None or entry.wait is not None or entry.skip:
+                return None
+            if info.st_size == entry.size == entry.offset and info.st_mtime_ns == entry.mtime:
+                continue  # written before the last check read it
+            opened = self.files.open(entry.path)
+            if opened is None:
+                return None
+            fd, info = opened
+            key = (info.st_dev, info.st_ino)
+            if key != (entry.dev, entry.ino) or info.st_size < entry.offset or not holds(fd, entry):
+                return None
+            ready.append((entry, fd, info))
+        slow_before = self.scanner.slow.get("lines", 0)
+        budget = [self.config.read_limit]
+        found: list[Observation] = []
+        changes: dict[str, Any] = {}
+        followed: dict[str, tuple[int, tuple[int, int]]] = {}
+        for entry, fd, info in ready:
+            entry.mtime = info.st_mtime_ns
+            found += self._read(entry, fd, info.st_size, now, budget)
+            remember(fd, entry, info.st_size)
+            changes[entry.key] = entry.to_json()
+            followed[entry.path] = (fd, (entry.dev, entry.ino))
+            if entry.wait is not None or entry.skip:
+                self.settled = False  # a partial line: the full check keeps its time
+        assert self.watch is not None
+        self.watch.follow(followed, merge=True)
+        self.settled = self.settled and not self.more
+        found += self._slow_lines(now, slow_before)
+        return CheckResult(self.losses + found, self._main(), changes)
+
+    def _main(self) -> dict[str, Any]:
+        """The checkpoint but its parts: what is watcher-wide."""
+        counts = {str(k): v for k, v in self.scanner.counts.items() if v}
+        main = {"counts": counts, "done": self.done, "paths": self.patterns}
+        if self.scanner.slow:
+            main["slow"] = self.scanner.slow
+        if self.lost:
+            main["lost"] = self.lost
+        return main
+
+    def _full(
+        self, checkpoint: Any, state: dict[str, Any], parts: dict[str, Any], now: float
+    ) -> CheckResult:
+        """Reconcile every followed file with the globs, read what is new in each."""
+        if self.watch is not None:
+            self.watch.take_written()  # what it names, this check looks at anyway
+        self.swept = now
+        stored = state["files"] if "files" in state else sorted(parts.values(), key=place)
         queue = [Tracked.from_json(d) for d in stored]
         # Each entry's checkpoint form as it came: an idle entry goes back out unchanged.
         as_stored = {id(e): d for e, d in zip(queue, stored, strict=True)}
         idle: set[int] = set()
-        self.scanner.counts = {int(k): list(v) for k, v in state.get("counts", {}).items()}
-        self.scanner.slow = dict(state.get("slow", {}))
-        self.scanner.slow_spent, self.scanner.yielded = 0.0, False
         slow_before = self.scanner.slow.get("lines", 0)
-        self.done = [tuple(d) for d in state.get("done", [])]
-        self.lost, self.losses = dict(state.get("lost") or {}), []
         self._take_pinned()
         self.files.protected = set(self.pins) | {(e.dev, e.ino) for e in queue if e.gone}
         held = set(self.files.fds)
@@ -166,7 +283,6 @@ class LogWatcher(Rotations, Watcher):
         self._watch(queue)
         if checkpoint is not None:
             queue = self._in_order(queue, self._rotated_unseen(queue, current), current)
-        self.more, self.due = False, None
         by_key = {(info.st_dev, info.st_ino): path for path, info in current.items()}
         budget = [self.config.read_limit]
         found: list[Observation] = []
@@ -208,9 +324,11 @@ class LogWatcher(Rotations, Watcher):
                     del queue[i]
                 else:
                     queue[i] = fresh
-                copy = self.files.find_copy(entry, (info.st_dev, info.st_ino))
                 if self.watch is not None:  # the size it had just before the truncate
-                    entry.size = max(entry.size, self.watch.shrunk_from((entry.dev, entry.ino)))
+                    peak, cut = self.watch.shrunk_from((entry.dev, entry.ino))
+                    entry.size = max(entry.size, peak)
+                    found += self._read_cut(entry, cut, now)
+                copy = self.files.find_copy(entry, (info.st_dev, info.st_ino))
                 if copy is not None and copy[3] <= copy[2].st_size:
                     self._lost(entry, entry.size - copy[2].st_size, "truncated before the copy")
                     rest = replace(entry, path=copy[0], dev=copy[2].st_dev, ino=copy[2].st_ino)
@@ -290,15 +408,10 @@ class LogWatcher(Rotations, Watcher):
             self._due_at(now + PIN_RETRY)
         if not self.more:
             self.buffer = None  # caught up: no need to hold a chunk's memory while idle
-        counts = {str(k): v for k, v in self.scanner.counts.items() if v}
-        files = [as_stored[id(e)] if id(e) in idle else e.to_json() for e in kept]
         found += self._slow_lines(now, slow_before)
-        checkpoint = {"files": files, "counts": counts, "done": self.done, "paths": self.patterns}
-        if self.scanner.slow:
-            checkpoint["slow"] = self.scanner.slow
-        if self.lost:
-            checkpoint["lost"] = self.lost
-        return CheckResult(self.losses + found, checkpoint)
+        self.settled = not (self.more or self.pins or self.due is not None)
+        changes = part_changes(kept, as_stored, idle, parts)
+        return CheckResult(self.losses + found, self._main(), changes)
 
     def _slow_lines(self, now: float, before: int) -> list[Observation]:
         """While lines keep running out of ``line_timeout``, one condition says so.
@@ -406,102 +519,6 @@ class LogWatcher(Rotations, Watcher):
         if at_end:
             entry.offset = end_offset(fd, info.st_size)
         return entry
-
-    def _read(
-        self, entry: Tracked, fd: int, size: int, now: float, budget: list[int]
-    ) -> list[Observation]:
-        """Read and scan the entry's new complete lines, within the check's byte budget."""
-        config = self.config
-        chunk = max(CHUNK, 2 * config.max_line)
-        found: list[Observation] = []
-        release = None
-        if entry.wait is not None and now - entry.wait[1] >= config.partial_timeout:
-            release = entry.wait[0]
-        while entry.offset < size:
-            if budget[0] <= 0:
-                self.more = True
-                break
-            want = min(chunk, budget[0], size - entry.offset)
-            data, got = self._pread(fd, want, entry.offset, chunk)
-            if not got:
-                break
-            budget[0] -= got
-            at_end = entry.offset + got >= size
-            if entry.skip:  # the rest of an over-long line
-                newline = data.find(b"\n", 0, got)
-                entry.offset += got if newline < 0 else newline + 1
-                entry.skip = newline < 0
-                continue
-            cut = data.rfind(b"\n", 0, got)
-            if cut < 0:
-                # No newline in as much as one read can hold (a chunk, or read_limit): a giant
-                # line, matched on its head. Shorter lines wait for their newline and are matched
-                # whole, however their writes were split.
-                if got >= min(chunk, config.read_limit):
-                    head = data[: config.max_line] + b"\n"
-                    found += self.scanner.scan(head, entry.path, entry.offset, 0, now, cut=True)[1]
-                    entry.offset += got
-                    entry.skip = True
-                elif not at_end:
-                    self.more = True
-                    break
-                elif release == entry.offset:  # a partial last line that never got its newline
-                    line = data[:got] + b"\n"
-                    found += self.scanner.scan(line, entry.path, entry.offset, 0, now)[1]
-                    entry.offset += got
-                else:
-                    self._hold(entry, now)
-                    break
-                continue
-            complete = cut + 1
-            rel = None if release is None else release - entry.offset
-            scan = self.scanner.scan
-            gone = entry.gone is not None
-            consumed, seen = scan(
-                data, entry.path, entry.offset, rel, now, size=complete, gone=gone
-            )
-            # A block larger than one read can hold (a chunk, or all of read_limit): cut it here,
-            # or the file would stall on it for good.
-            if consumed == 0 and not at_end and want >= min(chunk, config.read_limit):
-                consumed, seen = scan(
-                    data, entry.path, entry.offset, 0, now, size=complete, gone=gone
-                )
-            found += seen
-            entry.offset += consumed
-            if self.scanner.yielded:  # slow lines took this check's share: commit, go on
-                self.more, budget[0] = True, 0
-                break
-            if consumed < complete:
-                if at_end:
-                    self._hold(entry, now)
-                    break
-                if consumed == 0:
-                    self.more = True
-                    break
-        if entry.wait is not None and entry.wait[0] != entry.offset:
-            entry.wait = None
-        if entry.wait is not None:
-            self._due_at(entry.wait[1] + config.partial_timeout)
-        return found
-
-    def _pread(self, fd: int, want: int, offset: int, chunk: int) -> tuple[bytes | bytearray, int]:
-        """Up to ``want`` bytes at ``offset``, and how many came (the data may be longer).
-
-        A large read lands in one buffer kept while a backlog lasts: a fresh 4 MiB ``bytes``
-        per read measured 2-3x the cost of the copy itself (new pages to fault in and zero),
-        a fifth of a backlog's whole scan time.
-        """
-        if want < BUFFERED:
-            data = os.pread(fd, want, offset)
-            return data, len(data)
-        if self.buffer is None or len(self.buffer) < chunk:
-            self.buffer = bytearray(chunk)
-        return self.buffer, os.preadv(fd, [memoryview(self.buffer)[:want]], offset)
-
-    def _hold(self, entry: Tracked, now: float) -> None:
-        """Wait at the entry's offset (partial line or missing context), from now if not yet."""
-        if entry.wait is None or entry.wait[0] != entry.offset:
-            entry.wait = (entry.offset, now)
 
     def wait(self, wake: Any, timeout: float) -> None:
         """Return at once with a backlog; else block on inotify (or poll) until work or wake."""

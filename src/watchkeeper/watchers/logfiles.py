@@ -24,6 +24,7 @@ import contextlib
 import errno
 import glob
 import hashlib
+import itertools
 import logging
 import os
 import stat
@@ -70,6 +71,14 @@ class Tracked:
     """Its modification time (ns) at the last look."""
     size: int = 0
     """Its size at the last look: what is known to have been written, for loss reports."""
+    seq: float = 0.0
+    """Its place in the order files are read in (each is a part of the checkpoint, and parts
+    are kept unordered): a path's older generations come first (see ``order``)."""
+
+    @property
+    def key(self) -> str:
+        """Its part key in the checkpoint: its identity (see ``LogWatcher.check``)."""
+        return part_key(self.dev, self.ino)
 
     def to_json(self) -> dict[str, Any]:
         """The checkpoint form (``asdict`` without its deep copies: a check makes thousands)."""
@@ -83,6 +92,38 @@ class Tracked:
 
 
 _FIELDS = tuple(f.name for f in fields(Tracked))
+SPACING = 1e-6
+"""The smallest gap between two files' places before every place is given out afresh."""
+
+
+def part_key(dev: int, ino: int) -> str:
+    """A followed file's part key: found again from a ``stat`` of its path in one lookup."""
+    return f"{dev}:{ino}"
+
+
+def order(entries: Sequence[Tracked]) -> None:
+    """Give the entries places (``seq``) that sort them as listed, changing as few as possible.
+
+    A check reorders rarely (a rotated generation found and queued before its path's newer
+    file), so most entries keep their place and their part is not written again: an entry keeps
+    its place while places rise along the list; the ones that do not (new, moved) get places
+    between their neighbours'. When two neighbours leave no room, all are numbered afresh.
+    """
+    last, gap = 0.0, []
+    for entry in entries:
+        if entry.seq <= last:
+            gap.append(entry)
+            continue
+        step = (entry.seq - last) / (len(gap) + 1)
+        if gap and step < SPACING:
+            for place, each in enumerate(entries, 1):
+                each.seq = float(place)
+            return
+        for place, each in enumerate(gap, 1):
+            each.seq = last + step * place
+        last, gap = entry.seq, []
+    for place, each in enumerate(gap, 1):
+        each.seq = last + place
 
 
 def members(patterns: Iterable[Path]) -> dict[str, os.stat_result]:
@@ -128,7 +169,11 @@ class Files:
 
     def shed(self, count: int) -> None:
         """Close up to ``count`` of the least recently used files that can be reopened."""
-        for key in [k for k in self.fds if k not in self.protected][: max(0, count)]:
+        if count <= 0:
+            return
+        # Only as many as needed, from the least recently used end: an open past the limit
+        # (each open, with thousands of files) must not walk every held file.
+        for key in list(itertools.islice((k for k in self.fds if k not in self.protected), count)):
             self.release(key)
 
     def open(self, path: str) -> tuple[int, os.stat_result] | None:
@@ -323,13 +368,51 @@ def holds(fd: int, entry: Tracked) -> bool:
 
 
 def remember(fd: int, entry: Tracked, size: int) -> None:
-    """Refresh the fingerprint (it grows up to FINGERPRINT bytes), the marker and the size."""
+    """Refresh the fingerprint (it grows up to FINGERPRINT bytes), the marker and the size.
+
+    A read that comes back short means the file shrank since it was read (a copytruncate at
+    that very moment): what is there now is not what was read, so it is not taken for the
+    fingerprint, and the marker is left empty (the offset, the fingerprint and the size still
+    tell a copy and a truncation) rather than made from other bytes, which would make the file
+    look truncated and its copy unknown, and the copy be read again from 0.
+    """
     entry.size = size
     if entry.fp_len < FINGERPRINT and size > entry.fp_len:
         head = os.pread(fd, min(size, FINGERPRINT), 0)
-        entry.fp, entry.fp_len = digest(head), len(head)
+        if len(head) == min(size, FINGERPRINT):
+            entry.fp, entry.fp_len = digest(head), len(head)
     start = max(0, entry.offset - MARKER)
-    entry.mark = digest(os.pread(fd, entry.offset - start, start)) if entry.offset else ""
+    before = os.pread(fd, entry.offset - start, start) if entry.offset else b""
+    entry.mark = digest(before) if entry.offset and len(before) == entry.offset - start else ""
+
+
+def place(stored: dict[str, Any]) -> float:
+    """A part's place in the reading order (see :func:`order`)."""
+    return float(stored.get("seq", 0.0))
+
+
+def part_changes(
+    kept: list[Tracked], as_stored: dict[int, Any], idle: set[int], parts: dict[str, Any]
+) -> dict[str, Any]:
+    """The parts a full check changed: files whose entry differs from its part, new files, and
+    None for each file no longer followed."""
+    order(kept)
+    changes: dict[str, Any] = {}
+    keys: set[str] = set()
+    for entry in kept:
+        key = entry.key
+        while key in keys:  # one inode twice (never seen): neither entry may be lost
+            key += "+"
+        keys.add(key)
+        stored = parts.get(key)
+        as_was = id(entry) in idle and stored is not None and as_stored[id(entry)] is stored
+        if as_was and stored is not None and stored.get("seq") == entry.seq:
+            continue  # idle: its part is as it was (the common case, no dict built)
+        data = entry.to_json()
+        if data != stored:
+            changes[key] = data
+    changes.update({key: None for key in parts if key not in keys})
+    return changes
 
 
 def folder_files(folder: Path, accept: Any) -> list[str]:

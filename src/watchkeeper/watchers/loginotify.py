@@ -41,10 +41,13 @@ log = logging.getLogger("watchkeeper")
 _EVENTS = 0
 _ARRIVED = 0
 _MODIFY = 0
+_WRITTEN = 0
+"""Events that only say a file was written: the rest change which file a name holds."""
 if inotify_simple is not None:
     _flags = inotify_simple.flags
     _ARRIVED = _flags.CREATE | _flags.MOVED_TO
     _MODIFY = _flags.MODIFY
+    _WRITTEN = _flags.MODIFY
     _EVENTS = (
         _ARRIVED
         | _flags.MODIFY
@@ -55,6 +58,8 @@ if inotify_simple is not None:
     )
 
 Key = tuple[int, int]
+AHEAD = 64 * 1024
+"""Bytes of each followed file's newest writes the thread keeps in memory (see ``_measure``)."""
 MTIME_SLACK = 50_000_000
 """Nanoseconds a file's modification time may lag the clock (timestamps are per tick)."""
 
@@ -78,12 +83,22 @@ class FolderWatch:
         self.followed: dict[str, tuple[int, Key]] = {}
         self.sizes: dict[Key, tuple[int, int]] = {}
         """Per followed file: (last size seen, largest size before it last shrank)."""
+        self.ahead: dict[Key, tuple[int, bytearray]] = {}
+        """Per followed file: its newest bytes as they were written (offset of the first, the
+        bytes), the last ``AHEAD`` to twice that."""
+        self.cut: dict[Key, tuple[int, bytes]] = {}
+        """Per followed file that shrank: what ``ahead`` held just before (see :meth:`taken`)."""
         self.members: list[str] = []
         """Glob basenames of the followed paths: a file created under one is a generation."""
         self.rotated: list[str] = []
         """Where rotated files go (full-path globs), swept when the thread fell behind."""
         self.held: set[Key] = set()
         """Files the check held open when it last said (see :meth:`hold`)."""
+        self.written: set[str] = set()
+        """Paths of relevant names written to since the last :meth:`take_written`."""
+        self.moved = True
+        """Anything but a write happened since then (a name created, moved, deleted, its
+        attributes changed, the queue overflowed): only a full look can tell what it did."""
         self.created = 0
         """Files created under a followed name since the thread started: generations."""
         self.overflows = 0
@@ -153,26 +168,35 @@ class FolderWatch:
                 self.changed.clear()
                 return
 
-    def follow(self, files: dict[str, tuple[int, Key]]) -> None:
+    def follow(self, files: dict[str, tuple[int, Key]], merge: bool = False) -> None:
         """The followed files by path: (descriptor, identity), whose sizes the thread tracks.
+
+        ``merge``: these are only the files a check that looked at a few read; the rest stay.
 
         On every write the thread looks at the size (one ``fstat``); when the file shrinks
         (copytruncate), the size it had just before is kept: bytes past what the copy holds
         were written before the truncate and are lost, and this says how many.
         """
-        self.followed = {os.path.normpath(path): held for path, held in files.items()}
+        named = {os.path.normpath(path): held for path, held in files.items()}
+        if merge:  # in place: a copy per check would cost as much as the files followed
+            self.followed.update(named)
+            return
+        self.followed = named
         keys = {key for _, key in files.values()}
         with self.lock:
             self.sizes = {k: v for k, v in self.sizes.items() if k in keys}
+            self.ahead = {k: v for k, v in self.ahead.items() if k in keys}
+            self.cut = {k: v for k, v in self.cut.items() if k in keys}
 
-    def shrunk_from(self, key: Key) -> int:
-        """The largest size the file had before it last shrank (0: not seen to shrink).
+    def shrunk_from(self, key: Key) -> tuple[int, tuple[int, bytes] | None]:
+        """The largest size the file had before it last shrank (0: not seen to shrink), and the
+        newest bytes it held just before: (offset of the first, bytes), None if none were kept.
 
         The history starts afresh: the caller has dealt with the truncate, and a size noted
         before it must not count again as a drop from the new content.
         """
         with self.lock:
-            return self.sizes.pop(key, (0, 0))[1]
+            return self.sizes.pop(key, (0, 0))[1], self.cut.pop(key, None)
 
     def hold(self, keys: set[Key]) -> None:
         """The files the check holds open (and so has counted as generations already)."""
@@ -192,6 +216,19 @@ class FolderWatch:
         with self.lock:
             pinned, self.pinned = self.pinned, {}
         return pinned
+
+    def take_written(self) -> set[str] | None:
+        """The paths written to since the last call; None if anything else happened meanwhile.
+
+        A write names the path, not the file: the caller stats each path again to learn which
+        file is there now (the thread may lag a burst, and by the time the check looks, the name
+        may belong to another file). None (a creation, move, delete, overflow, or the thread
+        not running) asks for a full look.
+        """
+        with self.lock:
+            written, moved = self.written, self.moved
+            self.written, self.moved = set(), self.thread is None
+        return None if moved else written
 
     def _run(self) -> None:
         """Read events as they come: pin arrivals, wake the watcher for relevant names."""
@@ -228,6 +265,8 @@ class FolderWatch:
         got: set[Key] = set()
         for event in events:
             if event.mask & (flags.Q_OVERFLOW | flags.IGNORED):
+                with self.lock:
+                    self.moved = True
                 if event.mask & flags.IGNORED:
                     self.watched = {f: w for f, w in self.watched.items() if w != event.wd}
                 else:
@@ -236,11 +275,18 @@ class FolderWatch:
                 relevant = True
                 continue
             if event.name in self.names or any(fnmatch.fnmatch(event.name, g) for g in self.globs):
+                if event.mask == flags.CLOSE_WRITE:
+                    continue  # its writes woke the watcher already: one check, not two per line
                 relevant = True
                 folder = folders.get(event.wd)
                 if folder is None:
                     continue
                 path = os.path.normpath(os.path.join(folder, event.name))
+                with self.lock:
+                    if event.mask & ~_WRITTEN:
+                        self.moved = True
+                    else:
+                        self.written.add(path)
                 if event.mask & _ARRIVED:
                     key = self._pin(path)
                     fresh = key is not None and key not in before and key not in got
@@ -272,18 +318,46 @@ class FolderWatch:
                         self._pin(path)
 
     def _measure(self, fd: int, key: Key) -> None:
-        """Note a followed file's size now, and the size it had before it shrank."""
+        """Note a followed file's size now, the size it had before it shrank, and its newest
+        bytes.
+
+        The bytes are what ``tail -F`` has and a check may not yet: with copytruncate, what is
+        written between logrotate's copy and its truncate is in no file once the truncate is
+        done, and a check comes a millisecond or two after a write. Read here as they come (the
+        last ``AHEAD`` of them), they are kept when the file shrinks, for the check that meets
+        the truncate (see :meth:`shrunk_from`).
+        """
         try:
             info = os.fstat(fd)
         except OSError:
             return  # closed by the check meanwhile
         if (info.st_dev, info.st_ino) != key:
             return  # the descriptor number was reused for another file
+        size = info.st_size
         with self.lock:
             last, peak = self.sizes.get(key, (0, 0))
-            if info.st_size < last:
-                peak = max(peak, last)
-            self.sizes[key] = (info.st_size, peak)
+            start, kept = self.ahead.get(key, (size, bytearray()))
+        cut: tuple[int, bytes] | None = None
+        if size < last:
+            peak = max(peak, last)
+            cut, start, kept = (start, bytes(kept)), size, bytearray()
+        elif size > last:
+            begin = max(last, size - AHEAD)
+            data = _read_at(fd, begin, size)
+            if data is not None:
+                if begin != start + len(kept):  # a gap (the first look, a burst): afresh
+                    start, kept = begin, bytearray()
+                kept += data  # in place: no copy of what is kept per write
+                if len(kept) > 2 * AHEAD:
+                    del kept[: len(kept) - AHEAD]
+                    start = size - len(kept)
+            # else it shrank meanwhile: the size it had is still noted (written, so reported
+            # lost if no check read it), and the next event's look sees the shrink
+        with self.lock:
+            self.sizes[key] = (size, peak)
+            self.ahead[key] = (start, kept)
+            if cut is not None and cut[1]:
+                self.cut[key] = cut
 
     def _pin(self, path: str) -> Key | None:
         """Hold the file now at ``path`` open (once per file), for the next check.
@@ -319,3 +393,15 @@ class FolderWatch:
         self.watched = {}
         for fd, _ in self.take().values():
             os.close(fd)
+
+
+def _read_at(fd: int, begin: int, end: int) -> bytes | None:
+    """The bytes ``[begin, end)`` of the file, or None if it shrank meanwhile (a truncate
+    between the ``fstat`` and the read: what came back may be the new content)."""
+    try:
+        data = os.pread(fd, end - begin, begin)
+        if len(data) != end - begin or os.fstat(fd).st_size < end:
+            return None
+    except OSError:
+        return None
+    return data

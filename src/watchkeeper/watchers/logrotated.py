@@ -198,7 +198,7 @@ def count_loss(
 
 def lost_totals(checkpoint: Any) -> dict[str, int] | None:
     """The loss totals a log watcher's checkpoint holds (None for other kinds)."""
-    if not isinstance(checkpoint, dict) or "files" not in checkpoint:
+    if not isinstance(checkpoint, dict) or "paths" not in checkpoint:
         return None
     totals = checkpoint.get("lost") or {}
     return {k: int(totals.get(k, 0)) for k in ("bytes", "lines", "files", "episodes")}

@@ -61,11 +61,19 @@ def lag(size: int, offset: int) -> int:
     return size - offset if size >= offset else size
 
 
-def log_detail(record: WatcherRecord, config: WatcherConfig | None) -> dict[str, Any]:
-    """Files followed (identity, offset, size now, lag), rule hit windows, rotated files done."""
+def log_detail(record: WatcherRecord, config: WatcherConfig | None, store: Store) -> dict[str, Any]:
+    """Files followed (identity, offset, size now, lag), rule hit windows, rotated files done.
+
+    The files are the checkpoint's parts (one per file, in reading order), or its ``files``
+    list in a checkpoint from before parts.
+    """
     cp = record.checkpoint if isinstance(record.checkpoint, dict) else {}
+    listed = cp.get("files")
+    if listed is None:
+        parts = store.checkpoint_parts(record.name).values()
+        listed = sorted(parts, key=lambda d: float(d.get("seq", 0)) if isinstance(d, dict) else 0)
     files = []
-    for entry in cp.get("files", []):
+    for entry in listed:
         if not isinstance(entry, dict):
             continue
         path, offset = str(entry.get("path", "")), int(entry.get("offset") or 0)
@@ -273,7 +281,7 @@ def ports_detail(
 
 Builder = Callable[[WatcherRecord, WatcherConfig | None, Store], dict[str, Any]]
 BUILDERS: dict[str, Builder] = {
-    "log": lambda record, config, store: log_detail(record, config),
+    "log": log_detail,
     "page": lambda record, config, store: page_detail(record, config),
     "ports": ports_detail,
 }

@@ -83,7 +83,9 @@ class StoreCollector(Collector):
             paused.add_metric([w.name], int(w.paused))
             if w.last_check is not None:
                 last.add_metric([w.name], w.last_check)
-            for path, behind in file_lags(w.checkpoint):
+            # A log watcher's files are its checkpoint's parts (one per file).
+            parts = self.store.checkpoint_parts(w.name) if totals is not None else {}
+            for path, behind in file_lags([w.checkpoint, *parts.values()]):
                 lag.add_metric([w.name, path], behind)
         yield from (checks, failures, failing, paused, last, lag, lost, slow)
 
