@@ -33,9 +33,10 @@ from pathlib import Path
 import inotify_simple
 
 from watchkeeper.config import watcher_config
-from watchkeeper.watchers.log import CHUNK, LogWatcher
+from watchkeeper.watchers.log import LogWatcher
 from watchkeeper.watchers.logconfig import LogConfig
 from watchkeeper.watchers.logmatch import Pattern, Prefilter, hyperscan_available
+from watchkeeper.watchers.logread import CHUNK
 
 PATTERNS = ["CRITICAL|FATAL", r"Traceback \(most recent call last\)", "ERROR"]
 MIXED = [  # (rule, the same for grep -E): anchored, (?i), classes, and one block rule
