@@ -109,25 +109,33 @@ class Dispatcher(GuardedThread):
         if not due:
             if flushing:
                 return False
-            upcoming = self.store.next_try(self.notifier.name)
-            timeout = IDLE_POLL if upcoming is None else min(max(upcoming - now, 0.0), IDLE_POLL)
-            self._sleep(timeout)
+            self._idle(now)
             return True
         if self.notifier.batches:
             send = functools.partial(self.notifier.send_batch, [d.alert for d in due])
             ids = [d.id for d in due]
             if self._attempt(send, ids, max(d.attempts for d in due) + 1)[0] == "sent":
                 self.store.mark_sent(ids, self.clock())
-            return True
-        width = max(1, self.notifier.concurrency)
-        for start in range(0, len(due), width):
-            if self._out_of_time():
-                return False
-            retry_at = self._deliver_each(due[start : start + width])
-            if retry_at is not None:  # the notifier is down: do not spend a timeout on every
-                self._down_until = retry_at  # alert; the next pass waits for its retry time
-                break
+        else:
+            width = max(1, self.notifier.concurrency)
+            for start in range(0, len(due), width):
+                if self._out_of_time():
+                    return False
+                retry_at = self._deliver_each(due[start : start + width])
+                if retry_at is not None:  # the notifier is down: do not spend a timeout on
+                    self._down_until = retry_at  # every alert; the next pass waits for it
+                    return True
+        # A short batch was all that was due when it was read; unless a commit woke us since
+        # (the wake was cleared before the read), another read now would find nothing: sleep
+        # as that empty pass would. One query fewer per alert when alerts come one by one.
+        if len(due) < BATCH and not flushing and not self.wake.is_set():
+            self._idle(self.clock())
         return True
+
+    def _idle(self, now: float) -> None:
+        """Nothing is due: sleep until the next retry (at most IDLE_POLL) or a commit's wake."""
+        upcoming = self.store.next_try(self.notifier.name)
+        self._sleep(IDLE_POLL if upcoming is None else min(max(upcoming - now, 0.0), IDLE_POLL))
 
     def _deliver_each(self, deliveries: list[Delivery]) -> float | None:
         """Each alert on its own, several at once where the notifier can (``concurrency``);
