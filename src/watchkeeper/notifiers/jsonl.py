@@ -60,14 +60,24 @@ class JsonlNotifier(Notifier):
         ).encode()
         path = self.config.path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = _open(path)
             try:
                 _append_whole(fd, data)
             finally:
                 os.close(fd)
         except OSError as exc:
             raise TransientDeliveryError(f"cannot append to {path}: {exc}") from exc
+
+
+def _open(path: Path) -> int:
+    """The file opened for appending, created with its folder if missing: the folder is made
+    only when the open says it is missing, not tried before every write."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o644)
 
 
 def _append_whole(fd: int, data: bytes) -> None:
