@@ -50,6 +50,7 @@ class LogWatcher(Rotations, Watcher):
     """Follows log files and alerts on the lines its rules match."""
 
     kind = "log"
+    local = True
     config_model = LogConfig
     config: LogConfig
     shape_titles = True
