@@ -38,11 +38,20 @@ class Dispatcher(GuardedThread):
     handed out again by this process, also not to the dispatcher that replaces a crashed one.
     """
 
-    def __init__(self, notifier: Notifier, store: Store, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        notifier: Notifier,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        agent: str | None = None,
+    ):
+        """``agent``: in a fleet, the agent that claims the deliveries it takes (see
+        :meth:`Store.due`), so two agents running one notifier never send the same alert."""
         super().__init__(f"watchkeeper:notify:{notifier.name}")
         self.notifier = notifier
         self.store = store
         self.clock = clock
+        self.agent = agent
         self.wake = threading.Event()
         self._flush_by: float | None = None
         self._at_exit = False
@@ -105,7 +114,7 @@ class Dispatcher(GuardedThread):
         if now < self._down_until and not flushing:
             self._sleep(min(self._down_until - now, IDLE_POLL))
             return True
-        due = self.store.due(self.notifier.name, now, limit=BATCH)
+        due = self.store.due(self.notifier.name, now, limit=BATCH, agent=self.agent)
         if not due:
             if flushing:
                 return False

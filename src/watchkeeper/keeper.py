@@ -11,6 +11,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,6 +32,7 @@ from watchkeeper.build import (
 from watchkeeper.config import Config, default_state_path, load_config, watcher_config
 from watchkeeper.dispatch import Dispatcher
 from watchkeeper.errors import ConfigError, StoreError
+from watchkeeper.fleet import Fleet
 from watchkeeper.notifiers import Notifier
 from watchkeeper.pool import WatcherPool
 from watchkeeper.quantities import parse_duration
@@ -37,7 +40,7 @@ from watchkeeper.reload import Handover, Handovers, Part, ReloadBusy, ReloadResu
 from watchkeeper.retention import Pruner
 from watchkeeper.runtime import WatcherRun, WatcherThread, close_watcher
 from watchkeeper.store import Route, Store
-from watchkeeper.supervisor import Revivable, Supervisor
+from watchkeeper.supervisor import Revivable, Supervised, Supervisor
 from watchkeeper.watchers import Watcher, WatcherConfig
 from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
 
@@ -76,8 +79,17 @@ class Keeper:
         watchers: Iterable[Watcher | WatcherConfig] = (),
         retention: float | str = "30d",
         max_alerts: int = 1_000_000,
+        agent: str | None = None,
+        lease: float | str = 30.0,
     ) -> None:
+        """``agent`` and ``lease``: this keeper's name in a fleet (default: the host name) and
+        how long a shared watcher stays with it once it stops renewing (see docs/fleet.md)."""
         self.state_path = Path(state) if state is not None else default_state_path()
+        self.agent = agent or socket.gethostname()
+        self.lease = parse_duration(lease)
+        self.advertised: dict[str, Any] = {}
+        """What the heartbeat tells the fleet besides what this agent runs (the dashboard URL)."""
+        self._fleet: Fleet | None = None
         self.shutdown_timeout = parse_duration(shutdown_timeout)
         self.retention = parse_duration(retention)
         self.max_alerts = max_alerts
@@ -116,6 +128,8 @@ class Keeper:
             watchers=watchers,
             retention=config.keeper.retention,
             max_alerts=config.keeper.max_alerts,
+            agent=config.keeper.agent_name(),
+            lease=config.keeper.lease,
         )
 
     # -- adding watchers ----------------------------------------------------------------------
@@ -128,6 +142,12 @@ class Keeper:
             watcher = build_watcher(watcher)
         if watcher.name in self._names:
             raise ConfigError(f"watcher name {watcher.name!r} is used twice; names must be unique")
+        owner = watcher.owner(self.agent)
+        if owner not in (None, self.agent):
+            raise ConfigError(
+                f"watcher {watcher.name!r} is pinned to agent {owner!r}, and this keeper is "
+                f"agent {self.agent!r}"
+            )
         self._names.add(watcher.name)
         self.watchers.append(watcher)
         return watcher
@@ -229,11 +249,15 @@ class Keeper:
                 raise RuntimeError("a keeper starts once; build a new one to start again")
             store = Store(self.state_path)
             try:
-                store.claim()
+                store.claim(self.agent)
                 supervisor = Supervisor(store, self.notifiers, self.routes, self._committed)
                 for notifier in self.notifiers:
-                    supervisor.watch_driver(Dispatcher(notifier, store))
+                    supervisor.watch_driver(Dispatcher(notifier, store, agent=self.agent))
                 self._runs = self._new_runs(self.watchers, store)
+                fleet = Fleet(store, self.agent, self.lease, lambda: self._runs, self._heartbeat)
+                fleet.round()  # before the first checks: one agent (SQLite) then runs everything
+                supervisor.watch("fleet", fleet, _renewed_fleet)
+                self._fleet = fleet
                 for driver in _drivers(list(self._runs.values())):
                     supervisor.watch_driver(driver)
                 self._pruner = Pruner(store, self.retention, self.max_alerts)
@@ -247,7 +271,10 @@ class Keeper:
             self.store = store
             self._supervisor = supervisor
             self._started = True
-            for driver in [*supervisor.drivers("dispatcher", "watcher", "pool"), self._pruner]:
+            for driver in [
+                *supervisor.drivers("dispatcher", "watcher", "pool", "fleet"),
+                self._pruner,
+            ]:
                 driver.start()
             supervisor.start()
             atexit.register(self._at_exit)
@@ -267,11 +294,34 @@ class Keeper:
         return self
 
     def _new_runs(self, watchers: Sequence[Watcher], store: Store) -> dict[str, WatcherRun]:
-        """A run per watcher, their rows registered in one transaction."""
-        records = store.register_watchers([(w.name, w.kind) for w in watchers])
+        """A run per watcher, their rows registered in a transaction per owner; a shared one
+        is parked until the lease loop takes its lease (see :mod:`watchkeeper.fleet`)."""
+        records = {}
+        for owner in (self.agent, None):
+            mine = [(w.name, w.kind) for w in watchers if w.owner(self.agent) == owner]
+            if mine:
+                records.update(store.register_watchers(mine, agent=owner))
+        runs = {}
+        for w in watchers:
+            run = WatcherRun(w, store, self.routes, self._committed, record=records[w.name])
+            run.shared = w.owner(self.agent) is None
+            runs[w.name] = run
+        return runs
+
+    def _heartbeat(self) -> dict[str, Any]:
+        """What this agent tells the fleet with each heartbeat (the fleet view shows it)."""
+        from watchkeeper import __version__
+
+        fleet = self._fleet_thread
         return {
-            w.name: WatcherRun(w, store, self.routes, self._committed, record=records[w.name])
-            for w in watchers
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "state": self.state_path.name,
+            "watchers": [] if fleet is None else fleet.running(),
+            "leases_lost": sum(run.leases_lost for run in list(self._runs.values())),
+            "lease": self.lease,
+            **self.advertised,
         }
 
     def stop(self, timeout: float | None = None) -> bool:
@@ -307,9 +357,13 @@ class Keeper:
         assert supervisor is not None
         if supervisor is not me:
             supervisor.join(max(0.0, deadline - time.monotonic()))
-        watching: list[WatcherThread | WatcherPool | Pruner] = [
+        fleet = self._fleet_thread
+        if fleet is not None:
+            fleet.stop()
+        watching: list[WatcherThread | WatcherPool | Pruner | Fleet] = [
             *self._drivers,
             *([self._pruner] if self._pruner else []),
+            *([fleet] if fleet is not None else []),
         ]
         dispatchers = self._dispatchers
         for driver in watching:
@@ -322,6 +376,8 @@ class Keeper:
                 part.join(max(0.0, half - time.monotonic()))
             if isinstance(part, WatcherThread) and not part.is_alive():
                 _close_crashed(part)
+        if fleet is not None:
+            fleet.leave()  # the others take the shared watchers over now, not after the lease
         wall_deadline = time.time() + max(0.0, deadline - time.monotonic())
         for dispatcher in dispatchers:
             dispatcher.flush(wall_deadline, at_exit=at_exit)
@@ -530,7 +586,9 @@ class Keeper:
             new_runs = self._new_runs(unit.watchers, store)
             self._runs.update(new_runs)
             drivers = _drivers(list(new_runs.values()))
-            dispatchers = [Dispatcher(notifier, store) for notifier in unit.notifiers]
+            dispatchers = [
+                Dispatcher(notifier, store, agent=self.agent) for notifier in unit.notifiers
+            ]
             assert self._supervisor is not None
             self._supervisor.notifiers = list(self.notifiers)
             for part in [*dispatchers, *drivers]:
@@ -541,6 +599,12 @@ class Keeper:
     def _drivers(self) -> list[WatcherThread | WatcherPool]:
         """The watcher threads and pools running now (the supervisor's, replacements included)."""
         return [] if self._supervisor is None else self._supervisor.drivers("watcher", "pool")
+
+    @property
+    def _fleet_thread(self) -> Fleet | None:
+        """The lease loop running now (the supervisor's replacement after a crash included)."""
+        current = [] if self._supervisor is None else self._supervisor.drivers("fleet")
+        return current[0] if current else self._fleet
 
     @property
     def _dispatchers(self) -> list[Dispatcher]:
@@ -630,6 +694,12 @@ class Keeper:
                 listener(alerts)
             except Exception:
                 log.exception("alert listener failed")
+
+
+def _renewed_fleet(old: Supervised) -> Fleet:
+    """A crashed lease loop's replacement, started, with the leases it held."""
+    assert isinstance(old, Fleet)
+    return old.renewed()
 
 
 def _close_crashed(thread: WatcherThread) -> None:

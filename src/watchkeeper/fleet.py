@@ -1,0 +1,253 @@
+"""The lease loop: which shared watchers this agent runs, in a fleet of agents on one store.
+
+A watcher is pinned (it runs on one agent: log watchers on the host whose files they read) or
+shared (page, ports, custom: any live agent may run it, one at a time). Every agent builds every
+shared watcher of its config, parked; this loop, every ``lease/3``:
+
+1. sends the agent's heartbeat (what it runs, for the fleet view);
+2. renews the leases it holds; one it lost (it was paused past its lease, the database was out of
+   reach) parks the watcher at once: its commit would be refused anyway (fencing);
+3. spreads the shared watchers over the live agents: while it holds fewer than its share,
+   ``ceil(shared / live agents)``, it takes free or expired leases; while it holds more than its
+   share plus :func:`slack`, it gives idle ones back. Three agents on 300 watchers hold about 100
+   each; when one dies, the others take its watchers once its leases expire (on the database's
+   clock, never an agent's).
+
+A watcher taken over resumes from the store (:meth:`WatcherRun.adopt`). Each of its commits
+passes the lease's fencing token, so an agent that lost the lease meanwhile commits nothing
+(:class:`~watchkeeper.store.LeaseLost`, counted in ``leases_lost``). On SQLite, one agent, every
+lease is granted: the same path degenerates to running everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from watchkeeper.errors import StoreError
+from watchkeeper.runtime import GuardedThread, WatcherRun
+from watchkeeper.store import AgentRecord, Store
+
+log = logging.getLogger("watchkeeper")
+
+
+def slack(share: int) -> int:
+    """Leases an agent may hold beyond its share before it gives some back: enough that agents
+    do not hand watchers back and forth over a rounding, few enough to stay near even."""
+    return max(1, share // 20)
+
+
+def live(agents: list[AgentRecord], now: float, lease: float) -> list[AgentRecord]:
+    """The agents whose last heartbeat is younger than the lease (both on the database clock)."""
+    return [a for a in agents if now - a.last_seen < lease]
+
+
+class Fleet(GuardedThread):
+    """This agent's heartbeat and leases, renewed every ``lease / 3`` (see the module doc)."""
+
+    def __init__(
+        self,
+        store: Store,
+        agent: str,
+        lease: float,
+        runs: Callable[[], Mapping[str, WatcherRun]],
+        info: Callable[[], dict[str, Any]],
+    ) -> None:
+        super().__init__("watchkeeper:fleet")
+        self.store = store
+        self.agent = agent
+        self.lease = lease
+        self.runs = runs
+        self.info = info
+        self.held: dict[str, int] = {}
+        """Shared watcher -> the fencing token of its lease, held by this agent."""
+        self.renewed_at = time.monotonic()
+        """When the leases were last renewed (or taken): past a lease ago they are surely gone."""
+        self.error: str | None = None
+        """Why the last round failed (the database out of reach), None when it went through."""
+        self._stopping = threading.Event()
+
+    @property
+    def interval(self) -> float:
+        """How often the heartbeat goes and the leases are renewed."""
+        return self.lease / 3
+
+    def stop(self) -> None:
+        """End the loop after the round in progress (the leases are released by :meth:`leave`)."""
+        self._stopping.set()
+
+    def loop(self) -> None:
+        """A round every :attr:`interval` until stopped; a store error is logged, not fatal."""
+        while not self._stopping.wait(self.interval):
+            self.round()
+
+    def renewed(self) -> Fleet:
+        """A new loop with this one's leases, started (the supervisor's restart after a crash)."""
+        fleet = Fleet(self.store, self.agent, self.lease, self.runs, self.info)
+        fleet.held, fleet.renewed_at = self.held, self.renewed_at
+        fleet.ended = self.ended
+        fleet.start()
+        return fleet
+
+    def round(self) -> None:
+        """Heartbeat, renew, spread; when the store cannot be reached, park what may be lost."""
+        try:
+            self._round()
+        except StoreError as exc:
+            if self.error is None:
+                log.warning("fleet: cannot reach the store; checks wait: %s", exc)
+            self.error = str(exc)
+            if time.monotonic() - self.renewed_at >= self.lease:
+                self._drop_all()  # their leases have expired: another agent may run them
+            return
+        if self.error is not None:
+            log.info("fleet: the store answers again")
+        self.error = None
+
+    def _round(self) -> None:
+        store = self.store
+        store.heartbeat(self.agent, self.info())
+        started = time.monotonic()
+        runs = self.runs()
+        shared = {name: run for name, run in runs.items() if run.shared}
+        for name, token in list(self.held.items()):
+            run = shared.get(name)
+            if run is None:  # a reload removed it
+                self._let_go(name, token)
+            elif run.fence != (self.agent, token):  # a commit found the lease gone
+                del self.held[name]
+            elif not store.renew_lease(name, self.agent, token, self.lease):
+                log.warning("fleet: lost the lease of %s to another agent", name)
+                _park(run)
+                del self.held[name]
+        self.renewed_at = started
+        now = store.db_now()
+        agents = max(1, len(live(store.agents(), now, self.lease)))
+        share = math.ceil(len(shared) / agents)
+        if len(self.held) > share + slack(share):
+            self._shed(shared, len(self.held) - share)
+        elif len(self.held) < share:
+            self._take(shared, share - len(self.held), now)
+
+    def _take(self, shared: Mapping[str, WatcherRun], wanted: int, now: float) -> None:
+        """Take up to ``wanted`` free or expired leases, in random order (agents taking at the
+        same moment then rarely race for the same ones)."""
+        leases = {record.watcher: record for record in self.store.leases()}
+        free = [
+            name
+            for name in shared
+            if name not in self.held and (name not in leases or leases[name].expires_at <= now)
+        ]
+        random.shuffle(free)
+        for name in free[:wanted]:
+            token = self.store.take_lease(name, self.agent, self.lease)
+            if token is None:
+                continue
+            previous = leases.get(name)
+            from_other = previous is not None and previous.agent != self.agent
+            shared[name].adopt(self.store.watcher(name), (self.agent, token), from_other=from_other)
+            self.held[name] = token
+            shared[name].wake()
+        self.renewed_at = time.monotonic()
+
+    def _shed(self, shared: Mapping[str, WatcherRun], extra: int) -> None:
+        """Give back ``extra`` leases of watchers not in a check (one in a check keeps its
+        lease until a later round: its commit must not be refused for a move)."""
+        for name in sorted(self.held, reverse=True):
+            if extra <= 0:
+                return
+            if shared[name].release():
+                self._let_go(name, self.held[name])
+                extra -= 1
+
+    def _let_go(self, name: str, token: int) -> None:
+        del self.held[name]
+        self.store.release_lease(name, self.agent, token)
+
+    def _drop_all(self) -> None:
+        """Park every shared watcher: this agent can no longer know it holds their leases."""
+        runs = self.runs()
+        for name in list(self.held):
+            run = runs.get(name)
+            if run is not None:
+                _park(run)
+        self.held.clear()
+
+    def leave(self) -> None:
+        """Release every lease held (a clean stop: the others take over at once, not after the
+        lease); what cannot be released now expires by itself."""
+        for name, token in list(self.held.items()):
+            try:
+                self.store.release_lease(name, self.agent, token)
+            except StoreError as exc:
+                log.warning("fleet: cannot release the leases; they expire by themselves: %s", exc)
+                return
+            del self.held[name]
+
+    def running(self) -> list[str]:
+        """The watchers this agent runs now: its pinned ones and the shared ones it holds."""
+        return sorted(name for name, run in self.runs().items() if not run.idle)
+
+
+def _park(run: WatcherRun) -> None:
+    """Park a run whose lease is gone even while its check is under way: that check's commit
+    is refused by the fence, and nothing starts after it."""
+    with run.lease_lock:
+        run.fence = None
+
+
+# -- the fleet view (dashboard, API, /metrics, status): read from the store only --------------
+
+
+def agent_docs(store: Store, lease: float) -> list[dict[str, Any]]:
+    """Every agent that sent a heartbeat to this store, by name: alive (its last heartbeat is
+    younger than its lease, on the database's clock), how long ago, and what it runs.
+
+    ``lease`` is the reader's own: used for an agent whose heartbeat does not say its lease.
+    """
+    now = store.db_now()
+    docs = []
+    for record in sorted(store.agents(), key=lambda r: r.name):
+        info = record.info if isinstance(record.info, dict) else {}
+        own = info.get("lease")
+        limit = float(own) if isinstance(own, int | float) and own > 0 else lease
+        running = info.get("watchers")
+        docs.append(
+            {
+                "name": record.name,
+                "alive": now - record.last_seen < limit,
+                "last_seen": record.last_seen,
+                "seen_ago": max(0.0, now - record.last_seen),
+                "started_at": record.started_at,
+                "host": info.get("host"),
+                "pid": info.get("pid"),
+                "version": info.get("version"),
+                "dashboard": info.get("dashboard"),
+                "watchers": running if isinstance(running, list) else [],
+                "leases_lost": info.get("leases_lost", 0),
+            }
+        )
+    return docs
+
+
+def runners(store: Store, agents: list[dict[str, Any]]) -> dict[str, str]:
+    """{watcher: the agent running it}: a shared watcher's lease holder (while the lease is
+    valid), else what the live agents' heartbeats say they run."""
+    found: dict[str, str] = {}
+    for doc in agents:
+        if doc["alive"]:
+            for name in doc["watchers"]:
+                if isinstance(name, str):
+                    found[name] = doc["name"]
+    now = store.db_now()
+    for lease in store.leases():
+        if lease.expires_at > now:
+            found[lease.watcher] = lease.agent
+        elif found.get(lease.watcher) == lease.agent:
+            del found[lease.watcher]  # its heartbeat is older than the lease's end
+    return found
