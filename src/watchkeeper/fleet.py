@@ -21,6 +21,8 @@ lease is granted: the same path degenerates to running everything.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import logging
 import math
 import random
@@ -42,9 +44,54 @@ def slack(share: int) -> int:
     return max(1, share // 20)
 
 
+def fair_share(shared: list[str], agents: list[AgentRecord]) -> int:
+    """How many of ``shared`` this agent should run: each counts 1 / the live agents that have
+    it in their config (their heartbeats say), so agents with different configs still cover
+    every watcher, and agents with one shared file split it evenly."""
+    capable: collections.Counter[str] = collections.Counter()
+    for agent in agents:
+        offered = agent.info.get("shared") if isinstance(agent.info, dict) else None
+        if isinstance(offered, dict):
+            capable.update(offered.keys())
+    return math.ceil(sum(1 / max(1, capable[name]) for name in shared) - 1e-9)
+
+
 def live(agents: list[AgentRecord], now: float, lease: float) -> list[AgentRecord]:
     """The agents whose last heartbeat is younger than the lease (both on the database clock)."""
     return [a for a in agents if now - a.last_seen < lease]
+
+
+def digest(run: WatcherRun) -> str:
+    """A short fingerprint of a watcher's settings: agents compare their shared watchers by it
+    (secrets are masked in the dump, so they never leave the agent, and do not count)."""
+    dumped = run.watcher.config.model_dump_json(exclude={"agent"})
+    return hashlib.sha256(f"{run.watcher.kind}:{dumped}".encode()).hexdigest()[:12]
+
+
+def conflicts(
+    store: Store, agent: str, runs: Mapping[str, WatcherRun], sources: Mapping[str, str]
+) -> list[str]:
+    """Shared watchers that a live agent defines differently from this one, each named with
+    both files: one name is one shared watcher across a fleet."""
+    mine = {name: digest(run) for name, run in runs.items() if run.shared}
+    now = store.db_now()
+    found = []
+    for other in store.agents():
+        info = other.info if isinstance(other.info, dict) else {}
+        offered = info.get("shared")
+        lease = info.get("lease")
+        alive = now - other.last_seen < (lease if isinstance(lease, int | float) else 30.0)
+        if other.name == agent or not alive or not isinstance(offered, dict):
+            continue
+        for name, theirs in offered.items():
+            if name in mine and isinstance(theirs, list) and theirs and theirs[0] != mine[name]:
+                where = theirs[1] if len(theirs) > 1 else "its config"
+                found.append(
+                    f"{sources.get(name, 'this config')}: watcher {name!r} is defined "
+                    f"differently on live agent {other.name!r} ({where}); one name is one "
+                    "shared watcher in a fleet: make the tables the same, or rename one"
+                )
+    return found
 
 
 class Fleet(GuardedThread):
@@ -127,8 +174,7 @@ class Fleet(GuardedThread):
                 del self.held[name]
         self.renewed_at = started
         now = store.db_now()
-        agents = max(1, len(live(store.agents(), now, self.lease)))
-        share = math.ceil(len(shared) / agents)
+        share = fair_share(list(shared), live(store.agents(), now, self.lease))
         if len(self.held) > share + slack(share):
             self._shed(shared, len(self.held) - share)
         elif len(self.held) < share:

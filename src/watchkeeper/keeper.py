@@ -32,7 +32,7 @@ from watchkeeper.build import (
 from watchkeeper.config import Config, default_state_path, load_config, watcher_config
 from watchkeeper.dispatch import Dispatcher
 from watchkeeper.errors import ConfigError, StoreError
-from watchkeeper.fleet import Fleet
+from watchkeeper.fleet import Fleet, conflicts, digest
 from watchkeeper.notifiers import Notifier
 from watchkeeper.pool import WatcherPool
 from watchkeeper.quantities import parse_duration
@@ -90,6 +90,9 @@ class Keeper:
         self.advertised: dict[str, Any] = {}
         """What the heartbeat tells the fleet besides what this agent runs (the dashboard URL)."""
         self._fleet: Fleet | None = None
+        self._digests: dict[str, str] = {}  # shared watcher -> its settings' fingerprint
+        self.sources: dict[str, str] = {}
+        """The file each watcher came from (the fleet's conflict errors name it)."""
         self.shutdown_timeout = parse_duration(shutdown_timeout)
         self.retention = parse_duration(retention)
         self.max_alerts = max_alerts
@@ -121,7 +124,7 @@ class Keeper:
         """Build a keeper from an agent config file (or an already loaded Config)."""
         config = path if isinstance(path, Config) else load_config(path)
         notifiers, watchers = build_from_config(config)
-        return cls(
+        keeper = cls(
             state=state or config.keeper.state,
             notify=notifiers,
             shutdown_timeout=config.keeper.shutdown_timeout,
@@ -131,6 +134,8 @@ class Keeper:
             agent=config.keeper.agent_name(),
             lease=config.keeper.lease,
         )
+        keeper.sources = {w.name: config.source_of("watcher", w.name) for w in watchers}
+        return keeper
 
     # -- adding watchers ----------------------------------------------------------------------
 
@@ -254,6 +259,9 @@ class Keeper:
                 for notifier in self.notifiers:
                     supervisor.watch_driver(Dispatcher(notifier, store, agent=self.agent))
                 self._runs = self._new_runs(self.watchers, store)
+                problems = conflicts(store, self.agent, self._runs, self.sources)
+                if problems:
+                    raise ConfigError(problems)
                 fleet = Fleet(store, self.agent, self.lease, lambda: self._runs, self._heartbeat)
                 fleet.round()  # before the first checks: one agent (SQLite) then runs everything
                 supervisor.watch("fleet", fleet, _renewed_fleet)
@@ -305,6 +313,8 @@ class Keeper:
         for w in watchers:
             run = WatcherRun(w, store, self.routes, self._committed, record=records[w.name])
             run.shared = w.owner(self.agent) is None
+            if run.shared:
+                self._digests[w.name] = digest(run)
             runs[w.name] = run
         return runs
 
@@ -320,6 +330,11 @@ class Keeper:
             "state": self.state_path.name,
             "watchers": [] if fleet is None else fleet.running(),
             "leases_lost": sum(run.leases_lost for run in list(self._runs.values())),
+            "shared": {  # what it may run, for the share and for the others' conflict check
+                name: [self._digests.get(name, ""), self.sources.get(name, "")]
+                for name, run in list(self._runs.items())
+                if run.shared
+            },
             "lease": self.lease,
             **self.advertised,
         }

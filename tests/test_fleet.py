@@ -1,0 +1,240 @@
+"""A fleet: three real ``watchkeeper run`` agents on one real PostgreSQL database.
+
+The pages are served by a real HTTP site on 127.0.0.1 that records when each page was asked
+for, so "no watcher ran twice in a cycle" is read off the server, not the agents' word. Leases
+are 2 s here (30 s by default), so failover is quick enough for a test.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import RecordingServer, wait_until
+from tests.pagesite import Site
+from watchkeeper.alerts import Alert
+from watchkeeper.fleet import agent_docs, runners
+from watchkeeper.store import Route, Store
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+LEASE = 2.0
+
+
+@dataclass
+class Fleet:
+    """The agents' processes, their configs, and a store to look at what they do."""
+
+    folder: Path
+    url: str
+    site: Site
+    procs: dict[str, subprocess.Popen[bytes]]
+    store: Store
+
+    def start(self, name: str, extra: str = "") -> None:
+        config = self.folder / f"{name}.toml"
+        config.write_text(
+            f'[keeper]\nagent = "{name}"\nstate = "{self.url}"\nlease = "{LEASE}s"\n'
+            f'dashboard = false\ninclude = ["fleet.toml"]\n{extra}',
+            encoding="utf-8",
+        )
+        with (self.folder / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "watchkeeper", "run", "-c", str(config), "-v"],
+                env=ENV,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+
+    def agents(self) -> dict[str, dict[str, Any]]:
+        return {doc["name"]: doc for doc in agent_docs(self.store, LEASE)}
+
+    def runners(self) -> dict[str, str]:
+        return runners(self.store, list(self.agents().values()))
+
+    def alive(self) -> set[str]:
+        return {name for name, doc in self.agents().items() if doc["alive"]}
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted(self.folder.glob("*.log"))
+        )
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, postgres_url: str, site: Site) -> Iterator[Fleet]:
+    store = Store.open(postgres_url)
+    found = Fleet(tmp_path, postgres_url, site, {}, store)
+    try:
+        yield found
+    finally:
+        for proc in found.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        store.close()
+
+
+def shared_pages(fleet: Fleet, count: int, every: str, **page: Any) -> list[str]:
+    """``count`` shared page watchers in the fleet's file; their names (= paths)."""
+    names = [f"p{i:03d}" for i in range(count)]
+    tables = []
+    for name in names:
+        url = fleet.site.html(f"/{name}", [f"<a href='/{name}/0'>first</a>"], **page)
+        tables.append(
+            f'[[page]]\nname = "{name}"\nurl = "{url}"\nitems = "li"\nevery = "{every}"\n'
+            'max_per_host = 8\ntimeout = "20s"\n'
+        )
+    (fleet.folder / "fleet.toml").write_text("".join(tables), encoding="utf-8")
+    return names
+
+
+def add_item(fleet: Fleet, names: list[str], number: int, **page: Any) -> None:
+    """A new item on each page: one alert each, from whichever agent checks it."""
+    for name in names:
+        items = [f"<a href='/{name}/{n}'>item {n}</a>" for n in range(number + 1)]
+        fleet.site.html(f"/{name}", items, **page)
+
+
+def item_alerts(store: Store) -> collections.Counter[tuple[str, str]]:
+    """(watcher, item link) of every new-item alert in the store, counted."""
+    return collections.Counter(
+        (a.watcher, a.key) for a in store.alerts(limit=100_000) if a.kind == "page"
+    )
+
+
+def started(fleet: Fleet, names: list[str]) -> None:
+    """Every agent is alive and every page has had its first (baseline) check."""
+    wait_until(lambda: fleet.alive() >= set(fleet.procs), timeout=30)
+
+    def baselined() -> bool:
+        records = {r.name: r for r in fleet.store.watchers()}
+        return all(n in records and records[n].checks > 0 for n in names)
+
+    wait_until(baselined, timeout=30)
+
+
+def test_three_agents_share_300_pages_once_each_and_take_over_a_killed_one(fleet: Fleet) -> None:
+    names = shared_pages(fleet, 300, "2s")
+    for agent in ("a1", "a2", "a3"):
+        fleet.start(agent)
+    started(fleet, names)
+
+    def spread() -> dict[str, int]:
+        counts = collections.Counter(fleet.runners().get(n) for n in names)
+        even = set(counts) == {"a1", "a2", "a3"} and all(80 <= c <= 120 for c in counts.values())
+        return dict(counts) if even else {}
+
+    wait_until(spread, timeout=30)
+    # A window of checks once the spread holds: a page asked for twice within a cycle would
+    # mean two agents ran it (or one ran it twice).
+    fleet.site.times.clear()
+    wait_until(lambda: all(len(fleet.site.times[f"/{n}"]) >= 3 for n in names), timeout=30)
+    gaps = [
+        later - earlier
+        for n in names
+        for earlier, later in itertools.pairwise(fleet.site.times[f"/{n}"])
+    ]
+    assert min(gaps) > 1.0, fleet.logs()  # every 2 s, give or take the pool's jitter
+
+    add_item(fleet, names, 1)
+    wait_until(lambda: len(item_alerts(fleet.store)) == 300, timeout=30)
+    victim = "a2"
+    theirs = {n for n, agent in fleet.runners().items() if agent == victim}
+    fleet.procs[victim].send_signal(signal.SIGKILL)
+    fleet.procs[victim].wait(10)
+    add_item(fleet, names, 2)
+
+    def taken_over() -> bool:
+        now = fleet.runners()
+        return all(now.get(n) in ("a1", "a3") for n in theirs)
+
+    wait_until(taken_over, timeout=4 * LEASE + 4)
+    wait_until(lambda: len(item_alerts(fleet.store)) == 600, timeout=30)
+    counts = item_alerts(fleet.store)
+    assert set(counts.values()) == {1}, "an alert was produced twice"
+    assert {watcher for watcher, _ in counts} == set(names)
+    assert victim not in fleet.alive()
+
+
+def test_an_agent_paused_past_its_lease_cannot_commit_its_stale_checks(fleet: Fleet) -> None:
+    # Slow pages: an agent always has fetches in flight, each started under its lease.
+    names = shared_pages(fleet, 30, "1s", delay=1.0)
+    for agent in ("a1", "a2", "a3"):
+        fleet.start(agent)
+    started(fleet, names)
+    wait_until(lambda: {"a1", "a2", "a3"} <= set(fleet.runners().values()), timeout=30)
+    add_item(fleet, names, 1, delay=1.0)
+    paused = fleet.procs["a1"]
+    paused.send_signal(signal.SIGSTOP)
+    # The others take its watchers once its leases expire (on the database clock).
+    wait_until(lambda: "a1" not in fleet.runners().values(), timeout=4 * LEASE + 4)
+    paused.send_signal(signal.SIGCONT)
+    # Its fetches in flight come back and their commits are refused: counted, not committed.
+    wait_until(lambda: fleet.agents()["a1"]["leases_lost"] >= 1, timeout=20, interval=0.1)
+    wait_until(lambda: len(item_alerts(fleet.store)) == 30, timeout=30)
+    assert set(item_alerts(fleet.store).values()) == {1}, fleet.logs()
+
+
+def test_a_burst_is_delivered_once_across_the_agents_dispatchers(
+    fleet: Fleet, http_receiver: RecordingServer
+) -> None:
+    (fleet.folder / "fleet.toml").write_text(
+        f'[[notify]]\nname = "hook"\nkind = "webhook"\nurl = "{http_receiver.url}/hook"\n'
+        'group_interval = "0s"\ngroup_wait = "0s"\nlist_body = true\n',
+        encoding="utf-8",
+    )
+    for agent in ("a1", "a2", "a3"):
+        fleet.start(agent)
+    wait_until(lambda: fleet.alive() >= {"a1", "a2", "a3"}, timeout=30)
+    burst = [
+        Alert(watcher="burst", kind="test", title=f"alert {i}", key=f"k{i}") for i in range(10_000)
+    ]
+    for start in range(0, len(burst), 1000):  # ten commits, as a storm on many watchers makes
+        fleet.store.add_alerts(burst[start : start + 1000], [Route("hook")], burst[0].created_at)
+
+    def received() -> collections.Counter[str]:
+        with http_receiver.changed:
+            requests = list(http_receiver.requests)
+        return collections.Counter(a["uid"] for r in requests for a in r.json())
+
+    wait_until(lambda: sum(received().values()) >= 10_000, timeout=60, interval=0.1)
+    counts = received()
+    assert set(counts) == {a.uid for a in burst}
+    assert set(counts.values()) == {1}, "an alert was delivered twice"
+    # Every delivery is marked sent (claims cleared), whichever agent sent it.
+    wait_until(lambda: fleet.store.delivery_counts()["hook"].get("sent") == 10_000, timeout=20)
+
+
+def test_a_config_change_on_one_agent_keeps_the_others_watchers(fleet: Fleet) -> None:
+    names = shared_pages(fleet, 4, "1s")
+    log = '[[log]]\nname = "{0}-log"\npaths = ["{1}"]\nrules = [{{match = "x"}}]\n'
+    for agent in ("a1", "a2"):
+        fleet.start(agent, log.format(agent, fleet.folder / f"{agent}.app.log"))
+    started(fleet, [*names, "a1-log", "a2-log"])
+    # a2 drops its log watcher and a page (a SIGHUP reload): a1's rows stay, and so do the
+    # pages a1 still has.
+    (fleet.folder / "a2.toml").write_text(
+        (fleet.folder / "a2.toml")
+        .read_text()
+        .split("[[log]]")[0]
+        .replace('include = ["fleet.toml"]', "include = []"),
+        encoding="utf-8",
+    )
+    fleet.procs["a2"].send_signal(signal.SIGHUP)
+    wait_until(lambda: "a2-log" not in fleet.agents()["a2"]["watchers"], timeout=20)
+    wait_until(lambda: set(fleet.agents()["a1"]["watchers"]) >= {*names, "a1-log"}, timeout=20)
+    assert {r.name for r in fleet.store.watchers()} >= {*names, "a1-log", "a2-log"}
