@@ -72,7 +72,7 @@ def faulty(monkeypatch: pytest.MonkeyPatch) -> list[FaultyConnection]:
         made.append(connection)
         return connection
 
-    monkeypatch.setattr("watchkeeper.store.sqlite3.connect", connect)
+    monkeypatch.setattr("watchkeeper.store.sqlite.sqlite3.connect", connect)
     return made
 
 
