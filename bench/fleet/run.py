@@ -38,6 +38,7 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.postgres import Cluster, start_cluster  # noqa: E402
+
 from watchkeeper.fleet import agent_docs, runners  # noqa: E402
 from watchkeeper.store import Store  # noqa: E402
 
