@@ -22,6 +22,7 @@ lease is granted: the same path degenerates to running everything.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import logging
 import math
@@ -104,15 +105,21 @@ class Fleet(GuardedThread):
         lease: float,
         runs: Callable[[], Mapping[str, WatcherRun]],
         info: Callable[[], dict[str, Any]],
+        singles: Callable[[], list[str]] = list,
     ) -> None:
+        """``singles``: names of leases only one agent may hold, not spread (a grouped
+        notifier's: its digests are made by one agent, see :meth:`holds`)."""
         super().__init__("watchkeeper:fleet")
         self.store = store
         self.agent = agent
         self.lease = lease
         self.runs = runs
         self.info = info
+        self.singles = singles
         self.held: dict[str, int] = {}
         """Shared watcher -> the fencing token of its lease, held by this agent."""
+        self.single: dict[str, int] = {}
+        """A single lease's name -> its token, held by this agent."""
         self.renewed_at = time.monotonic()
         """When the leases were last renewed (or taken): past a lease ago they are surely gone."""
         self.error: str | None = None
@@ -135,8 +142,8 @@ class Fleet(GuardedThread):
 
     def renewed(self) -> Fleet:
         """A new loop with this one's leases, started (the supervisor's restart after a crash)."""
-        fleet = Fleet(self.store, self.agent, self.lease, self.runs, self.info)
-        fleet.held, fleet.renewed_at = self.held, self.renewed_at
+        fleet = Fleet(self.store, self.agent, self.lease, self.runs, self.info, self.singles)
+        fleet.held, fleet.single, fleet.renewed_at = self.held, self.single, self.renewed_at
         fleet.ended = self.ended
         fleet.start()
         return fleet
@@ -150,7 +157,8 @@ class Fleet(GuardedThread):
                 log.warning("fleet: cannot reach the store; checks wait: %s", exc)
             self.error = str(exc)
             if time.monotonic() - self.renewed_at >= self.lease:
-                self._drop_all()  # their leases have expired: another agent may run them
+                self._drop_all()
+                self.single.clear()  # their leases have expired: another agent may run them
             return
         if self.error is not None:
             log.info("fleet: the store answers again")
@@ -172,6 +180,7 @@ class Fleet(GuardedThread):
                 log.warning("fleet: lost the lease of %s to another agent", name)
                 _park(run)
                 del self.held[name]
+        self._singles()
         self.renewed_at = started
         now = store.db_now()
         share = fair_share(list(shared), live(store.agents(), now, self.lease))
@@ -179,6 +188,24 @@ class Fleet(GuardedThread):
             self._shed(shared, len(self.held) - share)
         elif len(self.held) < share:
             self._take(shared, share - len(self.held), now)
+
+    def holds(self, name: str) -> bool:
+        """True while this agent holds the single lease ``name``."""
+        return name in self.single
+
+    def _singles(self) -> None:
+        """Renew the single leases held, let go of those no longer wanted, try the others."""
+        wanted = set(self.singles())
+        for name, token in list(self.single.items()):
+            if name not in wanted:
+                del self.single[name]
+                self.store.release_lease(name, self.agent, token)
+            elif not self.store.renew_lease(name, self.agent, token, self.lease):
+                del self.single[name]
+        for name in sorted(wanted - set(self.single)):
+            token = self.store.take_lease(name, self.agent, self.lease)
+            if token is not None:
+                self.single[name] = token
 
     def _take(self, shared: Mapping[str, WatcherRun], wanted: int, now: float) -> None:
         """Take up to ``wanted`` free or expired leases, in random order (agents taking at the
@@ -234,6 +261,10 @@ class Fleet(GuardedThread):
                 log.warning("fleet: cannot release the leases; they expire by themselves: %s", exc)
                 return
             del self.held[name]
+        for name, token in list(self.single.items()):
+            with contextlib.suppress(StoreError):  # it expires by itself
+                self.store.release_lease(name, self.agent, token)
+            del self.single[name]
 
     def running(self) -> list[str]:
         """The watchers this agent runs now: its pinned ones and the shared ones it holds."""

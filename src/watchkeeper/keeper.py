@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -257,17 +258,25 @@ class Keeper:
                 store.claim(self.agent)
                 supervisor = Supervisor(store, self.notifiers, self.routes, self._committed)
                 for notifier in self.notifiers:
-                    supervisor.watch_driver(Dispatcher(notifier, store, agent=self.agent))
+                    supervisor.watch_driver(self._dispatcher(notifier, store))
                 self._runs = self._new_runs(self.watchers, store)
                 problems = conflicts(store, self.agent, self._runs, self.sources)
                 if problems:
                     raise ConfigError(problems)
-                fleet = Fleet(store, self.agent, self.lease, lambda: self._runs, self._heartbeat)
+                fleet = Fleet(
+                    store,
+                    self.agent,
+                    self.lease,
+                    lambda: self._runs,
+                    self._heartbeat,
+                    lambda: [_single(n) for n in self.notifiers if n.config.grouping()],
+                )
                 fleet.round()  # before the first checks: one agent (SQLite) then runs everything
                 supervisor.watch("fleet", fleet, _renewed_fleet)
                 self._fleet = fleet
                 for driver in _drivers(list(self._runs.values())):
                     supervisor.watch_driver(driver)
+                store.listen(self._heard)  # another agent's deliveries (PostgreSQL) wake ours
                 self._pruner = Pruner(store, self.retention, self.max_alerts)
                 # A companion that cannot start (a busy address) stops the start before checks.
                 serving = [c for c in self._companions if c.prepare()]
@@ -317,6 +326,25 @@ class Keeper:
                 self._digests[w.name] = digest(run)
             runs[w.name] = run
         return runs
+
+    def _dispatcher(self, notifier: Notifier, store: Store) -> Dispatcher:
+        """A notifier's dispatcher; a grouped one sends only while this agent holds its lease
+        (one agent of a fleet builds its digests; on one agent, always)."""
+        dispatcher = Dispatcher(notifier, store, agent=self.agent)
+        if notifier.config.grouping():
+            dispatcher.turn = functools.partial(self._holds, _single(notifier))
+        return dispatcher
+
+    def _heard(self, payload: str) -> None:
+        """A change notice (``alerts`` or a notifier with new deliveries): wake its dispatcher."""
+        for dispatcher in self._dispatchers:
+            if payload in ("alerts", dispatcher.notifier.name):
+                dispatcher.wake.set()
+
+    def _holds(self, lease: str) -> bool:
+        """True while this agent holds a single lease (see :class:`Fleet`)."""
+        fleet = self._fleet_thread
+        return fleet is not None and fleet.holds(lease)
 
     def _heartbeat(self) -> dict[str, Any]:
         """What this agent tells the fleet with each heartbeat (the fleet view shows it)."""
@@ -391,8 +419,6 @@ class Keeper:
                 part.join(max(0.0, half - time.monotonic()))
             if isinstance(part, WatcherThread) and not part.is_alive():
                 _close_crashed(part)
-        if fleet is not None:
-            fleet.leave()  # the others take the shared watchers over now, not after the lease
         wall_deadline = time.time() + max(0.0, deadline - time.monotonic())
         for dispatcher in dispatchers:
             dispatcher.flush(wall_deadline, at_exit=at_exit)
@@ -405,6 +431,8 @@ class Keeper:
                 sender.join(ABORT_GRACE)
         for handover in self._handovers:
             handover.join(max(0.0, deadline - time.monotonic()))
+        if fleet is not None:  # after the flush: a grouped notifier's digests went out
+            fleet.leave()  # the others take over now, not after the lease
         drivers = [*watching, *dispatchers, *self._retiring, supervisor]
         alive = [d.name for d in drivers if d.is_alive() and d is not me]
         unmarked = store.flush_marks()
@@ -709,6 +737,11 @@ class Keeper:
                 listener(alerts)
             except Exception:
                 log.exception("alert listener failed")
+
+
+def _single(notifier: Notifier) -> str:
+    """The name of the lease a grouped notifier's dispatcher needs in a fleet."""
+    return f"notify:{notifier.name}"
 
 
 def _renewed_fleet(old: Supervised) -> Fleet:

@@ -8,6 +8,8 @@ keeper's threads do the real work; the dashboard only looks and asks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import math
 import re
 import time
@@ -139,7 +141,9 @@ def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> St
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(push_changes(ctx))
+        changed = asyncio.Event()
+        store.listen(functools.partial(_heard, asyncio.get_running_loop(), changed))
+        task = asyncio.create_task(push_changes(ctx, changed))
         try:
             yield
         finally:
@@ -201,11 +205,21 @@ def page(
     return HTMLResponse(html, status_code=status)
 
 
-async def push_changes(ctx: Context) -> None:
-    """Push watcher rows that changed, and wake clients for alerts made by other processes."""
+def _heard(loop: asyncio.AbstractEventLoop, changed: asyncio.Event, payload: str) -> None:
+    """A change notice from the store (another agent's alerts, on PostgreSQL): look at once."""
+    if payload == "alerts":
+        with contextlib.suppress(RuntimeError):  # the loop has ended: the server stopped
+            loop.call_soon_threadsafe(changed.set)
+
+
+async def push_changes(ctx: Context, changed: asyncio.Event) -> None:
+    """Push watcher rows that changed, and wake clients for alerts made by other processes:
+    every :data:`POLL`, and at once when the store announces alerts (another agent's)."""
     seen: dict[str, dict[str, Any]] = {}
     while True:
-        await asyncio.sleep(POLL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), POLL)
+        changed.clear()
         if not ctx.broadcaster.count:  # nobody is looking: nothing to read
             seen.clear()
             continue
