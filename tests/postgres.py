@@ -78,6 +78,33 @@ class Cluster:
         self.psql(f"CREATE DATABASE {name}")
         return self.url(name)
 
+    def start_command(self) -> list[str]:
+        """pg_ctl's command line that starts this server (and waits until it takes queries)."""
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c max_connections=200"
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        data, log = str(self.folder / "data"), str(self.folder / "server.log")
+        return [
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            data,
+            "-l",
+            log,
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+        ]
+
+    def start(self) -> None:
+        """Start the server again after :meth:`stop` (a test of the database going away)."""
+        subprocess.run(
+            self._as_owner(*self.start_command()), check=True, capture_output=True, timeout=120
+        )
+
     def stop(self) -> None:
         subprocess.run(
             self._as_owner(
@@ -109,10 +136,6 @@ def start_cluster(folder: Path) -> Cluster:
     data = folder / "data"
     port = _free_port()
     cluster = Cluster(folder, port, where, user)
-    options = (
-        f"-p {port} -c listen_addresses=127.0.0.1 -k {folder} -c max_connections=200"
-        " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    )
     log = folder / "server.log"
     steps = [
         [
@@ -127,19 +150,7 @@ def start_cluster(folder: Path) -> Cluster:
             "UTF8",
             "--no-locale",
         ],
-        [
-            str(where / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(log),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            options,
-            "start",
-        ],
+        cluster.start_command(),
     ]
     for step in steps:
         done = subprocess.run(

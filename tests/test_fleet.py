@@ -23,6 +23,8 @@ import pytest
 
 from tests.conftest import RecordingServer, wait_until
 from tests.pagesite import Site
+from tests.postgres import Cluster
+from tests.test_store_faults import LineWriter, delivered, log_keeper
 from watchkeeper.alerts import Alert
 from watchkeeper.fleet import agent_docs, runners
 from watchkeeper.store import Route, Store
@@ -238,3 +240,38 @@ def test_a_config_change_on_one_agent_keeps_the_others_watchers(fleet: Fleet) ->
     wait_until(lambda: "a2-log" not in fleet.agents()["a2"]["watchers"], timeout=20)
     wait_until(lambda: set(fleet.agents()["a1"]["watchers"]) >= {*names, "a1-log"}, timeout=20)
     assert {r.name for r in fleet.store.watchers()} >= {*names, "a1-log", "a2-log"}
+
+
+def test_while_the_database_is_away_checks_pause_alerts_wait_and_nothing_is_lost(
+    postgres_cluster: Cluster,
+    postgres_url: str,
+    tmp_path: Path,
+    http_receiver: RecordingServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("watchkeeper.supervisor.FAULT_ALERT_AFTER", 0.5)
+    log = tmp_path / "app.log"
+    log.write_text("")
+    lines = LineWriter(log)
+    keeper = log_keeper(postgres_url, log, http_receiver)
+    with keeper:
+        lines.write(10, 80)
+        wait_until(lambda: len(delivered(http_receiver)) == 10)
+        postgres_cluster.stop()
+        try:
+            lines.write(10, 80)  # read, but its commit cannot go anywhere: redone until it can
+            # The keeper says so (status, /api/health), and through the notifiers directly.
+            wait_until(lambda: keeper.health()["store"]["state"] == "failing", timeout=20)
+            wait_until(
+                lambda: any(
+                    "cannot be recorded" in r.json()["title"] for r in list(http_receiver.requests)
+                ),
+                timeout=20,
+            )
+            assert all(u["state"] == "running" for u in keeper.health()["threads"])
+        finally:
+            postgres_cluster.start()
+        lines.write(10, 80)
+        wait_until(lambda: len(delivered(http_receiver)) >= 30, timeout=30)
+        wait_until(lambda: keeper.health()["store"]["state"] == "ok", timeout=20)
+    assert sorted(delivered(http_receiver)) == list(range(30))  # none lost, none twice
