@@ -24,6 +24,7 @@ from watchkeeper import Alert, Keeper, Observation, Severity, StoreError
 from watchkeeper.build import build_notifier
 from watchkeeper.errors import TransientDeliveryError
 from watchkeeper.store import Store
+from watchkeeper.store.sqlite import SqliteBackend
 
 
 class FaultyConnection:
@@ -176,7 +177,7 @@ def log_keeper(state: Path, log: Path, receiver: RecordingServer) -> Keeper:
 def test_sqlite_busy_is_waited_out_and_nothing_is_lost_or_repeated(
     tmp_path: Path, http_receiver: RecordingServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(Store, "busy_timeout", 0.05)
+    monkeypatch.setattr(SqliteBackend, "busy_timeout", 0.05)
     log = tmp_path / "app.log"
     log.write_text("")
     state = tmp_path / "wk.db"
@@ -315,7 +316,7 @@ def test_the_agent_through_a_full_disk_a_busy_store_and_a_crashing_dispatcher(
     """The three faults in a row on one keeper: every line alerted and delivered exactly once."""
     from watchkeeper.dispatch import Dispatcher
 
-    monkeypatch.setattr(Store, "busy_timeout", 0.05)
+    monkeypatch.setattr(SqliteBackend, "busy_timeout", 0.05)
     crash = threading.Event()
     real_step = Dispatcher._step
 

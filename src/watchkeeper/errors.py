@@ -5,7 +5,8 @@ with ``raise ... from exc``, so callers only ever need to catch these::
 
     WatchkeeperError
     ├── ConfigError              a config file or argument is wrong; the message says where
-    ├── StoreError               the SQLite state file cannot be opened, migrated or written
+    ├── StoreError               the state (SQLite file, PostgreSQL database) cannot be used
+    │   └── LeaseLost                a check's lease went to another agent: its commit is refused
     └── DeliveryError            a notifier could not deliver
         ├── TransientDeliveryError   try again later (timeouts, 4xx/5xx that may pass)
         └── PermanentDeliveryError   retrying cannot help (bad address, 4xx rejection)
@@ -27,7 +28,20 @@ class ConfigError(WatchkeeperError):
 
 
 class StoreError(WatchkeeperError):
-    """The state database could not be used."""
+    """The state database could not be used.
+
+    ``transient``: trying again may work (the database connection was lost, a transaction lost a
+    serialization conflict); False for what will fail again (a bad schema, a full disk's file).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class LeaseLost(StoreError):
+    """A shared watcher's lease is no longer held with the fencing token the check ran under:
+    another agent has it (this one was paused or cut off past the lease), so nothing commits."""
 
 
 class DeliveryError(WatchkeeperError):

@@ -203,9 +203,9 @@ class Fleet(GuardedThread):
             elif not self.store.renew_lease(name, self.agent, token, self.lease):
                 del self.single[name]
         for name in sorted(wanted - set(self.single)):
-            token = self.store.take_lease(name, self.agent, self.lease)
-            if token is not None:
-                self.single[name] = token
+            taken = self.store.take_lease(name, self.agent, self.lease)
+            if taken is not None:
+                self.single[name] = taken
 
     def _take(self, shared: Mapping[str, WatcherRun], wanted: int, now: float) -> None:
         """Take up to ``wanted`` free or expired leases, in random order (agents taking at the
@@ -221,8 +221,10 @@ class Fleet(GuardedThread):
             token = self.store.take_lease(name, self.agent, self.lease)
             if token is None:
                 continue
-            previous = leases.get(name)
-            from_other = previous is not None and previous.agent != self.agent
+            previous = leases.get(name)  # released (agent None) by one shedding it, too
+            from_other = (
+                self.store.fleet_capable and previous is not None and previous.agent != self.agent
+            )
             shared[name].adopt(self.store.watcher(name), (self.agent, token), from_other=from_other)
             self.held[name] = token
             shared[name].wake()
@@ -323,8 +325,8 @@ def runners(store: Store, agents: list[dict[str, Any]]) -> dict[str, str]:
                     found[name] = doc["name"]
     now = store.db_now()
     for lease in store.leases():
-        if lease.expires_at > now:
+        if lease.agent is not None and lease.expires_at > now:
             found[lease.watcher] = lease.agent
-        elif found.get(lease.watcher) == lease.agent:
-            del found[lease.watcher]  # its heartbeat is older than the lease's end
+        elif found.get(lease.watcher) == lease.agent or lease.agent is None:
+            found.pop(lease.watcher, None)  # released, or ran out before the heartbeat did
     return found

@@ -41,6 +41,7 @@ from watchkeeper.reload import Handover, Handovers, Part, ReloadBusy, ReloadResu
 from watchkeeper.retention import Pruner
 from watchkeeper.runtime import WatcherRun, WatcherThread, close_watcher
 from watchkeeper.store import Route, Store
+from watchkeeper.store.backend import local_path
 from watchkeeper.supervisor import Revivable, Supervised, Supervisor
 from watchkeeper.watchers import Watcher, WatcherConfig
 from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
@@ -85,7 +86,10 @@ class Keeper:
     ) -> None:
         """``agent`` and ``lease``: this keeper's name in a fleet (default: the host name) and
         how long a shared watcher stays with it once it stops renewing (see docs/fleet.md)."""
-        self.state_path = Path(state) if state is not None else default_state_path()
+        self.state: str | Path = state if state is not None else default_state_path()
+        """A path, ``sqlite:///path`` or ``postgresql://…`` (see :class:`Store`)."""
+        self.state_path = local_path(self.state)
+        """The state file, or (for a database) the local file this agent's notes go beside."""
         self.agent = agent or socket.gethostname()
         self.lease = parse_duration(lease)
         self.advertised: dict[str, Any] = {}
@@ -253,9 +257,9 @@ class Keeper:
         with self._lock:
             if self._started or self.store is not None:
                 raise RuntimeError("a keeper starts once; build a new one to start again")
-            store = Store(self.state_path)
+            store = Store(self.state)
             try:
-                store.claim(self.agent)
+                store.claim(self.agent, self.lease)
                 supervisor = Supervisor(store, self.notifiers, self.routes, self._committed)
                 for notifier in self.notifiers:
                     supervisor.watch_driver(self._dispatcher(notifier, store))
@@ -303,10 +307,10 @@ class Keeper:
             self.stop()
             raise
         log.info(
-            "keeper started: %d watchers, %d notifiers, state %s",
+            "keeper started: %d watchers, %d notifiers, %s",
             len(self.watchers),
             len(self.notifiers),
-            self.state_path,
+            store.where,
         )
         return self
 

@@ -12,17 +12,20 @@ costs as much with five million alerts as with five. Three tables (schema 3):
   ``failed``) and the tries made (``attempts``). ``sent`` and ``failed`` count every delivery
   that ended, also those whose alerts retention deleted since.
 
-Every function that writes takes the connection of a transaction in progress: the counts move in
+Every function that writes takes a transaction in progress (either backend's): the counts move in
 the same commit as the rows they count, so a crash never leaves them apart.
 """
 
 from __future__ import annotations
 
 import collections
-import sqlite3
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from watchkeeper.alerts import Alert
+
+if TYPE_CHECKING:
+    from watchkeeper.store.backend import Tx
 
 SCHEMA = """
 CREATE TABLE alert_totals (
@@ -51,28 +54,31 @@ KEEP_HOURS = 48
 
 _ADD = {
     "alert_totals": "INSERT INTO alert_totals VALUES (?, ?, ?) ON CONFLICT (watcher, severity) "
-    "DO UPDATE SET count = count + excluded.count",
+    "DO UPDATE SET count = alert_totals.count + excluded.count",
     "alert_hours": "INSERT INTO alert_hours VALUES (?, ?, ?) ON CONFLICT (watcher, hour) "
-    "DO UPDATE SET count = count + excluded.count",
+    "DO UPDATE SET count = alert_hours.count + excluded.count",
     "delivery_totals": "INSERT INTO delivery_totals VALUES (?, ?, ?) ON CONFLICT (notifier, "
-    "status) DO UPDATE SET count = count + excluded.count",
+    "status) DO UPDATE SET count = delivery_totals.count + excluded.count",
 }
 
 
-def committed(conn: sqlite3.Connection, alerts: Iterable[Alert], routed: Sequence[str]) -> None:
+def committed(conn: Tx, alerts: Iterable[Alert], routed: Sequence[str]) -> None:
     """Count newly committed alerts, and their deliveries (``routed``: one notifier name each)."""
     totals: collections.Counter[tuple[str, int]] = collections.Counter()
     hours: collections.Counter[tuple[str, int]] = collections.Counter()
     for alert in alerts:
         totals[alert.watcher, int(alert.severity)] += 1
         hours[alert.watcher, int(alert.created_at // HOUR)] += 1
-    conn.executemany(_ADD["alert_totals"], [(*k, n) for k, n in totals.items()])
-    conn.executemany(_ADD["alert_hours"], [(*k, n) for k, n in hours.items()])
+    # In key order: transactions of several agents (PostgreSQL) lock the rows in one order.
+    conn.executemany(_ADD["alert_totals"], [(*k, n) for k, n in sorted(totals.items())])
+    conn.executemany(_ADD["alert_hours"], [(*k, n) for k, n in sorted(hours.items())])
     pending = collections.Counter(routed)
-    conn.executemany(_ADD["delivery_totals"], [(k, "pending", n) for k, n in pending.items()])
+    conn.executemany(
+        _ADD["delivery_totals"], [(k, "pending", n) for k, n in sorted(pending.items())]
+    )
 
 
-def moved(conn: sqlite3.Connection, notifier: str, before: str, after: str, count: int) -> None:
+def moved(conn: Tx, notifier: str, before: str, after: str, count: int) -> None:
     """``count`` deliveries to ``notifier`` went from status ``before`` to ``after``."""
     if count:
         conn.executemany(
@@ -80,12 +86,12 @@ def moved(conn: sqlite3.Connection, notifier: str, before: str, after: str, coun
         )
 
 
-def tried(conn: sqlite3.Connection, notifier: str, count: int) -> None:
+def tried(conn: Tx, notifier: str, count: int) -> None:
     """``count`` more tries to deliver to ``notifier``."""
     if count:
         conn.execute(_ADD["delivery_totals"], (notifier, "attempts", count))
 
 
-def drop_old_hours(conn: sqlite3.Connection, now: float) -> None:
+def drop_old_hours(conn: Tx, now: float) -> None:
     """Forget hourly counts older than :data:`KEEP_HOURS`."""
     conn.execute("DELETE FROM alert_hours WHERE hour < ?", (int(now // HOUR) - KEEP_HOURS,))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from watchkeeper import tallies
 from watchkeeper.alerts import Alert, Severity
+from watchkeeper.store.core import StoreCore
 from watchkeeper.store.records import alert_from_row
-from watchkeeper.store.sqlite import StoreCore
 
 PRUNE_STEP = 500
 """Alerts deleted per transaction by :meth:`Store.prune`."""
@@ -25,7 +26,8 @@ class History(StoreCore):
         """{watcher: alerts committed since ``since``}, counted by the hour (the hour that holds
         ``since`` counts whole), from the counters."""
         rows = self._read(
-            "SELECT watcher, SUM(count) FROM alert_hours WHERE hour >= ? GROUP BY watcher",
+            "SELECT watcher, CAST(SUM(count) AS BIGINT) FROM alert_hours WHERE hour >= ? "
+            "GROUP BY watcher",
             (int(since // tallies.HOUR),),
         )
         return {r[0]: r[1] for r in rows}
@@ -45,8 +47,9 @@ class History(StoreCore):
         # Ids are given in order and never reused, so the newest `keep` alerts ever made have ids
         # above this one: found without walking `keep` rows of the index.
         beyond = max(0, int(self._read("SELECT MAX(id) FROM alerts")[0][0] or 0) - keep)
-        old = self._read(  # through the time index: left alone, SQLite walks every id down
-            "SELECT MAX(id) FROM alerts INDEXED BY alerts_created WHERE created_at < ?", (before,)
+        old = self._read(  # through the time index
+            f"SELECT MAX(id) FROM alerts {self._db.dialect.by_created} WHERE created_at < ?",
+            (before,),
         )[0][0]
         last = max(beyond, int(old or 0))  # no alert after this id is due to go
         deleted = cursor = 0
@@ -60,11 +63,12 @@ class History(StoreCore):
                         "deliveries d WHERE d.alert_id = a.id AND d.status != 'sent') "
                         "ORDER BY a.id LIMIT ?",
                         (cursor, last, beyond, before, step),
-                    )
+                    ).fetchall()
                 ]
-                marks = ",".join("?" * len(ids))
-                conn.execute(f"DELETE FROM deliveries WHERE alert_id IN ({marks})", ids)
-                conn.execute(f"DELETE FROM alerts WHERE id IN ({marks})", ids)
+                if ids:
+                    marks = ",".join("?" * len(ids))
+                    conn.execute(f"DELETE FROM deliveries WHERE alert_id IN ({marks})", ids)
+                    conn.execute(f"DELETE FROM alerts WHERE id IN ({marks})", ids)
             deleted += len(ids)
             if len(ids) < step:
                 break
@@ -94,9 +98,16 @@ class History(StoreCore):
     ) -> list[Alert]:
         """Alert history, filtered."""
         order = "DESC" if newest_first else "ASC"
+        clauses = ["id > ?", "severity >= ?"]
+        params: list[Any] = [since_id, int(min_severity)]
+        if since_time is not None:
+            clauses.append("created_at >= ?")
+            params.append(since_time)
+        if watcher is not None:
+            clauses.append("watcher = ?")
+            params.append(watcher)
         rows = self._read(
-            "SELECT * FROM alerts WHERE id > ? AND (? IS NULL OR created_at >= ?) "
-            f"AND severity >= ? AND (? IS NULL OR watcher = ?) ORDER BY id {order} LIMIT ?",
-            (since_id, since_time, since_time, int(min_severity), watcher, watcher, limit),
+            f"SELECT * FROM alerts WHERE {' AND '.join(clauses)} ORDER BY id {order} LIMIT ?",
+            [*params, limit],
         )
         return [alert_from_row(r) for r in rows]

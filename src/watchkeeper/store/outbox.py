@@ -9,11 +9,19 @@ from typing import Any
 
 from watchkeeper import tallies
 from watchkeeper.errors import StoreError
+from watchkeeper.store.backend import Row
+from watchkeeper.store.core import StoreCore
 from watchkeeper.store.records import Delivery, deliveries
-from watchkeeper.store.sqlite import StoreCore
 
 _SENT = "status = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL"
 """What :meth:`Store.mark_sent` sets."""
+_DELIVERY = (
+    "d.id AS delivery_id, d.notifier, d.attempts, a.* FROM deliveries d "
+    "JOIN alerts a ON a.id = d.alert_id"
+)
+"""A delivery read with its alert: what :func:`~watchkeeper.store.records.deliveries` takes."""
+CLAIM_TIMEOUT = 300.0
+"""Seconds a claimed delivery stays its agent's before another may take it (PostgreSQL)."""
 MARK_CHUNK = 5000
 """Deliveries marked per transaction: a digest of 100,000 alerts never holds the writer long."""
 
@@ -21,23 +29,65 @@ MARK_CHUNK = 5000
 class Outbox(StoreCore):
     """One delivery row per (alert, notifier), drained by the dispatchers."""
 
-    def due(self, notifier: str, now: float, limit: int = 100) -> list[Delivery]:
+    def due(
+        self,
+        notifier: str,
+        now: float,
+        limit: int = 100,
+        agent: str | None = None,
+        claim_for: float = CLAIM_TIMEOUT,
+    ) -> list[Delivery]:
         """Pending deliveries to one notifier whose next try has come, in due order.
 
         They are read from the pending index in its order (next try, then id), so the cost is
         that of ``limit`` rows however long the backlog is. Deliveries sent but not yet marked
         (the store could not take the mark) are not due: they are marked first if the store
         takes it now, and never handed out again.
+
+        Where agents share the outbox (PostgreSQL), the rows are claimed for ``agent`` for
+        ``claim_for`` seconds of the database's clock, in the transaction that picks them with
+        ``FOR UPDATE SKIP LOCKED``: two agents never get the same row; a mark ends the claim,
+        and a claim never marked (its agent died) makes the row due again when it runs out.
         """
         with self._lock:
             unmarked = self._try_unmarked()
-            rows = self._read(
-                "SELECT d.id AS delivery_id, d.notifier, d.attempts, a.* FROM deliveries d "
-                "JOIN alerts a ON a.id = d.alert_id WHERE d.notifier = ? AND d.status = 'pending' "
-                "AND d.next_try <= ? ORDER BY d.next_try, d.id LIMIT ?",
-                (notifier, now, limit + len(unmarked)),
-            )
+            wanted = limit + len(unmarked)
+            if self._db.claims_deliveries:
+                rows = self._claim_due(notifier, now, wanted, agent or "?", claim_for)
+            else:
+                rows = self._read(
+                    f"SELECT {_DELIVERY} WHERE d.notifier = ? AND d.status = 'pending' "
+                    "AND d.next_try <= ? ORDER BY d.next_try, d.id LIMIT ?",
+                    (notifier, now, wanted),
+                )
         return [d for d in deliveries(rows) if d.id not in unmarked][:limit]
+
+    def _claim_due(
+        self, notifier: str, now: float, limit: int, agent: str, claim_for: float
+    ) -> list[Row]:
+        """Claim up to ``limit`` due, unclaimed (or claim-expired) rows; them with their alerts."""
+        clock = self._db.dialect.now
+        with self.transaction() as conn:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "WITH picked AS (SELECT id FROM deliveries WHERE notifier = ? "
+                    "AND status = 'pending' AND next_try <= ? "
+                    f"AND (claim_until IS NULL OR claim_until < {clock}) "
+                    "ORDER BY next_try, id LIMIT ? FOR UPDATE SKIP LOCKED) "
+                    f"UPDATE deliveries SET claimed_by = ?, claim_until = {clock} + ? "
+                    "FROM picked WHERE deliveries.id = picked.id RETURNING deliveries.id",
+                    (notifier, now, limit, agent, claim_for),
+                ).fetchall()
+            ]
+            if not ids:
+                return []
+            rows: list[Row] = conn.execute(
+                f"SELECT {_DELIVERY} WHERE d.id IN ({','.join('?' * len(ids))}) "
+                "ORDER BY d.next_try, d.id",
+                ids,
+            ).fetchall()
+            return rows
 
     def _try_unmarked(self) -> set[int]:
         """Write the sent marks kept in memory if the store takes them now; the ids still kept
@@ -71,8 +121,9 @@ class Outbox(StoreCore):
             top = self._read("SELECT MAX(id) FROM deliveries")[0][0] or 0
             rows = self._read(
                 "SELECT d.id AS delivery_id, d.notifier, d.attempts, a.* FROM deliveries d "
-                "NOT INDEXED JOIN alerts a ON a.id = d.alert_id WHERE d.id > ? AND d.id <= ? "
-                "AND d.notifier = ? AND d.status = 'pending' ORDER BY d.id LIMIT ?",
+                f"{self._db.dialect.no_index} JOIN alerts a ON a.id = d.alert_id "
+                "WHERE d.id > ? AND d.id <= ? AND d.notifier = ? AND d.status = 'pending' "
+                "ORDER BY d.id LIMIT ?",
                 (cursor, top, notifier, limit),
             )
         found = deliveries(rows)
@@ -158,13 +209,17 @@ class Outbox(StoreCore):
         """One UPDATE for many pending deliveries, counted (``to``: their new status): a
         transaction per :data:`MARK_CHUNK`, so marking a digest of 100,000 alerts never holds
         the writer long. A delivery no longer pending is left alone: a mark is idempotent."""
-        sql = f"UPDATE deliveries SET {assignments} WHERE id = ? AND status = 'pending'"
+        sql = (
+            f"UPDATE deliveries SET {assignments}, claimed_by = NULL, claim_until = NULL "
+            "WHERE id = ? AND status = 'pending'"
+        )
         for start in range(0, len(ids), MARK_CHUNK):
             chunk = ids[start : start + MARK_CHUNK]
             with self.transaction() as conn:
                 counts = conn.execute(
                     f"SELECT notifier, COUNT(*) FROM deliveries WHERE id IN "
-                    f"({','.join('?' * len(chunk))}) AND status = 'pending' GROUP BY notifier",
+                    f"({','.join('?' * len(chunk))}) AND status = 'pending' GROUP BY notifier "
+                    "ORDER BY notifier",
                     chunk,
                 ).fetchall()
                 conn.executemany(sql, [(*values, i) for i in chunk])
@@ -175,19 +230,29 @@ class Outbox(StoreCore):
 
     def retry_failed(self, notifier: str | None = None) -> int:
         """Put failed deliveries back in the queue (after fixing a notifier's config)."""
-        where = "status = 'failed' AND (? IS NULL OR notifier = ?)"
+        where, which = (
+            ("status = 'failed'", [])
+            if notifier is None
+            else (
+                "status = 'failed' AND notifier = ?",
+                [notifier],
+            )
+        )
         with self.transaction() as conn:
             counts = conn.execute(
-                f"SELECT notifier, COUNT(*) FROM deliveries WHERE {where} GROUP BY notifier",
-                (notifier, notifier),
+                f"SELECT notifier, COUNT(*) FROM deliveries WHERE {where} GROUP BY notifier "
+                "ORDER BY notifier",
+                which,
             ).fetchall()
             cursor = conn.execute(
                 f"UPDATE deliveries SET status = 'pending', next_try = ? WHERE {where}",
-                (time.time(), notifier, notifier),
+                [time.time(), *which],
             )
             for name, count in counts:
                 tallies.moved(conn, name, "failed", "pending", count)
-            return cursor.rowcount
+            notices = self._announce(conn, [name for name, _ in counts])
+        self._heard(notices)
+        return cursor.rowcount
 
     def delivery_counts(self) -> dict[str, dict[str, int]]:
         """{notifier: {status: count}} for status pages, from the counters (no scan).

@@ -7,13 +7,13 @@ the connection code, and so every backend builds the same objects from its rows.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.errors import StoreError
+from watchkeeper.store.backend import Row
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,32 @@ class WatcherRecord:
     paused: bool
     muted_until: float | None
     failures_total: int = 0
+    owner: str | None = None
+    """The agent the watcher is pinned to; None: shared (run by whichever agent holds its
+    lease)."""
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """An agent as the store knows it: when it started, when it was last heard from (both on
+    the database's clock), and what it reported of itself (host, pid, version, watchers, ...).
+    Whether it is alive is the caller's to judge: ``last_seen`` against :meth:`Store.db_now`."""
+
+    name: str
+    started_at: float
+    last_seen: float
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """Who runs a shared watcher: the agent (None once released), its fencing token, and until
+    when (the database's clock)."""
+
+    watcher: str
+    agent: str | None
+    token: int
+    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -52,13 +78,13 @@ class Route:
     min_severity: Severity = Severity.DEBUG
 
 
-def deliveries(rows: Iterable[sqlite3.Row]) -> list[Delivery]:
+def deliveries(rows: Iterable[Row]) -> list[Delivery]:
     return [
         Delivery(r["delivery_id"], r["notifier"], r["attempts"], alert_from_row(r)) for r in rows
     ]
 
 
-def alert_from_row(row: sqlite3.Row) -> Alert:
+def alert_from_row(row: Row) -> Alert:
     """An Alert from a row of the alerts table (also for reports using :meth:`Store.query`).
 
     A row that does not read as one (edited by hand, a disk error) is a StoreError naming it.
@@ -69,12 +95,12 @@ def alert_from_row(row: sqlite3.Row) -> Alert:
         raise StoreError(f"alert {_row_id(row)} in the state file cannot be read: {exc}") from exc
 
 
-def _row_id(row: sqlite3.Row) -> str:
+def _row_id(row: Row) -> str:
     keys = row.keys()
     return f"#{row['id']}" if "id" in keys else repr(row["name"]) if "name" in keys else "?"
 
 
-def _alert(row: sqlite3.Row) -> Alert:
+def _alert(row: Row) -> Alert:
     return Alert(
         id=row["id"],
         uid=row["uid"],
@@ -91,14 +117,14 @@ def _alert(row: sqlite3.Row) -> Alert:
     )
 
 
-def watcher_record(row: sqlite3.Row) -> WatcherRecord:
+def watcher_record(row: Row) -> WatcherRecord:
     try:
         return _record(row)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise StoreError(f"watcher {_row_id(row)} in the state file cannot be read: {exc}") from exc
 
 
-def _record(row: sqlite3.Row) -> WatcherRecord:
+def _record(row: Row) -> WatcherRecord:
     return WatcherRecord(
         name=row["name"],
         kind=row["kind"],
@@ -112,4 +138,5 @@ def _record(row: sqlite3.Row) -> WatcherRecord:
         paused=bool(row["paused"]),
         muted_until=row["muted_until"],
         failures_total=row["failures_total"],
+        owner=row["owner"],
     )

@@ -1,11 +1,11 @@
-"""The SQLite side of the store: the connection, transactions, the writer's claim, migrations.
+"""The SQLite backend: one file, its connection, transactions, the writer's claim, migrations.
 
 Why SQLite in WAL mode: one file, no server, readers never block the writer, and a transaction is
 the unit of the project's promise. ``synchronous=NORMAL`` keeps a committed transaction through a
 process crash (SIGKILL); only an OS crash or power loss may lose the last few.
 
 A store holds one connection, used by one thread at a time under a lock (see ``__init__`` for
-why not one per thread); :meth:`StoreCore.close` closes it and releases the writer's claim.
+why not one per thread); :meth:`SqliteBackend.close` closes it and releases the writer's claim.
 """
 
 from __future__ import annotations
@@ -14,34 +14,41 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self, TextIO
+from typing import Any, TextIO
 
 from watchkeeper.errors import StoreError
+from watchkeeper.store.backend import Backend, Dialect, Row, Tx, WriteFault
 from watchkeeper.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 CLAIM_PATIENCE = 2.0
 """Seconds a start waits for a lock held only by a brief probe (see :meth:`Store.holder`)."""
 WAL_LIMIT = 64 * 2**20
 """Bytes the write-ahead log is cut back to after a checkpoint."""
+DIALECT = Dialect(
+    now="((julianday('now') - 2440587.5) * 86400.0)",
+    by_created="INDEXED BY alerts_created",  # left alone, SQLite walks every id down
+    no_index="NOT INDEXED",  # else it reads the pending index and sorts
+)
 
 
-class StoreCore:
-    """The state file, safe to use from many threads and processes.
+class SqliteBackend(Backend):
+    """A state file: safe to use from many threads and processes; one writer (:meth:`claim`)."""
 
-    Only one running keeper may write to a state file (:meth:`claim`); readers (``status``,
-    ``alerts``, the dashboard) may open it at any time, also ``readonly``.
-    """
-
+    name = "sqlite"
+    fleet_capable = False
+    claims_deliveries = False
+    dialect = DIALECT
     busy_timeout = 30.0
     """Seconds a statement waits for another writer's lock before SQLITE_BUSY."""
 
-    def __init__(self, path: str | Path, readonly: bool = False) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path, readonly: bool) -> None:
+        super().__init__()
+        self.path = path
+        self.where = f"state file {path}"
         self.readonly = readonly
         if not readonly:
             try:
@@ -50,28 +57,16 @@ class StoreCore:
                 raise StoreError(
                     f"cannot create the folder for state file {self.path}: {exc}"
                 ) from exc
-        self._connection: sqlite3.Connection | None = None
-        # One connection per Store, used by one thread at a time: a thousand watcher threads
+        # One connection per store, used by one thread at a time: a thousand watcher threads
         # with a connection each would hold 3,000 file descriptors (db, -wal, -shm; past the
         # common limit of 1,024) and ~120 MB of SQLite caches. Writes serialize in SQLite
         # anyway, and every transaction here is a few statements.
-        self._lock = threading.RLock()
+        self._connection: sqlite3.Connection | None = None
         self._closed = False
         self._claim: TextIO | None = None
-        self.fault: str | None = None
-        """The last write error while writes keep failing (None when the last one worked)."""
-        self.fault_since: float | None = None
-        self._unmarked: dict[int, float] = {}
-        """Deliveries sent whose ``sent`` mark could not be written yet: id -> when sent."""
-        if readonly:
-            self._check_version()
-        else:
-            self._migrate()
-
-    # -- connections ------------------------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
-        """The connection; call with ``self._lock`` held."""
+        """The connection; call with ``self.lock`` held."""
         conn = self._connection
         if conn is None:
             if self._closed:
@@ -108,14 +103,14 @@ class StoreCore:
         return conn
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Tx]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception.
 
         Every sqlite3 error on the way (BEGIN, a statement, COMMIT, the ROLLBACK after them)
-        comes out as a StoreError. A failed COMMIT (disk full, I/O error) may already have
+        comes out as a WriteFault. A failed COMMIT (disk full, I/O error) may already have
         rolled the transaction back, so the ROLLBACK only runs while one is still open.
         """
-        with self._lock:
+        with self.lock:
             conn = self._conn()
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -134,43 +129,36 @@ class StoreCore:
             except sqlite3.Error as exc:
                 _rollback(conn)
                 raise self._fault("cannot commit to", exc) from exc
-            self._healthy()
 
-    def _fault(self, doing: str, exc: sqlite3.Error) -> StoreError:
-        """A StoreError for ``exc``, remembered (in memory) as the store's current fault."""
-        message = f"{doing} state file {self.path}: {exc}"
-        with self._lock:
-            if self.fault is None:
-                self.fault_since = time.time()
-            self.fault = message
-        return StoreError(message)
+    def _fault(self, doing: str, exc: sqlite3.Error) -> WriteFault:
+        # A busy file (another writer past busy_timeout) may pass; a full disk or a broken
+        # file is retried too, but says so only by its message.
+        busy = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+        return WriteFault(f"{doing} state file {self.path}: {exc}", transient=busy)
 
-    def _healthy(self) -> None:
-        """A write went through: the fault (if any) is over."""
-        self.fault = None
-        self.fault_since = None
-
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         try:
-            with self._lock:
-                return self._conn().execute(sql, params).fetchall()
+            with self.lock:
+                rows: list[Row] = self._conn().execute(sql, params).fetchall()
+                return rows
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read state file {self.path}: {exc}") from exc
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """A read-only query, for reports that own their SQL (the dashboard, /metrics)."""
-        return self._read(sql, params)
+    def insert_alerts(self, tx: Tx, sql: str, rows: list[tuple[Any, ...]]) -> list[int]:
+        """One executemany; the writer holds the file, so the ids are consecutive and end at
+        ``last_insert_rowid()``; the first one's uid (column 0) is checked to be sure."""
+        tx.executemany(sql, rows)
+        first = int(tx.execute("SELECT last_insert_rowid()").fetchone()[0]) - len(rows) + 1
+        row = tx.execute("SELECT uid FROM alerts WHERE id = ?", (first,)).fetchone()
+        if row is None or row[0] != rows[0][0]:  # cannot happen with one writer: never guess
+            raise sqlite3.IntegrityError("the new alerts' ids are not consecutive")
+        return list(range(first, first + len(rows)))
 
-    def reader(self) -> Self:
-        """A read-only store on the same state with a connection of its own, for readers that
-        must never wait for (or hold up) the writer: the dashboard, the API, /metrics."""
-        return type(self)(self.path, readonly=True)
+    def notify(self, tx: Tx, payloads: Iterable[str]) -> None:
+        """Nothing to do: one agent per file, and it hears its own commits directly."""
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def listen(self, heard: Callable[[list[str]], None]) -> None:
+        """Nothing to do: no other agent writes this file."""
 
     def claim(self) -> None:
         """Become the one writer of this state file, or raise StoreError naming the holder.
@@ -235,7 +223,7 @@ class StoreCore:
 
     def close(self) -> None:
         """Close the connection (after any transaction in progress) and release the claim."""
-        with self._lock:
+        with self.lock:
             if self._claim is not None:
                 self._claim.close()
                 self._claim = None
@@ -244,10 +232,16 @@ class StoreCore:
                 self._connection.close()
                 self._connection = None
 
+    def prepare(self, readonly: bool) -> None:
+        if readonly:
+            self._check_version()
+        else:
+            self._migrate()
+
     def _check_version(self) -> None:
         if not self.path.exists():
             raise StoreError(f"no state file at {self.path}")
-        version = self._read("PRAGMA user_version")[0][0]
+        version = self.read("PRAGMA user_version")[0][0]
         if version != SCHEMA_VERSION:
             raise StoreError(
                 f"state file {self.path} has schema version {version}, this watchkeeper reads "
@@ -273,18 +267,18 @@ class StoreCore:
     def _convert_to_incremental_vacuum(self) -> None:
         """A file made before schema 3 is rewritten once so pruned history can shrink it: a full
         VACUUM, as long as copying the file takes (about a second per 100 MB), at this start."""
-        with self._lock:
+        with self.lock:
             conn = self._conn()
             if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
                 conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 conn.execute("VACUUM")
 
-    def _vacuum(self) -> None:
+    def vacuum(self) -> None:
         """Return free pages to the file system, a few at a time (a no-op on files made before
         schema 3 that were never converted, whose pages stay free for reuse instead)."""
         try:
             while True:
-                with self._lock:  # let commits in between the steps
+                with self.lock:  # let commits in between the steps
                     conn = self._conn()
                     if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
                         return
@@ -294,7 +288,7 @@ class StoreCore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot shrink state file {self.path}: {exc}") from exc
 
-    def file_size(self) -> int:
+    def size(self) -> int:
         """Bytes the state takes on disk: the file and its write-ahead log."""
         return sum(
             p.stat().st_size

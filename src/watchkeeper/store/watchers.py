@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from watchkeeper import tallies
 from watchkeeper.alerts import Alert
-from watchkeeper.errors import StoreError
+from watchkeeper.errors import LeaseLost, StoreError
+from watchkeeper.store.backend import Tx
+from watchkeeper.store.core import StoreCore
 from watchkeeper.store.records import Route, WatcherRecord, watcher_record
-from watchkeeper.store.sqlite import StoreCore
 
 
 class WatcherStore(StoreCore):
@@ -38,14 +38,20 @@ class WatcherStore(StoreCore):
         """Make sure the watcher has a row (so status shows it before its first check)."""
         return self.register_watchers([(name, kind)])[name]
 
-    def register_watchers(self, watchers: Sequence[tuple[str, str]]) -> dict[str, WatcherRecord]:
+    def register_watchers(
+        self, watchers: Sequence[tuple[str, str]], agent: str | None = None
+    ) -> dict[str, WatcherRecord]:
         """Rows for many (name, kind) watchers in one transaction, and their records by name:
-        a keeper of 10,000 page watchers starts with one commit, not 10,000."""
+        a keeper of 10,000 page watchers starts with one commit, not 10,000.
+
+        ``agent``: the agent these watchers are pinned to (their ``owner``); None registers
+        them as shared (any live agent may run one, under a lease).
+        """
         with self.transaction() as conn:
             conn.executemany(
-                "INSERT INTO watchers (name, kind) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET kind = excluded.kind",
-                watchers,
+                "INSERT INTO watchers (name, kind, owner) VALUES (?, ?, ?) ON CONFLICT (name) "
+                "DO UPDATE SET kind = excluded.kind, owner = excluded.owner",
+                [(name, kind, agent) for name, kind in watchers],
             )
         wanted = {name for name, _ in watchers}
         if len(wanted) == 1:
@@ -75,51 +81,77 @@ class WatcherStore(StoreCore):
         now: float,
         next_check: float | None,
         error: str | None = None,
+        fence: tuple[str, int] | None = None,
     ) -> list[Alert]:
         """Commit one check: checkpoint, rule state, alerts and their deliveries, atomically.
 
         Returns the alerts with their store ids set. ``error`` is the check's failure (None when
-        it passed); ``failures`` counts consecutive ones.
+        it passed); ``failures`` counts consecutive ones. ``fence`` (agent, token): the check ran
+        under that lease of this watcher; unless it is still held so (row-locked until this
+        commits, unexpired on the database's clock) LeaseLost is raised and nothing commits.
         """
         committed = list(alerts)
+        failed = int(error is not None)
         with self.transaction() as conn:
+            if fence is not None:
+                self._check_fence(conn, name, fence)
             conn.execute(
                 "UPDATE watchers SET checkpoint = ?, rule_state = ?, last_check = ?, "
                 "next_check = ?, checks = checks + 1, last_error = ?, "
-                "failures = CASE WHEN ? IS NULL THEN 0 ELSE failures + 1 END, "
-                "failures_total = failures_total + (? IS NOT NULL) WHERE name = ?",
+                "failures = (failures + 1) * ?, failures_total = failures_total + ? "
+                "WHERE name = ?",
                 (
                     json.dumps(checkpoint),
                     json.dumps(rule_state),
                     now,
                     next_check,
                     error,
-                    error,
-                    error,
+                    failed,
+                    failed,
                     name,
                 ),
             )
-            if committed:
-                self._insert_alerts(conn, committed, routes, now)
+            notices = self._insert_alerts(conn, committed, routes, now) if committed else []
+        self._heard(notices)
         return committed
+
+    def _check_fence(self, conn: Tx, name: str, fence: tuple[str, int]) -> None:
+        """Raise LeaseLost unless ``fence`` still holds this watcher's lease (row locked)."""
+        dialect = self._db.dialect
+        row = conn.execute(
+            f"SELECT agent, token, expires_at, {dialect.now} FROM leases WHERE watcher = ?"
+            f"{dialect.for_update}",
+            (name,),
+        ).fetchone()
+        agent, token = fence
+        if row is None or row[0] != agent or row[1] != token:
+            holder = f"{row[0]} (token {row[1]})" if row is not None and row[0] else "nobody"
+            raise LeaseLost(
+                f"watcher {name!r}: the check ran under {agent}'s lease (token {token}), now "
+                f"held by {holder}; its commit is refused"
+            )
+        if row[2] <= row[3]:
+            raise LeaseLost(
+                f"watcher {name!r}: {agent}'s lease (token {token}) expired "
+                f"{row[3] - row[2]:.1f} s before the commit; its commit is refused"
+            )
 
     def add_alerts(self, alerts: Iterable[Alert], routes: Sequence[Route], now: float) -> None:
         """Alerts no watcher made (the keeper's own health) and their deliveries, atomically."""
         added = list(alerts)
         if added:
             with self.transaction() as conn:
-                self._insert_alerts(conn, added, routes, now)
+                notices = self._insert_alerts(conn, added, routes, now)
+            self._heard(notices)
 
-    @staticmethod
     def _insert_alerts(
-        conn: sqlite3.Connection, alerts: list[Alert], routes: Sequence[Route], now: float
-    ) -> None:
-        """Insert alerts and their deliveries with two statements however many there are.
-
-        The writer holds the transaction, so the new alerts' ids are consecutive and end at
-        ``last_insert_rowid()``; the first one's uid is checked to be sure.
-        """
-        conn.executemany(
+        self, conn: Tx, alerts: list[Alert], routes: Sequence[Route], now: float
+    ) -> list[str]:
+        """Insert alerts and their deliveries, a statement each however many there are (the
+        backend gives the ids, see :meth:`Backend.insert_alerts`), count them, and announce them
+        to other agents; the notices, for this process's listeners once committed."""
+        ids = self._db.insert_alerts(
+            conn,
             "INSERT INTO alerts (uid, watcher, kind, severity, status, key, title, body, data, "
             "created_at, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -139,12 +171,8 @@ class WatcherStore(StoreCore):
                 for alert in alerts
             ],
         )
-        first = conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(alerts) + 1
-        row = conn.execute("SELECT uid FROM alerts WHERE id = ?", (first,)).fetchone()
-        if row is None or row[0] != alerts[0].uid:  # cannot happen with one writer: never guess
-            raise sqlite3.IntegrityError("the new alerts' ids are not consecutive")
-        for offset, alert in enumerate(alerts):
-            alert.id = first + offset
+        for alert, alert_id in zip(alerts, ids, strict=True):
+            alert.id = alert_id
         deliveries = [
             (alert.id, r.notifier, now)
             for alert in alerts
@@ -155,3 +183,4 @@ class WatcherStore(StoreCore):
             "INSERT INTO deliveries (alert_id, notifier, next_try) VALUES (?, ?, ?)", deliveries
         )
         tallies.committed(conn, alerts, [d[1] for d in deliveries])
+        return self._announce(conn, ["alerts", *(d[1] for d in deliveries)])

@@ -1,0 +1,182 @@
+"""Agents and leases: who is alive, and which agent runs each shared watcher.
+
+Every time here is the database's clock (:meth:`StoreCore.db_now`), never an agent's: agents
+whose clocks disagree still agree on whose heartbeat is fresh and whose lease has run out.
+
+A lease row per shared watcher holds its agent, a fencing token and an expiry. The token grows
+each time the lease changes hands (never on a renewal by its holder), so a check that ran under
+an older token cannot commit (:meth:`WatcherStore.commit_check` with ``fence``). On SQLite (one
+agent per file) the same calls work and always grant: the keeper has one code path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from typing import Any
+
+from watchkeeper.errors import StoreError
+from watchkeeper.store.backend import Tx
+from watchkeeper.store.core import StoreCore
+from watchkeeper.store.records import AgentRecord, LeaseRecord
+
+LEASE = 30.0
+"""Seconds without a heartbeat after which an agent's name is free again (``[keeper] lease``)."""
+
+
+def default_agent() -> str:
+    """An agent's name when its config gives none: the host's name."""
+    return socket.gethostname() or "localhost"
+
+
+class Fleet(StoreCore):
+    """The agents table and the leases table; see the module docstring."""
+
+    agent: str | None = None
+    """The agent this store was claimed for (:meth:`claim`), if any."""
+
+    def claim(self, agent: str | None = None, lease: float = LEASE) -> None:
+        """Start as ``agent`` (default: the host's name), or raise StoreError saying who is in
+        the way.
+
+        SQLite: become the one writer of the file (an advisory ``flock`` on ``<state>.lock``,
+        dropped by the kernel when the process dies, even by SIGKILL). PostgreSQL: another live
+        agent of the same name (heartbeat fresher than ``lease``) is refused, unless it is a
+        process of this host that no longer exists (a restart after a crash).
+        """
+        name = agent or default_agent()
+        self._db.claim()
+        instance = uuid.uuid4().hex
+        info = {"host": socket.gethostname(), "pid": os.getpid()}
+        now = self._db.dialect.now
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO agents (name, instance, started_at, last_seen, info) "
+                f"VALUES (?, ?, {now}, {now}, ?) ON CONFLICT (name) DO NOTHING",
+                (name, instance, json.dumps(info)),
+            )
+            row = conn.execute(
+                f"SELECT instance, last_seen, info, {now} FROM agents WHERE name = ?"
+                f"{self._db.dialect.for_update}",
+                (name,),
+            ).fetchone()
+            if row[0] != instance and self.fleet_capable:
+                self._refuse_live(name, row[1], _json(row[2]), row[3], lease)
+            conn.execute(
+                f"UPDATE agents SET instance = ?, started_at = {now}, last_seen = {now}, "
+                "info = ? WHERE name = ?",
+                (instance, json.dumps(info), name),
+            )
+        self.agent = name
+
+    def _refuse_live(
+        self, name: str, last_seen: float, info: dict[str, Any], now: float, lease: float
+    ) -> None:
+        """Raise StoreError if the agent row's holder may still be running."""
+        if last_seen <= now - lease:
+            return
+        if info.get("host") == socket.gethostname() and not _pid_alive(info.get("pid")):
+            return
+        raise StoreError(
+            f"agent {name!r} is already running on {self.where} (host {info.get('host', '?')}, "
+            f"pid {info.get('pid', '?')}, last heard {now - last_seen:.1f} s ago); give each "
+            f"agent its own name ([keeper] agent), or wait {lease:.0f} s after it stopped"
+        )
+
+    def heartbeat(self, agent: str, info: dict[str, Any]) -> None:
+        """Record that ``agent`` is alive now (the database's clock), with what it runs (this
+        process's host and pid are added unless ``info`` has them)."""
+        info = {"host": socket.gethostname(), "pid": os.getpid(), **info}
+        now = self._db.dialect.now
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO agents (name, instance, started_at, last_seen, info) "
+                f"VALUES (?, ?, {now}, {now}, ?) ON CONFLICT (name) DO UPDATE SET "
+                "last_seen = excluded.last_seen, info = excluded.info",
+                (agent, "", json.dumps(info, default=str)),
+            )
+
+    def agents(self) -> list[AgentRecord]:
+        """Every agent that ever ran against this state, by name."""
+        rows = self._read("SELECT name, started_at, last_seen, info FROM agents ORDER BY name")
+        return [AgentRecord(r[0], r[1], r[2], _json(r[3])) for r in rows]
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def take_lease(self, watcher: str, agent: str, ttl: float) -> int | None:
+        """Take ``watcher``'s lease for ``ttl`` seconds if it is free, expired or already
+        ``agent``'s; its fencing token, or None while another agent holds it."""
+        with self.transaction() as conn:
+            holder, token, expires, now = self._lease_row(conn, watcher)
+            if holder != agent:
+                if holder is not None and expires > now:
+                    return None
+                token += 1
+            conn.execute(
+                "UPDATE leases SET agent = ?, token = ?, expires_at = ? WHERE watcher = ?",
+                (agent, token, now + ttl, watcher),
+            )
+            return token
+
+    def renew_lease(self, watcher: str, agent: str, token: int, ttl: float) -> bool:
+        """Extend a lease ``agent`` holds with ``token`` by ``ttl`` seconds from now; False if it
+        went to another agent (an expired lease nobody took is still ours to renew)."""
+        with self.transaction() as conn:
+            holder, held, _, now = self._lease_row(conn, watcher)
+            if holder != agent or held != token:
+                return False
+            conn.execute("UPDATE leases SET expires_at = ? WHERE watcher = ?", (now + ttl, watcher))
+            return True
+
+    def release_lease(self, watcher: str, agent: str, token: int) -> None:
+        """Give a lease up (a clean stop): another agent may take it at once."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE leases SET agent = NULL, expires_at = 0 "
+                "WHERE watcher = ? AND agent = ? AND token = ?",
+                (watcher, agent, token),
+            )
+
+    def leases(self) -> list[LeaseRecord]:
+        """Every shared watcher's lease, by watcher."""
+        rows = self._read("SELECT watcher, agent, token, expires_at FROM leases ORDER BY watcher")
+        return [LeaseRecord(r[0], r[1], int(r[2]), float(r[3])) for r in rows]
+
+    def _lease_row(self, conn: Tx, watcher: str) -> tuple[str | None, int, float, float]:
+        """(agent, token, expires_at, now) of a watcher's lease, row-locked (made if missing)."""
+        dialect = self._db.dialect
+        conn.execute(
+            "INSERT INTO leases (watcher, agent, token, expires_at) VALUES (?, NULL, 0, 0) "
+            "ON CONFLICT (watcher) DO NOTHING",
+            (watcher,),
+        )
+        row = conn.execute(
+            f"SELECT agent, token, expires_at, {dialect.now} FROM leases WHERE watcher = ?"
+            f"{dialect.for_update}",
+            (watcher,),
+        ).fetchone()
+        return row[0], int(row[1]), float(row[2]), float(row[3])
+
+
+def _json(text: str) -> dict[str, Any]:
+    """An agent's info, or {} where it does not read as a JSON object (edited by hand)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _pid_alive(pid: object) -> bool:
+    """Whether a process of this host with that pid exists (unknown pids count as alive)."""
+    if not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
