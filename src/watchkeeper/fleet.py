@@ -214,7 +214,12 @@ class Fleet(GuardedThread):
         free = [
             name
             for name in shared
-            if name not in self.held and (name not in leases or leases[name].expires_at <= now)
+            if name not in self.held
+            and (
+                name not in leases
+                or leases[name].expires_at <= now
+                or leases[name].agent == self.agent  # ours from before a restart or a reload
+            )
         ]
         random.shuffle(free)
         for name in free[:wanted]:
