@@ -125,6 +125,7 @@ class Fleet(GuardedThread):
         self.error: str | None = None
         """Why the last round failed (the database out of reach), None when it went through."""
         self._stopping = threading.Event()
+        self._rounds = threading.Lock()  # the loop's and a reload's (see Keeper) one at a time
 
     @property
     def interval(self) -> float:
@@ -149,7 +150,14 @@ class Fleet(GuardedThread):
         return fleet
 
     def round(self) -> None:
-        """Heartbeat, renew, spread; when the store cannot be reached, park what may be lost."""
+        """Heartbeat, renew, spread; when the store cannot be reached, park what may be lost.
+
+        Also called by a reload, so the watchers it starts run at once, not a round later.
+        """
+        with self._rounds:
+            self._guarded_round()
+
+    def _guarded_round(self) -> None:
         try:
             self._round()
         except StoreError as exc:

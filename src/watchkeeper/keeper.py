@@ -638,6 +638,9 @@ class Keeper:
             ]
             assert self._supervisor is not None
             self._supervisor.notifiers = list(self.notifiers)
+            fleet = self._fleet_thread
+            if fleet is not None and any(run.shared for run in new_runs.values()):
+                fleet.round()  # their leases now: they start checking at once, as before
             for part in [*dispatchers, *drivers]:
                 part.start()  # then watched: a part not started yet would look crashed
                 self._supervisor.watch_driver(part)
