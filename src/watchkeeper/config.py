@@ -56,11 +56,12 @@ class KeeperSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    state: Path | None = Field(
+    state: str | Path | None = Field(
         default=None,
         description="The SQLite state file. Default: $XDG_STATE_HOME/watchkeeper/state.db. "
         "A relative path is taken under $STATE_DIRECTORY when set (systemd's StateDirectory=), "
-        "else under the config file's folder.",
+        'else under the config file\'s folder. A fleet\'s database: "postgresql://..." '
+        "(see docs/fleet.md).",
     )
     shutdown_timeout: Duration = Field(
         default=5.0, description="How long stopping may take to flush pending alerts."
@@ -344,8 +345,9 @@ def _parse(data: Mapping[str, Any], source: str, base: Path | None) -> tuple[Con
     _check_unique(source, "[[notify]]", [n.name for n in config.notify], errors)
     _check_unique(source, "watcher", [w.name for w in config.watchers], errors)
     if base is not None:
-        if config.keeper.state is not None:
-            config.keeper.state = _state_path(config.keeper.state, base)
+        state = config.keeper.state
+        if state is not None and not (isinstance(state, str) and "://" in state):
+            config.keeper.state = _state_path(Path(state), base)
         for model in [config.keeper, *config.notify, *config.watchers]:
             resolve_paths(model, base)
     return config, errors
