@@ -25,6 +25,7 @@ from tests.conftest import RecordingServer, wait_until
 from tests.pagesite import Site, site
 from tests.postgres import Cluster
 from tests.test_store_faults import LineWriter, delivered, log_keeper
+from watchkeeper import ConfigError, Keeper
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.fleet import agent_docs, runners
 from watchkeeper.store import Route, Store
@@ -289,3 +290,51 @@ def test_while_the_database_is_away_checks_pause_alerts_wait_and_nothing_is_lost
         wait_until(lambda: len(delivered(http_receiver)) >= 30, timeout=30)
         wait_until(lambda: keeper.health()["store"]["state"] == "ok", timeout=20)
     assert sorted(delivered(http_receiver)) == list(range(30))  # none lost, none twice
+
+
+def test_two_agents_defining_one_shared_watcher_differently_is_refused_naming_both(
+    postgres_url: str, tmp_path: Path, site: Site
+) -> None:
+    def config(agent: str, items: str) -> Path:
+        path = tmp_path / f"{agent}.toml"
+        path.write_text(
+            f'[keeper]\nagent = "{agent}"\nstate = "{postgres_url}"\nlease = "2s"\n'
+            f'[[page]]\nname = "shop"\nurl = "{site.url("/shop")}"\nitems = "{items}"\n',
+            encoding="utf-8",
+        )
+        return path
+
+    site.html("/shop", ["<a href='/1'>one</a>"])
+    with Keeper.from_config(config("a1", "li")), pytest.raises(ConfigError) as caught:
+        Keeper.from_config(config("a2", "p")).start()
+    (error,) = caught.value.errors
+    assert str(tmp_path / "a2.toml") in error
+    assert "defined differently on live agent 'a1'" in error
+    assert str(tmp_path / "a1.toml") in error
+
+
+def test_a_grouped_notifier_sends_its_digests_from_one_agent(
+    postgres_url: str, tmp_path: Path, http_receiver: RecordingServer
+) -> None:
+    hook = {"kind": "webhook", "url": http_receiver.url, "group_wait": "0.2s"}
+    keepers = [
+        Keeper(state=postgres_url, notify=[hook], agent=name, lease="2s") for name in ("a1", "a2")
+    ]
+    for keeper in keepers:
+        keeper.start()
+    try:
+        store = keepers[0].store
+        assert store is not None
+        alerts = [
+            Alert(watcher="w", kind="test", severity=Severity.ERROR, title=f"alert {i}", key=f"{i}")
+            for i in range(50)
+        ]
+        store.add_alerts(alerts, [Route("webhook")], alerts[0].created_at)
+        wait_until(lambda: store.delivery_counts()["webhook"].get("sent") == 50, timeout=20)
+    finally:
+        for keeper in keepers:
+            keeper.stop()
+    # One agent held the notifier's lease and grouped every alert into its digests; the other
+    # sent none (two agents grouping the same pending alerts would send each twice).
+    counted = sum(r.json()["data"].get("count", 1) for r in http_receiver.requests)
+    assert counted == 50

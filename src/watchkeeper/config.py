@@ -60,7 +60,7 @@ class KeeperSettings(BaseModel):
         default=None,
         description="The SQLite state file. Default: $XDG_STATE_HOME/watchkeeper/state.db. "
         "A relative path is taken under $STATE_DIRECTORY when set (systemd's StateDirectory=), "
-        'else under the config file\'s folder. A fleet\'s database: "postgresql://..." '
+        "else under the config file's folder. A fleet's database: \"postgresql://...\" "
         "(see docs/fleet.md).",
     )
     shutdown_timeout: Duration = Field(

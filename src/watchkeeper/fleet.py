@@ -69,6 +69,21 @@ def digest(run: WatcherRun) -> str:
     return hashlib.sha256(f"{run.watcher.kind}:{dumped}".encode()).hexdigest()[:12]
 
 
+def shared_offer(
+    names: list[str], digests: Mapping[str, str], sources: Mapping[str, str]
+) -> dict[str, Any]:
+    """What a heartbeat says of the shared watchers an agent may run, for the others' share
+    (:func:`fair_share`) and their conflict check (:func:`conflicts`): ``shared`` {name:
+    [digest, index into files]} and ``files``, each file named once (a fleet's thousands of
+    watchers mostly come from one shared file)."""
+    files: dict[str, int] = {}
+    shared = {
+        name: [digests.get(name, ""), files.setdefault(sources.get(name, ""), len(files))]
+        for name in names
+    }
+    return {"shared": shared, "files": list(files)}
+
+
 def conflicts(
     store: Store, agent: str, runs: Mapping[str, WatcherRun], sources: Mapping[str, str]
 ) -> list[str]:
@@ -84,9 +99,13 @@ def conflicts(
         alive = now - other.last_seen < (lease if isinstance(lease, int | float) else 30.0)
         if other.name == agent or not alive or not isinstance(offered, dict):
             continue
+        files = info.get("files")
         for name, theirs in offered.items():
             if name in mine and isinstance(theirs, list) and theirs and theirs[0] != mine[name]:
-                where = theirs[1] if len(theirs) > 1 else "its config"
+                where = "its config"
+                index = theirs[1] if len(theirs) > 1 else None
+                if isinstance(files, list) and isinstance(index, int) and 0 <= index < len(files):
+                    where = str(files[index])
                 found.append(
                     f"{sources.get(name, 'this config')}: watcher {name!r} is defined "
                     f"differently on live agent {other.name!r} ({where}); one name is one "
@@ -184,10 +203,10 @@ class Fleet(GuardedThread):
                 self._let_go(name, token)
             elif run.fence != (self.agent, token):  # a commit found the lease gone
                 del self.held[name]
-            elif not store.renew_lease(name, self.agent, token, self.lease):
-                log.warning("fleet: lost the lease of %s to another agent", name)
-                _park(run)
-                del self.held[name]
+        for name in store.renew_leases(self.held, self.agent, self.lease):
+            log.warning("fleet: lost the lease of %s to another agent", name)
+            _park(shared[name])
+            del self.held[name]
         self._singles()
         self.renewed_at = started
         now = store.db_now()

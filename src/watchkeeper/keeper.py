@@ -33,7 +33,7 @@ from watchkeeper.build import (
 from watchkeeper.config import Config, default_state_path, load_config, watcher_config
 from watchkeeper.dispatch import Dispatcher
 from watchkeeper.errors import ConfigError, StoreError
-from watchkeeper.fleet import Fleet, conflicts, digest
+from watchkeeper.fleet import Fleet, conflicts, digest, shared_offer
 from watchkeeper.notifiers import Notifier
 from watchkeeper.pool import WatcherPool
 from watchkeeper.quantities import parse_duration
@@ -362,11 +362,11 @@ class Keeper:
             "state": self.state_path.name,
             "watchers": [] if fleet is None else fleet.running(),
             "leases_lost": sum(run.leases_lost for run in list(self._runs.values())),
-            "shared": {  # what it may run, for the share and for the others' conflict check
-                name: [self._digests.get(name, ""), self.sources.get(name, "")]
-                for name, run in list(self._runs.items())
-                if run.shared
-            },
+            **shared_offer(  # what it may run, for the share and the others' conflict check
+                [name for name, run in list(self._runs.items()) if run.shared],
+                self._digests,
+                self.sources,
+            ),
             "lease": self.lease,
             **self.advertised,
         }

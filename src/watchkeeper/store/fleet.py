@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from watchkeeper.errors import StoreError
@@ -129,6 +130,25 @@ class Fleet(StoreCore):
                 return False
             conn.execute("UPDATE leases SET expires_at = ? WHERE watcher = ?", (now + ttl, watcher))
             return True
+
+    def renew_leases(self, held: Mapping[str, int], agent: str, ttl: float) -> set[str]:
+        """:meth:`renew_lease` for many leases ({watcher: token}) in one transaction (an agent
+        holding a thousand renews them in one commit, not a thousand); the watchers whose lease
+        went to another agent."""
+        if not held:
+            return set()
+        now = self._db.dialect.now
+        with self.transaction() as conn:
+            conn.executemany(
+                f"UPDATE leases SET expires_at = {now} + ? "
+                "WHERE watcher = ? AND agent = ? AND token = ?",
+                [(ttl, watcher, agent, token) for watcher, token in held.items()],
+            )
+            rows = conn.execute(
+                "SELECT watcher, token FROM leases WHERE agent = ?", (agent,)
+            ).fetchall()
+        ours = {(row[0], int(row[1])) for row in rows}
+        return {watcher for watcher, token in held.items() if (watcher, token) not in ours}
 
     def release_lease(self, watcher: str, agent: str, token: int) -> None:
         """Give a lease up (a clean stop): another agent may take it at once."""
