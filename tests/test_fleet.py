@@ -27,7 +27,7 @@ from tests.postgres import Cluster
 from tests.test_store_faults import LineWriter, delivered, log_keeper
 from watchkeeper import ConfigError, Keeper
 from watchkeeper.alerts import Alert, Severity
-from watchkeeper.fleet import agent_docs, runners
+from watchkeeper.fleetview import agent_docs, runners
 from watchkeeper.store import Route, Store
 
 __all__ = ["site"]  # the page site's fixture, used by name

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.postgres import Cluster, start_cluster  # noqa: E402
 
-from watchkeeper.fleet import agent_docs, runners  # noqa: E402
+from watchkeeper.fleetview import agent_docs, runners  # noqa: E402
 from watchkeeper.store import Store  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")

@@ -7,11 +7,12 @@ shared watcher of its config, parked; this loop, every ``lease/3``:
 1. sends the agent's heartbeat (what it runs, for the fleet view);
 2. renews the leases it holds; one it lost (it was paused past its lease, the database was out of
    reach) parks the watcher at once: its commit would be refused anyway (fencing);
-3. spreads the shared watchers over the live agents: while it holds fewer than its share,
-   ``ceil(shared / live agents)``, it takes free or expired leases; while it holds more than its
-   share plus :func:`slack`, it gives idle ones back. Three agents on 300 watchers hold about 100
-   each; when one dies, the others take its watchers once its leases expire (on the database's
-   clock, never an agent's).
+3. spreads the shared watchers over the live agents: while it holds fewer than its share
+   (:func:`fair_share`) it takes free or expired leases; while it holds more than its share plus
+   :func:`slack`, it gives idle ones back. Three agents on 300 watchers hold about 100 each; when
+   one dies, the others take its watchers once its leases expire (on the database's clock, never
+   an agent's);
+4. holds the *single* leases it can get: a grouped notifier's, whose digests one agent builds.
 
 A watcher taken over resumes from the store (:meth:`WatcherRun.adopt`). Each of its commits
 passes the lease's fencing token, so an agent that lost the lease meanwhile commits nothing
@@ -34,7 +35,7 @@ from typing import Any
 
 from watchkeeper.errors import StoreError
 from watchkeeper.runtime import GuardedThread, WatcherRun
-from watchkeeper.store import AgentRecord, Store
+from watchkeeper.store import LEASE, AgentRecord, Store
 
 log = logging.getLogger("watchkeeper")
 
@@ -57,9 +58,15 @@ def fair_share(shared: list[str], agents: list[AgentRecord]) -> int:
     return math.ceil(sum(1 / max(1, capable[name]) for name in shared) - 1e-9)
 
 
+def lease_of(agent: AgentRecord, default: float) -> float:
+    """The lease an agent's heartbeat says it runs with (``default`` when it does not say)."""
+    own = agent.info.get("lease") if isinstance(agent.info, dict) else None
+    return float(own) if isinstance(own, int | float) and own > 0 else default
+
+
 def live(agents: list[AgentRecord], now: float, lease: float) -> list[AgentRecord]:
-    """The agents whose last heartbeat is younger than the lease (both on the database clock)."""
-    return [a for a in agents if now - a.last_seen < lease]
+    """The agents whose last heartbeat is younger than their lease (on the database clock)."""
+    return [a for a in agents if now - a.last_seen < lease_of(a, lease)]
 
 
 def digest(run: WatcherRun) -> str:
@@ -92,12 +99,10 @@ def conflicts(
     mine = {name: digest(run) for name, run in runs.items() if run.shared}
     now = store.db_now()
     found = []
-    for other in store.agents():
+    for other in live(store.agents(), now, LEASE):
         info = other.info if isinstance(other.info, dict) else {}
         offered = info.get("shared")
-        lease = info.get("lease")
-        alive = now - other.last_seen < (lease if isinstance(lease, int | float) else 30.0)
-        if other.name == agent or not alive or not isinstance(offered, dict):
+        if other.name == agent or not isinstance(offered, dict):
             continue
         files = info.get("files")
         for name, theirs in offered.items():
@@ -310,55 +315,3 @@ def _park(run: WatcherRun) -> None:
     is refused by the fence, and nothing starts after it."""
     with run.lease_lock:
         run.fence = None
-
-
-# -- the fleet view (dashboard, API, /metrics, status): read from the store only --------------
-
-
-def agent_docs(store: Store, lease: float) -> list[dict[str, Any]]:
-    """Every agent that sent a heartbeat to this store, by name: alive (its last heartbeat is
-    younger than its lease, on the database's clock), how long ago, and what it runs.
-
-    ``lease`` is the reader's own: used for an agent whose heartbeat does not say its lease.
-    """
-    now = store.db_now()
-    docs = []
-    for record in sorted(store.agents(), key=lambda r: r.name):
-        info = record.info if isinstance(record.info, dict) else {}
-        own = info.get("lease")
-        limit = float(own) if isinstance(own, int | float) and own > 0 else lease
-        running = info.get("watchers")
-        docs.append(
-            {
-                "name": record.name,
-                "alive": now - record.last_seen < limit,
-                "last_seen": record.last_seen,
-                "seen_ago": max(0.0, now - record.last_seen),
-                "started_at": record.started_at,
-                "host": info.get("host"),
-                "pid": info.get("pid"),
-                "version": info.get("version"),
-                "dashboard": info.get("dashboard"),
-                "watchers": running if isinstance(running, list) else [],
-                "leases_lost": info.get("leases_lost", 0),
-            }
-        )
-    return docs
-
-
-def runners(store: Store, agents: list[dict[str, Any]]) -> dict[str, str]:
-    """{watcher: the agent running it}: a shared watcher's lease holder (while the lease is
-    valid), else what the live agents' heartbeats say they run."""
-    found: dict[str, str] = {}
-    for doc in agents:
-        if doc["alive"]:
-            for name in doc["watchers"]:
-                if isinstance(name, str):
-                    found[name] = doc["name"]
-    now = store.db_now()
-    for lease in store.leases():
-        if lease.agent is not None and lease.expires_at > now:
-            found[lease.watcher] = lease.agent
-        elif found.get(lease.watcher) == lease.agent or lease.agent is None:
-            found.pop(lease.watcher, None)  # released, or ran out before the heartbeat did
-    return found

@@ -147,7 +147,7 @@ def status(
 ) -> None:
     """Show watchers (health, last and next check), the outbox per notifier, and the running
     keeper's threads and state file when something is wrong with them."""
-    from watchkeeper.fleet import agent_docs, runners
+    from watchkeeper.fleetview import agent_docs, runners
     from watchkeeper.supervisor import read_health, watcher_health
     from watchkeeper.watchers.logrotated import lost_totals
 

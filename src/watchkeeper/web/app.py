@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 
 from watchkeeper.alerts import Severity
 from watchkeeper.bind import Bind
-from watchkeeper.fleet import agent_docs, runners
+from watchkeeper.fleetview import agent_docs, runners
 from watchkeeper.quantities import format_duration, iso_utc, parse_duration, parse_since
 from watchkeeper.store import Store
 from watchkeeper.supervisor import watcher_health
