@@ -254,10 +254,7 @@ class Fleet(GuardedThread):
             )
         ]
         random.shuffle(free)
-        for name in free[:wanted]:
-            token = self.store.take_lease(name, self.agent, self.lease)
-            if token is None:
-                continue
+        for name, token in self.store.take_leases(free[:wanted], self.agent, self.lease).items():
             previous = leases.get(name)  # released (agent None) by one shedding it, too
             from_other = (
                 self.store.fleet_capable and previous is not None and previous.agent != self.agent
