@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from tests.postgres import Cluster, start_cluster  # noqa: E402
 
 from watchkeeper.fleetview import agent_docs, runners  # noqa: E402
-from watchkeeper.store import Store  # noqa: E402
+from watchkeeper.store import Store, StoreError  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -65,6 +65,15 @@ def cpu_seconds(pid: int) -> float:
 def totals(store: Store) -> tuple[int, int]:
     """(checks, alerts) committed so far."""
     return sum(r.checks for r in store.watchers()), store.count_alerts()
+
+
+def migrated(state: str) -> bool:
+    """The agent has made the state file and its tables."""
+    try:
+        Store(state, readonly=True).close()
+    except StoreError:
+        return False
+    return True
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -233,7 +242,7 @@ def main() -> None:
             work.mkdir()
             state = str(work / "wk.db")
             with agents(work, state, 1, urls, args.lease) as procs:
-                wait_for(lambda: Path(state).exists(), 60, "the state file")
+                wait_for(lambda: migrated(state), 60, "the state file")
                 with Store(state, readonly=True) as store:
                     runs.append(
                         measure("1 agent on SQLite", store, procs, args.pages, args.window, 0)
