@@ -245,3 +245,13 @@ def postgres_cluster() -> Iterator[Cluster]:
 def postgres_url(postgres_cluster: Cluster) -> str:
     """The URL of a new, empty database on the session's server."""
     return postgres_cluster.database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """A fresh state on each backend: a SQLite file, then a PostgreSQL database (the same test
+    body runs against both; the postgres run is skipped, saying why, without PostgreSQL)."""
+    if request.param == "sqlite":
+        return tmp_path / "wk.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url

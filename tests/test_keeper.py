@@ -24,11 +24,11 @@ from watchkeeper.store import Store
 
 
 def test_one_observation_reaches_smtp_jsonl_and_webhook_once(
-    tmp_path: Path, smtp_sink: SmtpSink, http_receiver: RecordingServer
+    state: str | Path, tmp_path: Path, smtp_sink: SmtpSink, http_receiver: RecordingServer
 ) -> None:
     jsonl = tmp_path / "alerts.jsonl"
     keeper = Keeper(
-        state=tmp_path / "wk.db",
+        state=state,
         notify=[
             {
                 "kind": "smtp",
@@ -89,8 +89,8 @@ def test_one_observation_reaches_smtp_jsonl_and_webhook_once(
     assert hook.json()["title"] == "queue depth 120"
 
 
-def test_watcher_threads_are_daemons_and_stop_promptly(tmp_path: Path) -> None:
-    keeper = Keeper(state=tmp_path / "wk.db")
+def test_watcher_threads_are_daemons_and_stop_promptly(state: str | Path) -> None:
+    keeper = Keeper(state=state)
     keeper.every(3600, lambda: None, name="slow")
     keeper.start()
     threads = [t for t in threading.enumerate() if t.name.startswith("watchkeeper:")]
@@ -100,24 +100,26 @@ def test_watcher_threads_are_daemons_and_stop_promptly(tmp_path: Path) -> None:
     assert not any(t.is_alive() for t in threads)
 
 
-def test_duplicate_names_are_refused(tmp_path: Path) -> None:
-    keeper = Keeper(state=tmp_path / "wk.db")
+def test_duplicate_names_are_refused(state: str | Path) -> None:
+    keeper = Keeper(state=state)
     keeper.every(1, lambda: None, name="a")
     with pytest.raises(ConfigError, match="'a' is used twice"):
         keeper.every(1, lambda: None, name="a")
 
 
-def test_bad_rule_in_every_names_the_watcher(tmp_path: Path) -> None:
-    keeper = Keeper(state=tmp_path / "wk.db")
+def test_bad_rule_in_every_names_the_watcher(state: str | Path) -> None:
+    keeper = Keeper(state=state)
     with pytest.raises(
         ConfigError, match=r"keeper.every\('q'\): for_cycles: .*greater than or equal to 1"
     ):
         keeper.every(1, lambda: None, name="q", for_cycles=0)
 
 
-def test_failing_check_alerts_once_after_fail_after_and_recovers(tmp_path: Path) -> None:
+def test_failing_check_alerts_once_after_fail_after_and_recovers(
+    state: str | Path, tmp_path: Path
+) -> None:
     jsonl = tmp_path / "alerts.jsonl"
-    keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": str(jsonl)}])
+    keeper = Keeper(state=state, notify=[{"kind": "jsonl", "path": str(jsonl)}])
     broken = threading.Event()
     broken.set()
     calls = []
@@ -140,8 +142,9 @@ def test_failing_check_alerts_once_after_fail_after_and_recovers(tmp_path: Path)
     assert records[0]["severity"] == "error"
 
 
-def test_pending_delivery_survives_to_the_next_keeper(tmp_path: Path, smtp_sink: SmtpSink) -> None:
-    state = tmp_path / "wk.db"
+def test_pending_delivery_survives_to_the_next_keeper(
+    state: str | Path, smtp_sink: SmtpSink
+) -> None:
     dead = {
         "kind": "smtp",
         "name": "mail",
@@ -169,17 +172,21 @@ def test_pending_delivery_survives_to_the_next_keeper(tmp_path: Path, smtp_sink:
     store.close()
 
 
-def test_a_second_keeper_on_the_same_state_is_refused(tmp_path: Path) -> None:
-    first = Keeper(state=tmp_path / "wk.db").start()
-    second = Keeper(state=tmp_path / "wk.db")
-    with pytest.raises(StoreError, match=r"in use by another running keeper \(pid \d+\)"):
+def test_a_second_keeper_on_the_same_state_is_refused(state: str | Path) -> None:
+    """SQLite: one keeper per file (the flock). PostgreSQL: one live agent per name (both
+    keepers here are the host's default agent)."""
+    first = Keeper(state=state).start()
+    second = Keeper(state=state)
+    refused = r"in use by another running keeper \(pid \d+\)|agent '.+' is already running on"
+    with pytest.raises(StoreError, match=refused):
         second.start()
     assert first.stop()
-    with Keeper(state=tmp_path / "wk.db") as again:  # free again once the first one stopped
+    with Keeper(state=state) as again:  # free again once the first one stopped
         assert again.store is not None
 
 
 def test_a_check_returning_garbage_counts_as_a_failure_and_the_thread_lives(
+    state: str | Path,
     tmp_path: Path,
 ) -> None:
     class Garbage(Watcher):
@@ -194,22 +201,22 @@ def test_a_check_returning_garbage_counts_as_a_failure_and_the_thread_lives(
             return CheckResult([Observation("x", severity="loud")])  # raises in the check
 
     jsonl = tmp_path / "a.jsonl"
-    keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": str(jsonl)}])
+    keeper = Keeper(state=state, notify=[{"kind": "jsonl", "path": str(jsonl)}])
     keeper.add(Garbage(WatcherConfig(name="g", every=0.01, fail_after=2)))
     with keeper:
         wait_until(lambda: Garbage.calls >= 4)
         wait_until(lambda: jsonl.exists() and "check failing" in jsonl.read_text())
     text = jsonl.read_text()
     assert "unknown severity 'loud'" in text or "not JSON serializable" in text
-    with Store(tmp_path / "wk.db") as store:
+    with Store(state) as store:
         record = store.watcher("g")
         assert record is not None
         assert record.failures >= 2
         assert record.checkpoint is None
 
 
-def test_stop_from_inside_a_check(tmp_path: Path) -> None:
-    keeper = Keeper(state=tmp_path / "wk.db")
+def test_stop_from_inside_a_check(state: str | Path) -> None:
+    keeper = Keeper(state=state)
     results: list[bool] = []
     keeper.every(3600, lambda: results.append(keeper.stop(timeout=1)), name="quitter")
     keeper.start()
@@ -218,9 +225,11 @@ def test_stop_from_inside_a_check(tmp_path: Path) -> None:
     assert keeper.stop() is True  # and again: the same answer
 
 
-def test_control_pause_resume_mute_check_now_and_subscribe(tmp_path: Path) -> None:
+def test_control_pause_resume_mute_check_now_and_subscribe(
+    state: str | Path, tmp_path: Path
+) -> None:
     jsonl = tmp_path / "a.jsonl"
-    keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": str(jsonl)}])
+    keeper = Keeper(state=state, notify=[{"kind": "jsonl", "path": str(jsonl)}])
     calls: list[int] = []
     seen: list[str] = []
     keeper.every(
@@ -254,7 +263,7 @@ def test_control_pause_resume_mute_check_now_and_subscribe(tmp_path: Path) -> No
 
 
 def test_a_hung_notifier_does_not_delay_another(
-    tmp_path: Path, http_receiver: RecordingServer
+    state: str | Path, http_receiver: RecordingServer
 ) -> None:
     import socket
 
@@ -262,7 +271,7 @@ def test_a_hung_notifier_does_not_delay_another(
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         keeper = Keeper(
-            state=tmp_path / "wk.db",
+            state=state,
             notify=[
                 {
                     "kind": "smtp",
@@ -282,7 +291,7 @@ def test_a_hung_notifier_does_not_delay_another(
         http_receiver.wait_for(5, timeout=10)
         assert keeper.stop(timeout=0.5) is False  # the SMTP thread is still stuck
     # Closing the listener resets the connection; the stuck thread then ends on its own.
-    with Store(tmp_path / "wk.db") as store:
+    with Store(state) as store:
         assert store.delivery_counts()["smtp"].get("sent", 0) == 0
     assert keeper.store is not None
     keeper.store.close()

@@ -45,6 +45,10 @@ _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_WORDS = ("password", "token", "secret", "url", "headers", "key")
 
 
+STATE_URLS = ("sqlite://", "postgresql://", "postgres://")
+"""How a ``state`` that is a URL, not a path, begins."""
+
+
 def default_state_path() -> Path:
     """``$XDG_STATE_HOME/watchkeeper/state.db`` (``~/.local/state/...`` when unset)."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -56,13 +60,24 @@ class KeeperSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    state: str | Path | None = Field(
+    state: Path | str | None = Field(
         default=None,
-        description="The SQLite state file. Default: $XDG_STATE_HOME/watchkeeper/state.db. "
-        "A relative path is taken under $STATE_DIRECTORY when set (systemd's StateDirectory=), "
-        "else under the config file's folder. A fleet's database: \"postgresql://...\" "
-        "(see docs/fleet.md).",
+        description="The state: a SQLite file (a path, or sqlite:///absolute/path) or a "
+        "PostgreSQL database shared by a fleet (postgresql://user:${PGPASSWORD}@host/db). "
+        "Default: $XDG_STATE_HOME/watchkeeper/state.db. A relative path is taken under "
+        "$STATE_DIRECTORY when set (systemd's StateDirectory=), else under the config file's "
+        "folder.",
     )
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _state(cls, value: object) -> object:
+        """A database URL stays a string (a Path would fold its ``//``); anything else is a
+        path."""
+        if isinstance(value, str) and not value.startswith(STATE_URLS):
+            return Path(value)
+        return value
+
     shutdown_timeout: Duration = Field(
         default=5.0, description="How long stopping may take to flush pending alerts."
     )
@@ -276,7 +291,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {NESTED}") from None
 
 
-def state_location(path: str | Path) -> Path | None:
+def state_location(path: str | Path) -> Path | str | None:
     """The ``[keeper] state`` a config file names, resolved as :func:`load_config` would, without
     validating the rest: an admin's shell may lack the service's secrets, which only the agent
     needs (``watchkeeper status`` and ``reload`` only need to find the state)."""
@@ -286,15 +301,20 @@ def state_location(path: str | Path) -> Path | None:
     if not isinstance(raw, str):
         return None
     errors: list[str] = []
-    state = Path(_interpolate(raw, str(path), ["keeper", "state"], errors))
+    state = _interpolate(raw, str(path), ["keeper", "state"], errors)
     if errors:
         raise ConfigError(errors)
     return _state_path(state, path.parent)
 
 
-def _state_path(state: Path, base: Path) -> Path:
+def _state_path(state: Path | str, base: Path) -> Path | str:
     """A relative state goes under $STATE_DIRECTORY (systemd's StateDirectory=) when it is set:
-    under the unit, the config's folder is read-only; else under the config's folder."""
+    under the unit, the config's folder is read-only; else under the config's folder. A URL
+    stays as it is."""
+    if isinstance(state, str):
+        if state.startswith(STATE_URLS):
+            return state
+        state = Path(state)
     if state.is_absolute():
         return state
     service_state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
@@ -345,9 +365,8 @@ def _parse(data: Mapping[str, Any], source: str, base: Path | None) -> tuple[Con
     _check_unique(source, "[[notify]]", [n.name for n in config.notify], errors)
     _check_unique(source, "watcher", [w.name for w in config.watchers], errors)
     if base is not None:
-        state = config.keeper.state
-        if state is not None and not (isinstance(state, str) and "://" in state):
-            config.keeper.state = _state_path(Path(state), base)
+        if config.keeper.state is not None:
+            config.keeper.state = _state_path(config.keeper.state, base)
         for model in [config.keeper, *config.notify, *config.watchers]:
             resolve_paths(model, base)
     return config, errors

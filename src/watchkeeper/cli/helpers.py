@@ -97,7 +97,7 @@ def load(path: Path) -> Config:
         fail("\n".join(exc.errors))
 
 
-def state_path(config_path: Path, state: Path | None) -> Path:
+def state_path(config_path: Path, state: Path | None) -> Path | str:
     """--state, else the config's [keeper] state, else the default state file if it exists.
 
     Only ``[keeper] state`` is read: the rest may name secrets this shell does not have. Without
@@ -129,7 +129,7 @@ def open_store(config_path: Path, state: Path | None) -> Store:
     from watchkeeper.store import Store
 
     path = state_path(config_path, state)
-    if not path.exists():
+    if isinstance(path, Path) and not path.exists():
         fail(f"no state file at {path} yet; has `watchkeeper run` been started with this config?")
     try:
         return Store(path, readonly=True)

@@ -109,8 +109,9 @@ def reload(
     invalid one is refused and its errors printed here (exit 1). systemd's ExecReload runs this.
     """
     from watchkeeper.store import Store
+    from watchkeeper.store.backend import local_path
 
-    path = state_path(config, state)
+    path = local_path(state_path(config, state))
     try:
         pid = Store.holder(path)
     except WatchkeeperError as exc:

@@ -39,6 +39,9 @@ Listener = Callable[[str], None]
 class StoreCore:
     """The state, safe to use from many threads; see the package docstring for what it holds."""
 
+    agent: str | None = None
+    """The agent this store was claimed for (``claim``), if any: whom ``due`` claims for."""
+
     def __init__(self, state: str | Path, readonly: bool = False) -> None:
         self.state = state
         self.readonly = readonly

@@ -11,6 +11,7 @@ agent per file) the same calls work and always grant: the keeper has one code pa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -35,8 +36,7 @@ def default_agent() -> str:
 class Fleet(StoreCore):
     """The agents table and the leases table; see the module docstring."""
 
-    agent: str | None = None
-    """The agent this store was claimed for (:meth:`claim`), if any."""
+    _instance = ""
 
     def claim(self, agent: str | None = None, lease: float = LEASE) -> None:
         """Start as ``agent`` (default: the host's name), or raise StoreError saying who is in
@@ -63,7 +63,7 @@ class Fleet(StoreCore):
                 f"{self._db.dialect.for_update}",
                 (name,),
             ).fetchone()
-            if row[0] != instance and self.fleet_capable:
+            if row[0] not in (instance, "") and self.fleet_capable:
                 self._refuse_live(name, row[1], _json(row[2]), row[3], lease)
             conn.execute(
                 f"UPDATE agents SET instance = ?, started_at = {now}, last_seen = {now}, "
@@ -71,6 +71,18 @@ class Fleet(StoreCore):
                 (instance, json.dumps(info), name),
             )
         self.agent = name
+        self._instance = instance
+
+    def close(self) -> None:
+        """Close the store; an agent that :meth:`claim` registered leaves its name free at once
+        (a crashed one frees it when its heartbeat is older than the lease)."""
+        if self.agent is not None and self.fleet_capable:
+            with contextlib.suppress(StoreError), self.transaction() as conn:
+                conn.execute(
+                    "UPDATE agents SET instance = '' WHERE name = ? AND instance = ?",
+                    (self.agent, self._instance),
+                )
+        super().close()
 
     def _refuse_live(
         self, name: str, last_seen: float, info: dict[str, Any], now: float, lease: float

@@ -44,7 +44,8 @@ class Outbox(StoreCore):
         (the store could not take the mark) are not due: they are marked first if the store
         takes it now, and never handed out again.
 
-        Where agents share the outbox (PostgreSQL), the rows are claimed for ``agent`` for
+        Where agents share the outbox (PostgreSQL), the rows are claimed for ``agent`` (default:
+        the agent this store was claimed for) for
         ``claim_for`` seconds of the database's clock, in the transaction that picks them with
         ``FOR UPDATE SKIP LOCKED``: two agents never get the same row; a mark ends the claim,
         and a claim never marked (its agent died) makes the row due again when it runs out.
@@ -53,7 +54,8 @@ class Outbox(StoreCore):
             unmarked = self._try_unmarked()
             wanted = limit + len(unmarked)
             if self._db.claims_deliveries:
-                rows = self._claim_due(notifier, now, wanted, agent or "?", claim_for)
+                claimer = agent or self.agent or "?"
+                rows = self._claim_due(notifier, now, wanted, claimer, claim_for)
             else:
                 rows = self._read(
                     f"SELECT {_DELIVERY} WHERE d.notifier = ? AND d.status = 'pending' "

@@ -119,6 +119,8 @@ class PostgresBackend(Backend):
         self.url = url
         self.where = f"database {mask(url)}"
         self.path = local_path(url)
+        with contextlib.suppress(OSError):  # the notes are optional; the database is not
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         options = "-c default_transaction_read_only=on" if readonly else ""
         self._connect_args: dict[str, Any] = {"autocommit": True, "options": options}
         self._closed = False

@@ -110,9 +110,12 @@ def find_alerts(store: Store, query: AlertQuery, newest_first: bool = True) -> l
         clauses.append("id < ?")
         params.append(query.before_id)
     if query.q:
-        pattern = "%" + query.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        text = query.q.lower()
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        # LOWER on both sides: SQLite's LIKE ignores case, PostgreSQL's does not.
         clauses.append(
-            "(title LIKE ? ESCAPE '\\' OR body LIKE ? ESCAPE '\\' OR key LIKE ? ESCAPE '\\')"
+            "(LOWER(title) LIKE ? ESCAPE '\\' OR LOWER(body) LIKE ? ESCAPE '\\' "
+            "OR LOWER(key) LIKE ? ESCAPE '\\')"
         )
         params += [pattern, pattern, pattern]
     order = "DESC" if newest_first else "ASC"
