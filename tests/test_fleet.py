@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -19,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.conftest import RecordingServer, wait_until
+from tests.conftest import RecordingServer, run_cli, wait_until
 from tests.pagesite import Site, site
 from tests.postgres import Cluster
 from tests.test_store_faults import LineWriter, delivered, log_keeper
@@ -29,6 +31,7 @@ from watchkeeper import ConfigError, Keeper
 from watchkeeper.alerts import Alert, Severity
 from watchkeeper.fleetview import agent_docs, runners
 from watchkeeper.store import Route, Store
+from watchkeeper.web import serve_dashboard
 
 __all__ = ["site"]  # the page site's fixture, used by name
 
@@ -340,3 +343,41 @@ def test_a_grouped_notifier_sends_its_digests_from_one_agent(
     # (a second digest would have arrived while the first was in flight, before its marks)
     assert http_receiver.arrived == 1
     assert http_receiver.wait_for(1)[0].json()["data"]["count"] == 50
+
+
+def test_any_agent_shows_the_whole_fleet(postgres_url: str, tmp_path: Path, site: Site) -> None:
+    pages = [site.html(f"/p{i}", [f"<a href='/{i}'>{i}</a>"]) for i in range(4)]
+
+    def keeper(name: str) -> Keeper:
+        made = Keeper(state=postgres_url, agent=name, lease="2s")
+        for i, url in enumerate(pages):
+            made.page(url, items="li", name=f"p{i}", every="1s")
+        made.log(tmp_path / f"{name}.log", [{"match": "x"}], name=f"{name}-log")
+        return made
+
+    first, second = keeper("a1"), keeper("a2")
+    dashboard = serve_dashboard(first, "127.0.0.1:0")
+    with first, second, httpx.Client(base_url=dashboard.url) as http:
+
+        def shown() -> dict[str, Any]:
+            agents = {a["name"]: a for a in http.get("/api/agents").json()}
+            runs = {w["name"]: w["agent"] for w in http.get("/api/watchers").json()}
+            spread = {runs.get(f"p{i}") for i in range(4)} == {"a1", "a2"}
+            both = all(agents.get(n, {}).get("alive") for n in ("a1", "a2"))
+            return {"agents": agents, "runs": runs} if spread and both else {}
+
+        seen = wait_until(shown, timeout=20)
+        # Each log watcher is pinned to its agent; the pages are spread over both.
+        assert seen["runs"]["a1-log"] == "a1"
+        assert seen["runs"]["a2-log"] == "a2"
+        assert "a2-log" in seen["agents"]["a2"]["watchers"]
+        metrics = http.get("/metrics").text
+        assert 'watchkeeper_agent_up{agent="a2"} 1.0' in metrics
+        # The CLI shows it too, from the database alone (no agent's files needed).
+        shell = tmp_path / "shell.toml"  # an admin's config: the state only
+        shell.write_text(f'[keeper]\nstate = "{postgres_url}"\n', encoding="utf-8")
+        status = run_cli("status", "--json", "-c", str(shell), cwd=tmp_path)
+        assert status.returncode == 0, status.stderr
+        doc = json.loads(status.stdout)
+        assert {a["name"] for a in doc["agents"] if a["alive"]} == {"a1", "a2"}
+        assert {w["name"]: w["agent"] for w in doc["watchers"]}["a2-log"] == "a2"

@@ -275,9 +275,9 @@ class Keeper:
                     self._heartbeat,
                     lambda: [_single(n) for n in self.notifiers if n.config.grouping()],
                 )
+                self._fleet = fleet  # (its first heartbeat names what it runs)
                 fleet.round()  # before the first checks: one agent (SQLite) then runs everything
                 supervisor.watch("fleet", fleet, _renewed_fleet)
-                self._fleet = fleet
                 for driver in _drivers(list(self._runs.values())):
                     supervisor.watch_driver(driver)
                 store.listen(self._heard)  # another agent's deliveries (PostgreSQL) wake ours
