@@ -23,7 +23,6 @@ lease is granted: the same path degenerates to running everything.
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import logging
 import math
@@ -267,12 +266,13 @@ class Fleet(GuardedThread):
     def _shed(self, shared: Mapping[str, WatcherRun], extra: int) -> None:
         """Give back ``extra`` leases of watchers not in a check (one in a check keeps its
         lease until a later round: its commit must not be refused for a move)."""
+        going: dict[str, int] = {}
         for name in sorted(self.held, reverse=True):
-            if extra <= 0:
-                return
+            if len(going) >= extra:
+                break
             if shared[name].release():
-                self._let_go(name, self.held[name])
-                extra -= 1
+                going[name] = self.held.pop(name)
+        self.store.release_leases(going, self.agent)
 
     def _let_go(self, name: str, token: int) -> None:
         del self.held[name]
@@ -290,17 +290,12 @@ class Fleet(GuardedThread):
     def leave(self) -> None:
         """Release every lease held (a clean stop: the others take over at once, not after the
         lease); what cannot be released now expires by itself."""
-        for name, token in list(self.held.items()):
-            try:
-                self.store.release_lease(name, self.agent, token)
-            except StoreError as exc:
-                log.warning("fleet: cannot release the leases; they expire by themselves: %s", exc)
-                return
-            del self.held[name]
-        for name, token in list(self.single.items()):
-            with contextlib.suppress(StoreError):  # it expires by itself
-                self.store.release_lease(name, self.agent, token)
-            del self.single[name]
+        try:
+            self.store.release_leases({**self.held, **self.single}, self.agent)
+        except StoreError as exc:
+            log.warning("fleet: cannot release the leases; they expire by themselves: %s", exc)
+        self.held.clear()
+        self.single.clear()
 
     def running(self) -> list[str]:
         """The watchers this agent runs now: its pinned ones and the shared ones it holds."""

@@ -173,11 +173,17 @@ class Fleet(StoreCore):
 
     def release_lease(self, watcher: str, agent: str, token: int) -> None:
         """Give a lease up (a clean stop): another agent may take it at once."""
+        self.release_leases({watcher: token}, agent)
+
+    def release_leases(self, held: Mapping[str, int], agent: str) -> None:
+        """:meth:`release_lease` for many leases ({watcher: token}) in one transaction."""
+        if not held:
+            return
         with self.transaction() as conn:
-            conn.execute(
+            conn.executemany(
                 "UPDATE leases SET agent = NULL, expires_at = 0 "
                 "WHERE watcher = ? AND agent = ? AND token = ?",
-                (watcher, agent, token),
+                [(watcher, agent, token) for watcher, token in held.items()],
             )
 
     def leases(self) -> list[LeaseRecord]:
