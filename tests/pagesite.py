@@ -45,6 +45,8 @@ class Site:
         self.conditional: Counter[str] = Counter()
         self.not_modified: Counter[str] = Counter()
         self.in_flight = 0
+        self.active: Counter[str] = Counter()
+        """Requests being answered now, per path."""
         self.max_in_flight = 0
         self.lock = threading.Lock()
         self.closing = threading.Event()
@@ -81,12 +83,14 @@ class Site:
                     site.hits[path] += 1
                     site.times[path].append(time.monotonic())
                     site.in_flight += 1
+                    site.active[path] += 1
                     site.max_in_flight = max(site.max_in_flight, site.in_flight)
                 try:
                     self._answer(path)
                 finally:
                     with site.lock:
                         site.in_flight -= 1
+                        site.active[path] -= 1
 
             def _answer(self, path: str) -> None:
                 page = site.pages.get(path)

@@ -186,6 +186,13 @@ def test_an_agent_paused_past_its_lease_cannot_commit_its_stale_checks(fleet: Fl
     started(fleet, names)
     wait_until(lambda: {"a1", "a2", "a3"} <= set(fleet.runners().values()), timeout=30)
     add_item(fleet, names, 1, delay=1.0)
+
+    def fetching() -> bool:  # a1 has a check under way: the moment to pause it
+        theirs = [n for n, agent in fleet.runners().items() if agent == "a1"]
+        with fleet.site.lock:
+            return any(fleet.site.active[f"/{n}"] for n in theirs)
+
+    wait_until(fetching, timeout=20)
     paused = fleet.procs["a1"]
     paused.send_signal(signal.SIGSTOP)
     # The others take its watchers once its leases expire (on the database clock).
