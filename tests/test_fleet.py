@@ -281,8 +281,10 @@ def test_while_the_database_is_away_checks_pause_alerts_wait_and_nothing_is_lost
     keeper = log_keeper(postgres_url, log, http_receiver)
     with keeper:
         lines.write(10, 80)
-        wait_until(lambda: len(delivered(http_receiver)) == 10)
-        postgres_cluster.stop()
+        store = keeper.store
+        assert store is not None
+        wait_until(lambda: store.delivery_counts().get("webhook", {}).get("sent") == 10)
+        postgres_cluster.stop("fast")  # its sessions end: the agent's commits fail from here
         try:
             lines.write(10, 80)  # read, but its commit cannot go anywhere: redone until it can
             # The keeper says so (status, /api/health), and through the notifiers directly.
