@@ -390,3 +390,7 @@ def test_any_agent_shows_the_whole_fleet(postgres_url: str, tmp_path: Path, site
         doc = json.loads(status.stdout)
         assert {a["name"] for a in doc["agents"] if a["alive"]} == {"a1", "a2"}
         assert {w["name"]: w["agent"] for w in doc["watchers"]}["a2-log"] == "a2"
+        # ...or with no config at all: --state takes the URL whole.
+        direct = run_cli("status", "--json", "--state", postgres_url, cwd=tmp_path)
+        assert direct.returncode == 0, direct.stderr
+        assert {a["name"] for a in json.loads(direct.stdout)["agents"]} >= {"a1", "a2"}
