@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,3 +395,36 @@ def test_any_agent_shows_the_whole_fleet(postgres_url: str, tmp_path: Path, site
         direct = run_cli("status", "--json", "--state", postgres_url, cwd=tmp_path)
         assert direct.returncode == 0, direct.stderr
         assert {a["name"] for a in json.loads(direct.stdout)["agents"]} >= {"a1", "a2"}
+
+
+def test_a_pause_made_on_another_agent_stops_the_agent_running_the_watcher(
+    postgres_url: str, site: Site
+) -> None:
+    url = site.html("/p", ["<li>a</li>"])
+    keepers = {}
+    for name in ("a1", "a2"):
+        keepers[name] = Keeper(state=postgres_url, agent=name, lease="2s")
+        keepers[name].page(url, items="li", name="p", every="1s")
+    with keepers["a1"], keepers["a2"]:
+        store = keepers["a1"].store
+        assert store is not None
+
+        def holder() -> str | None:
+            return next((lease.agent for lease in store.leases() if lease.watcher == "p"), None)
+
+        running = wait_until(holder, timeout=20)
+        other = keepers["a2" if running == "a1" else "a1"]
+
+        def last_hit() -> float:
+            with site.lock:
+                return site.times["/p"][-1] if site.times["/p"] else 0.0
+
+        wait_until(lambda: last_hit() > 0, timeout=20)
+        other.pause("p")  # on the agent that does not run it, as from its dashboard
+        # The agent running it stops within a round of its lease loop: no fetch for 2.5 s (it
+        # fetched every second), which without the pause never comes.
+        wait_until(lambda: time.monotonic() - last_hit() > 2.5, timeout=20)
+        assert holder() == running
+        resumed_at = time.monotonic()
+        other.resume("p")
+        wait_until(lambda: last_hit() > resumed_at, timeout=20)

@@ -211,6 +211,7 @@ class Fleet(GuardedThread):
             log.warning("fleet: lost the lease of %s to another agent", name)
             _park(shared[name])
             del self.held[name]
+        self._follow_controls(store, shared)
         self._singles()
         self.renewed_at = started
         now = store.db_now()
@@ -219,6 +220,21 @@ class Fleet(GuardedThread):
             self._shed(shared, len(self.held) - share)
         elif len(self.held) < share:
             self._take(shared, share - len(self.held), now)
+
+    def _follow_controls(self, store: Store, shared: Mapping[str, WatcherRun]) -> None:
+        """Take up a pause, resume or mute of a held watcher that was made on another agent's
+        dashboard or CLI (it is written to the store): within a round, not at the next takeover."""
+        if not self.held:
+            return
+        for record in store.watchers():
+            run = shared.get(record.name)
+            if run is None or record.name not in self.held:
+                continue
+            resumed = run.paused and not record.paused
+            with run.lease_lock:
+                run.paused, run.muted_until = record.paused, record.muted_until
+            if resumed:
+                run.wake()
 
     def holds(self, name: str) -> bool:
         """True while this agent holds the single lease ``name``."""
