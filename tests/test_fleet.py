@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,8 +29,9 @@ from tests.conftest import RecordingServer, run_cli, wait_until
 from tests.pagesite import Site, site
 from tests.postgres import Cluster
 from tests.test_store_faults import LineWriter, delivered, log_keeper
-from watchkeeper import ConfigError, Keeper
+from watchkeeper import ConfigError, Keeper, Observation
 from watchkeeper.alerts import Alert, Severity
+from watchkeeper.config import load_config
 from watchkeeper.fleetview import agent_docs, runners
 from watchkeeper.store import Route, Store
 from watchkeeper.web import serve_dashboard
@@ -326,17 +328,30 @@ def test_two_agents_defining_one_shared_watcher_differently_is_refused_naming_bo
     assert str(tmp_path / "a1.toml") in error
 
 
+@pytest.mark.parametrize("reloaded", [False, True], ids=["started", "reloaded"])
 def test_a_grouped_notifier_sends_its_digests_from_one_agent(
-    postgres_url: str, tmp_path: Path, http_receiver: RecordingServer
+    postgres_url: str, tmp_path: Path, http_receiver: RecordingServer, reloaded: bool
 ) -> None:
-    hook = {"kind": "webhook", "url": http_receiver.url, "group_wait": "0.2s"}
+    """Also when its dispatcher was made by a reload (that one once ignored the lease)."""
     http_receiver.delay = 1.0  # a digest in flight: a second agent grouping would send too
-    keepers = [
-        Keeper(state=postgres_url, notify=[hook], agent=name, lease="2s") for name in ("a1", "a2")
-    ]
+
+    def config(agent: str, wait: str) -> Path:
+        path = tmp_path / f"{agent}.toml"
+        path.write_text(
+            f'[keeper]\nagent = "{agent}"\nstate = "{postgres_url}"\nlease = "2s"\n'
+            f'[[notify]]\nkind = "webhook"\nurl = "{http_receiver.url}"\n'
+            f'group_wait = "{wait}"\n',
+            encoding="utf-8",
+        )
+        return path
+
+    keepers = [Keeper.from_config(config(name, "0.2s")) for name in ("a1", "a2")]
     for keeper in keepers:
         keeper.start()
     try:
+        if reloaded:
+            for keeper, name in zip(keepers, ("a1", "a2"), strict=True):
+                keeper.reload(load_config(config(name, "0.3s")))
         store = keepers[0].store
         assert store is not None
         alerts = [
@@ -353,6 +368,51 @@ def test_a_grouped_notifier_sends_its_digests_from_one_agent(
     # (a second digest would have arrived while the first was in flight, before its marks)
     assert http_receiver.arrived == 1
     assert http_receiver.wait_for(1)[0].json()["data"]["count"] == 50
+
+
+def test_a_cleanly_stopped_agent_is_gone_at_once_and_its_watchers_move_within_a_round(
+    postgres_url: str,
+) -> None:
+    lease = 6.0
+    checked: dict[str, tuple[str, float]] = {}
+    lock = threading.Lock()
+
+    def keeper(agent: str) -> Keeper:
+        made = Keeper(state=postgres_url, agent=agent, lease=f"{lease}s")
+        for name in ("w1", "w2", "w3", "w4"):
+
+            def check(name: str = name) -> list[Observation]:
+                with lock:
+                    checked[name] = (agent, time.monotonic())
+                return []
+
+            made.every("1s", check, name=name)
+        return made
+
+    a, b = keeper("a"), keeper("b")
+    with a:
+        with b:
+            store = a.store
+            assert store is not None
+
+            def held_by_b() -> list[str]:
+                owners = [lease.agent for lease in store.leases()]
+                return (
+                    [x.watcher for x in store.leases() if x.agent == "b"]
+                    if owners.count("b") == 2 and owners.count("a") == 2
+                    else []
+                )
+
+            moved = wait_until(held_by_b, timeout=40)
+        stopped = time.monotonic()
+        assert {d["name"]: d["alive"] for d in agent_docs(store, lease)} == {"a": True, "b": False}
+
+        def taken_over() -> bool:
+            with lock:
+                return all(checked[n][0] == "a" and checked[n][1] > stopped for n in moved)
+
+        # Within a lease round (lease / 3) and a check, not after b's lease ran out (6 s).
+        wait_until(taken_over, timeout=lease - 1)
 
 
 def test_any_agent_shows_the_whole_fleet(postgres_url: str, tmp_path: Path, site: Site) -> None:

@@ -64,8 +64,9 @@ def lease_of(agent: AgentRecord, default: float) -> float:
 
 
 def live(agents: list[AgentRecord], now: float, lease: float) -> list[AgentRecord]:
-    """The agents whose last heartbeat is younger than their lease (on the database clock)."""
-    return [a for a in agents if now - a.last_seen < lease_of(a, lease)]
+    """The agents running: not stopped, their last heartbeat younger than their lease (on the
+    database clock)."""
+    return [a for a in agents if a.alive(now, lease_of(a, lease))]
 
 
 def digest(run: WatcherRun) -> str:

@@ -25,7 +25,7 @@ def agent_docs(store: Store, lease: float) -> list[dict[str, Any]]:
         docs.append(
             {
                 "name": record.name,
-                "alive": now - record.last_seen < lease_of(record, lease),
+                "alive": record.alive(now, lease_of(record, lease)),
                 "last_seen": record.last_seen,
                 "seen_ago": max(0.0, now - record.last_seen),
                 "started_at": record.started_at,

@@ -633,9 +633,7 @@ class Keeper:
             new_runs = self._new_runs(unit.watchers, store)
             self._runs.update(new_runs)
             drivers = _drivers(list(new_runs.values()))
-            dispatchers = [
-                Dispatcher(notifier, store, agent=self.agent) for notifier in unit.notifiers
-            ]
+            dispatchers = [self._dispatcher(notifier, store) for notifier in unit.notifiers]
             assert self._supervisor is not None
             self._supervisor.notifiers = list(self.notifiers)
             fleet = self._fleet_thread

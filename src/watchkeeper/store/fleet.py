@@ -117,8 +117,10 @@ class Fleet(StoreCore):
 
     def agents(self) -> list[AgentRecord]:
         """Every agent that ever ran against this state, by name."""
-        rows = self._read("SELECT name, started_at, last_seen, info FROM agents ORDER BY name")
-        return [AgentRecord(r[0], r[1], r[2], _json(r[3])) for r in rows]
+        rows = self._read(
+            "SELECT name, started_at, last_seen, info, instance FROM agents ORDER BY name"
+        )
+        return [AgentRecord(r[0], r[1], r[2], _json(r[3]), stopped=r[4] == "") for r in rows]
 
     # -- leases -------------------------------------------------------------------------------
 
