@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,9 +40,13 @@ class Site:
     def __init__(self) -> None:
         self.pages: dict[str, Page] = {}
         self.hits: Counter[str] = Counter()
+        self.times: defaultdict[str, list[float]] = defaultdict(list)
+        """When each path was asked for (monotonic): how often a fleet checked a page."""
         self.conditional: Counter[str] = Counter()
         self.not_modified: Counter[str] = Counter()
         self.in_flight = 0
+        self.active: Counter[str] = Counter()
+        """Requests being answered now, per path."""
         self.max_in_flight = 0
         self.lock = threading.Lock()
         self.closing = threading.Event()
@@ -76,13 +81,16 @@ class Site:
                 path = self.path
                 with site.lock:
                     site.hits[path] += 1
+                    site.times[path].append(time.monotonic())
                     site.in_flight += 1
+                    site.active[path] += 1
                     site.max_in_flight = max(site.max_in_flight, site.in_flight)
                 try:
                     self._answer(path)
                 finally:
                     with site.lock:
                         site.in_flight -= 1
+                        site.active[path] -= 1
 
             def _answer(self, path: str) -> None:
                 page = site.pages.get(path)

@@ -105,14 +105,17 @@ class Cluster:
             self._as_owner(*self.start_command()), check=True, capture_output=True, timeout=120
         )
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server; ``fast`` ends its sessions and flushes what was committed (the
+        cluster runs with ``synchronous_commit=off``: ``immediate`` may lose the last commits,
+        as a crash of a server set up that way would)."""
         subprocess.run(
             self._as_owner(
                 str(self.bindir / "pg_ctl"),
                 "-D",
                 str(self.folder / "data"),
                 "-m",
-                "immediate",
+                mode,
                 "stop",
             ),
             check=False,

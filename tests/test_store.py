@@ -166,8 +166,9 @@ def fill(
         )
 
 
-def test_retention_deletes_old_delivered_alerts_never_pending_or_failed(tmp_path: Path) -> None:
-    with Store(tmp_path / "wk.db") as store:
+def test_retention_deletes_old_delivered_alerts_never_pending_or_failed(state: str | Path) -> None:
+    with Store(state) as store:
+        sqlite = store.backend == "sqlite"  # a file whose size can be watched
         fill(store, 3000)
         pending = store.due("mail", now=10**9, limit=3000)
         by_title = {d.alert.title: d.id for d in pending}
@@ -175,7 +176,7 @@ def test_retention_deletes_old_delivered_alerts_never_pending_or_failed(tmp_path
         waiting = [by_title["alert 6"], by_title["alert 2600"]]
         store.mark_failed(failed, "550 no such user")
         store.mark_sent([i for t, i in by_title.items() if i not in failed + waiting], now=1.0)
-        size = store.path.stat().st_size
+        size = store.path.stat().st_size if sqlite else 0
         # Everything older than t=2000 goes, and the newest 10,000 are kept: ~1000 stay...
         deleted = store.prune(before=2000.0, keep=10_000, step=64)
         titles = {a.title for a in store.alerts(limit=10_000)}
@@ -188,7 +189,8 @@ def test_retention_deletes_old_delivered_alerts_never_pending_or_failed(tmp_path
         assert dict(map(tuple, rows)) == {"sent": 998, "failed": 2, "pending": 2}
         # The counters count every delivery that ended, those of deleted alerts too.
         assert store.delivery_counts()["mail"] == {"sent": 2996, "failed": 2, "pending": 2}
-        assert store.path.stat().st_size < size * 0.6  # the space went back to the file system
+        if sqlite:
+            assert store.path.stat().st_size < size * 0.6  # the space went back to the disk
         # max_alerts: keep the newest 100 (and whatever is still to be delivered).
         store.prune(before=0.0, keep=100)
         titles = {a.title for a in store.alerts(limit=10_000)}
@@ -203,16 +205,17 @@ def test_retention_deletes_old_delivered_alerts_never_pending_or_failed(tmp_path
 
 
 def test_due_deliveries_come_in_order_from_the_index_and_the_cursor_sees_each_once(
-    tmp_path: Path,
+    state: str | Path,
 ) -> None:
-    with Store(tmp_path / "wk.db") as store:
+    with Store(state) as store:
         fill(store, 1200, routes=[Route("mail"), Route("chat", Severity.CRITICAL)])
-        plan = store.query(
-            "EXPLAIN QUERY PLAN SELECT id FROM deliveries WHERE notifier = 'mail' AND "
-            "status = 'pending' AND next_try <= 1 ORDER BY next_try, id LIMIT 10"
-        )
-        assert "USING INDEX deliveries_pending" in plan[0]["detail"]
-        assert not any("TEMP B-TREE" in r["detail"] for r in plan)  # no sort of the backlog
+        if store.backend == "sqlite":  # (PostgreSQL's planner chooses by its statistics)
+            plan = store.query(
+                "EXPLAIN QUERY PLAN SELECT id FROM deliveries WHERE notifier = 'mail' AND "
+                "status = 'pending' AND next_try <= 1 ORDER BY next_try, id LIMIT 10"
+            )
+            assert "USING INDEX deliveries_pending" in plan[0]["detail"]
+            assert not any("TEMP B-TREE" in r["detail"] for r in plan)  # no sort of the backlog
         first = store.due("mail", now=10**9, limit=10)
         store.mark_retry([d.id for d in first[:5]], "down", next_try=5000.0)
         again = store.due("mail", now=10**9, limit=2000)

@@ -257,7 +257,13 @@ def test_a_reload_swaps_what_the_supervisor_watches_and_restarts_nothing(tmp_pat
         keeper.reload(config(["a", "c"], ["n2"]))
         health = keeper.health()
         names = sorted(u["name"] for u in health["threads"])
-        assert names == ["watchkeeper:a", "watchkeeper:c", "watchkeeper:notify:n2"]
+        # (the lease loop too: on SQLite it runs, and grants everything, like a fleet's)
+        assert names == [
+            "watchkeeper:a",
+            "watchkeeper:c",
+            "watchkeeper:fleet",
+            "watchkeeper:notify:n2",
+        ]
         assert all(u["state"] == "running" and u["restarts"] == 0 for u in health["threads"])
         assert keeper.healthy()
         store = keeper.store

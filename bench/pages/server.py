@@ -1,6 +1,8 @@
 """The benchmark's site: 1,000 list pages over 50 loopback addresses, each reply 50 ms late.
 
-Run as its own process (so its CPU is nobody's): ``python server.py PAGES HOSTS DELAY``. It binds
+Run as its own process (so its CPU is nobody's): ``python server.py PAGES HOSTS DELAY [fresh]``.
+With ``fresh`` every reply also lists one item no reply listed before (bench/fleet: every check
+after the first makes one alert). It binds
 127.0.0.2 ... 127.0.0.(HOSTS+1) on one free port, prints ``{"port": N}`` when ready and serves
 until stdin closes. Page N lives on host N % HOSTS at /page/N: a product list of 20 items with
 the navigation, header and footer a real shop page has, about 6 KB.
@@ -34,8 +36,14 @@ def page(number: int) -> bytes:
     return html.encode()
 
 
-async def serve(pages: int, hosts: int, delay: float) -> None:
+def fresh_item(path: str, number: int) -> bytes:
+    """One more item, never listed before on this page."""
+    return f"<li class='item'><a href='{path}/new/{number}'>New {number}</a></li>".encode()
+
+
+async def serve(pages: int, hosts: int, delay: float, fresh: bool = False) -> None:
     bodies = {f"/page/{n}": page(n) for n in range(pages)}
+    served: dict[str, int] = dict.fromkeys(bodies, 0)
     probe = socket.socket()
     probe.bind(("127.0.0.2", 0))
     port = probe.getsockname()[1]
@@ -50,6 +58,11 @@ async def serve(pages: int, hosts: int, delay: float) -> None:
                     path = head.split(b" ", 2)[1].decode()
                     await asyncio.sleep(delay)
                     body = bodies.get(path)
+                    if body is not None and fresh:
+                        served[path] += 1
+                        body = body.replace(
+                            b"</ul></main>", fresh_item(path, served[path]) + b"</ul></main>"
+                        )
                     status = b"200 OK" if body is not None else b"404 Not Found"
                     body = body or b"not found"
                     writer.write(
@@ -72,4 +85,5 @@ async def serve(pages: int, hosts: int, delay: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])))
+    fresh = sys.argv[4:5] == ["fresh"]
+    asyncio.run(serve(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), fresh))

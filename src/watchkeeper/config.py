@@ -2,7 +2,8 @@
 
 Layout::
 
-    [keeper]            state, shutdown_timeout, retention, max_alerts, dashboard, token
+    [keeper]            state, shutdown_timeout, retention, max_alerts, dashboard, token,
+                        agent, lease, include (a fleet's shared files, see docs/fleet.md)
     [[notify]]          one table per notifier; ``kind`` picks the model from the registry
     [[custom]] ...      one array of tables per watcher kind, named by the kind
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -102,6 +104,25 @@ class KeeperSettings(BaseModel):
         default=None, description="Serve the dashboard over HTTPS with this certificate (PEM)."
     )
     tls_key: FilePath | None = Field(default=None, description="The private key (PEM) of tls_cert.")
+    agent: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="This agent's name in a fleet (one database, many agents). Default: the "
+        "host name. Two live agents may not share a name.",
+    )
+    lease: Duration = Field(
+        default=30.0,
+        ge=0.5,
+        le=3600.0,
+        description="In a fleet: how long a shared watcher stays with an agent that stopped "
+        "renewing it (failover time); renewed, and the agent's heartbeat sent, every lease/3.",
+    )
+    include: list[Path] = Field(
+        default_factory=list,
+        description="TOML files every agent of a fleet loads too: the shared watchers and "
+        "notifiers (no [keeper] table there). The same table in several files is one watcher.",
+    )
 
     @field_validator("dashboard")
     @classmethod
@@ -119,6 +140,10 @@ class KeeperSettings(BaseModel):
             raise ValueError("tls_cert and tls_key go together: set both, or neither")
         return self
 
+    def agent_name(self) -> str:
+        """This agent's name: ``agent``, or the host name when it is not set."""
+        return self.agent or socket.gethostname()
+
     def dashboard_bind(self) -> Bind | None:
         """The dashboard's address, or None when it is turned off."""
         if self.dashboard is False:
@@ -135,6 +160,13 @@ class Config(BaseModel):
     notify: list[NotifierConfig] = Field(default_factory=list)
     watchers: list[WatcherConfig] = Field(default_factory=list)
     source: str = "<config>"
+    sources: dict[str, str] = Field(default_factory=dict)
+    """The file each watcher and notifier came from (``watcher:NAME``, ``notify:NAME``), where
+    it is not :attr:`source` (an ``include``)."""
+
+    def source_of(self, what: str, name: str) -> str:
+        """The file that defines the watcher (``what="watcher"``) or notifier named ``name``."""
+        return self.sources.get(f"{what}:{name}", self.source)
 
 
 def load_config(path: str | Path) -> Config:
@@ -155,9 +187,88 @@ def validate_config(path: str | Path) -> tuple[Config, list[str]]:
     path = Path(path)
     data = _read_toml(path)
     try:
-        return _parse(data, source=str(path), base=path.parent)
+        config, errors = _parse(data, source=str(path), base=path.parent)
+        for include in config.keeper.include:
+            errors += _include(config, include)
     except RecursionError:  # interpolation and validation recurse once per nesting level too
         raise ConfigError(f"{path}: {NESTED}") from None
+    errors += _owners(config)
+    return config, errors
+
+
+def _include(config: Config, path: Path) -> list[str]:
+    """Merge a fleet's shared file into an agent's config; the problems found.
+
+    The same table in both (same kind, same settings) is one watcher or notifier, so a shared
+    watcher may be listed in several agents' own files too; two different tables with one name
+    are an error naming both files. An included file has no ``[keeper]``: those settings (the
+    agent's name, its dashboard) are each agent's own.
+    """
+    try:
+        data = _read_toml(path)
+        shared, errors = _parse(data, source=str(path), base=path.parent)
+    except RecursionError:
+        return [f"{path}: {NESTED}"]
+    except ConfigError as exc:
+        return [f"{config.source}: [keeper]: include: {e}" for e in exc.errors]
+    if "keeper" in data:
+        errors.append(
+            f"{path}: [keeper] belongs in each agent's own config, not in an included file"
+        )
+    for what, mine, theirs in (
+        ("notify", config.notify, shared.notify),
+        ("watcher", config.watchers, shared.watchers),
+    ):
+        known: dict[str, NotifierConfig | WatcherConfig] = {m.name: m for m in mine}
+        for table in theirs:
+            other = known.get(table.name)
+            if other is None:
+                known[table.name] = table
+                mine.append(table)  # type: ignore[arg-type]  # the list of table's own type
+                config.sources[f"{what}:{table.name}"] = str(path)
+            elif not _same(other, table):
+                errors.append(
+                    f"{path}: {what} {table.name!r} is also defined, differently, in "
+                    f"{config.source_of(what, table.name)}; one name is one {what} across a "
+                    "fleet's files: make the tables the same, or rename one"
+                )
+    return errors
+
+
+def _same(one: BaseModel, other: BaseModel) -> bool:
+    """Two tables that configure the same thing (one watcher or notifier, listed twice)."""
+    return type(one) is type(other) and one.model_dump() == other.model_dump()
+
+
+def _owners(config: Config) -> list[str]:
+    """Watchers this agent must not run: dropped when an included file pins them to another
+    agent (the fleet's file lists every agent's), an error in the agent's own file or when a
+    shared file lists a host-local watcher (a log) without saying which agent's host it is."""
+    errors: list[str] = []
+    me = config.keeper.agent_name()
+    kept: list[WatcherConfig] = []
+    for table in config.watchers:
+        source = config.source_of("watcher", table.name)
+        cls = WATCHERS[table.table_kind] if table.table_kind else WATCHERS.for_model(type(table))
+        kind = getattr(cls, "kind", "?")
+        where = f"{source}: [[{kind}]] (name {table.name!r})"
+        shared_file = source != config.source
+        if table.agent is not None and table.agent != me:
+            if not shared_file:
+                errors.append(
+                    f"{where}: agent: pinned to agent {table.agent!r}, but this config is agent "
+                    f"{me!r} ([keeper] agent); move it to that agent's config or to a shared file"
+                )
+            continue
+        if shared_file and table.agent is None and cls is not None and cls.local:
+            errors.append(
+                f"{where}: a {kind} watcher reads its host's files, so in a file every agent "
+                'loads it needs agent = "NAME" (or move it to that agent\'s own config)'
+            )
+            continue
+        kept.append(table)
+    config.watchers = kept
+    return errors
 
 
 NESTED = "arrays or tables are nested too deeply to be a watchkeeper config"

@@ -25,6 +25,11 @@ BATCH = 1000
 """Deliveries a dispatcher reads from the outbox at once (and marks in one transaction)."""
 
 
+def _always() -> bool:
+    """A dispatcher's turn outside a fleet: always."""
+    return True
+
+
 class Dispatcher(GuardedThread):
     """Drains one notifier's deliveries from the outbox: in batches, or grouped into digests.
 
@@ -38,21 +43,35 @@ class Dispatcher(GuardedThread):
     handed out again by this process, also not to the dispatcher that replaces a crashed one.
     """
 
-    def __init__(self, notifier: Notifier, store: Store, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        notifier: Notifier,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        agent: str | None = None,
+    ):
+        """``agent``: in a fleet, the agent that claims the deliveries it takes (see
+        :meth:`Store.due`), so two agents running one notifier never send the same alert."""
         super().__init__(f"watchkeeper:notify:{notifier.name}")
         self.notifier = notifier
         self.store = store
         self.clock = clock
+        self.agent = agent
+        self.turn: Callable[[], bool] = _always
+        """Whether this dispatcher may send now. A grouped notifier in a fleet sends from one
+        agent at a time (its digests are built from what it holds in memory): the keeper makes
+        this the fleet's :meth:`~watchkeeper.fleet.Fleet.holds` of the notifier's lease."""
         self.wake = threading.Event()
         self._flush_by: float | None = None
         self._at_exit = False
         config = notifier.config
         grouping = config.grouping()
-        self.grouper = (
+        self.policy = (
             None
             if grouping is None
-            else Grouper(GroupPolicy(*grouping, max_per_interval=config.max_per_interval))
+            else GroupPolicy(*grouping, max_per_interval=config.max_per_interval)
         )
+        self.grouper = None if self.policy is None else Grouper(self.policy)
         self._cursor: int | None = None  # grouped: the last delivery read into the groups
         self._failures = 0  # grouped: messages failed in a row, for the backoff
         self._down_until = 0.0
@@ -105,7 +124,7 @@ class Dispatcher(GuardedThread):
         if now < self._down_until and not flushing:
             self._sleep(min(self._down_until - now, IDLE_POLL))
             return True
-        due = self.store.due(self.notifier.name, now, limit=BATCH)
+        due = self.store.due(self.notifier.name, now, limit=BATCH, agent=self.agent)
         if not due:
             if flushing:
                 return False
@@ -176,6 +195,13 @@ class Dispatcher(GuardedThread):
 
     def _grouped_step(self, grouper: Grouper, flushing: bool) -> bool:
         """Read new pending deliveries into the groups; send the groups that are due."""
+        if not self.turn():  # another agent sends this notifier's digests
+            if flushing:
+                return False
+            if self._cursor is not None and self.policy is not None:  # read afresh when back
+                self.grouper, self._cursor = Grouper(self.policy), None
+            self._sleep(IDLE_POLL)
+            return True
         now = self.clock()
         while True:
             found, self._cursor = self.store.pending_after(self.notifier.name, self._cursor, BATCH)

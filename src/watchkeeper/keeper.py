@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,6 +33,7 @@ from watchkeeper.build import (
 from watchkeeper.config import Config, default_state_path, load_config, watcher_config
 from watchkeeper.dispatch import Dispatcher
 from watchkeeper.errors import ConfigError, StoreError
+from watchkeeper.fleet import Fleet, conflicts, digest, shared_offer
 from watchkeeper.notifiers import Notifier
 from watchkeeper.pool import WatcherPool
 from watchkeeper.quantities import parse_duration
@@ -38,7 +42,7 @@ from watchkeeper.retention import Pruner
 from watchkeeper.runtime import WatcherRun, WatcherThread, close_watcher
 from watchkeeper.store import Route, Store
 from watchkeeper.store.backend import local_path
-from watchkeeper.supervisor import Revivable, Supervisor
+from watchkeeper.supervisor import Revivable, Supervised, Supervisor
 from watchkeeper.watchers import Watcher, WatcherConfig
 from watchkeeper.watchers.custom import CheckFunction, CustomConfig, CustomWatcher
 
@@ -77,11 +81,23 @@ class Keeper:
         watchers: Iterable[Watcher | WatcherConfig] = (),
         retention: float | str = "30d",
         max_alerts: int = 1_000_000,
+        agent: str | None = None,
+        lease: float | str = 30.0,
     ) -> None:
+        """``agent`` and ``lease``: this keeper's name in a fleet (default: the host name) and
+        how long a shared watcher stays with it once it stops renewing (see docs/fleet.md)."""
         self.state: str | Path = state if state is not None else default_state_path()
         """A path, ``sqlite:///path`` or ``postgresql://…`` (see :class:`Store`)."""
         self.state_path = local_path(self.state)
         """The state file, or (for a database) the local file this agent's notes go beside."""
+        self.agent = agent or socket.gethostname()
+        self.lease = parse_duration(lease)
+        self.advertised: dict[str, Any] = {}
+        """What the heartbeat tells the fleet besides what this agent runs (the dashboard URL)."""
+        self._fleet: Fleet | None = None
+        self._digests: dict[str, str] = {}  # shared watcher -> its settings' fingerprint
+        self.sources: dict[str, str] = {}
+        """The file each watcher came from (the fleet's conflict errors name it)."""
         self.shutdown_timeout = parse_duration(shutdown_timeout)
         self.retention = parse_duration(retention)
         self.max_alerts = max_alerts
@@ -113,14 +129,18 @@ class Keeper:
         """Build a keeper from an agent config file (or an already loaded Config)."""
         config = path if isinstance(path, Config) else load_config(path)
         notifiers, watchers = build_from_config(config)
-        return cls(
+        keeper = cls(
             state=state or config.keeper.state,
             notify=notifiers,
             shutdown_timeout=config.keeper.shutdown_timeout,
             watchers=watchers,
             retention=config.keeper.retention,
             max_alerts=config.keeper.max_alerts,
+            agent=config.keeper.agent_name(),
+            lease=config.keeper.lease,
         )
+        keeper.sources = {w.name: config.source_of("watcher", w.name) for w in watchers}
+        return keeper
 
     # -- adding watchers ----------------------------------------------------------------------
 
@@ -132,6 +152,12 @@ class Keeper:
             watcher = build_watcher(watcher)
         if watcher.name in self._names:
             raise ConfigError(f"watcher name {watcher.name!r} is used twice; names must be unique")
+        owner = watcher.owner(self.agent)
+        if owner not in (None, self.agent):
+            raise ConfigError(
+                f"watcher {watcher.name!r} is pinned to agent {owner!r}, and this keeper is "
+                f"agent {self.agent!r}"
+            )
         self._names.add(watcher.name)
         self.watchers.append(watcher)
         return watcher
@@ -233,13 +259,28 @@ class Keeper:
                 raise RuntimeError("a keeper starts once; build a new one to start again")
             store = Store(self.state)
             try:
-                store.claim()
+                store.claim(self.agent, self.lease)
                 supervisor = Supervisor(store, self.notifiers, self.routes, self._committed)
                 for notifier in self.notifiers:
-                    supervisor.watch_driver(Dispatcher(notifier, store))
+                    supervisor.watch_driver(self._dispatcher(notifier, store))
                 self._runs = self._new_runs(self.watchers, store)
+                problems = conflicts(store, self.agent, self._runs, self.sources)
+                if problems:
+                    raise ConfigError(problems)
+                fleet = Fleet(
+                    store,
+                    self.agent,
+                    self.lease,
+                    lambda: self._runs,
+                    self._heartbeat,
+                    lambda: [_single(n) for n in self.notifiers if n.config.grouping()],
+                )
+                self._fleet = fleet  # (its first heartbeat names what it runs)
+                fleet.round()  # before the first checks: one agent (SQLite) then runs everything
+                supervisor.watch("fleet", fleet, _renewed_fleet)
                 for driver in _drivers(list(self._runs.values())):
                     supervisor.watch_driver(driver)
+                store.listen(self._heard)  # another agent's deliveries (PostgreSQL) wake ours
                 self._pruner = Pruner(store, self.retention, self.max_alerts)
                 # A companion that cannot start (a busy address) stops the start before checks.
                 serving = [c for c in self._companions if c.prepare()]
@@ -251,7 +292,10 @@ class Keeper:
             self.store = store
             self._supervisor = supervisor
             self._started = True
-            for driver in [*supervisor.drivers("dispatcher", "watcher", "pool"), self._pruner]:
+            for driver in [
+                *supervisor.drivers("dispatcher", "watcher", "pool", "fleet"),
+                self._pruner,
+            ]:
                 driver.start()
             supervisor.start()
             atexit.register(self._at_exit)
@@ -271,11 +315,60 @@ class Keeper:
         return self
 
     def _new_runs(self, watchers: Sequence[Watcher], store: Store) -> dict[str, WatcherRun]:
-        """A run per watcher, their rows registered in one transaction."""
-        records = store.register_watchers([(w.name, w.kind) for w in watchers])
+        """A run per watcher, their rows registered in a transaction per owner; a shared one
+        is parked until the lease loop takes its lease (see :mod:`watchkeeper.fleet`)."""
+        records = {}
+        for owner in (self.agent, None):
+            mine = [(w.name, w.kind) for w in watchers if w.owner(self.agent) == owner]
+            if mine:
+                records.update(store.register_watchers(mine, agent=owner))
+        runs = {}
+        for w in watchers:
+            run = WatcherRun(w, store, self.routes, self._committed, record=records[w.name])
+            run.shared = w.owner(self.agent) is None
+            if run.shared:
+                self._digests[w.name] = digest(run)
+            runs[w.name] = run
+        return runs
+
+    def _dispatcher(self, notifier: Notifier, store: Store) -> Dispatcher:
+        """A notifier's dispatcher; a grouped one sends only while this agent holds its lease
+        (one agent of a fleet builds its digests; on one agent, always)."""
+        dispatcher = Dispatcher(notifier, store, agent=self.agent)
+        if notifier.config.grouping():
+            dispatcher.turn = functools.partial(self._holds, _single(notifier))
+        return dispatcher
+
+    def _heard(self, payload: str) -> None:
+        """A change notice (``alerts`` or a notifier with new deliveries): wake its dispatcher."""
+        for dispatcher in self._dispatchers:
+            if payload in ("alerts", dispatcher.notifier.name):
+                dispatcher.wake.set()
+
+    def _holds(self, lease: str) -> bool:
+        """True while this agent holds a single lease (see :class:`Fleet`)."""
+        fleet = self._fleet_thread
+        return fleet is not None and fleet.holds(lease)
+
+    def _heartbeat(self) -> dict[str, Any]:
+        """What this agent tells the fleet with each heartbeat (the fleet view shows it)."""
+        from watchkeeper import __version__
+
+        fleet = self._fleet_thread
         return {
-            w.name: WatcherRun(w, store, self.routes, self._committed, record=records[w.name])
-            for w in watchers
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "state": self.state_path.name,
+            "watchers": [] if fleet is None else fleet.running(),
+            "leases_lost": sum(run.leases_lost for run in list(self._runs.values())),
+            **shared_offer(  # what it may run, for the share and the others' conflict check
+                [name for name, run in list(self._runs.items()) if run.shared],
+                self._digests,
+                self.sources,
+            ),
+            "lease": self.lease,
+            **self.advertised,
         }
 
     def stop(self, timeout: float | None = None) -> bool:
@@ -311,9 +404,13 @@ class Keeper:
         assert supervisor is not None
         if supervisor is not me:
             supervisor.join(max(0.0, deadline - time.monotonic()))
-        watching: list[WatcherThread | WatcherPool | Pruner] = [
+        fleet = self._fleet_thread
+        if fleet is not None:
+            fleet.stop()
+        watching: list[WatcherThread | WatcherPool | Pruner | Fleet] = [
             *self._drivers,
             *([self._pruner] if self._pruner else []),
+            *([fleet] if fleet is not None else []),
         ]
         dispatchers = self._dispatchers
         for driver in watching:
@@ -338,6 +435,8 @@ class Keeper:
                 sender.join(ABORT_GRACE)
         for handover in self._handovers:
             handover.join(max(0.0, deadline - time.monotonic()))
+        if fleet is not None:  # after the flush: a grouped notifier's digests went out
+            fleet.leave()  # the others take over now, not after the lease
         drivers = [*watching, *dispatchers, *self._retiring, supervisor]
         alive = [d.name for d in drivers if d.is_alive() and d is not me]
         unmarked = store.flush_marks()
@@ -534,9 +633,12 @@ class Keeper:
             new_runs = self._new_runs(unit.watchers, store)
             self._runs.update(new_runs)
             drivers = _drivers(list(new_runs.values()))
-            dispatchers = [Dispatcher(notifier, store) for notifier in unit.notifiers]
+            dispatchers = [self._dispatcher(notifier, store) for notifier in unit.notifiers]
             assert self._supervisor is not None
             self._supervisor.notifiers = list(self.notifiers)
+            fleet = self._fleet_thread
+            if fleet is not None and any(run.shared for run in new_runs.values()):
+                fleet.round()  # their leases now: they start checking at once, as before
             for part in [*dispatchers, *drivers]:
                 part.start()  # then watched: a part not started yet would look crashed
                 self._supervisor.watch_driver(part)
@@ -545,6 +647,12 @@ class Keeper:
     def _drivers(self) -> list[WatcherThread | WatcherPool]:
         """The watcher threads and pools running now (the supervisor's, replacements included)."""
         return [] if self._supervisor is None else self._supervisor.drivers("watcher", "pool")
+
+    @property
+    def _fleet_thread(self) -> Fleet | None:
+        """The lease loop running now (the supervisor's replacement after a crash included)."""
+        current = [] if self._supervisor is None else self._supervisor.drivers("fleet")
+        return current[0] if current else self._fleet
 
     @property
     def _dispatchers(self) -> list[Dispatcher]:
@@ -634,6 +742,17 @@ class Keeper:
                 listener(alerts)
             except Exception:
                 log.exception("alert listener failed")
+
+
+def _single(notifier: Notifier) -> str:
+    """The name of the lease a grouped notifier's dispatcher needs in a fleet."""
+    return f"notify:{notifier.name}"
+
+
+def _renewed_fleet(old: Supervised) -> Fleet:
+    """A crashed lease loop's replacement, started, with the leases it held."""
+    assert isinstance(old, Fleet)
+    return old.renewed()
 
 
 def _close_crashed(thread: WatcherThread) -> None:

@@ -259,8 +259,8 @@ class WatcherPool:
                     if self._entry.get(run.name) != number:
                         continue  # replaced by a later (re)schedule
                     del self._entry[run.name]
-                    if run.paused:
-                        continue  # parked until resumed (its wake schedules it again)
+                    if run.idle:
+                        continue  # parked until resumed or leased (its wake schedules it again)
                     self._running.add(run.name)
                     self._admit(run)
                 timeout = self._heap[0][0] - now if self._heap else None

@@ -22,7 +22,7 @@ from typing import Any
 
 from watchkeeper.alerts import Alert, RuleEngine, Verdict
 from watchkeeper.errors import StoreError
-from watchkeeper.store import Route, Store, WatcherRecord
+from watchkeeper.store import LeaseLost, Route, Store, WatcherRecord
 from watchkeeper.watchers.base import PARTS, Watcher, apply_parts
 
 log = logging.getLogger("watchkeeper")
@@ -53,6 +53,11 @@ _NOTHING = object()
 """No checkpoint read yet (None is a checkpoint)."""
 _UNREADABLE = object()
 """prepare() could not read the checkpoint: the check is skipped and redone later."""
+_NOT_OURS = object()
+"""prepare() found the run not due here (its lease not held, or its check not due yet)."""
+
+Fence = tuple[str, int]
+"""(agent, fencing token): the lease a shared watcher's commit must still hold."""
 
 
 class WatcherRun:
@@ -109,6 +114,64 @@ class WatcherRun:
         self.muted_until = record.muted_until
         self.store_errors = 0
         """Commits that failed in a row: the redo backs off while the store is in trouble."""
+        self.shared = False
+        """Run under a lease (a fleet's shared watcher): checked only while :attr:`fence` is
+        set, each commit fenced by it. A pinned watcher (the default) always runs."""
+        self.fence: Fence | None = None
+        """The lease held now (set and cleared by the fleet's lease loop)."""
+        self.leases_lost = 0
+        """Commits refused because the lease had gone to another agent meanwhile."""
+        self.lease_lock = threading.Lock()
+        """Guards :attr:`fence` against a check starting: the lease loop sheds only idle runs."""
+        self.busy = False
+        """A check is under way (from its fetch to its commit)."""
+        self._check_fence: Fence | None = None  # the lease the check under way started with
+        self._not_before = 0.0  # adopted from another agent: its next check is due then
+
+    @property
+    def idle(self) -> bool:
+        """Not to be checked now: paused, or a shared watcher whose lease another agent has."""
+        return self.paused or (self.shared and self.fence is None)
+
+    def adopt(self, record: WatcherRecord | None, fence: Fence, *, from_other: bool) -> None:
+        """Take over a shared watcher from the store, as the agent that last ran it left it:
+        checkpoint, rule state, failures, pause and mute; taken ``from_other`` agent, also the
+        time its next check is due (so a failover or a move checks it when due, not twice in a
+        cycle; this agent's own restart checks at once, as a single agent always did)."""
+        with self.lease_lock:
+            if record is not None:
+                if record.checkpoint is not None:
+                    self._stored = True
+                    self.checkpoint = record.checkpoint if self.keeps_checkpoint else None
+                    if self.watcher.parted and self.keeps_checkpoint:
+                        self.parts = self.store.checkpoint_parts(self.watcher.name)
+                self.rule_state = record.rule_state
+                self.failures = record.failures
+                self.paused = record.paused
+                self.muted_until = record.muted_until
+                self._not_before = (record.next_check or 0.0) if from_other else 0.0
+            self.fence = fence
+
+    def release(self) -> bool:
+        """Give up the lease unless a check is under way; True when given up."""
+        with self.lease_lock:
+            if self.busy:
+                return False
+            self.fence = None
+            return True
+
+    def _begin(self) -> float | None:
+        """Start a check: the seconds to wait instead when it is not this agent's to do now."""
+        with self.lease_lock:
+            if self.shared:
+                if self.fence is None:
+                    return min(self.watcher.config.every, CHECK_BACKOFF_CAP)
+                wait = self._not_before - self.clock()
+                if wait > 0:
+                    return wait
+            self._check_fence = self.fence
+            self.busy = True
+            return None
 
     @property
     def name(self) -> str:
@@ -125,9 +188,22 @@ class WatcherRun:
         was committed, so the same work is redone from the old checkpoint.
         """
         every = self.watcher.config.every
+        checkpoint, self._prepared_from = self._prepared_from, _NOTHING
+        if checkpoint is _NOTHING:
+            wait = self._begin()
+            if wait is not None:
+                return wait
+        try:
+            return self._cycle(every, checkpoint)
+        finally:
+            self.busy = False
+
+    def _cycle(self, every: float, checkpoint: Any) -> float:
+        """:meth:`cycle` once the check is this agent's to do, from the prepared checkpoint."""
         now = self.clock()
         try:
-            checkpoint, self._prepared_from = self._prepared_from, _NOTHING
+            if checkpoint is _NOT_OURS:
+                return max(self._begin() or 0.0, STORE_RETRY)
             if checkpoint is _UNREADABLE:  # (logged by prepare) nothing to check from
                 return min(every, CHECK_BACKOFF_CAP)
             if checkpoint is _NOTHING:
@@ -153,6 +229,13 @@ class WatcherRun:
                 )
                 delay = backoff(every, failures, max(every, CHECK_BACKOFF_CAP))
                 return self._commit(now, verdict, checkpoint, error, failures, delay)
+        except LeaseLost as exc:
+            with self.lease_lock:
+                if self.fence == self._check_fence:  # not re-taken meanwhile
+                    self.fence = None
+            self.leases_lost += 1
+            log.warning("watcher %s: not committed, another agent runs it now: %s", self.name, exc)
+            return min(every, CHECK_BACKOFF_CAP)
         except StoreError as exc:
             self.store_errors += 1
             delay = min(every, backoff(STORE_RETRY, self.store_errors, CHECK_BACKOFF_CAP))
@@ -170,6 +253,9 @@ class WatcherRun:
         It never raises: the watcher keeps what went wrong for its check to raise, so a failed
         fetch counts as a failed check like any other.
         """
+        if self._begin() is not None:  # not ours now: cycle() says when to look again
+            self._prepared_from = _NOT_OURS
+            return
         try:
             self._prepared_from = self._checkpoint()
         except Exception:  # the check cannot start without it: skipped now, redone later
@@ -224,6 +310,7 @@ class WatcherRun:
             next_check=now + delay,
             error=error,
             parts=parts,
+            fence=self._check_fence if self.shared else None,
         )
         apply_parts(self.parts, parts)
         self._stored = True
@@ -311,7 +398,7 @@ class WatcherThread(GuardedThread):
             while not self.stopping.is_set():
                 # Clear before the check, so a stop or check-now during it is not lost.
                 self.wake.clear()
-                if watcher_run.paused:
+                if watcher_run.idle:  # paused, or its lease is another agent's
                     self.wake.wait()
                     continue
                 delay = watcher_run.safe_cycle()

@@ -366,7 +366,8 @@ def _overwrite(path: Path, data: bytes) -> None:
 def _new_dispatcher(old: Supervised) -> Dispatcher:
     """A crashed dispatcher's replacement, started."""
     assert isinstance(old, Dispatcher)
-    dispatcher = Dispatcher(old.notifier, old.store, old.clock)
+    dispatcher = Dispatcher(old.notifier, old.store, old.clock, old.agent)
+    dispatcher.turn = old.turn
     dispatcher.start()
     return dispatcher
 

@@ -95,6 +95,7 @@ def attach_dashboard(keeper: Keeper, settings: KeeperSettings) -> Callable[[], N
 
     def announce() -> None:
         if dashboard.running:
+            keeper.advertised["dashboard"] = dashboard.url  # the fleet view links to it
             # A line that ends with it, so scripts (and tests) can find the port after port 0.
             say(f"dashboard: {dashboard.url}")
 
@@ -146,6 +147,7 @@ def status(
 ) -> None:
     """Show watchers (health, last and next check), the outbox per notifier, and the running
     keeper's threads and state file when something is wrong with them."""
+    from watchkeeper.fleetview import agent_docs, runners
     from watchkeeper.supervisor import read_health, watcher_health
     from watchkeeper.watchers.logrotated import lost_totals
 
@@ -155,6 +157,8 @@ def status(
         counts = store.delivery_counts()
         errors = store.last_delivery_errors()
         size, oldest = store.file_size(), store.oldest_alert()
+        agents = agent_docs(store, DEFAULT_LEASE) if store.fleet_capable else []
+        running = runners(store, agents) if agents else {}
     except WatchkeeperError as exc:
         fail(str(exc))
     finally:
@@ -174,6 +178,7 @@ def status(
         {
             "name": w.name,
             "kind": w.kind,
+            "agent": running.get(w.name),
             "state": state_of(w),
             "last_check": iso_utc(w.last_check) if w.last_check else None,
             "next_check": iso_utc(w.next_check) if w.next_check else None,
@@ -187,6 +192,7 @@ def status(
     if as_json:
         doc = {
             "agent": None if note is None else asdict(note),
+            "agents": agents,
             "watchers": rows,
             "notifiers": {
                 name: {**c, "last_error": errors.get(name)} for name, c in counts.items()
@@ -199,8 +205,10 @@ def status(
         }
         sys.stdout.write(safe_json(doc, indent=2) + "\n")
         return
+    _print_agents(agents)
     table = Table(title="watchers", title_justify="left")
-    for column in ("name", "kind", "state", "last check", "next check", "checks", "last error"):
+    columns = ["name", "kind", "agent", "state", "last check", "next check", "checks", "last error"]
+    for column in columns if agents else [c for c in columns if c != "agent"]:
         table.add_column(column)
     styles = {"ok": "green", "paused": "yellow", "restarting": "yellow", "removed": "dim"}
     for row, w in zip(rows, watchers, strict=True):
@@ -208,6 +216,7 @@ def status(
         table.add_row(
             Text(terminal_safe(w.name)),
             Text(terminal_safe(w.kind)),
+            *([Text(terminal_safe(row["agent"] or "—"))] if agents else []),
             Text(row["state"], style=style),
             _ago(w.last_check),
             _ago(w.next_check),
@@ -243,6 +252,29 @@ def status(
     out.print(f"state file: {size / 2**20:.1f} MiB, {since}")
     if note is not None:
         out.print(agent_lines(note))
+
+
+DEFAULT_LEASE = 30.0
+"""An agent whose heartbeat does not say its lease counts as gone after this long."""
+
+
+def _print_agents(agents: list[dict[str, Any]]) -> None:
+    """The fleet's agents: alive or gone, last heartbeat, how many watchers each runs."""
+    if not agents:
+        return
+    table = Table(title="agents", title_justify="left")
+    for column in ("agent", "state", "last heartbeat", "host", "runs", "leases lost"):
+        table.add_column(column)
+    for doc in agents:
+        table.add_row(
+            Text(terminal_safe(doc["name"])),
+            Text("alive", style="green") if doc["alive"] else Text("gone", style="red"),
+            f"{format_duration(doc['seen_ago'])} ago",
+            Text(terminal_safe(f"{doc['host'] or ''} (pid {doc['pid']})")),
+            str(len(doc["watchers"])),
+            str(doc["leases_lost"]),
+        )
+    out.print(table)
 
 
 def agent_lines(note: AgentNote) -> Text:

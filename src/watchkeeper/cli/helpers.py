@@ -44,7 +44,11 @@ ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="The config file.", show_default=True)
 ]
 StateOption = Annotated[
-    Path | None, typer.Option("--state", help="The state file (overrides [keeper] state).")
+    str | None,
+    typer.Option(
+        "--state",
+        help="The state: a file, or a postgresql:// URL (overrides [keeper] state).",
+    ),
 ]
 SeverityOption = Annotated[str, typer.Option(help="Minimum severity.")]
 WatcherOption = Annotated[str | None, typer.Option(help="Only this watcher.")]
@@ -97,17 +101,17 @@ def load(path: Path) -> Config:
         fail("\n".join(exc.errors))
 
 
-def state_path(config_path: Path, state: Path | None) -> Path | str:
+def state_path(config_path: Path, state: str | None) -> Path | str:
     """--state, else the config's [keeper] state, else the default state file if it exists.
 
     Only ``[keeper] state`` is read: the rest may name secrets this shell does not have. Without
     a config file and a state file to read, the message says that there is no config, not that
     some state file the user never chose does not exist.
     """
-    from watchkeeper.config import default_state_path, state_location
+    from watchkeeper.config import STATE_URLS, default_state_path, state_location
 
-    if state is not None:
-        return state
+    if state is not None:  # a URL kept whole: a Path would fold its '//' into '/'
+        return state if state.startswith(STATE_URLS) else Path(state)
     if config_path.exists():
         try:
             configured = state_location(config_path)
@@ -124,7 +128,7 @@ def state_path(config_path: Path, state: Path | None) -> Path | str:
     return default_state_path()
 
 
-def open_store(config_path: Path, state: Path | None) -> Store:
+def open_store(config_path: Path, state: str | None) -> Store:
     """Open the state file for reading, or exit 1 when there is none yet."""
     from watchkeeper.store import Store
 

@@ -115,7 +115,7 @@ def _configured_page(config: Path, name: str | None, url: str) -> Any:
     return None
 
 
-def _stored_page_checkpoint(config: Path, state: Path | None, name: str | None, url: str) -> Any:
+def _stored_page_checkpoint(config: Path, state: str | None, name: str | None, url: str) -> Any:
     """The checkpoint of the page watcher named ``name``, or of the config's watcher for ``url``."""
     from watchkeeper.config import Config
 

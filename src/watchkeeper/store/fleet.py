@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,10 @@ class Fleet(StoreCore):
 
     def agents(self) -> list[AgentRecord]:
         """Every agent that ever ran against this state, by name."""
-        rows = self._read("SELECT name, started_at, last_seen, info FROM agents ORDER BY name")
-        return [AgentRecord(r[0], r[1], r[2], _json(r[3])) for r in rows]
+        rows = self._read(
+            "SELECT name, started_at, last_seen, info, instance FROM agents ORDER BY name"
+        )
+        return [AgentRecord(r[0], r[1], r[2], _json(r[3]), stopped=r[4] == "") for r in rows]
 
     # -- leases -------------------------------------------------------------------------------
 
@@ -126,18 +129,27 @@ class Fleet(StoreCore):
         ``agent``'s; its fencing token, or None while another agent holds it. Held by another
         run of ``agent`` (a restart; a paused run whose name was taken), it is taken at once
         with a new token."""
+        return self.take_leases([watcher], agent, ttl).get(watcher)
+
+    def take_leases(self, watchers: Sequence[str], agent: str, ttl: float) -> dict[str, int]:
+        """:meth:`take_lease` for many watchers in one transaction (a failover takes hundreds);
+        {watcher: token} of those taken. Rows are locked in name order, so two agents taking
+        overlapping sets at once wait for each other instead of deadlocking."""
+        taken: dict[str, int] = {}
         with self.transaction() as conn:
-            holder, token, expires, now, run = self._lease_row(conn, watcher)
-            if (holder, run) != (agent, self._instance):  # changes hands, maybe between runs
-                if holder not in (None, agent) and expires > now:
-                    return None
-                token += 1
-            conn.execute(
-                "UPDATE leases SET agent = ?, instance = ?, token = ?, expires_at = ? "
-                "WHERE watcher = ?",
-                (agent, self._instance, token, now + ttl, watcher),
-            )
-            return token
+            for watcher in sorted(set(watchers)):
+                holder, token, expires, now, run = self._lease_row(conn, watcher)
+                if (holder, run) != (agent, self._instance):  # changes hands, maybe between runs
+                    if holder not in (None, agent) and expires > now:
+                        continue
+                    token += 1
+                conn.execute(
+                    "UPDATE leases SET agent = ?, instance = ?, token = ?, expires_at = ? "
+                    "WHERE watcher = ?",
+                    (agent, self._instance, token, now + ttl, watcher),
+                )
+                taken[watcher] = token
+        return taken
 
     def renew_lease(self, watcher: str, agent: str, token: int, ttl: float) -> bool:
         """Extend a lease ``agent`` holds with ``token`` by ``ttl`` seconds from now; False if it
@@ -149,13 +161,38 @@ class Fleet(StoreCore):
             conn.execute("UPDATE leases SET expires_at = ? WHERE watcher = ?", (now + ttl, watcher))
             return True
 
+    def renew_leases(self, held: Mapping[str, int], agent: str, ttl: float) -> set[str]:
+        """:meth:`renew_lease` for many leases ({watcher: token}) in one transaction (an agent
+        holding a thousand renews them in one commit, not a thousand); the watchers whose lease
+        went to another agent."""
+        if not held:
+            return set()
+        now = self._db.dialect.now
+        with self.transaction() as conn:
+            conn.executemany(
+                f"UPDATE leases SET expires_at = {now} + ? "
+                "WHERE watcher = ? AND agent = ? AND token = ?",
+                [(ttl, watcher, agent, token) for watcher, token in held.items()],
+            )
+            rows = conn.execute(
+                "SELECT watcher, token FROM leases WHERE agent = ?", (agent,)
+            ).fetchall()
+        ours = {(row[0], int(row[1])) for row in rows}
+        return {watcher for watcher, token in held.items() if (watcher, token) not in ours}
+
     def release_lease(self, watcher: str, agent: str, token: int) -> None:
         """Give a lease up (a clean stop): another agent may take it at once."""
+        self.release_leases({watcher: token}, agent)
+
+    def release_leases(self, held: Mapping[str, int], agent: str) -> None:
+        """:meth:`release_lease` for many leases ({watcher: token}) in one transaction."""
+        if not held:
+            return
         with self.transaction() as conn:
-            conn.execute(
+            conn.executemany(
                 "UPDATE leases SET agent = NULL, expires_at = 0 "
                 "WHERE watcher = ? AND agent = ? AND token = ?",
-                (watcher, agent, token),
+                [(watcher, agent, token) for watcher, token in held.items()],
             )
 
     def leases(self) -> list[LeaseRecord]:

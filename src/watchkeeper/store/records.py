@@ -47,6 +47,12 @@ class AgentRecord:
     started_at: float
     last_seen: float
     info: dict[str, Any]
+    stopped: bool = False
+    """It stopped cleanly (:meth:`Store.close`): gone at once, whatever its last heartbeat."""
+
+    def alive(self, now: float, lease: float) -> bool:
+        """Running: not stopped, and heard from within ``lease`` before ``now`` (DB clock)."""
+        return not self.stopped and now - self.last_seen < lease
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,13 @@ class WatcherConfig(Rules):
 
     name: str = Field(min_length=1, description="Unique name; alerts and state are filed under it.")
     every: Duration = Field(default=60.0, description="Time between checks.")
+    agent: str | None = Field(
+        default=None,
+        min_length=1,
+        description="In a fleet: the one agent that runs this watcher (pinned). Default: log "
+        "watchers are pinned to the agent whose config lists them, other kinds are shared "
+        "(any live agent runs them, one at a time). See docs/fleet.md.",
+    )
 
     @field_validator("every")
     @classmethod
@@ -98,6 +105,9 @@ class Watcher(ABC):
     """0: each watcher of this kind runs on a thread of its own. N: all of them share a pool of
     at most N threads, for kinds that come in hundreds and whose checks are short waits on the
     network. Such a kind must not override :meth:`wait`; it plans with :meth:`next_delay`."""
+    local: ClassVar[bool] = False
+    """True when a check reads this host (log files): such a watcher is pinned to the agent whose
+    config lists it, never shared across a fleet (another host has other files)."""
     shape_titles: ClassVar[bool] = False
     parted: ClassVar[bool] = False
     """The checkpoint has parts (see :class:`CheckResult`): the runtime loads them at start,
@@ -117,6 +127,13 @@ class Watcher(ABC):
     def name(self) -> str:
         """The configured name."""
         return self.config.name
+
+    def owner(self, agent: str) -> str | None:
+        """The agent that runs this watcher, given the agent asking (``[keeper] agent``); None
+        when it is shared: any live agent may run it, one at a time, under a lease."""
+        if self.config.agent is not None:
+            return self.config.agent
+        return agent if self.local else None
 
     def initial_checkpoint(self) -> Any:
         """The checkpoint to start from when the store has none, taken as the keeper starts.

@@ -56,6 +56,7 @@ class LogWatcher(Reading, Watcher):
     """Follows log files and alerts on the lines its rules match."""
 
     kind = "log"
+    local = True
     config_model = LogConfig
     config: LogConfig
     shape_titles = True

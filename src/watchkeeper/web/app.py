@@ -8,6 +8,8 @@ keeper's threads do the real work; the dashboard only looks and asks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import math
 import re
 import time
@@ -38,6 +40,7 @@ from starlette.staticfiles import StaticFiles
 
 from watchkeeper.alerts import Severity
 from watchkeeper.bind import Bind
+from watchkeeper.fleetview import agent_docs, runners
 from watchkeeper.quantities import format_duration, iso_utc, parse_duration, parse_since
 from watchkeeper.store import Store
 from watchkeeper.supervisor import watcher_health
@@ -97,7 +100,9 @@ def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> St
     env.filters["rel"] = relative_time
     env.filters["duration"] = format_duration
     ctx = Context(keeper, store, guard, broadcaster, env, LoginLimiter())
-    registry = metrics_registry(store, lambda: broadcaster.count, keeper.health)
+    registry = metrics_registry(
+        store, lambda: broadcaster.count, keeper.health, lambda: agent_docs(store, keeper.lease)
+    )
 
     async def metrics(request: Request) -> Response:
         body = await anyio.to_thread.run_sync(render, registry)
@@ -127,6 +132,7 @@ def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> St
         Route("/api/watchers/{name:str}/{action:str}", action, methods=["POST"]),
         Route("/api/alerts", api_alerts),
         Route("/api/notifiers", api_notifiers),
+        Route("/api/agents", api_agents),
         Route("/api/health", api_health),
         Route("/api/stream", stream),
         Route("/metrics", metrics),
@@ -135,7 +141,9 @@ def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> St
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(push_changes(ctx))
+        changed = asyncio.Event()
+        store.listen(functools.partial(_heard, asyncio.get_running_loop(), changed))
+        task = asyncio.create_task(push_changes(ctx, changed))
         try:
             yield
         finally:
@@ -144,6 +152,17 @@ def build_app(keeper: Keeper, store: Store, token: str | None, bind: Bind) -> St
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.wk = ctx
     return app
+
+
+def fleet_view(ctx: Context) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The agents on this store and {watcher: the agent running it} (see watchkeeper.fleet)."""
+    agents = agent_docs(ctx.store, ctx.keeper.lease)
+    return agents, runners(ctx.store, agents)
+
+
+def all_watchers(ctx: Context) -> list[dict[str, Any]]:
+    """Every watcher's row, with its thread's trouble and the agent that runs it."""
+    return watcher_docs(ctx.store, threads(ctx), fleet_view(ctx)[1])
 
 
 def threads(ctx: Context) -> dict[str, tuple[str, str | None]]:
@@ -186,16 +205,26 @@ def page(
     return HTMLResponse(html, status_code=status)
 
 
-async def push_changes(ctx: Context) -> None:
-    """Push watcher rows that changed, and wake clients for alerts made by other processes."""
+def _heard(loop: asyncio.AbstractEventLoop, changed: asyncio.Event, payload: str) -> None:
+    """A change notice from the store (another agent's alerts, on PostgreSQL): look at once."""
+    if payload == "alerts":
+        with contextlib.suppress(RuntimeError):  # the loop has ended: the server stopped
+            loop.call_soon_threadsafe(changed.set)
+
+
+async def push_changes(ctx: Context, changed: asyncio.Event) -> None:
+    """Push watcher rows that changed, and wake clients for alerts made by other processes:
+    every :data:`POLL`, and at once when the store announces alerts (another agent's)."""
     seen: dict[str, dict[str, Any]] = {}
     while True:
-        await asyncio.sleep(POLL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), POLL)
+        changed.clear()
         if not ctx.broadcaster.count:  # nobody is looking: nothing to read
             seen.clear()
             continue
         try:
-            docs = watcher_docs(ctx.store, threads(ctx))
+            docs = all_watchers(ctx)
             newest = last_alert_id(ctx.store)
         except Exception:  # the store is closing; the task is about to be cancelled
             continue
@@ -215,11 +244,13 @@ async def overview(request: Request) -> Response:
     store = wk(request).store
     cursor = last_alert_id(store)
     recent = find_alerts(store, AlertQuery(limit=10))
+    agents, running = fleet_view(wk(request))
     return page(
         request,
         "overview.html",
         cursor=cursor,
-        watchers=watcher_docs(store, threads(wk(request))),
+        watchers=watcher_docs(store, threads(wk(request)), running),
+        agents=agents if store.fleet_capable else [],
         alerts=recent,
         running=running_names(wk(request)),
         loaded_at=iso_utc(wk(request).keeper.loaded_at),
@@ -393,7 +424,7 @@ def reply(api: bool, status: int, message: str) -> Response:
 
 async def api_watchers(request: Request) -> Response:
     """``GET /api/watchers``: every watcher's row."""
-    return JSONResponse(watcher_docs(wk(request).store, threads(wk(request))))
+    return JSONResponse(all_watchers(wk(request)))
 
 
 async def api_watcher(request: Request) -> Response:
@@ -404,7 +435,7 @@ async def api_watcher(request: Request) -> Response:
     record = store.watcher(name)
     if record is None:
         return JSONResponse({"error": f"no watcher named {name!r}"}, status_code=404)
-    docs = {d["name"]: d for d in watcher_docs(store, threads(ctx))}
+    docs = {d["name"]: d for d in all_watchers(ctx)}
     detail = watcher_detail(record, running_config(ctx, name), store)
     return JSONResponse(
         {
@@ -433,6 +464,11 @@ async def api_notifiers(request: Request) -> Response:
     """``GET /api/notifiers``: each notifier's outbox."""
     ctx = wk(request)
     return JSONResponse(notifier_docs(ctx.store, ctx.keeper))
+
+
+async def api_agents(request: Request) -> Response:
+    """``GET /api/agents``: every agent on this store: alive, last heartbeat, what it runs."""
+    return JSONResponse(fleet_view(wk(request))[0])
 
 
 async def api_health(request: Request) -> Response:

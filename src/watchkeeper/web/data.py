@@ -39,16 +39,19 @@ def watcher_doc(
     alerts_24h: int,
     now: float,
     thread: tuple[str, str | None] | None = None,
+    agent: str | None = None,
 ) -> dict[str, Any]:
     """A watcher as JSON: the API's row and the stream's ``watcher`` event.
 
     ``thread`` is the supervisor's word on its thread when that is ``crashed`` or
-    ``restarting``: then it is the state, and its error the last error.
+    ``restarting``: then it is the state, and its error the last error. ``agent``: the agent
+    running it now (see :func:`watchkeeper.fleet.runners`), None when none does.
     """
     muted = record.muted_until if record.muted_until and record.muted_until > now else None
     return {
         "name": record.name,
         "kind": record.kind,
+        "agent": agent,
         "state": thread[0] if thread else watcher_state(record),
         "paused": record.paused,
         "muted_until": iso_utc(muted) if muted else None,
@@ -64,14 +67,19 @@ def watcher_doc(
 
 
 def watcher_docs(
-    store: Store, threads: Mapping[str, tuple[str, str | None]] | None = None
+    store: Store,
+    threads: Mapping[str, tuple[str, str | None]] | None = None,
+    running: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every watcher in the store, by name; ``threads`` as :func:`supervisor.watcher_health`."""
+    """Every watcher in the store, by name; ``threads`` as :func:`supervisor.watcher_health`,
+    ``running`` {watcher: agent} as :func:`watchkeeper.fleet.runners`."""
     now = time.time()
     counts = alerts_per_watcher(store, now - DAY)
     threads = threads or {}
+    running = running or {}
     return [
-        watcher_doc(r, counts.get(r.name, 0), now, threads.get(r.name)) for r in store.watchers()
+        watcher_doc(r, counts.get(r.name, 0), now, threads.get(r.name), running.get(r.name))
+        for r in store.watchers()
     ]
 
 

@@ -28,10 +28,12 @@ class StoreCollector(Collector):
         store: Store,
         stream_clients: Callable[[], int],
         health: Callable[[], dict[str, Any]] | None = None,
+        agents: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.store = store
         self.stream_clients = stream_clients
         self.health = health
+        self.agents = agents
 
     def collect(self) -> Iterator[Metric]:
         """One family per number; see docs/dashboard.md for the list."""
@@ -128,6 +130,37 @@ class StoreCollector(Collector):
         yield clients
         if self.health is not None:  # a keeper's own threads: not for a state file alone
             yield from health_metrics(self.health())
+        if self.agents is not None:
+            yield from agent_metrics(self.agents())
+
+
+def agent_metrics(agents: list[dict[str, Any]]) -> Iterator[Metric]:
+    """The fleet: each agent's heartbeat, what it runs, the commits its lost leases refused."""
+    up = GaugeMetricFamily(
+        "watchkeeper_agent_up",
+        "1 while the agent's heartbeat is within its lease.",
+        labels=["agent"],
+    )
+    age = GaugeMetricFamily(
+        "watchkeeper_agent_heartbeat_age_seconds",
+        "Seconds since the agent's last heartbeat (database clock).",
+        labels=["agent"],
+    )
+    running = GaugeMetricFamily(
+        "watchkeeper_agent_watchers", "Watchers the agent runs now.", labels=["agent"]
+    )
+    lost = CounterMetricFamily(
+        "watchkeeper_agent_leases_lost",
+        "Commits refused because the agent's lease had gone to another agent (fencing).",
+        labels=["agent"],
+    )
+    for doc in agents:
+        labels = [doc["name"]]
+        up.add_metric(labels, int(doc["alive"]))
+        age.add_metric(labels, doc["seen_ago"])
+        running.add_metric(labels, len(doc["watchers"]))
+        lost.add_metric(labels, doc["leases_lost"] if isinstance(doc["leases_lost"], int) else 0)
+    yield from (up, age, running, lost)
 
 
 def health_metrics(report: dict[str, Any]) -> Iterator[Metric]:
@@ -188,10 +221,11 @@ def metrics_registry(
     store: Store,
     stream_clients: Callable[[], int],
     health: Callable[[], dict[str, Any]] | None = None,
+    agents: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> CollectorRegistry:
     """A registry of our own (not the process-global one) holding the store collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store, stream_clients, health))
+    registry.register(StoreCollector(store, stream_clients, health, agents))
     return registry
 
 

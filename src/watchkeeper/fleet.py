@@ -1,0 +1,326 @@
+"""The lease loop: which shared watchers this agent runs, in a fleet of agents on one store.
+
+A watcher is pinned (it runs on one agent: log watchers on the host whose files they read) or
+shared (page, ports, custom: any live agent may run it, one at a time). Every agent builds every
+shared watcher of its config, parked; this loop, every ``lease/3``:
+
+1. sends the agent's heartbeat (what it runs, for the fleet view);
+2. renews the leases it holds; one it lost (it was paused past its lease, the database was out of
+   reach) parks the watcher at once: its commit would be refused anyway (fencing);
+3. spreads the shared watchers over the live agents: while it holds fewer than its share
+   (:func:`fair_share`) it takes free or expired leases; while it holds more than its share plus
+   :func:`slack`, it gives idle ones back. Three agents on 300 watchers hold about 100 each; when
+   one dies, the others take its watchers once its leases expire (on the database's clock, never
+   an agent's);
+4. holds the *single* leases it can get: a grouped notifier's, whose digests one agent builds.
+
+A watcher taken over resumes from the store (:meth:`WatcherRun.adopt`). Each of its commits
+passes the lease's fencing token, so an agent that lost the lease meanwhile commits nothing
+(:class:`~watchkeeper.store.LeaseLost`, counted in ``leases_lost``). On SQLite, one agent, every
+lease is granted: the same path degenerates to running everything.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from watchkeeper.errors import StoreError
+from watchkeeper.runtime import GuardedThread, WatcherRun
+from watchkeeper.store import LEASE, AgentRecord, Store
+
+log = logging.getLogger("watchkeeper")
+
+
+def slack(share: int) -> int:
+    """Leases an agent may hold beyond its share before it gives some back: enough that agents
+    do not hand watchers back and forth over a rounding, few enough to stay near even."""
+    return max(1, share // 20)
+
+
+def fair_share(shared: list[str], agents: list[AgentRecord]) -> int:
+    """How many of ``shared`` this agent should run: each counts 1 / the live agents that have
+    it in their config (their heartbeats say), so agents with different configs still cover
+    every watcher, and agents with one shared file split it evenly."""
+    capable: collections.Counter[str] = collections.Counter()
+    for agent in agents:
+        offered = agent.info.get("shared") if isinstance(agent.info, dict) else None
+        if isinstance(offered, dict):
+            capable.update(offered.keys())
+    return math.ceil(sum(1 / max(1, capable[name]) for name in shared) - 1e-9)
+
+
+def lease_of(agent: AgentRecord, default: float) -> float:
+    """The lease an agent's heartbeat says it runs with (``default`` when it does not say)."""
+    own = agent.info.get("lease") if isinstance(agent.info, dict) else None
+    return float(own) if isinstance(own, int | float) and own > 0 else default
+
+
+def live(agents: list[AgentRecord], now: float, lease: float) -> list[AgentRecord]:
+    """The agents running: not stopped, their last heartbeat younger than their lease (on the
+    database clock)."""
+    return [a for a in agents if a.alive(now, lease_of(a, lease))]
+
+
+def digest(run: WatcherRun) -> str:
+    """A short fingerprint of a watcher's settings: agents compare their shared watchers by it
+    (secrets are masked in the dump, so they never leave the agent, and do not count)."""
+    dumped = run.watcher.config.model_dump_json(exclude={"agent"})
+    return hashlib.sha256(f"{run.watcher.kind}:{dumped}".encode()).hexdigest()[:12]
+
+
+def shared_offer(
+    names: list[str], digests: Mapping[str, str], sources: Mapping[str, str]
+) -> dict[str, Any]:
+    """What a heartbeat says of the shared watchers an agent may run, for the others' share
+    (:func:`fair_share`) and their conflict check (:func:`conflicts`): ``shared`` {name:
+    [digest, index into files]} and ``files``, each file named once (a fleet's thousands of
+    watchers mostly come from one shared file)."""
+    files: dict[str, int] = {}
+    shared = {
+        name: [digests.get(name, ""), files.setdefault(sources.get(name, ""), len(files))]
+        for name in names
+    }
+    return {"shared": shared, "files": list(files)}
+
+
+def conflicts(
+    store: Store, agent: str, runs: Mapping[str, WatcherRun], sources: Mapping[str, str]
+) -> list[str]:
+    """Shared watchers that a live agent defines differently from this one, each named with
+    both files: one name is one shared watcher across a fleet."""
+    mine = {name: digest(run) for name, run in runs.items() if run.shared}
+    now = store.db_now()
+    found = []
+    for other in live(store.agents(), now, LEASE):
+        info = other.info if isinstance(other.info, dict) else {}
+        offered = info.get("shared")
+        if other.name == agent or not isinstance(offered, dict):
+            continue
+        files = info.get("files")
+        for name, theirs in offered.items():
+            if name in mine and isinstance(theirs, list) and theirs and theirs[0] != mine[name]:
+                where = "its config"
+                index = theirs[1] if len(theirs) > 1 else None
+                if isinstance(files, list) and isinstance(index, int) and 0 <= index < len(files):
+                    where = str(files[index])
+                found.append(
+                    f"{sources.get(name, 'this config')}: watcher {name!r} is defined "
+                    f"differently on live agent {other.name!r} ({where}); one name is one "
+                    "shared watcher in a fleet: make the tables the same, or rename one"
+                )
+    return found
+
+
+class Fleet(GuardedThread):
+    """This agent's heartbeat and leases, renewed every ``lease / 3`` (see the module doc)."""
+
+    def __init__(
+        self,
+        store: Store,
+        agent: str,
+        lease: float,
+        runs: Callable[[], Mapping[str, WatcherRun]],
+        info: Callable[[], dict[str, Any]],
+        singles: Callable[[], list[str]] = list,
+    ) -> None:
+        """``singles``: names of leases only one agent may hold, not spread (a grouped
+        notifier's: its digests are made by one agent, see :meth:`holds`)."""
+        super().__init__("watchkeeper:fleet")
+        self.store = store
+        self.agent = agent
+        self.lease = lease
+        self.runs = runs
+        self.info = info
+        self.singles = singles
+        self.held: dict[str, int] = {}
+        """Shared watcher -> the fencing token of its lease, held by this agent."""
+        self.single: dict[str, int] = {}
+        """A single lease's name -> its token, held by this agent."""
+        self.renewed_at = time.monotonic()
+        """When the leases were last renewed (or taken): past a lease ago they are surely gone."""
+        self.error: str | None = None
+        """Why the last round failed (the database out of reach), None when it went through."""
+        self._stopping = threading.Event()
+        self._rounds = threading.Lock()  # the loop's and a reload's (see Keeper) one at a time
+
+    @property
+    def interval(self) -> float:
+        """How often the heartbeat goes and the leases are renewed."""
+        return self.lease / 3
+
+    def stop(self) -> None:
+        """End the loop after the round in progress (the leases are released by :meth:`leave`)."""
+        self._stopping.set()
+
+    def loop(self) -> None:
+        """A round every :attr:`interval` until stopped; a store error is logged, not fatal."""
+        while not self._stopping.wait(self.interval):
+            self.round()
+
+    def renewed(self) -> Fleet:
+        """A new loop with this one's leases, started (the supervisor's restart after a crash)."""
+        fleet = Fleet(self.store, self.agent, self.lease, self.runs, self.info, self.singles)
+        fleet.held, fleet.single, fleet.renewed_at = self.held, self.single, self.renewed_at
+        fleet.ended = self.ended
+        fleet.start()
+        return fleet
+
+    def round(self) -> None:
+        """Heartbeat, renew, spread; when the store cannot be reached, park what may be lost.
+
+        Also called by a reload, so the watchers it starts run at once, not a round later.
+        """
+        with self._rounds:
+            self._guarded_round()
+
+    def _guarded_round(self) -> None:
+        try:
+            self._round()
+        except StoreError as exc:
+            if self.error is None:
+                log.warning("fleet: cannot reach the store; checks wait: %s", exc)
+            self.error = str(exc)
+            if time.monotonic() - self.renewed_at >= self.lease:
+                self._drop_all()
+                self.single.clear()  # their leases have expired: another agent may run them
+            return
+        if self.error is not None:
+            log.info("fleet: the store answers again")
+        self.error = None
+
+    def _round(self) -> None:
+        store = self.store
+        store.heartbeat(self.agent, self.info())
+        started = time.monotonic()
+        runs = self.runs()
+        shared = {name: run for name, run in runs.items() if run.shared}
+        for name, token in list(self.held.items()):
+            run = shared.get(name)
+            if run is None:  # a reload removed it
+                self._let_go(name, token)
+            elif run.fence != (self.agent, token):  # a commit found the lease gone
+                del self.held[name]
+        for name in store.renew_leases(self.held, self.agent, self.lease):
+            log.warning("fleet: lost the lease of %s to another agent", name)
+            _park(shared[name])
+            del self.held[name]
+        self._follow_controls(store, shared)
+        self._singles()
+        self.renewed_at = started
+        now = store.db_now()
+        share = fair_share(list(shared), live(store.agents(), now, self.lease))
+        if len(self.held) > share + slack(share):
+            self._shed(shared, len(self.held) - share)
+        elif len(self.held) < share:
+            self._take(shared, share - len(self.held), now)
+
+    def _follow_controls(self, store: Store, shared: Mapping[str, WatcherRun]) -> None:
+        """Take up a pause, resume or mute of a held watcher that was made on another agent's
+        dashboard or CLI (it is written to the store): within a round, not at the next takeover."""
+        if not self.held:
+            return
+        for record in store.watchers():
+            run = shared.get(record.name)
+            if run is None or record.name not in self.held:
+                continue
+            resumed = run.paused and not record.paused
+            with run.lease_lock:
+                run.paused, run.muted_until = record.paused, record.muted_until
+            if resumed:
+                run.wake()
+
+    def holds(self, name: str) -> bool:
+        """True while this agent holds the single lease ``name``."""
+        return name in self.single
+
+    def _singles(self) -> None:
+        """Renew the single leases held, let go of those no longer wanted, try the others."""
+        wanted = set(self.singles())
+        for name, token in list(self.single.items()):
+            if name not in wanted:
+                del self.single[name]
+                self.store.release_lease(name, self.agent, token)
+            elif not self.store.renew_lease(name, self.agent, token, self.lease):
+                del self.single[name]
+        for name in sorted(wanted - set(self.single)):
+            taken = self.store.take_lease(name, self.agent, self.lease)
+            if taken is not None:
+                self.single[name] = taken
+
+    def _take(self, shared: Mapping[str, WatcherRun], wanted: int, now: float) -> None:
+        """Take up to ``wanted`` free or expired leases, in random order (agents taking at the
+        same moment then rarely race for the same ones)."""
+        leases = {record.watcher: record for record in self.store.leases()}
+        free = [
+            name
+            for name in shared
+            if name not in self.held
+            and (
+                name not in leases
+                or leases[name].expires_at <= now
+                or leases[name].agent == self.agent  # ours from before a restart or a reload
+            )
+        ]
+        random.shuffle(free)
+        for name, token in self.store.take_leases(free[:wanted], self.agent, self.lease).items():
+            previous = leases.get(name)  # released (agent None) by one shedding it, too
+            from_other = (
+                self.store.fleet_capable and previous is not None and previous.agent != self.agent
+            )
+            shared[name].adopt(self.store.watcher(name), (self.agent, token), from_other=from_other)
+            self.held[name] = token
+            shared[name].wake()
+        self.renewed_at = time.monotonic()
+
+    def _shed(self, shared: Mapping[str, WatcherRun], extra: int) -> None:
+        """Give back ``extra`` leases of watchers not in a check (one in a check keeps its
+        lease until a later round: its commit must not be refused for a move)."""
+        going: dict[str, int] = {}
+        for name in sorted(self.held, reverse=True):
+            if len(going) >= extra:
+                break
+            if shared[name].release():
+                going[name] = self.held.pop(name)
+        self.store.release_leases(going, self.agent)
+
+    def _let_go(self, name: str, token: int) -> None:
+        del self.held[name]
+        self.store.release_lease(name, self.agent, token)
+
+    def _drop_all(self) -> None:
+        """Park every shared watcher: this agent can no longer know it holds their leases."""
+        runs = self.runs()
+        for name in list(self.held):
+            run = runs.get(name)
+            if run is not None:
+                _park(run)
+        self.held.clear()
+
+    def leave(self) -> None:
+        """Release every lease held (a clean stop: the others take over at once, not after the
+        lease); what cannot be released now expires by itself."""
+        try:
+            self.store.release_leases({**self.held, **self.single}, self.agent)
+        except StoreError as exc:
+            log.warning("fleet: cannot release the leases; they expire by themselves: %s", exc)
+        self.held.clear()
+        self.single.clear()
+
+    def running(self) -> list[str]:
+        """The watchers this agent runs now: its pinned ones and the shared ones it holds."""
+        return sorted(name for name, run in self.runs().items() if not run.idle)
+
+
+def _park(run: WatcherRun) -> None:
+    """Park a run whose lease is gone even while its check is under way: that check's commit
+    is refused by the fence, and nothing starts after it."""
+    with run.lease_lock:
+        run.fence = None
