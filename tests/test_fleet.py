@@ -428,3 +428,33 @@ def test_a_pause_made_on_another_agent_stops_the_agent_running_the_watcher(
         resumed_at = time.monotonic()
         other.resume("p")
         wait_until(lambda: last_hit() > resumed_at, timeout=20)
+
+
+def counting_keeper(
+    url: str, agent: str, names: list[str], calls: collections.Counter[tuple[str, str]]
+) -> Keeper:
+    """An in-process agent whose shared custom watchers (every second) count their checks."""
+    keeper = Keeper(state=url, agent=agent, lease=f"{LEASE}s")
+    for name in names:
+
+        def check(name: str = name) -> list[Any]:
+            calls[(agent, name)] += 1
+            return []
+
+        keeper.every("1s", check, name=name)
+    return keeper
+
+
+def test_a_shared_watcher_only_one_agent_offers_is_never_given_back(postgres_url: str) -> None:
+    # b alone runs all five; when a joins, b is over its share and gives some back: never the
+    # one a does not have (it came last in name order, the first to go), nobody would take it.
+    calls: collections.Counter[tuple[str, str]] = collections.Counter()
+    common = ["p1", "p2", "p3", "p4"]
+    b = counting_keeper(postgres_url, "b", [*common, "zz-only-b"], calls)
+    a = counting_keeper(postgres_url, "a", common, calls)
+    with b:
+        wait_until(lambda: all(calls[("b", n)] for n in [*common, "zz-only-b"]), timeout=20)
+        with a:
+            wait_until(lambda: any(calls[("a", n)] for n in common), timeout=20)  # b shed some
+            seen = calls[("b", "zz-only-b")]
+            wait_until(lambda: calls[("b", "zz-only-b")] >= seen + 4, timeout=4 * LEASE + 4)

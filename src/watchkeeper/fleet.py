@@ -9,9 +9,10 @@ shared watcher of its config, parked; this loop, every ``lease/3``:
    reach) parks the watcher at once: its commit would be refused anyway (fencing);
 3. spreads the shared watchers over the live agents: while it holds fewer than its share
    (:func:`fair_share`) it takes free or expired leases; while it holds more than its share plus
-   :func:`slack`, it gives idle ones back. Three agents on 300 watchers hold about 100 each; when
-   one dies, the others take its watchers once its leases expire (on the database's clock, never
-   an agent's);
+   :func:`slack`, it gives idle ones back, never one no other live agent offers (and it takes
+   those whatever its share: nobody else would run them). Three agents on 300 watchers hold
+   about 100 each; when one dies, the others take its watchers once its leases expire (on the
+   database's clock, never an agent's);
 4. holds the *single* leases it can get: a grouped notifier's, whose digests one agent builds.
 
 A watcher taken over resumes from the store (:meth:`WatcherRun.adopt`). Each of its commits
@@ -45,16 +46,21 @@ def slack(share: int) -> int:
     return max(1, share // 20)
 
 
-def fair_share(shared: list[str], agents: list[AgentRecord]) -> int:
-    """How many of ``shared`` this agent should run: each counts 1 / the live agents that have
-    it in their config (their heartbeats say), so agents with different configs still cover
-    every watcher, and agents with one shared file split it evenly."""
+def offers(agents: list[AgentRecord]) -> collections.Counter[str]:
+    """How many of ``agents`` have each shared watcher in their config (their heartbeats say)."""
     capable: collections.Counter[str] = collections.Counter()
     for agent in agents:
         offered = agent.info.get("shared") if isinstance(agent.info, dict) else None
         if isinstance(offered, dict):
             capable.update(offered.keys())
-    return math.ceil(sum(1 / max(1, capable[name]) for name in shared) - 1e-9)
+    return capable
+
+
+def fair_share(shared: list[str], capable: Mapping[str, int]) -> int:
+    """How many of ``shared`` this agent should run: each counts 1 / the live agents that have
+    it in their config (``capable``, from :func:`offers`), so agents with different configs
+    still cover every watcher, and agents with one shared file split it evenly."""
+    return math.ceil(sum(1 / max(1, capable.get(name, 0)) for name in shared) - 1e-9)
 
 
 def lease_of(agent: AgentRecord, default: float) -> float:
@@ -215,11 +221,13 @@ class Fleet(GuardedThread):
         self._singles()
         self.renewed_at = started
         now = store.db_now()
-        share = fair_share(list(shared), live(store.agents(), now, self.lease))
+        capable = offers(live(store.agents(), now, self.lease))
+        share = fair_share(list(shared), capable)
         if len(self.held) > share + slack(share):
-            self._shed(shared, len(self.held) - share)
-        elif len(self.held) < share:
-            self._take(shared, share - len(self.held), now)
+            self._shed(shared, len(self.held) - share, capable)
+        own = any(capable[name] <= 1 and name not in self.held for name in shared)
+        if len(self.held) < share or own:
+            self._take(shared, share - len(self.held), now, capable)
 
     def _follow_controls(self, store: Store, shared: Mapping[str, WatcherRun]) -> None:
         """Take up a pause, resume or mute of a held watcher that was made on another agent's
@@ -254,9 +262,12 @@ class Fleet(GuardedThread):
             if taken is not None:
                 self.single[name] = taken
 
-    def _take(self, shared: Mapping[str, WatcherRun], wanted: int, now: float) -> None:
+    def _take(
+        self, shared: Mapping[str, WatcherRun], wanted: int, now: float, capable: Mapping[str, int]
+    ) -> None:
         """Take up to ``wanted`` free or expired leases, in random order (agents taking at the
-        same moment then rarely race for the same ones)."""
+        same moment then rarely race for the same ones); and, whatever the share, every free
+        one no other live agent offers: nobody else would ever run it."""
         leases = {record.watcher: record for record in self.store.leases()}
         free = [
             name
@@ -269,7 +280,11 @@ class Fleet(GuardedThread):
             )
         ]
         random.shuffle(free)
-        for name, token in self.store.take_leases(free[:wanted], self.agent, self.lease).items():
+        only_ours = [name for name in free if capable.get(name, 0) <= 1]
+        others = [name for name in free if capable.get(name, 0) > 1]
+        wanted = max(0, wanted - len(only_ours))
+        chosen = [*only_ours, *others[:wanted]]
+        for name, token in self.store.take_leases(chosen, self.agent, self.lease).items():
             previous = leases.get(name)  # released (agent None) by one shedding it, too
             from_other = (
                 self.store.fleet_capable and previous is not None and previous.agent != self.agent
@@ -279,11 +294,16 @@ class Fleet(GuardedThread):
             shared[name].wake()
         self.renewed_at = time.monotonic()
 
-    def _shed(self, shared: Mapping[str, WatcherRun], extra: int) -> None:
+    def _shed(
+        self, shared: Mapping[str, WatcherRun], extra: int, capable: Mapping[str, int]
+    ) -> None:
         """Give back ``extra`` leases of watchers not in a check (one in a check keeps its
-        lease until a later round: its commit must not be refused for a move)."""
+        lease until a later round: its commit must not be refused for a move). Never one no
+        other live agent offers (nobody would take it back); those most agents offer first
+        (the likeliest to be taken at once, and not by one agent that is then over its share)."""
         going: dict[str, int] = {}
-        for name in sorted(self.held, reverse=True):
+        movable = [name for name in self.held if capable.get(name, 0) > 1]
+        for name in sorted(movable, key=lambda name: (-capable[name], name)):
             if len(going) >= extra:
                 break
             if shared[name].release():
