@@ -136,6 +136,18 @@ def started(fleet: Fleet, names: list[str]) -> None:
     wait_until(baselined, timeout=30)
 
 
+def shortest_gap(fleet: Fleet, names: list[str], fetches: int) -> float:
+    """From now until each page was asked for ``fetches`` times, the shortest time between two
+    requests for one page: well under its ``every`` means two agents ran it, or one twice."""
+    fleet.site.times.clear()
+    wait_until(lambda: all(len(fleet.site.times[f"/{n}"]) >= fetches for n in names), timeout=30)
+    return min(
+        later - earlier
+        for n in names
+        for earlier, later in itertools.pairwise(fleet.site.times[f"/{n}"])
+    )
+
+
 def test_three_agents_share_300_pages_once_each_and_take_over_a_killed_one(fleet: Fleet) -> None:
     names = shared_pages(fleet, 300, "2s")
     for agent in ("a1", "a2", "a3"):
@@ -150,14 +162,7 @@ def test_three_agents_share_300_pages_once_each_and_take_over_a_killed_one(fleet
     wait_until(spread, timeout=30)
     # A window of checks once the spread holds: a page asked for twice within a cycle would
     # mean two agents ran it (or one ran it twice).
-    fleet.site.times.clear()
-    wait_until(lambda: all(len(fleet.site.times[f"/{n}"]) >= 3 for n in names), timeout=30)
-    gaps = [
-        later - earlier
-        for n in names
-        for earlier, later in itertools.pairwise(fleet.site.times[f"/{n}"])
-    ]
-    assert min(gaps) > 1.0, fleet.logs()  # every 2 s, give or take the pool's jitter
+    assert shortest_gap(fleet, names, 3) > 1.0, fleet.logs()  # every 2 s, give or take jitter
 
     add_item(fleet, names, 1)
     wait_until(lambda: len(item_alerts(fleet.store)) == 300, timeout=30)
@@ -458,3 +463,28 @@ def test_a_shared_watcher_only_one_agent_offers_is_never_given_back(postgres_url
             wait_until(lambda: any(calls[("a", n)] for n in common), timeout=20)  # b shed some
             seen = calls[("b", "zz-only-b")]
             wait_until(lambda: calls[("b", "zz-only-b")] >= seen + 4, timeout=4 * LEASE + 4)
+
+
+def test_a_paused_run_whose_name_was_taken_does_not_take_its_leases_back(fleet: Fleet) -> None:
+    names = shared_pages(fleet, 4, "2s")
+    fleet.start("a1")
+    started(fleet, names)
+    old = fleet.procs.pop("a1")
+    fleet.procs["a1-old"] = old  # the fixture still ends it
+    wait_until(lambda: [lease.agent for lease in fleet.store.leases()] == ["a1"] * 4, timeout=20)
+    before = {lease.watcher: lease.token for lease in fleet.store.leases()}
+    old.send_signal(signal.SIGSTOP)
+    wait_until(lambda: "a1" not in fleet.alive(), timeout=4 * LEASE + 4)
+    fleet.start("a1")  # a new run takes the name, and the leases at once with new tokens
+
+    def retaken() -> bool:
+        return all(lease.token > before[lease.watcher] for lease in fleet.store.leases())
+
+    wait_until(retaken, timeout=30)
+    old.send_signal(signal.SIGCONT)
+    # It wakes with checks overdue (refused at commit: fenced), then its lease round says its
+    # name is taken. From then on it takes nothing back: each page is checked once a cycle
+    # (every 2 s), by the new run alone; before, the two runs took the leases from each other
+    # round after round, and each took the pages' checks as its own to do at once.
+    wait_until(lambda: "was taken by another run" in (fleet.folder / "a1.log").read_text())
+    assert shortest_gap(fleet, names, 4) > 1.0, fleet.logs()

@@ -188,6 +188,9 @@ class Fleet(GuardedThread):
 
     def _guarded_round(self) -> None:
         try:
+            if not self.store.heartbeat(self.agent, self.info()):
+                self._displaced()
+                return
             self._round()
         except StoreError as exc:
             if self.error is None:
@@ -201,9 +204,22 @@ class Fleet(GuardedThread):
             log.info("fleet: the store answers again")
         self.error = None
 
+    def _displaced(self) -> None:
+        """Another run took this agent's name (this one was paused past its lease): its leases
+        are that run's now, so park every shared watcher and take no lease from here on."""
+        error = (
+            f"agent name {self.agent!r} was taken by another run while this one was paused "
+            "past its lease; this run takes no shared watcher: stop it"
+        )
+        if self.error != error:
+            log.error("fleet: %s", error)
+        self.error = error
+        self._drop_all()
+        self.single.clear()
+
     def _round(self) -> None:
+        """Renew and spread, once the heartbeat went through (see the module doc)."""
         store = self.store
-        store.heartbeat(self.agent, self.info())
         started = time.monotonic()
         runs = self.runs()
         shared = {name: run for name, run in runs.items() if run.shared}

@@ -732,7 +732,11 @@ class Keeper:
         """
         if self._supervisor is None:
             return {"threads": [], "store": {"state": "ok", "error": None}}
-        return self._supervisor.health()
+        report = self._supervisor.health()
+        fleet = self._fleet_thread
+        error = None if fleet is None else fleet.error
+        report["fleet"] = {"state": "ok" if error is None else "failing", "error": error}
+        return report
 
     def _committed(self, alerts: list[Alert]) -> None:
         if self._supervisor is None:
