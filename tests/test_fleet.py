@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -488,3 +489,34 @@ def test_a_paused_run_whose_name_was_taken_does_not_take_its_leases_back(fleet: 
     # round after round, and each took the pages' checks as its own to do at once.
     wait_until(lambda: "was taken by another run" in (fleet.folder / "a1.log").read_text())
     assert shortest_gap(fleet, names, 4) > 1.0, fleet.logs()
+
+
+def test_a_pause_made_while_the_lease_round_reads_is_not_undone(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: collections.Counter[tuple[str, str]] = collections.Counter()
+    keeper = counting_keeper(postgres_url, "a1", ["w"], calls)
+    with keeper:
+        wait_until(lambda: calls[("a1", "w")] > 0, timeout=20)  # it holds the lease
+        store = keeper.store
+        assert store is not None
+        reading, paused, rounds = threading.Event(), threading.Event(), []
+        real = store._read
+
+        def read(sql: str, params: Any = ()) -> Any:
+            """The lease round's read of the watchers' pause and mute, held until the pause."""
+            rows = real(sql, params)
+            if threading.current_thread().name == "watchkeeper:fleet" and "FROM watchers" in sql:
+                rounds.append(sql)
+                reading.set()
+                paused.wait(10)
+            return rows
+
+        monkeypatch.setattr(store, "_read", read)
+        wait_until(reading.is_set, timeout=10)
+        keeper.pause("w")  # between the round's read and its write
+        seen = calls[("a1", "w")]
+        paused.set()
+        after = len(rounds)
+        wait_until(lambda: len(rounds) > after + 1, timeout=10)  # later rounds, too
+        assert calls[("a1", "w")] == seen, "the pause was undone for a round"

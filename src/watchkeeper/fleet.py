@@ -247,16 +247,27 @@ class Fleet(GuardedThread):
 
     def _follow_controls(self, store: Store, shared: Mapping[str, WatcherRun]) -> None:
         """Take up a pause, resume or mute of a held watcher that was made on another agent's
-        dashboard or CLI (it is written to the store): within a round, not at the next takeover."""
+        dashboard or CLI (it is written to the store): within a round, not at the next takeover.
+
+        Compare-and-set: a run whose pause or mute changed here while the store was read was
+        changed after that read (this agent's controls write the store first), so the value
+        read is older than the run's and is not written over it."""
         if not self.held:
             return
-        for record in store.watchers():
-            run = shared.get(record.name)
-            if run is None or record.name not in self.held:
+        before = {
+            name: (shared[name].paused, shared[name].muted_until)
+            for name in self.held
+            if name in shared
+        }
+        for name, stored in store.controls().items():
+            run = shared.get(name)
+            if run is None or name not in before:
                 continue
-            resumed = run.paused and not record.paused
             with run.lease_lock:
-                run.paused, run.muted_until = record.paused, record.muted_until
+                if (run.paused, run.muted_until) != before[name]:
+                    continue
+                resumed = run.paused and not stored[0]
+                run.paused, run.muted_until = stored
             if resumed:
                 run.wake()
 

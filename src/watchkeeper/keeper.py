@@ -699,7 +699,8 @@ class Keeper:
             run = self._run(name)
             assert self.store is not None
             self.store.set_paused(name, True)
-            run.paused = True
+            with run.lease_lock:  # against the lease round's compare-and-set (Fleet)
+                run.paused = True
 
     def resume(self, name: str) -> None:
         """Resume a paused watcher and check at once."""
@@ -707,7 +708,8 @@ class Keeper:
             run = self._run(name)
             assert self.store is not None
             self.store.set_paused(name, False)
-            run.paused = False
+            with run.lease_lock:
+                run.paused = False
         run.wake()
 
     def mute(self, name: str, duration: float | str | None) -> None:
@@ -717,7 +719,8 @@ class Keeper:
             run = self._run(name)
             assert self.store is not None
             self.store.set_muted_until(name, until)
-            run.muted_until = until
+            with run.lease_lock:
+                run.muted_until = until
 
     def _run(self, name: str) -> WatcherRun:
         try:

@@ -42,6 +42,12 @@ class WatcherStore(StoreCore):
         """Every watcher that ever ran against this state, by name."""
         return [watcher_record(r) for r in self._read("SELECT * FROM watchers ORDER BY name")]
 
+    def controls(self) -> dict[str, tuple[bool, float | None]]:
+        """Every watcher's (paused, muted_until), by name: what a lease round follows, without
+        reading every checkpoint as :meth:`watchers` does."""
+        rows = self._read("SELECT name, paused, muted_until FROM watchers")
+        return {row[0]: (bool(row[1]), row[2]) for row in rows}
+
     def register_watcher(self, name: str, kind: str) -> WatcherRecord:
         """Make sure the watcher has a row (so status shows it before its first check)."""
         return self.register_watchers([(name, kind)])[name]
