@@ -520,3 +520,27 @@ def test_a_pause_made_while_the_lease_round_reads_is_not_undone(
         after = len(rounds)
         wait_until(lambda: len(rounds) > after + 1, timeout=10)  # later rounds, too
         assert calls[("a1", "w")] == seen, "the pause was undone for a round"
+
+
+def test_a_watcher_taken_over_by_an_agent_whose_clock_is_ahead_is_checked_when_due(
+    postgres_url: str,
+) -> None:
+    checks: list[tuple[str, float]] = []
+
+    def keeper(agent: str) -> Keeper:
+        made = Keeper(state=postgres_url, agent=agent, lease=f"{LEASE}s")
+        made.every("4s", lambda: checks.append((agent, time.monotonic())) or [], name="w")
+        return made
+
+    first, second = keeper("a1"), keeper("a2")
+    with first:
+        wait_until(lambda: checks, timeout=20)
+        with second:
+            second._runs["w"].clock = lambda: time.time() + 8.0  # its host's clock is 8 s fast
+            first.stop()  # a clean stop: a2 takes the watcher over within a round
+            wait_until(lambda: any(agent == "a2" for agent, _ in checks), timeout=20)
+    last = max(at for agent, at in checks if agent == "a1")
+    taken = min(at for agent, at in checks if agent == "a2")
+    # Due when a1 planned it, 4 s after its last check, reckoned on the database's clock (a2
+    # used to compare a1's plan with its own clock, and checked at once).
+    assert taken - last > 3.0, checks

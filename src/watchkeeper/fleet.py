@@ -316,7 +316,10 @@ class Fleet(GuardedThread):
             from_other = (
                 self.store.fleet_capable and previous is not None and previous.agent != self.agent
             )
-            shared[name].adopt(self.store.watcher(name), (self.agent, token), from_other=from_other)
+            record = self.store.watcher(name)
+            due = record.next_check if record is not None else None  # on the database's clock
+            due_in = max(0.0, due - now) if from_other and due is not None else 0.0
+            shared[name].adopt(record, (self.agent, token), due_in=due_in)
             self.held[name] = token
             shared[name].wake()
         self.renewed_at = time.monotonic()
