@@ -544,3 +544,36 @@ def test_a_watcher_taken_over_by_an_agent_whose_clock_is_ahead_is_checked_when_d
     # Due when a1 planned it, 4 s after its last check, reckoned on the database's clock (a2
     # used to compare a1's plan with its own clock, and checked at once).
     assert taken - last > 3.0, checks
+
+
+def test_a_grouped_notifier_flushing_at_shutdown_keeps_its_lease_until_done(
+    postgres_url: str, http_receiver: RecordingServer
+) -> None:
+    hook = {"kind": "webhook", "url": http_receiver.url, "group_wait": "0.2s"}
+    http_receiver.delay = 3 * LEASE  # a digest in flight past the lease while its agent stops
+    keepers = {
+        name: Keeper(state=postgres_url, notify=[hook], agent=name, lease=f"{LEASE}s")
+        for name in ("a1", "a2")
+    }
+    for keeper in keepers.values():
+        keeper.start()
+    store = Store.open(postgres_url)  # a look from outside: the agents' stores close
+    try:
+        alerts = [
+            Alert(watcher="w", kind="test", severity=Severity.ERROR, title=f"alert {i}", key=f"{i}")
+            for i in range(50)
+        ]
+        store.add_alerts(alerts, [Route("webhook")], alerts[0].created_at)
+        wait_until(lambda: http_receiver.arrived == 1, timeout=20)  # the digest is in flight
+        holder = next(lease.agent for lease in store.leases() if lease.watcher == "notify:webhook")
+        assert holder is not None
+        keepers[holder].stop(timeout=5 * LEASE)  # waits for the digest in flight
+        wait_until(lambda: store.delivery_counts()["webhook"].get("sent") == 50, timeout=20)
+    finally:
+        for keeper in keepers.values():
+            keeper.stop(timeout=5 * LEASE)  # the other's flush sends whatever it still holds
+        store.close()
+    # The other agent took the lease only once the stopping one had let go of it: it never
+    # grouped the alerts in flight into a second digest.
+    counts = [r.json()["data"]["count"] for r in http_receiver.wait_for(http_receiver.arrived)]
+    assert counts == [50]

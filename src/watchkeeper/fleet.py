@@ -154,6 +154,7 @@ class Fleet(GuardedThread):
         self.error: str | None = None
         """Why the last round failed (the database out of reach), None when it went through."""
         self._stopping = threading.Event()
+        self._winding_down = threading.Event()
         self._rounds = threading.Lock()  # the loop's and a reload's (see Keeper) one at a time
 
     @property
@@ -164,6 +165,12 @@ class Fleet(GuardedThread):
     def stop(self) -> None:
         """End the loop after the round in progress (the leases are released by :meth:`leave`)."""
         self._stopping.set()
+
+    def wind_down(self) -> None:
+        """From the next round on, only renew what is held: the keeper is stopping, and its
+        dispatchers' flush may outlast a lease. A grouped notifier's single lease that ran out
+        meanwhile would let another agent group the alerts of the digest in flight again."""
+        self._winding_down.set()
 
     def loop(self) -> None:
         """A round every :attr:`interval` until stopped; a store error is logged, not fatal."""
@@ -234,8 +241,11 @@ class Fleet(GuardedThread):
             _park(shared[name])
             del self.held[name]
         self._follow_controls(store, shared)
-        self._singles()
+        winding_down = self._winding_down.is_set()
+        self._singles(take=not winding_down)
         self.renewed_at = started
+        if winding_down:
+            return
         now = store.db_now()
         capable = offers(live(store.agents(), now, self.lease))
         share = fair_share(list(shared), capable)
@@ -275,8 +285,9 @@ class Fleet(GuardedThread):
         """True while this agent holds the single lease ``name``."""
         return name in self.single
 
-    def _singles(self) -> None:
-        """Renew the single leases held, let go of those no longer wanted, try the others."""
+    def _singles(self, take: bool) -> None:
+        """Renew the single leases held, let go of those no longer wanted, try the others
+        (when ``take``)."""
         wanted = set(self.singles())
         for name, token in list(self.single.items()):
             if name not in wanted:
@@ -284,7 +295,7 @@ class Fleet(GuardedThread):
                 self.store.release_lease(name, self.agent, token)
             elif not self.store.renew_lease(name, self.agent, token, self.lease):
                 del self.single[name]
-        for name in sorted(wanted - set(self.single)):
+        for name in sorted(wanted - set(self.single)) if take else []:
             taken = self.store.take_lease(name, self.agent, self.lease)
             if taken is not None:
                 self.single[name] = taken

@@ -405,12 +405,11 @@ class Keeper:
         if supervisor is not me:
             supervisor.join(max(0.0, deadline - time.monotonic()))
         fleet = self._fleet_thread
-        if fleet is not None:
-            fleet.stop()
-        watching: list[WatcherThread | WatcherPool | Pruner | Fleet] = [
+        if fleet is not None:  # it renews what it holds until the flush has ended
+            fleet.wind_down()
+        watching: list[WatcherThread | WatcherPool | Pruner] = [
             *self._drivers,
             *([self._pruner] if self._pruner else []),
-            *([fleet] if fleet is not None else []),
         ]
         dispatchers = self._dispatchers
         for driver in watching:
@@ -436,8 +435,12 @@ class Keeper:
         for handover in self._handovers:
             handover.join(max(0.0, deadline - time.monotonic()))
         if fleet is not None:  # after the flush: a grouped notifier's digests went out
+            fleet.stop()
+            if fleet is not me:
+                fleet.join(max(0.0, deadline - time.monotonic()))
             fleet.leave()  # the others take over now, not after the lease
-        drivers = [*watching, *dispatchers, *self._retiring, supervisor]
+        looping = [fleet] if fleet is not None else []
+        drivers = [*watching, *looping, *dispatchers, *self._retiring, supervisor]
         alive = [d.name for d in drivers if d.is_alive() and d is not me]
         unmarked = store.flush_marks()
         if unmarked:
