@@ -138,6 +138,18 @@ def started(fleet: Fleet, names: list[str]) -> None:
     wait_until(baselined, timeout=30)
 
 
+def shortest_gap(fleet: Fleet, names: list[str], fetches: int) -> float:
+    """From now until each page was asked for ``fetches`` times, the shortest time between two
+    requests for one page: well under its ``every`` means two agents ran it, or one twice."""
+    fleet.site.times.clear()
+    wait_until(lambda: all(len(fleet.site.times[f"/{n}"]) >= fetches for n in names), timeout=30)
+    return min(
+        later - earlier
+        for n in names
+        for earlier, later in itertools.pairwise(fleet.site.times[f"/{n}"])
+    )
+
+
 def test_three_agents_share_300_pages_once_each_and_take_over_a_killed_one(fleet: Fleet) -> None:
     names = shared_pages(fleet, 300, "2s")
     for agent in ("a1", "a2", "a3"):
@@ -152,14 +164,7 @@ def test_three_agents_share_300_pages_once_each_and_take_over_a_killed_one(fleet
     wait_until(spread, timeout=30)
     # A window of checks once the spread holds: a page asked for twice within a cycle would
     # mean two agents ran it (or one ran it twice).
-    fleet.site.times.clear()
-    wait_until(lambda: all(len(fleet.site.times[f"/{n}"]) >= 3 for n in names), timeout=30)
-    gaps = [
-        later - earlier
-        for n in names
-        for earlier, later in itertools.pairwise(fleet.site.times[f"/{n}"])
-    ]
-    assert min(gaps) > 1.0, fleet.logs()  # every 2 s, give or take the pool's jitter
+    assert shortest_gap(fleet, names, 3) > 1.0, fleet.logs()  # every 2 s, give or take jitter
 
     add_item(fleet, names, 1)
     wait_until(lambda: len(item_alerts(fleet.store)) == 300, timeout=30)
@@ -488,3 +493,146 @@ def test_a_pause_made_on_another_agent_stops_the_agent_running_the_watcher(
         resumed_at = time.monotonic()
         other.resume("p")
         wait_until(lambda: last_hit() > resumed_at, timeout=20)
+
+
+def counting_keeper(
+    url: str, agent: str, names: list[str], calls: collections.Counter[tuple[str, str]]
+) -> Keeper:
+    """An in-process agent whose shared custom watchers (every second) count their checks."""
+    keeper = Keeper(state=url, agent=agent, lease=f"{LEASE}s")
+    for name in names:
+
+        def check(name: str = name) -> list[Any]:
+            calls[(agent, name)] += 1
+            return []
+
+        keeper.every("1s", check, name=name)
+    return keeper
+
+
+def test_a_shared_watcher_only_one_agent_offers_is_never_given_back(postgres_url: str) -> None:
+    # b alone runs all five; when a joins, b is over its share and gives some back: never the
+    # one a does not have (it came last in name order, the first to go), nobody would take it.
+    calls: collections.Counter[tuple[str, str]] = collections.Counter()
+    common = ["p1", "p2", "p3", "p4"]
+    b = counting_keeper(postgres_url, "b", [*common, "zz-only-b"], calls)
+    a = counting_keeper(postgres_url, "a", common, calls)
+    with b:
+        wait_until(lambda: all(calls[("b", n)] for n in [*common, "zz-only-b"]), timeout=20)
+        with a:
+            wait_until(lambda: any(calls[("a", n)] for n in common), timeout=20)  # b shed some
+            seen = calls[("b", "zz-only-b")]
+            wait_until(lambda: calls[("b", "zz-only-b")] >= seen + 4, timeout=4 * LEASE + 4)
+
+
+def test_a_paused_run_whose_name_was_taken_does_not_take_its_leases_back(fleet: Fleet) -> None:
+    names = shared_pages(fleet, 4, "2s")
+    fleet.start("a1")
+    started(fleet, names)
+    old = fleet.procs.pop("a1")
+    fleet.procs["a1-old"] = old  # the fixture still ends it
+    wait_until(lambda: [lease.agent for lease in fleet.store.leases()] == ["a1"] * 4, timeout=20)
+    before = {lease.watcher: lease.token for lease in fleet.store.leases()}
+    old.send_signal(signal.SIGSTOP)
+    wait_until(lambda: "a1" not in fleet.alive(), timeout=4 * LEASE + 4)
+    fleet.start("a1")  # a new run takes the name, and the leases at once with new tokens
+
+    def retaken() -> bool:
+        return all(lease.token > before[lease.watcher] for lease in fleet.store.leases())
+
+    wait_until(retaken, timeout=30)
+    old.send_signal(signal.SIGCONT)
+    # It wakes with checks overdue (refused at commit: fenced), then its lease round says its
+    # name is taken. From then on it takes nothing back: each page is checked once a cycle
+    # (every 2 s), by the new run alone; before, the two runs took the leases from each other
+    # round after round, and each took the pages' checks as its own to do at once.
+    wait_until(lambda: "was taken by another run" in (fleet.folder / "a1.log").read_text())
+    assert shortest_gap(fleet, names, 4) > 1.0, fleet.logs()
+
+
+def test_a_pause_made_while_the_lease_round_reads_is_not_undone(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: collections.Counter[tuple[str, str]] = collections.Counter()
+    keeper = counting_keeper(postgres_url, "a1", ["w"], calls)
+    with keeper:
+        wait_until(lambda: calls[("a1", "w")] > 0, timeout=20)  # it holds the lease
+        store = keeper.store
+        assert store is not None
+        reading, paused, rounds = threading.Event(), threading.Event(), []
+        real = store._read
+
+        def read(sql: str, params: Any = ()) -> Any:
+            """The lease round's read of the watchers' pause and mute, held until the pause."""
+            rows = real(sql, params)
+            if threading.current_thread().name == "watchkeeper:fleet" and "FROM watchers" in sql:
+                rounds.append(sql)
+                reading.set()
+                paused.wait(10)
+            return rows
+
+        monkeypatch.setattr(store, "_read", read)
+        wait_until(reading.is_set, timeout=10)
+        keeper.pause("w")  # between the round's read and its write
+        seen = calls[("a1", "w")]
+        paused.set()
+        after = len(rounds)
+        wait_until(lambda: len(rounds) > after + 1, timeout=10)  # later rounds, too
+        assert calls[("a1", "w")] == seen, "the pause was undone for a round"
+
+
+def test_a_watcher_taken_over_by_an_agent_whose_clock_is_ahead_is_checked_when_due(
+    postgres_url: str,
+) -> None:
+    checks: list[tuple[str, float]] = []
+
+    def keeper(agent: str) -> Keeper:
+        made = Keeper(state=postgres_url, agent=agent, lease=f"{LEASE}s")
+        made.every("4s", lambda: checks.append((agent, time.monotonic())) or [], name="w")
+        return made
+
+    first, second = keeper("a1"), keeper("a2")
+    with first:
+        wait_until(lambda: checks, timeout=20)
+        with second:
+            second._runs["w"].clock = lambda: time.time() + 8.0  # its host's clock is 8 s fast
+            first.stop()  # a clean stop: a2 takes the watcher over within a round
+            wait_until(lambda: any(agent == "a2" for agent, _ in checks), timeout=20)
+    last = max(at for agent, at in checks if agent == "a1")
+    taken = min(at for agent, at in checks if agent == "a2")
+    # Due when a1 planned it, 4 s after its last check, reckoned on the database's clock (a2
+    # used to compare a1's plan with its own clock, and checked at once).
+    assert taken - last > 3.0, checks
+
+
+def test_a_grouped_notifier_flushing_at_shutdown_keeps_its_lease_until_done(
+    postgres_url: str, http_receiver: RecordingServer
+) -> None:
+    hook = {"kind": "webhook", "url": http_receiver.url, "group_wait": "0.2s"}
+    http_receiver.delay = 3 * LEASE  # a digest in flight past the lease while its agent stops
+    keepers = {
+        name: Keeper(state=postgres_url, notify=[hook], agent=name, lease=f"{LEASE}s")
+        for name in ("a1", "a2")
+    }
+    for keeper in keepers.values():
+        keeper.start()
+    store = Store.open(postgres_url)  # a look from outside: the agents' stores close
+    try:
+        alerts = [
+            Alert(watcher="w", kind="test", severity=Severity.ERROR, title=f"alert {i}", key=f"{i}")
+            for i in range(50)
+        ]
+        store.add_alerts(alerts, [Route("webhook")], alerts[0].created_at)
+        wait_until(lambda: http_receiver.arrived == 1, timeout=20)  # the digest is in flight
+        holder = next(lease.agent for lease in store.leases() if lease.watcher == "notify:webhook")
+        assert holder is not None
+        keepers[holder].stop(timeout=5 * LEASE)  # waits for the digest in flight
+        wait_until(lambda: store.delivery_counts()["webhook"].get("sent") == 50, timeout=20)
+    finally:
+        for keeper in keepers.values():
+            keeper.stop(timeout=5 * LEASE)  # the other's flush sends whatever it still holds
+        store.close()
+    # The other agent took the lease only once the stopping one had let go of it: it never
+    # grouped the alerts in flight into a second digest.
+    counts = [r.json()["data"]["count"] for r in http_receiver.wait_for(http_receiver.arrived)]
+    assert counts == [50]

@@ -9,9 +9,10 @@ shared watcher of its config, parked; this loop, every ``lease/3``:
    reach) parks the watcher at once: its commit would be refused anyway (fencing);
 3. spreads the shared watchers over the live agents: while it holds fewer than its share
    (:func:`fair_share`) it takes free or expired leases; while it holds more than its share plus
-   :func:`slack`, it gives idle ones back. Three agents on 300 watchers hold about 100 each; when
-   one dies, the others take its watchers once its leases expire (on the database's clock, never
-   an agent's);
+   :func:`slack`, it gives idle ones back, never one no other live agent offers (and it takes
+   those whatever its share: nobody else would run them). Three agents on 300 watchers hold
+   about 100 each; when one dies, the others take its watchers once its leases expire (on the
+   database's clock, never an agent's);
 4. holds the *single* leases it can get: a grouped notifier's, whose digests one agent builds.
 
 A watcher taken over resumes from the store (:meth:`WatcherRun.adopt`). Each of its commits
@@ -45,16 +46,21 @@ def slack(share: int) -> int:
     return max(1, share // 20)
 
 
-def fair_share(shared: list[str], agents: list[AgentRecord]) -> int:
-    """How many of ``shared`` this agent should run: each counts 1 / the live agents that have
-    it in their config (their heartbeats say), so agents with different configs still cover
-    every watcher, and agents with one shared file split it evenly."""
+def offers(agents: list[AgentRecord]) -> collections.Counter[str]:
+    """How many of ``agents`` have each shared watcher in their config (their heartbeats say)."""
     capable: collections.Counter[str] = collections.Counter()
     for agent in agents:
         offered = agent.info.get("shared") if isinstance(agent.info, dict) else None
         if isinstance(offered, dict):
             capable.update(offered.keys())
-    return math.ceil(sum(1 / max(1, capable[name]) for name in shared) - 1e-9)
+    return capable
+
+
+def fair_share(shared: list[str], capable: Mapping[str, int]) -> int:
+    """How many of ``shared`` this agent should run: each counts 1 / the live agents that have
+    it in their config (``capable``, from :func:`offers`), so agents with different configs
+    still cover every watcher, and agents with one shared file split it evenly."""
+    return math.ceil(sum(1 / max(1, capable.get(name, 0)) for name in shared) - 1e-9)
 
 
 def lease_of(agent: AgentRecord, default: float) -> float:
@@ -149,6 +155,7 @@ class Fleet(GuardedThread):
         self.error: str | None = None
         """Why the last round failed (the database out of reach), None when it went through."""
         self._stopping = threading.Event()
+        self._winding_down = threading.Event()
         self._rounds = threading.Lock()  # the loop's and a reload's (see Keeper) one at a time
 
     @property
@@ -159,6 +166,12 @@ class Fleet(GuardedThread):
     def stop(self) -> None:
         """End the loop after the round in progress (the leases are released by :meth:`leave`)."""
         self._stopping.set()
+
+    def wind_down(self) -> None:
+        """From the next round on, only renew what is held: the keeper is stopping, and its
+        dispatchers' flush may outlast a lease. A grouped notifier's single lease that ran out
+        meanwhile would let another agent group the alerts of the digest in flight again."""
+        self._winding_down.set()
 
     def loop(self) -> None:
         """A round every :attr:`interval` until stopped; a store error is logged, not fatal."""
@@ -183,6 +196,9 @@ class Fleet(GuardedThread):
 
     def _guarded_round(self) -> None:
         try:
+            if not self.store.heartbeat(self.agent, self.info()):
+                self._displaced()
+                return
             self._round()
         except StoreError as exc:
             if self.error is None:
@@ -196,9 +212,22 @@ class Fleet(GuardedThread):
             log.info("fleet: the store answers again")
         self.error = None
 
+    def _displaced(self) -> None:
+        """Another run took this agent's name (this one was paused past its lease): its leases
+        are that run's now, so park every shared watcher and take no lease from here on."""
+        error = (
+            f"agent name {self.agent!r} was taken by another run while this one was paused "
+            "past its lease; this run takes no shared watcher: stop it"
+        )
+        if self.error != error:
+            log.error("fleet: %s", error)
+        self.error = error
+        self._drop_all()
+        self.single.clear()
+
     def _round(self) -> None:
+        """Renew and spread, once the heartbeat went through (see the module doc)."""
         store = self.store
-        store.heartbeat(self.agent, self.info())
         started = time.monotonic()
         runs = self.runs()
         shared = {name: run for name, run in runs.items() if run.shared}
@@ -213,27 +242,43 @@ class Fleet(GuardedThread):
             _park(shared[name])
             del self.held[name]
         self._follow_controls(store, shared)
-        self._singles()
+        winding_down = self._winding_down.is_set()
+        self._singles(take=not winding_down)
         self.renewed_at = started
+        if winding_down:
+            return
         now = store.db_now()
-        share = fair_share(list(shared), live(store.agents(), now, self.lease))
+        capable = offers(live(store.agents(), now, self.lease))
+        share = fair_share(list(shared), capable)
         if len(self.held) > share + slack(share):
-            self._shed(shared, len(self.held) - share)
-        elif len(self.held) < share:
-            self._take(shared, share - len(self.held), now)
+            self._shed(shared, len(self.held) - share, capable)
+        own = any(capable[name] <= 1 and name not in self.held for name in shared)
+        if len(self.held) < share or own:
+            self._take(shared, share - len(self.held), now, capable)
 
     def _follow_controls(self, store: Store, shared: Mapping[str, WatcherRun]) -> None:
         """Take up a pause, resume or mute of a held watcher that was made on another agent's
-        dashboard or CLI (it is written to the store): within a round, not at the next takeover."""
+        dashboard or CLI (it is written to the store): within a round, not at the next takeover.
+
+        Compare-and-set: a run whose pause or mute changed here while the store was read was
+        changed after that read (this agent's controls write the store first), so the value
+        read is older than the run's and is not written over it."""
         if not self.held:
             return
-        for record in store.watchers():
-            run = shared.get(record.name)
-            if run is None or record.name not in self.held:
+        before = {
+            name: (shared[name].paused, shared[name].muted_until)
+            for name in self.held
+            if name in shared
+        }
+        for name, stored in store.controls().items():
+            run = shared.get(name)
+            if run is None or name not in before:
                 continue
-            resumed = run.paused and not record.paused
             with run.lease_lock:
-                run.paused, run.muted_until = record.paused, record.muted_until
+                if (run.paused, run.muted_until) != before[name]:
+                    continue
+                resumed = run.paused and not stored[0]
+                run.paused, run.muted_until = stored
             if resumed:
                 run.wake()
 
@@ -241,8 +286,9 @@ class Fleet(GuardedThread):
         """True while this agent holds the single lease ``name``."""
         return name in self.single
 
-    def _singles(self) -> None:
-        """Renew the single leases held, let go of those no longer wanted, try the others."""
+    def _singles(self, take: bool) -> None:
+        """Renew the single leases held, let go of those no longer wanted, try the others
+        (when ``take``)."""
         wanted = set(self.singles())
         for name, token in list(self.single.items()):
             if name not in wanted:
@@ -250,14 +296,17 @@ class Fleet(GuardedThread):
                 self.store.release_lease(name, self.agent, token)
             elif not self.store.renew_lease(name, self.agent, token, self.lease):
                 del self.single[name]
-        for name in sorted(wanted - set(self.single)):
+        for name in sorted(wanted - set(self.single)) if take else []:
             taken = self.store.take_lease(name, self.agent, self.lease)
             if taken is not None:
                 self.single[name] = taken
 
-    def _take(self, shared: Mapping[str, WatcherRun], wanted: int, now: float) -> None:
+    def _take(
+        self, shared: Mapping[str, WatcherRun], wanted: int, now: float, capable: Mapping[str, int]
+    ) -> None:
         """Take up to ``wanted`` free or expired leases, in random order (agents taking at the
-        same moment then rarely race for the same ones)."""
+        same moment then rarely race for the same ones); and, whatever the share, every free
+        one no other live agent offers: nobody else would ever run it."""
         leases = {record.watcher: record for record in self.store.leases()}
         free = [
             name
@@ -270,21 +319,33 @@ class Fleet(GuardedThread):
             )
         ]
         random.shuffle(free)
-        for name, token in self.store.take_leases(free[:wanted], self.agent, self.lease).items():
+        only_ours = [name for name in free if capable.get(name, 0) <= 1]
+        others = [name for name in free if capable.get(name, 0) > 1]
+        wanted = max(0, wanted - len(only_ours))
+        chosen = [*only_ours, *others[:wanted]]
+        for name, token in self.store.take_leases(chosen, self.agent, self.lease).items():
             previous = leases.get(name)  # released (agent None) by one shedding it, too
             from_other = (
                 self.store.fleet_capable and previous is not None and previous.agent != self.agent
             )
-            shared[name].adopt(self.store.watcher(name), (self.agent, token), from_other=from_other)
+            record = self.store.watcher(name)
+            due = record.next_check if record is not None else None  # on the database's clock
+            due_in = max(0.0, due - now) if from_other and due is not None else 0.0
+            shared[name].adopt(record, (self.agent, token), due_in=due_in)
             self.held[name] = token
             shared[name].wake()
         self.renewed_at = time.monotonic()
 
-    def _shed(self, shared: Mapping[str, WatcherRun], extra: int) -> None:
+    def _shed(
+        self, shared: Mapping[str, WatcherRun], extra: int, capable: Mapping[str, int]
+    ) -> None:
         """Give back ``extra`` leases of watchers not in a check (one in a check keeps its
-        lease until a later round: its commit must not be refused for a move)."""
+        lease until a later round: its commit must not be refused for a move). Never one no
+        other live agent offers (nobody would take it back); those most agents offer first
+        (the likeliest to be taken at once, and not by one agent that is then over its share)."""
         going: dict[str, int] = {}
-        for name in sorted(self.held, reverse=True):
+        movable = [name for name in self.held if capable.get(name, 0) > 1]
+        for name in sorted(movable, key=lambda name: (-capable[name], name)):
             if len(going) >= extra:
                 break
             if shared[name].release():

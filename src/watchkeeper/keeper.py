@@ -405,12 +405,11 @@ class Keeper:
         if supervisor is not me:
             supervisor.join(max(0.0, deadline - time.monotonic()))
         fleet = self._fleet_thread
-        if fleet is not None:
-            fleet.stop()
-        watching: list[WatcherThread | WatcherPool | Pruner | Fleet] = [
+        if fleet is not None:  # it renews what it holds until the flush has ended
+            fleet.wind_down()
+        watching: list[WatcherThread | WatcherPool | Pruner] = [
             *self._drivers,
             *([self._pruner] if self._pruner else []),
-            *([fleet] if fleet is not None else []),
         ]
         dispatchers = self._dispatchers
         for driver in watching:
@@ -436,8 +435,12 @@ class Keeper:
         for handover in self._handovers:
             handover.join(max(0.0, deadline - time.monotonic()))
         if fleet is not None:  # after the flush: a grouped notifier's digests went out
+            fleet.stop()
+            if fleet is not me:
+                fleet.join(max(0.0, deadline - time.monotonic()))
             fleet.leave()  # the others take over now, not after the lease
-        drivers = [*watching, *dispatchers, *self._retiring, supervisor]
+        looping = [fleet] if fleet is not None else []
+        drivers = [*watching, *looping, *dispatchers, *self._retiring, supervisor]
         alive = [d.name for d in drivers if d.is_alive() and d is not me]
         unmarked = store.flush_marks()
         if unmarked:
@@ -697,7 +700,8 @@ class Keeper:
             run = self._run(name)
             assert self.store is not None
             self.store.set_paused(name, True)
-            run.paused = True
+            with run.lease_lock:  # against the lease round's compare-and-set (Fleet)
+                run.paused = True
 
     def resume(self, name: str) -> None:
         """Resume a paused watcher and check at once."""
@@ -705,7 +709,8 @@ class Keeper:
             run = self._run(name)
             assert self.store is not None
             self.store.set_paused(name, False)
-            run.paused = False
+            with run.lease_lock:
+                run.paused = False
         run.wake()
 
     def mute(self, name: str, duration: float | str | None) -> None:
@@ -715,7 +720,8 @@ class Keeper:
             run = self._run(name)
             assert self.store is not None
             self.store.set_muted_until(name, until)
-            run.muted_until = until
+            with run.lease_lock:
+                run.muted_until = until
 
     def _run(self, name: str) -> WatcherRun:
         try:
@@ -730,7 +736,11 @@ class Keeper:
         """
         if self._supervisor is None:
             return {"threads": [], "store": {"state": "ok", "error": None}}
-        return self._supervisor.health()
+        report = self._supervisor.health()
+        fleet = self._fleet_thread
+        error = None if fleet is None else fleet.error
+        report["fleet"] = {"state": "ok" if error is None else "failing", "error": error}
+        return report
 
     def _committed(self, alerts: list[Alert]) -> None:
         if self._supervisor is None:

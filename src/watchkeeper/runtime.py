@@ -133,11 +133,13 @@ class WatcherRun:
         """Not to be checked now: paused, or a shared watcher whose lease another agent has."""
         return self.paused or (self.shared and self.fence is None)
 
-    def adopt(self, record: WatcherRecord | None, fence: Fence, *, from_other: bool) -> None:
+    def adopt(self, record: WatcherRecord | None, fence: Fence, *, due_in: float) -> None:
         """Take over a shared watcher from the store, as the agent that last ran it left it:
-        checkpoint, rule state, failures, pause and mute; taken ``from_other`` agent, also the
-        time its next check is due (so a failover or a move checks it when due, not twice in a
-        cycle; this agent's own restart checks at once, as a single agent always did)."""
+        checkpoint, rule state, failures, pause and mute; and its next check ``due_in`` seconds
+        from now (taken from another agent, when that agent planned it, reckoned on the
+        database's clock: a failover or a move checks it when due, not twice in a cycle,
+        however wrong either host's clock; 0 for this agent's own restart, which checks at
+        once, as a single agent always did)."""
         with self.lease_lock:
             if record is not None:
                 if record.checkpoint is not None:
@@ -149,7 +151,7 @@ class WatcherRun:
                 self.failures = record.failures
                 self.paused = record.paused
                 self.muted_until = record.muted_until
-                self._not_before = (record.next_check or 0.0) if from_other else 0.0
+                self._not_before = self.clock() + due_in if due_in > 0 else 0.0
             self.fence = fence
 
     def release(self) -> bool:

@@ -102,18 +102,22 @@ class Fleet(StoreCore):
             f"agent its own name ([keeper] agent), or wait {lease:.0f} s after it stopped"
         )
 
-    def heartbeat(self, agent: str, info: dict[str, Any]) -> None:
+    def heartbeat(self, agent: str, info: dict[str, Any]) -> bool:
         """Record that ``agent`` is alive now (the database's clock), with what it runs (this
-        process's host, pid and its start are added unless ``info`` has them)."""
+        process's host, pid and its start are added unless ``info`` has them). False, and
+        nothing recorded, when the name is another run's now (this one was paused past its
+        lease and a new run took the name): that run's row is not this one's to refresh."""
         info = {**_this_process(), **info}
         now = self._db.dialect.now
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO agents (name, instance, started_at, last_seen, info) "
                 f"VALUES (?, ?, {now}, {now}, ?) ON CONFLICT (name) DO UPDATE SET "
-                "last_seen = excluded.last_seen, info = excluded.info",
-                (agent, "", json.dumps(info, default=str)),
+                "last_seen = excluded.last_seen, info = excluded.info "
+                "WHERE agents.instance = excluded.instance",
+                (agent, self._instance, json.dumps(info, default=str)),
             )
+            return bool(self._current(conn, agent))
 
     def agents(self) -> list[AgentRecord]:
         """Every agent that ever ran against this state, by name."""
@@ -128,7 +132,9 @@ class Fleet(StoreCore):
         """Take ``watcher``'s lease for ``ttl`` seconds if it is free, expired or already
         ``agent``'s; its fencing token, or None while another agent holds it. Held by another
         run of ``agent`` (a restart; a paused run whose name was taken), it is taken at once
-        with a new token."""
+        with a new token, but only by the run the agents row names as the agent's current one:
+        a paused run that wakes after its name was taken must not take it back (the two would
+        hand it back and forth)."""
         return self.take_leases([watcher], agent, ttl).get(watcher)
 
     def take_leases(self, watchers: Sequence[str], agent: str, ttl: float) -> dict[str, int]:
@@ -137,10 +143,11 @@ class Fleet(StoreCore):
         overlapping sets at once wait for each other instead of deadlocking."""
         taken: dict[str, int] = {}
         with self.transaction() as conn:
+            current = self._current(conn, agent)
             for watcher in sorted(set(watchers)):
                 holder, token, expires, now, run = self._lease_row(conn, watcher)
                 if (holder, run) != (agent, self._instance):  # changes hands, maybe between runs
-                    if holder not in (None, agent) and expires > now:
+                    if holder is not None and expires > now and (holder != agent or not current):
                         continue
                     token += 1
                 conn.execute(
@@ -199,6 +206,12 @@ class Fleet(StoreCore):
         """Every shared watcher's lease, by watcher."""
         rows = self._read("SELECT watcher, agent, token, expires_at FROM leases ORDER BY watcher")
         return [LeaseRecord(r[0], r[1], int(r[2]), float(r[3])) for r in rows]
+
+    def _current(self, conn: Tx, agent: str) -> bool:
+        """Whether this run is ``agent``'s current one (the agents row names its instance; no
+        row: a store used without :meth:`claim`, as in one process)."""
+        row = conn.execute("SELECT instance FROM agents WHERE name = ?", (agent,)).fetchone()
+        return row is None or row[0] == self._instance
 
     def _lease_row(self, conn: Tx, watcher: str) -> tuple[str | None, int, float, float, str]:
         """(agent, token, expires_at, now, instance: the agent's run) of a watcher's lease,

@@ -42,6 +42,12 @@ class WatcherStore(StoreCore):
         """Every watcher that ever ran against this state, by name."""
         return [watcher_record(r) for r in self._read("SELECT * FROM watchers ORDER BY name")]
 
+    def controls(self) -> dict[str, tuple[bool, float | None]]:
+        """Every watcher's (paused, muted_until), by name: what a lease round follows, without
+        reading every checkpoint as :meth:`watchers` does."""
+        rows = self._read("SELECT name, paused, muted_until FROM watchers")
+        return {row[0]: (bool(row[1]), row[2]) for row in rows}
+
     def register_watcher(self, name: str, kind: str) -> WatcherRecord:
         """Make sure the watcher has a row (so status shows it before its first check)."""
         return self.register_watchers([(name, kind)])[name]
@@ -99,7 +105,9 @@ class WatcherStore(StoreCore):
         under that lease of this watcher; unless it is still held so (row-locked until this
         commits, unexpired on the database's clock) LeaseLost is raised and nothing commits.
         ``parts`` are the checkpoint's parts the check changed: key -> new value, or None to
-        delete it (the others stay).
+        delete it (the others stay). ``next_check`` (the caller's clock, as ``now``) is stored
+        on the database's clock: an agent taking the watcher over compares it with that clock,
+        so agents whose clocks disagree still check it once a cycle.
         """
         committed = list(alerts)
         failed = int(error is not None)
@@ -108,14 +116,14 @@ class WatcherStore(StoreCore):
                 self._check_fence(conn, name, fence)
             conn.execute(
                 "UPDATE watchers SET checkpoint = ?, rule_state = ?, last_check = ?, "
-                "next_check = ?, checks = checks + 1, last_error = ?, "
-                "failures = (failures + 1) * ?, failures_total = failures_total + ? "
-                "WHERE name = ?",
+                f"next_check = {self._db.dialect.now} + ?, checks = checks + 1, "
+                "last_error = ?, failures = (failures + 1) * ?, "
+                "failures_total = failures_total + ? WHERE name = ?",
                 (
                     json.dumps(checkpoint),
                     json.dumps(rule_state),
                     now,
-                    next_check,
+                    None if next_check is None else next_check - now,
                     error,
                     failed,
                     failed,
