@@ -261,8 +261,11 @@ def verify(got: Outcome, lines: int, kind: str = "", max_per_file: int = 0) -> N
         written = sum(len(f"{n} CRITICAL payload {'x' * (n % 40)}\n") for n in missing)
         assert got.lost_bytes >= written
     else:
+        still_on_disk = sorted(set(missing) & got.on_disk)  # unread, or deleted uncounted?
         assert len(missing) * EVERY >= got.lost_lines >= len(missing), (
-            f"missing {len(missing)} alerts ({missing[:5]}...), {got.lost_lines} lines reported"
+            f"missing {len(missing)} alerts ({missing[:5]}...), {got.lost_lines} lines reported; "
+            f"{len(still_on_disk)} of them still on disk ({still_on_disk[:5]}), "
+            f"{got.lost_alerts} loss alerts, {got.lost_files} files reported gone"
         )
 
 
