@@ -263,7 +263,7 @@ class Fleet(GuardedThread):
         Compare-and-set: a run whose pause or mute changed here while the store was read was
         changed after that read (this agent's controls write the store first), so the value
         read is older than the run's and is not written over it."""
-        if not self.held:
+        if not self.held or not store.fleet_capable:  # one agent: its controls are its own
             return
         before = {
             name: (shared[name].paused, shared[name].muted_until)
