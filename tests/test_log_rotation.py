@@ -446,6 +446,83 @@ def test_under_inotify_a_check_reads_only_the_files_written_and_commits_only_the
     assert sorted(read(f)) == sorted(expected + criticals(1000, 1003) + criticals(2000, 2003))
 
 
+def sweep_slices(f: Follow, monkeypatch: pytest.MonkeyPatch) -> list[set[str]]:
+    """The slices the sweep looks at from now on (its method wrapped, not replaced), and no
+    listing with ``stat`` of the globs allowed meanwhile (a full check's)."""
+    slices: list[set[str]] = []
+    looked_at = f.watcher._slice
+
+    def recorded(parts: dict[str, Any], now: float) -> set[str] | None:
+        paths = looked_at(parts, now)
+        slices.append(set(paths or ()))
+        return paths
+
+    monkeypatch.setattr(f.watcher, "_slice", recorded)
+    return slices
+
+
+def test_the_sweep_finds_writes_inotify_missed_a_slice_of_the_files_at_a_time(
+    follow: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What inotify cannot say (a write over NFS, an event lost) the safety sweep finds within
+    ``every``, looking at a tenth of the followed files at a time: never all of them at once,
+    never a full check when nothing is out of place; and it closes the files gone inactive."""
+    logs = [tmp_path / f"app{n}.log" for n in range(50)]
+    for n, log in enumerate(logs):
+        append(log, numbered(n * 10 + 1, n * 10 + 3))
+    f = follow(tmp_path / "*.log", inotify=True, every="2s", close_inactive="1s")
+    f.check()
+    f.check()
+    fulls = f.watcher.full_checks
+    assert len(f.watcher.files.fds) == 50
+    slices = sweep_slices(f, monkeypatch)
+    append(logs[17], numbered(3000, 3003))
+    append(logs[33], numbered(4000, 4003))
+    watch = f.watcher.watch
+    wait_until(lambda: watch.written == {str(logs[17]), str(logs[33])})
+    with watch.lock:  # the events lost, as over NFS
+        watch.written = set()
+
+    def swept_all() -> bool:
+        f.check()
+        return len(slices) >= 12 and not f.watcher.files.fds
+
+    wait_until(swept_all, timeout=20)
+    assert f.watcher.full_checks == fulls, "a full check ran, with nothing out of place"
+    expected = [line for n in range(50) for line in criticals(n * 10 + 1, n * 10 + 3)]
+    assert sorted(read(f)) == sorted(expected + criticals(3000, 3003) + criticals(4000, 4003))
+    assert max(len(s) for s in slices) < 25, [len(s) for s in slices]
+    assert set().union(*slices[:10]) == {str(log) for log in logs}, "one pass: every file"
+    assert not f.watcher.files.fds, "idle past close_inactive: closed by the sweep"
+
+
+def test_the_sweep_finds_a_file_inotify_did_not_report_with_one_listing(
+    follow: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file created without a word from inotify (a folder it does not watch, an event lost)
+    is found when the sweep lists the globs, once per ``every``: that makes a full check."""
+    append(tmp_path / "a.log", numbered(1, 5))
+    f = follow(tmp_path / "*.log", inotify=True, every="1s")
+    f.check()
+    f.check()
+    fulls = f.watcher.full_checks
+    slices = sweep_slices(f, monkeypatch)
+    watch = f.watcher.watch
+    append(tmp_path / "b.log", numbered(100, 105))
+    wait_until(lambda: watch.moved)
+    with watch.lock:  # what a thread that missed the creation would say: nothing
+        watch.written, watch.moved = set(), False
+
+    def found() -> bool:
+        f.check()
+        return criticals(100, 105)[0] in read(f)
+
+    wait_until(found, timeout=10)
+    assert f.watcher.full_checks == fulls + 1
+    assert len(slices) <= 11, "found by the first listing"
+    assert sorted(read(f)) == sorted(criticals(1, 5) + criticals(100, 105))
+
+
 @pytest.mark.parametrize("swap", [False, True])
 def test_a_lagging_inotify_naming_a_rotated_path_never_reads_a_file_twice(
     follow: Any, tmp_path: Path, swap: bool

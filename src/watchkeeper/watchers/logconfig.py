@@ -167,7 +167,9 @@ class LogConfig(WatcherConfig):
         description="What to alert on, in order: a table per rule (see docs/log.md).",
     )
     every: Duration = Field(
-        default=30.0, description="The safety sweep: a full look even when inotify is quiet."
+        default=30.0,
+        description="The safety sweep: every followed file and the globs are looked at once per "
+        "`every` even when inotify is quiet, a tenth of the files at a time.",
     )
     start_at: Literal["end", "beginning"] = Field(
         default="end",
