@@ -11,6 +11,8 @@ import gzip
 import json
 import os
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -340,6 +342,49 @@ def test_a_file_that_appears_after_the_start_is_read_at_once(tmp_path: Path) -> 
         wait_until(lambda: len(read_jsonl(out)) >= 3, timeout=10)
     lines = [json.loads(line)["data"]["line"] for line in out.read_text().splitlines()]
     assert lines == criticals(1, 9)
+
+
+def wakeups(*threads: threading.Thread) -> int:
+    """How often these threads of this process were woken so far (voluntary context switches)."""
+    total = 0
+    for thread in threads:
+        status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+        total += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+    return total
+
+
+def test_an_idle_watcher_under_inotify_sleeps_until_something_happens(tmp_path: Path) -> None:
+    """Neither the watcher's thread nor inotify's wakes while nothing is written (they used to
+    look at the stop and check-now events ten times a second); a write still wakes them at
+    once, and so does stopping."""
+    out = tmp_path / "alerts.jsonl"
+    keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": str(out)}])
+    keeper.log(
+        tmp_path / "app.log",
+        rules=[{"match": "CRITICAL"}],
+        name="app",
+        every="1h",
+        start_at="beginning",
+    )
+    append(tmp_path / "app.log", numbered(1, 5))
+    with keeper:
+        wait_until(lambda: len(read_jsonl(out)) == len(criticals(1, 5)))
+        names = ("watchkeeper:app", "watchkeeper-inotify-app")
+        threads = wait_until(
+            lambda: (
+                len(found := [t for t in threading.enumerate() if t.name in names]) == 2 and found
+            )
+        )
+        before, start = wakeups(*threads), time.monotonic()
+        # Measured over a window, not waited on: 2 s was 40 wakeups before this change.
+        while time.monotonic() - start < 2:
+            time.sleep(0.1)
+        assert wakeups(*threads) - before <= 4
+        append(tmp_path / "app.log", numbered(6, 10))
+        wait_until(lambda: len(read_jsonl(out)) == len(criticals(1, 10)), timeout=5)
+        stopped = time.monotonic()
+    assert time.monotonic() - stopped < 5
+    assert not any(t.is_alive() for t in threads)
 
 
 ROTATIONS = st.lists(

@@ -48,14 +48,9 @@ if inotify_simple is not None:
     _ARRIVED = _flags.CREATE | _flags.MOVED_TO
     _MODIFY = _flags.MODIFY
     _WRITTEN = _flags.MODIFY
-    _EVENTS = (
-        _ARRIVED
-        | _flags.MODIFY
-        | _flags.MOVED_FROM
-        | _flags.DELETE
-        | _flags.CLOSE_WRITE
-        | _flags.ATTRIB
-    )
+    # Not CLOSE_WRITE: the writes before it woke the watcher already, and a writer that opens,
+    # writes a line and closes (a script's ``>>``) would wake the thread twice per line.
+    _EVENTS = _ARRIVED | _flags.MODIFY | _flags.MOVED_FROM | _flags.DELETE | _flags.ATTRIB
 
 Key = tuple[int, int]
 AHEAD = 64 * 1024
@@ -67,9 +62,6 @@ MTIME_SLACK = 50_000_000
 class FolderWatch:
     """inotify on the folders of the followed files, filtered to the names that matter."""
 
-    SLICE = 0.1
-    """How often a blocked wait looks at the wake event (stop, check-now): ~10 cheap wakeups/s."""
-
     def __init__(self, name: str = "log") -> None:
         self.name = name
         self.notify: Any = None
@@ -78,6 +70,9 @@ class FolderWatch:
         self.names: set[str] = set()
         self.globs: list[str] = []
         self.changed = threading.Event()
+        self.waker: threading.Event | None = None
+        """The waiting watcher's wake event, set with ``changed``: it blocks on that one event
+        (stop, check-now and changes alike) instead of waking every so often to look at both."""
         self.lock = threading.Lock()
         self.pinned: dict[Key, tuple[int, str]] = {}
         self.followed: dict[str, tuple[int, Key]] = {}
@@ -108,6 +103,8 @@ class FolderWatch:
         self.complete = False
         """Every folder asked for at the last :meth:`update` is watched."""
         self.stopping = threading.Event()
+        self._stop_pipe: tuple[int, int] | None = None
+        """Written to by :meth:`close`: the thread blocks in ``select`` with no timeout."""
         self.thread: threading.Thread | None = None
         if self.usable:
             try:
@@ -149,6 +146,7 @@ class FolderWatch:
                     return
                 self.complete = False  # a folder that does not exist yet: tried again later
         if self.thread is None:
+            self._stop_pipe = os.pipe()
             self.thread = threading.Thread(
                 target=self._run, name=f"watchkeeper-inotify-{self.name}", daemon=True
             )
@@ -159,14 +157,10 @@ class FolderWatch:
         if self.thread is None:  # nothing watched yet: only the sweep can find files
             wake.wait(timeout)
             return
-        deadline = time.monotonic() + timeout
-        while not wake.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            if self.changed.wait(min(left, self.SLICE)):
-                self.changed.clear()
-                return
+        self.waker = wake
+        if not self.changed.is_set():  # set before this wait began: the watcher has work
+            wake.wait(timeout)
+        self.changed.clear()  # a check follows, and reads whatever set it
 
     def follow(self, files: dict[str, tuple[int, Key]], merge: bool = False) -> None:
         """The followed files by path: (descriptor, identity), whose sizes the thread tracks.
@@ -234,18 +228,22 @@ class FolderWatch:
         """Read events as they come: pin arrivals, wake the watcher for relevant names."""
         notify = self.notify
         fd = notify.fileno()
+        assert self._stop_pipe is not None
         folders = {wd: folder for folder, wd in self.watched.items()}
         while not self.stopping.is_set():
             try:
-                ready, _, _ = select.select([fd], [], [], self.SLICE)
+                ready, _, _ = select.select([fd, self._stop_pipe[0]], [], [])
                 mark = time.time_ns()
-                events = notify.read(timeout=0) if ready else []
+                events = notify.read(timeout=0) if fd in ready else []
             except (OSError, ValueError):  # closed under us: stopping
                 return
             if len(folders) != len(self.watched):
                 folders = {wd: folder for folder, wd in self.watched.items()}
             if events and self._relevant(events, folders):
                 self.changed.set()
+                waker = self.waker
+                if waker is not None:
+                    waker.set()
             if events:  # what the next batch names was created after this read (less a tick)
                 self.since = mark - MTIME_SLACK
 
@@ -275,8 +273,6 @@ class FolderWatch:
                 relevant = True
                 continue
             if event.name in self.names or any(fnmatch.fnmatch(event.name, g) for g in self.globs):
-                if event.mask == flags.CLOSE_WRITE:
-                    continue  # its writes woke the watcher already: one check, not two per line
                 relevant = True
                 folder = folders.get(event.wd)
                 if folder is None:
@@ -383,9 +379,16 @@ class FolderWatch:
     def close(self) -> None:
         """Stop the thread, release the inotify descriptor and the files pinned but not taken."""
         self.stopping.set()
+        if self._stop_pipe is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._stop_pipe[1], b"x")
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout=5)
         self.thread = None
+        if self._stop_pipe is not None:
+            for end in self._stop_pipe:
+                os.close(end)
+            self._stop_pipe = None
         if self.notify is not None:
             with contextlib.suppress(OSError):
                 self.notify.close()
