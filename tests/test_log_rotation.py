@@ -627,3 +627,38 @@ def test_copytruncate_lines_the_copy_missed_are_read_from_inotifys_read_ahead(
     f.check()
     assert read(f) == criticals(1, 18)
     assert "lost" not in f.checkpoint
+
+
+def test_copytruncate_met_by_a_check_before_inotifys_thread_still_reads_its_read_ahead(
+    follow: Any, tmp_path: Path
+) -> None:
+    """Under load the check may meet the truncate first (the thread waits for its turn): the
+    bytes the thread read before the truncate are the old content's all the same, so the check
+    reads the lines the copy missed from them, and counts no loss."""
+    log = tmp_path / "app.log"
+    log.touch()
+    f = follow(log, inotify=True)
+    f.check()
+    watch = f.watcher.watch
+    key = (log.stat().st_dev, log.stat().st_ino)
+    append(log, numbered(1, 9))
+    wait_until(lambda: watch.sizes.get(key, (0, 0))[0] == log.stat().st_size)
+    f.check()
+    copied = log.read_bytes()
+    append(log, numbered(10, 15))  # after the copy, read by the thread, not by any check yet
+    wait_until(lambda: watch.sizes.get(key, (0, 0))[0] == log.stat().st_size)
+    watch.stopping.set()  # the thread ends here: it never sees the truncate
+    assert watch.thread is not None
+    assert watch._stop_pipe is not None
+    os.write(watch._stop_pipe[1], b"x")
+    watch.thread.join()
+    (tmp_path / "app.log.1").write_bytes(copied)
+    with log.open("r+b") as truncate:
+        truncate.truncate(0)
+    append(log, numbered(16, 18))
+    with watch.lock:  # what the thread would have said: a file changed
+        watch.moved = True
+    f.check()
+    f.check()
+    assert read(f) == criticals(1, 18)
+    assert "lost" not in f.checkpoint

@@ -368,7 +368,7 @@ class LogWatcher(Reading, Watcher):
                 else:
                     queue[i] = fresh
                 if self.watch is not None:  # the size it had just before the truncate
-                    peak, cut = self.watch.shrunk_from((entry.dev, entry.ino))
+                    peak, cut = self.watch.shrunk_from((entry.dev, entry.ino), info.st_size)
                     entry.size = max(entry.size, peak)
                     found += self._read_cut(entry, cut, now)
                 copy = self.files.find_copy(entry, (info.st_dev, info.st_ino))

@@ -182,15 +182,29 @@ class FolderWatch:
             self.ahead = {k: v for k, v in self.ahead.items() if k in keys}
             self.cut = {k: v for k, v in self.cut.items() if k in keys}
 
-    def shrunk_from(self, key: Key) -> tuple[int, tuple[int, bytes] | None]:
-        """The largest size the file had before it last shrank (0: not seen to shrink), and the
-        newest bytes it held just before: (offset of the first, bytes), None if none were kept.
+    def shrunk_from(self, key: Key, size: int) -> tuple[int, tuple[int, bytes] | None]:
+        """The largest size the file (now ``size`` bytes) had before it last shrank (0: not seen
+        to shrink), and the newest bytes it held just before: (offset of the first, bytes), None
+        if none were kept.
+
+        The check may meet a truncate before the thread does (it was reading when the truncate
+        came, the thread still waits for its turn): then the size the thread noted last is
+        larger than the file now, and what it kept, all read before the truncate, is the old
+        content's newest bytes, which it would have set aside at its next look.
 
         The history starts afresh: the caller has dealt with the truncate, and a size noted
-        before it must not count again as a drop from the new content.
+        before it must not count again as a drop from the new content (nor bytes kept before it
+        as the new content's: the thread's next look starts from the size).
         """
         with self.lock:
-            return self.sizes.pop(key, (0, 0))[1], self.cut.pop(key, None)
+            last, peak = self.sizes.pop(key, (0, 0))
+            cut = self.cut.pop(key, None)
+            kept = self.ahead.pop(key, None)
+        if cut is None and last > size:  # not seen by the thread yet
+            peak = max(peak, last)
+            if kept is not None and kept[1]:
+                cut = (kept[0], bytes(kept[1]))
+        return peak, cut
 
     def hold(self, keys: set[Key]) -> None:
         """The files the check holds open (and so has counted as generations already)."""
@@ -331,7 +345,8 @@ class FolderWatch:
             return  # the descriptor number was reused for another file
         size = info.st_size
         with self.lock:
-            last, peak = self.sizes.get(key, (0, 0))
+            noted = self.sizes.get(key)
+            last, peak = noted or (0, 0)
             start, kept = self.ahead.get(key, (size, bytearray()))
         cut: tuple[int, bytes] | None = None
         if size < last:
@@ -350,6 +365,8 @@ class FolderWatch:
             # else it shrank meanwhile: the size it had is still noted (written, so reported
             # lost if no check read it), and the next event's look sees the shrink
         with self.lock:
+            if self.sizes.get(key) is not noted:
+                return  # a check took what was noted meanwhile (it met the truncate first)
             self.sizes[key] = (size, peak)
             self.ahead[key] = (start, kept)
             if cut is not None and cut[1]:
