@@ -82,9 +82,9 @@ class LogWatcher(Reading, Watcher):
         self.base: int | None = None
         """Generations created less those met, at the end of the first check that counted."""
         self.deficit: float | None = None
-        self.reported = (0, 0, 0, 0)
-        """Generations missed and inotify overflows reported, the thread's lateness seen, and
-        checks since it last grew (see ``_missed``)."""
+        self.reported = (0, 0, 0)
+        """Generations missed and inotify overflows reported, and the thread's lateness when
+        the counts last balanced (see ``_missed``)."""
         self.pins: dict[tuple[int, int], tuple[str, int]] = {}
         self.watching: set[str] = set()
         """Files inotify's thread opened that no check has reached yet: path, checks waited."""

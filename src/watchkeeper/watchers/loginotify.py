@@ -105,6 +105,8 @@ class FolderWatch:
         self.stopping = threading.Event()
         self._stop_pipe: tuple[int, int] | None = None
         """Written to by :meth:`close`: the thread blocks in ``select`` with no timeout."""
+        self.busy = False
+        """The thread has read a batch of events it has not finished handling."""
         self.thread: threading.Thread | None = None
         if self.usable:
             try:
@@ -211,6 +213,21 @@ class FolderWatch:
         with self.lock:
             self.held = set(keys)
 
+    def idle(self) -> bool:
+        """Whether every event queued so far has been handled: none unread, no batch in hand.
+
+        Only then are the counts exact: a check may meet a file whose creation the thread has
+        yet to count, or that it is about to pin a second time.
+        """
+        notify = self.notify
+        if notify is None or self.thread is None:
+            return True
+        try:  # unread events first: a batch read after this look was queued after it too
+            ready, _, _ = select.select([notify.fileno()], [], [], 0)
+        except (OSError, ValueError):  # closed: stopping
+            return True
+        return not ready and not self.busy
+
     def counts(self) -> tuple[int, int, int, int]:
         """Generations created, files pinned not yet taken, queue overflows, lateness."""
         with self.lock:
@@ -223,6 +240,9 @@ class FolderWatch:
         """
         with self.lock:
             pinned, self.pinned = self.pinned, {}
+            # Held from now on: a batch that looks before the check says so (see :meth:`hold`)
+            # must not take them for new files (a creation that meets one is late).
+            self.held.update(pinned)
         return pinned
 
     def take_written(self) -> set[str] | None:
@@ -248,8 +268,10 @@ class FolderWatch:
             try:
                 ready, _, _ = select.select([fd, self._stop_pipe[0]], [], [])
                 mark = time.time_ns()
+                self.busy = fd in ready  # before the read: see idle()
                 events = notify.read(timeout=0) if fd in ready else []
             except (OSError, ValueError):  # closed under us: stopping
+                self.busy = False
                 return
             if len(folders) != len(self.watched):
                 folders = {wd: folder for folder, wd in self.watched.items()}
@@ -260,6 +282,7 @@ class FolderWatch:
                     waker.set()
             if events:  # what the next batch names was created after this read (less a tick)
                 self.since = mark - MTIME_SLACK
+            self.busy = False
 
     def _relevant(self, events: Sequence[Any], folders: dict[int, str]) -> bool:
         """Handle one batch of events; whether any concerns a followed or rotated name.

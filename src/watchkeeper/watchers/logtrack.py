@@ -58,7 +58,7 @@ class Rotations:
     deficit: float | None
     """Since when generations have been missing (not yet reported)."""
     more: bool
-    reported: tuple[int, int, int, int]
+    reported: tuple[int, int, int]
     lost: dict[str, int]
     losses: list[Observation]
     due: float | None
@@ -119,38 +119,45 @@ class Rotations:
         """Report generations created under a followed name that no one ever opened.
 
         inotify's thread counts the files created; the checks count the new files they met,
-        plus those held and not met yet. The difference only means loss while the thread has
-        fallen behind (it found a later file at the name than the one created): otherwise
-        it is drift (an inode reused by the next file, met as the old one truncated) and is
-        absorbed. A shortfall can also be a file still on its way (renamed while a check
-        looked, not met yet): only one that lasts ``CONFIRM`` seconds, over checks with
-        nothing left to look at, is reported; checks are planned meanwhile to confirm it.
+        plus those held and not met yet. The difference only means loss if the thread fell
+        behind (it found a later file at the name than the one created) since the counts last
+        balanced: otherwise it is drift (an inode reused by the next file, met as the old one
+        truncated) and is absorbed. Each lost file makes the thread late, but the shortfall may
+        show checks later, and dip meanwhile: while the thread has events in hand or files
+        pinned are not met yet, a file can be counted twice for a while (met by a check before
+        the thread counted its creation, or pinned again by the thread after a check met it).
+        So a shortfall is decided only when the counts are exact (nothing pinned or unread,
+        the thread idle): let go when they balance, absorbed as drift when the thread was not
+        late since they last did, else reported with the number missing. One that began after
+        lateness is held through any dip. A file still on its way (renamed while a check
+        looked, not met yet) also makes a shortfall: only one that lasts ``CONFIRM`` seconds is
+        reported; checks are planned meanwhile to decide it.
         """
         assert self.watch is not None
         created, untaken, overflows, late = self.watch.counts()
         raw = created - self.generations - len(self.pins) - untaken
-        missed, overflowed, late_seen, calm = self.reported
-        calm = 0 if late > late_seen else calm + 1
+        missed, overflowed, balanced = self.reported
         if self.base is None:  # files there before the thread began were not created
             self.base = raw - missed
         deficit = raw - self.base
-        if deficit <= missed:
-            self.deficit = None
-        elif self.deficit is None and calm > 2:  # a shortfall without lateness: drift
-            self.base, deficit = raw - missed, missed
-        elif self.deficit is None:  # one that began while the thread was behind: suspect
-            self.deficit = now
         settled = not (self.more or self.pins or untaken)
-        if self.deficit is not None and settled and now - self.deficit >= CONFIRM:
+        exact = settled and self.watch.idle()
+        if deficit > missed and self.deficit is None and late > balanced:
+            self.deficit = now  # the thread was behind since the counts balanced: suspect
+        if exact and deficit <= missed:  # balanced: a suspect shortfall was a file on its way
+            self.deficit, balanced = None, late
+        elif exact and self.deficit is None:  # a shortfall without lateness: drift
+            self.base, deficit, balanced = raw - missed, missed, late
+        elif exact and self.deficit is not None and now - self.deficit >= CONFIRM:
             reason = "created, rotated away and deleted before they could be opened (size unknown)"
             self._report(", ".join(self.patterns), None, reason, files=deficit - missed)
-            missed, self.deficit = deficit, None
-        elif self.deficit is not None:
+            missed, self.deficit, balanced = deficit, None, late
+        if self.deficit is not None or deficit > missed:
             self._due_at(now + CONFIRM / 2)
         if overflows > overflowed:
             reason = "inotify's queue overflowed: files created meanwhile may be lost, uncounted"
             self._report(", ".join(self.patterns), None, reason)
-        self.reported = (missed, overflows, late, calm)
+        self.reported = (missed, overflows, balanced)
 
     def _gone(self, entry: Tracked, copy: tuple[str, int, os.stat_result, int] | None) -> None:
         """A followed file that is nowhere to be found: forget it, reporting what was unread."""
