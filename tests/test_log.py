@@ -427,6 +427,8 @@ OPS = st.lists(
 @example(ops=["delete", "write", "restart", "rename"])
 @example(ops=["delete", "restart", "write", "rename", "write"])
 @example(ops=["write", "delete", "restart", "write", "rename"])
+# The same, the file with the reused inode rotated on too: the generation between them first.
+@example(ops=["delete", "write", "restart", "rename", "write", "rename"])
 def test_any_sequence_of_writes_rotations_and_restarts_alerts_each_line_once(
     tmp_path_factory: pytest.TempPathFactory, ops: list[str]
 ) -> None:

@@ -200,23 +200,42 @@ class Rotations:
             return False
         return origin in current or any(fnmatch.fnmatchcase(origin, p) for p in self.patterns)
 
-    @staticmethod
     def _in_order(
-        queue: list[Tracked], unseen: list[Tracked], current: dict[str, os.stat_result]
+        self, queue: list[Tracked], unseen: list[Tracked], current: dict[str, os.stat_result]
     ) -> list[Tracked]:
         """Queue the unseen rotated files so that each path's files are read oldest first.
 
-        They follow the file we knew at their path, unless that file's inode now belongs to the
-        newest file there (it was empty, deleted, and its inode reused): then they precede it.
+        They follow the file we knew at their path, unless that file was empty when we knew it
+        and its inode now belongs to a newer file (it was deleted, and a later generation got
+        its inode): then they precede it — all of them if that file is the newest at the path,
+        else those modified before it (it was rotated on too; restarts free an inode the
+        watcher held, so any later generation may get it).
         """
         members = {(s.st_dev, s.st_ino) for s in current.values()}
         ordered: list[Tracked] = []
         for entry in queue:
-            if not entry.fp_len and (entry.dev, entry.ino) in members:
-                ordered += [u for u in unseen if u.origin == entry.origin]
-                unseen = [u for u in unseen if u.origin != entry.origin]
+            if not entry.fp_len and unseen:
+                key = (entry.dev, entry.ino)
+                now_at = None if key in members else self._sibling_mtime(entry)
+                first = [
+                    u
+                    for u in unseen
+                    if u.origin == entry.origin
+                    and (key in members or (now_at is not None and u.mtime <= now_at))
+                ]
+                ordered += first
+                unseen = [u for u in unseen if all(u is not f for f in first)]
             ordered.append(entry)
         return ordered + unseen
+
+    def _sibling_mtime(self, entry: Tracked) -> int | None:
+        """The modification time of the file rotated away from the entry's path that now has
+        its inode (None: no such file)."""
+        rotated = rotated_siblings(entry.origin or entry.path, 0, set(), self.config.rotated)
+        for _, info in rotated:
+            if (info.st_dev, info.st_ino) == (entry.dev, entry.ino):
+                return info.st_mtime_ns
+        return None
 
     def _rotated_unseen(
         self, queue: list[Tracked], current: dict[str, os.stat_result]
