@@ -15,7 +15,9 @@ files it shows the sweep's share of the CPU and, in the lag's maximum, whether a
 the reading of a write.
 
 Usage: ``python bench/logfiles/run.py [--files 1000 10000] [--seconds 30] [--rate 10] [--batch 1]
-[--every S]``
+[--every S] [--idle S]``
+
+``--idle S`` first measures the agent's CPU over S seconds with nothing written.
 """
 
 from __future__ import annotations
@@ -81,7 +83,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def run(files: int, seconds: float, rate: float, batch: int, every: float | None) -> None:
+def run(
+    files: int, seconds: float, rate: float, batch: int, every: float | None, idle: float
+) -> None:
     folder = Path(tempfile.mkdtemp(prefix="wk-logfiles-"))
     try:
         logs = folder / "logs"
@@ -99,6 +103,13 @@ def run(files: int, seconds: float, rate: float, batch: int, every: float | None
         )
         try:
             time.sleep(2)  # both settle (tail -F has no readiness signal)
+            if idle:
+                before, began = cpu_seconds(agent.pid), time.monotonic()
+                time.sleep(idle)
+                spent = cpu_seconds(agent.pid) - before
+                print(
+                    f"idle for {idle:g}s: {100 * spent / (time.monotonic() - began):.3f}% of a core"
+                )
             rng = random.Random(files)
             written: dict[int, float] = {}
             arrived: dict[int, float] = {}
@@ -162,9 +173,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="lines a second")
     parser.add_argument("--batch", type=int, default=1, help="lines written at once")
     parser.add_argument("--every", type=float, help="the watcher's sweep (default: 30 s)")
+    parser.add_argument("--idle", type=float, default=0, help="first measure S idle seconds")
     args = parser.parse_args()
     for files in args.files:
-        run(files, args.seconds, args.rate, args.batch, args.every)
+        run(files, args.seconds, args.rate, args.batch, args.every, args.idle)
 
 
 if __name__ == "__main__":
