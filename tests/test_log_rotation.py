@@ -493,6 +493,34 @@ def test_under_inotify_a_check_reads_only_the_files_written_and_commits_only_the
     assert sorted(read(f)) == sorted(expected + criticals(1000, 1003) + criticals(2000, 2003))
 
 
+def test_more_files_written_at_once_than_max_open_files_are_each_read_from_their_own(
+    follow: Any, tmp_path: Path
+) -> None:
+    """A check that reads only the files written opens each, then reads them all: with more
+    of them than ``max_open_files``, an open must not close one opened before it (its number,
+    reused by the next open, would read another file's lines as its own)."""
+    logs = [tmp_path / f"app{n:02d}.log" for n in range(20)]
+    for n, log in enumerate(logs):
+        append(log, numbered(n * 100 + 1, n * 100 + 3))
+    f = follow(tmp_path / "*.log", inotify=True, max_open_files=8)
+    f.check()
+    f.check()
+    for n, log in enumerate(logs[:15]):
+        append(log, numbered(n * 100 + 4, n * 100 + 9))
+    watch = f.watcher.watch
+    wait_until(lambda: watch.written == {str(log) for log in logs[:15]})
+    full = f.watcher.full_checks
+    f.check()
+    assert f.watcher.full_checks == full, "a check of the files written only"
+    got = read(f)
+    expected = [
+        line for n in range(20) for line in criticals(n * 100 + 1, n * 100 + (9 if n < 15 else 3))
+    ]
+    assert len(got) == len(set(got)), "a line alerted twice"
+    assert sorted(got) == sorted(expected)
+    assert len(f.watcher.files.fds) <= 15
+
+
 def sweep_slices(f: Follow, monkeypatch: pytest.MonkeyPatch) -> list[set[str]]:
     """The slices the sweep looks at from now on (its method wrapped, not replaced), and no
     listing with ``stat`` of the globs allowed meanwhile (a full check's)."""

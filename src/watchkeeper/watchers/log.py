@@ -245,28 +245,35 @@ class LogWatcher(Reading, Watcher):
         """
         ready: list[tuple[Tracked, int, os.stat_result]] = []
         looked: list[Tracked] = []
-        for path in sorted(written):
-            try:
-                info = os.stat(path)
-            except OSError:
-                return None
-            stored = parts.get(part_key(info.st_dev, info.st_ino))
-            if stored is None or os.path.normpath(stored["path"]) != path:
-                return None
-            entry = Tracked.from_json(stored)
-            if entry.gone is not None or entry.wait is not None or entry.skip:
-                return None
-            looked.append(entry)
-            if info.st_size == entry.size == entry.offset and info.st_mtime_ns == entry.mtime:
-                continue  # written before the last check read it (or idle: the sweep's)
-            opened = self.files.open(entry.path)
-            if opened is None:
-                return None
-            fd, info = opened
-            key = (info.st_dev, info.st_ino)
-            if key != (entry.dev, entry.ino) or info.st_size < entry.offset or not holds(fd, entry):
-                return None
-            ready.append((entry, fd, info))
+        # Each file opened stays open until read: a later open must not close it for room.
+        with self.files.keeping() as in_hand:
+            for path in sorted(written):
+                try:
+                    info = os.stat(path)
+                except OSError:
+                    return None
+                stored = parts.get(part_key(info.st_dev, info.st_ino))
+                if stored is None or os.path.normpath(stored["path"]) != path:
+                    return None
+                entry = Tracked.from_json(stored)
+                if entry.gone is not None or entry.wait is not None or entry.skip:
+                    return None
+                looked.append(entry)
+                if info.st_size == entry.size == entry.offset and info.st_mtime_ns == entry.mtime:
+                    continue  # written before the last check read it (or idle: the sweep's)
+                opened = self.files.open(entry.path)
+                if opened is None:
+                    return None
+                fd, info = opened
+                key = (info.st_dev, info.st_ino)
+                if (
+                    key != (entry.dev, entry.ino)
+                    or info.st_size < entry.offset
+                    or not holds(fd, entry)
+                ):
+                    return None
+                ready.append((entry, fd, info))
+                in_hand.add(key)
         slow_before = self.scanner.slow.get("lines", 0)
         budget = [self.config.read_limit]
         found: list[Observation] = []

@@ -28,7 +28,7 @@ import itertools
 import logging
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,23 @@ class Files:
         self.rotated = rotated
         self.limit = limit
         self.protected: set[tuple[int, int]] = set()
+        self.in_hand: set[tuple[int, int]] = set()
+        """Files whose descriptors a check holds in hand across further opens (see
+        :meth:`keeping`): never closed for room meanwhile."""
+
+    @contextlib.contextmanager
+    def keeping(self, keys: Iterable[tuple[int, int]] = ()) -> Iterator[set[tuple[int, int]]]:
+        """Keep these files' descriptors open while the block runs (it may add more).
+
+        A descriptor closed for room while a check still holds its number would fail with
+        EBADF, or worse, once the number is reused by the next open, read another file.
+        """
+        before = self.in_hand
+        self.in_hand = before | set(keys)
+        try:
+            yield self.in_hand
+        finally:
+            self.in_hand = before
 
     def touch(self, key: tuple[int, int]) -> None:
         """Mark a held file as just used (the last to be closed for room)."""
@@ -173,7 +190,8 @@ class Files:
             return
         # Only as many as needed, from the least recently used end: an open past the limit
         # (each open, with thousands of files) must not walk every held file.
-        for key in list(itertools.islice((k for k in self.fds if k not in self.protected), count)):
+        spare = (k for k in self.fds if k not in self.protected and k not in self.in_hand)
+        for key in list(itertools.islice(spare, count)):
             self.release(key)
 
     def open(self, path: str) -> tuple[int, os.stat_result] | None:

@@ -274,20 +274,33 @@ class Rotations:
         records = self._known(queue)
         now = time.time()
         found = []
-        for name, info in rotated_siblings(path, newer_than, known, self.config.rotated):
-            if (info.st_dev, info.st_ino, info.st_mtime_ns) in finished:
-                continue
-            held = set(self.files.fds)
-            opened = self.files.open(name)
-            if opened is None:
-                continue
-            entry = self._recognise(name, opened[0], opened[1], records)
-            if entry is None and (info.st_dev, info.st_ino) not in held:
-                self.files.release((info.st_dev, info.st_ino))
-            if entry is not None:
-                self.generations += not entry.fp_len
-                found.append(replace(entry, gone=now, origin=path))
+        # The records hold the entries' descriptors: the opens below must not close them.
+        with self.files.keeping(k for e in queue if (k := (e.dev, e.ino)) in self.files.fds):
+            for name, info in rotated_siblings(path, newer_than, known, self.config.rotated):
+                entry = self._sibling(name, info, finished, records)
+                if entry is not None:
+                    self.generations += not entry.fp_len
+                    found.append(replace(entry, gone=now, origin=path))
         return found
+
+    def _sibling(
+        self,
+        name: str,
+        info: os.stat_result,
+        finished: set[tuple[Any, ...]],
+        records: list[Known],
+    ) -> Tracked | None:
+        """An entry for a rotated file found by the sibling search, if it holds unread text."""
+        if (info.st_dev, info.st_ino, info.st_mtime_ns) in finished:
+            return None
+        held = set(self.files.fds)
+        opened = self.files.open(name)
+        if opened is None:
+            return None
+        entry = self._recognise(name, opened[0], opened[1], records)
+        if entry is None and (info.st_dev, info.st_ino) not in held:
+            self.files.release((info.st_dev, info.st_ino))
+        return entry
 
     @staticmethod
     def _recognise(
