@@ -38,6 +38,18 @@ ALTER TABLE leases ADD COLUMN instance TEXT NOT NULL DEFAULT ''
 """Schema 5, both backends: which run of its agent holds a lease (``agents.instance``), so a
 new run of the same name takes it with a new fencing token."""
 
+CHECKPOINT_PARTS = """
+CREATE TABLE checkpoint_parts (
+    watcher         TEXT NOT NULL,
+    part            TEXT NOT NULL,
+    value           TEXT NOT NULL,      -- JSON
+    PRIMARY KEY (watcher, part)
+){options};
+"""
+"""Schema 6, both backends (``options``: SQLite's WITHOUT ROWID): a checkpoint's parts (see
+``watchers.base.CheckResult.parts``), one row each, so that a check commits the parts it
+changed, not all of them."""
+
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE watchers (
@@ -105,16 +117,7 @@ MIGRATIONS: dict[int, str] = {
     """
     + FLEET_TABLES.format(time="REAL"),
     5: LEASE_RUNS,
-    # 6: a checkpoint's parts (see watchers.base.CheckResult.parts), one row each, so that a
-    # check commits the parts it changed, not all of them.
-    6: """
-    CREATE TABLE checkpoint_parts (
-        watcher         TEXT NOT NULL,
-        part            TEXT NOT NULL,
-        value           TEXT NOT NULL,      -- JSON
-        PRIMARY KEY (watcher, part)
-    ) WITHOUT ROWID;
-    """,
+    6: CHECKPOINT_PARTS.format(options=" WITHOUT ROWID"),
 }
 
 POSTGRES_BASE = 4
@@ -184,12 +187,5 @@ POSTGRES_MIGRATIONS: dict[int, str] = {
     """
     + FLEET_TABLES.format(time="DOUBLE PRECISION"),
     5: LEASE_RUNS,
-    6: """
-    CREATE TABLE checkpoint_parts (
-        watcher         TEXT NOT NULL,
-        part            TEXT NOT NULL,
-        value           TEXT NOT NULL,      -- JSON
-        PRIMARY KEY (watcher, part)
-    );
-    """,
+    6: CHECKPOINT_PARTS.format(options=""),
 }
