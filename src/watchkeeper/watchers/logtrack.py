@@ -224,7 +224,8 @@ class Rotations:
                     and (key in members or (now_at is not None and u.mtime <= now_at))
                 ]
                 ordered += first
-                unseen = [u for u in unseen if all(u is not f for f in first)]
+                taken = {id(u) for u in first}
+                unseen = [u for u in unseen if id(u) not in taken]
             ordered.append(entry)
         return ordered + unseen
 
