@@ -216,7 +216,9 @@ class Rotations:
         for entry in queue:
             if not entry.fp_len and unseen:
                 key = (entry.dev, entry.ino)
-                now_at = None if key in members else self._sibling_mtime(entry)
+                # Held open, its inode cannot have been reused: it is the file it was.
+                known_file = key in members or key in self.files.fds
+                now_at = None if known_file else self._sibling_mtime(entry)
                 first = [
                     u
                     for u in unseen
