@@ -389,6 +389,39 @@ def test_an_idle_watcher_under_inotify_sleeps_until_something_happens(tmp_path: 
     assert not any(t.is_alive() for t in threads)
 
 
+def test_writes_soon_after_a_check_are_gathered_into_one_check_at_the_end_of_the_linger(
+    tmp_path: Path,
+) -> None:
+    """A write after a quiet spell is read at once; writes within ``linger`` of that check's
+    start wait for one check together, when the linger is over (not one check each); a stop
+    does not wait for the linger."""
+    out = tmp_path / "alerts.jsonl"
+    keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": str(out)}])
+    log = tmp_path / "app.log"
+    keeper.log(log, rules=[{"match": "CRITICAL"}], name="app", every="1h", linger="5s")
+    log.touch()
+
+    def checks() -> int:
+        record = keeper.store.watcher("app")
+        return 0 if record is None else record.checks
+
+    with keeper:
+        wait_until(lambda: checks() >= 1)
+        written = time.monotonic()
+        append(log, "1 CRITICAL first\n")
+        wait_until(lambda: len(read_jsonl(out)) == 1)
+        assert time.monotonic() - written < 2.5  # at once, not after the linger
+        before = checks()
+        for n in (2, 3, 4):
+            append(log, f"{n} CRITICAL gathered\n")
+        wait_until(lambda: len(read_jsonl(out)) == 4, timeout=30)
+        assert time.monotonic() - written >= 4.9  # the linger after the first line's check
+        assert checks() == before + 1  # one check read the three
+        append(log, "5 CRITICAL at the stop\n")
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 4  # the linger (5 s) did not hold the stop
+
+
 ROTATIONS = st.lists(
     st.sampled_from(["write", "write", "write", "rename", "copytruncate", "compress", "olddir"])
     | st.sampled_from(["check", "check", "restart"]),

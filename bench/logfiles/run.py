@@ -58,9 +58,12 @@ def checks(state: Path) -> int:
         return 0 if record is None else record.checks
 
 
-def start(folder: Path, out: Path, every: float | None = None) -> subprocess.Popen[bytes]:
+def start(
+    folder: Path, out: Path, every: float | None = None, linger: float | None = None
+) -> subprocess.Popen[bytes]:
     config = folder / "watchkeeper.toml"
     sweep = "" if every is None else f"every = {every}\n"
+    sweep += "" if linger is None else f"linger = {linger}\n"
     config.write_text(
         f'[keeper]\nstate = "{folder / "wk.db"}"\ndashboard = false\n\n'
         f'[[notify]]\nkind = "jsonl"\npath = "{out}"\n\n'
@@ -84,7 +87,13 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run(
-    files: int, seconds: float, rate: float, batch: int, every: float | None, idle: float
+    files: int,
+    seconds: float,
+    rate: float,
+    batch: int,
+    every: float | None,
+    idle: float,
+    linger: float | None = None,
 ) -> None:
     folder = Path(tempfile.mkdtemp(prefix="wk-logfiles-"))
     try:
@@ -95,7 +104,7 @@ def run(
             path.write_text("start\n")
         out = folder / "alerts.jsonl"
         out.touch()
-        agent = start(folder, out, every)
+        agent = start(folder, out, every, linger)
         tail = subprocess.Popen(
             ["tail", "-q", "-n0", "-F", *map(str, paths)],
             stdout=subprocess.DEVNULL,
@@ -173,10 +182,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="lines a second")
     parser.add_argument("--batch", type=int, default=1, help="lines written at once")
     parser.add_argument("--every", type=float, help="the watcher's sweep (default: 30 s)")
+    parser.add_argument("--linger", type=float, help="the watcher's linger (default: 0.1 s)")
     parser.add_argument("--idle", type=float, default=0, help="first measure S idle seconds")
     args = parser.parse_args()
     for files in args.files:
-        run(files, args.seconds, args.rate, args.batch, args.every, args.idle)
+        run(files, args.seconds, args.rate, args.batch, args.every, args.idle, args.linger)
 
 
 if __name__ == "__main__":

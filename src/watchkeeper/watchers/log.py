@@ -70,7 +70,7 @@ class LogWatcher(Reading, Watcher):
         super().__init__(config)
         self.scanner = Scanner(config, use_hyperscan)
         self.files = Files(config.rotated, config.max_open_files)
-        self.watch = FolderWatch(config.name) if config.inotify else None
+        self.watch = FolderWatch(config.name, config.linger) if config.inotify else None
         self.more = False
         self.due: float | None = None
         self.done: list[tuple[Any, ...]] = []

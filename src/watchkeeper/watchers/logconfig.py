@@ -178,6 +178,14 @@ class LogConfig(WatcherConfig):
     )
     encoding: str = Field(default="utf-8", description="Invalid bytes are replaced, never fatal.")
     inotify: bool = Field(default=True, description="Use inotify when the OS offers it.")
+    linger: Duration = Field(
+        default=0.25,
+        le=10,
+        description="Under inotify, writes that come within this time of the last check's start "
+        "are read together by the next check, not each by one of its own: fewer commits and "
+        "messages under a steady trickle of lines, an alert at most this much later. 0: every "
+        "write starts a check at once.",
+    )
     poll_interval: Duration = Field(
         default=1.0, description="How often to look when inotify is off or unavailable."
     )

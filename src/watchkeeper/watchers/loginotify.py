@@ -62,8 +62,12 @@ MTIME_SLACK = 50_000_000
 class FolderWatch:
     """inotify on the folders of the followed files, filtered to the names that matter."""
 
-    def __init__(self, name: str = "log") -> None:
+    def __init__(self, name: str = "log", linger: float = 0.0) -> None:
         self.name = name
+        self.linger = linger
+        self.quiet_until = 0.0
+        """Monotonic time before which writes are gathered for the next check, not woken for:
+        ``linger`` after the last check began (see :meth:`wait`)."""
         self.notify: Any = None
         self.usable = inotify_simple is not None
         self.watched: dict[str, int] = {}
@@ -160,9 +164,14 @@ class FolderWatch:
             wake.wait(timeout)
             return
         self.waker = wake
-        if not self.changed.is_set():  # set before this wait began: the watcher has work
-            wake.wait(timeout)
+        if not self.changed.is_set():
+            wake.wait(timeout)  # the thread sets it, ``linger`` after the last check at the soonest
+        else:  # set before this wait began: the watcher has work, due once the linger is over
+            gather = self.quiet_until - time.monotonic()
+            if gather > 0:
+                wake.wait(min(timeout, gather))  # a stop or check-now cuts it short
         self.changed.clear()  # a check follows, and reads whatever set it
+        self.quiet_until = time.monotonic() + self.linger
 
     def follow(self, files: dict[str, tuple[int, Key]], merge: bool = False) -> None:
         """The followed files by path: (descriptor, identity), whose sizes the thread tracks.
@@ -264,9 +273,10 @@ class FolderWatch:
         fd = notify.fileno()
         assert self._stop_pipe is not None
         folders = {wd: folder for folder, wd in self.watched.items()}
+        gather: float | None = None  # until the linger is over; None: block until an event
         while not self.stopping.is_set():
             try:
-                ready, _, _ = select.select([fd, self._stop_pipe[0]], [], [])
+                ready, _, _ = select.select([fd, self._stop_pipe[0]], [], [], gather)
                 mark = time.time_ns()
                 self.busy = fd in ready  # before the read: see idle()
                 events = notify.read(timeout=0) if fd in ready else []
@@ -277,12 +287,24 @@ class FolderWatch:
                 folders = {wd: folder for folder, wd in self.watched.items()}
             if events and self._relevant(events, folders):
                 self.changed.set()
-                waker = self.waker
-                if waker is not None:
-                    waker.set()
+            gather = self._wake() if self.changed.is_set() else None
             if events:  # what the next batch names was created after this read (less a tick)
                 self.since = mark - MTIME_SLACK
             self.busy = False
+
+    def _wake(self) -> float | None:
+        """Wake the waiting watcher, unless its linger is not over: then how long until it is.
+
+        Under a steady trickle of writes, each would otherwise cost a check of its own (a
+        commit, a notifier's read, send and mark); gathered, one check takes them all.
+        """
+        gather = self.quiet_until - time.monotonic()
+        if gather > 0:
+            return gather
+        waker = self.waker
+        if waker is not None:
+            waker.set()
+        return None
 
     def _relevant(self, events: Sequence[Any], folders: dict[int, str]) -> bool:
         """Handle one batch of events; whether any concerns a followed or rotated name.
