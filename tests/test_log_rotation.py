@@ -727,6 +727,49 @@ def test_copytruncate_met_by_a_check_before_inotifys_thread_still_reads_its_read
     assert "lost" not in f.checkpoint
 
 
+def test_a_truncate_between_inotifys_read_and_its_look_at_the_size_keeps_what_it_read(
+    follow: Any, tmp_path: Path
+) -> None:
+    """The thread reads what was written first and looks at the size after (each system call
+    is a wait for the interpreter's lock, and logrotate truncates a millisecond after its copy):
+    a truncate that lands in between finds the newest lines read already, and the check has
+    them. Looking at the size first, as before, it had none of them (6 lines reported lost)."""
+    log = tmp_path / "app.log"
+    log.touch()
+    f = follow(log, inotify=True)
+    f.check()
+    watch = f.watcher.watch
+    key = (log.stat().st_dev, log.stat().st_ino)
+    append(log, numbered(1, 9))
+    wait_until(lambda: watch.sizes.get(key, (0, 0))[0] == log.stat().st_size)
+    f.check()
+    watch.stopping.set()  # the thread ends: this test makes its next look itself
+    assert watch.thread is not None
+    assert watch._stop_pipe is not None
+    os.write(watch._stop_pipe[1], b"x")
+    watch.thread.join()
+    copied = log.read_bytes()
+    append(log, numbered(10, 15))  # after the copy, read by no one yet
+    (tmp_path / "app.log.1").write_bytes(copied)
+    fstat = os.fstat
+
+    def truncate_first(fd: int) -> os.stat_result:  # only the timing is chosen: a real truncate
+        with log.open("r+b") as truncate:
+            truncate.truncate(0)
+        return fstat(fd)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fstat", truncate_first)
+        watch._measure(*watch.followed[str(log)])
+    append(log, numbered(16, 18))
+    with watch.lock:  # what the thread would have said: a file changed
+        watch.moved = True
+    f.check()
+    f.check()
+    assert read(f) == criticals(1, 18)
+    assert "lost" not in f.checkpoint
+
+
 @pytest.mark.parametrize("dip", ["pinned-again-during-checks", "met-before-counted"])
 def test_files_lost_while_inotify_was_behind_are_reported_though_the_count_dips_meanwhile(
     follow: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dip: str

@@ -55,6 +55,8 @@ if inotify_simple is not None:
 Key = tuple[int, int]
 AHEAD = 64 * 1024
 """Bytes of each followed file's newest writes the thread keeps in memory (see ``_measure``)."""
+EVENTS_READ = 64 * 1024
+"""Bytes of inotify events read at once (an event is at most 272)."""
 MTIME_SLACK = 50_000_000
 """Nanoseconds a file's modification time may lag the clock (timestamps are per tick)."""
 
@@ -279,7 +281,10 @@ class FolderWatch:
                 ready, _, _ = select.select([fd, self._stop_pipe[0]], [], [], gather)
                 mark = time.time_ns()
                 self.busy = fd in ready  # before the read: see idle()
-                events = notify.read(timeout=0) if fd in ready else []
+                # One read, no size asked first: each call is a turn at the interpreter's lock.
+                events = (
+                    inotify_simple.parse_events(os.read(fd, EVENTS_READ)) if fd in ready else []
+                )
             except (OSError, ValueError):  # closed under us: stopping
                 self.busy = False
                 return
@@ -381,34 +386,46 @@ class FolderWatch:
         done, and a check comes a millisecond or two after a write. Read here as they come (the
         last ``AHEAD`` of them), they are kept when the file shrinks, for the check that meets
         the truncate (see :meth:`shrunk_from`).
+
+        Once the file was looked at, what was written since is read *first*, and its size
+        looked at after: every system call is a turn at the interpreter's lock to wait for,
+        and the window before the truncate is a millisecond or so.
         """
+        with self.lock:
+            noted = self.sizes.get(key)
+            last, peak = noted or (0, 0)
+            start, kept = self.ahead.get(key, (last, bytearray()))
+        # From where the bytes kept end; after a burst larger than AHEAD, only the newest.
+        begin = max(start + len(kept), last - AHEAD)
         try:
+            data = os.pread(fd, 2 * AHEAD, begin) if noted is not None else b""
             info = os.fstat(fd)
         except OSError:
             return  # closed by the check meanwhile
         if (info.st_dev, info.st_ino) != key:
             return  # the descriptor number was reused for another file
         size = info.st_size
-        with self.lock:
-            noted = self.sizes.get(key)
-            last, peak = noted or (0, 0)
-            start, kept = self.ahead.get(key, (size, bytearray()))
         cut: tuple[int, bytes] | None = None
-        if size < last:
-            peak = max(peak, last)
-            cut, start, kept = (start, bytes(kept)), size, bytearray()
-        elif size > last:
-            begin = max(last, size - AHEAD)
-            data = _read_at(fd, begin, size)
-            if data is not None:
-                if begin != start + len(kept):  # a gap (the first look, a burst): afresh
-                    start, kept = begin, bytearray()
-                kept += data  # in place: no copy of what is kept per write
-                if len(kept) > 2 * AHEAD:
-                    del kept[: len(kept) - AHEAD]
-                    start = size - len(kept)
-            # else it shrank meanwhile: the size it had is still noted (written, so reported
-            # lost if no check read it), and the next event's look sees the shrink
+        if noted is None:  # the first look: its newest bytes
+            begin = max(0, size - AHEAD)
+            data = _read_at(fd, begin, size) or b""  # shrunk meanwhile: the next look says
+            start, kept = begin, bytearray(data)
+        else:
+            # Shrunk (a truncate) since the last look, or since the read. Bytes read past the
+            # size now were the old content's, read in time (the new one cannot have grown past
+            # them meanwhile): kept for the check. Bytes the new content covers may be its own.
+            shrunk = size < last or size < begin + len(data)
+            if shrunk and size >= begin + len(data):
+                data = b""
+            if data and begin != start + len(kept):  # a gap before them: they alone are kept
+                start, kept = begin, bytearray()
+            kept += data  # in place: no copy of what is kept per write
+            if shrunk:
+                peak = max(peak, last, begin + len(data))
+                cut, start, kept = (start, bytes(kept)), size, bytearray()
+            elif len(kept) > 2 * AHEAD:
+                del kept[: len(kept) - AHEAD]
+                start = begin + len(data) - len(kept)
         with self.lock:
             if self.sizes.get(key) is not noted:
                 return  # a check took what was noted meanwhile (it met the truncate first)
