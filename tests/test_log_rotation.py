@@ -666,6 +666,16 @@ def test_a_lagging_inotify_naming_a_rotated_path_never_reads_a_file_twice(
     assert sorted(got) == sorted(expected)
 
 
+def end_inotify_thread(watch: Any) -> None:
+    """End the watcher's inotify thread the way close() does, leaving the rest open: the test
+    then makes the thread's moves itself, at the moments it chooses."""
+    assert watch.thread is not None
+    assert watch._stop_pipe is not None
+    watch.stopping.set()
+    os.write(watch._stop_pipe[1], b"x")
+    watch.thread.join()
+
+
 def test_copytruncate_lines_the_copy_missed_are_read_from_inotifys_read_ahead(
     follow: Any, tmp_path: Path
 ) -> None:
@@ -710,11 +720,7 @@ def test_copytruncate_met_by_a_check_before_inotifys_thread_still_reads_its_read
     copied = log.read_bytes()
     append(log, numbered(10, 15))  # after the copy, read by the thread, not by any check yet
     wait_until(lambda: watch.sizes.get(key, (0, 0))[0] == log.stat().st_size)
-    watch.stopping.set()  # the thread ends here: it never sees the truncate
-    assert watch.thread is not None
-    assert watch._stop_pipe is not None
-    os.write(watch._stop_pipe[1], b"x")
-    watch.thread.join()
+    end_inotify_thread(watch)  # it never sees the truncate
     (tmp_path / "app.log.1").write_bytes(copied)
     with log.open("r+b") as truncate:
         truncate.truncate(0)
@@ -743,11 +749,7 @@ def test_a_truncate_between_inotifys_read_and_its_look_at_the_size_keeps_what_it
     append(log, numbered(1, 9))
     wait_until(lambda: watch.sizes.get(key, (0, 0))[0] == log.stat().st_size)
     f.check()
-    watch.stopping.set()  # the thread ends: this test makes its next look itself
-    assert watch.thread is not None
-    assert watch._stop_pipe is not None
-    os.write(watch._stop_pipe[1], b"x")
-    watch.thread.join()
+    end_inotify_thread(watch)  # this test makes its next look itself
     copied = log.read_bytes()
     append(log, numbered(10, 15))  # after the copy, read by no one yet
     (tmp_path / "app.log.1").write_bytes(copied)
@@ -810,11 +812,7 @@ def test_files_lost_while_inotify_was_behind_are_reported_though_the_count_dips_
         f.check()  # inotify's thread watches the folder (it began during the first)
         watch = f.watcher.watch
         assert watch is not None
-        assert watch.thread is not None
-        assert watch._stop_pipe is not None
-        watch.stopping.set()
-        os.write(watch._stop_pipe[1], b"x")
-        watch.thread.join()
+        end_inotify_thread(watch)
         watch.stopping.clear()
         folders = {wd: folder for folder, wd in watch.watched.items()}
 
