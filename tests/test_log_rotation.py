@@ -394,7 +394,7 @@ def test_writes_soon_after_a_check_are_gathered_into_one_check_at_the_end_of_the
 ) -> None:
     """A write after a quiet spell is read at once; writes within ``linger`` of that check's
     start wait for one check together, when the linger is over (not one check each); a stop
-    does not wait for the linger."""
+    does not wait for the linger, and reads what it was holding."""
     out = tmp_path / "alerts.jsonl"
     keeper = Keeper(state=tmp_path / "wk.db", notify=[{"kind": "jsonl", "path": str(out)}])
     log = tmp_path / "app.log"
@@ -404,6 +404,9 @@ def test_writes_soon_after_a_check_are_gathered_into_one_check_at_the_end_of_the
     def checks() -> int:
         record = keeper.store.watcher("app")
         return 0 if record is None else record.checks
+
+    def watch_gathering() -> bool:  # inotify's thread has told of the write
+        return any(w.gathering() for w in keeper.watchers)
 
     with keeper:
         wait_until(lambda: checks() >= 1)
@@ -418,8 +421,10 @@ def test_writes_soon_after_a_check_are_gathered_into_one_check_at_the_end_of_the
         assert time.monotonic() - written >= 4.9  # the linger after the first line's check
         assert checks() == before + 1  # one check read the three
         append(log, "5 CRITICAL at the stop\n")
+        wait_until(watch_gathering)
         stopping = time.monotonic()
     assert time.monotonic() - stopping < 4  # the linger (5 s) did not hold the stop
+    assert len(read_jsonl(out)) == 5  # the stop read what the linger held: not left for later
 
 
 ROTATIONS = st.lists(

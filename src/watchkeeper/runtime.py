@@ -411,6 +411,8 @@ class WatcherThread(GuardedThread):
                 except Exception:
                     log.exception("watcher %s: waiting for changes failed; polling", watcher.name)
                     self.wake.wait(delay)
+            if watcher.gathering() and not watcher_run.idle:
+                watcher_run.safe_cycle()  # what it was gathering alerts now, not at next start
         finally:
             if self.stopping.is_set():
                 close_watcher(watcher)

@@ -179,6 +179,11 @@ class Watcher(ABC):
         """Block until the next check is due or ``wake`` is set (stop, check-now, resume)."""
         wake.wait(self.next_delay(timeout))
 
+    def gathering(self) -> bool:
+        """Whether changes it was told of wait for a check (a log watcher's ``linger``): the
+        stop runs that check, so they alert now rather than at the next start."""
+        return False
+
     def close(self) -> None:
         """Release files, sockets and clients. Called once, from the thread that ran the checks
         (for a pooled kind, the pool's last thread to end), before the keeper's stop returns."""

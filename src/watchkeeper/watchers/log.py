@@ -167,6 +167,8 @@ class LogWatcher(Reading, Watcher):
         at start (and one from before parts) lists the files instead: they all become parts.
         """
         now = time.time()
+        if self.watch is not None:
+            self.watch.read()
         state = checkpoint or {}
         parts: dict[str, Any] = state.get(PARTS) or {}
         self._restore(state)
@@ -580,6 +582,11 @@ class LogWatcher(Reading, Watcher):
             self.watch.wait(wake, timeout)
         else:
             wake.wait(min(timeout, self.config.poll_interval))
+
+    def gathering(self) -> bool:
+        """inotify named writes that no check has read yet (within ``linger``, or during the
+        last check)."""
+        return self.watch is not None and self.watch.changed.is_set()
 
     def close(self) -> None:
         """Close the followed files and the inotify descriptor."""

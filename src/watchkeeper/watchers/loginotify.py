@@ -172,8 +172,12 @@ class FolderWatch:
             gather = self.quiet_until - time.monotonic()
             if gather > 0:
                 wake.wait(min(timeout, gather))  # a stop or check-now cuts it short
-        self.changed.clear()  # a check follows, and reads whatever set it
-        self.quiet_until = time.monotonic() + self.linger
+        self.quiet_until = time.monotonic() + self.linger  # ``changed`` stays set: see read()
+
+    def read(self) -> None:
+        """A check begins, and reads whatever inotify named so far: cleared here, not when the
+        wait ends, so that a stop which ends the wait still sees there is something to read."""
+        self.changed.clear()
 
     def follow(self, files: dict[str, tuple[int, Key]], merge: bool = False) -> None:
         """The followed files by path: (descriptor, identity), whose sizes the thread tracks.
