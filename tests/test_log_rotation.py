@@ -28,6 +28,7 @@ from tests.test_log import ENGINES, Follow, append, criticals, numbered
 from watchkeeper import Keeper
 from watchkeeper.alerts import RuleEngine
 from watchkeeper.store import Store
+from watchkeeper.watchers.loginotify import AHEAD
 from watchkeeper.watchers.logrotated import rotated_globs
 from watchkeeper.web.data import watcher_docs
 from watchkeeper.web.metrics import metrics_registry, render
@@ -681,6 +682,29 @@ def end_inotify_thread(watch: Any) -> None:
     watch.thread.join()
 
 
+def lines_read(follow: Any, tmp_path: Path) -> tuple[Follow, Path, Any, tuple[int, int]]:
+    """app.log with lines 1-9, read by inotify's thread as they were written, then by a check:
+    (the follower, the path, its FolderWatch, the file's identity)."""
+    log = tmp_path / "app.log"
+    log.touch()
+    f = follow(log, inotify=True)
+    f.check()
+    watch = f.watcher.watch
+    key = (log.stat().st_dev, log.stat().st_ino)
+    append(log, numbered(1, 9))
+    wait_until(lambda: watch.sizes.get(key, (0, 0))[0] == log.stat().st_size)
+    f.check()
+    return f, log, watch, key
+
+
+def lines_read_then_thread_ended(follow: Any, tmp_path: Path) -> tuple[Follow, Path, Any, Any]:
+    """:func:`lines_read`, then inotify's thread ended: the test makes the thread's next looks
+    itself (``_measure`` on the held descriptor, returned last)."""
+    f, log, watch, _ = lines_read(follow, tmp_path)
+    end_inotify_thread(watch)
+    return f, log, watch, watch.followed[str(log)]
+
+
 def test_copytruncate_lines_the_copy_missed_are_read_from_inotifys_read_ahead(
     follow: Any, tmp_path: Path
 ) -> None:
@@ -713,15 +737,7 @@ def test_copytruncate_met_by_a_check_before_inotifys_thread_still_reads_its_read
     """Under load the check may meet the truncate first (the thread waits for its turn): the
     bytes the thread read before the truncate are the old content's all the same, so the check
     reads the lines the copy missed from them, and counts no loss."""
-    log = tmp_path / "app.log"
-    log.touch()
-    f = follow(log, inotify=True)
-    f.check()
-    watch = f.watcher.watch
-    key = (log.stat().st_dev, log.stat().st_ino)
-    append(log, numbered(1, 9))
-    wait_until(lambda: watch.sizes.get(key, (0, 0))[0] == log.stat().st_size)
-    f.check()
+    f, log, watch, key = lines_read(follow, tmp_path)
     copied = log.read_bytes()
     append(log, numbered(10, 15))  # after the copy, read by the thread, not by any check yet
     wait_until(lambda: watch.sizes.get(key, (0, 0))[0] == log.stat().st_size)
@@ -745,16 +761,7 @@ def test_a_truncate_between_inotifys_read_and_its_look_at_the_size_keeps_what_it
     is a wait for the interpreter's lock, and logrotate truncates a millisecond after its copy):
     a truncate that lands in between finds the newest lines read already, and the check has
     them. Looking at the size first, as before, it had none of them (6 lines reported lost)."""
-    log = tmp_path / "app.log"
-    log.touch()
-    f = follow(log, inotify=True)
-    f.check()
-    watch = f.watcher.watch
-    key = (log.stat().st_dev, log.stat().st_ino)
-    append(log, numbered(1, 9))
-    wait_until(lambda: watch.sizes.get(key, (0, 0))[0] == log.stat().st_size)
-    f.check()
-    end_inotify_thread(watch)  # this test makes its next look itself
+    f, log, watch, held = lines_read_then_thread_ended(follow, tmp_path)
     copied = log.read_bytes()
     append(log, numbered(10, 15))  # after the copy, read by no one yet
     (tmp_path / "app.log.1").write_bytes(copied)
@@ -767,7 +774,7 @@ def test_a_truncate_between_inotifys_read_and_its_look_at_the_size_keeps_what_it
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(os, "fstat", truncate_first)
-        watch._measure(*watch.followed[str(log)])
+        watch._measure(*held)
     append(log, numbered(16, 18))
     with watch.lock:  # what the thread would have said: a file changed
         watch.moved = True
@@ -775,6 +782,70 @@ def test_a_truncate_between_inotifys_read_and_its_look_at_the_size_keeps_what_it
     f.check()
     assert read(f) == criticals(1, 18)
     assert "lost" not in f.checkpoint
+
+
+def test_a_truncate_before_inotifys_read_does_not_pass_the_new_contents_bytes_for_the_old(
+    follow: Any, tmp_path: Path
+) -> None:
+    """The thread's kept bytes end short of the size it noted (lines came between its read and
+    its look at the size), and the file is truncated and written again before its next look:
+    what it reads there is the new content's, not kept as the old one's (its lines would
+    alert twice: as the old file's, then from the new one). The old lines no one read are one
+    reported loss, with their exact byte count."""
+    f, log, watch, held = lines_read_then_thread_ended(follow, tmp_path)
+    fstat, late = os.fstat, [numbered(10, 29)]
+
+    def written_meanwhile(fd: int) -> os.stat_result:  # between the thread's read and its look
+        if late:
+            append(log, late.pop())
+        return fstat(fd)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fstat", written_meanwhile)
+        watch._measure(*held)
+    (tmp_path / "app.log.1").write_text(numbered(1, 9))  # the copy, taken before lines 10-29
+    with log.open("r+b") as truncate:
+        truncate.truncate(0)
+    append(log, numbered(30, 44))
+    kept_end, noted = len(numbered(1, 9)), len(numbered(1, 29))
+    assert kept_end < log.stat().st_size < noted  # the new content covers where the kept end
+    watch._measure(*held)  # the thread's next look
+    with watch.lock:  # what the thread would have said: a file changed
+        watch.moved = True
+    f.check()
+    f.check()
+    got = read(f)
+    assert len(got) == len(set(got))
+    assert sorted(got) == sorted(criticals(1, 9) + criticals(30, 44))
+    [report] = lost(f)
+    assert report["bytes"] == len(numbered(10, 29))
+
+
+def test_a_burst_larger_than_inotifys_read_then_a_truncate_is_one_loss_of_the_exact_size(
+    follow: Any, tmp_path: Path
+) -> None:
+    """More than the thread reads at once (2 x AHEAD) is written after logrotate's copy, between
+    two of its looks, then the truncate: what no check read is one loss alert with the burst's
+    exact size (the thread's looks noted it); nothing alerts twice, and the lines before and
+    after alert once."""
+    f, log, watch, held = lines_read_then_thread_ended(follow, tmp_path)
+    (tmp_path / "app.log.1").write_text(numbered(1, 9))  # the copy
+    burst = numbered(10, 20000)
+    assert len(burst) > 3 * AHEAD
+    append(log, burst)
+    watch._measure(*held)
+    with log.open("r+b") as truncate:
+        truncate.truncate(0)
+    append(log, numbered(30000, 30010))
+    watch._measure(*held)
+    with watch.lock:  # what the thread would have said: a file changed
+        watch.moved = True
+    f.check()
+    f.check()
+    got = read(f)
+    assert sorted(got) == sorted(criticals(1, 9) + criticals(30000, 30010))
+    [report] = lost(f)
+    assert report["bytes"] == len(burst)
 
 
 @pytest.mark.parametrize("dip", ["pinned-again-during-checks", "met-before-counted"])

@@ -585,8 +585,9 @@ class LogWatcher(Reading, Watcher):
 
     def gathering(self) -> bool:
         """inotify named writes that no check has read yet (within ``linger``, or during the
-        last check)."""
-        return self.watch is not None and self.watch.changed.is_set()
+        last check). Not with a backlog: that is read in steps, and the stop's budget is for
+        one check; the rest waits for the next start, as before."""
+        return not self.more and self.watch is not None and self.watch.changed.is_set()
 
     def close(self) -> None:
         """Close the followed files and the inotify descriptor."""

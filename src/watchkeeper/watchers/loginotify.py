@@ -418,6 +418,10 @@ class FolderWatch:
             # Shrunk (a truncate) since the last look, or since the read. Bytes read past the
             # size now were the old content's, read in time (the new one cannot have grown past
             # them meanwhile): kept for the check. Bytes the new content covers may be its own.
+            # The size before the truncate is then known up to what was read: more than one
+            # read's worth written since the last look, and truncated in the microseconds
+            # between this read and this look, is counted short (the old order had the same
+            # window between its look and its read).
             shrunk = size < last or size < begin + len(data)
             if shrunk and size >= begin + len(data):
                 data = b""
