@@ -358,8 +358,14 @@ def test_an_unreadable_checkpoint_skips_the_check_until_it_reads_again(
         with sqlite3.connect(tmp_path / "wk.db") as db:  # another writer, as a bad disk would be
             db.execute("UPDATE watchers SET checkpoint = ? WHERE name = 'w0'", (value,))
 
+    def committed() -> int:
+        assert keeper.store is not None
+        record = keeper.store.watcher("w0")
+        return 0 if record is None else record.checks
+
     with keeper:
-        wait_until(lambda: gate.checked["w0"] == 1)
+        # The first check committed, not only run: its commit would write over the bad value.
+        wait_until(lambda: committed() == 1)
         stored("{not json")
         keeper.check_now("w0")
         wait_until(lambda: "w0: cannot read its checkpoint" in caplog.text)
