@@ -705,6 +705,21 @@ def lines_read_then_thread_ended(follow: Any, tmp_path: Path) -> tuple[Follow, P
     return f, log, watch, watch.followed[str(log)]
 
 
+def truncate(path: Path) -> None:
+    """Truncate the file to 0 in place, as copytruncate does after its copy."""
+    with path.open("r+b") as file:
+        file.truncate(0)
+
+
+def checks_told_a_file_changed(f: Follow, watch: Any) -> None:
+    """What inotify's ended thread would have said (a file changed), then two checks, as a
+    running watcher would make them."""
+    with watch.lock:
+        watch.moved = True
+    f.check()
+    f.check()
+
+
 def test_copytruncate_lines_the_copy_missed_are_read_from_inotifys_read_ahead(
     follow: Any, tmp_path: Path
 ) -> None:
@@ -721,8 +736,7 @@ def test_copytruncate_lines_the_copy_missed_are_read_from_inotifys_read_ahead(
     key = (log.stat().st_dev, log.stat().st_ino)
     wait_until(lambda: watch.sizes.get(key, (0, 0))[0] == log.stat().st_size)
     (tmp_path / "app.log.1").write_bytes(copied)
-    with log.open("r+b") as truncate:
-        truncate.truncate(0)
+    truncate(log)
     append(log, numbered(16, 18))
     wait_until(lambda: key in watch.cut)
     f.check()
@@ -743,13 +757,9 @@ def test_copytruncate_met_by_a_check_before_inotifys_thread_still_reads_its_read
     wait_until(lambda: watch.sizes.get(key, (0, 0))[0] == log.stat().st_size)
     end_inotify_thread(watch)  # it never sees the truncate
     (tmp_path / "app.log.1").write_bytes(copied)
-    with log.open("r+b") as truncate:
-        truncate.truncate(0)
+    truncate(log)
     append(log, numbered(16, 18))
-    with watch.lock:  # what the thread would have said: a file changed
-        watch.moved = True
-    f.check()
-    f.check()
+    checks_told_a_file_changed(f, watch)
     assert read(f) == criticals(1, 18)
     assert "lost" not in f.checkpoint
 
@@ -768,18 +778,14 @@ def test_a_truncate_between_inotifys_read_and_its_look_at_the_size_keeps_what_it
     fstat = os.fstat
 
     def truncate_first(fd: int) -> os.stat_result:  # only the timing is chosen: a real truncate
-        with log.open("r+b") as truncate:
-            truncate.truncate(0)
+        truncate(log)
         return fstat(fd)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(os, "fstat", truncate_first)
         watch._measure(*held)
     append(log, numbered(16, 18))
-    with watch.lock:  # what the thread would have said: a file changed
-        watch.moved = True
-    f.check()
-    f.check()
+    checks_told_a_file_changed(f, watch)
     assert read(f) == criticals(1, 18)
     assert "lost" not in f.checkpoint
 
@@ -804,16 +810,12 @@ def test_a_truncate_before_inotifys_read_does_not_pass_the_new_contents_bytes_fo
         patch.setattr(os, "fstat", written_meanwhile)
         watch._measure(*held)
     (tmp_path / "app.log.1").write_text(numbered(1, 9))  # the copy, taken before lines 10-29
-    with log.open("r+b") as truncate:
-        truncate.truncate(0)
+    truncate(log)
     append(log, numbered(30, 44))
     kept_end, noted = len(numbered(1, 9)), len(numbered(1, 29))
     assert kept_end < log.stat().st_size < noted  # the new content covers where the kept end
     watch._measure(*held)  # the thread's next look
-    with watch.lock:  # what the thread would have said: a file changed
-        watch.moved = True
-    f.check()
-    f.check()
+    checks_told_a_file_changed(f, watch)
     got = read(f)
     assert len(got) == len(set(got))
     assert sorted(got) == sorted(criticals(1, 9) + criticals(30, 44))
@@ -834,14 +836,10 @@ def test_a_burst_larger_than_inotifys_read_then_a_truncate_is_one_loss_of_the_ex
     assert len(burst) > 3 * AHEAD
     append(log, burst)
     watch._measure(*held)
-    with log.open("r+b") as truncate:
-        truncate.truncate(0)
+    truncate(log)
     append(log, numbered(30000, 30010))
     watch._measure(*held)
-    with watch.lock:  # what the thread would have said: a file changed
-        watch.moved = True
-    f.check()
-    f.check()
+    checks_told_a_file_changed(f, watch)
     got = read(f)
     assert sorted(got) == sorted(criticals(1, 9) + criticals(30000, 30010))
     [report] = lost(f)

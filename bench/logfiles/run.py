@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="lines a second")
     parser.add_argument("--batch", type=int, default=1, help="lines written at once")
     parser.add_argument("--every", type=float, help="the watcher's sweep (default: 30 s)")
-    parser.add_argument("--linger", type=float, help="the watcher's linger (default: 0.1 s)")
+    parser.add_argument("--linger", type=float, help="the watcher's linger (default: 0.25 s)")
     parser.add_argument("--idle", type=float, default=0, help="first measure S idle seconds")
     args = parser.parse_args()
     for files in args.files:
