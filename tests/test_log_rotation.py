@@ -28,6 +28,7 @@ from tests.test_log import ENGINES, Follow, append, criticals, numbered
 from watchkeeper import Keeper
 from watchkeeper.alerts import RuleEngine
 from watchkeeper.store import Store
+from watchkeeper.watchers.logfiles import FINGERPRINT
 from watchkeeper.watchers.loginotify import AHEAD
 from watchkeeper.watchers.logrotated import rotated_globs
 from watchkeeper.web.data import watcher_docs
@@ -844,6 +845,99 @@ def test_a_burst_larger_than_inotifys_read_then_a_truncate_is_one_loss_of_the_ex
     assert sorted(got) == sorted(criticals(1, 9) + criticals(30000, 30010))
     [report] = lost(f)
     assert report["bytes"] == len(burst)
+
+
+READ_AHEAD_OPS = st.lists(
+    st.sampled_from(["write", "write", "write-late", "copy", "truncate", "check"]),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=READ_AHEAD_OPS)
+def test_any_order_of_writes_copies_truncates_and_checks_loses_only_what_it_reports(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[str]
+) -> None:
+    """Property, against the lines written: whatever the order of writes (each looked at by
+    inotify's thread, some written between its read and its look at the size), logrotate's
+    copies and truncates, and checks, every line alerts at most once, and the lines that never
+    alert are exactly the bytes reported lost. The thread is never late here: a write it has
+    not looked at before a truncate and a regrowth is beyond what sizes can tell. A file grows
+    past FINGERPRINT at its first write (a copy of a smaller one, taken before more was read,
+    is read again: a known gap, in #12's closing note)."""
+    folder = tmp_path_factory.mktemp("ahead")
+    log = folder / "app.log"
+    log.touch()
+    f = Follow(ENGINES[-1], [log], inotify=True)
+    written = copies = 0
+    copied = False  # a copy waits for its truncate (logrotate makes one per rotation)
+    # Known gaps, left out of the model (#12 stays open for them): two truncates between two
+    # checks, and a truncate while the check's offset is 0 (after a truncate, before a check
+    # read a write): the thread's record of those bytes is never asked for.
+    truncated = False  # since the last check
+    at_zero = False  # the check's offset: 0 since a truncate, until a check after a write
+    wrote = False
+
+    def write() -> None:
+        nonlocal written, wrote
+        wrote = True
+        lines = 70 if log.stat().st_size < FINGERPRINT else 3  # past it at once (docstring)
+        append(log, numbered(written + 1, written + lines, every=1))
+        written += lines
+
+    try:
+        f.check()
+        # Read by a check, and past FINGERPRINT: a copy is then known by its first bytes, and
+        # a truncate seen by the check too (its marker).
+        write()
+        assert log.stat().st_size > FINGERPRINT
+        watch = f.watcher.watch
+        key = (log.stat().st_dev, log.stat().st_ino)
+        wait_until(lambda: watch.sizes.get(key, (0, 0))[0] == log.stat().st_size)
+        f.check()
+        end_inotify_thread(watch)  # this test makes the thread's looks itself
+        fstat = os.fstat
+        held = watch.followed[str(log)]  # truncated in place: the same file throughout
+
+        def written_meanwhile(fd: int) -> os.stat_result:
+            if pending:  # once: between the thread's read and its look at the size
+                pending.pop()
+                write()
+            return fstat(fd)
+
+        for op in ops:
+            if op == "write":
+                write()
+                watch._measure(*held)
+            elif op == "write-late":
+                pending = [True]
+                with pytest.MonkeyPatch.context() as patch:
+                    patch.setattr(os, "fstat", written_meanwhile)
+                    watch._measure(*held)
+            elif op == "copy" and not copied:
+                copies += 1
+                (folder / f"app.log.{copies}").write_bytes(log.read_bytes())
+                copied = True
+            elif op == "truncate" and not truncated and not at_zero:
+                truncate(log)
+                watch._measure(*held)
+                copied, truncated, at_zero, wrote = False, True, True, False
+            elif op == "check":
+                checks_told_a_file_changed(f, watch)
+                truncated = False
+                at_zero = at_zero and not wrote
+        checks_told_a_file_changed(f, watch)
+        got = read(f)
+        assert len(got) == len(set(got))
+        expected = criticals(1, written, every=1)
+        assert set(got) <= set(expected)
+        missing = set(expected) - set(got)
+        assert sum(r["bytes"] for r in lost(f)) == sum(len(line) + 1 for line in missing)
+    finally:
+        f.close()
 
 
 @pytest.mark.parametrize("dip", ["pinned-again-during-checks", "met-before-counted"])
