@@ -25,7 +25,10 @@ from watchkeeper.watchers.logconfig import LogConfig
 from watchkeeper.watchers.logfiles import (
     Files,
     Tracked,
+    agrees,
+    digest,
     end_offset,
+    first_bytes,
     holds,
     members,
     part_changes,
@@ -33,7 +36,7 @@ from watchkeeper.watchers.logfiles import (
     place,
     remember,
 )
-from watchkeeper.watchers.loginotify import FolderWatch
+from watchkeeper.watchers.loginotify import Ended, FolderWatch
 from watchkeeper.watchers.logread import Reading
 from watchkeeper.watchers.logrisk import catastrophic
 from watchkeeper.watchers.logrotated import done_record
@@ -70,7 +73,7 @@ class LogWatcher(Reading, Watcher):
         super().__init__(config)
         self.scanner = Scanner(config, use_hyperscan)
         self.files = Files(config.rotated, config.max_open_files)
-        self.watch = FolderWatch(config.name, config.linger) if config.inotify else None
+        self.watch = FolderWatch(config.name, config.linger, self.files) if config.inotify else None
         self.more = False
         self.due: float | None = None
         self.done: list[tuple[Any, ...]] = []
@@ -245,6 +248,8 @@ class LogWatcher(Reading, Watcher):
         a truncation, a path gone) is a full check's to sort out: a name says where a write
         happened, never which file it was (inotify's thread may lag a burst by then).
         """
+        watch = self.watch
+        assert watch is not None  # only called when it is (see _written)
         ready: list[tuple[Tracked, int, os.stat_result]] = []
         looked: list[Tracked] = []
         # Each file opened stays open until read: a later open must not close it for room.
@@ -272,6 +277,7 @@ class LogWatcher(Reading, Watcher):
                     key != (entry.dev, entry.ino)
                     or info.st_size < entry.offset
                     or not holds(fd, entry)
+                    or watch.shrank(key, fd, info.st_size)
                 ):
                     return None
                 ready.append((entry, fd, info))
@@ -289,8 +295,7 @@ class LogWatcher(Reading, Watcher):
             followed[entry.path] = (fd, (entry.dev, entry.ino))
             if entry.wait is not None or entry.skip:
                 self.settled = False  # a partial line: the full check keeps its time
-        assert self.watch is not None
-        self.watch.follow(followed, merge=True)
+        watch.follow(followed, merge=True)
         self._close_inactive(looked, now)
         self.settled = self.settled and not self.more
         found += self._slow_lines(now, slow_before)
@@ -362,10 +367,15 @@ class LogWatcher(Reading, Watcher):
                 entry.gone = entry.gone or now
                 located = copy[:3]
             path, fd, info = located
-            if info.st_size < entry.offset or not holds(fd, entry):
-                # Truncated (copytruncate) or another file under the same inode: read the unread
-                # rest from the copy, if there is one where rotated files go, then this file
-                # from 0.
+            # Truncated (copytruncate) or another file under the same inode, as the check
+            # tells by the offset and marker, or as inotify's thread saw (see FolderWatch).
+            own = info.st_size < entry.offset or not holds(fd, entry)
+            ended = []
+            if self.watch is not None:
+                ended = self.watch.shrunk_from((entry.dev, entry.ino), fd, info.st_size, own)
+            if own or ended:
+                # Read what each ended content left unread (in memory, in a copy where rotated
+                # files go), then this file from 0.
                 i -= 1
                 fresh: Tracked | None = Tracked(path, info.st_dev, info.st_ino)
                 if entry.gone is not None or path not in current:
@@ -376,33 +386,7 @@ class LogWatcher(Reading, Watcher):
                     del queue[i]
                 else:
                     queue[i] = fresh
-                if self.watch is not None:  # the size it had just before the truncate
-                    peak, cut = self.watch.shrunk_from((entry.dev, entry.ino), info.st_size)
-                    entry.size = max(entry.size, peak)
-                    found += self._read_cut(entry, cut, now)
-                copy = self.files.find_copy(entry, (info.st_dev, info.st_ino))
-                if copy is not None and copy[3] <= copy[2].st_size:
-                    self._lost(entry, entry.size - copy[2].st_size, "truncated before the copy")
-                    rest = replace(entry, path=copy[0], dev=copy[2].st_dev, ino=copy[2].st_ino)
-                    known = {(copy[2].st_dev, copy[2].st_ino)}
-                    # Generations rotated after it were modified after the last look at it
-                    # (an archive's own time is when it was compressed: no bound).
-                    since = entry.mtime or copy[2].st_mtime_ns
-                    later = self._unseen(entry.path, since, queue, current, known)
-                    queue[i:i] = [replace(rest, gone=rest.gone or now), *later]
-                elif copy is not None:  # a copy of what was read already: nothing to read in it
-                    self._lost(entry, entry.size - entry.offset, "truncated")
-                    copied = replace(entry, dev=copy[2].st_dev, ino=copy[2].st_ino)
-                    self.done = [*self.done, tuple(done_record(copied, copy[2].st_mtime_ns))]
-                    self.done = self.done[-DONE:]
-                    self.files.release((copy[2].st_dev, copy[2].st_ino))
-                elif entry.offset or entry.size:
-                    self._lost(entry, entry.size - entry.offset, "truncated, and no copy found")
-                if copy is None and entry.mtime:
-                    # The file was deleted and its inode reused by a newer one at this path: files
-                    # rotated away in between are its siblings, newer than it was when last seen.
-                    known = {(info.st_dev, info.st_ino)}
-                    queue[i:i] = self._unseen(path, entry.mtime, queue, current, known)
+                found += self._truncated(entry, ended, path, info, (queue, i, current), now)
                 continue
             seen.add((entry.dev, entry.ino))
             member = current.get(path)
@@ -464,6 +448,72 @@ class LogWatcher(Reading, Watcher):
         self.settled = not (self.more or self.pins or self.due is not None)
         changes = part_changes(kept, as_stored, idle, parts)
         return CheckResult(self.losses + found, self._main(), changes)
+
+    def _truncated(
+        self,
+        entry: Tracked,
+        ended: list[Ended],
+        path: str,
+        info: os.stat_result,
+        at: tuple[list[Tracked], int, dict[str, os.stat_result]],
+        now: float,
+    ) -> list[Observation]:
+        """Read, or report lost, what each content of a truncated file left unread.
+
+        ``ended`` are the contents inotify's thread saw truncates end since the last check,
+        oldest first (none without inotify). The entry's own comes first: its rest is read
+        from the thread's memory, then from its copy where rotated files go (queued at ``at``:
+        the queue, the place, the members), and what neither holds is reported lost. Each
+        later one (two truncates between two checks) no check ever saw: it is read the same
+        way from 0, its copy known by the first bytes the thread kept.
+
+        The thread's first record is the entry's own unless its bytes say otherwise: after the
+        last check took what ended, the entry's content may have ended before the thread's
+        first look at the file, which then began with the next one.
+        """
+        queue, i, current = at
+        here = (info.st_dev, info.st_ino)
+        found: list[Observation] = []
+        rests: list[Tracked] = []
+        known = {here}
+        copied: tuple[str, int, os.stat_result, int] | None = None
+        if not ended or not agrees(entry, ended[0][1]):
+            ended = [(0, None), *ended]
+        for n, (peak, cut) in enumerate(ended):
+            gone = Tracked(entry.path, *here, origin=entry.origin, mtime=entry.mtime)
+            content = entry if n == 0 else gone
+            content.size = max(content.size, peak)
+            head = first_bytes(content, cut)
+            found += self._read_cut(content, cut, now)
+            copy = self.files.find_copy(content, here, head)
+            if n == 0:
+                copied = copy
+            if copy is not None and copy[3] <= copy[2].st_size:
+                self._lost(content, content.size - copy[2].st_size, "truncated before the copy")
+                rest = replace(content, path=copy[0], dev=copy[2].st_dev, ino=copy[2].st_ino)
+                if copy[2].st_size < rest.fp_len:  # a short copy, known by its bytes
+                    rest.fp, rest.fp_len = digest(head[: copy[2].st_size]), copy[2].st_size
+                rests.append(replace(rest, gone=rest.gone or now))
+                known.add((copy[2].st_dev, copy[2].st_ino))
+            elif copy is not None:  # a copy of what was read already: nothing to read in it
+                self._lost(content, content.size - content.offset, "truncated")
+                done = replace(content, dev=copy[2].st_dev, ino=copy[2].st_ino)
+                self.done = [*self.done, tuple(done_record(done, copy[2].st_mtime_ns))][-DONE:]
+                self.files.release((copy[2].st_dev, copy[2].st_ino))
+            elif content.offset or content.size:
+                reason = "truncated, and no copy found"
+                self._lost(content, content.size - content.offset, reason)
+        if copied is not None and copied[3] <= copied[2].st_size:
+            # Generations rotated after it were modified after the last look at it (an
+            # archive's own time is when it was compressed: no bound).
+            since = entry.mtime or copied[2].st_mtime_ns
+            rests += self._unseen(entry.path, since, queue, current, known)
+        elif copied is None and entry.mtime:
+            # The file was deleted and its inode reused by a newer one at this path: files
+            # rotated away in between are its siblings, newer than it was when last seen.
+            rests += self._unseen(path, entry.mtime, queue, current, known)
+        queue[i:i] = rests
+        return found
 
     def _slow_lines(self, now: float, before: int) -> list[Observation]:
         """While lines keep running out of ``line_timeout``, one condition says so.

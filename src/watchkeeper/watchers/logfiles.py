@@ -156,6 +156,9 @@ class Files:
         self.rotated = rotated
         self.limit = limit
         self.protected: set[tuple[int, int]] = set()
+        self.closed = 0
+        """Descriptors closed so far: inotify's thread reads through the ones it was given, and
+        a number closed meanwhile may have been given to another file (see FolderWatch)."""
         self.in_hand: set[tuple[int, int]] = set()
         """Files whose descriptors a check holds in hand across further opens (see
         :meth:`keeping`): never closed for room meanwhile."""
@@ -289,26 +292,33 @@ class Files:
         return None
 
     def find_copy(
-        self, entry: Tracked, exclude: tuple[int, int] | None
+        self, entry: Tracked, exclude: tuple[int, int] | None, head: bytes = b""
     ) -> tuple[str, int, os.stat_result, int] | None:
         """A copy of the entry's file (copytruncate's, a move, an archive) and where to go on.
 
         A copy goes on at the entry's offset (see :func:`resumes`: one shorter than that holds
-        nothing unread).
+        nothing unread). One shorter than the fingerprint (taken while the file was, before a
+        check read further and the fingerprint grew) is known by ``head``, the file's first
+        bytes as inotify's thread kept them (see :func:`first_bytes`), if it kept them.
         """
         if not entry.fp_len:
             return None
         for path, listed in self.candidates(entry):
             if (listed.st_dev, listed.st_ino) == exclude or path == entry.path:
                 continue
-            if listed.st_size < entry.fp_len and not is_archive(path):
+            if listed.st_size < entry.fp_len and not is_archive(path) and not head:
                 continue
             held = set(self.fds)
             opened = self.open(path)
             if opened is None:
                 continue
             fd, info = opened
-            at = resumes(fd, info.st_size, Known(entry.fp, entry.fp_len, entry.offset, entry.mark))
+            if info.st_size >= entry.fp_len or is_archive(path):
+                known = Known(entry.fp, entry.fp_len, entry.offset, entry.mark)
+                at = resumes(fd, info.st_size, known)
+            else:
+                size = info.st_size
+                at = entry.offset if 0 < size <= len(head) and starts(fd, head[:size]) else None
             if at is not None:
                 return path, fd, info, at
             if (info.st_dev, info.st_ino) not in held:
@@ -319,6 +329,7 @@ class Files:
         """Close the descriptor of a file no longer followed."""
         fd = self.fds.pop(key, None)
         if fd is not None:
+            self.closed += 1
             os.close(fd)
 
     def keep_only(self, keys: set[tuple[int, int]]) -> None:
@@ -369,6 +380,45 @@ def resumes(fd: int, size: int, known: Known) -> int | None:
         if digest(os.pread(fd, known.offset - start, start)) != known.mark:
             return None
     return known.offset
+
+
+def starts(fd: int, head: bytes) -> bool:
+    """Whether the open file begins with these bytes."""
+    return os.pread(fd, len(head), 0) == head
+
+
+def first_bytes(entry: Tracked, cut: tuple[int, bytes] | None) -> bytes:
+    """The first bytes of the entry's file, from inotify's read-ahead of it (``cut``: where the
+    bytes kept start, the bytes) when it kept them from 0 (b"": it did not, or they are another
+    content's); the entry's fingerprint grows from them.
+
+    A content a truncate ended before a check read it (at offset 0, or between two truncates)
+    has no fingerprint or a short one: these are what its copy is known by.
+    """
+    if cut is None or cut[0]:
+        return b""
+    data = cut[1][:FINGERPRINT]
+    if entry.fp_len and (len(data) < entry.fp_len or digest(data[: entry.fp_len]) != entry.fp):
+        return b""
+    if len(data) > entry.fp_len:
+        entry.fp, entry.fp_len = digest(data), len(data)
+    return data
+
+
+def agrees(entry: Tracked, cut: tuple[int, bytes] | None) -> bool:
+    """Whether bytes inotify's thread kept of a content that ended (``cut``: where they start,
+    the bytes) may be the entry's: they agree with its fingerprint and its marker wherever they
+    cover them. Only a disagreement says no; bytes that cover neither cannot tell."""
+    if cut is None:
+        return True
+    start, data = cut
+    head = data[: entry.fp_len] if not start and entry.fp_len else b""
+    if len(head) == entry.fp_len and head and digest(head) != entry.fp:
+        return False
+    before = max(0, entry.offset - MARKER)
+    if entry.mark and start <= before and entry.offset <= start + len(data):
+        return digest(data[before - start : entry.offset - start]) == entry.mark
+    return True
 
 
 def holds(fd: int, entry: Tracked) -> bool:

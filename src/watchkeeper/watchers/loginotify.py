@@ -34,6 +34,7 @@ try:
 except ImportError:  # pragma: no cover - not on Linux
     inotify_simple = None
 
+from watchkeeper.watchers.logfiles import FINGERPRINT, Files
 from watchkeeper.watchers.logrotated import COMPRESSED
 
 log = logging.getLogger("watchkeeper")
@@ -53,6 +54,11 @@ if inotify_simple is not None:
     _EVENTS = _ARRIVED | _flags.MODIFY | _flags.MOVED_FROM | _flags.DELETE | _flags.ATTRIB
 
 Key = tuple[int, int]
+Cut = tuple[int, bytes]
+"""A file's newest bytes as inotify's thread read them: (offset of the first, the bytes)."""
+Ended = tuple[int, Cut | None]
+"""One content of a followed file that a truncate ended: the largest size it reached, and its
+newest bytes just before (None: none kept)."""
 AHEAD = 64 * 1024
 """Bytes of each followed file's newest writes the thread keeps in memory (see ``_measure``)."""
 EVENTS_READ = 64 * 1024
@@ -64,9 +70,11 @@ MTIME_SLACK = 50_000_000
 class FolderWatch:
     """inotify on the folders of the followed files, filtered to the names that matter."""
 
-    def __init__(self, name: str = "log", linger: float = 0.0) -> None:
+    def __init__(self, name: str = "log", linger: float = 0.0, files: Files | None = None) -> None:
         self.name = name
         self.linger = linger
+        self.files = files
+        """The check's open files, whose descriptors the thread reads through (see _measure)."""
         self.quiet_until = 0.0
         """Monotonic time before which writes are gathered for the next check, not woken for:
         ``linger`` after the last check began (see :meth:`wait`)."""
@@ -82,13 +90,17 @@ class FolderWatch:
         self.lock = threading.Lock()
         self.pinned: dict[Key, tuple[int, str]] = {}
         self.followed: dict[str, tuple[int, Key]] = {}
-        self.sizes: dict[Key, tuple[int, int]] = {}
-        """Per followed file: (last size seen, largest size before it last shrank)."""
+        self.sizes: dict[Key, tuple[int]] = {}
+        """Per followed file: the last size seen, by the thread or by a check that took what
+        ended (boxed: a new tuple per look, by whose identity a look tells that a check took
+        what ended while it looked)."""
         self.ahead: dict[Key, tuple[int, bytearray]] = {}
         """Per followed file: its newest bytes as they were written (offset of the first, the
         bytes), the last ``AHEAD`` to twice that."""
-        self.cut: dict[Key, tuple[int, bytes]] = {}
-        """Per followed file that shrank: what ``ahead`` held just before (see :meth:`taken`)."""
+        self.ended: dict[Key, list[Ended]] = {}
+        """Per followed file that shrank: each content a truncate ended since a check last took
+        them (see :meth:`shrunk_from`), oldest first. Every one is kept: two truncates between
+        two checks end two contents, and the bytes of both are the check's to read or report."""
         self.members: list[str] = []
         """Glob basenames of the followed paths: a file created under one is a generation."""
         self.rotated: list[str] = []
@@ -197,31 +209,69 @@ class FolderWatch:
         with self.lock:
             self.sizes = {k: v for k, v in self.sizes.items() if k in keys}
             self.ahead = {k: v for k, v in self.ahead.items() if k in keys}
-            self.cut = {k: v for k, v in self.cut.items() if k in keys}
+            self.ended = {k: v for k, v in self.ended.items() if k in keys}
 
-    def shrunk_from(self, key: Key, size: int) -> tuple[int, tuple[int, bytes] | None]:
-        """The largest size the file (now ``size`` bytes) had before it last shrank (0: not seen
-        to shrink), and the newest bytes it held just before: (offset of the first, bytes), None
-        if none were kept.
+    def shrank(self, key: Key, fd: int, size: int) -> bool:
+        """Whether the file (``size`` bytes when the check looked) shrank since a check last
+        took what ended."""
+        with self.lock:
+            return bool(self.ended.get(key)) or bool(self._unnoted(key, fd, size))
+
+    def _unnoted(self, key: Key, fd: int, size: int) -> int:
+        """The size the thread saw last, if the file is smaller now (a truncate the thread has
+        yet to note); else 0. Called with the lock held.
+
+        A check's look at a size may be older than the thread's (a glob listing made at the
+        check's start), and the file only grew since: so a smaller size is asked again, here,
+        where it is no older than any the thread noted.
+        """
+        last = self.sizes.get(key, (0,))[0]
+        return last if last > size and last > os.fstat(fd).st_size else 0
+
+    def shrunk_from(self, key: Key, fd: int, size: int, truncated: bool) -> list[Ended]:
+        """The contents of the file (now ``size`` bytes) that truncates ended since a check last
+        asked, oldest first: the size each reached, and its newest bytes (see :data:`Ended`).
+
+        A check asks whenever it looks at a file it is about to read, for the thread may know
+        of a truncate the check cannot tell: a check that has read nothing of a file yet (at
+        offset 0) has no marker to find missing. ``truncated``: the check found one itself.
 
         The check may meet a truncate before the thread does (it was reading when the truncate
         came, the thread still waits for its turn): then the size the thread noted last is
         larger than the file now, and what it kept, all read before the truncate, is the old
-        content's newest bytes, which it would have set aside at its next look.
+        content's newest bytes, which it would have set aside at its next look. And it may meet
+        one the thread never will (the file grew past the size the thread noted before it
+        looked again): then what it kept may be two contents' bytes.
 
-        The history starts afresh: the caller has dealt with the truncate, and a size noted
-        before it must not count again as a drop from the new content (nor bytes kept before it
-        as the new content's: the thread's next look starts from the size).
+        In both cases the history starts afresh from the size the check saw (``size``, the
+        content it is about to read): bytes kept before must not pass for the new content's,
+        and should that content end before the thread's next look, the look still finds the
+        file shorter than that size and notes its end. Otherwise the thread saw every end: what
+        it kept since the last one is the content the check is about to read, and stays.
         """
         with self.lock:
-            last, peak = self.sizes.pop(key, (0, 0))
-            cut = self.cut.pop(key, None)
+            last = self._unnoted(key, fd, size)
+            ended = self.ended.pop(key, [])
+            if not last and (ended or not truncated):
+                return ended
+            self.sizes[key] = (size,)
             kept = self.ahead.pop(key, None)
-        if cut is None and last > size:  # not seen by the thread yet
-            peak = max(peak, last)
-            if kept is not None and kept[1]:
-                cut = (kept[0], bytes(kept[1]))
-        return peak, cut
+        if last:  # not seen by the thread yet
+            ended.append(
+                (last, (kept[0], bytes(kept[1])) if kept is not None and kept[1] else None)
+            )
+        return ended
+
+    def heads(self) -> dict[Key, list[bytes]]:
+        """Per file, the first bytes of each content that ended, where the thread kept them
+        from the start (up to ``FINGERPRINT``): what a copy of one is known by."""
+        with self.lock:
+            if not self.ended:
+                return {}
+            return {
+                key: [cut[1][:FINGERPRINT] for _, cut in ended if cut is not None and not cut[0]]
+                for key, ended in self.ended.items()
+            }
 
     def hold(self, keys: set[Key]) -> None:
         """The files the check holds open (and so has counted as generations already)."""
@@ -397,20 +447,24 @@ class FolderWatch:
         """
         with self.lock:
             noted = self.sizes.get(key)
-            last, peak = noted or (0, 0)
-            start, kept = self.ahead.get(key, (last, bytearray()))
+            last = noted[0] if noted is not None else 0
+            held = self.ahead.get(key)
+        closed = self.files.closed if self.files is not None else 0
+        start, kept = held or (last, bytearray())
         # From where the bytes kept end; after a burst larger than AHEAD, only the newest.
         begin = max(start + len(kept), last - AHEAD)
         try:
-            data = os.pread(fd, 2 * AHEAD, begin) if noted is not None else b""
+            data = os.pread(fd, 2 * AHEAD, begin) if held is not None else b""
             info = os.fstat(fd)
         except OSError:
             return  # closed by the check meanwhile
         if (info.st_dev, info.st_ino) != key:
             return  # the descriptor number was reused for another file
         size = info.st_size
-        cut: tuple[int, bytes] | None = None
-        if noted is None:  # the first look: its newest bytes
+        ended: Ended | None = None
+        if held is None:  # the first look (since a check took what ended): its newest bytes
+            if size < last:  # shorter than the check saw it: that content ended
+                ended = (last, None)
             begin = max(0, size - AHEAD)
             data = _read_at(fd, begin, size) or b""  # shrunk meanwhile: the next look says
             start, kept = begin, bytearray(data)
@@ -429,18 +483,24 @@ class FolderWatch:
                 start, kept = begin, bytearray()
             kept += data  # in place: no copy of what is kept per write
             if shrunk:
-                peak = max(peak, last, begin + len(data))
-                cut, start, kept = (start, bytes(kept)), size, bytearray()
+                cut = (start, bytes(kept)) if kept else None
+                ended, start, kept = (max(last, begin + len(data)), cut), size, bytearray()
             elif len(kept) > 2 * AHEAD:
                 del kept[: len(kept) - AHEAD]
                 start = begin + len(data) - len(kept)
         with self.lock:
             if self.sizes.get(key) is not noted:
                 return  # a check took what was noted meanwhile (it met the truncate first)
-            self.sizes[key] = (size, peak)
+            if self.files is not None and self.files.closed != closed:
+                # The check closed a descriptor meanwhile: the bytes may have been read through
+                # its number given to another file in between, and were added to those kept
+                # (in place). The next look starts afresh from the size noted: a first look.
+                self.ahead.pop(key, None)
+                return
+            self.sizes[key] = (size,)
             self.ahead[key] = (start, kept)
-            if cut is not None and cut[1]:
-                self.cut[key] = cut
+            if ended is not None:
+                self.ended.setdefault(key, []).append(ended)
 
     def _pin(self, path: str) -> Key | None:
         """Hold the file now at ``path`` open (once per file), for the next check.

@@ -45,12 +45,14 @@ class Reading(Rotations):
         start, data = cut
         if not start <= entry.offset < start + len(data):
             return []
-        # The bytes just before the offset must be the ones read (the marker): after two
-        # truncates between checks, what was kept is another generation's, at other offsets.
+        # The bytes just before the offset must be the ones read (the marker), or at offset 0
+        # the file's first (the fingerprint), lest what was kept be another content's.
         before = data[max(0, entry.offset - MARKER - start) : entry.offset - start]
-        if not entry.offset or len(before) != min(MARKER, entry.offset):
+        if entry.offset and (
+            len(before) != min(MARKER, entry.offset) or digest(before) != entry.mark
+        ):
             return []
-        if digest(before) != entry.mark:
+        if not entry.offset and entry.fp_len and digest(data[: entry.fp_len]) != entry.fp:
             return []
         rest = data[entry.offset - start :]
         complete = rest.rfind(b"\n") + 1

@@ -126,6 +126,9 @@ class Known:
     """Its file is still followed where it was: a copy of it is a copy in progress."""
     fd: int | None = None
     """A live file's descriptor, to tell a copy still shorter than the fingerprint by its bytes."""
+    head: bytes = b""
+    """Its first bytes, when they are in memory (a content a truncate ended, as inotify's thread
+    kept it): a copy shorter than the fingerprint is told by them."""
 
 
 def done_record(entry: Any, mtime: int) -> list[Any]:

@@ -26,6 +26,7 @@ from watchkeeper.watchers.logfiles import (
     digest,
     resumes,
     rotated_siblings,
+    starts,
 )
 from watchkeeper.watchers.loginotify import FolderWatch
 from watchkeeper.watchers.logrotated import (
@@ -103,8 +104,13 @@ class Rotations:
         read, so a copy of it (an archive made meanwhile, copytruncate's copy in progress) is
         not. One that had no fingerprint yet (it was empty at the last look) gets one now from
         its held file, or a copy of its first lines would not be known as one.
+
+        The contents of their files that truncates ended since the last check, as inotify's
+        thread kept them, are live too: the check reads them from memory, and finds their copies
+        (see ``LogWatcher._truncated``); a sibling search must not read those as new files.
         """
         records = []
+        ended = self.watch.heads() if self.watch is not None else {}
         for e in entries:
             held = self.files.fds.get((e.dev, e.ino))
             live = e.gone is None or held is not None
@@ -113,6 +119,8 @@ class Rotations:
                 records.append(Known(e.fp, e.fp_len, e.offset, e.mark, live=live, fd=fd))
             elif held is not None and (head := os.pread(held, FINGERPRINT, 0)):
                 records.append(Known(digest(head), len(head), e.offset, "", live=live, fd=fd))
+            for head in ended.get((e.dev, e.ino), ()):
+                records.append(Known(digest(head), len(head), 0, "", live=True, head=head))
         return records + known_from_done(self.done)
 
     def _missed(self, now: float) -> None:
@@ -320,7 +328,10 @@ class Rotations:
             return None
         entry = Tracked(path, info.st_dev, info.st_ino, mtime=info.st_mtime_ns)
         for record in records:
-            if record.fd is not None and 0 < info.st_size < record.fp_len:
+            if record.head and 0 < info.st_size < record.fp_len:
+                if starts(fd, record.head[: info.st_size]):
+                    return None  # a short copy of a content read from memory
+            elif record.fd is not None and 0 < info.st_size < record.fp_len:
                 other = os.fstat(record.fd)
                 head = os.pread(fd, info.st_size, 0)
                 copying = (other.st_dev, other.st_ino) != (info.st_dev, info.st_ino)
