@@ -830,6 +830,39 @@ def test_bytes_read_through_a_descriptor_the_check_gave_to_another_file_meanwhil
     assert "lost" not in f.checkpoint
 
 
+def test_a_truncate_after_the_checks_listing_met_before_inotifys_thread_reads_each_line_once(
+    follow: Any, tmp_path: Path
+) -> None:
+    """A full check lists the globs first and meets each file later. A copytruncate in between,
+    met by the check before inotify's thread (its turn comes after), leaves the check with the
+    listing's size, that of the content which ended: the thread's history must not start from
+    it, or its next look (a first look) finds the new content shorter and takes it for ended
+    too. The next check then read the new content's lines again from 0, and reported bytes
+    that no content lost."""
+    f, log, watch, held = lines_read_then_thread_ended(follow, tmp_path)
+    append(log, numbered(10, 15))
+    watch._measure(*held)
+    (tmp_path / "app.log.1").write_bytes(log.read_bytes())  # the copy: nothing is lost
+    stat, pending = os.stat, [True]
+
+    def truncated_after_listing(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        info = stat(path, *args, **kwargs)
+        if pending and os.fspath(path) == str(log):
+            pending.pop()
+            truncate(log)
+            append(log, numbered(16, 18))
+        return info
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "stat", truncated_after_listing)
+        checks_told_a_file_changed(f, watch)
+    assert not pending
+    watch._measure(*held)  # the thread's look at the truncate, after the check's
+    checks_told_a_file_changed(f, watch)
+    assert read(f) == criticals(1, 18)
+    assert "lost" not in f.checkpoint
+
+
 def test_a_truncate_before_inotifys_read_does_not_pass_the_new_contents_bytes_for_the_old(
     follow: Any, tmp_path: Path
 ) -> None:

@@ -248,13 +248,17 @@ class FolderWatch:
         and should that content end before the thread's next look, the look still finds the
         file shorter than that size and notes its end. Otherwise the thread saw every end: what
         it kept since the last one is the content the check is about to read, and stays.
+
+        Not from more than the file holds now, though: a listing's size may be that of a
+        content a truncate ended since (the check reads the one after it), and the next look,
+        finding the file shorter, would take the content the check read for ended too.
         """
         with self.lock:
             last = self._unnoted(key, fd, size)
             ended = self.ended.pop(key, [])
             if not last and (ended or not truncated):
                 return ended
-            self.sizes[key] = (size,)
+            self.sizes[key] = (min(size, os.fstat(fd).st_size),)
             kept = self.ahead.pop(key, None)
         if last:  # not seen by the thread yet
             ended.append(
