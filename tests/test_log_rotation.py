@@ -830,6 +830,66 @@ def test_bytes_read_through_a_descriptor_the_check_gave_to_another_file_meanwhil
     assert "lost" not in f.checkpoint
 
 
+def test_bytes_inotifys_thread_reads_while_a_check_takes_what_it_kept_are_not_the_old_contents(
+    follow: Any, tmp_path: Path
+) -> None:
+    """A check that meets a truncate before inotify's thread takes the bytes the thread kept,
+    as the old content's. A look of the thread in flight meanwhile reads on where they end,
+    in a file the writer has grown past that since: the new content's bytes. Added to the kept
+    bytes in place before its look at whether a check took them, they were the old content's
+    too: read from memory, then again from the file (each line alerted twice). The thread
+    adds them only under the lock, once it knows no check took them."""
+    f, log, watch, held = lines_read_then_thread_ended(follow, tmp_path)
+    append(log, numbered(10, 15))
+    watch._measure(*held)
+    (tmp_path / "app.log.1").write_text(numbered(1, 9))  # the copy, before lines 10-15
+    truncate(log)
+    append(log, numbered(16, 18))
+    measuring = threading.Thread(target=watch._measure, args=held)
+    reading, go, waits = threading.Event(), threading.Event(), threading.Event()
+    pread, fstat, lock = os.pread, os.fstat, watch.lock
+
+    class Observed:  # the thread's lock, telling when the thread waits for it after its read
+        def __enter__(self) -> bool:
+            if threading.current_thread() is measuring and go.is_set():
+                waits.set()
+            return lock.__enter__()
+
+        def __exit__(self, *exc: object) -> None:
+            lock.__exit__(*exc)
+
+        def locked(self) -> bool:
+            return lock.locked()
+
+    def read_late(fd: int, n: int, at: int) -> bytes:  # the thread's read: once the check asked
+        if threading.current_thread() is measuring and not reading.is_set():
+            reading.set()
+            go.wait(timeout=10)
+        return pread(fd, n, at)
+
+    def grown_meanwhile(fd: int) -> os.stat_result:  # the check's size, asked under the lock
+        info = fstat(fd)
+        if threading.current_thread() is not measuring and watch.lock.locked() and not go.is_set():
+            append(log, numbered(19, 90))  # past the size the thread noted
+            go.set()
+            wait_until(waits.is_set)  # it read the new bytes, and has added them or waits
+        return info
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "pread", read_late)
+        patch.setattr(os, "fstat", grown_meanwhile)
+        patch.setattr(watch, "lock", Observed())
+        measuring.start()
+        wait_until(reading.is_set)
+        checks_told_a_file_changed(f, watch)
+        measuring.join()
+    assert go.is_set()
+    checks_told_a_file_changed(f, watch)
+    got = read(f)
+    assert len(got) == len(set(got))
+    assert sorted(got) == sorted(criticals(1, 90))
+
+
 def test_a_truncate_after_the_checks_listing_met_before_inotifys_thread_reads_each_line_once(
     follow: Any, tmp_path: Path
 ) -> None:

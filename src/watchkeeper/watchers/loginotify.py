@@ -471,7 +471,7 @@ class FolderWatch:
                 ended = (last, None)
             begin = max(0, size - AHEAD)
             data = _read_at(fd, begin, size) or b""  # shrunk meanwhile: the next look says
-            start, kept = begin, bytearray(data)
+            start, kept = begin, bytearray()
         else:
             # Shrunk (a truncate) since the last look, or since the read. Bytes read past the
             # size now were the old content's, read in time (the new one cannot have grown past
@@ -485,22 +485,24 @@ class FolderWatch:
                 data = b""
             if data and begin != start + len(kept):  # a gap before them: they alone are kept
                 start, kept = begin, bytearray()
-            kept += data  # in place: no copy of what is kept per write
             if shrunk:
-                cut = (start, bytes(kept)) if kept else None
+                cut = (start, bytes(kept) + data) if kept or data else None
                 ended, start, kept = (max(last, begin + len(data)), cut), size, bytearray()
-            elif len(kept) > 2 * AHEAD:
-                del kept[: len(kept) - AHEAD]
-                start = begin + len(data) - len(kept)
+                data = b""
         with self.lock:
             if self.sizes.get(key) is not noted:
                 return  # a check took what was noted meanwhile (it met the truncate first)
             if self.files is not None and self.files.closed != closed:
                 # The check closed a descriptor meanwhile: the bytes may have been read through
-                # its number given to another file in between, and were added to those kept
-                # (in place). The next look starts afresh from the size noted: a first look.
-                self.ahead.pop(key, None)
+                # its number given to another file in between. The next look reads them again.
                 return
+            # Added here, under the lock, once no check took the bytes kept: one that did (it
+            # met a truncate first) holds this very bytearray, as the old content's, and what
+            # was read since may be the new content's.
+            kept += data  # in place: no copy of what is kept per write
+            if len(kept) > 2 * AHEAD:
+                del kept[: len(kept) - AHEAD]
+                start = begin + len(data) - len(kept)
             self.sizes[key] = (size,)
             self.ahead[key] = (start, kept)
             if ended is not None:
