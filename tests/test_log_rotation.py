@@ -720,6 +720,26 @@ def checks_told_a_file_changed(f: Follow, watch: Any) -> None:
     f.check()
 
 
+def full_check_listing_first(f: Follow, log: Path, meanwhile: Any) -> None:
+    """One full check (as after inotify's thread said something moved), with ``meanwhile()``
+    run right after its glob listing looked at ``log``: the check meets the file later, with
+    the listing's older size in hand. Only the timing is chosen (``os.stat`` wrapped)."""
+    stat, pending = os.stat, [meanwhile]
+
+    def listed(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        info = stat(path, *args, **kwargs)
+        if pending and os.fspath(path) == str(log):
+            pending.pop()()
+        return info
+
+    with f.watcher.watch.lock:
+        f.watcher.watch.moved = True
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "stat", listed)
+        f.check()
+    assert not pending
+
+
 def test_copytruncate_lines_the_copy_missed_are_read_from_inotifys_read_ahead(
     follow: Any, tmp_path: Path
 ) -> None:
@@ -903,23 +923,204 @@ def test_a_truncate_after_the_checks_listing_met_before_inotifys_thread_reads_ea
     append(log, numbered(10, 15))
     watch._measure(*held)
     (tmp_path / "app.log.1").write_bytes(log.read_bytes())  # the copy: nothing is lost
-    stat, pending = os.stat, [True]
 
-    def truncated_after_listing(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
-        info = stat(path, *args, **kwargs)
-        if pending and os.fspath(path) == str(log):
-            pending.pop()
-            truncate(log)
-            append(log, numbered(16, 18))
-        return info
+    def truncated() -> None:
+        truncate(log)
+        append(log, numbered(16, 18))
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(os, "stat", truncated_after_listing)
-        checks_told_a_file_changed(f, watch)
-    assert not pending
+    full_check_listing_first(f, log, truncated)
     watch._measure(*held)  # the thread's look at the truncate, after the check's
     checks_told_a_file_changed(f, watch)
     assert read(f) == criticals(1, 18)
+    assert "lost" not in f.checkpoint
+
+
+def test_after_a_truncate_met_with_an_older_listing_the_new_content_has_its_own_size(
+    follow: Any, tmp_path: Path
+) -> None:
+    """The check that meets a truncate reads the new content from 0 and remembers its size: the
+    file's, not the listing's (made before the truncate, the ended content's). From the
+    listing's, a truncate before the next check reported bytes lost that no one wrote."""
+    f, log, watch, held = lines_read_then_thread_ended(follow, tmp_path)
+    append(log, numbered(10, 15))
+    watch._measure(*held)
+
+    def truncated() -> None:
+        truncate(log)  # no copy: lines 10-15 are read from the thread's memory
+        append(log, numbered(16, 18))
+
+    full_check_listing_first(f, log, truncated)
+    truncate(log)  # no copy again, and nothing unread
+    watch._measure(*held)
+    checks_told_a_file_changed(f, watch)
+    assert read(f) == criticals(1, 18)
+    assert "lost" not in f.checkpoint
+
+
+def test_lines_written_and_truncated_before_a_check_read_anything_alert_from_inotifys_memory(
+    follow: Any, tmp_path: Path
+) -> None:
+    """A check that has read nothing of a file since its last truncate (its offset is 0) has
+    no marker to tell another truncate by; inotify's thread saw the lines and the truncate. The
+    check asks the thread, and the lines alert, read from its memory (not merely reported
+    lost, as when the bytes are gone from memory too)."""
+    f, log, watch, held = lines_read_then_thread_ended(follow, tmp_path)
+    truncate(log)
+    watch._measure(*held)
+    checks_told_a_file_changed(f, watch)  # the check's offset is 0 from here
+    append(log, numbered(10, 12))
+    watch._measure(*held)
+    truncate(log)
+    watch._measure(*held)
+    checks_told_a_file_changed(f, watch)
+    assert read(f) == criticals(1, 12)
+    assert "lost" not in f.checkpoint
+
+
+def test_a_content_that_ended_before_inotifys_first_look_is_not_taken_for_the_next(
+    follow: Any, tmp_path: Path
+) -> None:
+    """The thread's history of a file starts at its first look, the first write after the
+    check began to follow it. The content the check read can end before (a copytruncate with
+    no write since): the thread's first record is then the next content's. Its first bytes
+    tell (they are not the fingerprint of the content read); taken for the check's own
+    content, the next one's lines were neither read nor reported lost."""
+    log = tmp_path / "app.log"
+    append(log, numbered(1, 60))  # about 1 KiB: the fingerprint is most of it
+    f = follow(log, inotify=True)
+    f.check()
+    watch = f.watcher.watch
+    end_inotify_thread(watch)
+    held = watch.followed[str(log)]
+    key = (log.stat().st_dev, log.stat().st_ino)
+    assert key not in watch.sizes  # no write since: the thread never looked
+    truncate(log)
+    append(log, numbered(61, 130))
+    watch._measure(*held)  # its first look: the next content
+    truncate(log)
+    watch._measure(*held)
+    checks_told_a_file_changed(f, watch)
+    assert read(f) == criticals(1, 130)
+    assert "lost" not in f.checkpoint
+
+
+def test_a_copy_shorter_than_the_fingerprint_goes_on_at_the_offset_in_its_own_bytes(
+    follow: Any, tmp_path: Path
+) -> None:
+    """A line still partial when logrotate copied the file (its start in the copy), longer
+    when a check read the file (the fingerprint covers more than the copy holds), then the
+    truncate: the copy is known by the first bytes the thread kept, and goes on at the
+    offset (where the partial line starts). Its own fingerprint is the bytes it holds: with
+    the file's, longer than it, the copy looked truncated, and was read again from 0."""
+    log = tmp_path / "app.log"
+    log.touch()
+    f = follow(log, inotify=True)
+    f.check()
+    watch = f.watcher.watch
+    append(log, numbered(1, 3, every=1) + "4 CRIT")
+    key = (log.stat().st_dev, log.stat().st_ino)
+    wait_until(lambda: watch.sizes.get(key, (0,))[0] == log.stat().st_size)
+    end_inotify_thread(watch)
+    held = watch.followed[str(log)]
+    (tmp_path / "app.log.1").write_bytes(log.read_bytes())
+    append(log, "ICAL")  # still partial
+    watch._measure(*held)
+    checks_told_a_file_changed(f, watch)
+    assert f.watcher.files.fds  # the check read lines 1-3, and waits at the partial line
+    truncate(log)
+    watch._measure(*held)
+    checks_told_a_file_changed(f, watch)
+    assert read(f) == criticals(1, 3, every=1)
+
+
+def test_a_file_inotify_saw_grow_after_the_checks_listing_is_not_taken_for_truncated(
+    follow: Any, tmp_path: Path
+) -> None:
+    """A full check lists the globs first and meets each file later; the thread may have seen
+    it grow in between. The size the thread noted is then larger than the listing's: no
+    truncate the thread has yet to note (the size is asked again). Taken for one, the file was
+    read again from 0."""
+    f, log, watch, held = lines_read_then_thread_ended(follow, tmp_path)
+    append(log, numbered(10, 12))
+    watch._measure(*held)
+
+    def grown() -> None:
+        append(log, numbered(13, 15))
+        watch._measure(*held)
+
+    full_check_listing_first(f, log, grown)
+    checks_told_a_file_changed(f, watch)
+    assert read(f) == criticals(1, 15)
+    assert "lost" not in f.checkpoint
+
+
+def test_a_check_that_meets_a_truncate_waits_for_inotifys_look_in_flight(
+    follow: Any, tmp_path: Path
+) -> None:
+    """The thread reads first and notes after. A check that meets a truncate while a look is
+    between the two waits for it: the look holds the old content's last lines, read before
+    the truncate. Taken without them, they were neither read nor counted lost."""
+    f, log, watch, held = lines_read_then_thread_ended(follow, tmp_path)
+    append(log, numbered(10, 12))
+    fstat, read_done, go, waiting = (
+        os.fstat,
+        threading.Event(),
+        threading.Event(),
+        threading.Event(),
+    )
+
+    def paused(fd: int) -> os.stat_result:  # the look, between its read and its size
+        if threading.current_thread() is looker:
+            read_done.set()
+            go.wait(10)
+        return fstat(fd)
+
+    class Seen(threading.Condition):
+        """The thread's condition, saying when a check begins to wait on it."""
+
+        def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
+            if not predicate():
+                waiting.set()
+            return super().wait_for(predicate, timeout)
+
+    watch.looked = Seen(watch.lock)
+    looker = threading.Thread(target=watch._measure, args=held)
+    checker = threading.Thread(target=checks_told_a_file_changed, args=(f, watch))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fstat", paused)
+        looker.start()
+        assert read_done.wait(10)
+        truncate(log)  # after the look read lines 10-12, before it looks at the size
+        checker.start()
+        assert waiting.wait(10)
+        go.set()
+        looker.join(10)
+        checker.join(10)
+    checks_told_a_file_changed(f, watch)
+    assert read(f) == criticals(1, 12)
+    assert "lost" not in f.checkpoint
+
+
+def test_a_content_that_ends_before_inotifys_first_look_after_a_check_met_a_truncate_is_noted(
+    follow: Any, tmp_path: Path
+) -> None:
+    """A check that meets a truncate before the thread does takes the old content's bytes from
+    the thread, which starts afresh. It starts from the size the check saw: the content the
+    check reads may end before the thread's next look, and that look, finding the file
+    shorter, notes the end. Else the thread's first record was the next content's, which it
+    cannot tell from the one the check read (shorter than the fingerprint): its lines were
+    neither read nor reported lost."""
+    f, log, watch, held = lines_read_then_thread_ended(follow, tmp_path)
+    truncate(log)
+    append(log, numbered(10, 12))  # the thread is late: no look since the truncate
+    checks_told_a_file_changed(f, watch)  # it meets the truncate, reads lines 10-12
+    truncate(log)
+    append(log, numbered(13, 13, every=1))  # shorter than lines 10-12
+    watch._measure(*held)  # the thread's first look since
+    truncate(log)
+    watch._measure(*held)
+    checks_told_a_file_changed(f, watch)
+    assert read(f) == [*criticals(1, 12), "13 CRITICAL line 13"]
     assert "lost" not in f.checkpoint
 
 
@@ -1000,6 +1201,9 @@ READ_AHEAD_OPS = st.lists(
 @example(ops=["truncate", "write", "check", "truncate", "write", "truncate"])
 @example(ops=["truncate", "check", "write", "copy", "truncate"])  # its copy met by a search
 @example(ops=["truncate", "write", "copy", "write", "check", "truncate"])
+# the next content shorter than the fingerprint: only the thread's look can tell the end
+@example(ops=["truncate", "write", "write", "check", "truncate", "write", "truncate"])
+@example(ops=["truncate", "check", "write", "truncate", "check-written"])  # a focused check
 def test_any_order_of_writes_copies_truncates_and_checks_loses_only_what_it_reports(
     tmp_path_factory: pytest.TempPathFactory, ops: list[str]
 ) -> None:

@@ -387,6 +387,8 @@ class LogWatcher(Reading, Watcher):
                 else:
                     queue[i] = fresh
                 found += self._truncated(entry, ended, path, info, (queue, i, current), now)
+                if path in current:  # the listing's size may be the ended content's
+                    current[path] = os.fstat(fd)
                 continue
             seen.add((entry.dev, entry.ino))
             member = current.get(path)
@@ -480,8 +482,9 @@ class LogWatcher(Reading, Watcher):
         if not ended or not agrees(entry, ended[0][1]):
             ended = [(0, None), *ended]
         for n, (peak, cut) in enumerate(ended):
-            gone = Tracked(entry.path, *here, origin=entry.origin, mtime=entry.mtime)
-            content = entry if n == 0 else gone
+            content = entry
+            if n:  # a content no check saw: from 0
+                content = Tracked(entry.path, *here, origin=entry.origin, mtime=entry.mtime)
             content.size = max(content.size, peak)
             head = first_bytes(content, cut)
             found += self._read_cut(content, cut, now)

@@ -158,7 +158,8 @@ class Files:
         self.protected: set[tuple[int, int]] = set()
         self.closed = 0
         """Descriptors closed so far: inotify's thread reads through the ones it was given, and
-        a number closed meanwhile may have been given to another file (see FolderWatch)."""
+        a number closed meanwhile may have been given to another file (see FolderWatch), then
+        back to the file."""
         self.in_hand: set[tuple[int, int]] = set()
         """Files whose descriptors a check holds in hand across further opens (see
         :meth:`keeping`): never closed for room meanwhile."""
@@ -228,7 +229,7 @@ class Files:
         key = (info.st_dev, info.st_ino)
         held = self.fds.get(key)
         if held is not None:
-            os.close(fd)
+            self.drop(fd)
             self.touch(key)
             return held, info
         self.fds[key] = fd
@@ -329,8 +330,13 @@ class Files:
         """Close the descriptor of a file no longer followed."""
         fd = self.fds.pop(key, None)
         if fd is not None:
-            self.closed += 1
-            os.close(fd)
+            self.drop(fd)
+
+    def drop(self, fd: int) -> None:
+        """Close a descriptor, counted (see :attr:`closed`): every close, even of a second one
+        on a file held already, frees a number the next open may be given."""
+        self.closed += 1
+        os.close(fd)
 
     def keep_only(self, keys: set[tuple[int, int]]) -> None:
         """Close every descriptor but these."""

@@ -88,6 +88,9 @@ class FolderWatch:
         """The waiting watcher's wake event, set with ``changed``: it blocks on that one event
         (stop, check-now and changes alike) instead of waking every so often to look at both."""
         self.lock = threading.Lock()
+        self.looking: Key | None = None
+        """The file the thread is looking at (see :meth:`_measure`), which a check waits for."""
+        self.looked = threading.Condition(self.lock)
         self.pinned: dict[Key, tuple[int, str]] = {}
         self.followed: dict[str, tuple[int, Key]] = {}
         self.sizes: dict[Key, tuple[int]] = {}
@@ -215,18 +218,32 @@ class FolderWatch:
         """Whether the file (``size`` bytes when the check looked) shrank since a check last
         took what ended."""
         with self.lock:
+            self._after_look(key)
             return bool(self.ended.get(key)) or bool(self._unnoted(key, fd, size))
 
-    def _unnoted(self, key: Key, fd: int, size: int) -> int:
+    def _after_look(self, key: Key) -> None:
+        """Wait until the thread is not looking at this file. Called with the lock held.
+
+        A look reads first and notes after: one in flight may hold the last bytes of a content
+        a truncate ended, read just before it. A check that took what ended meanwhile would
+        start the history afresh, the look's bytes dropped with it, neither read nor counted.
+        A look takes microseconds (its timeout is a safeguard, never reached).
+        """
+        self.looked.wait_for(lambda: self.looking != key, timeout=1.0)
+
+    def _unnoted(self, key: Key, fd: int, size: int, truncated: bool = False) -> int:
         """The size the thread saw last, if the file is smaller now (a truncate the thread has
         yet to note); else 0. Called with the lock held.
 
         A check's look at a size may be older than the thread's (a glob listing made at the
-        check's start), and the file only grew since: so a smaller size is asked again, here,
-        where it is no older than any the thread noted.
+        check's start): the file may have grown since, or been truncated (``truncated``: the
+        check found it so). Then the size is asked again, here, where it is no older than any
+        the thread noted.
         """
         last = self.sizes.get(key, (0,))[0]
-        return last if last > size and last > os.fstat(fd).st_size else 0
+        if last <= size and not truncated:
+            return 0
+        return last if last > os.fstat(fd).st_size else 0
 
     def shrunk_from(self, key: Key, fd: int, size: int, truncated: bool) -> list[Ended]:
         """The contents of the file (now ``size`` bytes) that truncates ended since a check last
@@ -254,7 +271,8 @@ class FolderWatch:
         finding the file shorter, would take the content the check read for ended too.
         """
         with self.lock:
-            last = self._unnoted(key, fd, size)
+            self._after_look(key)
+            last = self._unnoted(key, fd, size, truncated)
             ended = self.ended.pop(key, [])
             if not last and (ended or not truncated):
                 return ended
@@ -449,6 +467,17 @@ class FolderWatch:
         looked at after: every system call is a turn at the interpreter's lock to wait for,
         and the window before the truncate is a millisecond or so.
         """
+        with self.lock:
+            self.looking = key
+        try:
+            self._look(fd, key)
+        finally:
+            with self.lock:
+                self.looking = None
+                self.looked.notify_all()
+
+    def _look(self, fd: int, key: Key) -> None:
+        """One look of :meth:`_measure`'s."""
         with self.lock:
             noted = self.sizes.get(key)
             last = noted[0] if noted is not None else 0

@@ -72,7 +72,7 @@ class Rotations:
             return
         for key, (fd, path) in self.watch.take().items():
             if key in self.files.fds:
-                os.close(fd)
+                self.files.drop(fd)
             else:
                 self.files.fds[key] = fd
             self.pins.setdefault(key, (path, 0))
