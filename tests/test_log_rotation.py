@@ -957,6 +957,51 @@ def test_after_a_truncate_met_with_an_older_listing_the_new_content_has_its_own_
     assert "lost" not in f.checkpoint
 
 
+@pytest.mark.parametrize("listed", ["first-file-empty-at-the-last-look", "second-file"])
+def test_files_rotated_between_a_checks_listing_and_its_look_are_read_oldest_first(
+    follow: Any, tmp_path: Path, listed: str
+) -> None:
+    """A fast writer (rename rotation) can rotate several times between a full check's glob
+    listing and its look at the files (each case seen in tests/test_log_keeper.py, 3 runs in
+    80 together):
+
+    - first-file-empty-at-the-last-look: the file the check knew, empty at its last look (no
+      fingerprint), is still at the path in the listing. The files rotated since were taken
+      for older ones (as if it were a newer file on a reused inode) and read first, and it was
+      read only up to the listing's size. Held open, its inode cannot have been reused: it is
+      the oldest, read first, to its end;
+    - second-file: the listing shows a file at the path that the writer rotated away before
+      the check searched for the files rotated from there. It was left out of the search (a
+      member, for the members' loop to read), which then found it gone from the path: the
+      files after it were read first. Found under another name, it is a rotated file too.
+    """
+    log = tmp_path / "app.log"
+    log.touch()
+    f = follow(log, inotify=True)
+    f.check()
+    f.check()  # inotify's thread watches the folder
+    append(log, numbered(1, 2))
+    first = 1
+    if listed == "second-file":
+        append(log, numbered(3, 10))
+        f.check()
+        log.rename(tmp_path / "app.log.1")
+        append(log, numbered(11, 20))
+        first = 2
+
+    def rotated() -> None:
+        if first == 1:
+            append(log, numbered(3, 10))
+        for n in range(first, 4):
+            log.rename(tmp_path / f"app.log.{n}")
+            append(log, numbered(10 * n + 1, 10 * n + 10))
+
+    full_check_listing_first(f, log, rotated)
+    f.check()
+    f.check()
+    assert read(f) == criticals(1, 40)
+
+
 def test_lines_written_and_truncated_before_a_check_read_anything_alert_from_inotifys_memory(
     follow: Any, tmp_path: Path
 ) -> None:
@@ -1033,22 +1078,32 @@ def test_a_copy_shorter_than_the_fingerprint_goes_on_at_the_offset_in_its_own_by
     assert read(f) == criticals(1, 3, every=1)
 
 
-def test_a_file_inotify_saw_grow_after_the_checks_listing_is_not_taken_for_truncated(
+def test_a_file_inotify_saw_grow_after_the_checks_look_is_not_taken_for_truncated(
     follow: Any, tmp_path: Path
 ) -> None:
-    """A full check lists the globs first and meets each file later; the thread may have seen
-    it grow in between. The size the thread noted is then larger than the listing's: no
-    truncate the thread has yet to note (the size is asked again). Taken for one, the file was
-    read again from 0."""
+    """The thread may look at a file between the check's look at its size and the check's
+    question: the size the thread noted is then larger than the check's. No truncate the
+    thread has yet to note (the size is asked again); taken for one, the file was read again
+    from 0."""
     f, log, watch, held = lines_read_then_thread_ended(follow, tmp_path)
     append(log, numbered(10, 12))
     watch._measure(*held)
+    fstat, pending = os.fstat, [True]
 
-    def grown() -> None:
-        append(log, numbered(13, 15))
-        watch._measure(*held)
+    def grown_after_look(fd: int) -> os.stat_result:
+        info = fstat(fd)
+        if pending and fd == held[0]:
+            pending.pop()
+            append(log, numbered(13, 15))
+            watch._measure(*held)
+        return info
 
-    full_check_listing_first(f, log, grown)
+    with watch.lock:
+        watch.moved = True
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fstat", grown_after_look)
+        f.check()
+    assert not pending
     checks_told_a_file_changed(f, watch)
     assert read(f) == criticals(1, 15)
     assert "lost" not in f.checkpoint

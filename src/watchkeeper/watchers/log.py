@@ -326,6 +326,7 @@ class LogWatcher(Reading, Watcher):
         as_stored = {id(e): d for e, d in zip(queue, stored, strict=True)}
         idle: set[int] = set()
         slow_before = self.scanner.slow.get("lines", 0)
+        kept_open = set(self.files.fds)  # since before this check (not pinned meanwhile)
         self._take_pinned()
         self.files.protected = set(self.pins) | {(e.dev, e.ino) for e in queue if e.gone}
         held = set(self.files.fds)
@@ -339,7 +340,8 @@ class LogWatcher(Reading, Watcher):
             queue = [e for e in queue if self._named(e.origin, current)]
         self._watch(queue)
         if checkpoint is not None:
-            queue = self._in_order(queue, self._rotated_unseen(queue, current), current)
+            unseen = self._rotated_unseen(queue, current)
+            queue = self._in_order(queue, unseen, current, kept_open)
         by_key = {(info.st_dev, info.st_ino): path for path, info in current.items()}
         budget = [self.config.read_limit]
         found: list[Observation] = []
@@ -356,7 +358,7 @@ class LogWatcher(Reading, Watcher):
                 kept.append(entry)
                 idle.add(id(entry))
                 continue
-            located = self.files.locate(entry, current, by_key)
+            located = self.files.locate(entry, by_key)
             if located is None:
                 # Moved out of sight (an olddir, a compressed archive): look for it by content.
                 copy = self.files.find_copy(entry, None)
@@ -387,8 +389,6 @@ class LogWatcher(Reading, Watcher):
                 else:
                     queue[i] = fresh
                 found += self._truncated(entry, ended, path, info, (queue, i, current), now)
-                if path in current:  # the listing's size may be the ended content's
-                    current[path] = os.fstat(fd)
                 continue
             seen.add((entry.dev, entry.ino))
             member = current.get(path)

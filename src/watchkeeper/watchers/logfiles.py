@@ -258,21 +258,20 @@ class Files:
         return sorted(found.items())
 
     def locate(
-        self,
-        entry: Tracked,
-        current: dict[str, os.stat_result],
-        by_key: dict[tuple[int, int], str],
+        self, entry: Tracked, by_key: dict[tuple[int, int], str]
     ) -> tuple[str, int, os.stat_result] | None:
         """Where the entry's inode is now: its path, a glob member, a held fd, or its folder.
 
-        ``current`` are the glob members just listed, and ``by_key`` the same by identity.
+        ``by_key`` are the glob members just listed, by identity.
         """
         key = (entry.dev, entry.ino)
         member = by_key.get(key)
         held = self.fds.get(key)
         if member is not None and held is not None:  # the usual case: one dict lookup
             self.touch(key)
-            return member, held, current[member]
+            # Its size now, not the listing's: a fast writer may have written on and rotated
+            # since, and the files rotated meanwhile are read after it, so all of it comes first.
+            return member, held, os.fstat(held)
         candidates = [entry.path] if member is None else [entry.path, member]
         for path in candidates:
             with contextlib.suppress(OSError):

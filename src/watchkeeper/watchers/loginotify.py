@@ -231,19 +231,16 @@ class FolderWatch:
         """
         self.looked.wait_for(lambda: self.looking != key, timeout=1.0)
 
-    def _unnoted(self, key: Key, fd: int, size: int, truncated: bool = False) -> int:
+    def _unnoted(self, key: Key, fd: int, size: int) -> int:
         """The size the thread saw last, if the file is smaller now (a truncate the thread has
         yet to note); else 0. Called with the lock held.
 
-        A check's look at a size may be older than the thread's (a glob listing made at the
-        check's start): the file may have grown since, or been truncated (``truncated``: the
-        check found it so). Then the size is asked again, here, where it is no older than any
-        the thread noted.
+        The check's look at the size may be older than the thread's last (it looked between
+        the two), and the file grew since: so a smaller size is asked again, here, where it is
+        no older than any the thread noted.
         """
         last = self.sizes.get(key, (0,))[0]
-        if last <= size and not truncated:
-            return 0
-        return last if last > os.fstat(fd).st_size else 0
+        return last if last > size and last > os.fstat(fd).st_size else 0
 
     def shrunk_from(self, key: Key, fd: int, size: int, truncated: bool) -> list[Ended]:
         """The contents of the file (now ``size`` bytes) that truncates ended since a check last
@@ -265,18 +262,17 @@ class FolderWatch:
         and should that content end before the thread's next look, the look still finds the
         file shorter than that size and notes its end. Otherwise the thread saw every end: what
         it kept since the last one is the content the check is about to read, and stays.
-
-        Not from more than the file holds now, though: a listing's size may be that of a
-        content a truncate ended since (the check reads the one after it), and the next look,
-        finding the file shorter, would take the content the check read for ended too.
+        (So ``size`` must be the file's own, not a glob listing's made before: that may be the
+        size of a content a truncate ended since, and the next look, finding the file shorter,
+        would take the content the check reads for ended too.)
         """
         with self.lock:
             self._after_look(key)
-            last = self._unnoted(key, fd, size, truncated)
+            last = self._unnoted(key, fd, size)
             ended = self.ended.pop(key, [])
             if not last and (ended or not truncated):
                 return ended
-            self.sizes[key] = (min(size, os.fstat(fd).st_size),)
+            self.sizes[key] = (size,)
             kept = self.ahead.pop(key, None)
         if last:  # not seen by the thread yet
             ended.append(

@@ -209,7 +209,11 @@ class Rotations:
         return origin in current or any(fnmatch.fnmatchcase(origin, p) for p in self.patterns)
 
     def _in_order(
-        self, queue: list[Tracked], unseen: list[Tracked], current: dict[str, os.stat_result]
+        self,
+        queue: list[Tracked],
+        unseen: list[Tracked],
+        current: dict[str, os.stat_result],
+        held: set[tuple[int, int]],
     ) -> list[Tracked]:
         """Queue the unseen rotated files so that each path's files are read oldest first.
 
@@ -218,15 +222,18 @@ class Rotations:
         its inode): then they precede it — all of them if that file is the newest at the path,
         else those modified before it (it was rotated on too; restarts free an inode the
         watcher held, so any later generation may get it).
+
+        A file ``held`` open since before this check cannot be such a newer file: its inode was
+        never freed. It is the one we knew, older than any rotated since, even while the glob
+        listing still shows it at the path (a fast writer rotates between the listing and the
+        search for siblings).
         """
         members = {(s.st_dev, s.st_ino) for s in current.values()}
         ordered: list[Tracked] = []
         for entry in queue:
-            if not entry.fp_len and unseen:
-                key = (entry.dev, entry.ino)
-                # Held open, its inode cannot have been reused: it is the file it was.
-                known_file = key in members or key in self.files.fds
-                now_at = None if known_file else self._sibling_mtime(entry)
+            key = (entry.dev, entry.ino)
+            if not entry.fp_len and unseen and key not in held:
+                now_at = None if key in members else self._sibling_mtime(entry)
                 first = [
                     u
                     for u in unseen
@@ -278,9 +285,14 @@ class Rotations:
         current: dict[str, os.stat_result],
         known: set[tuple[int, int]] | None = None,
     ) -> list[Tracked]:
-        """Entries for files rotated away from ``path``, modified since ``newer_than``, unread."""
+        """Entries for files rotated away from ``path``, modified since ``newer_than``, unread.
+
+        A glob member is the members' loop's to read, where the listing saw it. One found here
+        under another name was rotated away since the listing (a fast writer): it is a rotated
+        file like the others, read in its turn, before the files rotated after it.
+        """
         known = set(known or ()) | {(e.dev, e.ino) for e in queue}
-        known |= {(s.st_dev, s.st_ino) for s in current.values()}
+        listed = {(s.st_dev, s.st_ino): name for name, s in current.items()}
         finished = {tuple(d[:3]) for d in self.done}
         records = self._known(queue)
         now = time.time()
@@ -288,6 +300,8 @@ class Rotations:
         # The records hold the entries' descriptors: the opens below must not close them.
         with self.files.keeping(k for e in queue if (k := (e.dev, e.ino)) in self.files.fds):
             for name, info in rotated_siblings(path, newer_than, known, self.config.rotated):
+                if listed.get((info.st_dev, info.st_ino)) == name:
+                    continue
                 entry = self._sibling(name, info, finished, records)
                 if entry is not None:
                     self.generations += not entry.fp_len
