@@ -1255,6 +1255,7 @@ READ_AHEAD_OPS = st.lists(
 # the content the check read ended before the thread's first look since
 @example(ops=["truncate", "write", "check", "truncate", "write", "truncate"])
 @example(ops=["truncate", "check", "write", "copy", "truncate"])  # its copy met by a search
+@example(ops=["truncate", "check", "write", "copy", "write", "truncate"])  # a short one
 @example(ops=["truncate", "write", "copy", "write", "check", "truncate"])
 # the next content shorter than the fingerprint: only the thread's look can tell the end
 @example(ops=["truncate", "write", "write", "check", "truncate", "write", "truncate"])
