@@ -326,10 +326,10 @@ class LogWatcher(Reading, Watcher):
         as_stored = {id(e): d for e, d in zip(queue, stored, strict=True)}
         idle: set[int] = set()
         slow_before = self.scanner.slow.get("lines", 0)
-        kept_open = set(self.files.fds)  # since before this check (not pinned meanwhile)
-        self._take_pinned()
+        pinned = self._take_pinned()
         self.files.protected = set(self.pins) | {(e.dev, e.ino) for e in queue if e.gone}
         held = set(self.files.fds)
+        kept_open = held - pinned  # since before this check
         if self.watch is not None:
             self.watch.hold(held)
         current = members(self.config.paths)

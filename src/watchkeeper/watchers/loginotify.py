@@ -463,8 +463,6 @@ class FolderWatch:
         looked at after: every system call is a turn at the interpreter's lock to wait for,
         and the window before the truncate is a millisecond or so.
         """
-        with self.lock:
-            self.looking = key
         try:
             self._look(fd, key)
         finally:
@@ -473,8 +471,9 @@ class FolderWatch:
                 self.looked.notify_all()
 
     def _look(self, fd: int, key: Key) -> None:
-        """One look of :meth:`_measure`'s."""
+        """One look of :meth:`_measure`'s (which ends it, for the checks that wait)."""
         with self.lock:
+            self.looking = key
             noted = self.sizes.get(key)
             last = noted[0] if noted is not None else 0
             held = self.ahead.get(key)

@@ -66,17 +66,21 @@ class Rotations:
     watching: set[str]
     """The paths inotify was last told about (see ``_watch``)."""
 
-    def _take_pinned(self) -> None:
-        """The files inotify's thread held open as they appeared: now the check's to read."""
+    def _take_pinned(self) -> set[tuple[int, int]]:
+        """The files inotify's thread held open as they appeared: now the check's to read.
+        Returns those the check did not hold already."""
+        added: set[tuple[int, int]] = set()
         if self.watch is None:
-            return
+            return added
         for key, (fd, path) in self.watch.take().items():
             if key in self.files.fds:
                 self.files.drop(fd)
             else:
                 self.files.fds[key] = fd
+                added.add(key)
             self.pins.setdefault(key, (path, 0))
             self.files.protected.add(key)
+        return added
 
     def _carry_pins(self, seen: set[tuple[int, int]], kept: list[Tracked]) -> None:
         """Keep holding the pinned files no loop reached, unless their content is known."""
