@@ -711,6 +711,18 @@ def truncate(path: Path) -> None:
         file.truncate(0)
 
 
+def truncated_and_seen(log: Path, watch: Any, held: Any) -> None:
+    """Truncate the file in place, then the look of inotify's (ended) thread its event brings."""
+    truncate(log)
+    watch._measure(*held)
+
+
+def each_alerted_once_none_lost(f: Follow, expected: list[str]) -> None:
+    """The lines alerted are exactly these, in order, and no loss was reported."""
+    assert read(f) == expected
+    assert "lost" not in f.checkpoint
+
+
 def checks_told_a_file_changed(f: Follow, watch: Any) -> None:
     """What inotify's ended thread would have said (a file changed), then two checks, as a
     running watcher would make them."""
@@ -761,8 +773,7 @@ def test_copytruncate_lines_the_copy_missed_are_read_from_inotifys_read_ahead(
     wait_until(lambda: key in watch.ended)
     f.check()
     f.check()
-    assert read(f) == criticals(1, 18)
-    assert "lost" not in f.checkpoint
+    each_alerted_once_none_lost(f, criticals(1, 18))
 
 
 def test_copytruncate_met_by_a_check_before_inotifys_thread_still_reads_its_read_ahead(
@@ -780,8 +791,7 @@ def test_copytruncate_met_by_a_check_before_inotifys_thread_still_reads_its_read
     truncate(log)
     append(log, numbered(16, 18))
     checks_told_a_file_changed(f, watch)
-    assert read(f) == criticals(1, 18)
-    assert "lost" not in f.checkpoint
+    each_alerted_once_none_lost(f, criticals(1, 18))
 
 
 def test_a_truncate_between_inotifys_read_and_its_look_at_the_size_keeps_what_it_read(
@@ -806,8 +816,7 @@ def test_a_truncate_between_inotifys_read_and_its_look_at_the_size_keeps_what_it
         watch._measure(*held)
     append(log, numbered(16, 18))
     checks_told_a_file_changed(f, watch)
-    assert read(f) == criticals(1, 18)
-    assert "lost" not in f.checkpoint
+    each_alerted_once_none_lost(f, criticals(1, 18))
 
 
 def test_bytes_read_through_a_descriptor_the_check_gave_to_another_file_meanwhile_are_dropped(
@@ -846,8 +855,7 @@ def test_bytes_read_through_a_descriptor_the_check_gave_to_another_file_meanwhil
     append(log, numbered(10, 12))
     watch._measure(*held)
     checks_told_a_file_changed(f, watch)
-    assert read(f) == criticals(1, 12)
-    assert "lost" not in f.checkpoint
+    each_alerted_once_none_lost(f, criticals(1, 12))
 
 
 def test_bytes_inotifys_thread_reads_while_a_check_takes_what_it_kept_are_not_the_old_contents(
@@ -931,8 +939,7 @@ def test_a_truncate_after_the_checks_listing_met_before_inotifys_thread_reads_ea
     full_check_listing_first(f, log, truncated)
     watch._measure(*held)  # the thread's look at the truncate, after the check's
     checks_told_a_file_changed(f, watch)
-    assert read(f) == criticals(1, 18)
-    assert "lost" not in f.checkpoint
+    each_alerted_once_none_lost(f, criticals(1, 18))
 
 
 def test_after_a_truncate_met_with_an_older_listing_the_new_content_has_its_own_size(
@@ -953,8 +960,7 @@ def test_after_a_truncate_met_with_an_older_listing_the_new_content_has_its_own_
     truncate(log)  # no copy again, and nothing unread
     watch._measure(*held)
     checks_told_a_file_changed(f, watch)
-    assert read(f) == criticals(1, 18)
-    assert "lost" not in f.checkpoint
+    each_alerted_once_none_lost(f, criticals(1, 18))
 
 
 @pytest.mark.parametrize("listed", ["first-file-empty-at-the-last-look", "second-file"])
@@ -1010,16 +1016,13 @@ def test_lines_written_and_truncated_before_a_check_read_anything_alert_from_ino
     check asks the thread, and the lines alert, read from its memory (not merely reported
     lost, as when the bytes are gone from memory too)."""
     f, log, watch, held = lines_read_then_thread_ended(follow, tmp_path)
-    truncate(log)
-    watch._measure(*held)
+    truncated_and_seen(log, watch, held)
     checks_told_a_file_changed(f, watch)  # the check's offset is 0 from here
     append(log, numbered(10, 12))
     watch._measure(*held)
-    truncate(log)
-    watch._measure(*held)
+    truncated_and_seen(log, watch, held)
     checks_told_a_file_changed(f, watch)
-    assert read(f) == criticals(1, 12)
-    assert "lost" not in f.checkpoint
+    each_alerted_once_none_lost(f, criticals(1, 12))
 
 
 def test_a_content_that_ended_before_inotifys_first_look_is_not_taken_for_the_next(
@@ -1042,11 +1045,9 @@ def test_a_content_that_ended_before_inotifys_first_look_is_not_taken_for_the_ne
     truncate(log)
     append(log, numbered(61, 130))
     watch._measure(*held)  # its first look: the next content
-    truncate(log)
-    watch._measure(*held)
+    truncated_and_seen(log, watch, held)
     checks_told_a_file_changed(f, watch)
-    assert read(f) == criticals(1, 130)
-    assert "lost" not in f.checkpoint
+    each_alerted_once_none_lost(f, criticals(1, 130))
 
 
 def test_a_copy_shorter_than_the_fingerprint_goes_on_at_the_offset_in_its_own_bytes(
@@ -1072,8 +1073,7 @@ def test_a_copy_shorter_than_the_fingerprint_goes_on_at_the_offset_in_its_own_by
     watch._measure(*held)
     checks_told_a_file_changed(f, watch)
     assert f.watcher.files.fds  # the check read lines 1-3, and waits at the partial line
-    truncate(log)
-    watch._measure(*held)
+    truncated_and_seen(log, watch, held)
     checks_told_a_file_changed(f, watch)
     assert read(f) == criticals(1, 3, every=1)
 
@@ -1105,8 +1105,7 @@ def test_a_file_inotify_saw_grow_after_the_checks_look_is_not_taken_for_truncate
         f.check()
     assert not pending
     checks_told_a_file_changed(f, watch)
-    assert read(f) == criticals(1, 15)
-    assert "lost" not in f.checkpoint
+    each_alerted_once_none_lost(f, criticals(1, 15))
 
 
 def test_a_check_that_meets_a_truncate_waits_for_inotifys_look_in_flight(
@@ -1152,8 +1151,7 @@ def test_a_check_that_meets_a_truncate_waits_for_inotifys_look_in_flight(
         looker.join(10)
         checker.join(10)
     checks_told_a_file_changed(f, watch)
-    assert read(f) == criticals(1, 12)
-    assert "lost" not in f.checkpoint
+    each_alerted_once_none_lost(f, criticals(1, 12))
 
 
 def test_a_content_that_ends_before_inotifys_first_look_after_a_check_met_a_truncate_is_noted(
@@ -1172,11 +1170,9 @@ def test_a_content_that_ends_before_inotifys_first_look_after_a_check_met_a_trun
     truncate(log)
     append(log, numbered(13, 13, every=1))  # shorter than lines 10-12
     watch._measure(*held)  # the thread's first look since
-    truncate(log)
-    watch._measure(*held)
+    truncated_and_seen(log, watch, held)
     checks_told_a_file_changed(f, watch)
-    assert read(f) == [*criticals(1, 12), "13 CRITICAL line 13"]
-    assert "lost" not in f.checkpoint
+    each_alerted_once_none_lost(f, [*criticals(1, 12), "13 CRITICAL line 13"])
 
 
 def test_a_truncate_before_inotifys_read_does_not_pass_the_new_contents_bytes_for_the_old(
@@ -1315,8 +1311,7 @@ def test_any_order_of_writes_copies_truncates_and_checks_loses_only_what_it_repo
                 (folder / f"app.log.{copies}").write_bytes(log.read_bytes())
                 copied = True
             elif op == "truncate":
-                truncate(log)
-                watch._measure(*held)
+                truncated_and_seen(log, watch, held)
                 copied = False
             elif op == "check":
                 checks_told_a_file_changed(f, watch)
