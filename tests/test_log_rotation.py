@@ -1150,6 +1150,8 @@ def test_a_check_that_meets_a_truncate_waits_for_inotifys_look_in_flight(
         go.set()
         looker.join(10)
         checker.join(10)
+    assert not checker.is_alive()
+    assert watch.looking is None  # the look is over: no later check waits on it
     checks_told_a_file_changed(f, watch)
     each_alerted_once_none_lost(f, criticals(1, 12))
 
